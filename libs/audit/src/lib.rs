@@ -1,0 +1,161 @@
+//! The audit event every service records and the shipper that streams events to audit-service.
+//!
+//! Recording never blocks a request: events go into a bounded queue and a background task ships them in
+//! batches over one `Append` stream, keeping each batch until audit-service acknowledges it and re-sending
+//! it after a reconnect (audit-service drops duplicates by event id). The durable on-disk spool that
+//! survives a crash of the sending process is the next step (issue: audit trail that loses nothing).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use keymesh_mesh::client::MeshChannel;
+use keymesh_proto::v1::{self as pb, audit_service_client::AuditServiceClient};
+use tokio::sync::mpsc;
+
+/// Events waiting to be shipped, at most.
+const QUEUE_CAPACITY: usize = 50_000;
+/// Events per `Append` batch, at most.
+const BATCH_MAX: usize = 256;
+/// How long a batch waits for more events before it is sent.
+const BATCH_LINGER: Duration = Duration::from_millis(20);
+/// How long to wait for an acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts an event for `operation`, filled with a fresh id, the time and the current trace id.
+pub fn event(service: &str, operation: &str) -> pb::AuditEvent {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    pb::AuditEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        time: Some(prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 }),
+        service: service.to_owned(),
+        operation: operation.to_owned(),
+        trace_id: keymesh_mesh::telemetry::current_trace_id().unwrap_or_default(),
+        fips_mode: pb::FipsMode::Disabled as i32,
+        ..Default::default()
+    }
+}
+
+/// Fills the outcome fields of an event from a call's result.
+pub fn set_outcome<T>(event: &mut pb::AuditEvent, result: &Result<T, tonic::Status>, started: Instant) {
+    event.latency_micros = started.elapsed().as_micros() as u64;
+    match result {
+        Ok(_) => event.outcome = pb::Outcome::Success as i32,
+        Err(status) => {
+            event.status_code = status.code() as i32;
+            event.reason = status.message().chars().take(512).collect();
+            event.outcome = match status.code() {
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => pb::Outcome::Denied as i32,
+                _ => pb::Outcome::Failed as i32,
+            };
+        }
+    }
+}
+
+/// Where services record events.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<pb::AuditEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AuditSink {
+    /// Starts the shipper on `channel` to audit-service.
+    pub fn start(channel: MeshChannel) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(ship(AuditServiceClient::new(channel), rx));
+        Self { tx, dropped: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Queues an event without waiting.
+    pub fn record(&self, event: pb::AuditEvent) {
+        if self.tx.try_send(event).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::error!(dropped, "audit queue full or closed: events are being dropped");
+            }
+        }
+    }
+}
+
+async fn ship(client: AuditServiceClient<MeshChannel>, mut rx: mpsc::Receiver<pb::AuditEvent>) {
+    let mut batch_id = 0u64;
+    let mut pending: Vec<pb::AuditEvent> = Vec::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut stream: Option<Connection> = None;
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(event) => pending.push(event),
+                None => return,
+            }
+            let deadline = tokio::time::Instant::now() + BATCH_LINGER;
+            while pending.len() < BATCH_MAX {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(event)) => pending.push(event),
+                    _ => break,
+                }
+            }
+        }
+        batch_id += 1;
+        let connection = match stream.take() {
+            Some(c) => c,
+            None => match Connection::open(client.clone()).await {
+                Ok(c) => c,
+                Err(reason) => {
+                    tracing::warn!(%reason, pending = pending.len(), "audit-service unreachable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            },
+        };
+        match connection.send(batch_id, pending.clone()).await {
+            Ok(connection) => {
+                pending.clear();
+                backoff = Duration::from_millis(100);
+                stream = Some(connection);
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, pending = pending.len(), "audit batch not acknowledged; will resend");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// One open `Append` stream.
+struct Connection {
+    requests: mpsc::Sender<pb::AppendRequest>,
+    responses: tonic::Streaming<pb::AppendResponse>,
+}
+
+impl Connection {
+    async fn open(mut client: AuditServiceClient<MeshChannel>) -> Result<Self, String> {
+        let (requests, rx) = mpsc::channel(4);
+        let responses = client
+            .append(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+            .into_inner();
+        Ok(Self { requests, responses })
+    }
+
+    async fn send(mut self, batch_id: u64, events: Vec<pb::AuditEvent>) -> Result<Self, String> {
+        self.requests.send(pb::AppendRequest { batch_id, events }).await.map_err(|_| "stream closed".to_owned())?;
+        loop {
+            match tokio::time::timeout(ACK_TIMEOUT, self.responses.message()).await {
+                Err(_) => return Err("acknowledgement timed out".into()),
+                Ok(Err(status)) => return Err(format!("{}: {}", status.code(), status.message())),
+                Ok(Ok(None)) => return Err("stream ended".into()),
+                Ok(Ok(Some(ack))) if ack.batch_id == batch_id => return Ok(self),
+                Ok(Ok(Some(_))) => continue,
+            }
+        }
+    }
+}

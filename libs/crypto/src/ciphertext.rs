@@ -1,0 +1,371 @@
+//! The self-describing ciphertext format of the source document:
+//!
+//! ```text
+//! [2-byte big-endian header length][JSON header][ciphertext || tag]
+//! {"v":3,"ctx":"user-pii","kid":"k_…:v1","alg":"AES-256-GCM","mode":"gcm","nonce":"…","kc":"…","aad":false}
+//! ```
+//!
+//! Version 3 is written; versions 1–3 are read. The length prefix and header bytes are authenticated: they
+//! are the first part of the AEAD associated data, followed by the caller's AAD and the canonical encoding of
+//! the encryption context. Parsing is strict and bounded (header size, JSON shape, base64, version, unknown
+//! fields) and every parse failure is the same opaque [`CryptoError::DecryptionFailed`].
+
+use std::collections::BTreeMap;
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::{CryptoError, SecretKey, SymmetricAlgorithm, commitment};
+
+/// The format version this code writes.
+pub const CURRENT_VERSION: u8 = 3;
+/// Largest header accepted, in bytes: far above any header keymesh writes, far below the u16 limit.
+pub const MAX_HEADER_LEN: usize = 4096;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeader {
+    v: u8,
+    ctx: String,
+    kid: String,
+    alg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
+    nonce: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kc: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aad: Option<bool>,
+}
+
+/// Associated data a caller binds to a ciphertext: raw AAD and/or a key-value encryption context. Both must
+/// be presented again, byte for byte, to decrypt.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Binding<'a> {
+    /// Caller-supplied associated data.
+    pub aad: &'a [u8],
+    /// Encryption context (sorted, so map order never matters).
+    pub context: Option<&'a BTreeMap<String, String>>,
+}
+
+impl Binding<'_> {
+    fn is_empty(&self) -> bool {
+        self.aad.is_empty() && self.context.is_none_or(|c| c.is_empty())
+    }
+
+    /// Length-prefixed, so that no two different (aad, context) pairs encode alike.
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        push_len_prefixed(out, self.aad);
+        let context = self.context.map(|c| c.iter().collect::<Vec<_>>()).unwrap_or_default();
+        out.extend_from_slice(&(context.len() as u32).to_be_bytes());
+        for (k, v) in context {
+            push_len_prefixed(out, k.as_bytes());
+            push_len_prefixed(out, v.as_bytes());
+        }
+    }
+}
+
+fn push_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// A key version reference as written in the header's "kid": `<key id>:v<version>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRef {
+    /// The key's stable id.
+    pub key_id: String,
+    /// The version.
+    pub version: u32,
+}
+
+impl KeyRef {
+    /// Formats the reference for a header.
+    pub fn to_kid(&self) -> String {
+        format!("{}:v{}", self.key_id, self.version)
+    }
+
+    /// Parses a header's "kid".
+    pub fn parse(kid: &str) -> Option<Self> {
+        let (key_id, version) = kid.rsplit_once(":v")?;
+        let version: u32 = version.parse().ok()?;
+        (!key_id.is_empty() && version > 0).then(|| Self { key_id: key_id.to_owned(), version })
+    }
+}
+
+/// What a caller needs to seal a plaintext.
+#[derive(Debug)]
+pub struct SealRequest<'a> {
+    /// The key's name (the document's "context"), written as "ctx".
+    pub key_name: &'a str,
+    /// Key id and version, written as "kid".
+    pub key_ref: &'a KeyRef,
+    /// The version's algorithm.
+    pub algorithm: SymmetricAlgorithm,
+    /// Associated data to bind.
+    pub binding: Binding<'a>,
+}
+
+/// Seals `plaintext` under `key` into a version-3 ciphertext.
+pub fn seal(key: &SecretKey, request: &SealRequest<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let alg = request.algorithm;
+    let nonce = crate::random::nonce::<{ crate::aead::GCM_NONCE_LEN }>()?;
+    let header = RawHeader {
+        v: CURRENT_VERSION,
+        ctx: request.key_name.to_owned(),
+        kid: request.key_ref.to_kid(),
+        alg: alg.name().to_owned(),
+        mode: Some(alg.mode().to_owned()),
+        nonce: B64.encode(nonce),
+        kc: Some(B64.encode(commitment::commit(key.expose_secret()))),
+        aad: Some(!request.binding.is_empty()),
+    };
+    let header_json = serde_json::to_vec(&header).map_err(|_| CryptoError::Library)?;
+    if header_json.len() > MAX_HEADER_LEN {
+        return Err(CryptoError::TooLarge {
+            what: "ciphertext header",
+            size: header_json.len(),
+            limit: MAX_HEADER_LEN,
+        });
+    }
+    let mut out = Vec::with_capacity(2 + header_json.len() + plaintext.len() + crate::aead::GCM_TAG_LEN);
+    out.extend_from_slice(&(header_json.len() as u16).to_be_bytes());
+    out.extend_from_slice(&header_json);
+    let associated = associated_data(&out, request.binding);
+    let body = alg.seal(key, &nonce, &associated, plaintext)?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn associated_data(prefix_and_header: &[u8], binding: Binding<'_>) -> Vec<u8> {
+    let mut associated = Vec::with_capacity(prefix_and_header.len() + binding.aad.len() + 16);
+    associated.extend_from_slice(prefix_and_header);
+    binding.encode_into(&mut associated);
+    associated
+}
+
+/// A parsed ciphertext whose header has been read but whose body is not yet authenticated. The header
+/// fields are therefore *claims* until [`ParsedCiphertext::open`] succeeds.
+#[derive(Debug)]
+pub struct ParsedCiphertext<'a> {
+    /// Format version (1–3).
+    pub version: u8,
+    /// The key name claimed by the header.
+    pub key_name: String,
+    /// The key version claimed by the header.
+    pub key_ref: KeyRef,
+    /// The algorithm claimed by the header.
+    pub algorithm: SymmetricAlgorithm,
+    nonce: Vec<u8>,
+    commitment: Option<Vec<u8>>,
+    has_binding: Option<bool>,
+    header_bytes: &'a [u8],
+    body: &'a [u8],
+}
+
+/// Reads the header of `ciphertext`. Any malformation is [`CryptoError::DecryptionFailed`].
+pub fn parse(ciphertext: &[u8]) -> Result<ParsedCiphertext<'_>, CryptoError> {
+    let fail = || CryptoError::DecryptionFailed;
+    let len_bytes: [u8; 2] = ciphertext.get(..2).and_then(|b| b.try_into().ok()).ok_or_else(fail)?;
+    let header_len = u16::from_be_bytes(len_bytes) as usize;
+    if header_len == 0 || header_len > MAX_HEADER_LEN {
+        return Err(fail());
+    }
+    let header_bytes = ciphertext.get(..2 + header_len).ok_or_else(fail)?;
+    let body = &ciphertext[2 + header_len..];
+    let raw: RawHeader = serde_json::from_slice(&header_bytes[2..]).map_err(|_| fail())?;
+    let algorithm = SymmetricAlgorithm::from_name(&raw.alg).ok_or_else(fail)?;
+    // Each version has exactly its own fields: v1 {ctx,kid,alg,nonce}, v2 adds mode, v3 adds kc and aad.
+    let shape_ok = match raw.v {
+        1 => raw.mode.is_none() && raw.kc.is_none() && raw.aad.is_none(),
+        2 => raw.mode.is_some() && raw.kc.is_none() && raw.aad.is_none(),
+        3 => raw.mode.is_some() && raw.kc.is_some() && raw.aad.is_some(),
+        _ => false,
+    };
+    if !shape_ok || raw.mode.as_deref().is_some_and(|m| m != algorithm.mode()) {
+        return Err(fail());
+    }
+    let nonce = B64.decode(&raw.nonce).map_err(|_| fail())?;
+    if nonce.len() != algorithm.nonce_len() {
+        return Err(fail());
+    }
+    let commitment = raw.kc.as_deref().map(|kc| B64.decode(kc)).transpose().map_err(|_| fail())?;
+    let key_ref = KeyRef::parse(&raw.kid).ok_or_else(fail)?;
+    Ok(ParsedCiphertext {
+        version: raw.v,
+        key_name: raw.ctx,
+        key_ref,
+        algorithm,
+        nonce,
+        commitment,
+        has_binding: raw.aad,
+        header_bytes,
+        body,
+    })
+}
+
+impl ParsedCiphertext<'_> {
+    /// Checks that the ciphertext was made under the key the caller expects (by name or id). This is the
+    /// one decrypt error that is not opaque, as the source document specifies.
+    pub fn expect_key(&self, expected: &str) -> Result<(), CryptoError> {
+        if expected.is_empty() || expected == self.key_name || expected == self.key_ref.key_id {
+            Ok(())
+        } else {
+            Err(CryptoError::ContextMismatch { expected: expected.to_owned(), actual: self.key_name.clone() })
+        }
+    }
+
+    /// Authenticates and decrypts. The key commitment is checked first, in constant time.
+    pub fn open(&self, key: &SecretKey, binding: Binding<'_>) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if let Some(commitment) = &self.commitment
+            && !commitment::verify(key.expose_secret(), commitment)
+        {
+            return Err(CryptoError::DecryptionFailed);
+        }
+        if self.has_binding == Some(false) && !binding.is_empty() {
+            return Err(CryptoError::DecryptionFailed);
+        }
+        let associated = associated_data(self.header_bytes, binding);
+        self.algorithm.open(key, &self.nonce, &associated, self.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SecretKey {
+        SecretKey::from_bytes((0u8..32).collect())
+    }
+
+    fn seal_sample(binding: Binding<'_>) -> Vec<u8> {
+        let key_ref = KeyRef { key_id: "k_0123".into(), version: 2 };
+        let req =
+            SealRequest { key_name: "user-pii", key_ref: &key_ref, algorithm: SymmetricAlgorithm::Aes256Gcm, binding };
+        seal(&key(), &req, b"attack at dawn").unwrap_or_default()
+    }
+
+    #[test]
+    fn round_trip_and_header_shape() {
+        let ct = seal_sample(Binding { aad: b"order-17", context: None });
+        let parsed = parse(&ct).map_err(|e| e.to_string());
+        let parsed = parsed.as_ref().map_err(Clone::clone);
+        assert!(parsed.is_ok());
+        let Ok(parsed) = parsed else { return };
+        assert_eq!(parsed.version, 3);
+        assert_eq!(parsed.key_name, "user-pii");
+        assert_eq!(parsed.key_ref, KeyRef { key_id: "k_0123".into(), version: 2 });
+        let header_len = u16::from_be_bytes([ct[0], ct[1]]) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&ct[2..2 + header_len]).unwrap_or_default();
+        assert_eq!(header["v"], 3);
+        assert_eq!(header["alg"], "AES-256-GCM");
+        assert_eq!(header["mode"], "gcm");
+        assert_eq!(header["aad"], true);
+        let opened = parsed.open(&key(), Binding { aad: b"order-17", context: None }).map(|p| p.to_vec());
+        assert_eq!(opened, Ok(b"attack at dawn".to_vec()));
+        assert_eq!(parsed.open(&key(), Binding::default()).err(), Some(CryptoError::DecryptionFailed));
+        assert_eq!(
+            parsed.open(&key(), Binding { aad: b"order-18", context: None }).err(),
+            Some(CryptoError::DecryptionFailed)
+        );
+    }
+
+    #[test]
+    fn every_flipped_byte_fails_opaquely() {
+        let ct = seal_sample(Binding::default());
+        for i in 0..ct.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = ct.clone();
+                bad[i] ^= bit;
+                let result = parse(&bad).and_then(|p| p.open(&key(), Binding::default()));
+                assert_eq!(result.err(), Some(CryptoError::DecryptionFailed), "byte {i} bit {bit:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn encryption_context_is_bound_independent_of_order() {
+        let mut ctx = BTreeMap::new();
+        ctx.insert("tenant".to_owned(), "acme".to_owned());
+        ctx.insert("purpose".to_owned(), "billing".to_owned());
+        let ct = seal_sample(Binding { aad: b"", context: Some(&ctx) });
+        let Ok(parsed) = parse(&ct) else { return assert!(false, "parse failed") };
+        assert!(parsed.open(&key(), Binding { aad: b"", context: Some(&ctx) }).is_ok());
+        let mut other = ctx.clone();
+        other.insert("purpose".to_owned(), "marketing".to_owned());
+        assert!(parsed.open(&key(), Binding { aad: b"", context: Some(&other) }).is_err());
+        // The same bytes as AAD instead of context must not be interchangeable.
+        assert!(parsed.open(&key(), Binding { aad: b"tenantacme", context: None }).is_err());
+    }
+
+    #[test]
+    fn wrong_key_is_caught_by_commitment() {
+        let ct = seal_sample(Binding::default());
+        let Ok(parsed) = parse(&ct) else { return assert!(false, "parse failed") };
+        let other = SecretKey::from_bytes(vec![7; 32]);
+        assert_eq!(parsed.open(&other, Binding::default()).err(), Some(CryptoError::DecryptionFailed));
+    }
+
+    #[test]
+    fn context_mismatch_is_reported() {
+        let ct = seal_sample(Binding::default());
+        let Ok(parsed) = parse(&ct) else { return assert!(false, "parse failed") };
+        assert!(parsed.expect_key("user-pii").is_ok());
+        assert!(parsed.expect_key("k_0123").is_ok());
+        assert!(matches!(parsed.expect_key("payments"), Err(CryptoError::ContextMismatch { .. })));
+    }
+
+    #[test]
+    fn older_versions_are_read() {
+        // A v2 header (no kc, no aad flag) written by hand, then sealed the way v2 writers did.
+        let key_ref = KeyRef { key_id: "k_9".into(), version: 1 };
+        let nonce = [9u8; 12];
+        for (v, header) in [
+            (
+                1,
+                format!(
+                    r#"{{"v":1,"ctx":"legacy","kid":"{}","alg":"AES-256-GCM","nonce":"{}"}}"#,
+                    key_ref.to_kid(),
+                    B64.encode(nonce)
+                ),
+            ),
+            (
+                2,
+                format!(
+                    r#"{{"v":2,"ctx":"legacy","kid":"{}","alg":"AES-256-GCM","mode":"gcm","nonce":"{}"}}"#,
+                    key_ref.to_kid(),
+                    B64.encode(nonce)
+                ),
+            ),
+        ] {
+            let mut ct = (header.len() as u16).to_be_bytes().to_vec();
+            ct.extend_from_slice(header.as_bytes());
+            let associated = associated_data(&ct, Binding::default());
+            let body = SymmetricAlgorithm::Aes256Gcm.seal(&key(), &nonce, &associated, b"old data").unwrap_or_default();
+            ct.extend_from_slice(&body);
+            let opened = parse(&ct).and_then(|p| p.open(&key(), Binding::default())).map(|p| p.to_vec());
+            assert_eq!(opened, Ok(b"old data".to_vec()), "v{v}");
+        }
+    }
+
+    #[test]
+    fn malformed_headers_are_refused() {
+        for header in [
+            r#"{"v":4,"ctx":"a","kid":"k:v1","alg":"AES-256-GCM","mode":"gcm","nonce":"AAAAAAAAAAAAAAAA","kc":"","aad":false}"#,
+            r#"{"v":3,"ctx":"a","kid":"k:v1","alg":"AES-256-GCM","mode":"gcm","nonce":"AAAAAAAAAAAAAAAA","aad":false}"#,
+            r#"{"v":3,"ctx":"a","kid":"k:v1","alg":"AES-256-GCM","mode":"gcm","nonce":"AAAAAAAAAAAAAAAA","kc":"","aad":false,"x":1}"#,
+            r#"{"v":3,"ctx":"a","kid":"k:v1","alg":"DES","mode":"gcm","nonce":"AAAAAAAAAAAAAAAA","kc":"","aad":false}"#,
+            r#"{"v":3,"ctx":"a","kid":"k:v1","alg":"AES-256-GCM","mode":"gcm","nonce":"!!","kc":"","aad":false}"#,
+            r#"{"v":3,"ctx":"a","kid":"nokid","alg":"AES-256-GCM","mode":"gcm","nonce":"AAAAAAAAAAAAAAAA","kc":"","aad":false}"#,
+            r#"not json"#,
+        ] {
+            let mut ct = (header.len() as u16).to_be_bytes().to_vec();
+            ct.extend_from_slice(header.as_bytes());
+            ct.extend_from_slice(&[0u8; 32]);
+            assert_eq!(parse(&ct).err(), Some(CryptoError::DecryptionFailed), "{header}");
+        }
+        assert!(parse(&[]).is_err());
+        assert!(parse(&[0xff, 0xff, b'{']).is_err());
+    }
+}

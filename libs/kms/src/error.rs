@@ -1,0 +1,42 @@
+/// Failures of a KEK backend.
+#[derive(Debug, thiserror::Error)]
+pub enum KmsError {
+    /// The wrapped blob does not open under this KEK and context: tampered, moved to another key, or
+    /// wrapped by another KEK.
+    #[error("the wrapped key does not unwrap under backend {backend} (wrong KEK or context)")]
+    UnwrapFailed {
+        /// Backend name.
+        backend: String,
+    },
+    /// The blob names a backend or KEK this instance does not hold.
+    #[error("wrapped key belongs to backend {backend} KEK {kek_id}, which is not configured")]
+    UnknownKek {
+        /// Backend the blob names.
+        backend: String,
+        /// KEK the blob names.
+        kek_id: String,
+    },
+    /// The master secret is malformed or does not match the data directory.
+    #[error("master key: {0}")]
+    MasterKey(String),
+    /// The backend cannot be reached or refused to serve.
+    #[error("KMS backend {backend} is unavailable: {reason}")]
+    Unavailable {
+        /// Backend name.
+        backend: String,
+        /// What went wrong, without secrets.
+        reason: String,
+    },
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A primitive failed.
+    #[error(transparent)]
+    Crypto(#[from] keymesh_crypto::CryptoError),
+}

@@ -1,0 +1,84 @@
+//! Key-encryption-key (KEK) backends. A DEK is only ever stored wrapped by a KEK that lives in a backend
+//! (the embedded local backend here; cloud KMSs and Vault Transit behind the same trait), and every wrap is
+//! bound to the DEK's tenant, key, version and algorithm through the backend's own AAD mechanism, so a
+//! wrapped blob cannot be moved to another key.
+
+mod error;
+pub mod local;
+
+pub use error::KmsError;
+pub use local::{LocalKms, LocalKmsConfig, MasterKeySource};
+
+use keymesh_crypto::SecretKey;
+
+/// A DEK wrapped by a backend's KEK, as stored in the database.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// Which backend wrapped it (e.g. "local").
+    pub backend: String,
+    /// Which KEK (and KEK version) of that backend.
+    pub kek_id: String,
+    /// The backend's opaque wrapped bytes.
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Wrapped material is not secret, but it is noise in logs.
+        f.debug_struct("WrappedKey")
+            .field("backend", &self.backend)
+            .field("kek_id", &self.kek_id)
+            .field("len", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+/// What a DEK is bound to. Encoded into the backend's AAD / encryption context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrapContext {
+    /// Tenant that owns the key.
+    pub tenant_id: String,
+    /// Key id.
+    pub key_id: String,
+    /// Key version.
+    pub version: u32,
+    /// Algorithm name of the version.
+    pub algorithm: String,
+}
+
+impl WrapContext {
+    /// Canonical byte encoding for AAD-based backends: unambiguous because every field is length-prefixed.
+    pub fn to_aad(&self) -> Vec<u8> {
+        let mut out = b"keymesh-dek-v1".to_vec();
+        for field in [self.tenant_id.as_bytes(), self.key_id.as_bytes(), self.algorithm.as_bytes()] {
+            out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            out.extend_from_slice(field);
+        }
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out
+    }
+}
+
+/// A description of a backend for health output and `keymesh kms check`. Never holds secrets.
+#[derive(Debug, Clone)]
+pub struct BackendDescription {
+    /// Backend name.
+    pub backend: String,
+    /// The KEK in use.
+    pub kek_id: String,
+    /// Human-readable detail, e.g. the KDF.
+    pub detail: String,
+}
+
+/// A KEK backend. The KEK never leaves it: callers hand DEKs in to be wrapped and get DEKs back.
+#[async_trait::async_trait]
+pub trait KeyEncryptionBackend: Send + Sync {
+    /// Wraps a DEK, bound to `context`.
+    async fn wrap(&self, dek: &SecretKey, context: &WrapContext) -> Result<WrappedKey, KmsError>;
+    /// Unwraps a DEK; fails if `context` differs from the one used to wrap.
+    async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext) -> Result<SecretKey, KmsError>;
+    /// Describes the backend.
+    fn describe(&self) -> BackendDescription;
+    /// Checks that the backend can serve (a wrap/unwrap probe for remote backends).
+    async fn health(&self) -> Result<(), KmsError>;
+}

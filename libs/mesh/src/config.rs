@@ -1,0 +1,553 @@
+//! Configuration in two stages: a raw serde struct read from a TOML file and overlaid with `KEYMESH_*`
+//! environment variables, then validated into typed parameters with errors that name the field.
+//!
+//! One file can configure the whole mesh (each service reads the sections it needs), which is how the
+//! embedded default works. Environment variables map onto fields with `__` between levels:
+//! `KEYMESH_DATA_DIR`, `KEYMESH_ENDPOINTS__KEY_SERVICE`, `KEYMESH_DATABASE__URL`, …
+//! Secrets are never config values: `KEYMESH_MASTER_KEY` is read by the KMS backend directly.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::ServiceName;
+
+/// Environment variables with the prefix that are not config fields.
+const RESERVED_ENV: &[&str] = &["KEYMESH_CONFIG", "KEYMESH_MASTER_KEY", "KEYMESH_LOG"];
+
+/// Default loopback endpoints of the embedded mesh.
+pub const DEFAULT_ENDPOINTS: [(ServiceName, &str); 4] = [
+    (ServiceName::KeyService, "127.0.0.1:7401"),
+    (ServiceName::CryptoService, "127.0.0.1:7402"),
+    (ServiceName::TokenService, "127.0.0.1:7403"),
+    (ServiceName::AuditService, "127.0.0.1:7404"),
+];
+
+/// A configuration problem, always naming the field (or file) at fault. One line, no secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML (line {line}): {reason}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// Parser message.
+        reason: String,
+    },
+    /// A field has the wrong type or is unknown.
+    #[error("config field `{field}`: {reason}")]
+    Field {
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A field is well-typed but its value is not acceptable.
+    #[error("config field `{field}` is invalid: {reason}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: &'static str,
+        /// What is wrong and what would be right.
+        reason: String,
+    },
+}
+
+/// The raw configuration of the mesh, as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where SQLite files, generated certificates, the master key and bootstrap credentials live.
+    pub data_dir: Option<PathBuf>,
+    /// Address this service binds; defaults to its own entry in `endpoints`.
+    pub listen_addr: Option<String>,
+    /// Where each service is reached (host:port).
+    #[serde(default)]
+    pub endpoints: RawEndpoints,
+    /// Certificates; when absent a development CA and certificates are generated under `data_dir/pki`.
+    pub tls: Option<RawTls>,
+    /// Logging and tracing.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+    /// The service's database.
+    #[serde(default)]
+    pub database: RawDatabase,
+    /// The KEK backend (key-service, token-service).
+    #[serde(default)]
+    pub kms: RawKms,
+    /// Access tokens (token-service issues them, the others verify them).
+    #[serde(default)]
+    pub tokens: RawTokens,
+    /// crypto-service's cache of unwrapped DEKs.
+    #[serde(default)]
+    pub dek_cache: RawDekCache,
+    /// Seconds to let in-flight requests finish after SIGTERM.
+    pub shutdown_grace_seconds: Option<u64>,
+}
+
+/// `[endpoints]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoints {
+    /// key-service.
+    pub key_service: Option<String>,
+    /// crypto-service.
+    pub crypto_service: Option<String>,
+    /// token-service.
+    pub token_service: Option<String>,
+    /// audit-service.
+    pub audit_service: Option<String>,
+}
+
+/// `[tls]`: PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// CA that signs every mesh and client certificate.
+    pub ca_cert: PathBuf,
+    /// This service's certificate chain.
+    pub cert: PathBuf,
+    /// This service's private key.
+    pub key: PathBuf,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; unset disables export.
+    pub otlp_endpoint: Option<String>,
+    /// `text` (default) or `json`.
+    pub log_format: Option<String>,
+    /// tracing filter directive, e.g. `info` or `keymesh=debug`.
+    pub log_level: Option<String>,
+}
+
+/// `[database]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    /// `postgres://…` or `sqlite://…`; default a SQLite file per service in `data_dir`.
+    pub url: Option<String>,
+}
+
+impl std::fmt::Debug for RawDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Database URLs carry passwords.
+        f.debug_struct("RawDatabase").field("url", &self.url.as_deref().map(redact_url)).finish()
+    }
+}
+
+/// `[kms]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKms {
+    /// `local` (the only backend so far).
+    pub backend: Option<String>,
+    /// File holding the master secret of the local backend; default `data_dir/master.key`.
+    pub master_key_file: Option<PathBuf>,
+}
+
+/// `[tokens]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    /// `iss` of access tokens.
+    pub issuer: Option<String>,
+    /// `aud` of access tokens.
+    pub audience: Option<String>,
+    /// Lifetime of access tokens in seconds (60..=86400; default 3600).
+    pub access_token_ttl_seconds: Option<u64>,
+}
+
+/// `[dek_cache]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDekCache {
+    /// Most DEKs held at once (default 10000).
+    pub max_entries: Option<u64>,
+    /// Seconds a DEK stays cached (1..=3600; default 300).
+    pub ttl_seconds: Option<u64>,
+}
+
+/// Masks the password of a URL for printing.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => match url[scheme_end + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+/// Reads the file (if any) and overlays the `KEYMESH_*` variables in `env`.
+pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<RawConfig, ConfigError> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+            text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+                path: path.display().to_string(),
+                line: e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).unwrap_or(1),
+                reason: e.message().to_owned(),
+            })?
+        }
+        None => toml::Table::new(),
+    };
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("KEYMESH_") else { continue };
+        if RESERVED_ENV.contains(&name.as_str()) || rest.starts_with("TEST_") {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        insert_path(&mut table, &path, env_value(value))
+            .map_err(|reason| ConfigError::Field { field: path.join("."), reason })?;
+    }
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let field = e.path().to_string();
+        ConfigError::Field {
+            field: if field == "." { "(top level)".into() } else { field },
+            reason: e.inner().to_string(),
+        }
+    })
+}
+
+/// Numbers and booleans in the environment are typed like TOML literals; everything else is a string.
+fn env_value(value: &str) -> toml::Value {
+    if let Ok(i) = value.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = value.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(value.to_owned())
+    }
+}
+
+fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("empty variable name".into()),
+        [leaf] => {
+            table.insert(leaf.clone(), value);
+            Ok(())
+        }
+        [head, rest @ ..] => {
+            let entry = table.entry(head.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(inner) => insert_path(inner, rest, value),
+                _ => Err(format!("`{head}` is not a section")),
+            }
+        }
+    }
+}
+
+/// Validated settings every service uses.
+#[derive(Debug, Clone)]
+pub struct MeshParams {
+    /// Which service this process is.
+    pub service: ServiceName,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Address to bind.
+    pub listen_addr: SocketAddr,
+    /// host:port of every service.
+    pub endpoints: Endpoints,
+    /// Configured certificate files, or `None` for the generated development PKI.
+    pub tls_files: Option<TlsFiles>,
+    /// OTLP collector.
+    pub otlp_endpoint: Option<String>,
+    /// JSON logs instead of text.
+    pub json_logs: bool,
+    /// Log filter.
+    pub log_level: String,
+    /// Drain period after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+/// host:port of every service.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// key-service.
+    pub key_service: String,
+    /// crypto-service.
+    pub crypto_service: String,
+    /// token-service.
+    pub token_service: String,
+    /// audit-service.
+    pub audit_service: String,
+}
+
+impl Endpoints {
+    /// The endpoint of `service`.
+    pub fn of(&self, service: ServiceName) -> &str {
+        match service {
+            ServiceName::KeyService => &self.key_service,
+            ServiceName::CryptoService => &self.crypto_service,
+            ServiceName::TokenService => &self.token_service,
+            ServiceName::AuditService => &self.audit_service,
+        }
+    }
+}
+
+/// Certificate files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// CA bundle.
+    pub ca_cert: PathBuf,
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// The default data directory when none is configured.
+pub const DEFAULT_DATA_DIR: &str = ".keymesh";
+
+impl MeshParams {
+    /// Validates the shared part of `raw` for `service`.
+    pub fn from_raw(service: ServiceName, raw: &RawConfig) -> Result<Self, ConfigError> {
+        let default_of = |s: ServiceName| {
+            DEFAULT_ENDPOINTS.iter().find(|(n, _)| *n == s).map(|(_, e)| (*e).to_owned()).unwrap_or_default()
+        };
+        let endpoint = |field: &'static str, value: &Option<String>, s: ServiceName| -> Result<String, ConfigError> {
+            let value = value.clone().unwrap_or_else(|| default_of(s));
+            match value.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(value),
+                _ => Err(ConfigError::Invalid { field, reason: format!("{value:?} is not host:port") }),
+            }
+        };
+        let endpoints = Endpoints {
+            key_service: endpoint("endpoints.key_service", &raw.endpoints.key_service, ServiceName::KeyService)?,
+            crypto_service: endpoint(
+                "endpoints.crypto_service",
+                &raw.endpoints.crypto_service,
+                ServiceName::CryptoService,
+            )?,
+            token_service: endpoint(
+                "endpoints.token_service",
+                &raw.endpoints.token_service,
+                ServiceName::TokenService,
+            )?,
+            audit_service: endpoint(
+                "endpoints.audit_service",
+                &raw.endpoints.audit_service,
+                ServiceName::AuditService,
+            )?,
+        };
+        let listen = raw.listen_addr.clone().unwrap_or_else(|| endpoints.of(service).to_owned());
+        let listen_field = if raw.listen_addr.is_some() { "listen_addr" } else { service.endpoint_field() };
+        let listen_addr: SocketAddr = listen.parse().map_err(|_| ConfigError::Invalid {
+            field: listen_field,
+            reason: format!("{listen:?} is not an IP:port to listen on (e.g. 0.0.0.0:7401)"),
+        })?;
+        let data_dir = raw.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid { field: "data_dir", reason: "must not be empty".into() });
+        }
+        let json_logs = match raw.telemetry.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    field: "telemetry.log_format",
+                    reason: format!("{other:?} is neither \"text\" nor \"json\""),
+                });
+            }
+        };
+        if let Some(otlp) = &raw.telemetry.otlp_endpoint
+            && !(otlp.starts_with("http://") || otlp.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                field: "telemetry.otlp_endpoint",
+                reason: format!("{otlp:?} must be an http:// or https:// URL"),
+            });
+        }
+        let shutdown_grace = Duration::from_secs(raw.shutdown_grace_seconds.unwrap_or(20));
+        Ok(Self {
+            service,
+            data_dir,
+            listen_addr,
+            endpoints,
+            tls_files: raw.tls.as_ref().map(|t| TlsFiles {
+                ca_cert: t.ca_cert.clone(),
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            }),
+            otlp_endpoint: raw.telemetry.otlp_endpoint.clone(),
+            json_logs,
+            log_level: raw.telemetry.log_level.clone().unwrap_or_else(|| "info".into()),
+            shutdown_grace,
+        })
+    }
+
+    /// The database URL: configured, or a SQLite file per service in the data directory.
+    pub fn database_url(&self, raw: &RawConfig) -> String {
+        raw.database.url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", self.data_dir.join(format!("{}.db", self.service.as_str())).display())
+        })
+    }
+}
+
+/// Validated token settings.
+#[derive(Debug, Clone)]
+pub struct TokenParams {
+    /// `iss`.
+    pub issuer: String,
+    /// `aud`.
+    pub audience: String,
+    /// Access token lifetime.
+    pub access_token_ttl: Duration,
+}
+
+impl TokenParams {
+    /// Validates `[tokens]`.
+    pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let ttl = raw.tokens.access_token_ttl_seconds.unwrap_or(3600);
+        if !(60..=86_400).contains(&ttl) {
+            return Err(ConfigError::Invalid {
+                field: "tokens.access_token_ttl_seconds",
+                reason: format!("{ttl} is outside 60..=86400"),
+            });
+        }
+        Ok(Self {
+            issuer: raw.tokens.issuer.clone().unwrap_or_else(|| "keymesh".into()),
+            audience: raw.tokens.audience.clone().unwrap_or_else(|| "keymesh".into()),
+            access_token_ttl: Duration::from_secs(ttl),
+        })
+    }
+}
+
+/// Validated DEK cache settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DekCacheParams {
+    /// Capacity.
+    pub max_entries: u64,
+    /// Time to live.
+    pub ttl: Duration,
+}
+
+impl DekCacheParams {
+    /// Validates `[dek_cache]`.
+    pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let ttl = raw.dek_cache.ttl_seconds.unwrap_or(300);
+        if !(1..=3600).contains(&ttl) {
+            return Err(ConfigError::Invalid {
+                field: "dek_cache.ttl_seconds",
+                reason: format!("{ttl} is outside 1..=3600"),
+            });
+        }
+        let max_entries = raw.dek_cache.max_entries.unwrap_or(10_000);
+        if max_entries == 0 {
+            return Err(ConfigError::Invalid { field: "dek_cache.max_entries", reason: "must be at least 1".into() });
+        }
+        Ok(Self { max_entries, ttl: Duration::from_secs(ttl) })
+    }
+}
+
+/// Validated `[kms]` for the local backend.
+#[derive(Debug, Clone)]
+pub struct KmsParams {
+    /// Master key file, if configured.
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl KmsParams {
+    /// Validates `[kms]`.
+    pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        match raw.kms.backend.as_deref() {
+            None | Some("local") => Ok(Self { master_key_file: raw.kms.master_key_file.clone() }),
+            Some(other) => Err(ConfigError::Invalid {
+                field: "kms.backend",
+                reason: format!("{other:?} is not an available backend (available: \"local\")"),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_serve_the_embedded_mesh() {
+        let raw = load(None, &BTreeMap::new()).unwrap();
+        let p = MeshParams::from_raw(ServiceName::CryptoService, &raw).unwrap();
+        assert_eq!(p.listen_addr.to_string(), "127.0.0.1:7402");
+        assert_eq!(p.endpoints.key_service, "127.0.0.1:7401");
+        assert_eq!(p.database_url(&raw), "sqlite://.keymesh/crypto-service.db?mode=rwc");
+    }
+
+    #[test]
+    fn env_overrides_file_and_names_nested_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keymesh.toml");
+        std::fs::write(&file, "data_dir = \"/srv/a\"\n[endpoints]\nkey_service = \"keys:7401\"\n").unwrap();
+        let raw = load(
+            Some(&file),
+            &env(&[
+                ("KEYMESH_DATA_DIR", "/srv/b"),
+                ("KEYMESH_ENDPOINTS__TOKEN_SERVICE", "tokens:7403"),
+                ("KEYMESH_MASTER_KEY", "not a config field"),
+                ("KEYMESH_DEK_CACHE__TTL_SECONDS", "60"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        let p = MeshParams::from_raw(ServiceName::CryptoService, &raw).unwrap();
+        assert_eq!(p.data_dir, PathBuf::from("/srv/b"));
+        assert_eq!(p.endpoints.key_service, "keys:7401");
+        assert_eq!(p.endpoints.token_service, "tokens:7403");
+        assert_eq!(DekCacheParams::from_raw(&raw).unwrap().ttl, Duration::from_secs(60));
+        // keys:7401 is fine to reach but not to bind: key-service's error names the field to fix.
+        let err = MeshParams::from_raw(ServiceName::KeyService, &raw).unwrap_err().to_string();
+        assert!(err.contains("`endpoints.key_service`"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[telemetry]\nlog_formt = \"json\"\n").unwrap();
+        let err = load(Some(&file), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("log_formt"), "{err}");
+
+        std::fs::write(&file, "[tokens]\naccess_token_ttl_seconds = \"soon\"\n").unwrap();
+        let err = load(Some(&file), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("tokens.access_token_ttl_seconds"), "{err}");
+
+        std::fs::write(&file, "data_dir = [unclosed\n").unwrap();
+        let err = load(Some(&file), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("not valid TOML") && !err.contains('\n'), "{err}");
+
+        let raw = load(None, &env(&[("KEYMESH_LISTEN_ADDR", "everywhere")])).unwrap();
+        let err = MeshParams::from_raw(ServiceName::KeyService, &raw).unwrap_err().to_string();
+        assert!(err.contains("`listen_addr`"), "{err}");
+
+        let raw = load(None, &env(&[("KEYMESH_KMS__BACKEND", "hsm")])).unwrap();
+        assert!(KmsParams::from_raw(&raw).unwrap_err().to_string().contains("kms.backend"));
+    }
+
+    #[test]
+    fn database_password_never_prints() {
+        let raw = load(None, &env(&[("KEYMESH_DATABASE__URL", "postgres://app:hunter2@db/keymesh")])).unwrap();
+        assert!(!format!("{raw:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,40 @@
+use std::net::SocketAddr;
+
+/// Failures while starting or running the shared machinery.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// Configuration is invalid; the message names the field.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The listen address could not be bound (taken port, no permission, bad interface).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Certificates or keys could not be read, generated or used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// Telemetry could not be set up.
+    #[error("telemetry: {0}")]
+    Telemetry(String),
+}
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> MeshError + '_ {
+    move |source| MeshError::Io { path: path.display().to_string(), source }
+}

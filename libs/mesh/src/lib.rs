@@ -1,0 +1,24 @@
+//! What every keymesh service shares, so that a service binary is only wiring: configuration from a file
+//! and `KEYMESH_*` variables, the development PKI, rustls mTLS for servers and clients, the caller's SPIFFE
+//! identity, access-token verification, telemetry with W3C trace-context propagation, and graceful
+//! shutdown.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+mod error;
+pub mod identity;
+pub mod pki;
+pub mod run;
+pub mod server;
+pub mod telemetry;
+
+pub use error::MeshError;
+pub use identity::{PeerIdentity, ServiceName};
+
+/// Installs the process-wide rustls crypto provider (ring). Every binary and test calls this first: with
+/// more than one provider compiled in, rustls refuses to guess.
+pub fn install_crypto_provider() {
+    // Err means one is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,133 @@
+//! The shape of every service's `main`: load and validate configuration without binding anything, set up
+//! telemetry and certificates, run the service, and turn failures into one line and an exit code —
+//! 64 (EX_USAGE) for bad configuration, 1 for a failed start.
+
+use std::{collections::BTreeMap, error::Error, future::Future, path::PathBuf, process::ExitCode};
+
+use crate::{
+    MeshError, ServiceName,
+    config::{self, ConfigError, MeshParams, RawConfig},
+    identity::app_spiffe_id,
+    pki::{self, DevIdentity, TlsMaterial},
+    telemetry,
+};
+
+/// A boxed error a service's start-up can fail with.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// What a service gets to build itself from.
+pub struct Startup {
+    /// Validated shared settings.
+    pub params: MeshParams,
+    /// The raw configuration, for the service's own sections.
+    pub raw: RawConfig,
+    /// This service's certificate, key and CA.
+    pub tls: TlsMaterial,
+}
+
+/// Exit code for configuration errors (sysexits EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Runs a service. `body` builds it from [`Startup`] and serves until shutdown.
+pub fn main<F, Fut>(service: ServiceName, body: F) -> ExitCode
+where
+    F: FnOnce(Startup) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>>,
+{
+    crate::install_crypto_provider();
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let (params, raw) = match load_config(service, &env) {
+        Ok(loaded) => loaded,
+        Err(e) => return fail(service, &e, EXIT_CONFIG),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(service, &e, 1),
+    };
+    let result: Result<(), BoxError> = runtime.block_on(async {
+        let telemetry = telemetry::init(&params)?;
+        let tls = service_tls(&params)?;
+        let outcome = body(Startup { params, raw, tls }).await;
+        telemetry.shutdown();
+        outcome
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_config_error(e.as_ref()) => fail(service, e.as_ref(), EXIT_CONFIG),
+        Err(e) => fail(service, e.as_ref(), 1),
+    }
+}
+
+fn load_config(service: ServiceName, env: &BTreeMap<String, String>) -> Result<(MeshParams, RawConfig), ConfigError> {
+    let file =
+        config_file_from_args(std::env::args().skip(1))?.or_else(|| env.get("KEYMESH_CONFIG").map(PathBuf::from));
+    let raw = config::load(file.as_deref(), env)?;
+    let params = MeshParams::from_raw(service, &raw)?;
+    Ok((params, raw))
+}
+
+fn config_file_from_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>, ConfigError> {
+    let mut file = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => {
+                file =
+                    Some(PathBuf::from(args.next().ok_or_else(|| ConfigError::Invalid {
+                        field: "--config",
+                        reason: "needs a file path".into(),
+                    })?))
+            }
+            other => {
+                if let Some(path) = other.strip_prefix("--config=") {
+                    file = Some(PathBuf::from(path));
+                } else {
+                    return Err(ConfigError::Invalid {
+                        field: "command line",
+                        reason: format!("unknown argument {other:?}; usage: [--config FILE] (or KEYMESH_CONFIG)"),
+                    });
+                }
+            }
+        }
+    }
+    Ok(file)
+}
+
+/// The service's TLS material: configured files, or the development PKI.
+pub fn service_tls(params: &MeshParams) -> Result<TlsMaterial, MeshError> {
+    match &params.tls_files {
+        Some(files) => TlsMaterial::from_files(files),
+        None => pki::ensure_dev_identity(
+            &params.data_dir,
+            &DevIdentity { name: params.service.as_str().into(), spiffe_id: params.service.spiffe_id(), server: true },
+        ),
+    }
+}
+
+/// A client identity from the development PKI (the CLI's, or a test application's).
+pub fn dev_client_tls(data_dir: &std::path::Path, name: &str) -> Result<TlsMaterial, MeshError> {
+    pki::ensure_dev_identity(
+        data_dir,
+        &DevIdentity { name: name.into(), spiffe_id: app_spiffe_id(name), server: false },
+    )
+}
+
+fn is_config_error(e: &(dyn Error + Send + Sync + 'static)) -> bool {
+    e.downcast_ref::<ConfigError>().is_some() || matches!(e.downcast_ref::<MeshError>(), Some(MeshError::Config(_)))
+}
+
+fn fail(service: ServiceName, e: &dyn Error, code: u8) -> ExitCode {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    // One line, whatever the messages contain.
+    let line = line.replace('\n', " ");
+    eprintln!("{service}: {line}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,95 @@
+//! The gRPC server every service runs: mTLS with mandatory client certificates, health and reflection,
+//! a server span per request continuing the caller's trace, and graceful shutdown that drains in-flight
+//! calls.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+use tonic::{
+    service::Routes,
+    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
+};
+use tonic_health::ServingStatus;
+
+use crate::{MeshError, pki::TlsMaterial, telemetry};
+
+/// Binds the listen address first, so a taken port is reported before anything else starts.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MeshError> {
+    TcpListener::bind(addr).await.map_err(|source| MeshError::Bind { addr, source })
+}
+
+/// Serves `routes` (plus health and reflection) until `shutdown` resolves, then stops accepting, reports
+/// NOT_SERVING, and waits up to `grace` for in-flight calls.
+pub async fn serve(
+    listener: TcpListener,
+    tls: &TlsMaterial,
+    routes: Routes,
+    service_names: &[&str],
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<(), MeshError> {
+    let tls_config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.as_bytes()))
+        .client_ca_root(Certificate::from_pem(&tls.ca_pem));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in service_names {
+        health.set_service_status(*name, ServingStatus::Serving).await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(keymesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| MeshError::Tls(format!("reflection: {e}")))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let names: Vec<String> = service_names.iter().map(|s| (*s).to_owned()).collect();
+    let health_on_stop = health.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        health_on_stop.set_service_status("", ServingStatus::NotServing).await;
+        for name in names {
+            health_on_stop.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        let _ = stop_tx.send(());
+    });
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop_rx = async move {
+        let _ = stop_rx.await;
+        let _ = drained_tx.send(());
+    };
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = Server::builder()
+        .tls_config(tls_config)?
+        .trace_fn(telemetry::server_span)
+        .timeout(Duration::from_secs(60))
+        .add_routes(routes)
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(incoming, stop_rx);
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result.map_err(MeshError::from),
+        _ = async { let _ = drained_rx.await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "grace period over; closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,109 @@
+//! The audit trail's rows. Sequence numbers are assigned by the single writer in audit-service; event ids
+//! are unique so a re-sent batch is recognised and not stored twice.
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use crate::{StoreError, entity::audit_record};
+
+/// Filter of a tenant-scoped audit query.
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilter {
+    /// Only events at or after this time (ms).
+    pub start_millis: Option<i64>,
+    /// Only events before this time (ms).
+    pub end_millis: Option<i64>,
+    /// Only this identity.
+    pub identity: Option<String>,
+    /// Only this operation.
+    pub operation: Option<String>,
+    /// Only this resource.
+    pub resource: Option<String>,
+    /// Only this outcome.
+    pub outcome: Option<i32>,
+}
+
+/// Repository of audit records.
+#[derive(Clone)]
+pub struct AuditRepository {
+    db: DatabaseConnection,
+}
+
+impl AuditRepository {
+    /// Wraps a connection.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// The newest record's sequence and hash, if any.
+    pub async fn head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(audit_record::Entity::find()
+            .order_by_desc(audit_record::Column::Sequence)
+            .one(&self.db)
+            .await?
+            .map(|r| (r.sequence, r.hash)))
+    }
+
+    /// Which of these event ids are already stored.
+    pub async fn existing_event_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        Ok(audit_record::Entity::find()
+            .filter(audit_record::Column::EventId.is_in(ids.iter().cloned()))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect())
+    }
+
+    /// Stores records in one transaction: all of them or none.
+    pub async fn insert_all(&self, records: Vec<audit_record::Model>) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        for record in records {
+            record.into_active_model().insert(&txn).await.map_err(|e| StoreError::from_insert("audit event", e))?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// A tenant's records after `after_sequence`, oldest first.
+    pub async fn query(
+        &self,
+        tenant_id: &str,
+        filter: &AuditFilter,
+        after_sequence: i64,
+        limit: u64,
+    ) -> Result<Vec<audit_record::Model>, StoreError> {
+        let mut cond = Condition::all()
+            .add(audit_record::Column::TenantId.eq(tenant_id))
+            .add(audit_record::Column::Sequence.gt(after_sequence));
+        if let Some(t) = filter.start_millis {
+            cond = cond.add(audit_record::Column::Time.gte(t));
+        }
+        if let Some(t) = filter.end_millis {
+            cond = cond.add(audit_record::Column::Time.lt(t));
+        }
+        if let Some(v) = &filter.identity {
+            cond = cond.add(audit_record::Column::Identity.eq(v.as_str()));
+        }
+        if let Some(v) = &filter.operation {
+            cond = cond.add(audit_record::Column::Operation.eq(v.as_str()));
+        }
+        if let Some(v) = &filter.resource {
+            cond = cond.add(audit_record::Column::Resource.eq(v.as_str()));
+        }
+        if let Some(v) = filter.outcome {
+            cond = cond.add(audit_record::Column::Outcome.eq(v));
+        }
+        Ok(audit_record::Entity::find()
+            .filter(cond)
+            .order_by_asc(audit_record::Column::Sequence)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+}

@@ -1,0 +1,37 @@
+//! One version of a key, holding its material wrapped by a KEK (or nothing, once destroyed).
+use sea_orm::entity::prelude::*;
+
+/// A key version row.
+#[derive(Clone, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "key_versions")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub key_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub version: i32,
+    pub state: i32,
+    pub algorithm: i32,
+    pub origin: i32,
+    /// Wrapped by the KEK named below; `None` once destroyed.
+    pub wrapped_material: Option<Vec<u8>>,
+    pub kek_backend: String,
+    pub kek_id: String,
+    pub created_at: i64,
+    pub destroyed_at: Option<i64>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyVersion")
+            .field("key_id", &self.key_id)
+            .field("version", &self.version)
+            .field("state", &self.state)
+            .field("kek_backend", &self.kek_backend)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,9 @@
+//! sea-orm entities, one module per table. Times are Unix milliseconds; enums are stored as the proto
+//! enum's number so the database and the API share one vocabulary.
+
+pub mod application;
+pub mod audit_record;
+pub mod key;
+pub mod key_version;
+pub mod signing_key;
+pub mod tenant;

@@ -1,0 +1,30 @@
+//! token-service's JWT signing keys. The private half is stored only wrapped by the KMS backend.
+use sea_orm::entity::prelude::*;
+
+/// A signing key row.
+#[derive(Clone, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "signing_keys")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub kid: String,
+    pub algorithm: String,
+    /// Raw Ed25519 public key (32 bytes).
+    pub public_key: Vec<u8>,
+    /// PKCS#8 private key, wrapped by the KEK.
+    pub wrapped_private_key: Vec<u8>,
+    pub kek_backend: String,
+    pub kek_id: String,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey").field("kid", &self.kid).field("algorithm", &self.algorithm).finish_non_exhaustive()
+    }
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

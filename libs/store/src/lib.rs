@@ -1,0 +1,62 @@
+//! Storage for every service: sea-orm entities, one migration history, and repositories whose methods
+//! always take the tenant they act for. Runs on SQLite (the embedded default) and on Postgres.
+
+pub mod audit;
+pub mod entity;
+mod error;
+pub mod keys;
+mod migration;
+pub mod tokens;
+
+pub use error::StoreError;
+pub use migration::Migrator;
+pub use sea_orm::DatabaseConnection;
+
+use sea_orm::{ConnectOptions, Database};
+use sea_orm_migration::MigratorTrait;
+
+/// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`) and applies pending migrations.
+pub async fn connect_and_migrate(url: &str) -> Result<DatabaseConnection, StoreError> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options.sqlx_logging(false);
+    if url.starts_with("sqlite:") {
+        // One writer at a time is SQLite's model anyway; more connections only add lock contention.
+        options.max_connections(1);
+    } else {
+        options.max_connections(16);
+    }
+    let db = Database::connect(options).await.map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
+    Migrator::up(&db, None).await.map_err(StoreError::Migrate)?;
+    Ok(db)
+}
+
+/// A database URL with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Milliseconds since the Unix epoch: the one time representation stored, portable across databases.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/keymesh"), "postgres://app:***@db:5432/keymesh");
+        assert_eq!(redact_url("sqlite://data/key.db?mode=rwc"), "sqlite://data/key.db?mode=rwc");
+        assert!(!redact_url("postgres://u:p%40ss@h/db").contains("p%40ss"));
+    }
+}

@@ -1,0 +1,179 @@
+//! The one migration history of keymesh. Every service runs it on start, so services can share a Postgres
+//! database or each own a SQLite file; a new migration is a new module appended to the list, never an edit.
+
+use sea_orm_migration::prelude::*;
+
+/// Applies keymesh's schema.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_initial::Migration)]
+    }
+}
+
+mod m20261123_000001_initial {
+    use sea_orm_migration::{prelude::*, schema::*};
+
+    pub struct Migration;
+
+    // Named by hand: the derive would take the file's name, and this module shares its file.
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261123_000001_initial"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table("tenants")
+                        .if_not_exists()
+                        .col(string("id").primary_key())
+                        .col(string_uniq("name"))
+                        .col(big_integer("created_at"))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table("applications")
+                        .if_not_exists()
+                        .col(string("client_id").primary_key())
+                        .col(string("tenant_id"))
+                        .col(string("name"))
+                        .col(text("roles"))
+                        .col(text("permissions"))
+                        .col(string("secret_hash"))
+                        .col(string_null("previous_secret_hash"))
+                        .col(big_integer_null("previous_secret_expires_at"))
+                        .col(boolean("disabled"))
+                        .col(big_integer("created_at"))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("ux_applications_tenant_name")
+                        .table("applications")
+                        .col("tenant_id")
+                        .col("name")
+                        .unique()
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table("signing_keys")
+                        .if_not_exists()
+                        .col(string("kid").primary_key())
+                        .col(string("algorithm"))
+                        .col(blob("public_key"))
+                        .col(blob("wrapped_private_key"))
+                        .col(string("kek_backend"))
+                        .col(string("kek_id"))
+                        .col(big_integer("created_at"))
+                        .col(big_integer_null("retired_at"))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table("keys")
+                        .if_not_exists()
+                        .col(string("id").primary_key())
+                        .col(string("tenant_id"))
+                        .col(string("name"))
+                        .col(text("description"))
+                        .col(integer("purpose"))
+                        .col(integer("algorithm"))
+                        .col(integer("state"))
+                        .col(integer("primary_version"))
+                        .col(integer("min_decryption_version"))
+                        .col(text("labels"))
+                        .col(blob("policy"))
+                        .col(big_integer("created_at"))
+                        .col(big_integer_null("deletion_time"))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("ux_keys_tenant_name")
+                        .table("keys")
+                        .col("tenant_id")
+                        .col("name")
+                        .unique()
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table("key_versions")
+                        .if_not_exists()
+                        .col(string("key_id"))
+                        .col(integer("version"))
+                        .col(integer("state"))
+                        .col(integer("algorithm"))
+                        .col(integer("origin"))
+                        .col(blob_null("wrapped_material"))
+                        .col(string("kek_backend"))
+                        .col(string("kek_id"))
+                        .col(big_integer("created_at"))
+                        .col(big_integer_null("destroyed_at"))
+                        .primary_key(Index::create().col("key_id").col("version"))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table("audit_records")
+                        .if_not_exists()
+                        .col(big_integer("sequence").primary_key())
+                        .col(string_uniq("event_id"))
+                        .col(string("tenant_id"))
+                        .col(big_integer("time"))
+                        .col(string("service"))
+                        .col(string("identity"))
+                        .col(string("operation"))
+                        .col(string("resource"))
+                        .col(integer("outcome"))
+                        .col(blob("event"))
+                        .col(big_integer("received_at"))
+                        .col(string("previous_hash"))
+                        .col(string("hash"))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .name("ix_audit_tenant_sequence")
+                        .table("audit_records")
+                        .col("tenant_id")
+                        .col("sequence")
+                        .to_owned(),
+                )
+                .await?;
+            Ok(())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            for table in ["audit_records", "key_versions", "keys", "signing_keys", "applications", "tenants"] {
+                manager.drop_table(Table::drop().table(table).to_owned()).await?;
+            }
+            Ok(())
+        }
+    }
+}

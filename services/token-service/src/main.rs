@@ -1,0 +1,58 @@
+//! token-service: tenants, applications and their credentials, and the EdDSA access tokens every other
+//! service verifies. This file only wires the pieces together.
+
+mod bootstrap;
+mod error;
+mod rpc;
+mod secrets;
+mod signing;
+
+use std::{process::ExitCode, sync::Arc};
+
+use keymesh_kms::{LocalKms, LocalKmsConfig};
+use keymesh_mesh::{
+    ServiceName,
+    config::{KmsParams, TokenParams},
+    run::{self, BoxError, Startup},
+    server,
+};
+use keymesh_proto::v1::token_service_server::TokenServiceServer;
+use keymesh_store::tokens::TokenRepository;
+use tonic::service::Routes;
+
+fn main() -> ExitCode {
+    run::main(ServiceName::TokenService, serve)
+}
+
+async fn serve(startup: Startup) -> Result<(), BoxError> {
+    let Startup { params, raw, tls } = startup;
+    let token_params = TokenParams::from_raw(&raw)?;
+    let kms_params = KmsParams::from_raw(&raw)?;
+    let listener = server::bind(params.listen_addr).await?;
+
+    let kms_config = LocalKmsConfig::resolve(
+        params.data_dir.clone(),
+        std::env::var("KEYMESH_MASTER_KEY").ok(),
+        kms_params.master_key_file.clone(),
+    );
+    let kms = tokio::task::spawn_blocking(move || LocalKms::open(&kms_config)).await??;
+    let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
+    let repo = TokenRepository::new(db);
+    let endpoint = params.endpoints.token_service.clone();
+    bootstrap::ensure_root_tenant(&repo, &params.data_dir, &endpoint).await?;
+    let signer = signing::Signer::load_or_create(&repo, Arc::new(kms), token_params).await?;
+
+    let service = rpc::TokenRpc::new(repo, signer);
+    let routes = Routes::new(TokenServiceServer::new(service));
+    tracing::info!(addr = %params.listen_addr, "token-service listening (mTLS)");
+    server::serve(
+        listener,
+        &tls,
+        routes,
+        &["keymesh.v1.TokenService"],
+        server::shutdown_signal(),
+        params.shutdown_grace,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The Ed25519 keys that sign access tokens. Private halves are stored only wrapped by the KEK backend;
+//! public halves are served as a JWKS. A fresh database gets its first key on first start.
+
+use std::sync::Arc;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use keymesh_crypto::SecretKey;
+use keymesh_kms::{KeyEncryptionBackend, WrapContext, WrappedKey};
+use keymesh_mesh::{auth::AccessClaims, config::TokenParams};
+use keymesh_proto::v1 as pb;
+use keymesh_store::{entity::signing_key, now_millis, tokens::TokenRepository};
+use openssl::pkey::PKey;
+use sha2::{Digest, Sha256};
+
+use crate::error::TokenError;
+
+const SYSTEM_TENANT: &str = "_system";
+const ALGORITHM: &str = "EdDSA";
+
+/// Signs access tokens and publishes the keys that verify them.
+pub struct Signer {
+    kid: String,
+    key: EncodingKey,
+    jwks: Vec<pb::Jwk>,
+    /// Token settings.
+    pub params: TokenParams,
+}
+
+fn wrap_context(kid: &str) -> WrapContext {
+    WrapContext { tenant_id: SYSTEM_TENANT.into(), key_id: kid.into(), version: 1, algorithm: ALGORITHM.into() }
+}
+
+impl Signer {
+    /// Loads the newest signing key, creating one when there is none.
+    pub async fn load_or_create(
+        repo: &TokenRepository,
+        kms: Arc<dyn KeyEncryptionBackend>,
+        params: TokenParams,
+    ) -> Result<Self, TokenError> {
+        let mut keys = repo.current_signing_keys().await?;
+        if keys.is_empty() {
+            let created = create_key(kms.as_ref()).await?;
+            repo.insert_signing_key(created).await?;
+            keys = repo.current_signing_keys().await?;
+        }
+        let newest = keys.first().ok_or_else(|| TokenError::Internal("no signing key after creating one".into()))?;
+        let wrapped = WrappedKey {
+            backend: newest.kek_backend.clone(),
+            kek_id: newest.kek_id.clone(),
+            ciphertext: newest.wrapped_private_key.clone(),
+        };
+        let private = kms.unwrap(&wrapped, &wrap_context(&newest.kid)).await?;
+        let key = EncodingKey::from_ed_der(private.expose_secret());
+        let jwks = keys
+            .iter()
+            .map(|k| pb::Jwk {
+                kty: "OKP".into(),
+                crv: "Ed25519".into(),
+                x: URL_SAFE_NO_PAD.encode(&k.public_key),
+                kid: k.kid.clone(),
+                alg: ALGORITHM.into(),
+                r#use: "sig".into(),
+            })
+            .collect();
+        Ok(Self { kid: newest.kid.clone(), key, jwks, params })
+    }
+
+    /// Signs `claims` with the current key.
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String, TokenError> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| TokenError::Internal(format!("signing: {e}")))
+    }
+
+    /// The public keys.
+    pub fn jwks(&self) -> &[pb::Jwk] {
+        &self.jwks
+    }
+}
+
+async fn create_key(kms: &dyn KeyEncryptionBackend) -> Result<signing_key::Model, TokenError> {
+    let internal = |e: openssl::error::ErrorStack| TokenError::Internal(format!("openssl: {e}"));
+    let pkey = PKey::generate_ed25519().map_err(internal)?;
+    let public = pkey.raw_public_key().map_err(internal)?;
+    let private = SecretKey::from_bytes(pkey.private_key_to_pkcs8().map_err(internal)?);
+    let digest = Sha256::digest(&public);
+    let kid = format!("ed25519-{}", digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>());
+    let wrapped = kms.wrap(&private, &wrap_context(&kid)).await?;
+    Ok(signing_key::Model {
+        kid,
+        algorithm: ALGORITHM.into(),
+        public_key: public,
+        wrapped_private_key: wrapped.ciphertext,
+        kek_backend: wrapped.backend,
+        kek_id: wrapped.kek_id,
+        created_at: now_millis(),
+        retired_at: None,
+    })
+}
