@@ -44,6 +44,24 @@ impl SymmetricAlgorithm {
         }
     }
 
+    /// From the API's algorithm enum; `None` for algorithms that are not symmetric AEADs available here.
+    pub fn from_proto(algorithm: keymesh_proto::v1::Algorithm) -> Option<Self> {
+        use keymesh_proto::v1::Algorithm as A;
+        match algorithm {
+            A::Aes128Gcm => Some(Self::Aes128Gcm),
+            A::Aes256Gcm => Some(Self::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    /// The API's algorithm enum.
+    pub fn to_proto(self) -> keymesh_proto::v1::Algorithm {
+        match self {
+            Self::Aes128Gcm => keymesh_proto::v1::Algorithm::Aes128Gcm,
+            Self::Aes256Gcm => keymesh_proto::v1::Algorithm::Aes256Gcm,
+        }
+    }
+
     /// Key length in bytes.
     pub fn key_len(self) -> usize {
         match self {

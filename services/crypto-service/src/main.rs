@@ -1,1 +1,53 @@
-fn main() {}
+//! crypto-service: the data plane. Encrypt and Decrypt run against DEKs cached in memory, so the steady
+//! state touches neither the network nor the KMS. This file only wires the pieces together.
+
+mod dek_cache;
+mod error;
+mod rpc;
+
+use std::{process::ExitCode, sync::Arc};
+
+use keymesh_audit::AuditSink;
+use keymesh_mesh::{
+    ServiceName,
+    auth::TokenVerifier,
+    client::{RemoteJwks, traced_channel},
+    config::{DekCacheParams, TokenParams},
+    run::{self, BoxError, Startup},
+    server,
+};
+use keymesh_proto::v1::{crypto_service_server::CryptoServiceServer, key_service_client::KeyServiceClient};
+use tonic::service::Routes;
+
+fn main() -> ExitCode {
+    run::main(ServiceName::CryptoService, serve)
+}
+
+async fn serve(startup: Startup) -> Result<(), BoxError> {
+    let Startup { params, raw, tls } = startup;
+    let token_params = TokenParams::from_raw(&raw)?;
+    let cache_params = DekCacheParams::from_raw(&raw)?;
+    let listener = server::bind(params.listen_addr).await?;
+
+    let verifier = TokenVerifier::new(
+        Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls)?)),
+        &token_params.issuer,
+        &token_params.audience,
+    );
+    let keys = KeyServiceClient::new(traced_channel(&params.endpoints.key_service, &tls)?);
+    let deks = dek_cache::DekCache::new(keys, cache_params);
+    let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls)?);
+    let service = rpc::CryptoRpc::new(Arc::new(verifier), deks, audit);
+    let routes = Routes::new(CryptoServiceServer::new(service));
+    tracing::info!(addr = %params.listen_addr, "crypto-service listening (mTLS)");
+    server::serve(
+        listener,
+        &tls,
+        routes,
+        &["keymesh.v1.CryptoService"],
+        server::shutdown_signal(),
+        params.shutdown_grace,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,1 +1,55 @@
-fn main() {}
+//! key-service: the control plane for keys and their versions, owner of the KEK backend. This file only
+//! wires the pieces together.
+
+mod convert;
+mod error;
+mod rpc;
+
+use std::{process::ExitCode, sync::Arc};
+
+use keymesh_audit::AuditSink;
+use keymesh_kms::{LocalKms, LocalKmsConfig};
+use keymesh_mesh::{
+    ServiceName,
+    auth::TokenVerifier,
+    client::{RemoteJwks, traced_channel},
+    config::{KmsParams, TokenParams},
+    run::{self, BoxError, Startup},
+    server,
+};
+use keymesh_proto::v1::key_service_server::KeyServiceServer;
+use keymesh_store::keys::KeyRepository;
+use tonic::service::Routes;
+
+fn main() -> ExitCode {
+    run::main(ServiceName::KeyService, serve)
+}
+
+async fn serve(startup: Startup) -> Result<(), BoxError> {
+    let Startup { params, raw, tls } = startup;
+    let token_params = TokenParams::from_raw(&raw)?;
+    let kms_params = KmsParams::from_raw(&raw)?;
+    let listener = server::bind(params.listen_addr).await?;
+
+    let kms_config = LocalKmsConfig::resolve(
+        params.data_dir.clone(),
+        std::env::var("KEYMESH_MASTER_KEY").ok(),
+        kms_params.master_key_file.clone(),
+    );
+    let kms = tokio::task::spawn_blocking(move || LocalKms::open(&kms_config)).await??;
+    tracing::info!(kek = %keymesh_kms::KeyEncryptionBackend::describe(&kms).detail, "KMS backend ready");
+    let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
+
+    let verifier = TokenVerifier::new(
+        Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls)?)),
+        &token_params.issuer,
+        &token_params.audience,
+    );
+    let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls)?);
+    let service = rpc::KeyRpc::new(KeyRepository::new(db), Arc::new(kms), Arc::new(verifier), audit);
+    let routes = Routes::new(KeyServiceServer::new(service));
+    tracing::info!(addr = %params.listen_addr, "key-service listening (mTLS)");
+    server::serve(listener, &tls, routes, &["keymesh.v1.KeyService"], server::shutdown_signal(), params.shutdown_grace)
+        .await?;
+    Ok(())
+}

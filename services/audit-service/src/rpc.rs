@@ -1,0 +1,164 @@
+//! The AuditService gRPC methods.
+
+use std::{pin::Pin, sync::Arc};
+
+use keymesh_mesh::{
+    PeerIdentity,
+    auth::{Role, TokenVerifier},
+};
+use keymesh_proto::v1::{self as pb, audit_service_server::AuditService};
+use keymesh_store::{audit::AuditFilter, entity::audit_record};
+use prost::Message;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::chain::ChainWriter;
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Largest batch accepted in one AppendRequest.
+const MAX_BATCH: usize = 1000;
+
+/// The AuditService implementation.
+pub struct AuditRpc {
+    writer: Arc<ChainWriter>,
+    verifier: Arc<TokenVerifier>,
+}
+
+impl AuditRpc {
+    /// Wires the service.
+    pub fn new(writer: ChainWriter, verifier: Arc<TokenVerifier>) -> Self {
+        Self { writer: Arc::new(writer), verifier }
+    }
+}
+
+fn validate(batch: &pb::AppendRequest, sender: &str) -> Result<(), Status> {
+    if batch.events.len() > MAX_BATCH {
+        return Err(Status::invalid_argument(format!("at most {MAX_BATCH} events per AppendRequest")));
+    }
+    for event in &batch.events {
+        if event.event_id.is_empty() || event.event_id.len() > 64 {
+            return Err(Status::invalid_argument("event_id must be 1 to 64 characters"));
+        }
+        if event.service != sender {
+            return Err(Status::permission_denied(format!(
+                "event {} claims service {:?} but was sent by {sender}",
+                event.event_id, event.service
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn timestamp(millis: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+fn millis(t: &Option<prost_types::Timestamp>) -> Option<i64> {
+    t.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+fn to_record(row: audit_record::Model) -> pb::AuditRecord {
+    pb::AuditRecord {
+        sequence: row.sequence as u64,
+        event: pb::AuditEvent::decode(row.event.as_slice()).ok(),
+        receive_time: Some(timestamp(row.received_at)),
+        previous_hash: row.previous_hash,
+        hash: row.hash,
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditRpc {
+    type AppendStream = ResponseStream<pb::AppendResponse>;
+
+    async fn append(
+        &self,
+        request: Request<Streaming<pb::AppendRequest>>,
+    ) -> Result<Response<Self::AppendStream>, Status> {
+        let peer = PeerIdentity::from_request(&request)?;
+        let sender = peer
+            .mesh_service()
+            .ok_or_else(|| Status::permission_denied(format!("Append is only for mesh services; caller is {peer}")))?;
+        let mut inbound = request.into_inner();
+        let writer = self.writer.clone();
+        let sender = sender.as_str();
+        let outbound = async_stream_like(move |tx| async move {
+            while let Some(batch) = inbound.next().await {
+                let reply = match batch {
+                    Ok(batch) => match validate(&batch, sender) {
+                        Ok(()) => writer
+                            .append(batch.events)
+                            .await
+                            .map(|a| pb::AppendResponse {
+                                batch_id: batch.batch_id,
+                                accepted: a.accepted,
+                                duplicates: a.duplicates,
+                            })
+                            .map_err(|e| {
+                                tracing::error!(error = %e, "cannot store audit batch");
+                                Status::unavailable("audit store unavailable; resend the batch")
+                            }),
+                        Err(status) => Err(status),
+                    },
+                    Err(status) => Err(status),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(outbound))
+    }
+
+    type QueryStream = ResponseStream<pb::QueryResponse>;
+
+    async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
+        let claims = self.verifier.verify_request(&request).await?;
+        claims.require_role(&[Role::Auditor, Role::Admin, Role::Owner], "AuditService.Query")?;
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 1000,
+            n if n <= 10_000 => u64::from(n),
+            n => return Err(Status::invalid_argument(format!("limit {n} is over 10000"))),
+        };
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        let filter = AuditFilter {
+            start_millis: millis(&request.start_time),
+            end_millis: millis(&request.end_time),
+            identity: non_empty(request.identity),
+            operation: non_empty(request.operation),
+            resource: non_empty(request.resource),
+            outcome: (request.outcome != 0).then_some(request.outcome),
+        };
+        let after =
+            i64::try_from(request.after_sequence).map_err(|_| Status::invalid_argument("after_sequence too large"))?;
+        let rows = self.writer.repo().query(&claims.tenant, &filter, after, limit).await.map_err(|e| {
+            tracing::error!(error = %e, "audit query failed");
+            Status::unavailable("audit store unavailable")
+        })?;
+        let stream =
+            tokio_stream::iter(rows.into_iter().map(|row| Ok(pb::QueryResponse { record: Some(to_record(row)) })));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn verify_chain(
+        &self,
+        _: Request<pb::VerifyChainRequest>,
+    ) -> Result<Response<pb::VerifyChainResponse>, Status> {
+        Err(Status::unimplemented("AuditService.VerifyChain is not implemented yet"))
+    }
+}
+
+/// A response stream fed by a task through a channel.
+fn async_stream_like<T, F, Fut>(body: F) -> ResponseStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(body(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

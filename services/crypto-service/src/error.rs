@@ -1,0 +1,56 @@
+//! crypto-service's errors and their one mapping to gRPC status. Every decrypt failure is the same opaque
+//! "decryption failed", except the documented context mismatch.
+
+use tonic::Status;
+
+/// What can go wrong in crypto-service.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoServiceError {
+    /// A request field is missing or malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// Opaque: malformed, tampered, wrong key, wrong AAD, unknown key.
+    #[error("decryption failed")]
+    DecryptionFailed,
+    /// The ciphertext was made under another key than the request names.
+    #[error("{0}")]
+    ContextMismatch(String),
+    /// The key does not exist in the caller's tenant.
+    #[error("key {0:?} not found")]
+    KeyNotFound(String),
+    /// key-service refused for a reason the caller can act on (disabled key, retired version, …).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Part of the API that is not available yet.
+    #[error("{0} is not implemented yet")]
+    Unimplemented(String),
+    /// key-service could not be reached.
+    #[error("key-service is unavailable: {0}")]
+    KeyServiceUnavailable(String),
+    /// Anything that is not the caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<CryptoServiceError> for Status {
+    fn from(e: CryptoServiceError) -> Self {
+        match &e {
+            CryptoServiceError::InvalidArgument { .. }
+            | CryptoServiceError::DecryptionFailed
+            | CryptoServiceError::ContextMismatch(_) => Status::invalid_argument(e.to_string()),
+            CryptoServiceError::KeyNotFound(_) => Status::not_found(e.to_string()),
+            CryptoServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            CryptoServiceError::Unimplemented(_) => Status::unimplemented(e.to_string()),
+            CryptoServiceError::KeyServiceUnavailable(_) => Status::unavailable(e.to_string()),
+            CryptoServiceError::Internal(_) => {
+                tracing::error!(error = %e, "internal failure");
+                Status::internal("internal error; see crypto-service logs")
+            }
+        }
+    }
+}

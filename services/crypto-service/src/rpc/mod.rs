@@ -1,0 +1,152 @@
+//! The CryptoService gRPC methods, one module per implemented RPC. Methods not implemented yet answer
+//! UNIMPLEMENTED naming the method.
+
+mod decrypt;
+mod encrypt;
+
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
+
+use keymesh_audit::AuditSink;
+use keymesh_mesh::auth::{AccessClaims, TokenVerifier};
+use keymesh_proto::v1::{self as pb, crypto_service_server::CryptoService};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{dek_cache::DekCache, error::CryptoServiceError};
+
+const SERVICE: &str = "crypto-service";
+
+/// Largest unary plaintext or ciphertext; larger data goes through EncryptStream/DecryptStream.
+pub const UNARY_LIMIT: usize = 4 * 1024 * 1024 - 64 * 1024;
+
+/// The CryptoService implementation.
+pub struct CryptoRpc {
+    verifier: Arc<TokenVerifier>,
+    deks: DekCache,
+    audit: AuditSink,
+}
+
+impl CryptoRpc {
+    /// Wires the service.
+    pub fn new(verifier: Arc<TokenVerifier>, deks: DekCache, audit: AuditSink) -> Self {
+        Self { verifier, deks, audit }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Status> {
+        Ok(self.verifier.verify_request(request).await?)
+    }
+}
+
+/// One audit event being filled in while a request runs.
+struct Audited {
+    event: pb::AuditEvent,
+    started: Instant,
+}
+
+impl Audited {
+    fn start(operation: &str, claims: &AccessClaims) -> Self {
+        let mut event = keymesh_audit::event(SERVICE, operation);
+        event.tenant_id = claims.tenant.clone();
+        event.identity = claims.sub.clone();
+        Self { event, started: Instant::now() }
+    }
+
+    fn resource(&mut self, key_id: &str, version: u32, algorithm: i32) {
+        self.event.resource = key_id.to_owned();
+        self.event.key_version = version;
+        self.event.algorithm = algorithm;
+    }
+
+    fn finish<T>(mut self, sink: &AuditSink, result: Result<T, Status>) -> Result<Response<T>, Status> {
+        keymesh_audit::set_outcome(&mut self.event, &result, self.started);
+        sink.record(self.event);
+        result.map(Response::new)
+    }
+}
+
+/// The encryption context as the ciphertext format binds it (sorted).
+fn context_of(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    map.into_iter().collect()
+}
+
+fn unimplemented<T>(method: &str) -> Result<Response<T>, Status> {
+    Err(CryptoServiceError::Unimplemented(format!("CryptoService.{method}")).into())
+}
+
+type ResponseStream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl CryptoService for CryptoRpc {
+    async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
+        self.handle_encrypt(request).await
+    }
+
+    async fn decrypt(&self, request: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
+        self.handle_decrypt(request).await
+    }
+
+    async fn re_encrypt(&self, _: Request<pb::ReEncryptRequest>) -> Result<Response<pb::ReEncryptResponse>, Status> {
+        unimplemented("ReEncrypt")
+    }
+
+    async fn generate_data_key(
+        &self,
+        _: Request<pb::GenerateDataKeyRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
+        unimplemented("GenerateDataKey")
+    }
+
+    async fn generate_data_key_without_plaintext(
+        &self,
+        _: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
+        unimplemented("GenerateDataKeyWithoutPlaintext")
+    }
+
+    async fn sign(&self, _: Request<pb::SignRequest>) -> Result<Response<pb::SignResponse>, Status> {
+        unimplemented("Sign")
+    }
+
+    async fn verify(&self, _: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+        unimplemented("Verify")
+    }
+
+    async fn generate_mac(
+        &self,
+        _: Request<pb::GenerateMacRequest>,
+    ) -> Result<Response<pb::GenerateMacResponse>, Status> {
+        unimplemented("GenerateMac")
+    }
+
+    async fn verify_mac(&self, _: Request<pb::VerifyMacRequest>) -> Result<Response<pb::VerifyMacResponse>, Status> {
+        unimplemented("VerifyMac")
+    }
+
+    async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        unimplemented("Hash")
+    }
+
+    async fn generate_random(
+        &self,
+        _: Request<pb::GenerateRandomRequest>,
+    ) -> Result<Response<pb::GenerateRandomResponse>, Status> {
+        unimplemented("GenerateRandom")
+    }
+
+    type EncryptStreamStream = ResponseStream<pb::EncryptStreamResponse>;
+
+    async fn encrypt_stream(
+        &self,
+        _: Request<Streaming<pb::EncryptStreamRequest>>,
+    ) -> Result<Response<Self::EncryptStreamStream>, Status> {
+        unimplemented("EncryptStream")
+    }
+
+    type DecryptStreamStream = ResponseStream<pb::DecryptStreamResponse>;
+
+    async fn decrypt_stream(
+        &self,
+        _: Request<Streaming<pb::DecryptStreamRequest>>,
+    ) -> Result<Response<Self::DecryptStreamStream>, Status> {
+        unimplemented("DecryptStream")
+    }
+}

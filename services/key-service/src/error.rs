@@ -1,0 +1,71 @@
+//! key-service's errors and their one mapping to gRPC status.
+
+use tonic::Status;
+
+/// What can go wrong in key-service.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A request field is missing or malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// No such key in the caller's tenant (another tenant's keys are reported the same way).
+    #[error("key {0:?} not found")]
+    KeyNotFound(String),
+    /// No such version.
+    #[error("key {key:?} has no version {version}")]
+    VersionNotFound {
+        /// The key.
+        key: String,
+        /// The version.
+        version: u32,
+    },
+    /// The name is taken in this tenant.
+    #[error("a key named {0:?} already exists in your tenant")]
+    AlreadyExists(String),
+    /// The key or version is in a state that does not allow the operation.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The method, purpose or algorithm is part of the API but not available yet.
+    #[error("{0} is not implemented yet")]
+    Unimplemented(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(keymesh_store::StoreError),
+    /// The KEK backend failed.
+    #[error(transparent)]
+    Kms(#[from] keymesh_kms::KmsError),
+    /// A primitive failed.
+    #[error(transparent)]
+    Crypto(#[from] keymesh_crypto::CryptoError),
+}
+
+impl From<keymesh_store::StoreError> for KeyError {
+    fn from(e: keymesh_store::StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<KeyError> for Status {
+    fn from(e: KeyError) -> Self {
+        match &e {
+            KeyError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            KeyError::KeyNotFound(_) | KeyError::VersionNotFound { .. } => Status::not_found(e.to_string()),
+            KeyError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+            KeyError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            KeyError::Unimplemented(_) => Status::unimplemented(e.to_string()),
+            KeyError::Kms(keymesh_kms::KmsError::Unavailable { backend, .. }) => {
+                tracing::error!(error = %e, "KMS backend unavailable");
+                Status::unavailable(format!("KMS backend {backend} is unavailable; retry later"))
+            }
+            KeyError::Store(_) | KeyError::Kms(_) | KeyError::Crypto(_) => {
+                tracing::error!(error = %e, "internal failure");
+                Status::internal("internal error; see key-service logs")
+            }
+        }
+    }
+}
