@@ -1,1 +1,182 @@
-//! placeholder
+//! The keymesh SDK: connects to the mesh over mTLS, exchanges client credentials for an access token (and
+//! renews it before it expires), and calls the services with it.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use keymesh_mesh::{client::mtls_channel, pki::TlsMaterial};
+use keymesh_proto::v1::{
+    self as pb, crypto_service_client::CryptoServiceClient, key_service_client::KeyServiceClient,
+    token_service_client::TokenServiceClient,
+};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tonic::{Request, transport::Channel};
+use zeroize::Zeroizing;
+
+/// Failures of the SDK.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A call failed; the status says why.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// Local set-up failed (files, certificates, endpoints).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Client credentials of an application.
+#[derive(Deserialize)]
+pub struct Credentials {
+    /// Client id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("client_id", &self.client_id).finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// Reads a credentials JSON file (`client_id`, `client_secret`), e.g. the bootstrap credentials.
+    pub fn from_file(path: &Path) -> Result<Self, ClientError> {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| ClientError::Setup(format!("{}: {e}", path.display())))?,
+        );
+        serde_json::from_str(&text).map_err(|e| ClientError::Setup(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Where the services are.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// key-service host:port.
+    pub key_service: String,
+    /// crypto-service host:port.
+    pub crypto_service: String,
+    /// token-service host:port.
+    pub token_service: String,
+    /// audit-service host:port.
+    pub audit_service: String,
+}
+
+struct CachedToken {
+    token: Zeroizing<String>,
+    renew_at: Instant,
+}
+
+/// A connected client.
+pub struct KeymeshClient {
+    credentials: Credentials,
+    tokens: TokenServiceClient<Channel>,
+    keys: KeyServiceClient<Channel>,
+    crypto: CryptoServiceClient<Channel>,
+    audit_channel: Channel,
+    token: Mutex<Option<CachedToken>>,
+}
+
+impl KeymeshClient {
+    /// Connects (lazily) to every service with the given client certificate.
+    pub fn new(endpoints: &Endpoints, tls: &TlsMaterial, credentials: Credentials) -> Result<Self, ClientError> {
+        let channel = |e: &str| mtls_channel(e, tls).map_err(|e| ClientError::Setup(e.to_string()));
+        Ok(Self {
+            credentials,
+            tokens: TokenServiceClient::new(channel(&endpoints.token_service)?),
+            keys: KeyServiceClient::new(channel(&endpoints.key_service)?),
+            crypto: CryptoServiceClient::new(channel(&endpoints.crypto_service)?),
+            audit_channel: channel(&endpoints.audit_service)?,
+            token: Mutex::new(None),
+        })
+    }
+
+    /// A valid access token, issued or renewed when fewer than 5 minutes (or a fifth of its life) remain.
+    pub async fn access_token(&self) -> Result<Zeroizing<String>, ClientError> {
+        let mut cached = self.token.lock().await;
+        if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.renew_at) {
+            return Ok(token.token.clone());
+        }
+        let response = self
+            .tokens
+            .clone()
+            .issue_token(pb::IssueTokenRequest {
+                grant_type: pb::GrantType::ClientCredentials as i32,
+                client_id: self.credentials.client_id.clone(),
+                client_secret: self.credentials.client_secret.to_string(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let lifetime = Duration::from_secs(u64::from(response.expires_in_seconds));
+        let margin = Duration::from_secs(300).min(lifetime / 5);
+        let token = Zeroizing::new(response.access_token);
+        *cached = Some(CachedToken { token: token.clone(), renew_at: Instant::now() + lifetime - margin });
+        Ok(token)
+    }
+
+    /// Wraps a message with the bearer token.
+    pub async fn authorized<T>(&self, message: T) -> Result<Request<T>, ClientError> {
+        let token = self.access_token().await?;
+        let mut request = Request::new(message);
+        let value = format!("Bearer {}", token.as_str())
+            .parse()
+            .map_err(|_| ClientError::Setup("access token is not valid metadata".into()))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    /// Creates an AES-256-GCM encryption key.
+    pub async fn create_key(&self, name: &str) -> Result<pb::Key, ClientError> {
+        let request = self
+            .authorized(pb::CreateKeyRequest {
+                name: name.to_owned(),
+                purpose: pb::KeyPurpose::Encrypt as i32,
+                algorithm: pb::Algorithm::Aes256Gcm as i32,
+                ..Default::default()
+            })
+            .await?;
+        let response = self.keys.clone().create_key(request).await?.into_inner();
+        response.key.ok_or_else(|| ClientError::Setup("CreateKey returned no key".into()))
+    }
+
+    /// A key's metadata.
+    pub async fn get_key(&self, key: &str) -> Result<pb::Key, ClientError> {
+        let request = self.authorized(pb::GetKeyRequest { key: key.to_owned() }).await?;
+        let response = self.keys.clone().get_key(request).await?.into_inner();
+        response.key.ok_or_else(|| ClientError::Setup("GetKey returned no key".into()))
+    }
+
+    /// Encrypts under `key`, binding `aad`.
+    pub async fn encrypt(&self, key: &str, plaintext: Vec<u8>, aad: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let request =
+            self.authorized(pb::EncryptRequest { key: key.to_owned(), plaintext, aad, ..Default::default() }).await?;
+        Ok(self.crypto.clone().encrypt(request).await?.into_inner().ciphertext)
+    }
+
+    /// Decrypts a keymesh ciphertext, presenting `aad` again.
+    pub async fn decrypt(&self, ciphertext: Vec<u8>, aad: Vec<u8>) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let request = self.authorized(pb::DecryptRequest { ciphertext, aad, ..Default::default() }).await?;
+        Ok(Zeroizing::new(self.crypto.clone().decrypt(request).await?.into_inner().plaintext))
+    }
+
+    /// The caller's tenant's audit records, newest last.
+    pub async fn audit_query(&self, query: pb::QueryRequest) -> Result<Vec<pb::AuditRecord>, ClientError> {
+        let request = self.authorized(query).await?;
+        let mut client = keymesh_proto::v1::audit_service_client::AuditServiceClient::new(self.audit_channel.clone());
+        let mut stream = client.query(request).await?.into_inner();
+        let mut records = Vec::new();
+        while let Some(item) = stream.message().await? {
+            records.extend(item.record);
+        }
+        Ok(records)
+    }
+}
+
+/// The default path of the bootstrap credentials in a data directory.
+pub fn bootstrap_credentials_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("bootstrap-credentials.json")
+}
