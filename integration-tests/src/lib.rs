@@ -1,1 +1,184 @@
-//! placeholder
+//! Starts the four real service binaries as separate processes on free loopback ports with a temporary data
+//! directory, and waits until each reports SERVING on grpc.health.v1 over mTLS. Tests then talk to them like
+//! any client would.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::{
+    collections::BTreeMap,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use keymesh_client::{Credentials, Endpoints, KeymeshClient};
+use keymesh_mesh::{ServiceName, client::mtls_channel, pki::TlsMaterial, run::dev_client_tls};
+use tokio::process::{Child, Command};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+/// The directory holding the workspace's binaries (next to the test executable's `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    for name in ["key-service", "crypto-service", "token-service", "audit-service", "keymesh"] {
+        assert!(
+            dir.join(name).exists(),
+            "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`, which `make test` does)",
+            dir.join(name).display()
+        );
+    }
+    dir
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A running mesh.
+pub struct Mesh {
+    /// The processes (killed on drop, before the data directory goes: fields drop in order).
+    pub children: Vec<(ServiceName, Child)>,
+    /// host:port of each service.
+    pub endpoints: Endpoints,
+    env: BTreeMap<String, String>,
+    /// The data directory (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    /// Starts the mesh with extra `KEYMESH_*` variables for all services and per-service ones.
+    pub async fn start(common: &[(&str, &str)], per_service: &[(ServiceName, &str, &str)]) -> Mesh {
+        keymesh_mesh::install_crypto_provider();
+        let bins = bin_dir();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+        let endpoints = Endpoints {
+            key_service: format!("127.0.0.1:{}", ports[0]),
+            crypto_service: format!("127.0.0.1:{}", ports[1]),
+            token_service: format!("127.0.0.1:{}", ports[2]),
+            audit_service: format!("127.0.0.1:{}", ports[3]),
+        };
+        let mut env = BTreeMap::new();
+        env.insert("KEYMESH_DATA_DIR".to_owned(), dir.path().display().to_string());
+        env.insert("KEYMESH_ENDPOINTS__KEY_SERVICE".to_owned(), endpoints.key_service.clone());
+        env.insert("KEYMESH_ENDPOINTS__CRYPTO_SERVICE".to_owned(), endpoints.crypto_service.clone());
+        env.insert("KEYMESH_ENDPOINTS__TOKEN_SERVICE".to_owned(), endpoints.token_service.clone());
+        env.insert("KEYMESH_ENDPOINTS__AUDIT_SERVICE".to_owned(), endpoints.audit_service.clone());
+        env.insert("KEYMESH_LOG".to_owned(), "warn".to_owned());
+        for (k, v) in common {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let mut mesh = Mesh { children: Vec::new(), endpoints, env, dir };
+        // token-service first: it creates the PKI's CA, the master key and the bootstrap credentials; the
+        // others would wait on the same locks anyway.
+        for service in
+            [ServiceName::TokenService, ServiceName::AuditService, ServiceName::KeyService, ServiceName::CryptoService]
+        {
+            let mut command = Command::new(bins.join(service.as_str()));
+            command.env_clear().envs(&mesh.env).kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::inherit());
+            if let Ok(path) = std::env::var("PATH") {
+                command.env("PATH", path);
+            }
+            for (s, k, v) in per_service {
+                if *s == service {
+                    command.env(k, v);
+                }
+            }
+            let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {service}: {e}"));
+            mesh.children.push((service, child));
+            mesh.wait_serving(service).await;
+        }
+        mesh
+    }
+
+    /// The test application's client certificate from the mesh's development CA.
+    pub fn app_tls(&self, name: &str) -> TlsMaterial {
+        dev_client_tls(self.dir.path(), name).expect("client certificate")
+    }
+
+    /// A channel to `service` authenticated with an application certificate.
+    pub fn channel(&self, service: ServiceName) -> tonic::transport::Channel {
+        mtls_channel(self.endpoint(service), &self.app_tls("test-app")).expect("channel")
+    }
+
+    /// host:port of `service`.
+    pub fn endpoint(&self, service: ServiceName) -> &str {
+        match service {
+            ServiceName::KeyService => &self.endpoints.key_service,
+            ServiceName::CryptoService => &self.endpoints.crypto_service,
+            ServiceName::TokenService => &self.endpoints.token_service,
+            ServiceName::AuditService => &self.endpoints.audit_service,
+        }
+    }
+
+    /// Waits (up to 60 s) for `service` to report SERVING over mTLS; panics if its process exits.
+    pub async fn wait_serving(&mut self, service: ServiceName) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let name = format!("keymesh.v1.{}", proto_service_name(service));
+        loop {
+            if let Some((_, child)) = self.children.iter_mut().find(|(s, _)| *s == service)
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("{service} exited during start-up: {status}");
+            }
+            let mut health = HealthClient::new(self.channel(service));
+            if let Ok(response) = health.check(HealthCheckRequest { service: name.clone() }).await
+                && response.into_inner().status == ServingStatus::Serving as i32
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{service} did not report SERVING within 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A client with the bootstrap admin's credentials.
+    pub fn admin_client(&self) -> KeymeshClient {
+        let credentials =
+            Credentials::from_file(&self.dir.path().join("bootstrap-credentials.json")).expect("bootstrap credentials");
+        KeymeshClient::new(&self.endpoints, &self.app_tls("test-app"), credentials).expect("client")
+    }
+
+    /// A client with other credentials.
+    pub fn client_with(&self, client_id: &str, client_secret: &str) -> KeymeshClient {
+        let credentials: Credentials =
+            serde_json::from_value(serde_json::json!({"client_id": client_id, "client_secret": client_secret}))
+                .unwrap();
+        KeymeshClient::new(&self.endpoints, &self.app_tls("test-app"), credentials).expect("client")
+    }
+
+    /// The process of `service`.
+    pub fn child(&mut self, service: ServiceName) -> &mut Child {
+        &mut self.children.iter_mut().find(|(s, _)| *s == service).expect("child").1
+    }
+}
+
+/// The proto service name of a mesh service.
+pub fn proto_service_name(service: ServiceName) -> &'static str {
+    match service {
+        ServiceName::KeyService => "KeyService",
+        ServiceName::CryptoService => "CryptoService",
+        ServiceName::TokenService => "TokenService",
+        ServiceName::AuditService => "AuditService",
+    }
+}
+
+/// A Postgres server for tests: `KEYMESH_TEST_POSTGRES_URL`, else the local server on 127.0.0.1:5432. A fresh
+/// database is created per call. Panics with a clear message when no server answers.
+pub async fn fresh_postgres_database() -> String {
+    use sea_orm::{ConnectionTrait, Database};
+    let admin_url = std::env::var("KEYMESH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let admin = Database::connect(admin_url.as_str()).await.unwrap_or_else(|e| {
+        panic!(
+            "Postgres is required for this test and is not reachable at {admin_url} ({e}). Start it \
+             (`make services` does) or set KEYMESH_TEST_POSTGRES_URL."
+        )
+    });
+    let name = format!("keymesh_test_{}_{}", std::process::id(), free_port());
+    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create database");
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).expect("database url");
+    format!("{base}/{name}")
+}

@@ -224,14 +224,15 @@ pub struct TokenVerifier {
 }
 
 impl TokenVerifier {
-    /// A verifier for tokens of `issuer` for `audience`.
-    pub fn new(source: Arc<dyn JwksSource>, issuer: &str, audience: &str) -> Self {
+    /// A verifier for tokens of the configured issuer and audience.
+    pub fn new(source: Arc<dyn JwksSource>, params: &crate::config::TokenParams) -> Self {
+        let (issuer, audience) = (params.issuer.as_str(), params.audience.as_str());
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub", "nbf"]);
         validation.validate_nbf = true;
-        validation.leeway = 30;
+        validation.leeway = params.clock_skew.as_secs();
         Self {
             source,
             keys: RwLock::new(HashMap::new()),
@@ -252,7 +253,7 @@ impl TokenVerifier {
         // Cached by digest: the map compares digests, so lookups reveal nothing about the token's bytes.
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(claims) = self.verified.get(&digest) {
-            if claims.exp > unix_now() {
+            if claims.exp + self.validation.leeway > unix_now() {
                 return Ok(claims);
             }
             return Err(AuthError::Expired);

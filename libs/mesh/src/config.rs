@@ -170,8 +170,10 @@ pub struct RawTokens {
     pub issuer: Option<String>,
     /// `aud` of access tokens.
     pub audience: Option<String>,
-    /// Lifetime of access tokens in seconds (60..=86400; default 3600).
+    /// Lifetime of access tokens in seconds (1..=86400; default 3600).
     pub access_token_ttl_seconds: Option<u64>,
+    /// Clock skew tolerated when checking `exp`/`nbf`, in seconds (0..=300; default 30).
+    pub clock_skew_seconds: Option<u64>,
 }
 
 /// `[dek_cache]`.
@@ -411,22 +413,32 @@ pub struct TokenParams {
     pub audience: String,
     /// Access token lifetime.
     pub access_token_ttl: Duration,
+    /// Tolerated clock skew.
+    pub clock_skew: Duration,
 }
 
 impl TokenParams {
     /// Validates `[tokens]`.
     pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
         let ttl = raw.tokens.access_token_ttl_seconds.unwrap_or(3600);
-        if !(60..=86_400).contains(&ttl) {
+        if !(1..=86_400).contains(&ttl) {
             return Err(ConfigError::Invalid {
                 field: "tokens.access_token_ttl_seconds",
-                reason: format!("{ttl} is outside 60..=86400"),
+                reason: format!("{ttl} is outside 1..=86400"),
+            });
+        }
+        let skew = raw.tokens.clock_skew_seconds.unwrap_or(30);
+        if skew > 300 {
+            return Err(ConfigError::Invalid {
+                field: "tokens.clock_skew_seconds",
+                reason: format!("{skew} is over 300"),
             });
         }
         Ok(Self {
             issuer: raw.tokens.issuer.clone().unwrap_or_else(|| "keymesh".into()),
             audience: raw.tokens.audience.clone().unwrap_or_else(|| "keymesh".into()),
             access_token_ttl: Duration::from_secs(ttl),
+            clock_skew: Duration::from_secs(skew),
         })
     }
 }

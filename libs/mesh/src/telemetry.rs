@@ -10,7 +10,7 @@ use opentelemetry::{
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::{MeshError, config::MeshParams};
 
@@ -43,17 +43,23 @@ pub fn init(params: &MeshParams) -> Result<Telemetry, MeshError> {
     }
     let provider = builder.build();
     global::set_tracer_provider(provider.clone());
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(params.service.as_str()));
+    // Spans are traced whatever the log level, so trace ids (in audit events, in propagation) never depend
+    // on how verbose the logs are.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(params.service.as_str()))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let filter = std::env::var("KEYMESH_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&params.log_level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry().with(otel);
     let result = if params.json_logs {
-        registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(filter))
+            .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
+        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter)).try_init()
     };
     result.map_err(|e| MeshError::Telemetry(e.to_string()))?;
     Ok(Telemetry { provider })

@@ -29,8 +29,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
     let verifier = TokenVerifier::new(
         Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls)?)),
-        &token_params.issuer,
-        &token_params.audience,
+        &token_params,
     );
     let writer = chain::ChainWriter::open(AuditRepository::new(db)).await?;
     let service = rpc::AuditRpc::new(writer, Arc::new(verifier));

@@ -31,8 +31,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
 
     let verifier = TokenVerifier::new(
         Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls)?)),
-        &token_params.issuer,
-        &token_params.audience,
+        &token_params,
     );
     let keys = KeyServiceClient::new(traced_channel(&params.endpoints.key_service, &tls)?);
     let deks = dek_cache::DekCache::new(keys, cache_params);

@@ -42,8 +42,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
 
     let verifier = TokenVerifier::new(
         Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls)?)),
-        &token_params.issuer,
-        &token_params.audience,
+        &token_params,
     );
     let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls)?);
     let service = rpc::KeyRpc::new(KeyRepository::new(db), Arc::new(kms), Arc::new(verifier), audit);
