@@ -249,10 +249,7 @@ mod tests {
     #[test]
     fn round_trip_and_header_shape() {
         let ct = seal_sample(Binding { aad: b"order-17", context: None });
-        let parsed = parse(&ct).map_err(|e| e.to_string());
-        let parsed = parsed.as_ref().map_err(Clone::clone);
-        assert!(parsed.is_ok());
-        let Ok(parsed) = parsed else { return };
+        let parsed = parse(&ct).expect("parse");
         assert_eq!(parsed.version, 3);
         assert_eq!(parsed.key_name, "user-pii");
         assert_eq!(parsed.key_ref, KeyRef { key_id: "k_0123".into(), version: 2 });
@@ -290,7 +287,7 @@ mod tests {
         ctx.insert("tenant".to_owned(), "acme".to_owned());
         ctx.insert("purpose".to_owned(), "billing".to_owned());
         let ct = seal_sample(Binding { aad: b"", context: Some(&ctx) });
-        let Ok(parsed) = parse(&ct) else { return assert!(false, "parse failed") };
+        let parsed = parse(&ct).expect("parse");
         assert!(parsed.open(&key(), Binding { aad: b"", context: Some(&ctx) }).is_ok());
         let mut other = ctx.clone();
         other.insert("purpose".to_owned(), "marketing".to_owned());
@@ -302,7 +299,7 @@ mod tests {
     #[test]
     fn wrong_key_is_caught_by_commitment() {
         let ct = seal_sample(Binding::default());
-        let Ok(parsed) = parse(&ct) else { return assert!(false, "parse failed") };
+        let parsed = parse(&ct).expect("parse");
         let other = SecretKey::from_bytes(vec![7; 32]);
         assert_eq!(parsed.open(&other, Binding::default()).err(), Some(CryptoError::DecryptionFailed));
     }
@@ -310,7 +307,7 @@ mod tests {
     #[test]
     fn context_mismatch_is_reported() {
         let ct = seal_sample(Binding::default());
-        let Ok(parsed) = parse(&ct) else { return assert!(false, "parse failed") };
+        let parsed = parse(&ct).expect("parse");
         assert!(parsed.expect_key("user-pii").is_ok());
         assert!(parsed.expect_key("k_0123").is_ok());
         assert!(matches!(parsed.expect_key("payments"), Err(CryptoError::ContextMismatch { .. })));

@@ -77,6 +77,12 @@ enum Command {
     },
     /// Print an access token (for grpcurl and friends).
     Token,
+    /// Check grpc.health.v1 of every service over mTLS (exit status 1 unless all are SERVING).
+    Health {
+        /// Keep trying for this many seconds before giving up.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,23 +118,7 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn setup(cli: &Cli) -> Result<KeymeshClient, ClientError> {
-    let env: BTreeMap<String, String> = std::env::vars().collect();
-    let raw = config::load(cli.config.as_deref(), &env).map_err(|e| ClientError::Setup(e.to_string()))?;
-    let params =
-        MeshParams::from_raw(ServiceName::CryptoService, &raw).map_err(|e| ClientError::Setup(e.to_string()))?;
-    let endpoints = Endpoints {
-        key_service: params.endpoints.key_service.clone(),
-        crypto_service: params.endpoints.crypto_service.clone(),
-        token_service: params.endpoints.token_service.clone(),
-        audit_service: params.endpoints.audit_service.clone(),
-    };
-    let tls = match (&cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
-        (Some(cert), Some(key), Some(ca)) => {
-            TlsMaterial::from_files(&config::TlsFiles { ca_cert: ca.clone(), cert: cert.clone(), key: key.clone() })
-        }
-        _ => dev_client_tls(&params.data_dir, "cli"),
-    }
-    .map_err(|e| ClientError::Setup(e.to_string()))?;
+    let (params, endpoints, tls) = connection(cli)?;
     let credentials_path = cli.credentials.clone().unwrap_or_else(|| bootstrap_credentials_path(&params.data_dir));
     let credentials = Credentials::from_file(&credentials_path).map_err(|e| {
         ClientError::Setup(format!("{e} (is the mesh running? `make run` writes the bootstrap credentials there)"))
@@ -168,7 +158,61 @@ fn key_json(key: &pb::Key) -> serde_json::Value {
     })
 }
 
+/// The endpoints and client TLS material from the configuration and flags.
+fn connection(cli: &Cli) -> Result<(MeshParams, Endpoints, TlsMaterial), ClientError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let raw = config::load(cli.config.as_deref(), &env).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let params =
+        MeshParams::from_raw(ServiceName::CryptoService, &raw).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let endpoints = Endpoints {
+        key_service: params.endpoints.key_service.clone(),
+        crypto_service: params.endpoints.crypto_service.clone(),
+        token_service: params.endpoints.token_service.clone(),
+        audit_service: params.endpoints.audit_service.clone(),
+    };
+    let tls = match (&cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            TlsMaterial::from_files(&config::TlsFiles { ca_cert: ca.clone(), cert: cert.clone(), key: key.clone() })
+        }
+        _ => dev_client_tls(&params.data_dir, "cli"),
+    }
+    .map_err(|e| ClientError::Setup(e.to_string()))?;
+    Ok((params, endpoints, tls))
+}
+
+async fn health(cli: &Cli, wait: u64) -> Result<(), ClientError> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let (params, _, tls) = connection(cli)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let mut all_serving = true;
+    for service in ServiceName::ALL {
+        let endpoint = params.endpoints.of(service).to_owned();
+        let channel =
+            keymesh_mesh::client::mtls_channel(&endpoint, &tls).map_err(|e| ClientError::Setup(e.to_string()))?;
+        let status = loop {
+            let answer = HealthClient::new(channel.clone()).check(HealthCheckRequest { service: String::new() }).await;
+            let status = match answer {
+                Ok(r) => ServingStatus::try_from(r.into_inner().status)
+                    .unwrap_or(ServingStatus::Unknown)
+                    .as_str_name()
+                    .to_owned(),
+                Err(e) => format!("UNREACHABLE ({})", e.message()),
+            };
+            if status == "SERVING" || std::time::Instant::now() >= deadline {
+                break status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        all_serving &= status == "SERVING";
+        write_stdout(format!("{:<15} {endpoint:<22} {status}\n", service.as_str()).as_bytes())?;
+    }
+    if all_serving { Ok(()) } else { Err(ClientError::Setup("not every service is SERVING".into())) }
+}
+
 async fn run(cli: Cli) -> Result<(), ClientError> {
+    if let Command::Health { wait } = cli.command {
+        return health(&cli, wait).await;
+    }
     let client = setup(&cli)?;
     match cli.command {
         Command::Encrypt { key, aad, base64 } => {
@@ -216,6 +260,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
             Ok(())
         }
+        Command::Health { .. } => Ok(()),
         Command::Token => {
             let token = client.access_token().await?;
             write_stdout(format!("{}\n", token.as_str()).as_bytes())

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the system packages keymesh builds and tests with, only those missing (Debian/Ubuntu).
+# Usage: install-deps.sh build|test
+set -euo pipefail
+need=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for pkg in pkg-config libssl-dev gcc make; do have_pkg "$pkg" || need+=("$pkg"); done
+if [ "${1:-build}" = test ]; then
+  command -v npm >/dev/null 2>&1 || need+=(npm)
+  # A PostgreSQL server for the Postgres tests, unless one already answers.
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    need+=(postgresql)
+  fi
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
