@@ -13,6 +13,7 @@ run: deps build
 test: test-deps
 	cargo build --workspace --bins --tests
 	KEYMESH_TEST_POSTGRES_URL="$$(deploy/dev/ensure-postgres.sh)" cargo test --workspace
+	deploy/dev/smoke-run.sh
 	$(MAKE) --no-print-directory lint
 
 build:

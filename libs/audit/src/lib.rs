@@ -27,7 +27,7 @@ const BATCH_LINGER: Duration = Duration::from_millis(20);
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts an event for `operation`, filled with a fresh id, the time and the current trace id.
-pub fn event(service: &str, operation: &str) -> pb::AuditEvent {
+fn event(service: &str, operation: &str) -> pb::AuditEvent {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     pb::AuditEvent {
         event_id: uuid::Uuid::now_v7().to_string(),
@@ -41,7 +41,7 @@ pub fn event(service: &str, operation: &str) -> pb::AuditEvent {
 }
 
 /// Fills the outcome fields of an event from a call's result.
-pub fn set_outcome<T>(event: &mut pb::AuditEvent, result: &Result<T, tonic::Status>, started: Instant) {
+fn set_outcome<T>(event: &mut pb::AuditEvent, result: &Result<T, tonic::Status>, started: Instant) {
     event.latency_micros = started.elapsed().as_micros() as u64;
     match result {
         Ok(_) => event.outcome = pb::Outcome::Success as i32,
@@ -53,6 +53,39 @@ pub fn set_outcome<T>(event: &mut pb::AuditEvent, result: &Result<T, tonic::Stat
                 _ => pb::Outcome::Failed as i32,
             };
         }
+    }
+}
+
+/// One audit event filled in while a request runs, recorded when it finishes.
+pub struct AuditScope {
+    event: pb::AuditEvent,
+    started: Instant,
+}
+
+impl AuditScope {
+    /// Starts the event of one call.
+    pub fn start(service: &str, operation: &str) -> Self {
+        Self { event: event(service, operation), started: Instant::now() }
+    }
+
+    /// Who called, for which tenant.
+    pub fn caller(&mut self, tenant: &str, identity: &str) {
+        self.event.tenant_id = tenant.to_owned();
+        self.event.identity = identity.to_owned();
+    }
+
+    /// What the call operated on.
+    pub fn resource(&mut self, key_id: &str, version: u32, algorithm: i32) {
+        self.event.resource = key_id.to_owned();
+        self.event.key_version = version;
+        self.event.algorithm = algorithm;
+    }
+
+    /// Records the outcome and hands the result back.
+    pub fn finish<T>(mut self, sink: &AuditSink, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
+        set_outcome(&mut self.event, &result, self.started);
+        sink.record(self.event);
+        result
     }
 }
 

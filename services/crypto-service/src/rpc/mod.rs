@@ -4,9 +4,9 @@
 mod decrypt;
 mod encrypt;
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{collections::BTreeMap, sync::Arc};
 
-use keymesh_audit::AuditSink;
+use keymesh_audit::{AuditScope, AuditSink};
 use keymesh_mesh::auth::{AccessClaims, TokenVerifier};
 use keymesh_proto::v1::{self as pb, crypto_service_server::CryptoService};
 use tonic::{Request, Response, Status, Streaming};
@@ -36,30 +36,22 @@ impl CryptoRpc {
     }
 }
 
-/// One audit event being filled in while a request runs.
-struct Audited {
-    event: pb::AuditEvent,
-    started: Instant,
-}
+/// The audit event of one call by an application.
+struct Audited(AuditScope);
 
 impl Audited {
     fn start(operation: &str, claims: &AccessClaims) -> Self {
-        let mut event = keymesh_audit::event(SERVICE, operation);
-        event.tenant_id = claims.tenant.clone();
-        event.identity = claims.sub.clone();
-        Self { event, started: Instant::now() }
+        let mut scope = AuditScope::start(SERVICE, operation);
+        scope.caller(&claims.tenant, &claims.sub);
+        Self(scope)
     }
 
     fn resource(&mut self, key_id: &str, version: u32, algorithm: i32) {
-        self.event.resource = key_id.to_owned();
-        self.event.key_version = version;
-        self.event.algorithm = algorithm;
+        self.0.resource(key_id, version, algorithm);
     }
 
-    fn finish<T>(mut self, sink: &AuditSink, result: Result<T, Status>) -> Result<Response<T>, Status> {
-        keymesh_audit::set_outcome(&mut self.event, &result, self.started);
-        sink.record(self.event);
-        result.map(Response::new)
+    fn finish<T>(self, sink: &AuditSink, result: Result<T, Status>) -> Result<Response<T>, Status> {
+        self.0.finish(sink, result).map(Response::new)
     }
 }
 

@@ -5,9 +5,9 @@ mod create_key;
 mod get_data_key;
 mod get_key;
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
-use keymesh_audit::AuditSink;
+use keymesh_audit::{AuditScope, AuditSink};
 use keymesh_kms::KeyEncryptionBackend;
 use keymesh_mesh::auth::{AccessClaims, TokenVerifier};
 use keymesh_proto::v1::{self as pb, key_service_server::KeyService};
@@ -43,43 +43,32 @@ impl KeyRpc {
     }
 }
 
-/// One audit event being filled in while a request runs.
-struct Audited {
-    event: pb::AuditEvent,
-    started: Instant,
-}
+/// The audit event of one call.
+struct Audited(AuditScope);
 
 impl Audited {
     fn start(operation: &str) -> Self {
-        Self { event: keymesh_audit::event(SERVICE, operation), started: Instant::now() }
+        Self(AuditScope::start(SERVICE, operation))
     }
 
     fn caller(&mut self, tenant: &str, identity: &str) {
-        self.event.tenant_id = tenant.to_owned();
-        self.event.identity = identity.to_owned();
+        self.0.caller(tenant, identity);
     }
 
     fn resource(&mut self, key_id: &str, version: u32, algorithm: i32) {
-        self.event.resource = key_id.to_owned();
-        self.event.key_version = version;
-        self.event.algorithm = algorithm;
+        self.0.resource(key_id, version, algorithm);
     }
 
-    fn finish<T>(mut self, sink: &AuditSink, result: Result<T, KeyError>) -> Result<Response<T>, Status> {
-        let result = result.map_err(Status::from);
-        keymesh_audit::set_outcome(&mut self.event, &result, self.started);
-        sink.record(self.event);
-        result.map(Response::new)
+    fn finish<T>(self, sink: &AuditSink, result: Result<T, KeyError>) -> Result<Response<T>, Status> {
+        self.0.finish(sink, result.map_err(Status::from)).map(Response::new)
     }
-}
 
-impl Audited {
     /// Records an authorization refusal and hands it back.
-    fn deny(mut self, sink: &AuditSink, status: Status) -> Status {
-        let result: Result<(), Status> = Err(status);
-        keymesh_audit::set_outcome(&mut self.event, &result, self.started);
-        sink.record(self.event);
-        result.err().unwrap_or_else(|| Status::internal("unreachable"))
+    fn deny(self, sink: &AuditSink, status: Status) -> Status {
+        match self.0.finish::<()>(sink, Err(status)) {
+            Err(status) => status,
+            Ok(()) => Status::internal("unreachable"),
+        }
     }
 }
 
