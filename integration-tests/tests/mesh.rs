@@ -12,7 +12,10 @@ use argon2::{
 use integration_tests::{Mesh, fresh_postgres_database};
 use keymesh_client::{ClientError, KeymeshClient};
 use keymesh_mesh::{ServiceName, pki::TlsMaterial};
-use keymesh_proto::v1::{self as pb, crypto_service_client::CryptoServiceClient, key_service_client::KeyServiceClient};
+use keymesh_proto::v1::{
+    self as pb, audit_service_client::AuditServiceClient, crypto_service_client::CryptoServiceClient,
+    key_service_client::KeyServiceClient,
+};
 use keymesh_store::{
     entity::{application, tenant},
     tokens::TokenRepository,
@@ -132,6 +135,33 @@ async fn scenario(mesh: &Mesh) {
         assert_eq!(event.trace_id.len(), 32, "events carry the W3C trace id");
         assert!(!record.hash.is_empty());
     }
+
+    // Trace context crosses the hop: key-service's GetDataKey for the first Encrypt is in the same trace.
+    let fetches: Vec<pb::AuditRecord> =
+        admin.audit_query(pb::QueryRequest { operation: "GetDataKey".into(), ..Default::default() }).await.unwrap();
+    let encrypt_trace = &encrypts[0].event.as_ref().unwrap().trace_id;
+    assert!(
+        fetches
+            .iter()
+            .any(|r| r.event.as_ref().is_some_and(|e| &e.trace_id == encrypt_trace && e.service == "key-service")),
+        "no key-service event shares the trace {encrypt_trace} of the first Encrypt"
+    );
+
+    // Only mesh services may append to the audit trail.
+    let mut audit = AuditServiceClient::new(mesh.channel(ServiceName::AuditService));
+    let forged = pb::AppendRequest {
+        batch_id: 1,
+        events: vec![pb::AuditEvent {
+            event_id: "forged".into(),
+            service: "crypto-service".into(),
+            ..Default::default()
+        }],
+    };
+    let refused = match audit.append(tokio_stream::iter(vec![forged])).await {
+        Err(status) => status,
+        Ok(response) => response.into_inner().message().await.expect_err("an application must not append"),
+    };
+    assert_eq!(refused.code(), Code::PermissionDenied, "{}", refused.message());
 
     // Wrong AAD, and a flipped byte anywhere: the same opaque "decryption failed".
     let (c, m) = code(admin.decrypt(ciphertext.clone(), b"order-43".to_vec()).await);
