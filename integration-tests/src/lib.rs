@@ -105,12 +105,7 @@ impl Mesh {
 
     /// host:port of `service`.
     pub fn endpoint(&self, service: ServiceName) -> &str {
-        match service {
-            ServiceName::KeyService => &self.endpoints.key_service,
-            ServiceName::CryptoService => &self.endpoints.crypto_service,
-            ServiceName::TokenService => &self.endpoints.token_service,
-            ServiceName::AuditService => &self.endpoints.audit_service,
-        }
+        self.endpoints.of(service)
     }
 
     /// Waits (up to 60 s) for `service` to report SERVING over mTLS; panics if its process exits.

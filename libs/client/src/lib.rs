@@ -52,18 +52,8 @@ impl Credentials {
     }
 }
 
-/// Where the services are.
-#[derive(Debug, Clone)]
-pub struct Endpoints {
-    /// key-service host:port.
-    pub key_service: String,
-    /// crypto-service host:port.
-    pub crypto_service: String,
-    /// token-service host:port.
-    pub token_service: String,
-    /// audit-service host:port.
-    pub audit_service: String,
-}
+/// Where the services are (the mesh's own endpoint list).
+pub use keymesh_mesh::config::Endpoints;
 
 struct CachedToken {
     token: Zeroizing<String>,

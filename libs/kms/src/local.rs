@@ -170,6 +170,15 @@ impl LocalKms {
     }
 }
 
+impl LocalKms {
+    /// [`LocalKms::open`] off the async workers (Argon2id takes a moment of CPU).
+    pub async fn open_off_runtime(config: LocalKmsConfig) -> Result<Self, KmsError> {
+        tokio::task::spawn_blocking(move || Self::open(&config))
+            .await
+            .map_err(|e| KmsError::MasterKey(format!("KEK derivation task failed: {e}")))?
+    }
+}
+
 /// OWASP's recommended Argon2id minimum (19 MiB, 2 passes): the KEK is derived once per process start.
 fn default_params() -> Params {
     Params::new(19 * 1024, 2, 1, Some(32)).unwrap_or_default()

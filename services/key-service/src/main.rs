@@ -36,7 +36,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
         std::env::var("KEYMESH_MASTER_KEY").ok(),
         kms_params.master_key_file.clone(),
     );
-    let kms = tokio::task::spawn_blocking(move || LocalKms::open(&kms_config)).await??;
+    let kms = LocalKms::open_off_runtime(kms_config).await?;
     tracing::info!(kek = %keymesh_kms::KeyEncryptionBackend::describe(&kms).detail, "KMS backend ready");
     let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
 

@@ -35,7 +35,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
         std::env::var("KEYMESH_MASTER_KEY").ok(),
         kms_params.master_key_file.clone(),
     );
-    let kms = tokio::task::spawn_blocking(move || LocalKms::open(&kms_config)).await??;
+    let kms = LocalKms::open_off_runtime(kms_config).await?;
     let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
     let repo = TokenRepository::new(db);
     let endpoint = params.endpoints.token_service.clone();

@@ -164,12 +164,7 @@ fn connection(cli: &Cli) -> Result<(MeshParams, Endpoints, TlsMaterial), ClientE
     let raw = config::load(cli.config.as_deref(), &env).map_err(|e| ClientError::Setup(e.to_string()))?;
     let params =
         MeshParams::from_raw(ServiceName::CryptoService, &raw).map_err(|e| ClientError::Setup(e.to_string()))?;
-    let endpoints = Endpoints {
-        key_service: params.endpoints.key_service.clone(),
-        crypto_service: params.endpoints.crypto_service.clone(),
-        token_service: params.endpoints.token_service.clone(),
-        audit_service: params.endpoints.audit_service.clone(),
-    };
+    let endpoints = params.endpoints.clone();
     let tls = match (&cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
         (Some(cert), Some(key), Some(ca)) => {
             TlsMaterial::from_files(&config::TlsFiles { ca_cert: ca.clone(), cert: cert.clone(), key: key.clone() })
