@@ -12,7 +12,7 @@ run: deps build
 ## test: every test (unit, integration over mTLS with real Postgres), formatting, clippy, buf lint
 test: test-deps
 	cargo build --workspace --bins --tests
-	KEYMESH_TEST_POSTGRES_URL="$$(deploy/dev/ensure-postgres.sh)" cargo test --workspace
+	url="$$(deploy/dev/ensure-postgres.sh)" && KEYMESH_TEST_POSTGRES_URL="$$url" cargo test --workspace
 	deploy/dev/smoke-run.sh
 	$(MAKE) --no-print-directory lint
 

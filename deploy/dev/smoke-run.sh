@@ -27,9 +27,10 @@ grep -q "keymesh is running" "$KEYMESH_DATA_DIR/make-run.out" || { echo "make ru
 keymesh keys create user-pii >/dev/null
 echo 'card 4111 1111 1111 1111' | keymesh encrypt --key user-pii --aad order-42 > "$KEYMESH_DATA_DIR/secret.bin"
 [ "$(keymesh decrypt --aad order-42 < "$KEYMESH_DATA_DIR/secret.bin")" = 'card 4111 1111 1111 1111' ]
-for _ in $(seq 1 50); do keymesh audit | grep -q ' Decrypt ' && break; sleep 0.1; done
-keymesh audit | grep -q ' Encrypt '
-keymesh audit | grep -q ' Decrypt '
+trail=""
+for _ in $(seq 1 50); do trail="$(keymesh audit)"; grep -q ' Decrypt ' <<<"$trail" && break; sleep 0.1; done
+grep -q ' Encrypt ' <<<"$trail"
+grep -q ' Decrypt ' <<<"$trail"
 stop
 
 # A second run reuses the data directory: same certificates, keys and credentials.

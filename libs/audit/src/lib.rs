@@ -56,6 +56,13 @@ fn set_outcome<T>(event: &mut pb::AuditEvent, result: &Result<T, tonic::Status>,
     }
 }
 
+/// Longest string field an event carries: events stay small and valid whatever a caller sent.
+const MAX_FIELD: usize = 256;
+
+fn bounded(value: &str) -> String {
+    value.chars().filter(|c| !c.is_control()).take(MAX_FIELD).collect()
+}
+
 /// One audit event filled in while a request runs, recorded when it finishes.
 pub struct AuditScope {
     event: pb::AuditEvent,
@@ -70,13 +77,13 @@ impl AuditScope {
 
     /// Who called, for which tenant.
     pub fn caller(&mut self, tenant: &str, identity: &str) {
-        self.event.tenant_id = tenant.to_owned();
-        self.event.identity = identity.to_owned();
+        self.event.tenant_id = bounded(tenant);
+        self.event.identity = bounded(identity);
     }
 
     /// What the call operated on.
     pub fn resource(&mut self, key_id: &str, version: u32, algorithm: i32) {
-        self.event.resource = key_id.to_owned();
+        self.event.resource = bounded(key_id);
         self.event.key_version = version;
         self.event.algorithm = algorithm;
     }
@@ -94,14 +101,27 @@ impl AuditScope {
 pub struct AuditSink {
     tx: mpsc::Sender<pb::AuditEvent>,
     dropped: Arc<AtomicU64>,
+    shipper: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl AuditSink {
     /// Starts the shipper on `channel` to audit-service.
     pub fn start(channel: MeshChannel) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(ship(AuditServiceClient::new(channel), rx));
-        Self { tx, dropped: Arc::new(AtomicU64::new(0)) }
+        let handle = tokio::spawn(ship(AuditServiceClient::new(channel), rx));
+        Self { tx, dropped: Arc::new(AtomicU64::new(0)), shipper: Arc::new(std::sync::Mutex::new(Some(handle))) }
+    }
+
+    /// After the server has stopped (every other clone of the sink is gone): ships what is queued, waiting
+    /// at most `deadline`.
+    pub async fn flush(self, deadline: Duration) {
+        let handle = self.shipper.lock().ok().and_then(|mut h| h.take());
+        drop(self);
+        if let Some(handle) = handle
+            && tokio::time::timeout(deadline, handle).await.is_err()
+        {
+            tracing::error!("audit events still queued at shutdown could not be shipped in time");
+        }
     }
 
     /// Queues an event without waiting.
@@ -153,13 +173,25 @@ async fn ship(client: AuditServiceClient<MeshChannel>, mut rx: mpsc::Receiver<pb
                 backoff = Duration::from_millis(100);
                 stream = Some(connection);
             }
-            Err(reason) => {
+            Err(SendError::Refused(reason)) => {
+                // Retrying cannot help and would block every later event behind this batch.
+                tracing::error!(%reason, dropped = pending.len(), "audit-service refused an audit batch; dropping it");
+                pending.clear();
+            }
+            Err(SendError::Retry(reason)) => {
                 tracing::warn!(%reason, pending = pending.len(), "audit batch not acknowledged; will resend");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
+}
+
+enum SendError {
+    /// Worth sending again (network, audit-service restarting).
+    Retry(String),
+    /// audit-service refused the batch itself.
+    Refused(String),
 }
 
 /// One open `Append` stream.
@@ -179,13 +211,24 @@ impl Connection {
         Ok(Self { requests, responses })
     }
 
-    async fn send(mut self, batch_id: u64, events: Vec<pb::AuditEvent>) -> Result<Self, String> {
-        self.requests.send(pb::AppendRequest { batch_id, events }).await.map_err(|_| "stream closed".to_owned())?;
+    async fn send(mut self, batch_id: u64, events: Vec<pb::AuditEvent>) -> Result<Self, SendError> {
+        self.requests
+            .send(pb::AppendRequest { batch_id, events })
+            .await
+            .map_err(|_| SendError::Retry("stream closed".to_owned()))?;
         loop {
             match tokio::time::timeout(ACK_TIMEOUT, self.responses.message()).await {
-                Err(_) => return Err("acknowledgement timed out".into()),
-                Ok(Err(status)) => return Err(format!("{}: {}", status.code(), status.message())),
-                Ok(Ok(None)) => return Err("stream ended".into()),
+                Err(_) => return Err(SendError::Retry("acknowledgement timed out".into())),
+                Ok(Err(status)) => {
+                    let reason = format!("{}: {}", status.code(), status.message());
+                    return Err(match status.code() {
+                        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::OutOfRange => {
+                            SendError::Refused(reason)
+                        }
+                        _ => SendError::Retry(reason),
+                    });
+                }
+                Ok(Ok(None)) => return Err(SendError::Retry("stream ended".into())),
                 Ok(Ok(Some(ack))) if ack.batch_id == batch_id => return Ok(self),
                 Ok(Ok(Some(_))) => continue,
             }

@@ -113,8 +113,19 @@ impl LocalKms {
             .map_err(io_err(&lock_path))?;
         lock.lock().map_err(io_err(&lock_path))?;
 
-        let master = read_master_secret(&config.master_key)?;
         let state_path = config.data_dir.join(STATE_FILE);
+        // A new master key only makes sense for a new data directory: with existing state it could never
+        // match, and writing one would leave a useless "master key" to be backed up by mistake.
+        let master = match &config.master_key {
+            MasterKeySource::File { path, generate_if_missing: true } if state_path.exists() && !path.exists() => {
+                return Err(KmsError::MasterKey(format!(
+                    "{} is missing but {} exists: restore the master key file or set KEYMESH_MASTER_KEY",
+                    path.display(),
+                    state_path.display()
+                )));
+            }
+            source => read_master_secret(source)?,
+        };
         let state = match fs::read(&state_path) {
             Ok(bytes) => serde_json::from_slice::<KdfState>(&bytes)
                 .map_err(|e| KmsError::MasterKey(format!("{} is malformed: {e}", state_path.display())))?,

@@ -286,6 +286,9 @@ impl TokenVerifier {
         if !force && last.is_some_and(|t| t.elapsed() < JWKS_REFRESH_MIN_INTERVAL) {
             return Ok(());
         }
+        // Counted as an attempt whether or not it succeeds: an unreachable token-service must not be asked
+        // again for every token with an unknown kid.
+        *last = Some(Instant::now());
         let jwks = self.source.fetch().await.map_err(|reason| {
             tracing::warn!(%reason, "cannot fetch the JWKS");
             AuthError::JwksUnavailable
@@ -297,7 +300,6 @@ impl TokenVerifier {
             }
         }
         *self.keys.write().await = keys;
-        *last = Some(Instant::now());
         Ok(())
     }
 }

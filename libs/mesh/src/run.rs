@@ -103,11 +103,18 @@ pub fn service_tls(params: &MeshParams) -> Result<TlsMaterial, MeshError> {
     }
 }
 
-/// A client identity from the development PKI (the CLI's, or a test application's).
+/// A client identity from the development PKI (the CLI's, or a test application's), stored as
+/// `pki/app-<name>.pem` so that no application name can select a service's or the CA's files.
 pub fn dev_client_tls(data_dir: &std::path::Path, name: &str) -> Result<TlsMaterial, MeshError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        return Err(MeshError::Tls(format!("application name {name:?} must be 1-63 characters of [a-z0-9-]")));
+    }
     pki::ensure_dev_identity(
         data_dir,
-        &DevIdentity { name: name.into(), spiffe_id: app_spiffe_id(name), server: false },
+        &DevIdentity { name: format!("app-{name}"), spiffe_id: app_spiffe_id(name), server: false },
     )
 }
 

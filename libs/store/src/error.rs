@@ -2,13 +2,12 @@
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached (URL shown with its password redacted).
-    #[error("cannot connect to database {url}: {source}")]
+    #[error("cannot connect to database {url}: {reason}")]
     Connect {
         /// Redacted URL.
         url: String,
-        /// Driver error.
-        #[source]
-        source: sea_orm::DbErr,
+        /// The driver's message with the URL and password removed.
+        reason: String,
     },
     /// Applying migrations failed.
     #[error("database migration failed: {0}")]

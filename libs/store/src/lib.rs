@@ -12,7 +12,7 @@ pub use error::StoreError;
 pub use migration::Migrator;
 pub use sea_orm::DatabaseConnection;
 
-use sea_orm::{ConnectOptions, Database};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 
 /// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`) and applies pending migrations.
@@ -25,9 +25,32 @@ pub async fn connect_and_migrate(url: &str) -> Result<DatabaseConnection, StoreE
     } else {
         options.max_connections(16);
     }
-    let db = Database::connect(options).await.map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
-    Migrator::up(&db, None).await.map_err(StoreError::Migrate)?;
+    let db = Database::connect(options)
+        .await
+        .map_err(|e| StoreError::Connect { url: redact_url(url), reason: scrub(&e.to_string(), url) })?;
+    if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        // Replicas (or services sharing one database) may start together: one migrates at a time, the
+        // others then find nothing to do. The lock is released with the transaction.
+        let txn = db.begin().await?;
+        txn.execute_unprepared("SELECT pg_advisory_xact_lock(7401740174017401)").await?;
+        Migrator::up(&txn, None).await.map_err(StoreError::Migrate)?;
+        txn.commit().await?;
+    } else {
+        Migrator::up(&db, None).await.map_err(StoreError::Migrate)?;
+    }
     Ok(db)
+}
+
+/// A driver message with the URL (and its password, however escaped) removed.
+fn scrub(message: &str, url: &str) -> String {
+    let mut message = message.replace(url, &redact_url(url));
+    if let (Some(scheme_end), Some(at)) = (url.find("://"), url.rfind('@'))
+        && let Some((_, password)) = url.get(scheme_end + 3..at).and_then(|u| u.split_once(':'))
+        && !password.is_empty()
+    {
+        message = message.replace(password, "***");
+    }
+    message
 }
 
 /// A database URL with any password replaced by `***`, for logs and errors.
@@ -58,5 +81,7 @@ mod tests {
         assert_eq!(redact_url("postgres://app:s3cret@db:5432/keymesh"), "postgres://app:***@db:5432/keymesh");
         assert_eq!(redact_url("sqlite://data/key.db?mode=rwc"), "sqlite://data/key.db?mode=rwc");
         assert!(!redact_url("postgres://u:p%40ss@h/db").contains("p%40ss"));
+        let url = "postgres://u:s3cr/t@h/db";
+        assert!(!scrub(&format!("The connection string '{url}' cannot be parsed"), url).contains("s3cr/t"));
     }
 }

@@ -60,6 +60,7 @@ mod m20261123_000001_initial {
             manager
                 .create_index(
                     Index::create()
+                        .if_not_exists()
                         .name("ux_applications_tenant_name")
                         .table("applications")
                         .col("tenant_id")
@@ -108,6 +109,7 @@ mod m20261123_000001_initial {
             manager
                 .create_index(
                     Index::create()
+                        .if_not_exists()
                         .name("ux_keys_tenant_name")
                         .table("keys")
                         .col("tenant_id")
@@ -159,6 +161,7 @@ mod m20261123_000001_initial {
             manager
                 .create_index(
                     Index::create()
+                        .if_not_exists()
                         .name("ix_audit_tenant_sequence")
                         .table("audit_records")
                         .col("tenant_id")

@@ -66,7 +66,10 @@ impl ChainWriter {
             sequence += 1;
             let bytes = event.encode_to_vec();
             let hash = record_hash(&previous, sequence, &bytes);
-            let time = event.time.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000).unwrap_or(received_at);
+            let time = event
+                .time
+                .and_then(|t| t.seconds.checked_mul(1000).and_then(|ms| ms.checked_add(i64::from(t.nanos) / 1_000_000)))
+                .unwrap_or(received_at);
             records.push(audit_record::Model {
                 sequence,
                 event_id: event.event_id,
@@ -86,7 +89,16 @@ impl ChainWriter {
         }
         let accepted = records.len() as u32;
         if !records.is_empty() {
-            self.repo.insert_all(records).await?;
+            if let Err(e) = self.repo.insert_all(records).await {
+                // The commit may have happened even though its answer was lost: start again from what is
+                // really stored, or every later batch would reuse taken sequence numbers.
+                if let Ok(stored) = self.repo.head().await {
+                    *head = stored
+                        .map(|(sequence, hash)| Head { sequence, hash })
+                        .unwrap_or(Head { sequence: 0, hash: String::new() });
+                }
+                return Err(e);
+            }
             *head = Head { sequence, hash: previous };
         }
         Ok(Appended { accepted, duplicates })

@@ -40,6 +40,14 @@ fn validate(batch: &pb::AppendRequest, sender: &str) -> Result<(), Status> {
         if event.event_id.is_empty() || event.event_id.len() > 64 {
             return Err(Status::invalid_argument("event_id must be 1 to 64 characters"));
         }
+        let fields =
+            [&event.tenant_id, &event.identity, &event.operation, &event.resource, &event.reason, &event.trace_id];
+        if fields.iter().any(|f| f.len() > 1024) {
+            return Err(Status::invalid_argument(format!(
+                "event {}: string fields are limited to 1024 bytes",
+                event.event_id
+            )));
+        }
         if event.service != sender {
             return Err(Status::permission_denied(format!(
                 "event {} claims service {:?} but was sent by {sender}",
@@ -54,8 +62,15 @@ fn timestamp(millis: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
-fn millis(t: &Option<prost_types::Timestamp>) -> Option<i64> {
-    t.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+fn millis(t: &Option<prost_types::Timestamp>, field: &str) -> Result<Option<i64>, Status> {
+    t.as_ref()
+        .map(|t| {
+            t.seconds
+                .checked_mul(1000)
+                .and_then(|ms| ms.checked_add(i64::from(t.nanos) / 1_000_000))
+                .ok_or_else(|| Status::invalid_argument(format!("{field} is out of range")))
+        })
+        .transpose()
 }
 
 fn to_record(row: audit_record::Model) -> pb::AuditRecord {
@@ -125,8 +140,8 @@ impl AuditService for AuditRpc {
         };
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
         let filter = AuditFilter {
-            start_millis: millis(&request.start_time),
-            end_millis: millis(&request.end_time),
+            start_millis: millis(&request.start_time, "start_time")?,
+            end_millis: millis(&request.end_time, "end_time")?,
             identity: non_empty(request.identity),
             operation: non_empty(request.operation),
             resource: non_empty(request.resource),

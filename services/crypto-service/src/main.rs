@@ -36,7 +36,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let keys = KeyServiceClient::new(traced_channel(&params.endpoints.key_service, &tls)?);
     let deks = dek_cache::DekCache::new(keys, cache_params);
     let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls)?);
-    let service = rpc::CryptoRpc::new(Arc::new(verifier), deks, audit);
+    let service = rpc::CryptoRpc::new(Arc::new(verifier), deks, audit.clone());
     let routes = Routes::new(CryptoServiceServer::new(service));
     tracing::info!(addr = %params.listen_addr, "crypto-service listening (mTLS)");
     server::serve(
@@ -48,5 +48,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
         params.shutdown_grace,
     )
     .await?;
+    // The server and its clones of the sink are gone: ship what the last requests recorded.
+    audit.flush(std::time::Duration::from_secs(5)).await;
     Ok(())
 }

@@ -45,10 +45,12 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
         &token_params,
     );
     let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls)?);
-    let service = rpc::KeyRpc::new(KeyRepository::new(db), Arc::new(kms), Arc::new(verifier), audit);
+    let service = rpc::KeyRpc::new(KeyRepository::new(db), Arc::new(kms), Arc::new(verifier), audit.clone());
     let routes = Routes::new(KeyServiceServer::new(service));
     tracing::info!(addr = %params.listen_addr, "key-service listening (mTLS)");
     server::serve(listener, &tls, routes, &["keymesh.v1.KeyService"], server::shutdown_signal(), params.shutdown_grace)
         .await?;
+    // The server and its clones of the sink are gone: ship what the last requests recorded.
+    audit.flush(std::time::Duration::from_secs(5)).await;
     Ok(())
 }

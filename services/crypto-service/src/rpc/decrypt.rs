@@ -29,6 +29,9 @@ impl CryptoRpc {
                 CryptoError::ContextMismatch { .. } => CryptoServiceError::ContextMismatch(e.to_string()),
                 _ => CryptoServiceError::DecryptionFailed,
             })?;
+            // Authorize on the name the header claims before any key material moves; the stored name is
+            // checked again below (the header is authenticated only once the ciphertext opens).
+            claims.require_key_operation(&parsed.key_name, pb::Operation::Decrypt)?;
             let dek = self
                 .deks
                 .get(DekRequest {

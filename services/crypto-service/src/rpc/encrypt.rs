@@ -37,6 +37,11 @@ impl CryptoRpc {
                 }
                 .into());
             }
+            // Authorize before any key material moves (by name here; by the stored name below when the
+            // request gave a key id).
+            if !request.key.starts_with("k_") {
+                claims.require_key_operation(&request.key, pb::Operation::Encrypt)?;
+            }
             let dek = self
                 .deks
                 .get(DekRequest {

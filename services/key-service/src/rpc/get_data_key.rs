@@ -19,17 +19,30 @@ impl KeyRpc {
         request: Request<pb::GetDataKeyRequest>,
     ) -> Result<Response<pb::GetDataKeyResponse>, Status> {
         let peer = PeerIdentity::from_request(&request)?;
-        let request = request.into_inner();
         let mut audit = Audited::start("GetDataKey");
+        // Refused callers are recorded by their certificate only: nothing they sent reaches the trail.
+        if let Err(denied) = peer.require(ServiceName::CryptoService, "KeyService.GetDataKey") {
+            audit.caller("", peer.as_str());
+            return Err(audit.deny(&self.audit, denied));
+        }
+        let request = request.into_inner();
+        for (field, value) in
+            [("tenant_id", &request.tenant_id), ("key", &request.key), ("on_behalf_of", &request.on_behalf_of)]
+        {
+            if value.len() > 128 || value.chars().any(char::is_control) {
+                let result: Result<pb::GetDataKeyResponse, KeyError> = Err(KeyError::InvalidArgument {
+                    field: "tenant_id/key/on_behalf_of",
+                    reason: format!("{field} must be at most 128 printable characters"),
+                });
+                return audit.finish(&self.audit, result);
+            }
+        }
         let identity = if request.on_behalf_of.is_empty() {
             peer.to_string()
         } else {
             format!("{} (via {peer})", request.on_behalf_of)
         };
         audit.caller(&request.tenant_id, &identity);
-        if let Err(denied) = peer.require(ServiceName::CryptoService, "KeyService.GetDataKey") {
-            return Err(audit.deny(&self.audit, denied));
-        }
         let result = self.get_data_key(request, &mut audit).await;
         audit.finish(&self.audit, result)
     }
