@@ -100,7 +100,7 @@ impl Mesh {
 
     /// A channel to `service` authenticated with an application certificate.
     pub fn channel(&self, service: ServiceName) -> tonic::transport::Channel {
-        mtls_channel(self.endpoint(service), &self.app_tls("test-app")).expect("channel")
+        mtls_channel(self.endpoint(service), &self.app_tls("test-app"), service).expect("channel")
     }
 
     /// host:port of `service`.

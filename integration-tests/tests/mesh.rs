@@ -231,6 +231,19 @@ async fn scenario(mesh: &Mesh) {
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("KeyService.RotateKey"));
 
+    // A client expecting key-service refuses crypto-service's certificate, though the same CA signed it.
+    let impostor = keymesh_mesh::client::mtls_channel(
+        &mesh.endpoints.crypto_service,
+        &mesh.app_tls("test-app"),
+        ServiceName::KeyService,
+    )
+    .unwrap();
+    let err = tonic_health::pb::health_client::HealthClient::new(impostor)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("not the expected spiffe://keymesh/key-service"), "{err:?}");
+
     // No client certificate: the TLS handshake itself fails.
     let ca = TlsMaterial::clone(&mesh.app_tls("test-app")).ca_pem;
     let no_cert = Endpoint::from_shared(format!("https://{}", mesh.endpoints.crypto_service))

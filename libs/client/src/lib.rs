@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keymesh_mesh::{client::mtls_channel, pki::TlsMaterial};
+use keymesh_mesh::{ServiceName, client::mtls_channel, pki::TlsMaterial};
 use keymesh_proto::v1::{
     self as pb, crypto_service_client::CryptoServiceClient, key_service_client::KeyServiceClient,
     token_service_client::TokenServiceClient,
@@ -73,13 +73,14 @@ pub struct KeymeshClient {
 impl KeymeshClient {
     /// Connects (lazily) to every service with the given client certificate.
     pub fn new(endpoints: &Endpoints, tls: &TlsMaterial, credentials: Credentials) -> Result<Self, ClientError> {
-        let channel = |e: &str| mtls_channel(e, tls).map_err(|e| ClientError::Setup(e.to_string()));
+        let channel =
+            |s: ServiceName| mtls_channel(endpoints.of(s), tls, s).map_err(|e| ClientError::Setup(e.to_string()));
         Ok(Self {
             credentials,
-            tokens: TokenServiceClient::new(channel(&endpoints.token_service)?),
-            keys: KeyServiceClient::new(channel(&endpoints.key_service)?),
-            crypto: CryptoServiceClient::new(channel(&endpoints.crypto_service)?),
-            audit_channel: channel(&endpoints.audit_service)?,
+            tokens: TokenServiceClient::new(channel(ServiceName::TokenService)?),
+            keys: KeyServiceClient::new(channel(ServiceName::KeyService)?),
+            crypto: CryptoServiceClient::new(channel(ServiceName::CryptoService)?),
+            audit_channel: channel(ServiceName::AuditService)?,
             token: Mutex::new(None),
         })
     }

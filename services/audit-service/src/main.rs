@@ -28,7 +28,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let listener = server::bind(params.listen_addr).await?;
     let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
     let verifier = TokenVerifier::new(
-        Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls)?)),
+        Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls, ServiceName::TokenService)?)),
         &token_params,
     );
     let writer = chain::ChainWriter::open(AuditRepository::new(db)).await?;

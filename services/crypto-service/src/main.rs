@@ -30,12 +30,12 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let listener = server::bind(params.listen_addr).await?;
 
     let verifier = TokenVerifier::new(
-        Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls)?)),
+        Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls, ServiceName::TokenService)?)),
         &token_params,
     );
-    let keys = KeyServiceClient::new(traced_channel(&params.endpoints.key_service, &tls)?);
+    let keys = KeyServiceClient::new(traced_channel(&params.endpoints.key_service, &tls, ServiceName::KeyService)?);
     let deks = dek_cache::DekCache::new(keys, cache_params);
-    let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls)?);
+    let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?);
     let service = rpc::CryptoRpc::new(Arc::new(verifier), deks, audit.clone());
     let routes = Routes::new(CryptoServiceServer::new(service));
     tracing::info!(addr = %params.listen_addr, "crypto-service listening (mTLS)");

@@ -41,10 +41,10 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
 
     let verifier = TokenVerifier::new(
-        Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls)?)),
+        Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls, ServiceName::TokenService)?)),
         &token_params,
     );
-    let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls)?);
+    let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?);
     let service = rpc::KeyRpc::new(KeyRepository::new(db), Arc::new(kms), Arc::new(verifier), audit.clone());
     let routes = Routes::new(KeyServiceServer::new(service));
     tracing::info!(addr = %params.listen_addr, "key-service listening (mTLS)");

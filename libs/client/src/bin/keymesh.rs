@@ -182,8 +182,8 @@ async fn health(cli: &Cli, wait: u64) -> Result<(), ClientError> {
     let mut all_serving = true;
     for service in ServiceName::ALL {
         let endpoint = params.endpoints.of(service).to_owned();
-        let channel =
-            keymesh_mesh::client::mtls_channel(&endpoint, &tls).map_err(|e| ClientError::Setup(e.to_string()))?;
+        let channel = keymesh_mesh::client::mtls_channel(&endpoint, &tls, service)
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
         let status = loop {
             let answer = HealthClient::new(channel.clone()).check(HealthCheckRequest { service: String::new() }).await;
             let status = match answer {
