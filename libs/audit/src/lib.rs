@@ -88,6 +88,14 @@ impl AuditScope {
         self.event.algorithm = algorithm;
     }
 
+    /// Records an authorization refusal and hands it back.
+    pub fn deny(mut self, sink: &AuditSink, status: tonic::Status) -> tonic::Status {
+        let result: Result<(), tonic::Status> = Err(status);
+        set_outcome(&mut self.event, &result, self.started);
+        sink.record(self.event);
+        result.err().unwrap_or_else(|| tonic::Status::internal("audit: refusal without a status"))
+    }
+
     /// Records the outcome and hands the result back.
     pub fn finish<T>(mut self, sink: &AuditSink, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
         set_outcome(&mut self.event, &result, self.started);

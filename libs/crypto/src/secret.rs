@@ -4,8 +4,8 @@ use std::fmt;
 
 use zeroize::{Zeroize, Zeroizing};
 
-/// Symmetric key material (a DEK or a KEK). Not `Clone` on purpose: copies of a key are explicit
-/// (`try_clone_secret`), so every copy is visible in review. Zeroized when dropped.
+/// Symmetric key material (a DEK or a KEK). Not `Clone` on purpose: a copy of a key must be made
+/// explicitly from `expose_secret`, so every copy is visible in review. Zeroized when dropped.
 pub struct SecretKey(Zeroizing<Vec<u8>>);
 
 impl SecretKey {
@@ -37,11 +37,6 @@ impl SecretKey {
     /// Whether the key is empty.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    /// An explicit copy of the key.
-    pub fn try_clone_secret(&self) -> Self {
-        Self::copy_from_slice(&self.0)
     }
 }
 

@@ -35,20 +35,6 @@ pub enum Role {
     Auditor,
 }
 
-impl Role {
-    /// From the proto enum.
-    pub fn from_proto(role: pb::Role) -> Option<Self> {
-        match role {
-            pb::Role::Viewer => Some(Self::Viewer),
-            pb::Role::Developer => Some(Self::Developer),
-            pb::Role::Admin => Some(Self::Admin),
-            pb::Role::Owner => Some(Self::Owner),
-            pb::Role::Auditor => Some(Self::Auditor),
-            pb::Role::Unspecified => None,
-        }
-    }
-}
-
 /// Operations on keys a permission grants, by name (`encrypt`, `decrypt`, … or `*`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyPermissionClaim {
@@ -263,7 +249,7 @@ impl TokenVerifier {
         let key = match self.key(&kid).await {
             Some(key) => key,
             None => {
-                self.refresh(false).await?;
+                self.refresh().await?;
                 self.key(&kid).await.ok_or(AuthError::Invalid)?
             }
         };
@@ -280,10 +266,10 @@ impl TokenVerifier {
         self.keys.read().await.get(kid).cloned()
     }
 
-    /// Refetches the JWKS (rate-limited unless `force`).
-    pub async fn refresh(&self, force: bool) -> Result<(), AuthError> {
+    /// Refetches the JWKS, at most once per [`JWKS_REFRESH_MIN_INTERVAL`].
+    async fn refresh(&self) -> Result<(), AuthError> {
         let mut last = self.last_refresh.lock().await;
-        if !force && last.is_some_and(|t| t.elapsed() < JWKS_REFRESH_MIN_INTERVAL) {
+        if last.is_some_and(|t| t.elapsed() < JWKS_REFRESH_MIN_INTERVAL) {
             return Ok(());
         }
         // Counted as an attempt whether or not it succeeds: an unreachable token-service must not be asked

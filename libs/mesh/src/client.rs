@@ -123,6 +123,17 @@ pub fn traced_channel(endpoint: &str, tls: &TlsMaterial, service: ServiceName) -
     Ok(InterceptedService::new(mtls_channel(endpoint, tls, service)?, TraceContextInjector))
 }
 
+/// The access-token verifier of a service: JWKS from token-service over mTLS, issuer and audience from
+/// `[tokens]`.
+pub fn token_verifier(
+    params: &crate::config::MeshParams,
+    tls: &TlsMaterial,
+    tokens: &crate::config::TokenParams,
+) -> Result<crate::auth::TokenVerifier, MeshError> {
+    let channel = traced_channel(&params.endpoints.token_service, tls, ServiceName::TokenService)?;
+    Ok(crate::auth::TokenVerifier::new(Arc::new(RemoteJwks::new(channel)), tokens))
+}
+
 /// The JWKS from token-service over mTLS.
 pub struct RemoteJwks {
     client: TokenServiceClient<MeshChannel>,

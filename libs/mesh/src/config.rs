@@ -147,8 +147,8 @@ pub struct RawDatabase {
 
 impl std::fmt::Debug for RawDatabase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Database URLs carry passwords.
-        f.debug_struct("RawDatabase").field("url", &self.url.as_deref().map(redact_url)).finish()
+        // Database URLs carry passwords: say only whether one is set.
+        f.debug_struct("RawDatabase").field("url", &self.url.as_ref().map(|_| "<redacted>")).finish()
     }
 }
 
@@ -184,17 +184,6 @@ pub struct RawDekCache {
     pub max_entries: Option<u64>,
     /// Seconds a DEK stays cached (1..=3600; default 300).
     pub ttl_seconds: Option<u64>,
-}
-
-/// Masks the password of a URL for printing.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => match url[scheme_end + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
 }
 
 /// Reads the file (if any) and overlays the `KEYMESH_*` variables in `env`.

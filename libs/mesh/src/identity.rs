@@ -82,11 +82,6 @@ impl PeerIdentity {
         })
     }
 
-    /// Builds an identity from a known string (tests and internal callers).
-    pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
-    }
-
     /// The SPIFFE URI.
     pub fn as_str(&self) -> &str {
         &self.0

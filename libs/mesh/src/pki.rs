@@ -147,7 +147,9 @@ fn issue(ca_pem: &str, ca_key_pem: &str, identity: &DevIdentity) -> Result<(Stri
     Ok((cert.pem(), Zeroizing::new(key.serialize_pem())))
 }
 
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), MeshError> {
+/// Writes a new file with `mode` atomically (temp file, fsync, rename), so a crash never leaves half a
+/// certificate or credential behind.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), MeshError> {
     let tmp = path.with_extension("tmp");
     let mut file =
         OpenOptions::new().create(true).truncate(true).write(true).mode(mode).open(&tmp).map_err(io_err(&tmp))?;

@@ -78,6 +78,18 @@ pub async fn serve(
     }
 }
 
+/// Serves one gRPC service until SIGTERM or SIGINT: what every service's `main` does.
+pub async fn serve_until_signal(
+    listener: TcpListener,
+    tls: &TlsMaterial,
+    routes: Routes,
+    service_name: &str,
+    grace: Duration,
+) -> Result<(), MeshError> {
+    tracing::info!(addr = ?listener.local_addr().ok(), service = service_name, "listening (mTLS)");
+    serve(listener, tls, routes, &[service_name], shutdown_signal(), grace).await
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let term = async {

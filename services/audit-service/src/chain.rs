@@ -8,6 +8,11 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
+/// Milliseconds since the epoch of a timestamp, or `None` when it does not fit.
+pub fn timestamp_millis(t: &prost_types::Timestamp) -> Option<i64> {
+    t.seconds.checked_mul(1000).and_then(|ms| ms.checked_add(i64::from(t.nanos) / 1_000_000))
+}
+
 /// The hash of a record: SHA-256 over the previous hash, the sequence and the encoded event.
 pub fn record_hash(previous_hash: &str, sequence: i64, event: &[u8]) -> String {
     let mut hasher = Sha256::new();
@@ -66,10 +71,7 @@ impl ChainWriter {
             sequence += 1;
             let bytes = event.encode_to_vec();
             let hash = record_hash(&previous, sequence, &bytes);
-            let time = event
-                .time
-                .and_then(|t| t.seconds.checked_mul(1000).and_then(|ms| ms.checked_add(i64::from(t.nanos) / 1_000_000)))
-                .unwrap_or(received_at);
+            let time = event.time.as_ref().and_then(timestamp_millis).unwrap_or(received_at);
             records.push(audit_record::Model {
                 sequence,
                 event_id: event.event_id,

@@ -8,8 +8,7 @@ use std::{process::ExitCode, sync::Arc};
 
 use keymesh_mesh::{
     ServiceName,
-    auth::TokenVerifier,
-    client::{RemoteJwks, traced_channel},
+    client::token_verifier,
     config::TokenParams,
     run::{self, BoxError, Startup},
     server,
@@ -27,22 +26,10 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let token_params = TokenParams::from_raw(&raw)?;
     let listener = server::bind(params.listen_addr).await?;
     let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
-    let verifier = TokenVerifier::new(
-        Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls, ServiceName::TokenService)?)),
-        &token_params,
-    );
+    let verifier = token_verifier(&params, &tls, &token_params)?;
     let writer = chain::ChainWriter::open(AuditRepository::new(db)).await?;
     let service = rpc::AuditRpc::new(writer, Arc::new(verifier));
     let routes = Routes::new(AuditServiceServer::new(service));
-    tracing::info!(addr = %params.listen_addr, "audit-service listening (mTLS)");
-    server::serve(
-        listener,
-        &tls,
-        routes,
-        &["keymesh.v1.AuditService"],
-        server::shutdown_signal(),
-        params.shutdown_grace,
-    )
-    .await?;
+    server::serve_until_signal(listener, &tls, routes, "keymesh.v1.AuditService", params.shutdown_grace).await?;
     Ok(())
 }

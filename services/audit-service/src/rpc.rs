@@ -12,7 +12,7 @@ use prost::Message;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::chain::ChainWriter;
+use crate::chain::{ChainWriter, timestamp_millis};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -64,12 +64,7 @@ fn timestamp(millis: i64) -> prost_types::Timestamp {
 
 fn millis(t: &Option<prost_types::Timestamp>, field: &str) -> Result<Option<i64>, Status> {
     t.as_ref()
-        .map(|t| {
-            t.seconds
-                .checked_mul(1000)
-                .and_then(|ms| ms.checked_add(i64::from(t.nanos) / 1_000_000))
-                .ok_or_else(|| Status::invalid_argument(format!("{field} is out of range")))
-        })
+        .map(|t| timestamp_millis(t).ok_or_else(|| Status::invalid_argument(format!("{field} is out of range"))))
         .transpose()
 }
 

@@ -1,7 +1,7 @@
 //! Unwrapped DEKs in memory: bounded, expiring, zeroized when evicted (the last reference to a
 //! `SecretKey` zeroizes it on drop). Concurrent misses for one key share a single key-service call.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use keymesh_crypto::{SecretKey, SymmetricAlgorithm};
 use keymesh_mesh::{client::MeshChannel, config::DekCacheParams};
@@ -22,6 +22,22 @@ pub struct CachedDek {
     pub algorithm: SymmetricAlgorithm,
     /// The material.
     pub material: SecretKey,
+    /// How long it may stay cached: key-service's word, capped by the configured TTL.
+    ttl: Duration,
+}
+
+/// Each entry lives as long as its own `ttl`.
+struct PerEntryTtl;
+
+impl moka::Expiry<CacheKey, Arc<CachedDek>> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<CachedDek>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
 }
 
 /// What a cached entry is looked up by: the caller's tenant, the key as named, the version (0: primary)
@@ -38,6 +54,7 @@ struct CacheKey {
 pub struct DekCache {
     keys: KeyServiceClient<MeshChannel>,
     cache: Cache<CacheKey, Arc<CachedDek>>,
+    max_ttl: Duration,
 }
 
 /// What a lookup is for.
@@ -57,7 +74,11 @@ pub struct DekRequest<'a> {
 impl DekCache {
     /// An empty cache in front of key-service.
     pub fn new(keys: KeyServiceClient<MeshChannel>, params: DekCacheParams) -> Self {
-        Self { keys, cache: Cache::builder().max_capacity(params.max_entries).time_to_live(params.ttl).build() }
+        Self {
+            keys,
+            cache: Cache::builder().max_capacity(params.max_entries).expire_after(PerEntryTtl).build(),
+            max_ttl: params.ttl,
+        }
     }
 
     /// The DEK, from memory or key-service.
@@ -115,6 +136,7 @@ impl DekCache {
             version: response.version,
             algorithm,
             material,
+            ttl: self.max_ttl.min(Duration::from_secs(u64::from(response.cache_ttl_seconds))),
         }))
     }
 }

@@ -10,8 +10,7 @@ use std::{process::ExitCode, sync::Arc};
 use keymesh_audit::AuditSink;
 use keymesh_mesh::{
     ServiceName,
-    auth::TokenVerifier,
-    client::{RemoteJwks, traced_channel},
+    client::{token_verifier, traced_channel},
     config::{DekCacheParams, TokenParams},
     run::{self, BoxError, Startup},
     server,
@@ -29,25 +28,13 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let cache_params = DekCacheParams::from_raw(&raw)?;
     let listener = server::bind(params.listen_addr).await?;
 
-    let verifier = TokenVerifier::new(
-        Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls, ServiceName::TokenService)?)),
-        &token_params,
-    );
+    let verifier = token_verifier(&params, &tls, &token_params)?;
     let keys = KeyServiceClient::new(traced_channel(&params.endpoints.key_service, &tls, ServiceName::KeyService)?);
     let deks = dek_cache::DekCache::new(keys, cache_params);
     let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?);
     let service = rpc::CryptoRpc::new(Arc::new(verifier), deks, audit.clone());
     let routes = Routes::new(CryptoServiceServer::new(service));
-    tracing::info!(addr = %params.listen_addr, "crypto-service listening (mTLS)");
-    server::serve(
-        listener,
-        &tls,
-        routes,
-        &["keymesh.v1.CryptoService"],
-        server::shutdown_signal(),
-        params.shutdown_grace,
-    )
-    .await?;
+    server::serve_until_signal(listener, &tls, routes, "keymesh.v1.CryptoService", params.shutdown_grace).await?;
     // The server and its clones of the sink are gone: ship what the last requests recorded.
     audit.flush(std::time::Duration::from_secs(5)).await;
     Ok(())

@@ -11,8 +11,7 @@ use keymesh_audit::AuditSink;
 use keymesh_kms::{LocalKms, LocalKmsConfig};
 use keymesh_mesh::{
     ServiceName,
-    auth::TokenVerifier,
-    client::{RemoteJwks, traced_channel},
+    client::{token_verifier, traced_channel},
     config::{KmsParams, TokenParams},
     run::{self, BoxError, Startup},
     server,
@@ -40,16 +39,11 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     tracing::info!(kek = %keymesh_kms::KeyEncryptionBackend::describe(&kms).detail, "KMS backend ready");
     let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
 
-    let verifier = TokenVerifier::new(
-        Arc::new(RemoteJwks::new(traced_channel(&params.endpoints.token_service, &tls, ServiceName::TokenService)?)),
-        &token_params,
-    );
+    let verifier = token_verifier(&params, &tls, &token_params)?;
     let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?);
     let service = rpc::KeyRpc::new(KeyRepository::new(db), Arc::new(kms), Arc::new(verifier), audit.clone());
     let routes = Routes::new(KeyServiceServer::new(service));
-    tracing::info!(addr = %params.listen_addr, "key-service listening (mTLS)");
-    server::serve(listener, &tls, routes, &["keymesh.v1.KeyService"], server::shutdown_signal(), params.shutdown_grace)
-        .await?;
+    server::serve_until_signal(listener, &tls, routes, "keymesh.v1.KeyService", params.shutdown_grace).await?;
     // The server and its clones of the sink are gone: ship what the last requests recorded.
     audit.flush(std::time::Duration::from_secs(5)).await;
     Ok(())

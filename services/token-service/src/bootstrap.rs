@@ -5,12 +5,7 @@
 //! are committed in one transaction, then the file is renamed into place. A crash after the commit leaves
 //! the temporary file, which the next start renames; a crash before leaves an empty database.
 
-use std::{
-    fs::{self, OpenOptions},
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
 
 use keymesh_mesh::auth::{KeyPermissionClaim, Role};
 use keymesh_store::{
@@ -64,7 +59,7 @@ pub async fn ensure_root_tenant(repo: &TokenRepository, data_dir: &Path, endpoin
     let json = zeroize::Zeroizing::new(
         serde_json::to_vec_pretty(&credentials).map_err(|e| TokenError::Internal(e.to_string()))?,
     );
-    write_private(&tmp_path, &json)?;
+    keymesh_mesh::pki::write_file(&tmp_path, &json, 0o600).map_err(|e| TokenError::Internal(e.to_string()))?;
 
     let now = now_millis();
     let roles = serde_json::to_string(&[Role::Owner, Role::Admin, Role::Auditor]).unwrap_or_default();
@@ -89,10 +84,4 @@ pub async fn ensure_root_tenant(repo: &TokenRepository, data_dir: &Path, endpoin
     fs::rename(&tmp_path, &final_path).map_err(|e| TokenError::Internal(format!("{}: {e}", final_path.display())))?;
     tracing::info!(%client_id, path = %final_path.display(), "created the root tenant and bootstrap admin; credentials written (mode 0600)");
     Ok(())
-}
-
-fn write_private(path: &PathBuf, bytes: &[u8]) -> Result<(), TokenError> {
-    let io = |e: std::io::Error| TokenError::Internal(format!("{}: {e}", path.display()));
-    let mut file = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(path).map_err(io)?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)
 }
