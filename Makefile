@@ -9,7 +9,7 @@ BUF := $(HOME)/.cache/keymesh/node/node_modules/.bin/buf
 run: deps build
 	@deploy/dev/run-mesh.sh
 
-## test: every test (unit, integration over mTLS with real Postgres), formatting, clippy, buf lint
+## test: every test (unit, integration over mTLS with real Postgres and Redis), formatting, clippy, buf lint
 test: test-deps
 	cargo build --workspace --bins --tests
 	url="$$(deploy/dev/ensure-postgres.sh)" && KEYMESH_TEST_POSTGRES_URL="$$url" cargo test --workspace

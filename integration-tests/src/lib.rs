@@ -144,6 +144,39 @@ impl Mesh {
         KeymeshClient::new(&self.endpoints, &self.app_tls("test-app"), credentials).expect("client")
     }
 
+    /// Starts one more process of `service` with the mesh's environment plus `extra`, on a new port, and
+    /// waits until it serves; returns its endpoint. Replicas share the data directory (and so the KEK).
+    pub async fn spawn_replica(&mut self, service: ServiceName, extra: &[(&str, &str)]) -> String {
+        let endpoint = format!("127.0.0.1:{}", free_port());
+        let mut command = Command::new(bin_dir().join(service.as_str()));
+        command.env_clear().envs(&self.env).kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::inherit());
+        if let Ok(path) = std::env::var("PATH") {
+            command.env("PATH", path);
+        }
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        command.env("KEYMESH_LISTEN_ADDR", &endpoint);
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start a {service} replica: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let name = format!("keymesh.v1.{}", proto_service_name(service));
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{service} replica exited during start-up: {status}");
+            }
+            let channel = mtls_channel(&endpoint, &self.app_tls("test-app"), service).expect("channel");
+            if let Ok(response) = HealthClient::new(channel).check(HealthCheckRequest { service: name.clone() }).await
+                && response.into_inner().status == ServingStatus::Serving as i32
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{service} replica did not report SERVING within 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.children.push((service, child));
+        endpoint
+    }
+
     /// The process of `service`.
     pub fn child(&mut self, service: ServiceName) -> &mut Child {
         &mut self.children.iter_mut().find(|(s, _)| *s == service).expect("child").1
@@ -176,4 +209,128 @@ pub async fn fresh_postgres_database() -> String {
     admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create database");
     let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).expect("database url");
     format!("{base}/{name}")
+}
+
+/// A redis-server of the test's own on a free port, so the test can stop, pause and restart it. Keeps
+/// nothing on disk. Killed on drop.
+pub struct RedisServer {
+    /// `redis://127.0.0.1:port`.
+    pub url: String,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers PING. Panics with a clear message when redis-server is missing.
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let mut server = RedisServer { url: format!("redis://127.0.0.1:{port}"), port, child: None };
+        server.restart();
+        server
+    }
+
+    /// Starts it again (after `stop`) on the same port.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server is required for this test and cannot start ({e}); `make test-deps` installs it")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes it (SIGSTOP): connections stay open and nothing answers, like a Redis that is overloaded.
+    pub fn pause(&self, paused: bool) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+
+    /// Runs redis-cli against it, returning its output (raw mode: values as stored).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--no-raw"])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Every key and its value, as raw bytes.
+    pub fn dump(&self) -> Vec<(String, Vec<u8>)> {
+        let keys = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--raw", "KEYS", "*"])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&keys.stdout)
+            .lines()
+            .filter(|k| !k.is_empty())
+            .map(|key| {
+                let value = std::process::Command::new("redis-cli")
+                    .args(["-p", &self.port.to_string(), "--raw", "GET", key])
+                    .output()
+                    .expect("redis-cli");
+                (key.to_owned(), value.stdout)
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Adds a second tenant with an admin application straight into token-service's database (CreateTenant is
+/// not served yet), returning its client id and secret.
+pub async fn second_tenant(mesh: &Mesh) -> (String, String) {
+    use argon2::{
+        Argon2, PasswordHasher,
+        password_hash::{SaltString, rand_core::OsRng},
+    };
+    use keymesh_store::{
+        entity::{application, tenant},
+        tokens::TokenRepository,
+    };
+    let url = format!("sqlite://{}?mode=rwc", mesh.dir.path().join("token-service.db").display());
+    let repo = TokenRepository::new(keymesh_store::connect_and_migrate(&url).await.unwrap());
+    let secret = "second-tenant-secret-0123456789abcdef".to_owned();
+    let hash =
+        Argon2::default().hash_password(secret.as_bytes(), &SaltString::generate(&mut OsRng)).unwrap().to_string();
+    let tenant_id = "t_second".to_owned();
+    repo.create_tenant_with_application(
+        tenant::Model { id: tenant_id.clone(), name: "second".into(), created_at: 0 },
+        application::Model {
+            client_id: "app_second".into(),
+            tenant_id,
+            name: "second-admin".into(),
+            roles: r#"["admin","owner","auditor"]"#.into(),
+            permissions: r#"[{"key":"*","ops":["*"]}]"#.into(),
+            secret_hash: hash,
+            previous_secret_hash: None,
+            previous_secret_expires_at: None,
+            disabled: false,
+            created_at: 0,
+        },
+    )
+    .await
+    .unwrap();
+    ("app_second".into(), secret)
 }

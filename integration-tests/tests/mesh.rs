@@ -5,20 +5,12 @@
 
 use std::time::Duration;
 
-use argon2::{
-    Argon2, PasswordHasher,
-    password_hash::{SaltString, rand_core::OsRng},
-};
-use integration_tests::{Mesh, fresh_postgres_database};
+use integration_tests::{Mesh, fresh_postgres_database, second_tenant};
 use keymesh_client::{ClientError, KeymeshClient};
 use keymesh_mesh::{ServiceName, pki::TlsMaterial};
 use keymesh_proto::v1::{
     self as pb, audit_service_client::AuditServiceClient, crypto_service_client::CryptoServiceClient,
     key_service_client::KeyServiceClient,
-};
-use keymesh_store::{
-    entity::{application, tenant},
-    tokens::TokenRepository,
 };
 use tonic::{
     Code, Request,
@@ -37,35 +29,6 @@ fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
-}
-
-/// Adds a second tenant with an admin application straight into token-service's database (CreateTenant is
-/// not served yet), returning its client id and secret.
-async fn second_tenant(mesh: &Mesh) -> (String, String) {
-    let url = format!("sqlite://{}?mode=rwc", mesh.dir.path().join("token-service.db").display());
-    let repo = TokenRepository::new(keymesh_store::connect_and_migrate(&url).await.unwrap());
-    let secret = "second-tenant-secret-0123456789abcdef".to_owned();
-    let hash =
-        Argon2::default().hash_password(secret.as_bytes(), &SaltString::generate(&mut OsRng)).unwrap().to_string();
-    let tenant_id = "t_second".to_owned();
-    repo.create_tenant_with_application(
-        tenant::Model { id: tenant_id.clone(), name: "second".into(), created_at: 0 },
-        application::Model {
-            client_id: "app_second".into(),
-            tenant_id,
-            name: "second-admin".into(),
-            roles: r#"["admin","owner","auditor"]"#.into(),
-            permissions: r#"[{"key":"*","ops":["*"]}]"#.into(),
-            secret_hash: hash,
-            previous_secret_hash: None,
-            previous_secret_expires_at: None,
-            disabled: false,
-            created_at: 0,
-        },
-    )
-    .await
-    .unwrap();
-    ("app_second".into(), secret)
 }
 
 /// A token signed by a key that is not token-service's, claiming token-service's kid.
@@ -227,9 +190,15 @@ async fn scenario(mesh: &Mesh) {
     assert!(err.message().contains("spiffe://keymesh/crypto-service"));
 
     // Methods not served yet say so by name.
-    let err = keys.rotate_key(with_token(pb::RotateKeyRequest { key: "user-pii".into() }, &token)).await.unwrap_err();
+    let err = keys
+        .import_key_version(with_token(
+            pb::ImportKeyVersionRequest { key: "user-pii".into(), ..Default::default() },
+            &token,
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("KeyService.RotateKey"));
+    assert!(err.message().contains("KeyService.ImportKeyVersion"));
 
     // A client expecting key-service refuses crypto-service's certificate, though the same CA signed it.
     let impostor = keymesh_mesh::client::mtls_channel(

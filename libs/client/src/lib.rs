@@ -120,6 +120,16 @@ impl KeymeshClient {
         Ok(request)
     }
 
+    /// The generated KeyService client, for methods without a helper here (send `authorized` requests).
+    pub fn key_service(&self) -> KeyServiceClient<Channel> {
+        self.keys.clone()
+    }
+
+    /// The generated CryptoService client, for methods without a helper here (send `authorized` requests).
+    pub fn crypto_service(&self) -> CryptoServiceClient<Channel> {
+        self.crypto.clone()
+    }
+
     /// Creates an AES-256-GCM encryption key.
     pub async fn create_key(&self, name: &str) -> Result<pb::Key, ClientError> {
         let request = self

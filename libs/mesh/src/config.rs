@@ -95,6 +95,9 @@ pub struct RawConfig {
     /// crypto-service's cache of unwrapped DEKs.
     #[serde(default)]
     pub dek_cache: RawDekCache,
+    /// key-service's caches, maintenance and usage limits.
+    #[serde(default)]
+    pub key_service: RawKeyService,
     /// Seconds to let in-flight requests finish after SIGTERM.
     pub shutdown_grace_seconds: Option<u64>,
 }
@@ -184,6 +187,42 @@ pub struct RawDekCache {
     pub max_entries: Option<u64>,
     /// Seconds a DEK stays cached (1..=3600; default 300).
     pub ttl_seconds: Option<u64>,
+}
+
+/// `[key_service]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyService {
+    /// `redis://…` or `rediss://…` shared by replicas for wrapped DEKs; unset keeps them in process memory.
+    pub redis_url: Option<String>,
+    /// Milliseconds a Redis command may take before the database answers instead (1..=5000; default 50).
+    pub redis_timeout_ms: Option<u64>,
+    /// Seconds a key record stays in Redis or in the in-process cache (1..=86400; default 300).
+    pub record_cache_ttl_seconds: Option<u64>,
+    /// Seconds between looks for keys due for scheduled rotation, retirement or destruction (1..=3600; default 60).
+    pub maintenance_interval_seconds: Option<u64>,
+    /// Milliseconds between polls for keys changed by other replicas (100..=60000; default 1000).
+    pub change_poll_ms: Option<u64>,
+    /// Encryptions crypto-service may make per DEK fetch (1..=2^32; default 2^20).
+    pub encryption_block: Option<u64>,
+    /// Encryptions granted with one version after which the key rotates by itself (default 2^31, below
+    /// AES-GCM's 2^32 bound for random nonces).
+    pub rotate_after_encryptions: Option<u64>,
+}
+
+impl std::fmt::Debug for RawKeyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Redis URLs may carry passwords: say only whether one is set.
+        f.debug_struct("RawKeyService")
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<redacted>"))
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("record_cache_ttl_seconds", &self.record_cache_ttl_seconds)
+            .field("maintenance_interval_seconds", &self.maintenance_interval_seconds)
+            .field("change_poll_ms", &self.change_poll_ms)
+            .field("encryption_block", &self.encryption_block)
+            .field("rotate_after_encryptions", &self.rotate_after_encryptions)
+            .finish()
+    }
 }
 
 /// Reads the file (if any) and overlays the `KEYMESH_*` variables in `env`.
@@ -479,6 +518,102 @@ impl KmsParams {
     }
 }
 
+/// Validated `[key_service]`.
+#[derive(Clone)]
+pub struct KeyServiceParams {
+    /// Shared cache of wrapped DEKs, if configured.
+    pub redis_url: Option<String>,
+    /// Deadline of one Redis command.
+    pub redis_timeout: Duration,
+    /// Lifetime of cached key records.
+    pub record_cache_ttl: Duration,
+    /// Period of the maintenance sweep.
+    pub maintenance_interval: Duration,
+    /// Period of the change poll.
+    pub change_poll: Duration,
+    /// Encryptions granted per DEK fetch.
+    pub encryption_block: u64,
+    /// Automatic rotation threshold.
+    pub rotate_after_encryptions: u64,
+}
+
+impl std::fmt::Debug for KeyServiceParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyServiceParams")
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<redacted>"))
+            .field("encryption_block", &self.encryption_block)
+            .field("rotate_after_encryptions", &self.rotate_after_encryptions)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bounded(
+    field: &'static str,
+    value: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let value = value.unwrap_or(default);
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid { field, reason: format!("{value} is outside {}..={}", range.start(), range.end()) })
+    }
+}
+
+impl KeyServiceParams {
+    /// Validates `[key_service]`.
+    pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let k = &raw.key_service;
+        if let Some(url) = &k.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::Invalid {
+                field: "key_service.redis_url",
+                reason: "must start with redis:// or rediss://".into(),
+            });
+        }
+        let encryption_block = bounded("key_service.encryption_block", k.encryption_block, 1 << 20, 1..=1 << 32)?;
+        let rotate_after_encryptions =
+            bounded("key_service.rotate_after_encryptions", k.rotate_after_encryptions, 1 << 31, 1..=1 << 32)?;
+        if rotate_after_encryptions < encryption_block {
+            return Err(ConfigError::Invalid {
+                field: "key_service.rotate_after_encryptions",
+                reason: "must be at least key_service.encryption_block".into(),
+            });
+        }
+        Ok(Self {
+            redis_url: k.redis_url.clone().filter(|u| !u.is_empty()),
+            redis_timeout: Duration::from_millis(bounded(
+                "key_service.redis_timeout_ms",
+                k.redis_timeout_ms,
+                50,
+                1..=5000,
+            )?),
+            record_cache_ttl: Duration::from_secs(bounded(
+                "key_service.record_cache_ttl_seconds",
+                k.record_cache_ttl_seconds,
+                300,
+                1..=86_400,
+            )?),
+            maintenance_interval: Duration::from_secs(bounded(
+                "key_service.maintenance_interval_seconds",
+                k.maintenance_interval_seconds,
+                60,
+                1..=3600,
+            )?),
+            change_poll: Duration::from_millis(bounded(
+                "key_service.change_poll_ms",
+                k.change_poll_ms,
+                1000,
+                100..=60_000,
+            )?),
+            encryption_block,
+            rotate_after_encryptions,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,6 +679,18 @@ mod tests {
 
         let raw = load(None, &env(&[("KEYMESH_KMS__BACKEND", "hsm")])).unwrap();
         assert!(KmsParams::from_raw(&raw).unwrap_err().to_string().contains("kms.backend"));
+
+        let raw = load(None, &env(&[("KEYMESH_KEY_SERVICE__REDIS_URL", "memcached://x")])).unwrap();
+        assert!(KeyServiceParams::from_raw(&raw).unwrap_err().to_string().contains("key_service.redis_url"));
+        let raw = load(
+            None,
+            &env(&[
+                ("KEYMESH_KEY_SERVICE__ENCRYPTION_BLOCK", "100"),
+                ("KEYMESH_KEY_SERVICE__ROTATE_AFTER_ENCRYPTIONS", "10"),
+            ]),
+        )
+        .unwrap();
+        assert!(KeyServiceParams::from_raw(&raw).unwrap_err().to_string().contains("rotate_after_encryptions"));
     }
 
     #[test]

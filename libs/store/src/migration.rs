@@ -9,7 +9,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_000001_initial::Migration)]
+        vec![Box::new(m20261123_000001_initial::Migration), Box::new(m20261123_000002_key_lifecycle::Migration)]
     }
 }
 
@@ -175,6 +175,85 @@ mod m20261123_000001_initial {
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             for table in ["audit_records", "key_versions", "keys", "signing_keys", "applications", "tenants"] {
                 manager.drop_table(Table::drop().table(table).to_owned()).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Key lifecycle: optimistic revisions and change times (replicas and crypto-service learn of changes by
+/// polling `updated_at`), the next time a key needs maintenance (scheduled rotation, retiring old versions),
+/// per-version deletion times and the count of encryptions granted per version.
+mod m20261123_000002_key_lifecycle {
+    use sea_orm_migration::{prelude::*, schema::*};
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261123_000002_key_lifecycle"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            // SQLite alters one column per statement.
+            let columns = [
+                ("keys", big_integer("revision").default(0).to_owned()),
+                ("keys", big_integer("updated_at").default(0).to_owned()),
+                ("keys", big_integer_null("next_maintenance_at").to_owned()),
+                ("key_versions", big_integer_null("deletion_time").to_owned()),
+                ("key_versions", big_integer("encryptions_granted").default(0).to_owned()),
+            ];
+            for (table, mut column) in columns {
+                manager.alter_table(Table::alter().table(table).add_column(&mut column).to_owned()).await?;
+            }
+            manager
+                .create_index(
+                    Index::create()
+                        .if_not_exists()
+                        .name("ix_keys_updated_at")
+                        .table("keys")
+                        .col("updated_at")
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .if_not_exists()
+                        .name("ix_keys_next_maintenance_at")
+                        .table("keys")
+                        .col("next_maintenance_at")
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .if_not_exists()
+                        .name("ix_key_versions_deletion_time")
+                        .table("key_versions")
+                        .col("deletion_time")
+                        .to_owned(),
+                )
+                .await?;
+            Ok(())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            for index in ["ix_key_versions_deletion_time", "ix_keys_next_maintenance_at", "ix_keys_updated_at"] {
+                manager.drop_index(Index::drop().name(index).to_owned()).await?;
+            }
+            for (table, column) in [
+                ("key_versions", "encryptions_granted"),
+                ("key_versions", "deletion_time"),
+                ("keys", "next_maintenance_at"),
+                ("keys", "updated_at"),
+                ("keys", "revision"),
+            ] {
+                manager.alter_table(Table::alter().table(table).drop_column(column).to_owned()).await?;
             }
             Ok(())
         }

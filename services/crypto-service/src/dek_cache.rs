@@ -1,7 +1,18 @@
 //! Unwrapped DEKs in memory: bounded, expiring, zeroized when evicted (the last reference to a
 //! `SecretKey` zeroizes it on drop). Concurrent misses for one key share a single key-service call.
+//!
+//! Entries leave early in two cases: key-service reports the key changed (`WatchKeyChanges`: disabled,
+//! rotated, destroyed…), and an encryption entry has used up the block of encryptions key-service granted
+//! with it, which is how key-service counts a version's use towards its safe bound without hearing of
+//! every encryption.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use keymesh_crypto::{SecretKey, SymmetricAlgorithm};
 use keymesh_mesh::{client::MeshChannel, config::DekCacheParams};
@@ -24,6 +35,15 @@ pub struct CachedDek {
     pub material: SecretKey,
     /// How long it may stay cached: key-service's word, capped by the configured TTL.
     ttl: Duration,
+    /// Encryptions left in the block key-service granted (0 for material fetched to decrypt).
+    encryptions_left: AtomicU64,
+}
+
+impl CachedDek {
+    /// Takes one encryption from the granted block; false once it is used up.
+    fn take_encryption(&self) -> bool {
+        self.encryptions_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_ok()
+    }
 }
 
 /// Each entry lives as long as its own `ttl`.
@@ -58,6 +78,7 @@ pub struct DekCache {
 }
 
 /// What a lookup is for.
+#[derive(Clone, Copy)]
 pub struct DekRequest<'a> {
     /// Caller's tenant.
     pub tenant_id: &'a str,
@@ -76,9 +97,78 @@ impl DekCache {
     pub fn new(keys: KeyServiceClient<MeshChannel>, params: DekCacheParams) -> Self {
         Self {
             keys,
-            cache: Cache::builder().max_capacity(params.max_entries).expire_after(PerEntryTtl).build(),
+            cache: Cache::builder()
+                .max_capacity(params.max_entries)
+                .expire_after(PerEntryTtl)
+                .support_invalidation_closures()
+                .build(),
             max_ttl: params.ttl,
         }
+    }
+
+    /// The DEK for one encryption, counted against the block key-service granted; a used-up entry is
+    /// dropped and the next block fetched.
+    pub async fn get_for_encryption(&self, request: DekRequest<'_>) -> Result<Arc<CachedDek>, CryptoServiceError> {
+        for _ in 0..3 {
+            let dek = self.get(request).await?;
+            if dek.take_encryption() {
+                return Ok(dek);
+            }
+            let used_up = dek.clone();
+            let _ = self.cache.invalidate_entries_if(move |_, entry| Arc::ptr_eq(entry, &used_up));
+        }
+        Err(CryptoServiceError::KeyServiceUnavailable("no encryption block granted; retry".into()))
+    }
+
+    /// Drops every entry of these keys.
+    pub fn forget_keys(&self, key_ids: Vec<String>) {
+        // Only fails when the cache was built without closure support, which `new` always enables.
+        let _ = self.cache.invalidate_entries_if(move |_, entry| key_ids.contains(&entry.key_id));
+    }
+
+    /// Drops everything.
+    pub fn forget_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Follows key-service's change stream until the process ends, reconnecting with backoff. Whenever
+    /// the stream (re)starts, everything cached is dropped: changes made while it was down were missed.
+    pub fn spawn_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let cache = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            let mut logged = false;
+            loop {
+                let mut keys = cache.keys.clone();
+                match keys.watch_key_changes(pb::WatchKeyChangesRequest {}).await {
+                    Ok(stream) => {
+                        let mut stream = stream.into_inner();
+                        if logged {
+                            tracing::info!("following key changes again");
+                            logged = false;
+                        }
+                        backoff = Duration::from_millis(200);
+                        while let Ok(Some(message)) = stream.message().await {
+                            if message.reset {
+                                cache.forget_all();
+                            }
+                            if !message.key_ids.is_empty() {
+                                cache.forget_keys(message.key_ids);
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        if !logged {
+                            tracing::warn!(code = ?status.code(), "cannot follow key changes; cached keys expire by TTL until it works");
+                            logged = true;
+                        }
+                    }
+                }
+                cache.forget_all();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
     }
 
     /// The DEK, from memory or key-service.
@@ -137,6 +227,7 @@ impl DekCache {
             algorithm,
             material,
             ttl: self.max_ttl.min(Duration::from_secs(u64::from(response.cache_ttl_seconds))),
+            encryptions_left: AtomicU64::new(response.encryption_budget),
         }))
     }
 }

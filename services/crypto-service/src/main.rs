@@ -30,11 +30,13 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
 
     let verifier = token_verifier(&params, &tls, &token_params)?;
     let keys = KeyServiceClient::new(traced_channel(&params.endpoints.key_service, &tls, ServiceName::KeyService)?);
-    let deks = dek_cache::DekCache::new(keys, cache_params);
+    let deks = Arc::new(dek_cache::DekCache::new(keys, cache_params));
+    let watcher = deks.spawn_watcher();
     let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?);
     let service = rpc::CryptoRpc::new(Arc::new(verifier), deks, audit.clone());
     let routes = Routes::new(CryptoServiceServer::new(service));
     server::serve_until_signal(listener, &tls, routes, "keymesh.v1.CryptoService", params.shutdown_grace).await?;
+    watcher.abort();
     // The server and its clones of the sink are gone: ship what the last requests recorded.
     audit.flush(std::time::Duration::from_secs(5)).await;
     Ok(())

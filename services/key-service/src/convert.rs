@@ -1,11 +1,19 @@
 //! Stored rows to API messages. Never copies key material.
 
 use keymesh_proto::v1 as pb;
-use keymesh_store::entity::{key, key_version};
+use keymesh_store::{
+    entity::{key, key_version},
+    keys::KeyRecord,
+};
 use prost::Message;
 
 fn timestamp(millis: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// A key record as the API shows it.
+pub fn record_to_proto(record: &KeyRecord) -> pb::Key {
+    key_to_proto(&record.key, &record.versions)
 }
 
 /// A key with its versions as the API shows it.

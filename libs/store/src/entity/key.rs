@@ -2,7 +2,7 @@
 use sea_orm::entity::prelude::*;
 
 /// A key row. Enum columns hold `keymesh.v1` enum numbers.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "keys")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -20,7 +20,14 @@ pub struct Model {
     /// Encoded `keymesh.v1.KeyPolicy`.
     pub policy: Vec<u8>,
     pub created_at: i64,
+    /// Set while PENDING_DELETION: when the sweeper destroys the key.
     pub deletion_time: Option<i64>,
+    /// Bumped by every change; what optimistic readers compare.
+    pub revision: i64,
+    /// When the key last changed: replicas poll this to invalidate their caches.
+    pub updated_at: i64,
+    /// When scheduled rotation or version retirement next needs to look at this key.
+    pub next_maintenance_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

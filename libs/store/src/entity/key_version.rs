@@ -2,7 +2,7 @@
 use sea_orm::entity::prelude::*;
 
 /// A key version row.
-#[derive(Clone, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "key_versions")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -18,6 +18,10 @@ pub struct Model {
     pub kek_id: String,
     pub created_at: i64,
     pub destroyed_at: Option<i64>,
+    /// Set while PENDING_DELETION: when the sweeper destroys the version.
+    pub deletion_time: Option<i64>,
+    /// Encryptions crypto-service has been allowed with this version (granted in blocks, so an upper bound).
+    pub encryptions_granted: i64,
 }
 
 impl std::fmt::Debug for Model {

@@ -44,7 +44,7 @@ impl CryptoRpc {
             }
             let dek = self
                 .deks
-                .get(DekRequest {
+                .get_for_encryption(DekRequest {
                     tenant_id: &claims.tenant,
                     key: &request.key,
                     version: 0,

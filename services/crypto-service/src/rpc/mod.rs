@@ -21,13 +21,13 @@ pub const UNARY_LIMIT: usize = 4 * 1024 * 1024 - 64 * 1024;
 /// The CryptoService implementation.
 pub struct CryptoRpc {
     verifier: Arc<TokenVerifier>,
-    deks: DekCache,
+    deks: Arc<DekCache>,
     audit: AuditSink,
 }
 
 impl CryptoRpc {
     /// Wires the service.
-    pub fn new(verifier: Arc<TokenVerifier>, deks: DekCache, audit: AuditSink) -> Self {
+    pub fn new(verifier: Arc<TokenVerifier>, deks: Arc<DekCache>, audit: AuditSink) -> Self {
         Self { verifier, deks, audit }
     }
 

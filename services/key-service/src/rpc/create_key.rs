@@ -1,21 +1,19 @@
 //! CreateKey: a new tenant-scoped key with a first version whose DEK comes from the OS CSPRNG and is
 //! stored only wrapped by the KEK, bound to tenant/key/version/algorithm.
 
-use keymesh_crypto::{SecretKey, SymmetricAlgorithm};
-use keymesh_kms::WrapContext;
-use keymesh_mesh::auth::Role;
+use keymesh_crypto::SymmetricAlgorithm;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     StoreError,
-    entity::{key, key_version},
-    keys::KEY_ID_PREFIX,
+    entity::key,
+    keys::{KEY_ID_PREFIX, KeyRecord},
     now_millis,
 };
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{Audited, KeyRpc};
-use crate::{convert::key_to_proto, error::KeyError};
+use super::{Audited, KeyRpc, MANAGERS};
+use crate::{convert::record_to_proto, error::KeyError, lifecycle};
 
 const MAX_LABELS: usize = 64;
 
@@ -36,7 +34,7 @@ pub fn validate_key_name(name: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
-fn validate_labels(labels: &std::collections::HashMap<String, String>) -> Result<(), KeyError> {
+pub(super) fn validate_labels(labels: &std::collections::HashMap<String, String>) -> Result<(), KeyError> {
     if labels.len() > MAX_LABELS {
         return Err(KeyError::InvalidArgument { field: "labels", reason: format!("at most {MAX_LABELS} labels") });
     }
@@ -51,17 +49,19 @@ fn validate_labels(labels: &std::collections::HashMap<String, String>) -> Result
     Ok(())
 }
 
+pub(super) fn validate_description(description: &str) -> Result<(), KeyError> {
+    if description.len() > 1024 {
+        return Err(KeyError::InvalidArgument { field: "description", reason: "at most 1024 characters".into() });
+    }
+    Ok(())
+}
+
 impl KeyRpc {
     pub(super) async fn handle_create_key(
         &self,
         request: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::CreateKeyResponse>, Status> {
-        let claims = self.caller(&request).await?;
-        let mut audit = Audited::start("CreateKey");
-        audit.caller(&claims.tenant, &claims.sub);
-        if let Err(denied) = claims.require_role(&[Role::Admin, Role::Owner], "CreateKey") {
-            return Err(audit.deny(&self.audit, denied));
-        }
+        let (claims, mut audit) = self.authorize(&request, "CreateKey", MANAGERS).await?;
         let request = request.into_inner();
         let outcome = self.create_key(&claims.tenant, request, &mut audit).await;
         audit.finish(&self.audit, outcome)
@@ -75,9 +75,7 @@ impl KeyRpc {
     ) -> Result<pb::CreateKeyResponse, KeyError> {
         validate_key_name(&request.name)?;
         validate_labels(&request.labels)?;
-        if request.description.len() > 1024 {
-            return Err(KeyError::InvalidArgument { field: "description", reason: "at most 1024 characters".into() });
-        }
+        validate_description(&request.description)?;
         let purpose = pb::KeyPurpose::try_from(request.purpose).map_err(|_| KeyError::InvalidArgument {
             field: "purpose",
             reason: format!("unknown purpose {}", request.purpose),
@@ -105,50 +103,42 @@ impl KeyRpc {
 
         let key_id = format!("{KEY_ID_PREFIX}{}", uuid::Uuid::now_v7().simple());
         let now = now_millis();
-        let dek = SecretKey::generate(algorithm.key_len())?;
-        let context = WrapContext {
-            tenant_id: tenant_id.to_owned(),
-            key_id: key_id.clone(),
-            version: 1,
-            algorithm: algorithm.name().to_owned(),
+        let mut record = KeyRecord {
+            key: key::Model {
+                id: key_id.clone(),
+                tenant_id: tenant_id.to_owned(),
+                name: request.name.clone(),
+                description: request.description,
+                purpose: pb::KeyPurpose::Encrypt as i32,
+                algorithm: algorithm.to_proto() as i32,
+                state: pb::KeyState::Enabled as i32,
+                primary_version: 1,
+                min_decryption_version: 1,
+                labels: serde_json::to_string(&request.labels).unwrap_or_else(|_| "{}".into()),
+                policy: Vec::new(),
+                created_at: now,
+                deletion_time: None,
+                revision: 0,
+                updated_at: now,
+                next_maintenance_at: None,
+            },
+            versions: Vec::new(),
         };
-        let wrapped = self.kms.wrap(&dek, &context).await?;
-        drop(dek);
-        let key = key::Model {
-            id: key_id.clone(),
-            tenant_id: tenant_id.to_owned(),
-            name: request.name.clone(),
-            description: request.description,
-            purpose: pb::KeyPurpose::Encrypt as i32,
-            algorithm: algorithm.to_proto() as i32,
-            state: pb::KeyState::Enabled as i32,
-            primary_version: 1,
-            min_decryption_version: 1,
-            labels: serde_json::to_string(&request.labels).unwrap_or_else(|_| "{}".into()),
-            policy: request.policy.unwrap_or_default().encode_to_vec(),
-            created_at: now,
-            deletion_time: None,
-        };
-        let version = key_version::Model {
-            key_id: key_id.clone(),
-            version: 1,
-            state: pb::KeyVersionState::Active as i32,
-            algorithm: algorithm.to_proto() as i32,
-            origin: pb::KeyOrigin::Generated as i32,
-            wrapped_material: Some(wrapped.ciphertext),
-            kek_backend: wrapped.backend,
-            kek_id: wrapped.kek_id,
-            created_at: now,
-            destroyed_at: None,
-        };
+        let policy = request.policy.unwrap_or_default();
+        let first = self.store.generate_version(&record, 1).await?;
+        record.versions.push(first);
+        lifecycle::validate_policy(&record, &policy)?;
+        record.key.policy = policy.encode_to_vec();
+        lifecycle::refresh_maintenance(&mut record, now);
         audit.resource(&key_id, 1, algorithm.to_proto() as i32);
-        match self.repo.create(key.clone(), vec![version.clone()]).await {
+        match self.store.repo().create(&record).await {
             Ok(()) => {}
             Err(StoreError::AlreadyExists { .. }) => return Err(KeyError::AlreadyExists(request.name)),
             Err(e) => return Err(e.into()),
         }
+        let key = &record.key;
         tracing::info!(%key_id, name = %key.name, tenant = %tenant_id, "created key");
-        Ok(pb::CreateKeyResponse { key: Some(key_to_proto(&key, &[version])) })
+        Ok(pb::CreateKeyResponse { key: Some(record_to_proto(&record)) })
     }
 }
 

@@ -1,14 +1,13 @@
 //! GetDataKey (internal): hands an unwrapped DEK to crypto-service — and only to it, by the SPIFFE identity of
 //! its client certificate — after checking the key's and the version's state for the intended operation.
 
-use keymesh_crypto::SymmetricAlgorithm;
-use keymesh_kms::{WrapContext, WrappedKey};
 use keymesh_mesh::{PeerIdentity, ServiceName};
 use keymesh_proto::v1 as pb;
+use keymesh_store::keys::KeyLookup;
 use tonic::{Request, Response, Status};
 
 use super::{Audited, KeyRpc};
-use crate::error::KeyError;
+use crate::{error::KeyError, key_store, lifecycle};
 
 /// How long crypto-service may keep the material.
 const CACHE_TTL_SECONDS: u32 = 300;
@@ -56,77 +55,59 @@ impl KeyRpc {
             return Err(KeyError::InvalidArgument { field: "tenant_id/key", reason: "both are required".into() });
         }
         let operation = pb::Operation::try_from(request.operation).unwrap_or(pb::Operation::Unspecified);
-        let key = self
-            .repo
-            .find(&request.tenant_id, &request.key)
-            .await?
-            .ok_or_else(|| KeyError::KeyNotFound(request.key.clone()))?;
-        if key.state != pb::KeyState::Enabled as i32 {
-            let state = pb::KeyState::try_from(key.state).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
-            return Err(KeyError::FailedPrecondition(format!("key {:?} is {state}; enable it to use it", key.name)));
+        let encrypting = matches!(operation, pb::Operation::Encrypt | pb::Operation::GenerateDataKey);
+        let (mut record, _) = self.store.record(&request.tenant_id, &request.key).await?;
+        // Encryptions are granted in blocks and counted per version; the fetch whose block crosses the
+        // threshold rotates the key first (once, whichever replica gets there) and is served by the new version.
+        let mut budget = 0;
+        if encrypting && request.version == 0 {
+            for _ in 0..2 {
+                let version = lifecycle::usable_version(&record, 0, operation)?;
+                let granted = self
+                    .store
+                    .repo()
+                    .add_encryptions_granted(
+                        &record.key.id,
+                        version.version as u32,
+                        self.limits.encryption_block as i64,
+                    )
+                    .await?;
+                if (granted as u64) <= self.limits.rotate_after_encryptions {
+                    budget = self.limits.encryption_block;
+                    break;
+                }
+                let primary = version.version;
+                let rotated = self
+                    .store
+                    .rotate_if(KeyLookup::ById(&record.key.id), |current| current.key.primary_version == primary)
+                    .await?;
+                if rotated.is_some() {
+                    tracing::info!(key_id = %record.key.id, "rotated key: encryption count reached its bound");
+                }
+                record = self.store.record(&request.tenant_id, &record.key.id).await?.0;
+            }
+            if budget == 0 {
+                return Err(KeyError::FailedPrecondition(format!(
+                    "key {:?} reached its encryption bound and could not rotate; rotate it",
+                    record.key.name
+                )));
+            }
         }
-        let version_number = if request.version == 0 { key.primary_version as u32 } else { request.version };
-        audit.resource(&key.id, version_number, key.algorithm);
-        let version = self
-            .repo
-            .version(&key.id, version_number)
-            .await?
-            .ok_or(KeyError::VersionNotFound { key: key.name.clone(), version: version_number })?;
-        let state = pb::KeyVersionState::try_from(version.state).unwrap_or(pb::KeyVersionState::Unspecified);
-        let usable = match operation {
-            pb::Operation::Encrypt | pb::Operation::GenerateDataKey => {
-                state == pb::KeyVersionState::Active && version.version == key.primary_version
-            }
-            pb::Operation::Decrypt | pb::Operation::Reencrypt => {
-                matches!(state, pb::KeyVersionState::Active | pb::KeyVersionState::DecryptOnly)
-                    && version.version >= key.min_decryption_version
-            }
-            _ => {
-                return Err(KeyError::InvalidArgument {
-                    field: "operation",
-                    reason: "GetDataKey serves ENCRYPT, GENERATE_DATA_KEY, DECRYPT and REENCRYPT".into(),
-                });
-            }
-        };
-        if !usable {
-            let reason = if version.version < key.min_decryption_version {
-                format!(
-                    "version {} of key {:?} is below min_decryption_version {}",
-                    version.version, key.name, key.min_decryption_version
-                )
-            } else {
-                format!("version {} of key {:?} is {}", version.version, key.name, state.as_str_name())
-            };
-            return Err(KeyError::FailedPrecondition(reason));
-        }
-        let algorithm =
-            pb::Algorithm::try_from(version.algorithm).ok().and_then(SymmetricAlgorithm::from_proto).ok_or_else(
-                || KeyError::FailedPrecondition(format!("key {:?} is not a symmetric encryption key", key.name)),
-            )?;
-        let wrapped = WrappedKey {
-            backend: version.kek_backend.clone(),
-            kek_id: version.kek_id.clone(),
-            ciphertext: version.wrapped_material.clone().ok_or_else(|| {
-                KeyError::FailedPrecondition(format!("version {} of key {:?} is destroyed", version.version, key.name))
-            })?,
-        };
-        let context = WrapContext {
-            tenant_id: key.tenant_id.clone(),
-            key_id: key.id.clone(),
-            version: version.version as u32,
-            algorithm: algorithm.name().to_owned(),
-        };
-        let dek = self.kms.unwrap(&wrapped, &context).await?;
+        let version = lifecycle::usable_version(&record, request.version, operation)?;
+        audit.resource(&record.key.id, version.version as u32, version.algorithm);
+        let algorithm = key_store::symmetric(&record, version)?;
+        let (dek, _) = self.store.material(&record, version).await?;
         Ok(pb::GetDataKeyResponse {
-            key_id: key.id.clone(),
-            key_name: key.name.clone(),
+            key_id: record.key.id.clone(),
+            key_name: record.key.name.clone(),
             version: version.version as u32,
             algorithm: algorithm.to_proto() as i32,
-            purpose: key.purpose,
+            purpose: record.key.purpose,
             key_material: dek.expose_secret().to_vec(),
-            min_decryption_version: key.min_decryption_version as u32,
+            min_decryption_version: record.key.min_decryption_version as u32,
             cache_ttl_seconds: CACHE_TTL_SECONDS,
-            labels: serde_json::from_str(&key.labels).unwrap_or_default(),
+            labels: serde_json::from_str(&record.key.labels).unwrap_or_default(),
+            encryption_budget: budget,
         })
     }
 }

@@ -1,35 +1,30 @@
-//! GetKey: a key's metadata and versions, never its material.
+//! GetKey: a key's metadata and versions, never its material. Read from the database, not the cache: the
+//! caller may be checking the effect of a change it just made.
 
-use keymesh_mesh::auth::Role;
 use keymesh_proto::v1 as pb;
+use keymesh_store::keys::KeyLookup;
 use tonic::{Request, Response, Status};
 
-use super::{Audited, KeyRpc};
-use crate::{convert::key_to_proto, error::KeyError};
+use super::{KeyRpc, READERS, require_key};
+use crate::{convert::record_to_proto, error::KeyError};
 
 impl KeyRpc {
     pub(super) async fn handle_get_key(
         &self,
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::GetKeyResponse>, Status> {
-        let claims = self.caller(&request).await?;
-        let mut audit = Audited::start("GetKey");
-        audit.caller(&claims.tenant, &claims.sub);
-        if let Err(denied) =
-            claims.require_role(&[Role::Viewer, Role::Developer, Role::Admin, Role::Owner, Role::Auditor], "GetKey")
-        {
-            return Err(audit.deny(&self.audit, denied));
-        }
+        let (claims, mut audit) = self.authorize(&request, "GetKey", READERS).await?;
         let name = request.into_inner().key;
         let result = async {
-            if name.is_empty() {
-                return Err(KeyError::InvalidArgument { field: "key", reason: "give a key name or id".into() });
-            }
-            let key =
-                self.repo.find(&claims.tenant, &name).await?.ok_or_else(|| KeyError::KeyNotFound(name.clone()))?;
-            let versions = self.repo.versions(&key.id).await?;
-            audit.resource(&key.id, key.primary_version as u32, key.algorithm);
-            Ok(pb::GetKeyResponse { key: Some(key_to_proto(&key, &versions)) })
+            require_key(&name)?;
+            let record = self
+                .store
+                .repo()
+                .load(KeyLookup::InTenant { tenant_id: &claims.tenant, name_or_id: &name })
+                .await?
+                .ok_or_else(|| KeyError::KeyNotFound(name.clone()))?;
+            audit.resource(&record.key.id, record.key.primary_version as u32, record.key.algorithm);
+            Ok(pb::GetKeyResponse { key: Some(record_to_proto(&record)) })
         }
         .await;
         audit.finish(&self.audit, result)

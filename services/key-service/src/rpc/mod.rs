@@ -4,43 +4,97 @@
 mod create_key;
 mod get_data_key;
 mod get_key;
+mod manage;
+mod watch;
 
 use std::sync::Arc;
 
 use keymesh_audit::{AuditScope, AuditSink};
-use keymesh_kms::KeyEncryptionBackend;
-use keymesh_mesh::auth::{AccessClaims, TokenVerifier};
+use keymesh_mesh::auth::{AccessClaims, Role, TokenVerifier};
 use keymesh_proto::v1::{self as pb, key_service_server::KeyService};
-use keymesh_store::keys::KeyRepository;
+use keymesh_store::keys::{KeyLookup, KeyRecord};
 use tonic::{Request, Response, Status};
 
-use crate::error::KeyError;
+use crate::{error::KeyError, key_store::KeyStore, lifecycle};
 
 const SERVICE: &str = "key-service";
 
+/// Roles that change keys.
+const MANAGERS: &[Role] = &[Role::Admin, Role::Owner];
+/// Roles that read key metadata.
+const READERS: &[Role] = &[Role::Viewer, Role::Developer, Role::Admin, Role::Owner, Role::Auditor];
+
+/// Limits on what key-service grants crypto-service.
+#[derive(Clone, Copy, Debug)]
+pub struct UsageLimits {
+    /// Encryptions granted per DEK fetch.
+    pub encryption_block: u64,
+    /// Encryptions granted with one version before the key rotates by itself.
+    pub rotate_after_encryptions: u64,
+}
+
 /// The KeyService implementation.
 pub struct KeyRpc {
-    repo: KeyRepository,
-    kms: Arc<dyn KeyEncryptionBackend>,
+    store: KeyStore,
     verifier: Arc<TokenVerifier>,
     audit: AuditSink,
+    limits: UsageLimits,
 }
 
 impl KeyRpc {
     /// Wires the service.
-    pub fn new(
-        repo: KeyRepository,
-        kms: Arc<dyn KeyEncryptionBackend>,
-        verifier: Arc<TokenVerifier>,
-        audit: AuditSink,
-    ) -> Self {
-        Self { repo, kms, verifier, audit }
+    pub fn new(store: KeyStore, verifier: Arc<TokenVerifier>, audit: AuditSink, limits: UsageLimits) -> Self {
+        Self { store, verifier, audit, limits }
     }
 
     /// Verifies the caller's access token.
     async fn caller<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Status> {
         Ok(self.verifier.verify_request(request).await?)
     }
+
+    /// Verifies the caller and checks its roles; the refusal is audited.
+    async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        operation: &str,
+        roles: &[Role],
+    ) -> Result<(Arc<AccessClaims>, Audited), Status> {
+        let claims = self.caller(request).await?;
+        let mut audit = Audited::start(operation);
+        audit.caller(&claims.tenant, &claims.sub);
+        if let Err(denied) = claims.require_role(roles, operation) {
+            return Err(audit.deny(&self.audit, denied));
+        }
+        Ok((claims, audit))
+    }
+
+    /// Locks the tenant's key, applies `change`, reschedules its maintenance and commits.
+    async fn edit<T>(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        audit: &mut Audited,
+        change: impl FnOnce(&mut KeyRecord) -> Result<T, KeyError> + Send,
+    ) -> Result<(KeyRecord, T), KeyError> {
+        require_key(key)?;
+        let mut locked = self.store.lock(KeyLookup::InTenant { tenant_id, name_or_id: key }).await?;
+        audit.resource(&locked.record.key.id, locked.record.key.primary_version as u32, locked.record.key.algorithm);
+        let outcome = change(&mut locked.record)?;
+        lifecycle::refresh_maintenance(&mut locked.record, keymesh_store::now_millis());
+        let record = self.store.commit(locked).await?;
+        Ok((record, outcome))
+    }
+}
+
+/// Refuses an empty key reference.
+fn require_key(key: &str) -> Result<(), KeyError> {
+    if key.is_empty() || key.len() > 160 {
+        return Err(KeyError::InvalidArgument {
+            field: "key",
+            reason: "give a key name or id (at most 160 characters)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// The audit event of one call.
@@ -85,48 +139,61 @@ impl KeyService for KeyRpc {
         self.handle_get_key(request).await
     }
 
-    async fn list_keys(&self, _: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
-        unimplemented("ListKeys")
+    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        self.handle_list_keys(request).await
     }
 
-    async fn rotate_key(&self, _: Request<pb::RotateKeyRequest>) -> Result<Response<pb::RotateKeyResponse>, Status> {
-        unimplemented("RotateKey")
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        self.handle_rotate_key(request).await
     }
 
     async fn update_key_policy(
         &self,
-        _: Request<pb::UpdateKeyPolicyRequest>,
+        request: Request<pb::UpdateKeyPolicyRequest>,
     ) -> Result<Response<pb::UpdateKeyPolicyResponse>, Status> {
-        unimplemented("UpdateKeyPolicy")
+        self.handle_update_key_policy(request).await
     }
 
-    async fn enable_key(&self, _: Request<pb::EnableKeyRequest>) -> Result<Response<pb::EnableKeyResponse>, Status> {
-        unimplemented("EnableKey")
+    async fn enable_key(
+        &self,
+        request: Request<pb::EnableKeyRequest>,
+    ) -> Result<Response<pb::EnableKeyResponse>, Status> {
+        self.handle_set_enabled(request.map(|r| (r.key, r.version)), true)
+            .await
+            .map(|r| r.map(|key| pb::EnableKeyResponse { key: Some(key) }))
     }
 
-    async fn disable_key(&self, _: Request<pb::DisableKeyRequest>) -> Result<Response<pb::DisableKeyResponse>, Status> {
-        unimplemented("DisableKey")
+    async fn disable_key(
+        &self,
+        request: Request<pb::DisableKeyRequest>,
+    ) -> Result<Response<pb::DisableKeyResponse>, Status> {
+        self.handle_set_enabled(request.map(|r| (r.key, r.version)), false)
+            .await
+            .map(|r| r.map(|key| pb::DisableKeyResponse { key: Some(key) }))
     }
 
     async fn schedule_key_deletion(
         &self,
-        _: Request<pb::ScheduleKeyDeletionRequest>,
+        request: Request<pb::ScheduleKeyDeletionRequest>,
     ) -> Result<Response<pb::ScheduleKeyDeletionResponse>, Status> {
-        unimplemented("ScheduleKeyDeletion")
+        self.handle_schedule_key_deletion(request).await
     }
 
     async fn cancel_key_deletion(
         &self,
-        _: Request<pb::CancelKeyDeletionRequest>,
+        request: Request<pb::CancelKeyDeletionRequest>,
     ) -> Result<Response<pb::CancelKeyDeletionResponse>, Status> {
-        unimplemented("CancelKeyDeletion")
+        self.handle_cancel_key_deletion(request).await
     }
 
     async fn get_public_key(
         &self,
-        _: Request<pb::GetPublicKeyRequest>,
+        request: Request<pb::GetPublicKeyRequest>,
     ) -> Result<Response<pb::GetPublicKeyResponse>, Status> {
-        unimplemented("GetPublicKey")
+        self.handle_get_public_key(request).await
     }
 
     async fn get_wrapping_key(
@@ -148,5 +215,14 @@ impl KeyService for KeyRpc {
         request: Request<pb::GetDataKeyRequest>,
     ) -> Result<Response<pb::GetDataKeyResponse>, Status> {
         self.handle_get_data_key(request).await
+    }
+
+    type WatchKeyChangesStream = watch::ChangeStream;
+
+    async fn watch_key_changes(
+        &self,
+        request: Request<pb::WatchKeyChangesRequest>,
+    ) -> Result<Response<Self::WatchKeyChangesStream>, Status> {
+        self.handle_watch_key_changes(request)
     }
 }

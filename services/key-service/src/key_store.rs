@@ -1,0 +1,216 @@
+//! The one way key-service reads and changes keys: reads go through the record cache (Redis or memory)
+//! before the database; changes lock the key's row, apply a rule from `lifecycle.rs`, commit, and then
+//! invalidate every cache and tell watching crypto-services. Unwrapped DEKs are kept briefly in memory so a
+//! burst of GetDataKey calls costs one KMS unwrap.
+
+use std::{sync::Arc, time::Duration};
+
+use keymesh_crypto::{SecretKey, SymmetricAlgorithm};
+use keymesh_kms::{KeyEncryptionBackend, WrapContext, WrappedKey};
+use keymesh_proto::v1 as pb;
+use keymesh_store::{
+    entity::key_version,
+    keys::{KeyLookup, KeyRecord, KeyRepository, LockedKey},
+    now_millis,
+};
+use moka::future::Cache;
+
+use crate::{
+    changes::ChangeFeed,
+    error::KeyError,
+    lifecycle,
+    record_cache::{RecordCache, Tier},
+};
+
+/// Where a record was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A cache tier.
+    Cache(Tier),
+    /// The database (and it is now cached).
+    Database,
+}
+
+/// How long an unwrapped DEK stays in key-service's memory.
+const DEK_TTL: Duration = Duration::from_secs(60);
+
+/// Keys, their caches and their KEK backend.
+#[derive(Clone)]
+pub struct KeyStore {
+    repo: KeyRepository,
+    records: RecordCache,
+    kms: Arc<dyn KeyEncryptionBackend>,
+    /// (key id, version) → DEK. Material of a version never changes (a KEK re-wrap changes only its
+    /// wrapping), so entries need no invalidation for correctness; they are dropped on any change of the key
+    /// anyway, so a destroyed version's DEK leaves memory at once.
+    deks: Cache<(String, u32), Arc<SecretKey>>,
+    feed: ChangeFeed,
+}
+
+impl KeyStore {
+    /// Wires the store.
+    pub fn new(
+        repo: KeyRepository,
+        records: RecordCache,
+        kms: Arc<dyn KeyEncryptionBackend>,
+        feed: ChangeFeed,
+    ) -> Self {
+        let deks = Cache::builder().max_capacity(10_000).time_to_live(DEK_TTL).support_invalidation_closures().build();
+        Self { repo, records, kms, deks, feed }
+    }
+
+    /// The repository, for queries that bypass the caches (listing, maintenance).
+    pub fn repo(&self) -> &KeyRepository {
+        &self.repo
+    }
+
+    /// The change feed.
+    pub fn feed(&self) -> &ChangeFeed {
+        &self.feed
+    }
+
+    /// The tenant's key, from a cache or the database.
+    pub async fn record(&self, tenant_id: &str, name_or_id: &str) -> Result<(Arc<KeyRecord>, Source), KeyError> {
+        if let Some((record, tier)) = self.records.get(tenant_id, name_or_id).await {
+            return Ok((record, Source::Cache(tier)));
+        }
+        let record = self
+            .repo
+            .load(KeyLookup::InTenant { tenant_id, name_or_id })
+            .await?
+            .ok_or_else(|| KeyError::KeyNotFound(name_or_id.to_owned()))?;
+        let record = Arc::new(record);
+        self.records.put(record.clone()).await;
+        Ok((record, Source::Database))
+    }
+
+    /// The unwrapped material of a version that `lifecycle::usable_version` allowed, and whether the KMS
+    /// had to unwrap it.
+    pub async fn material(
+        &self,
+        record: &KeyRecord,
+        version: &key_version::Model,
+    ) -> Result<(Arc<SecretKey>, bool), KeyError> {
+        let cache_key = (record.key.id.clone(), version.version as u32);
+        if let Some(dek) = self.deks.get(&cache_key).await {
+            return Ok((dek, false));
+        }
+        let dek = Arc::new(self.unwrap(record, version).await?);
+        self.deks.insert(cache_key, dek.clone()).await;
+        Ok((dek, true))
+    }
+
+    /// Unwraps a version's material through the KMS, bypassing the memory cache.
+    pub async fn unwrap(&self, record: &KeyRecord, version: &key_version::Model) -> Result<SecretKey, KeyError> {
+        let algorithm = symmetric(record, version)?;
+        let ciphertext = version.wrapped_material.clone().ok_or_else(|| {
+            KeyError::FailedPrecondition(format!(
+                "version {} of key {:?} is destroyed",
+                version.version, record.key.name
+            ))
+        })?;
+        let wrapped = WrappedKey { backend: version.kek_backend.clone(), kek_id: version.kek_id.clone(), ciphertext };
+        Ok(self.kms.unwrap(&wrapped, &wrap_context(record, version.version as u32, algorithm)).await?)
+    }
+
+    /// Locks a key for change.
+    pub async fn lock(&self, lookup: KeyLookup<'_>) -> Result<LockedKey, KeyError> {
+        let name = match lookup {
+            KeyLookup::InTenant { name_or_id, .. } => name_or_id,
+            KeyLookup::ById(id) => id,
+        };
+        self.repo.lock(lookup).await?.ok_or_else(|| KeyError::KeyNotFound(name.to_owned()))
+    }
+
+    /// Commits a change and makes every cache and watcher forget the old record.
+    pub async fn commit(&self, locked: LockedKey) -> Result<KeyRecord, KeyError> {
+        let (record, changed) = locked.commit(now_millis()).await?;
+        if changed {
+            self.forget(std::slice::from_ref(&record.key.id)).await;
+            self.feed.publish(&record.key.id, &record.key.tenant_id, record.key.revision);
+        }
+        Ok(record)
+    }
+
+    /// Drops cached records and DEKs of these keys. False when Redis could not be told.
+    pub async fn forget(&self, key_ids: &[String]) -> bool {
+        let ids: Vec<String> = key_ids.to_vec();
+        let ids_for_deks = ids.clone();
+        // Only fails when the cache was built without closure support, which `new` always enables.
+        let _ = self.deks.invalidate_entries_if(move |(id, _), _| ids_for_deks.contains(id));
+        self.records.invalidate(&ids).await
+    }
+
+    /// A new version of `record` numbered `version`, with fresh material from the OS CSPRNG wrapped by the KEK.
+    pub async fn generate_version(&self, record: &KeyRecord, version: u32) -> Result<key_version::Model, KeyError> {
+        let algorithm = SymmetricAlgorithm::from_proto(
+            pb::Algorithm::try_from(record.key.algorithm).unwrap_or(pb::Algorithm::Unspecified),
+        )
+        .ok_or_else(|| KeyError::FailedPrecondition(format!("key {:?} has no symmetric algorithm", record.key.name)))?;
+        let dek = SecretKey::generate(algorithm.key_len())?;
+        self.wrap_version(record, version, algorithm, &dek, pb::KeyOrigin::Generated).await
+    }
+
+    /// Wraps `material` as version `version` of `record`.
+    pub async fn wrap_version(
+        &self,
+        record: &KeyRecord,
+        version: u32,
+        algorithm: SymmetricAlgorithm,
+        material: &SecretKey,
+        origin: pb::KeyOrigin,
+    ) -> Result<key_version::Model, KeyError> {
+        let wrapped = self.kms.wrap(material, &wrap_context(record, version, algorithm)).await?;
+        Ok(key_version::Model {
+            key_id: record.key.id.clone(),
+            version: version as i32,
+            state: pb::KeyVersionState::Active as i32,
+            algorithm: algorithm.to_proto() as i32,
+            origin: origin as i32,
+            wrapped_material: Some(wrapped.ciphertext),
+            kek_backend: wrapped.backend,
+            kek_id: wrapped.kek_id,
+            created_at: now_millis(),
+            destroyed_at: None,
+            deletion_time: None,
+            encryptions_granted: 0,
+        })
+    }
+
+    /// Rotates the key if `still_wanted` holds once it is locked (so replicas racing to rotate for the same
+    /// reason rotate once). Returns the new record, or `None` when nothing was done.
+    pub async fn rotate_if(
+        &self,
+        lookup: KeyLookup<'_>,
+        still_wanted: impl FnOnce(&KeyRecord) -> bool,
+    ) -> Result<Option<KeyRecord>, KeyError> {
+        let mut locked = self.lock(lookup).await?;
+        if !still_wanted(&locked.record) {
+            return Ok(None);
+        }
+        lifecycle::check_rotatable(&locked.record)?;
+        let next = locked.record.next_version();
+        let version = self.generate_version(&locked.record, next).await?;
+        lifecycle::rotate(&mut locked.record, version, now_millis())?;
+        let record = self.commit(locked).await?;
+        tracing::info!(key_id = %record.key.id, version = next, "rotated key");
+        Ok(Some(record))
+    }
+}
+
+/// The version's symmetric algorithm.
+pub fn symmetric(record: &KeyRecord, version: &key_version::Model) -> Result<SymmetricAlgorithm, KeyError> {
+    pb::Algorithm::try_from(version.algorithm).ok().and_then(SymmetricAlgorithm::from_proto).ok_or_else(|| {
+        KeyError::FailedPrecondition(format!("key {:?} is not a symmetric encryption key", record.key.name))
+    })
+}
+
+/// What wrapped material is bound to: it cannot be moved to another tenant, key, version or algorithm.
+pub fn wrap_context(record: &KeyRecord, version: u32, algorithm: SymmetricAlgorithm) -> WrapContext {
+    WrapContext {
+        tenant_id: record.key.tenant_id.clone(),
+        key_id: record.key.id.clone(),
+        version,
+        algorithm: algorithm.name().to_owned(),
+    }
+}
