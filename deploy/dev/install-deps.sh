@@ -14,10 +14,17 @@ if [ "${1:-build}" = test ]; then
   # The Redis tests start a redis-server of their own (so they can stop it) and read it with redis-cli.
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+  command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# The import test wraps key material outside keymesh with Python's `cryptography` package.
+if [ "${1:-build}" = test ] && ! python3 -c "import cryptography" 2>/dev/null; then
+  echo "installing: python cryptography"
+  python3 -m pip install -q cryptography 2>/dev/null || python3 -m pip install -q --break-system-packages cryptography
 fi

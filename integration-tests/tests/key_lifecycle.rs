@@ -536,3 +536,189 @@ async fn two_replicas_rotating_one_key_concurrently_make_exactly_one_version_per
         key.versions.iter().filter(|v| v.state == pb::KeyVersionState::Active as i32).map(|v| v.version).collect();
     assert_eq!(active, [101], "one ACTIVE version");
 }
+
+/// Runs the independent BYOK helper (Python's `cryptography`, no keymesh code) and returns its hex output.
+fn byok(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/byok.py");
+    let output = std::process::Command::new("python3").arg(script).args(args).output().unwrap_or_else(|e| {
+        panic!("python3 is required for the import test ({e}); `make test-deps` installs it and `cryptography`")
+    });
+    assert!(output.status.success(), "byok.py {:?} failed: {}", args.first(), String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_material_encrypts_and_an_independent_implementation_decrypts() {
+    let url = fresh_postgres_database().await;
+    let redis = RedisServer::start();
+    let mesh = Mesh::start(&[], &key_service_env(&url, &redis.url)).await;
+    let admin = mesh.admin_client();
+    let keys = Keys(&admin);
+    let mut service = admin.key_service();
+    keys.create("generated", &[]).await;
+
+    // An EXTERNAL key waits for its material.
+    let request = pb::CreateKeyRequest {
+        name: "byok".into(),
+        purpose: pb::KeyPurpose::Encrypt as i32,
+        origin: pb::KeyOrigin::External as i32,
+        ..Default::default()
+    };
+    let key = service.create_key(admin.authorized(request).await.unwrap()).await.unwrap().into_inner().key.unwrap();
+    assert_eq!((key.state, key.versions.len()), (pb::KeyState::PendingImport as i32, 0));
+    assert_eq!(encrypt_code(&admin, "byok").await, Some(Code::FailedPrecondition));
+
+    let wrapping_key = |key: &str, algorithm: pb::WrappingAlgorithm| pb::GetWrappingKeyRequest {
+        key: key.into(),
+        wrapping_algorithm: algorithm as i32,
+        wrapping_key_spec: pb::WrappingKeySpec::Rsa3072 as i32,
+    };
+    let refused = service
+        .get_wrapping_key(
+            admin.authorized(wrapping_key("generated", pb::WrappingAlgorithm::RsaOaepSha256)).await.unwrap(),
+        )
+        .await;
+    assert_eq!(status(refused).0, Code::FailedPrecondition);
+
+    // Wrap known material outside keymesh with RSA_AES_KEY_WRAP_SHA_256 and import it.
+    let material: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+    let material_hex = hex(&material);
+    let dir = tempfile::tempdir().unwrap();
+    let import = |algorithm: pb::WrappingAlgorithm, material_hex: String| {
+        let admin = &admin;
+        let dir = dir.path().to_path_buf();
+        async move {
+            let mut service = admin.key_service();
+            let request = admin.authorized(wrapping_key("byok", algorithm)).await.unwrap();
+            let wrapping = service.get_wrapping_key(request).await.unwrap().into_inner();
+            assert!(wrapping.expire_time.is_some());
+            let pem = dir.join("wrapping.pem");
+            std::fs::write(&pem, &wrapping.public_key_pem).unwrap();
+            let name = match algorithm {
+                pb::WrappingAlgorithm::RsaOaepSha256 => "rsa-oaep-sha256",
+                _ => "rsa-aes-key-wrap-sha256",
+            };
+            let wrapped = unhex(&byok(&[
+                "wrap",
+                "--public-key",
+                pem.to_str().unwrap(),
+                "--algorithm",
+                name,
+                "--material-hex",
+                &material_hex,
+            ]));
+            (wrapping.import_token, wrapped)
+        }
+    };
+    let (token, wrapped) = import(pb::WrappingAlgorithm::RsaAesKeyWrapSha256, material_hex.clone()).await;
+    let import_request = |token: &[u8], algorithm: pb::WrappingAlgorithm, wrapped: &[u8]| pb::ImportKeyVersionRequest {
+        key: "byok".into(),
+        import_token: token.to_vec(),
+        wrapping_algorithm: algorithm as i32,
+        wrapped_key_material: wrapped.to_vec(),
+    };
+    // Refusals first: the wrong scheme for the token, tampered material, a token from elsewhere.
+    for (request, why) in [
+        (import_request(&token, pb::WrappingAlgorithm::RsaOaepSha256, &wrapped), "another wrapping algorithm"),
+        (
+            import_request(&token, pb::WrappingAlgorithm::RsaAesKeyWrapSha256, &{
+                let mut w = wrapped.clone();
+                *w.last_mut().unwrap() ^= 1;
+                w
+            }),
+            "tampered material",
+        ),
+        (import_request(b"{}", pb::WrappingAlgorithm::RsaAesKeyWrapSha256, &wrapped), "not a token"),
+    ] {
+        let result = service.import_key_version(admin.authorized(request).await.unwrap()).await;
+        let (code, message) = status(result);
+        assert_eq!(code, Code::InvalidArgument, "{why}: {message}");
+    }
+    let mut other_key = import_request(&token, pb::WrappingAlgorithm::RsaAesKeyWrapSha256, &wrapped);
+    other_key.key = "generated".into();
+    assert_eq!(
+        status(service.import_key_version(admin.authorized(other_key).await.unwrap()).await).0,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        admin.get_key("byok").await.unwrap().state,
+        pb::KeyState::PendingImport as i32,
+        "refusals change nothing"
+    );
+
+    let imported = service
+        .import_key_version(
+            admin
+                .authorized(import_request(&token, pb::WrappingAlgorithm::RsaAesKeyWrapSha256, &wrapped))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(imported.version, 1);
+    let key = imported.key.unwrap();
+    assert_eq!(key.state, pb::KeyState::Enabled as i32);
+    assert_eq!(key.versions[0].origin, pb::KeyOrigin::External as i32);
+
+    // Encrypt with keymesh; decrypt with the known key by the documented format, outside keymesh.
+    let request = pb::EncryptRequest {
+        key: "byok".into(),
+        plaintext: b"imported and independent".to_vec(),
+        aad: b"order-17".to_vec(),
+        encryption_context: [("tenant".to_owned(), "acme".to_owned())].into(),
+        ..Default::default()
+    };
+    let ciphertext =
+        admin.crypto_service().encrypt(admin.authorized(request).await.unwrap()).await.unwrap().into_inner().ciphertext;
+    let opened = byok(&[
+        "open",
+        "--key-hex",
+        &material_hex,
+        "--ciphertext-hex",
+        &hex(&ciphertext),
+        "--aad-hex",
+        &hex(b"order-17"),
+        "--context-json",
+        r#"{"tenant":"acme"}"#,
+    ]);
+    assert_eq!(unhex(&opened), b"imported and independent");
+
+    // Imported keys rotate by importing: a new version over RSA-OAEP; RotateKey says how.
+    assert_eq!(status(keys.rotate("byok").await).0, Code::FailedPrecondition);
+    let short: Vec<u8> = material[..16].to_vec();
+    let (token, wrapped_short) = import(pb::WrappingAlgorithm::RsaOaepSha256, hex(&short)).await;
+    let wrong_length = import_request(&token, pb::WrappingAlgorithm::RsaOaepSha256, &wrapped_short);
+    let (code, message) = status(service.import_key_version(admin.authorized(wrong_length).await.unwrap()).await);
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("32 bytes"), "{message}");
+    let second: Vec<u8> = material.iter().map(|b| b ^ 0x5a).collect();
+    let (token, wrapped) = import(pb::WrappingAlgorithm::RsaOaepSha256, hex(&second)).await;
+    let request = import_request(&token, pb::WrappingAlgorithm::RsaOaepSha256, &wrapped);
+    let imported = service.import_key_version(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
+    assert_eq!(imported.version, 2);
+    let key = imported.key.unwrap();
+    assert_eq!(
+        (version_state(&key, 1), version_state(&key, 2)),
+        (pb::KeyVersionState::DecryptOnly, pb::KeyVersionState::Active)
+    );
+    let c2 = admin.encrypt("byok", b"second".to_vec(), Vec::new()).await.unwrap();
+    assert_eq!(unhex(&byok(&["open", "--key-hex", &hex(&second), "--ciphertext-hex", &hex(&c2)])), b"second");
+    let opened = admin.decrypt(ciphertext.clone(), b"order-17".to_vec()).await;
+    assert!(opened.is_err(), "the context is bound: decrypting without it fails");
+
+    // The known material never reaches Redis, in any encoding.
+    let dump = redis.dump();
+    assert!(!dump.is_empty());
+    for key_material in [&material, &second] {
+        for encoding in
+            [key_material.to_vec(), hex(key_material).into_bytes(), serde_json::to_vec(key_material).unwrap()]
+        {
+            assert!(dump.iter().all(|(_, v)| !v.windows(encoding.len()).any(|w| w == encoding.as_slice())));
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub mod aead;
 pub mod ciphertext;
 pub mod commitment;
 mod error;
+pub mod key_import;
 pub mod random;
 pub mod secret;
 

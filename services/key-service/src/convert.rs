@@ -7,7 +7,8 @@ use keymesh_store::{
 };
 use prost::Message;
 
-fn timestamp(millis: i64) -> prost_types::Timestamp {
+/// Unix milliseconds as a protobuf timestamp.
+pub fn timestamp(millis: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
 

@@ -64,6 +64,11 @@ impl KeyStore {
         &self.repo
     }
 
+    /// The KEK backend.
+    pub fn kms(&self) -> &Arc<dyn KeyEncryptionBackend> {
+        &self.kms
+    }
+
     /// The change feed.
     pub fn feed(&self) -> &ChangeFeed {
         &self.feed

@@ -65,12 +65,38 @@ pub fn rotate(record: &mut KeyRecord, new_version: key_version::Model, now: i64)
     Ok(())
 }
 
+/// Whether the key's material comes from the customer (created with origin EXTERNAL).
+pub fn is_external(record: &KeyRecord) -> bool {
+    key_state(record) == pb::KeyState::PendingImport
+        || record.version(record.key.primary_version as u32).is_some_and(|v| v.origin == pb::KeyOrigin::External as i32)
+}
+
+/// Makes imported material (already wrapped by the KEK) the new ACTIVE primary version; a key waiting for
+/// its first import becomes ENABLED.
+pub fn import_version(record: &mut KeyRecord, new_version: key_version::Model, now: i64) -> Result<(), KeyError> {
+    if !is_external(record) {
+        return Err(precondition(format!(
+            "key {:?} was created with generated material; create a key with origin KEY_ORIGIN_EXTERNAL to import",
+            record.key.name
+        )));
+    }
+    match key_state(record) {
+        pb::KeyState::PendingImport => record.key.state = pb::KeyState::Enabled as i32,
+        pb::KeyState::Enabled => {}
+        state => {
+            return Err(precondition(format!(
+                "key {:?} is {}; enable it to import",
+                record.key.name,
+                state.as_str_name()
+            )));
+        }
+    }
+    rotate(record, new_version, now)
+}
+
 /// Refuses rotation of keys whose material comes from the customer.
 pub fn check_rotatable(record: &KeyRecord) -> Result<(), KeyError> {
-    let primary = record.version(record.key.primary_version as u32);
-    if primary.is_some_and(|v| v.origin == pb::KeyOrigin::External as i32)
-        || key_state(record) == pb::KeyState::PendingImport
-    {
+    if is_external(record) {
         return Err(precondition(format!(
             "key {:?} holds imported material; rotate it by importing a new version (GetWrappingKey, ImportKeyVersion)",
             record.key.name
@@ -558,6 +584,25 @@ mod tests {
         let due = maintenance_due(&r, 72 * HOUR);
         assert_eq!(due, Maintenance { rotate: true, min_decryption_version: Some(2) });
         assert_eq!(maintenance_due(&r, 96 * HOUR).min_decryption_version, Some(3));
+    }
+
+    #[test]
+    fn imports_go_to_external_keys_only() {
+        let mut generated = record();
+        assert!(import_version(&mut generated, version(2, pb::KeyVersionState::Active, 1), 1).is_err());
+        let mut external = record();
+        external.key.state = pb::KeyState::PendingImport as i32;
+        external.key.primary_version = 0;
+        external.versions.clear();
+        assert!(usable_version(&external, 0, pb::Operation::Encrypt).is_err());
+        let mut imported = version(1, pb::KeyVersionState::Active, 1);
+        imported.origin = pb::KeyOrigin::External as i32;
+        import_version(&mut external, imported.clone(), 1).unwrap();
+        assert_eq!((external.key.state, external.key.primary_version), (pb::KeyState::Enabled as i32, 1));
+        assert!(check_rotatable(&external).is_err(), "imported keys rotate by importing");
+        imported.version = 2;
+        import_version(&mut external, imported, 2).unwrap();
+        assert_eq!(states(&external), [2, 1]);
     }
 
     #[test]

@@ -84,9 +84,16 @@ impl KeyRpc {
             pb::KeyPurpose::Encrypt | pb::KeyPurpose::Unspecified => {}
             other => return Err(KeyError::Unimplemented(format!("CreateKey with purpose {}", other.as_str_name()))),
         }
-        if request.origin == pb::KeyOrigin::External as i32 {
-            return Err(KeyError::Unimplemented("CreateKey with origin KEY_ORIGIN_EXTERNAL (import)".into()));
-        }
+        let external = match pb::KeyOrigin::try_from(request.origin) {
+            Ok(pb::KeyOrigin::External) => true,
+            Ok(pb::KeyOrigin::Generated | pb::KeyOrigin::Unspecified) => false,
+            Err(_) => {
+                return Err(KeyError::InvalidArgument {
+                    field: "origin",
+                    reason: format!("unknown origin {}", request.origin),
+                });
+            }
+        };
         let requested = pb::Algorithm::try_from(request.algorithm).map_err(|_| KeyError::InvalidArgument {
             field: "algorithm",
             reason: format!("unknown algorithm {}", request.algorithm),
@@ -125,12 +132,18 @@ impl KeyRpc {
             versions: Vec::new(),
         };
         let policy = request.policy.unwrap_or_default();
-        let first = self.store.generate_version(&record, 1).await?;
-        record.versions.push(first);
+        if external {
+            // No material until ImportKeyVersion brings it.
+            record.key.state = pb::KeyState::PendingImport as i32;
+            record.key.primary_version = 0;
+        } else {
+            let first = self.store.generate_version(&record, 1).await?;
+            record.versions.push(first);
+        }
         lifecycle::validate_policy(&record, &policy)?;
         record.key.policy = policy.encode_to_vec();
         lifecycle::refresh_maintenance(&mut record, now);
-        audit.resource(&key_id, 1, algorithm.to_proto() as i32);
+        audit.resource(&key_id, record.key.primary_version as u32, algorithm.to_proto() as i32);
         match self.store.repo().create(&record).await {
             Ok(()) => {}
             Err(StoreError::AlreadyExists { .. }) => return Err(KeyError::AlreadyExists(request.name)),

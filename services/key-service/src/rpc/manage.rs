@@ -38,10 +38,6 @@ fn known_enum<T: TryFrom<i32>>(field: &'static str, value: i32) -> Result<Option
     }
 }
 
-fn timestamp(millis: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
-}
-
 impl KeyRpc {
     pub(super) async fn handle_list_keys(
         &self,
@@ -186,7 +182,7 @@ impl KeyRpc {
             .await
             .map(|(record, deletion_time)| pb::ScheduleKeyDeletionResponse {
                 key: Some(convert::record_to_proto(&record)),
-                deletion_time: Some(timestamp(deletion_time)),
+                deletion_time: Some(convert::timestamp(deletion_time)),
             });
         audit.finish(&self.audit, result)
     }

@@ -4,6 +4,7 @@
 mod create_key;
 mod get_data_key;
 mod get_key;
+mod import;
 mod manage;
 mod watch;
 
@@ -122,10 +123,6 @@ impl Audited {
     }
 }
 
-fn unimplemented<T>(method: &str) -> Result<Response<T>, Status> {
-    Err(KeyError::Unimplemented(format!("KeyService.{method}")).into())
-}
-
 #[tonic::async_trait]
 impl KeyService for KeyRpc {
     async fn create_key(
@@ -198,16 +195,16 @@ impl KeyService for KeyRpc {
 
     async fn get_wrapping_key(
         &self,
-        _: Request<pb::GetWrappingKeyRequest>,
+        request: Request<pb::GetWrappingKeyRequest>,
     ) -> Result<Response<pb::GetWrappingKeyResponse>, Status> {
-        unimplemented("GetWrappingKey")
+        self.handle_get_wrapping_key(request).await
     }
 
     async fn import_key_version(
         &self,
-        _: Request<pb::ImportKeyVersionRequest>,
+        request: Request<pb::ImportKeyVersionRequest>,
     ) -> Result<Response<pb::ImportKeyVersionResponse>, Status> {
-        unimplemented("ImportKeyVersion")
+        self.handle_import_key_version(request).await
     }
 
     async fn get_data_key(
