@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/keymesh/target
 BUF := $(HOME)/.cache/keymesh/node/node_modules/.bin/buf
 
-.PHONY: run test build deps test-deps lint fmt buf-lint clean-data clean
+.PHONY: run test bench build deps test-deps lint fmt buf-lint clean-data clean
 
 ## run: build and start the whole mesh on its embedded defaults (Ctrl-C stops it)
 run: deps build
@@ -15,6 +15,10 @@ test: test-deps
 	url="$$(deploy/dev/ensure-postgres.sh)" && KEYMESH_TEST_POSTGRES_URL="$$url" cargo test --workspace
 	deploy/dev/smoke-run.sh
 	$(MAKE) --no-print-directory lint
+
+## bench: benchmarks (release build): GetDataKey latency per cache tier against an AES-GCM baseline
+bench: test-deps
+	url="$$(deploy/dev/ensure-postgres.sh)" && KEYMESH_TEST_POSTGRES_URL="$$url" cargo bench -p key-service --bench get_data_key
 
 build:
 	cargo build --workspace --bins

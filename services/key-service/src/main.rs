@@ -1,14 +1,7 @@
 //! key-service: the control plane for keys and their versions, owner of the KEK backend. This file only
 //! wires the pieces together.
 
-mod changes;
-mod convert;
-mod error;
-mod key_store;
-mod lifecycle;
-mod maintenance;
-mod record_cache;
-mod rpc;
+use key_service::{changes, key_store, maintenance, record_cache, rpc};
 
 use std::{process::ExitCode, sync::Arc};
 

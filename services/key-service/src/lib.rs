@@ -1,0 +1,11 @@
+//! key-service's pieces as a library, so the binary (`main.rs`) only wires them together and benchmarks
+//! can measure them directly.
+
+pub mod changes;
+pub mod convert;
+pub mod error;
+pub mod key_store;
+pub mod lifecycle;
+pub mod maintenance;
+pub mod record_cache;
+pub mod rpc;
