@@ -160,14 +160,17 @@ async fn every_method_state_and_refusal_on_postgres_and_redis() {
         (version_state(&key, 1), version_state(&key, 2)),
         (pb::KeyVersionState::DecryptOnly, pb::KeyVersionState::Active)
     );
-    let c2 = admin.encrypt("orders", b"v2 secret".to_vec(), Vec::new()).await.unwrap();
-    let response = admin
-        .crypto_service()
-        .decrypt(admin.authorized(pb::DecryptRequest { ciphertext: c2.clone(), ..Default::default() }).await.unwrap())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(response.key_version, 2);
+    // crypto-service hears of the rotation over WatchKeyChanges within milliseconds, not synchronously.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let c2 = loop {
+        let ciphertext = admin.encrypt("orders", b"v2 secret".to_vec(), Vec::new()).await.unwrap();
+        let request = admin.authorized(pb::DecryptRequest { ciphertext: ciphertext.clone(), ..Default::default() });
+        if admin.crypto_service().decrypt(request.await.unwrap()).await.unwrap().into_inner().key_version == 2 {
+            break ciphertext;
+        }
+        assert!(Instant::now() < deadline, "new encryptions never used version 2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(admin.decrypt(c1.clone(), Vec::new()).await.unwrap().as_slice(), b"v1 secret");
 
     // ListKeys: tenant-scoped, filtered by labels, purpose and state, paginated with opaque tokens.
@@ -242,7 +245,10 @@ async fn every_method_state_and_refusal_on_postgres_and_redis() {
         encrypt_code(&admin, "orders").await == Some(Code::FailedPrecondition)
     })
     .await;
-    assert_eq!(decrypt_code(&admin, &c2).await, Some(Code::FailedPrecondition));
+    eventually("the change reaches decryption", || async {
+        decrypt_code(&admin, &c2).await == Some(Code::FailedPrecondition)
+    })
+    .await;
     assert_eq!(status(keys.rotate("orders").await).0, Code::FailedPrecondition);
     keys.enable("orders", 0, true).await.unwrap();
     eventually("an enabled key encrypts again", || async { encrypt_code(&admin, "orders").await.is_none() }).await;
@@ -293,7 +299,10 @@ async fn every_method_state_and_refusal_on_postgres_and_redis() {
     keys.schedule_deletion("orders", 2, 7).await.unwrap();
     let key = admin.get_key("orders").await.unwrap();
     assert_eq!(version_state(&key, 2), pb::KeyVersionState::PendingDeletion);
-    assert_eq!(decrypt_code(&admin, &c2).await, Some(Code::FailedPrecondition));
+    eventually("the change reaches decryption", || async {
+        decrypt_code(&admin, &c2).await == Some(Code::FailedPrecondition)
+    })
+    .await;
     sql(&db, &format!("UPDATE key_versions SET deletion_time = 1 WHERE key_id = '{}' AND version = 2", orders.key_id))
         .await;
     eventually("the sweeper destroys the version", || async {
@@ -706,7 +715,17 @@ async fn imported_material_encrypts_and_an_independent_implementation_decrypts()
         (version_state(&key, 1), version_state(&key, 2)),
         (pb::KeyVersionState::DecryptOnly, pb::KeyVersionState::Active)
     );
-    let c2 = admin.encrypt("byok", b"second".to_vec(), Vec::new()).await.unwrap();
+    // crypto-service hears of the new version over WatchKeyChanges, within milliseconds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let c2 = loop {
+        let c2 = admin.encrypt("byok", b"second".to_vec(), Vec::new()).await.unwrap();
+        let request = admin.authorized(pb::DecryptRequest { ciphertext: c2.clone(), ..Default::default() });
+        if admin.crypto_service().decrypt(request.await.unwrap()).await.unwrap().into_inner().key_version == 2 {
+            break c2;
+        }
+        assert!(Instant::now() < deadline, "new encryptions never used the imported version 2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(unhex(&byok(&["open", "--key-hex", &hex(&second), "--ciphertext-hex", &hex(&c2)])), b"second");
     let opened = admin.decrypt(ciphertext.clone(), b"order-17".to_vec()).await;
     assert!(opened.is_err(), "the context is bound: decrypting without it fails");

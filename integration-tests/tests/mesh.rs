@@ -190,15 +190,12 @@ async fn scenario(mesh: &Mesh) {
     assert!(err.message().contains("spiffe://keymesh/crypto-service"));
 
     // Methods not served yet say so by name.
-    let err = keys
-        .import_key_version(with_token(
-            pb::ImportKeyVersionRequest { key: "user-pii".into(), ..Default::default() },
-            &token,
-        ))
+    let err = CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService))
+        .re_encrypt(with_token(pb::ReEncryptRequest::default(), &token))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("KeyService.ImportKeyVersion"));
+    assert!(err.message().contains("CryptoService.ReEncrypt"), "{}", err.message());
 
     // A client expecting key-service refuses crypto-service's certificate, though the same CA signed it.
     let impostor = keymesh_mesh::client::mtls_channel(

@@ -362,24 +362,7 @@ mod tests {
 
     fn record(tenant: &str, id: &str, name: &str) -> KeyRecord {
         KeyRecord {
-            key: key::Model {
-                id: id.into(),
-                tenant_id: tenant.into(),
-                name: name.into(),
-                description: String::new(),
-                purpose: 1,
-                algorithm: 2,
-                state: 1,
-                primary_version: 1,
-                min_decryption_version: 1,
-                labels: r#"{"team":"a"}"#.into(),
-                policy: vec![],
-                created_at: 0,
-                deletion_time: None,
-                revision: 0,
-                updated_at: 0,
-                next_maintenance_at: None,
-            },
+            key: key::Model { labels: r#"{"team":"a"}"#.into(), ..key::Model::new(id, tenant, name, 1, 2, 1, 0) },
             versions: vec![version(id, 1)],
         }
     }

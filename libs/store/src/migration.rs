@@ -209,36 +209,15 @@ mod m20261123_000002_key_lifecycle {
             for (table, mut column) in columns {
                 manager.alter_table(Table::alter().table(table).add_column(&mut column).to_owned()).await?;
             }
-            manager
-                .create_index(
-                    Index::create()
-                        .if_not_exists()
-                        .name("ix_keys_updated_at")
-                        .table("keys")
-                        .col("updated_at")
-                        .to_owned(),
-                )
-                .await?;
-            manager
-                .create_index(
-                    Index::create()
-                        .if_not_exists()
-                        .name("ix_keys_next_maintenance_at")
-                        .table("keys")
-                        .col("next_maintenance_at")
-                        .to_owned(),
-                )
-                .await?;
-            manager
-                .create_index(
-                    Index::create()
-                        .if_not_exists()
-                        .name("ix_key_versions_deletion_time")
-                        .table("key_versions")
-                        .col("deletion_time")
-                        .to_owned(),
-                )
-                .await?;
+            for (name, table, column) in [
+                ("ix_keys_updated_at", "keys", "updated_at"),
+                ("ix_keys_next_maintenance_at", "keys", "next_maintenance_at"),
+                ("ix_key_versions_deletion_time", "key_versions", "deletion_time"),
+            ] {
+                manager
+                    .create_index(Index::create().if_not_exists().name(name).table(table).col(column).to_owned())
+                    .await?;
+            }
             Ok(())
         }
 

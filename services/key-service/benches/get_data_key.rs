@@ -94,26 +94,10 @@ async fn fresh_postgres() -> String {
 }
 
 fn new_record() -> KeyRecord {
-    let now = now_millis();
+    let (encrypt, aes, enabled) =
+        (pb::KeyPurpose::Encrypt as i32, pb::Algorithm::Aes256Gcm as i32, pb::KeyState::Enabled as i32);
     KeyRecord {
-        key: key::Model {
-            id: "k_bench".into(),
-            tenant_id: "t_bench".into(),
-            name: "bench".into(),
-            description: String::new(),
-            purpose: pb::KeyPurpose::Encrypt as i32,
-            algorithm: pb::Algorithm::Aes256Gcm as i32,
-            state: pb::KeyState::Enabled as i32,
-            primary_version: 1,
-            min_decryption_version: 1,
-            labels: "{}".into(),
-            policy: Vec::new(),
-            created_at: now,
-            deletion_time: None,
-            revision: 0,
-            updated_at: now,
-            next_maintenance_at: None,
-        },
+        key: key::Model::new("k_bench", "t_bench", "bench", encrypt, aes, enabled, now_millis()),
         versions: Vec::new(),
     }
 }

@@ -451,24 +451,15 @@ mod tests {
 
     fn record() -> KeyRecord {
         KeyRecord {
-            key: key::Model {
-                id: "k_1".into(),
-                tenant_id: "t".into(),
-                name: "pii".into(),
-                description: String::new(),
-                purpose: pb::KeyPurpose::Encrypt as i32,
-                algorithm: pb::Algorithm::Aes256Gcm as i32,
-                state: pb::KeyState::Enabled as i32,
-                primary_version: 1,
-                min_decryption_version: 1,
-                labels: "{}".into(),
-                policy: vec![],
-                created_at: 0,
-                deletion_time: None,
-                revision: 0,
-                updated_at: 0,
-                next_maintenance_at: None,
-            },
+            key: key::Model::new(
+                "k_1",
+                "t",
+                "pii",
+                pb::KeyPurpose::Encrypt as i32,
+                pb::Algorithm::Aes256Gcm as i32,
+                pb::KeyState::Enabled as i32,
+                0,
+            ),
             versions: vec![version(1, pb::KeyVersionState::Active, 0)],
         }
     }

@@ -225,27 +225,7 @@ mod tests {
     use keymesh_store::entity::key;
 
     fn record(tenant: &str, id: &str, name: &str) -> Arc<KeyRecord> {
-        Arc::new(KeyRecord {
-            key: key::Model {
-                id: id.into(),
-                tenant_id: tenant.into(),
-                name: name.into(),
-                description: String::new(),
-                purpose: 1,
-                algorithm: 2,
-                state: 1,
-                primary_version: 1,
-                min_decryption_version: 1,
-                labels: "{}".into(),
-                policy: vec![],
-                created_at: 0,
-                deletion_time: None,
-                revision: 0,
-                updated_at: 0,
-                next_maintenance_at: None,
-            },
-            versions: vec![],
-        })
+        Arc::new(KeyRecord { key: key::Model::new(id, tenant, name, 1, 2, 1, 0), versions: vec![] })
     }
 
     #[tokio::test]

@@ -30,6 +30,30 @@ pub struct Model {
     pub next_maintenance_at: Option<i64>,
 }
 
+impl Model {
+    /// A new key row: primary version 1, nothing scheduled, no description, labels or policy yet.
+    pub fn new(id: &str, tenant_id: &str, name: &str, purpose: i32, algorithm: i32, state: i32, now: i64) -> Self {
+        Self {
+            id: id.to_owned(),
+            tenant_id: tenant_id.to_owned(),
+            name: name.to_owned(),
+            description: String::new(),
+            purpose,
+            algorithm,
+            state,
+            primary_version: 1,
+            min_decryption_version: 1,
+            labels: "{}".to_owned(),
+            policy: Vec::new(),
+            created_at: now,
+            deletion_time: None,
+            revision: 0,
+            updated_at: now,
+            next_maintenance_at: None,
+        }
+    }
+}
+
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {}
 

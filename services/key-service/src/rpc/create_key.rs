@@ -112,22 +112,17 @@ impl KeyRpc {
         let now = now_millis();
         let mut record = KeyRecord {
             key: key::Model {
-                id: key_id.clone(),
-                tenant_id: tenant_id.to_owned(),
-                name: request.name.clone(),
                 description: request.description,
-                purpose: pb::KeyPurpose::Encrypt as i32,
-                algorithm: algorithm.to_proto() as i32,
-                state: pb::KeyState::Enabled as i32,
-                primary_version: 1,
-                min_decryption_version: 1,
                 labels: serde_json::to_string(&request.labels).unwrap_or_else(|_| "{}".into()),
-                policy: Vec::new(),
-                created_at: now,
-                deletion_time: None,
-                revision: 0,
-                updated_at: now,
-                next_maintenance_at: None,
+                ..key::Model::new(
+                    &key_id,
+                    tenant_id,
+                    &request.name,
+                    pb::KeyPurpose::Encrypt as i32,
+                    algorithm.to_proto() as i32,
+                    pb::KeyState::Enabled as i32,
+                    now,
+                )
             },
             versions: Vec::new(),
         };
