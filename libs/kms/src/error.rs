@@ -36,7 +36,26 @@ pub enum KmsError {
         #[source]
         source: std::io::Error,
     },
+    /// The KMS configuration is inconsistent.
+    #[error("KMS configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
     /// A primitive failed.
     #[error(transparent)]
     Crypto(#[from] keymesh_crypto::CryptoError),
+}
+
+impl KmsError {
+    /// How much an operator learns from this error: when several backends fail, the keyring reports the
+    /// highest-ranked failure (an outage or a refusal says what to fix; a wrap that does not open says less).
+    pub fn rank(&self) -> u8 {
+        match self {
+            Self::UnknownKek { .. } => 0,
+            Self::UnwrapFailed { .. } | Self::Crypto(_) => 1,
+            Self::MasterKey(_) | Self::Io { .. } | Self::Config { .. } => 2,
+            Self::Unavailable { .. } => 3,
+        }
+    }
 }

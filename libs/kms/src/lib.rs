@@ -3,10 +3,14 @@
 //! bound to the DEK's tenant, key, version and algorithm through the backend's own AAD mechanism, so a
 //! wrapped blob cannot be moved to another key.
 
+pub mod config;
 mod error;
+pub mod keyring;
 pub mod local;
 
+pub use config::KmsConfig;
 pub use error::KmsError;
+pub use keyring::{Keyring, WrapSet};
 pub use local::{LocalKms, LocalKmsConfig, MasterKeySource};
 
 use keymesh_crypto::SecretKey;
@@ -14,7 +18,7 @@ use keymesh_crypto::SecretKey;
 /// A DEK wrapped by a backend's KEK, as stored in the database.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WrappedKey {
-    /// Which backend wrapped it (e.g. "local").
+    /// The keyring member that wrapped it: its configured name (e.g. "local", "vault-eu").
     pub backend: String,
     /// Which KEK (and KEK version) of that backend.
     pub kek_id: String,
@@ -79,6 +83,10 @@ pub trait KeyEncryptionBackend: Send + Sync {
     async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext) -> Result<SecretKey, KmsError>;
     /// Describes the backend.
     fn describe(&self) -> BackendDescription;
+    /// Whether `wrapped` is under the backend's current KEK (version), so a re-wrap can leave it alone.
+    fn is_current(&self, wrapped: &WrappedKey) -> bool {
+        wrapped.kek_id == self.describe().kek_id
+    }
     /// Checks that the backend can serve (a wrap/unwrap probe for remote backends).
     async fn health(&self) -> Result<(), KmsError>;
 }

@@ -251,7 +251,7 @@ impl KeyEncryptionBackend for LocalKms {
     }
 
     async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext) -> Result<SecretKey, KmsError> {
-        if wrapped.backend != BACKEND || wrapped.kek_id != self.kek_id {
+        if wrapped.kek_id != self.kek_id {
             return Err(KmsError::UnknownKek { backend: wrapped.backend.clone(), kek_id: wrapped.kek_id.clone() });
         }
         let failed = || KmsError::UnwrapFailed { backend: BACKEND.into() };

@@ -88,7 +88,7 @@ pub struct RawConfig {
     pub database: RawDatabase,
     /// The KEK backend (key-service, token-service).
     #[serde(default)]
-    pub kms: RawKms,
+    pub kms: keymesh_kms::KmsConfig,
     /// Access tokens (token-service issues them, the others verify them).
     #[serde(default)]
     pub tokens: RawTokens,
@@ -153,16 +153,6 @@ impl std::fmt::Debug for RawDatabase {
         // Database URLs carry passwords: say only whether one is set.
         f.debug_struct("RawDatabase").field("url", &self.url.as_ref().map(|_| "<redacted>")).finish()
     }
-}
-
-/// `[kms]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawKms {
-    /// `local` (the only backend so far).
-    pub backend: Option<String>,
-    /// File holding the master secret of the local backend; default `data_dir/master.key`.
-    pub master_key_file: Option<PathBuf>,
 }
 
 /// `[tokens]`.
@@ -241,7 +231,8 @@ pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<RawCo
     };
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("KEYMESH_") else { continue };
-        if RESERVED_ENV.contains(&name.as_str()) || rest.starts_with("TEST_") {
+        // `KEYMESH_MASTER_KEY_*` hold master secrets of further local KMS backends (`master_key_env`).
+        if RESERVED_ENV.contains(&name.as_str()) || rest.starts_with("TEST_") || rest.starts_with("MASTER_KEY_") {
             continue;
         }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
@@ -498,23 +489,27 @@ impl DekCacheParams {
     }
 }
 
-/// Validated `[kms]` for the local backend.
+/// Validated `[kms]`: the keyring's members.
 #[derive(Debug, Clone)]
 pub struct KmsParams {
-    /// Master key file, if configured.
-    pub master_key_file: Option<PathBuf>,
+    /// The configuration, checked.
+    pub config: keymesh_kms::KmsConfig,
+    /// Its members, primary first.
+    pub members: Vec<keymesh_kms::config::MemberConfig>,
 }
 
 impl KmsParams {
     /// Validates `[kms]`.
     pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
-        match raw.kms.backend.as_deref() {
-            None | Some("local") => Ok(Self { master_key_file: raw.kms.master_key_file.clone() }),
-            Some(other) => Err(ConfigError::Invalid {
-                field: "kms.backend",
-                reason: format!("{other:?} is not an available backend (available: \"local\")"),
-            }),
-        }
+        let members = raw.kms.members().map_err(|p| ConfigError::Field { field: p.field, reason: p.reason })?;
+        Ok(Self { config: raw.kms.clone(), members })
+    }
+
+    /// Opens every backend of the keyring; `data_dir` is the service's.
+    pub async fn open_keyring(&self, data_dir: &Path) -> Result<keymesh_kms::Keyring, keymesh_kms::KmsError> {
+        let keyring = self.config.open(data_dir).await?;
+        tracing::info!(keyring = %keyring.summary(), "KMS keyring ready");
+        Ok(keyring)
     }
 }
 
@@ -677,8 +672,10 @@ mod tests {
         let err = MeshParams::from_raw(ServiceName::KeyService, &raw).unwrap_err().to_string();
         assert!(err.contains("`listen_addr`"), "{err}");
 
-        let raw = load(None, &env(&[("KEYMESH_KMS__BACKEND", "hsm")])).unwrap();
-        assert!(KmsParams::from_raw(&raw).unwrap_err().to_string().contains("kms.backend"));
+        let raw = load(None, &env(&[("KEYMESH_KMS__PRIMARY", "hsm")])).unwrap();
+        assert!(KmsParams::from_raw(&raw).unwrap_err().to_string().contains("kms.primary"));
+        // Master secrets of further local backends are not configuration fields.
+        assert!(load(None, &env(&[("KEYMESH_MASTER_KEY_2027", "s3cret")])).is_ok());
 
         let raw = load(None, &env(&[("KEYMESH_KEY_SERVICE__REDIS_URL", "memcached://x")])).unwrap();
         assert!(KeyServiceParams::from_raw(&raw).unwrap_err().to_string().contains("key_service.redis_url"));

@@ -34,9 +34,19 @@ where
     F: FnOnce(Startup) -> Fut,
     Fut: Future<Output = Result<(), BoxError>>,
 {
+    main_with_args(service, std::env::args().skip(1), body)
+}
+
+/// [`main`] for a service command that has already taken its own words off the command line (such as
+/// `key-service rewrap`); `args` are what is left (`--config FILE`).
+pub fn main_with_args<F, Fut>(service: ServiceName, args: impl Iterator<Item = String>, body: F) -> ExitCode
+where
+    F: FnOnce(Startup) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>>,
+{
     crate::install_crypto_provider();
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let (params, raw) = match load_config(service, &env) {
+    let (params, raw) = match load_config(service, args, &env) {
         Ok(loaded) => loaded,
         Err(e) => return fail(service, &e, EXIT_CONFIG),
     };
@@ -58,9 +68,12 @@ where
     }
 }
 
-fn load_config(service: ServiceName, env: &BTreeMap<String, String>) -> Result<(MeshParams, RawConfig), ConfigError> {
-    let file =
-        config_file_from_args(std::env::args().skip(1))?.or_else(|| env.get("KEYMESH_CONFIG").map(PathBuf::from));
+fn load_config(
+    service: ServiceName,
+    args: impl Iterator<Item = String>,
+    env: &BTreeMap<String, String>,
+) -> Result<(MeshParams, RawConfig), ConfigError> {
+    let file = config_file_from_args(args)?.or_else(|| env.get("KEYMESH_CONFIG").map(PathBuf::from));
     let raw = config::load(file.as_deref(), env)?;
     let params = MeshParams::from_raw(service, &raw)?;
     Ok((params, raw))

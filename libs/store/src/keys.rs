@@ -7,12 +7,12 @@ use std::collections::BTreeSet;
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, EntityTrait, IntoActiveModel,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
 };
 
 use crate::{
     StoreError,
-    entity::{key, key_version},
+    entity::{key, key_version, rewrap_job},
 };
 
 /// A key with all its versions, oldest first: what the lifecycle rules work on and what caches hold.
@@ -314,6 +314,57 @@ impl KeyRepository {
         Ok(ids.into_iter().collect())
     }
 
+    /// Ids of the keys of one tenant (or of every tenant) after `after`, in id order: the walk of a re-wrap.
+    pub async fn key_ids_after(
+        &self,
+        tenant_id: Option<&str>,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut query = key::Entity::find().select_only().column(key::Column::Id);
+        if let Some(tenant_id) = tenant_id {
+            query = query.filter(key::Column::TenantId.eq(tenant_id));
+        }
+        if let Some(after) = after {
+            query = query.filter(key::Column::Id.gt(after));
+        }
+        Ok(query.order_by_asc(key::Column::Id).limit(limit).into_tuple::<String>().all(&self.db).await?)
+    }
+
+    /// How many keys one tenant (or every tenant) has.
+    pub async fn count_keys(&self, tenant_id: Option<&str>) -> Result<u64, StoreError> {
+        let mut query = key::Entity::find();
+        if let Some(tenant_id) = tenant_id {
+            query = query.filter(key::Column::TenantId.eq(tenant_id));
+        }
+        Ok(query.count(&self.db).await?)
+    }
+
+    /// The re-wrap job of a scope.
+    pub async fn rewrap_job(&self, scope: &str) -> Result<Option<rewrap_job::Model>, StoreError> {
+        Ok(rewrap_job::Entity::find_by_id(scope.to_owned()).one(&self.db).await?)
+    }
+
+    /// Starts (or takes over) the re-wrap job of its scope, replacing whatever row was there.
+    pub async fn start_rewrap_job(&self, job: &rewrap_job::Model) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        rewrap_job::Entity::delete_by_id(job.scope.clone()).exec(&txn).await?;
+        job.clone().into_active_model().insert(&txn).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Saves a job's progress if its runner still owns it; false when another runner has taken it over.
+    pub async fn save_rewrap_job(&self, job: &rewrap_job::Model) -> Result<bool, StoreError> {
+        let result = rewrap_job::Entity::update_many()
+            .set(job.clone().into_active_model().reset_all())
+            .filter(rewrap_job::Column::Scope.eq(job.scope.as_str()))
+            .filter(rewrap_job::Column::Runner.eq(job.runner.as_str()))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
     /// Adds `count` to the encryptions granted with a version, returning the new total. Called once per
     /// block of encryptions, never per encryption.
     pub async fn add_encryptions_granted(&self, key_id: &str, version: u32, count: i64) -> Result<i64, StoreError> {
@@ -381,6 +432,7 @@ mod tests {
             destroyed_at: None,
             deletion_time: None,
             encryptions_granted: 0,
+            extra_wraps: None,
         }
     }
 

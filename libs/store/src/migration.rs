@@ -9,7 +9,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_000001_initial::Migration), Box::new(m20261123_000002_key_lifecycle::Migration)]
+        vec![
+            Box::new(m20261123_000001_initial::Migration),
+            Box::new(m20261123_000002_key_lifecycle::Migration),
+            Box::new(m20261123_000003_keyring::Migration),
+        ]
     }
 }
 
@@ -235,6 +239,55 @@ mod m20261123_000002_key_lifecycle {
                 manager.alter_table(Table::alter().table(table).drop_column(column).to_owned()).await?;
             }
             Ok(())
+        }
+    }
+}
+
+/// KEK keyrings: further wraps of each version's material under secondary backends, and the progress of
+/// re-wraps.
+mod m20261123_000003_keyring {
+    use sea_orm_migration::{prelude::*, schema::*};
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261123_000003_keyring"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .alter_table(Table::alter().table("key_versions").add_column(text_null("extra_wraps")).to_owned())
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table("rewrap_jobs")
+                        .if_not_exists()
+                        .col(string("scope").primary_key())
+                        .col(text("target"))
+                        .col(string("runner"))
+                        .col(string_null("cursor"))
+                        .col(big_integer("keys_total"))
+                        .col(big_integer("keys_done"))
+                        .col(big_integer("versions_rewrapped"))
+                        .col(big_integer("versions_current"))
+                        .col(big_integer("versions_failed"))
+                        .col(big_integer("started_at"))
+                        .col(big_integer("updated_at"))
+                        .col(big_integer_null("finished_at"))
+                        .col(text_null("last_error"))
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager.drop_table(Table::drop().table("rewrap_jobs").to_owned()).await?;
+            manager.alter_table(Table::alter().table("key_versions").drop_column("extra_wraps").to_owned()).await
         }
     }
 }

@@ -5,8 +5,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use keymesh_crypto::{SecretKey, SymmetricAlgorithm};
-use keymesh_kms::{KeyEncryptionBackend, WrapContext, WrappedKey};
+use keymesh_kms::{Keyring, WrapContext, WrapSet, WrappedKey};
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     entity::key_version,
@@ -39,7 +40,7 @@ const DEK_TTL: Duration = Duration::from_secs(60);
 pub struct KeyStore {
     repo: KeyRepository,
     records: RecordCache,
-    kms: Arc<dyn KeyEncryptionBackend>,
+    kms: Keyring,
     /// (key id, version) → DEK. Material of a version never changes (a KEK re-wrap changes only its
     /// wrapping), so entries need no invalidation for correctness; they are dropped on any change of the key
     /// anyway, so a destroyed version's DEK leaves memory at once.
@@ -49,12 +50,7 @@ pub struct KeyStore {
 
 impl KeyStore {
     /// Wires the store.
-    pub fn new(
-        repo: KeyRepository,
-        records: RecordCache,
-        kms: Arc<dyn KeyEncryptionBackend>,
-        feed: ChangeFeed,
-    ) -> Self {
+    pub fn new(repo: KeyRepository, records: RecordCache, kms: Keyring, feed: ChangeFeed) -> Self {
         let deks = Cache::builder().max_capacity(10_000).time_to_live(DEK_TTL).support_invalidation_closures().build();
         Self { repo, records, kms, deks, feed }
     }
@@ -64,8 +60,8 @@ impl KeyStore {
         &self.repo
     }
 
-    /// The KEK backend.
-    pub fn kms(&self) -> &Arc<dyn KeyEncryptionBackend> {
+    /// The KEK keyring.
+    pub fn kms(&self) -> &Keyring {
         &self.kms
     }
 
@@ -108,14 +104,13 @@ impl KeyStore {
     /// Unwraps a version's material through the KMS, bypassing the memory cache.
     pub async fn unwrap(&self, record: &KeyRecord, version: &key_version::Model) -> Result<SecretKey, KeyError> {
         let algorithm = symmetric(record, version)?;
-        let ciphertext = version.wrapped_material.clone().ok_or_else(|| {
+        let wraps = stored_wraps(version)?.ok_or_else(|| {
             KeyError::FailedPrecondition(format!(
                 "version {} of key {:?} is destroyed",
                 version.version, record.key.name
             ))
         })?;
-        let wrapped = WrappedKey { backend: version.kek_backend.clone(), kek_id: version.kek_id.clone(), ciphertext };
-        Ok(self.kms.unwrap(&wrapped, &wrap_context(record, version.version as u32, algorithm)).await?)
+        Ok(self.kms.unwrap(&wraps, &wrap_context(record, version.version as u32, algorithm)).await?)
     }
 
     /// Locks a key for change.
@@ -165,21 +160,24 @@ impl KeyStore {
         material: &SecretKey,
         origin: pb::KeyOrigin,
     ) -> Result<key_version::Model, KeyError> {
-        let wrapped = self.kms.wrap(material, &wrap_context(record, version, algorithm)).await?;
-        Ok(key_version::Model {
+        let wraps = self.kms.wrap(material, &wrap_context(record, version, algorithm)).await?;
+        let mut row = key_version::Model {
             key_id: record.key.id.clone(),
             version: version as i32,
             state: pb::KeyVersionState::Active as i32,
             algorithm: algorithm.to_proto() as i32,
             origin: origin as i32,
-            wrapped_material: Some(wrapped.ciphertext),
-            kek_backend: wrapped.backend,
-            kek_id: wrapped.kek_id,
+            wrapped_material: None,
+            kek_backend: String::new(),
+            kek_id: String::new(),
             created_at: now_millis(),
             destroyed_at: None,
             deletion_time: None,
             encryptions_granted: 0,
-        })
+            extra_wraps: None,
+        };
+        store_wraps(&mut row, &wraps)?;
+        Ok(row)
     }
 
     /// Rotates the key if `still_wanted` holds once it is locked (so replicas racing to rotate for the same
@@ -201,6 +199,60 @@ impl KeyStore {
         tracing::info!(key_id = %record.key.id, version = next, "rotated key");
         Ok(Some(record))
     }
+}
+
+/// One further wrap as `extra_wraps` stores it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredWrap {
+    backend: String,
+    kek_id: String,
+    ciphertext: String,
+}
+
+/// The wraps of a version's material; `None` once destroyed. The first wrap lives in the row's own columns
+/// (so single-backend rows read as they always did), the others in `extra_wraps`.
+pub fn stored_wraps(version: &key_version::Model) -> Result<Option<WrapSet>, KeyError> {
+    let Some(ciphertext) = version.wrapped_material.clone() else { return Ok(None) };
+    let corrupt = |detail: String| {
+        KeyError::Store(keymesh_store::StoreError::Corrupt {
+            what: "extra_wraps",
+            detail: format!("key {} version {}: {detail}", version.key_id, version.version),
+        })
+    };
+    let mut wraps =
+        vec![WrappedKey { backend: version.kek_backend.clone(), kek_id: version.kek_id.clone(), ciphertext }];
+    if let Some(extra) = &version.extra_wraps {
+        let extra: Vec<StoredWrap> = serde_json::from_str(extra).map_err(|e| corrupt(e.to_string()))?;
+        for wrap in extra {
+            let ciphertext = B64.decode(&wrap.ciphertext).map_err(|e| corrupt(e.to_string()))?;
+            wraps.push(WrappedKey { backend: wrap.backend, kek_id: wrap.kek_id, ciphertext });
+        }
+    }
+    Ok(WrapSet::new(wraps))
+}
+
+/// Stores `wraps` in the version's row.
+pub fn store_wraps(version: &mut key_version::Model, wraps: &WrapSet) -> Result<(), KeyError> {
+    let (first, rest) = wraps.split_first();
+    version.wrapped_material = Some(first.ciphertext.clone());
+    version.kek_backend = first.backend.clone();
+    version.kek_id = first.kek_id.clone();
+    version.extra_wraps = if rest.is_empty() {
+        None
+    } else {
+        let rest: Vec<StoredWrap> = rest
+            .iter()
+            .map(|w| StoredWrap {
+                backend: w.backend.clone(),
+                kek_id: w.kek_id.clone(),
+                ciphertext: B64.encode(&w.ciphertext),
+            })
+            .collect();
+        Some(serde_json::to_string(&rest).map_err(|e| {
+            KeyError::Store(keymesh_store::StoreError::Corrupt { what: "extra_wraps", detail: e.to_string() })
+        })?)
+    };
+    Ok(())
 }
 
 /// The version's symmetric algorithm.

@@ -8,4 +8,5 @@ pub mod key_store;
 pub mod lifecycle;
 pub mod maintenance;
 pub mod record_cache;
+pub mod rewrap;
 pub mod rpc;

@@ -224,7 +224,9 @@ pub fn cancel_deletion(record: &mut KeyRecord, version: u32) -> Result<(), KeyEr
 
 fn destroy(version: &mut key_version::Model, now: i64) {
     version.state = pb::KeyVersionState::Destroyed as i32;
+    // Every wrap goes: a secondary backend's copy would otherwise outlive the version.
     version.wrapped_material = None;
+    version.extra_wraps = None;
     version.destroyed_at = Some(now);
     version.deletion_time = None;
 }
@@ -446,6 +448,7 @@ mod tests {
             destroyed_at: None,
             deletion_time: None,
             encryptions_granted: 0,
+            extra_wraps: Some(r#"[{"backend":"b","kek_id":"b/1","ciphertext":"AAAA"}]"#.into()),
         }
     }
 
@@ -525,6 +528,7 @@ mod tests {
         assert!(destroy_due(&mut r, when - 1).is_empty());
         assert_eq!(destroy_due(&mut r, when), [1]);
         assert_eq!(r.versions[0].wrapped_material, None);
+        assert_eq!(r.versions[0].extra_wraps, None);
         assert_eq!(r.versions[0].state, pb::KeyVersionState::Destroyed as i32);
         assert!(usable_version(&r, 1, pb::Operation::Decrypt).is_err());
         assert!(cancel_deletion(&mut r, 1).is_err());

@@ -1,12 +1,15 @@
-//! key-service: the control plane for keys and their versions, owner of the KEK backend. This file only
+//! key-service: the control plane for keys and their versions, owner of the KEK backends. This file only
 //! wires the pieces together.
+//!
+//! `key-service [--config FILE]` serves; `key-service rewrap [--config FILE]` re-wraps the stored material
+//! of every tenant's keys under the configured KMS keyring, with progress, and exits (non-zero when a
+//! version could not be re-wrapped or the run stopped early; running it again resumes).
 
-use key_service::{changes, key_store, maintenance, record_cache, rpc};
+use key_service::{changes, key_store, maintenance, record_cache, rewrap, rpc};
 
 use std::{process::ExitCode, sync::Arc};
 
 use keymesh_audit::AuditSink;
-use keymesh_kms::{LocalKms, LocalKmsConfig};
 use keymesh_mesh::{
     ServiceName,
     client::{token_verifier, traced_channel},
@@ -19,25 +22,21 @@ use keymesh_store::keys::KeyRepository;
 use tonic::service::Routes;
 
 fn main() -> ExitCode {
-    run::main(ServiceName::KeyService, serve)
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("rewrap") {
+        args.next();
+        return run::main_with_args(ServiceName::KeyService, args, rewrap_all);
+    }
+    run::main_with_args(ServiceName::KeyService, args, serve)
 }
 
-async fn serve(startup: Startup) -> Result<(), BoxError> {
-    let Startup { params, raw, tls } = startup;
-    let token_params = TokenParams::from_raw(&raw)?;
-    let kms_params = KmsParams::from_raw(&raw)?;
-    let key_params = KeyServiceParams::from_raw(&raw)?;
-    let listener = server::bind(params.listen_addr).await?;
-
-    let kms_config = LocalKmsConfig::resolve(
-        params.data_dir.clone(),
-        std::env::var("KEYMESH_MASTER_KEY").ok(),
-        kms_params.master_key_file.clone(),
-    );
-    let kms = LocalKms::open_off_runtime(kms_config).await?;
-    tracing::info!(kek = %keymesh_kms::KeyEncryptionBackend::describe(&kms).detail, "KMS backend ready");
-    let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
-
+/// The key store as configured: database, record cache and KMS keyring.
+async fn open_store(startup: &Startup) -> Result<(key_store::KeyStore, KeyServiceParams), BoxError> {
+    let Startup { params, raw, .. } = startup;
+    let kms_params = KmsParams::from_raw(raw)?;
+    let key_params = KeyServiceParams::from_raw(raw)?;
+    let keyring = kms_params.open_keyring(&params.data_dir).await?;
+    let db = keymesh_store::connect_and_migrate(&params.database_url(raw)).await?;
     let records = match &key_params.redis_url {
         Some(url) => {
             let cache = record_cache::RecordCache::redis(url, key_params.redis_timeout, key_params.record_cache_ttl)
@@ -47,7 +46,56 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
         }
         None => record_cache::RecordCache::in_memory(key_params.record_cache_ttl),
     };
-    let store = key_store::KeyStore::new(KeyRepository::new(db), records, Arc::new(kms), changes::ChangeFeed::new());
+    let store = key_store::KeyStore::new(KeyRepository::new(db), records, keyring, changes::ChangeFeed::new());
+    Ok((store, key_params))
+}
+
+/// `key-service rewrap`: every tenant's keys, with a progress bar on a terminal and log lines otherwise.
+async fn rewrap_all(startup: Startup) -> Result<(), BoxError> {
+    let (store, _) = open_store(&startup).await?;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("re-wrap {bar:40} {pos}/{len} keys ({eta} left) {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = rewrap::run(&store, None, |p| {
+        bar.set_length(p.keys_total);
+        bar.set_position(p.keys_done);
+        bar.set_message(format!("{} re-wrapped, {} failed", p.versions_rewrapped, p.versions_failed));
+        if bar.is_hidden() {
+            tracing::info!(
+                done = p.keys_done,
+                total = p.keys_total,
+                rewrapped = p.versions_rewrapped,
+                "re-wrap progress"
+            );
+        }
+    })
+    .await?;
+    bar.finish();
+    tracing::info!(
+        target = %progress.target,
+        keys = progress.keys_done,
+        rewrapped = progress.versions_rewrapped,
+        current = progress.versions_current,
+        failed = progress.versions_failed,
+        "re-wrap complete"
+    );
+    if progress.versions_failed > 0 {
+        return Err(format!(
+            "{} version(s) could not be re-wrapped; last error: {}",
+            progress.versions_failed,
+            progress.last_error.unwrap_or_default()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn serve(startup: Startup) -> Result<(), BoxError> {
+    let token_params = TokenParams::from_raw(&startup.raw)?;
+    let listener = server::bind(startup.params.listen_addr).await?;
+    let (store, key_params) = open_store(&startup).await?;
+    let Startup { params, tls, .. } = startup;
     let poller = changes::spawn_poller(store.clone(), key_params.change_poll);
     let sweeper = maintenance::spawn(store.clone(), key_params.maintenance_interval);
 

@@ -7,9 +7,8 @@ mod rpc;
 mod secrets;
 mod signing;
 
-use std::{process::ExitCode, sync::Arc};
+use std::process::ExitCode;
 
-use keymesh_kms::{LocalKms, LocalKmsConfig};
 use keymesh_mesh::{
     ServiceName,
     config::{KmsParams, TokenParams},
@@ -30,17 +29,12 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let kms_params = KmsParams::from_raw(&raw)?;
     let listener = server::bind(params.listen_addr).await?;
 
-    let kms_config = LocalKmsConfig::resolve(
-        params.data_dir.clone(),
-        std::env::var("KEYMESH_MASTER_KEY").ok(),
-        kms_params.master_key_file.clone(),
-    );
-    let kms = LocalKms::open_off_runtime(kms_config).await?;
+    let kms = kms_params.open_keyring(&params.data_dir).await?;
     let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
     let repo = TokenRepository::new(db);
     let endpoint = params.endpoints.token_service.clone();
     bootstrap::ensure_root_tenant(&repo, &params.data_dir, &endpoint).await?;
-    let signer = signing::Signer::load_or_create(&repo, Arc::new(kms), token_params).await?;
+    let signer = signing::Signer::load_or_create(&repo, &kms, token_params).await?;
 
     let service = rpc::TokenRpc::new(repo, signer);
     let routes = Routes::new(TokenServiceServer::new(service));

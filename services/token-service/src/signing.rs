@@ -1,12 +1,10 @@
 //! The Ed25519 keys that sign access tokens. Private halves are stored only wrapped by the KEK backend;
 //! public halves are served as a JWKS. A fresh database gets its first key on first start.
 
-use std::sync::Arc;
-
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use keymesh_crypto::SecretKey;
-use keymesh_kms::{KeyEncryptionBackend, WrapContext, WrappedKey};
+use keymesh_kms::{Keyring, WrapContext, WrapSet, WrappedKey};
 use keymesh_mesh::{auth::AccessClaims, config::TokenParams};
 use keymesh_proto::v1 as pb;
 use keymesh_store::{entity::signing_key, now_millis, tokens::TokenRepository};
@@ -35,12 +33,12 @@ impl Signer {
     /// Loads the newest signing key, creating one when there is none.
     pub async fn load_or_create(
         repo: &TokenRepository,
-        kms: Arc<dyn KeyEncryptionBackend>,
+        kms: &Keyring,
         params: TokenParams,
     ) -> Result<Self, TokenError> {
         let mut keys = repo.current_signing_keys().await?;
         if keys.is_empty() {
-            let created = create_key(kms.as_ref()).await?;
+            let created = create_key(kms).await?;
             repo.insert_signing_key(created).await?;
             keys = repo.current_signing_keys().await?;
         }
@@ -50,7 +48,7 @@ impl Signer {
             kek_id: newest.kek_id.clone(),
             ciphertext: newest.wrapped_private_key.clone(),
         };
-        let private = kms.unwrap(&wrapped, &wrap_context(&newest.kid)).await?;
+        let private = kms.unwrap(&WrapSet::single(wrapped), &wrap_context(&newest.kid)).await?;
         let key = EncodingKey::from_ed_der(private.expose_secret());
         let jwks = keys
             .iter()
@@ -79,14 +77,16 @@ impl Signer {
     }
 }
 
-async fn create_key(kms: &dyn KeyEncryptionBackend) -> Result<signing_key::Model, TokenError> {
+/// The private key is wrapped under the keyring's primary only: signing keys are replaced regularly, so they
+/// move to a new primary by rotation rather than by re-wrap.
+async fn create_key(kms: &Keyring) -> Result<signing_key::Model, TokenError> {
     let internal = |e: openssl::error::ErrorStack| TokenError::Internal(format!("openssl: {e}"));
     let pkey = PKey::generate_ed25519().map_err(internal)?;
     let public = pkey.raw_public_key().map_err(internal)?;
     let private = SecretKey::from_bytes(pkey.private_key_to_pkcs8().map_err(internal)?);
     let digest = Sha256::digest(&public);
     let kid = format!("ed25519-{}", digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>());
-    let wrapped = kms.wrap(&private, &wrap_context(&kid)).await?;
+    let wrapped = kms.wrap_primary(&private, &wrap_context(&kid)).await?;
     Ok(signing_key::Model {
         kid,
         algorithm: ALGORITHM.into(),

@@ -22,6 +22,9 @@ pub struct Model {
     pub deletion_time: Option<i64>,
     /// Encryptions crypto-service has been allowed with this version (granted in blocks, so an upper bound).
     pub encryptions_granted: i64,
+    /// Further wraps of the same material under secondary KMS backends (JSON list of backend, kek id and
+    /// base64 ciphertext); `None` when the material has one wrap or is destroyed.
+    pub extra_wraps: Option<String>,
 }
 
 impl std::fmt::Debug for Model {

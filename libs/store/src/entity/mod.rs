@@ -5,5 +5,6 @@ pub mod application;
 pub mod audit_record;
 pub mod key;
 pub mod key_version;
+pub mod rewrap_job;
 pub mod signing_key;
 pub mod tenant;

@@ -11,7 +11,7 @@ use keymesh_crypto::{
     SymmetricAlgorithm,
     key_import::{self, ImportWrapping},
 };
-use keymesh_kms::{WrapContext, WrappedKey};
+use keymesh_kms::{WrapContext, WrapSet, WrappedKey};
 use keymesh_proto::v1 as pb;
 use keymesh_store::{keys::KeyLookup, now_millis};
 use serde::{Deserialize, Serialize};
@@ -101,7 +101,7 @@ impl KeyRpc {
                 .map_err(|_| KeyError::FailedPrecondition("wrapping key generation was interrupted".into()))??;
             let expires_at = now_millis() + TOKEN_LIFETIME_MS;
             let context = token_context(&claims.tenant, &record.key.id, request.wrapping_algorithm, expires_at);
-            let wrapped = self.store.kms().wrap(&pair.private_der, &context).await?;
+            let wrapped = self.store.kms().wrap_primary(&pair.private_der, &context).await?;
             let token = ImportToken {
                 v: 1,
                 tenant_id: claims.tenant.clone(),
@@ -160,8 +160,12 @@ impl KeyRpc {
                 ciphertext: STANDARD.decode(&token.wrapped_private_key).map_err(|_| invalid_token("corrupt"))?,
             };
             let context = token_context(&token.tenant_id, &token.key_id, token.wrapping, token.expires_at);
-            let private_der =
-                self.store.kms().unwrap(&wrapped_private, &context).await.map_err(|_| invalid_token("not valid"))?;
+            let private_der = match self.store.kms().unwrap(&WrapSet::single(wrapped_private), &context).await {
+                Ok(der) => der,
+                // An outage is not the caller's fault: say so rather than blame the token.
+                Err(e @ keymesh_kms::KmsError::Unavailable { .. }) => return Err(e.into()),
+                Err(_) => return Err(invalid_token("not valid")),
+            };
             let material =
                 key_import::unwrap_imported(&private_der, wrapping, &request.wrapped_key_material).map_err(|_| {
                     KeyError::InvalidArgument {

@@ -6,6 +6,7 @@ mod get_data_key;
 mod get_key;
 mod import;
 mod manage;
+mod rewrap;
 mod watch;
 
 use std::sync::Arc;
@@ -221,5 +222,14 @@ impl KeyService for KeyRpc {
         request: Request<pb::WatchKeyChangesRequest>,
     ) -> Result<Response<Self::WatchKeyChangesStream>, Status> {
         self.handle_watch_key_changes(request)
+    }
+
+    type RewrapKeysStream = rewrap::ProgressStream;
+
+    async fn rewrap_keys(
+        &self,
+        request: Request<pb::RewrapKeysRequest>,
+    ) -> Result<Response<Self::RewrapKeysStream>, Status> {
+        self.handle_rewrap_keys(request).await
     }
 }

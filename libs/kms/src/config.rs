@@ -1,0 +1,233 @@
+//! `[kms]` of the mesh configuration: which backends make up the keyring, in which roles, and how each is
+//! reached. With nothing configured the keyring is one local backend named `local` in the data directory.
+//!
+//! ```toml
+//! [kms]
+//! primary = "local-2027"          # wraps every new DEK
+//! secondary = []                  # also wrap every new DEK (unwrap fallback)
+//! retired = ["local"]             # unwrap only, until a re-wrap has moved everything off them
+//!
+//! [kms.backends.local-2027]
+//! type = "local"
+//! data_dir = "kek-2027"           # relative to the service's data directory
+//! master_key_env = "KEYMESH_MASTER_KEY_2027"
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde::Deserialize;
+
+use crate::{
+    KeyEncryptionBackend, KmsError, LocalKms, LocalKmsConfig,
+    keyring::{Keyring, Member, Role},
+};
+
+/// Name of the backend used when none is configured.
+pub const DEFAULT_BACKEND: &str = "local";
+/// Environment variable holding the local backend's master secret unless a member names another.
+pub const MASTER_KEY_ENV: &str = "KEYMESH_MASTER_KEY";
+
+/// `[kms]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsConfig {
+    /// Name of the primary member; default `local`.
+    pub primary: Option<String>,
+    /// Older spelling of `primary`.
+    pub backend: Option<String>,
+    /// Members that also wrap every new DEK, in unwrap order after the primary.
+    #[serde(default)]
+    pub secondary: Vec<String>,
+    /// Members that only unwrap.
+    #[serde(default)]
+    pub retired: Vec<String>,
+    /// Master key file of the implicit `local` backend (when `[kms.backends.local]` is not written out).
+    pub master_key_file: Option<PathBuf>,
+    /// The backends by name.
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+}
+
+/// How to reach one backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// The embedded backend: a KEK derived from a master secret.
+    Local {
+        /// Directory of its KDF state (and generated master key); relative paths are taken from the
+        /// service's data directory, which is also the default.
+        data_dir: Option<PathBuf>,
+        /// File holding the master secret.
+        master_key_file: Option<PathBuf>,
+        /// Environment variable holding the master secret; default `KEYMESH_MASTER_KEY`.
+        master_key_env: Option<String>,
+    },
+}
+
+/// A validated member: name, role and settings.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    /// Its name, stored with each wrap.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Its settings.
+    pub backend: BackendConfig,
+}
+
+/// A configuration error: the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The offending field, as written in the file.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+impl KmsConfig {
+    /// Checks the configuration and lists the keyring's members, primary first.
+    pub fn members(&self) -> Result<Vec<MemberConfig>, ConfigProblem> {
+        let problem = |field: &str, reason: String| ConfigProblem { field: format!("kms.{field}"), reason };
+        let primary = match (&self.primary, &self.backend) {
+            (Some(_), Some(_)) => {
+                return Err(problem("backend", "set `kms.primary` only (`kms.backend` is its older spelling)".into()));
+            }
+            (Some(name), None) | (None, Some(name)) => name.clone(),
+            (None, None) => DEFAULT_BACKEND.to_owned(),
+        };
+        if self.master_key_file.is_some() && self.backends.contains_key(DEFAULT_BACKEND) {
+            return Err(problem(
+                "master_key_file",
+                "is for the implicit local backend; set it in [kms.backends.local] instead".into(),
+            ));
+        }
+        let roles = std::iter::once(("primary", Role::Primary, &primary))
+            .chain(self.secondary.iter().map(|n| ("secondary", Role::Secondary, n)))
+            .chain(self.retired.iter().map(|n| ("retired", Role::Retired, n)));
+        let mut members: Vec<MemberConfig> = Vec::new();
+        for (field, role, name) in roles {
+            if members.iter().any(|m| &m.name == name) {
+                return Err(problem(field, format!("backend {name:?} appears more than once in the keyring")));
+            }
+            let backend = match self.backends.get(name) {
+                Some(backend) => backend.clone(),
+                None if name == DEFAULT_BACKEND => BackendConfig::Local {
+                    data_dir: None,
+                    master_key_file: self.master_key_file.clone(),
+                    master_key_env: None,
+                },
+                None => {
+                    let defined: Vec<&String> = self.backends.keys().collect();
+                    return Err(problem(
+                        field,
+                        format!("backend {name:?} is not defined: add [kms.backends.{name}] (defined: {defined:?})"),
+                    ));
+                }
+            };
+            members.push(MemberConfig { name: name.clone(), role, backend });
+        }
+        let mut local_dirs: Vec<(&str, Option<&PathBuf>)> = Vec::new();
+        for member in &members {
+            let BackendConfig::Local { data_dir, .. } = &member.backend;
+            if let Some((other, _)) = local_dirs.iter().find(|(_, dir)| *dir == data_dir.as_ref()) {
+                return Err(problem(
+                    &format!("backends.{}.data_dir", member.name),
+                    format!(
+                        "local backends {other:?} and {:?} would share a directory; give each its own",
+                        member.name
+                    ),
+                ));
+            }
+            local_dirs.push((&member.name, data_dir.as_ref()));
+        }
+        if let Some(unused) = self.backends.keys().find(|n| !members.iter().any(|m| &m.name == *n)) {
+            return Err(problem(
+                &format!("backends.{unused}"),
+                "is defined but not in the keyring: name it in primary, secondary or retired, or remove it".into(),
+            ));
+        }
+        Ok(members)
+    }
+
+    /// Opens every member's backend and builds the keyring. `data_dir` is the service's data directory.
+    pub async fn open(&self, data_dir: &Path) -> Result<Keyring, KmsError> {
+        let members = self.members().map_err(|p| KmsError::Config { reason: format!("{}: {}", p.field, p.reason) })?;
+        let mut ring = Vec::with_capacity(members.len());
+        for member in members {
+            let backend: Arc<dyn KeyEncryptionBackend> = match &member.backend {
+                BackendConfig::Local { data_dir: dir, master_key_file, master_key_env } => {
+                    let dir = dir.as_ref().map_or_else(|| data_dir.to_path_buf(), |d| data_dir.join(d));
+                    let env = std::env::var(master_key_env.as_deref().unwrap_or(MASTER_KEY_ENV)).ok();
+                    Arc::new(
+                        LocalKms::open_off_runtime(LocalKmsConfig::resolve(dir, env, master_key_file.clone())).await?,
+                    )
+                }
+            };
+            ring.push(Member { name: member.name, role: member.role, backend });
+        }
+        Keyring::new(ring)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn parse(text: &str) -> KmsConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn nothing_configured_is_one_local_backend() {
+        let members = KmsConfig::default().members().unwrap();
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].name, "local");
+        assert_eq!(members[0].role, Role::Primary);
+        // The older spelling still works.
+        let old = parse("backend = \"local\"\nmaster_key_file = \"/k\"");
+        let BackendConfig::Local { master_key_file, .. } = &old.members().unwrap()[0].backend;
+        assert_eq!(master_key_file.as_deref(), Some(Path::new("/k")));
+    }
+
+    #[test]
+    fn a_keyring_with_roles() {
+        let config = parse(
+            r#"
+            primary = "new"
+            retired = ["local"]
+            [backends.new]
+            type = "local"
+            data_dir = "kek-new"
+            master_key_env = "NEW_MASTER"
+            "#,
+        );
+        let members = config.members().unwrap();
+        assert_eq!(
+            members.iter().map(|m| (m.name.as_str(), m.role)).collect::<Vec<_>>(),
+            [("new", Role::Primary), ("local", Role::Retired)]
+        );
+    }
+
+    #[test]
+    fn mistakes_name_their_field() {
+        let cases = [
+            ("primary = \"nope\"", "kms.primary"),
+            ("primary = \"local\"\nbackend = \"local\"", "kms.backend"),
+            ("secondary = [\"local\"]", "kms.secondary"),
+            ("[backends.spare]\ntype = \"local\"\ndata_dir = \"x\"", "kms.backends.spare"),
+            ("secondary = [\"b\"]\n[backends.b]\ntype = \"local\"", "kms.backends.b.data_dir"),
+        ];
+        for (text, field) in cases {
+            let problem = parse(text).members().unwrap_err();
+            assert_eq!(problem.field, field, "{text}: {problem:?}");
+        }
+        assert!(toml::from_str::<KmsConfig>("[backends.x]\ntype = \"local\"\nbogus = 1").is_err());
+        assert!(toml::from_str::<KmsConfig>("[backends.x]\ntype = \"carrier-pigeon\"").is_err());
+    }
+}
