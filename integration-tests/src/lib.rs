@@ -43,6 +43,7 @@ pub struct Mesh {
     /// host:port of each service.
     pub endpoints: Endpoints,
     env: BTreeMap<String, String>,
+    per_service: Vec<(ServiceName, String, String)>,
     /// The data directory (removed on drop).
     pub dir: tempfile::TempDir,
 }
@@ -51,7 +52,6 @@ impl Mesh {
     /// Starts the mesh with extra `KEYMESH_*` variables for all services and per-service ones.
     pub async fn start(common: &[(&str, &str)], per_service: &[(ServiceName, &str, &str)]) -> Mesh {
         keymesh_mesh::install_crypto_provider();
-        let bins = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
         let endpoints = Endpoints {
@@ -70,23 +70,14 @@ impl Mesh {
         for (k, v) in common {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
-        let mut mesh = Mesh { children: Vec::new(), endpoints, env, dir };
+        let per_service = per_service.iter().map(|(s, k, v)| (*s, (*k).to_owned(), (*v).to_owned())).collect();
+        let mut mesh = Mesh { children: Vec::new(), endpoints, env, per_service, dir };
         // token-service first: it creates the PKI's CA, the master key and the bootstrap credentials; the
         // others would wait on the same locks anyway.
         for service in
             [ServiceName::TokenService, ServiceName::AuditService, ServiceName::KeyService, ServiceName::CryptoService]
         {
-            let mut command = Command::new(bins.join(service.as_str()));
-            command.env_clear().envs(&mesh.env).kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::inherit());
-            if let Ok(path) = std::env::var("PATH") {
-                command.env("PATH", path);
-            }
-            for (s, k, v) in per_service {
-                if *s == service {
-                    command.env(k, v);
-                }
-            }
-            let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {service}: {e}"));
+            let child = mesh.command(service).spawn().unwrap_or_else(|e| panic!("cannot start {service}: {e}"));
             mesh.children.push((service, child));
             mesh.wait_serving(service).await;
         }
@@ -145,14 +136,11 @@ impl Mesh {
     }
 
     /// Starts one more process of `service` with the mesh's environment plus `extra`, on a new port, and
-    /// waits until it serves; returns its endpoint. Replicas share the data directory (and so the KEK).
+    /// waits until it serves; returns its endpoint. Replicas share the data directory (and so the KEK) and
+    /// the service's own variables given to [`Mesh::start`].
     pub async fn spawn_replica(&mut self, service: ServiceName, extra: &[(&str, &str)]) -> String {
         let endpoint = format!("127.0.0.1:{}", free_port());
-        let mut command = Command::new(bin_dir().join(service.as_str()));
-        command.env_clear().envs(&self.env).kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::inherit());
-        if let Ok(path) = std::env::var("PATH") {
-            command.env("PATH", path);
-        }
+        let mut command = self.command(service);
         for (k, v) in extra {
             command.env(k, v);
         }
@@ -175,6 +163,36 @@ impl Mesh {
         }
         self.children.push((service, child));
         endpoint
+    }
+
+    /// Stops `service` (SIGKILL: a crash, not a shutdown) and starts it again on its port with the mesh's
+    /// environment plus `extra`, waiting until it serves.
+    pub async fn restart(&mut self, service: ServiceName, extra: &[(&str, &str)]) {
+        if let Some(index) = self.children.iter().position(|(s, _)| *s == service) {
+            let (_, mut child) = self.children.remove(index);
+            child.kill().await.expect("kill");
+        }
+        let mut command = self.command(service);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot restart {service}: {e}"));
+        self.children.push((service, child));
+        self.wait_serving(service).await;
+    }
+
+    /// A command that runs `service`'s binary with the mesh's environment, common and per service (add
+    /// arguments and variables).
+    pub fn command(&self, service: ServiceName) -> Command {
+        let mut command = Command::new(bin_dir().join(service.as_str()));
+        command.env_clear().envs(&self.env).kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::inherit());
+        if let Ok(path) = std::env::var("PATH") {
+            command.env("PATH", path);
+        }
+        for (_, k, v) in self.per_service.iter().filter(|(s, _, _)| *s == service) {
+            command.env(k, v);
+        }
+        command
     }
 
     /// The process of `service`.

@@ -250,6 +250,13 @@ pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<RawCo
 
 /// Numbers and booleans in the environment are typed like TOML literals; everything else is a string.
 fn env_value(value: &str) -> toml::Value {
+    // Lists are written as TOML arrays: KEYMESH_KMS__SECONDARY='["aws-eu", "vault"]'.
+    if value.trim_start().starts_with('[')
+        && let Ok(mut table) = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        && let Some(list) = table.remove("v")
+    {
+        return list;
+    }
     if let Ok(i) = value.parse::<i64>() {
         toml::Value::Integer(i)
     } else if let Ok(b) = value.parse::<bool>() {
@@ -674,6 +681,9 @@ mod tests {
 
         let raw = load(None, &env(&[("KEYMESH_KMS__PRIMARY", "hsm")])).unwrap();
         assert!(KmsParams::from_raw(&raw).unwrap_err().to_string().contains("kms.primary"));
+        let raw =
+            load(None, &env(&[("KEYMESH_KMS__RETIRED", r#"["old"]"#), ("KEYMESH_KMS__PRIMARY", "local")])).unwrap();
+        assert_eq!(raw.kms.retired, ["old"]);
         // Master secrets of further local backends are not configuration fields.
         assert!(load(None, &env(&[("KEYMESH_MASTER_KEY_2027", "s3cret")])).is_ok());
 
