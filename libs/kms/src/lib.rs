@@ -7,11 +7,13 @@ pub mod config;
 mod error;
 pub mod keyring;
 pub mod local;
+pub mod resilient;
 
 pub use config::KmsConfig;
 pub use error::KmsError;
 pub use keyring::{Keyring, WrapSet};
 pub use local::{LocalKms, LocalKmsConfig, MasterKeySource};
+pub use resilient::{ResiliencePolicy, Resilient};
 
 use keymesh_crypto::SecretKey;
 
