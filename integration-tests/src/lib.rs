@@ -165,6 +165,20 @@ impl Mesh {
         endpoint
     }
 
+    /// The `keymesh` CLI with the mesh's common environment, so it finds the endpoints and the development PKI.
+    pub fn cli(&self) -> Command {
+        self.program("keymesh")
+    }
+
+    fn program(&self, name: &str) -> Command {
+        let mut command = Command::new(bin_dir().join(name));
+        command.env_clear().envs(&self.env).kill_on_drop(true).stderr(Stdio::inherit());
+        if let Ok(path) = std::env::var("PATH") {
+            command.env("PATH", path);
+        }
+        command
+    }
+
     /// Stops `service` (SIGKILL: a crash, not a shutdown) and starts it again on its port with the mesh's
     /// environment plus `extra`, waiting until it serves.
     pub async fn restart(&mut self, service: ServiceName, extra: &[(&str, &str)]) {
@@ -184,11 +198,8 @@ impl Mesh {
     /// A command that runs `service`'s binary with the mesh's environment, common and per service (add
     /// arguments and variables).
     pub fn command(&self, service: ServiceName) -> Command {
-        let mut command = Command::new(bin_dir().join(service.as_str()));
-        command.env_clear().envs(&self.env).kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::inherit());
-        if let Ok(path) = std::env::var("PATH") {
-            command.env("PATH", path);
-        }
+        let mut command = self.program(service.as_str());
+        command.stdout(Stdio::null());
         for (_, k, v) in self.per_service.iter().filter(|(s, _, _)| *s == service) {
             command.env(k, v);
         }

@@ -108,15 +108,20 @@ async fn rewrap_moves_every_dek_to_a_new_kek_online_and_resumes_after_a_crash() 
 
     // New keyring: `next` wraps, the old local KEK only unwraps. Everything still decrypts, and new keys
     // are wrapped under `next` alone.
-    mesh.restart(ServiceName::KeyService, &next_keyring(&[("KEYMESH_KMS__RETIRED", r#"["local"]"#)])).await;
+    let retiring = next_keyring(&[("KEYMESH_KMS__RETIRED", r#"["local"]"#)]);
+    mesh.restart(ServiceName::KeyService, &retiring).await;
+    // token-service moves its signing key to the new primary when it starts with the new keyring.
+    mesh.restart(ServiceName::TokenService, &retiring).await;
     decrypt_all(&admin, &ciphertexts, "old ciphertexts through the retired KEK").await;
     let fresh = admin.create_key("after-switch").await.unwrap();
-    let fresh_row =
-        format!("SELECT count(*) FROM key_versions WHERE key_id = '{}' AND kek_backend = 'next'", fresh.key_id);
+    let fresh_row = format!(
+        "SELECT count(*) FROM key_versions WHERE key_id = '{}' AND kek_backend = 'next' AND extra_wraps IS NULL",
+        fresh.key_id
+    );
     assert_eq!(count(&db, &fresh_row).await, 1);
 
-    // Re-wrap through the RPC, slowed by a frozen Redis (each invalidation waits out its deadline), and crash
-    // key-service part-way.
+    // Re-wrap through the RPC while Redis is frozen (invalidations time out; the run goes on), and crash
+    // key-service right after the first saved progress (every 50 keys).
     redis.pause(true);
     let partial = rewrap(&admin, |m| m.keys_done > 0 && !m.done).await;
     let first = &partial[0];
@@ -137,20 +142,42 @@ async fn rewrap_moves_every_dek_to_a_new_kek_online_and_resumes_after_a_crash() 
     // The caller's versions: all but the other tenant's one, plus after-switch. Versions done between the last
     // saved cursor and the crash count again, as current, in the resumed run.
     assert!(last.versions_rewrapped + last.versions_current >= versions as u64, "{last:?}");
-    let stale = "SELECT count(*) FROM key_versions v JOIN keys k ON k.id = v.key_id WHERE v.wrapped_material IS NOT \
-                 NULL AND (v.kek_backend <> 'next' OR v.extra_wraps IS NOT NULL)";
+    let stale = "SELECT count(*) FROM key_versions WHERE wrapped_material IS NOT NULL AND (kek_backend <> 'next' OR \
+                 extra_wraps IS NOT NULL)";
     // Only the other tenant's key is left: the RPC re-wraps the caller's tenant alone.
     assert_eq!(count(&db, stale).await, 1);
 
     // The old KEK can go: with `next` alone, every old ciphertext still decrypts (after both services forget
     // what they cached), and a second run finds nothing to do.
     mesh.restart(ServiceName::KeyService, &next_keyring(&[])).await;
+    mesh.restart(ServiceName::TokenService, &next_keyring(&[])).await;
     mesh.restart(ServiceName::CryptoService, &[]).await;
-    decrypt_all(&admin, &ciphertexts, "with the old KEK removed").await;
+    let admin = mesh.admin_client();
+    decrypt_all(&admin, &ciphertexts, "with the old KEK removed (and a token signed under the new one)").await;
     let again = rewrap(&admin, |_| false).await;
     let again = again.last().unwrap();
     assert!(!again.resumed && again.done && again.versions_rewrapped == 0, "{again:?}");
     assert_eq!(again.versions_current as i64, versions, "{again:?}");
+
+    // The CLI follows the same RPC, and checks a keyring end to end before anyone relies on it.
+    let output = mesh.cli().args(["keys", "rewrap"]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && stdout.contains("re-wrapped to next=local/"), "{output:?}");
+    let output = mesh
+        .cli()
+        .args(["kms", "check"])
+        .envs(next_keyring(&[("KEYMESH_KMS__RETIRED", r#"["local"]"#)]))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{stdout}");
+    let wrong_secret = next_keyring(&[("KEYMESH_MASTER_KEY_NEXT", "not the secret kek-next was made with")]);
+    let output = mesh.cli().args(["kms", "check"]).envs(wrong_secret).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("does not match"), "{output:?}");
+    assert!(!stderr.contains("not the secret"), "the secret must not be echoed: {stderr}");
 
     // The command covers every tenant; here it also adds the old local KEK back as a secondary, so every
     // version ends up wrapped under both.
@@ -173,7 +200,7 @@ async fn rewrap_moves_every_dek_to_a_new_kek_online_and_resumes_after_a_crash() 
     other.encrypt("other-tenant-key", b"still mine".to_vec(), Vec::new()).await.unwrap();
 
     // A keyring that holds none of the KEKs cannot re-wrap: the command fails, says why, and changes nothing.
-    let before = count(&db, "SELECT count(*) FROM key_versions WHERE kek_backend = 'next'").await;
+    let before = count(&db, both).await;
     let output = mesh
         .command(ServiceName::KeyService)
         .arg("rewrap")
@@ -190,5 +217,5 @@ async fn rewrap_moves_every_dek_to_a_new_kek_online_and_resumes_after_a_crash() 
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("could not be re-wrapped"), "{stderr}");
     assert!(!stderr.contains("master secret"), "no secret in the output: {stderr}");
-    assert_eq!(count(&db, "SELECT count(*) FROM key_versions WHERE kek_backend = 'next'").await, before);
+    assert_eq!(count(&db, both).await, before);
 }

@@ -130,10 +130,13 @@ impl KmsConfig {
             };
             members.push(MemberConfig { name: name.clone(), role, backend });
         }
-        let mut local_dirs: Vec<(&str, Option<&PathBuf>)> = Vec::new();
+        // Compared as the service would resolve them (relative to its data directory; `None` is the directory
+        // itself), so `"."`, `"./x"` and `"x"` are recognised as the same place.
+        let mut local_dirs: Vec<(&str, PathBuf)> = Vec::new();
         for member in &members {
             let BackendConfig::Local { data_dir, .. } = &member.backend;
-            if let Some((other, _)) = local_dirs.iter().find(|(_, dir)| *dir == data_dir.as_ref()) {
+            let resolved = normalized(data_dir.as_deref().unwrap_or(Path::new(".")));
+            if let Some((other, _)) = local_dirs.iter().find(|(_, dir)| *dir == resolved) {
                 return Err(problem(
                     &format!("backends.{}.data_dir", member.name),
                     format!(
@@ -142,7 +145,7 @@ impl KmsConfig {
                     ),
                 ));
             }
-            local_dirs.push((&member.name, data_dir.as_ref()));
+            local_dirs.push((&member.name, resolved));
         }
         if let Some(unused) = self.backends.keys().find(|n| !members.iter().any(|m| &m.name == *n)) {
             return Err(problem(
@@ -162,6 +165,18 @@ impl KmsConfig {
                 BackendConfig::Local { data_dir: dir, master_key_file, master_key_env } => {
                     let dir = dir.as_ref().map_or_else(|| data_dir.to_path_buf(), |d| data_dir.join(d));
                     let env = std::env::var(master_key_env.as_deref().unwrap_or(MASTER_KEY_ENV)).ok();
+                    // A variable named on purpose but missing must not quietly become a new master key.
+                    if let Some(name) = master_key_env
+                        && env.as_deref().is_none_or(str::is_empty)
+                        && master_key_file.is_none()
+                    {
+                        return Err(KmsError::Config {
+                            reason: format!(
+                                "kms.backends.{}.master_key_env names {name}, which is not set",
+                                member.name
+                            ),
+                        });
+                    }
                     Arc::new(
                         LocalKms::open_off_runtime(LocalKmsConfig::resolve(dir, env, master_key_file.clone())).await?,
                     )
@@ -171,6 +186,11 @@ impl KmsConfig {
         }
         Keyring::new(ring)
     }
+}
+
+/// A relative path without `.` components.
+fn normalized(path: &Path) -> PathBuf {
+    path.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
 }
 
 #[cfg(test)]
@@ -222,6 +242,7 @@ mod tests {
             ("secondary = [\"local\"]", "kms.secondary"),
             ("[backends.spare]\ntype = \"local\"\ndata_dir = \"x\"", "kms.backends.spare"),
             ("secondary = [\"b\"]\n[backends.b]\ntype = \"local\"", "kms.backends.b.data_dir"),
+            ("secondary = [\"b\"]\n[backends.b]\ntype = \"local\"\ndata_dir = \"./\"", "kms.backends.b.data_dir"),
         ];
         for (text, field) in cases {
             let problem = parse(text).members().unwrap_err();

@@ -176,6 +176,23 @@ impl Keyring {
         set.0.len() == wanted.len() && wanted.iter().all(|m| current_wrap(m, set).is_some())
     }
 
+    /// Whether a single wrap (of material kept under the primary only) is under the primary's current KEK.
+    pub fn is_current_primary(&self, wrapped: &WrappedKey) -> bool {
+        let primary = self.primary();
+        wrapped.backend == primary.name && primary.backend.is_current(wrapped)
+    }
+
+    /// What wrapping under this keyring means now, as "name=kek-id" pairs of the members that wrap: two
+    /// keyrings with the same target wrap alike.
+    pub fn target(&self) -> String {
+        self.members
+            .iter()
+            .filter(|m| m.role != Role::Retired)
+            .map(|m| format!("{}={}", m.name, m.backend.describe().kek_id))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The set this keyring would make now, keeping the wraps that are already current, or `None` when the
     /// set is current. Unlike [`Keyring::wrap`], every member must succeed: a re-wrap exists to complete
     /// sets. Wraps under retired or unknown backends are dropped.

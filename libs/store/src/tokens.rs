@@ -52,6 +52,24 @@ impl TokenRepository {
         Ok(())
     }
 
+    /// Replaces a signing key's wrapped private key (after moving it to another KEK).
+    pub async fn rewrap_signing_key(
+        &self,
+        kid: &str,
+        wrapped_private_key: Vec<u8>,
+        kek_backend: String,
+        kek_id: String,
+    ) -> Result<(), StoreError> {
+        signing_key::Entity::update_many()
+            .col_expr(signing_key::Column::WrappedPrivateKey, sea_orm::sea_query::Expr::value(wrapped_private_key))
+            .col_expr(signing_key::Column::KekBackend, sea_orm::sea_query::Expr::value(kek_backend))
+            .col_expr(signing_key::Column::KekId, sea_orm::sea_query::Expr::value(kek_id))
+            .filter(signing_key::Column::Kid.eq(kid))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// Signing keys not retired, newest first.
     pub async fn current_signing_keys(&self) -> Result<Vec<signing_key::Model>, StoreError> {
         Ok(signing_key::Entity::find()

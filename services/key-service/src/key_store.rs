@@ -96,7 +96,23 @@ impl KeyStore {
         if let Some(dek) = self.deks.get(&cache_key).await {
             return Ok((dek, false));
         }
-        let dek = Arc::new(self.unwrap(record, version).await?);
+        let dek = match self.unwrap(record, version).await {
+            Ok(dek) => dek,
+            // The record may come from a cache that missed a re-wrap (its wraps may name a KEK that is no
+            // longer configured): the database has the truth, and the stale entry goes.
+            Err(KeyError::Kms(e)) => match self.repo.version(&record.key.id, version.version as u32).await? {
+                Some(fresh)
+                    if fresh.wrapped_material != version.wrapped_material
+                        || fresh.extra_wraps != version.extra_wraps =>
+                {
+                    self.forget(std::slice::from_ref(&record.key.id)).await;
+                    self.unwrap(record, &fresh).await?
+                }
+                _ => return Err(KeyError::Kms(e)),
+            },
+            Err(e) => return Err(e),
+        };
+        let dek = Arc::new(dek);
         self.deks.insert(cache_key, dek.clone()).await;
         Ok((dek, true))
     }
@@ -213,12 +229,8 @@ struct StoredWrap {
 /// (so single-backend rows read as they always did), the others in `extra_wraps`.
 pub fn stored_wraps(version: &key_version::Model) -> Result<Option<WrapSet>, KeyError> {
     let Some(ciphertext) = version.wrapped_material.clone() else { return Ok(None) };
-    let corrupt = |detail: String| {
-        KeyError::Store(keymesh_store::StoreError::Corrupt {
-            what: "extra_wraps",
-            detail: format!("key {} version {}: {detail}", version.key_id, version.version),
-        })
-    };
+    let corrupt =
+        |detail: String| corrupt_wraps(format!("key {} version {}: {detail}", version.key_id, version.version));
     let mut wraps =
         vec![WrappedKey { backend: version.kek_backend.clone(), kek_id: version.kek_id.clone(), ciphertext }];
     if let Some(extra) = &version.extra_wraps {
@@ -229,6 +241,10 @@ pub fn stored_wraps(version: &key_version::Model) -> Result<Option<WrapSet>, Key
         }
     }
     Ok(WrapSet::new(wraps))
+}
+
+fn corrupt_wraps(detail: String) -> KeyError {
+    KeyError::Store(keymesh_store::StoreError::Corrupt { what: "extra_wraps", detail })
 }
 
 /// Stores `wraps` in the version's row.
@@ -248,9 +264,7 @@ pub fn store_wraps(version: &mut key_version::Model, wraps: &WrapSet) -> Result<
                 ciphertext: B64.encode(&w.ciphertext),
             })
             .collect();
-        Some(serde_json::to_string(&rest).map_err(|e| {
-            KeyError::Store(keymesh_store::StoreError::Corrupt { what: "extra_wraps", detail: e.to_string() })
-        })?)
+        Some(serde_json::to_string(&rest).map_err(|e| corrupt_wraps(e.to_string()))?)
     };
     Ok(())
 }

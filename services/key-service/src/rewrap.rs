@@ -3,7 +3,8 @@
 //! Ciphertexts are never touched: the DEKs stay the same, only their wrapping changes.
 //!
 //! Online: each key is locked only while its own versions are re-wrapped, and keys created or rotated
-//! meanwhile are wrapped under the new keyring anyway. Resumable: the job's cursor (the last key id done)
+//! meanwhile are wrapped under the new keyring anyway, provided every replica already runs it (hence: roll
+//! the new configuration out first, then re-wrap). Resumable: the job's cursor (the last key id done)
 //! and counters are saved in `rewrap_jobs`, so a run after a crash continues from there; re-wrapping a
 //! version that is already current is a no-op, so overlap costs nothing. A start takes over the job of its
 //! scope; a runner that finds itself taken over stops. A KMS outage stops the run (to resume later) rather
@@ -12,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use keymesh_kms::{KmsError, keyring::Role};
+use keymesh_kms::KmsError;
 use keymesh_store::{entity::rewrap_job, keys::KeyLookup, now_millis};
 
 use crate::{
@@ -22,7 +23,8 @@ use crate::{
 
 /// Keys fetched per page of the walk.
 const PAGE: u64 = 100;
-/// How often progress is saved and reported at most.
+/// Progress is saved (and reported) after this many keys or this much time, whichever comes first.
+const SAVE_EVERY_KEYS: i64 = 50;
 const SAVE_EVERY: Duration = Duration::from_millis(500);
 
 /// How far a re-wrap got.
@@ -65,18 +67,6 @@ impl Progress {
     }
 }
 
-/// The keyring a re-wrap targets, as stored in the job: the members that wrap, with their KEKs.
-pub fn target(store: &KeyStore) -> String {
-    store
-        .kms()
-        .members()
-        .iter()
-        .filter(|m| m.role != Role::Retired)
-        .map(|m| format!("{}={}", m.name, m.backend.describe().kek_id))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Re-wraps every key of `tenant` (or of every tenant), calling `report` as it goes. Returns the final
 /// progress; an error means the run stopped early and a new run resumes it.
 pub async fn run(
@@ -86,7 +76,7 @@ pub async fn run(
 ) -> Result<Progress, KeyError> {
     let repo = store.repo();
     let scope = tenant.unwrap_or("*").to_owned();
-    let target = target(store);
+    let target = store.kms().target();
     let runner = uuid::Uuid::new_v4().to_string();
     let now = now_millis();
     let (mut job, resumed) = match repo.rewrap_job(&scope).await? {
@@ -146,7 +136,7 @@ pub async fn run(
             }
             job.keys_done += 1;
             job.cursor = Some(id);
-            if last_save.elapsed() >= SAVE_EVERY {
+            if job.keys_done % SAVE_EVERY_KEYS == 0 || last_save.elapsed() >= SAVE_EVERY {
                 save(store, &mut job).await?;
                 report(&Progress::of(&job, resumed));
                 last_save = Instant::now();
@@ -197,8 +187,20 @@ async fn rewrap_key(store: &KeyStore, key_id: &str) -> Result<KeyOutcome, KeyErr
     let mut outcome = KeyOutcome::default();
     let record = locked.record.clone();
     for version in &mut locked.record.versions {
-        let Some(wraps) = stored_wraps(version)? else { continue };
-        let context = wrap_context(&record, version.version as u32, symmetric(&record, version)?);
+        // A version that cannot even be read is counted and skipped, so it cannot stall every resume.
+        let prepared = stored_wraps(version).and_then(|wraps| {
+            let context = wrap_context(&record, version.version as u32, symmetric(&record, version)?);
+            Ok(wraps.map(|w| (w, context)))
+        });
+        let (wraps, context) = match prepared {
+            Ok(Some(prepared)) => prepared,
+            Ok(None) => continue,
+            Err(e) => {
+                outcome.failed += 1;
+                outcome.error = Some(format!("key {key_id} version {}: {e}", version.version));
+                continue;
+            }
+        };
         match store.kms().rewrap(&wraps, &context).await {
             Ok(Some(new)) => {
                 store_wraps(version, &new)?;

@@ -42,6 +42,7 @@ impl Signer {
             repo.insert_signing_key(created).await?;
             keys = repo.current_signing_keys().await?;
         }
+        move_to_primary(repo, kms, &mut keys).await?;
         let newest = keys.first().ok_or_else(|| TokenError::Internal("no signing key after creating one".into()))?;
         let wrapped = WrappedKey {
             backend: newest.kek_backend.clone(),
@@ -77,8 +78,37 @@ impl Signer {
     }
 }
 
-/// The private key is wrapped under the keyring's primary only: signing keys are replaced regularly, so they
-/// move to a new primary by rotation rather than by re-wrap.
+/// Keeps every current signing key wrapped under the keyring's primary KEK: a key still wrapped under another
+/// (retired) member is re-wrapped at start, so that member can leave the configuration afterwards, as it can
+/// for key-service once its re-wrap is done.
+async fn move_to_primary(
+    repo: &TokenRepository,
+    kms: &Keyring,
+    keys: &mut [signing_key::Model],
+) -> Result<(), TokenError> {
+    for key in keys.iter_mut() {
+        let wrapped = WrappedKey {
+            backend: key.kek_backend.clone(),
+            kek_id: key.kek_id.clone(),
+            ciphertext: key.wrapped_private_key.clone(),
+        };
+        if kms.is_current_primary(&wrapped) {
+            continue;
+        }
+        let context = wrap_context(&key.kid);
+        let private = kms.unwrap(&WrapSet::single(wrapped), &context).await?;
+        let moved = kms.wrap_primary(&private, &context).await?;
+        repo.rewrap_signing_key(&key.kid, moved.ciphertext.clone(), moved.backend.clone(), moved.kek_id.clone())
+            .await?;
+        tracing::info!(kid = %key.kid, backend = %moved.backend, "re-wrapped a token signing key under the primary KEK");
+        key.wrapped_private_key = moved.ciphertext;
+        key.kek_backend = moved.backend;
+        key.kek_id = moved.kek_id;
+    }
+    Ok(())
+}
+
+/// The private key is wrapped under the keyring's primary only; `move_to_primary` follows the primary.
 async fn create_key(kms: &Keyring) -> Result<signing_key::Model, TokenError> {
     let internal = |e: openssl::error::ErrorStack| TokenError::Internal(format!("openssl: {e}"));
     let pkey = PKey::generate_ed25519().map_err(internal)?;

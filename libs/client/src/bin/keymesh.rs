@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use keymesh_client::{ClientError, Credentials, Endpoints, KeymeshClient, bootstrap_credentials_path};
 use keymesh_mesh::{
     ServiceName,
-    config::{self, MeshParams},
+    config::{self, KmsParams, MeshParams},
     pki::TlsMaterial,
     run::dev_client_tls,
 };
@@ -77,6 +77,11 @@ enum Command {
     },
     /// Print an access token (for grpcurl and friends).
     Token,
+    /// The KEK backends of the configuration (run where key-service runs, with its configuration).
+    Kms {
+        #[command(subcommand)]
+        command: KmsCommand,
+    },
     /// Check grpc.health.v1 of every service over mTLS (exit status 1 unless all are SERVING).
     Health {
         /// Keep trying for this many seconds before giving up.
@@ -97,6 +102,17 @@ enum KeysCommand {
         /// Key name or id.
         name: String,
     },
+    /// Re-wrap the material of every key of your tenant under the KEK keyring key-service runs with now,
+    /// printing progress (admin or owner role). Running it again resumes an interrupted run.
+    Rewrap,
+}
+
+#[derive(Subcommand)]
+enum KmsCommand {
+    /// Open every backend of the configured keyring as key-service would, wrap a probe key with each and
+    /// unwrap it again; says what is wrong in plain words and exits 1 unless every backend works. A local
+    /// backend creates its master key on first use, as key-service would.
+    Check,
 }
 
 fn main() -> ExitCode {
@@ -204,9 +220,94 @@ async fn health(cli: &Cli, wait: u64) -> Result<(), ClientError> {
     if all_serving { Ok(()) } else { Err(ClientError::Setup("not every service is SERVING".into())) }
 }
 
+/// `keymesh kms check`.
+async fn kms_check(cli: &Cli) -> Result<(), ClientError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let raw = config::load(cli.config.as_deref(), &env).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let params = MeshParams::from_raw(ServiceName::KeyService, &raw).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let kms = KmsParams::from_raw(&raw).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let keyring = kms
+        .config
+        .open(&params.data_dir)
+        .await
+        .map_err(|e| ClientError::Setup(format!("the keyring cannot be opened: {e}")))?;
+    let probe = keymesh_crypto::SecretKey::generate(32).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let context = keymesh_kms::WrapContext {
+        tenant_id: "keymesh-kms-check".into(),
+        key_id: "probe".into(),
+        version: 1,
+        algorithm: "AES-256-GCM".into(),
+    };
+    let mut failures = 0;
+    for member in keyring.members() {
+        let started = std::time::Instant::now();
+        let outcome = match member.backend.wrap(&probe, &context).await {
+            Ok(wrapped) => match member.backend.unwrap(&wrapped, &context).await {
+                Ok(back) if back.expose_secret() == probe.expose_secret() => {
+                    Ok(format!("wrap and unwrap work ({} ms)", started.elapsed().as_millis()))
+                }
+                Ok(_) => Err("unwrap returned different bytes than were wrapped".to_owned()),
+                Err(e) => Err(format!("wrapping works but unwrapping fails: {e}")),
+            },
+            Err(e) => Err(format!("cannot wrap: {e}")),
+        };
+        let description = member.backend.describe();
+        let line = match outcome {
+            Ok(ok) => format!(
+                "ok    {:<12} {:<10} {} — {ok}\n",
+                member.name,
+                format!("{:?}", member.role),
+                description.detail
+            ),
+            Err(problem) => {
+                failures += 1;
+                format!(
+                    "FAIL  {:<12} {:<10} {} — {problem}\n",
+                    member.name,
+                    format!("{:?}", member.role),
+                    description.detail
+                )
+            }
+        };
+        write_stdout(line.as_bytes())?;
+    }
+    if failures == 0 { Ok(()) } else { Err(ClientError::Setup(format!("{failures} KMS backend(s) failed the check"))) }
+}
+
+/// `keymesh keys rewrap`: follows RewrapKeys, one line per progress report.
+async fn rewrap(client: &KeymeshClient) -> Result<(), ClientError> {
+    let request = client.authorized(pb::RewrapKeysRequest {}).await?;
+    let mut stream = client.key_service().rewrap_keys(request).await.map_err(ClientError::Status)?.into_inner();
+    let mut last = None;
+    while let Some(progress) = stream.message().await.map_err(ClientError::Status)? {
+        let line = format!(
+            "{}/{} keys, {} versions re-wrapped, {} already current, {} failed{}\n",
+            progress.keys_done,
+            progress.keys_total,
+            progress.versions_rewrapped,
+            progress.versions_current,
+            progress.versions_failed,
+            if progress.resumed { " (resumed)" } else { "" }
+        );
+        std::io::stderr().write_all(line.as_bytes()).map_err(|e| ClientError::Setup(e.to_string()))?;
+        last = Some(progress);
+    }
+    match last {
+        Some(p) if p.done && p.versions_failed == 0 => write_stdout(format!("re-wrapped to {}\n", p.target).as_bytes()),
+        Some(p) if p.done => Err(ClientError::Setup(format!(
+            "{} version(s) could not be re-wrapped; last error: {}",
+            p.versions_failed, p.last_error
+        ))),
+        _ => Err(ClientError::Setup("the re-wrap stream ended early; run the command again to resume".into())),
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), ClientError> {
     if let Command::Health { wait } = cli.command {
         return health(&cli, wait).await;
+    }
+    if let Command::Kms { command: KmsCommand::Check } = cli.command {
+        return kms_check(&cli).await;
     }
     let client = setup(&cli)?;
     match cli.command {
@@ -234,6 +335,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             print_json(key_json(&client.create_key(&name).await?))
         }
         Command::Keys { command: KeysCommand::Get { name } } => print_json(key_json(&client.get_key(&name).await?)),
+        Command::Keys { command: KeysCommand::Rewrap } => rewrap(&client).await,
         Command::Audit { operation, limit } => {
             let records = client
                 .audit_query(pb::QueryRequest { operation: operation.unwrap_or_default(), limit, ..Default::default() })
@@ -255,7 +357,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
             Ok(())
         }
-        Command::Health { .. } => Ok(()),
+        Command::Health { .. } | Command::Kms { .. } => Ok(()),
         Command::Token => {
             let token = client.access_token().await?;
             write_stdout(format!("{}\n", token.as_str()).as_bytes())

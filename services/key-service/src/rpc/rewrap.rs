@@ -1,6 +1,6 @@
 //! RewrapKeys: the caller's tenant's share of a KEK re-wrap, with progress streamed back. The run belongs
-//! to key-service, not to the stream: a client that goes away does not stop it, and calling again follows
-//! (takes over) the same job.
+//! to key-service, not to the stream: a client that goes away does not stop it. Calling again takes over an
+//! unfinished job from its cursor (the old runner stops at its next save) or starts a finished one afresh.
 
 use std::pin::Pin;
 
