@@ -81,19 +81,23 @@ impl LockedKey {
                 Some(_) => {
                     version.clone().into_active_model().reset_all().update(&txn).await?;
                 }
-                None => {
-                    version
-                        .clone()
-                        .into_active_model()
-                        .insert(&txn)
-                        .await
-                        .map_err(|e| StoreError::from_insert("key version", e))?;
-                }
+                None => insert_version(&txn, version).await?,
             }
         }
         txn.commit().await?;
         Ok((record, true))
     }
+}
+
+/// Inserts one new key version; a version number taken already is `AlreadyExists`.
+async fn insert_version(txn: &DatabaseTransaction, version: &key_version::Model) -> Result<(), StoreError> {
+    version
+        .clone()
+        .into_active_model()
+        .insert(txn)
+        .await
+        .map_err(|e| StoreError::from_insert("key version", e))?;
+    Ok(())
 }
 
 /// Which keys ListKeys returns.
@@ -153,12 +157,7 @@ impl KeyRepository {
             .await
             .map_err(|e| StoreError::from_insert("a key with this name", e))?;
         for version in &record.versions {
-            version
-                .clone()
-                .into_active_model()
-                .insert(&txn)
-                .await
-                .map_err(|e| StoreError::from_insert("key version", e))?;
+            insert_version(&txn, version).await?;
         }
         txn.commit().await?;
         Ok(())
