@@ -12,17 +12,24 @@
 //! data_dir = "kek-2027"           # relative to the service's data directory
 //! master_key_env = "KEYMESH_MASTER_KEY_2027"
 //! ```
+//!
+//! Remote backends (`vault`, `aws`) are wrapped in [`Resilient`]: per-attempt deadlines, bounded retries and
+//! a circuit breaker, tunable per backend under `[kms.backends.<name>.resilience]`.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use serde::Deserialize;
 
+use zeroize::Zeroizing;
+
 use crate::{
-    KeyEncryptionBackend, KmsError, LocalKms, LocalKmsConfig,
+    AwsKms, AwsKmsConfig, KeyEncryptionBackend, KmsError, LocalKms, LocalKmsConfig, ResiliencePolicy, Resilient,
+    VaultAuth, VaultKms, VaultKmsConfig,
     keyring::{Keyring, Member, Role},
 };
 
@@ -66,6 +73,109 @@ pub enum BackendConfig {
         /// Environment variable holding the master secret; default `KEYMESH_MASTER_KEY`.
         master_key_env: Option<String>,
     },
+    /// HashiCorp Vault or OpenBao Transit.
+    Vault {
+        /// Vault's address, e.g. `https://vault.internal:8200`.
+        address: String,
+        /// Mount of the Transit engine; default `transit`.
+        #[serde(default = "default_transit_mount")]
+        mount: String,
+        /// Name of the Transit key (aes256-gcm96).
+        key: String,
+        /// Namespace (Vault Enterprise, OpenBao).
+        namespace: Option<String>,
+        /// PEM bundle of the CA of Vault's certificate; the system roots otherwise.
+        ca_cert: Option<PathBuf>,
+        /// How to log in; a token from `VAULT_TOKEN` when unset.
+        #[serde(default)]
+        auth: VaultAuthConfig,
+        /// Deadlines, retries and circuit breaker.
+        #[serde(default)]
+        resilience: ResilienceConfig,
+    },
+    /// AWS KMS.
+    Aws {
+        /// Key id, key ARN, `alias/<name>` or alias ARN of a symmetric ENCRYPT_DECRYPT key.
+        key_id: String,
+        /// Region; from the SDK's chain (AWS_REGION, profile) when unset.
+        region: Option<String>,
+        /// Endpoint override (VPC or FIPS endpoint, a test server).
+        endpoint: Option<String>,
+        /// Deadlines, retries and circuit breaker.
+        #[serde(default)]
+        resilience: ResilienceConfig,
+    },
+}
+
+fn default_transit_mount() -> String {
+    "transit".into()
+}
+
+/// `auth` of a Vault backend. Secrets are named by environment variable or file, never written inline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VaultAuthConfig {
+    /// A token from `token_file` (e.g. a Vault Agent sink) or the variable `token_env` (default `VAULT_TOKEN`).
+    Token {
+        /// Variable holding the token.
+        token_env: Option<String>,
+        /// File holding the token.
+        token_file: Option<PathBuf>,
+    },
+    /// AppRole login.
+    Approle {
+        /// Mount of the auth method; default `approle`.
+        mount: Option<String>,
+        /// The role id.
+        role_id: String,
+        /// Variable holding the secret id; default `VAULT_SECRET_ID`.
+        secret_id_env: Option<String>,
+        /// File holding the secret id.
+        secret_id_file: Option<PathBuf>,
+    },
+    /// Kubernetes login with the pod's service-account token.
+    Kubernetes {
+        /// Mount of the auth method; default `kubernetes`.
+        mount: Option<String>,
+        /// The Vault role.
+        role: String,
+        /// Service-account token; default the pod's projected token.
+        jwt_file: Option<PathBuf>,
+    },
+}
+
+impl Default for VaultAuthConfig {
+    fn default() -> Self {
+        Self::Token { token_env: None, token_file: None }
+    }
+}
+
+/// `resilience` of a remote backend; unset fields keep [`ResiliencePolicy::default`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResilienceConfig {
+    /// Deadline of one attempt, in milliseconds.
+    pub attempt_timeout_ms: Option<u64>,
+    /// Attempts per call, the first included.
+    pub max_attempts: Option<u32>,
+    /// Consecutive transient failures that open the circuit.
+    pub failure_threshold: Option<u32>,
+    /// How long the circuit stays open, in milliseconds.
+    pub open_for_ms: Option<u64>,
+}
+
+impl ResilienceConfig {
+    /// The policy these settings describe.
+    pub fn policy(&self) -> ResiliencePolicy {
+        let default = ResiliencePolicy::default();
+        ResiliencePolicy {
+            attempt_timeout: self.attempt_timeout_ms.map_or(default.attempt_timeout, Duration::from_millis),
+            max_attempts: self.max_attempts.unwrap_or(default.max_attempts).max(1),
+            failure_threshold: self.failure_threshold.unwrap_or(default.failure_threshold).max(1),
+            open_for: self.open_for_ms.map_or(default.open_for, Duration::from_millis),
+            ..default
+        }
+    }
 }
 
 /// A validated member: name, role and settings.
@@ -134,7 +244,7 @@ impl KmsConfig {
         // itself), so `"."`, `"./x"` and `"x"` are recognised as the same place.
         let mut local_dirs: Vec<(&str, PathBuf)> = Vec::new();
         for member in &members {
-            let BackendConfig::Local { data_dir, .. } = &member.backend;
+            let BackendConfig::Local { data_dir, .. } = &member.backend else { continue };
             let resolved = normalized(data_dir.as_deref().unwrap_or(Path::new(".")));
             if let Some((other, _)) = local_dirs.iter().find(|(_, dir)| *dir == resolved) {
                 return Err(problem(
@@ -161,30 +271,98 @@ impl KmsConfig {
         let members = self.members().map_err(|p| KmsError::Config { reason: format!("{}: {}", p.field, p.reason) })?;
         let mut ring = Vec::with_capacity(members.len());
         for member in members {
-            let backend: Arc<dyn KeyEncryptionBackend> = match &member.backend {
-                BackendConfig::Local { data_dir: dir, master_key_file, master_key_env } => {
-                    let dir = dir.as_ref().map_or_else(|| data_dir.to_path_buf(), |d| data_dir.join(d));
-                    let env = std::env::var(master_key_env.as_deref().unwrap_or(MASTER_KEY_ENV)).ok();
-                    // A variable named on purpose but missing must not quietly become a new master key.
-                    if let Some(name) = master_key_env
-                        && env.as_deref().is_none_or(str::is_empty)
-                        && master_key_file.is_none()
-                    {
-                        return Err(KmsError::Config {
-                            reason: format!(
-                                "kms.backends.{}.master_key_env names {name}, which is not set",
-                                member.name
-                            ),
-                        });
-                    }
-                    Arc::new(
-                        LocalKms::open_off_runtime(LocalKmsConfig::resolve(dir, env, master_key_file.clone())).await?,
-                    )
-                }
-            };
+            let backend = open_backend(&member.name, &member.backend, data_dir).await?;
             ring.push(Member { name: member.name, role: member.role, backend });
         }
         Keyring::new(ring)
+    }
+}
+
+/// Opens one backend; remote ones come wrapped in [`Resilient`].
+pub async fn open_backend(
+    name: &str,
+    config: &BackendConfig,
+    data_dir: &Path,
+) -> Result<Arc<dyn KeyEncryptionBackend>, KmsError> {
+    let invalid = |reason: String| KmsError::Config { reason: format!("kms.backends.{name}.{reason}") };
+    Ok(match config {
+        BackendConfig::Local { data_dir: dir, master_key_file, master_key_env } => {
+            let dir = dir.as_ref().map_or_else(|| data_dir.to_path_buf(), |d| data_dir.join(d));
+            let env = std::env::var(master_key_env.as_deref().unwrap_or(MASTER_KEY_ENV)).ok();
+            // A variable named on purpose but missing must not quietly become a new master key.
+            if let Some(var) = master_key_env
+                && env.as_deref().is_none_or(str::is_empty)
+                && master_key_file.is_none()
+            {
+                return Err(invalid(format!("master_key_env names {var}, which is not set")));
+            }
+            Arc::new(LocalKms::open_off_runtime(LocalKmsConfig::resolve(dir, env, master_key_file.clone())).await?)
+        }
+        BackendConfig::Vault { address, mount, key, namespace, ca_cert, auth, resilience } => {
+            let policy = resilience.policy();
+            let auth = match auth {
+                VaultAuthConfig::Token { token_env, token_file } => VaultAuth::Token(read_secret(
+                    token_file.as_deref(),
+                    token_env.as_deref().unwrap_or("VAULT_TOKEN"),
+                    || invalid("auth: no Vault token: set VAULT_TOKEN, or token_env / token_file".into()),
+                )?),
+                VaultAuthConfig::Approle { mount, role_id, secret_id_env, secret_id_file } => VaultAuth::AppRole {
+                    mount: mount.clone().unwrap_or_else(|| "approle".into()),
+                    role_id: role_id.clone(),
+                    secret_id: read_secret(
+                        secret_id_file.as_deref(),
+                        secret_id_env.as_deref().unwrap_or("VAULT_SECRET_ID"),
+                        || invalid("auth: no AppRole secret id: set VAULT_SECRET_ID, or secret_id_env / secret_id_file".into()),
+                    )?,
+                },
+                VaultAuthConfig::Kubernetes { mount, role, jwt_file } => VaultAuth::Kubernetes {
+                    mount: mount.clone().unwrap_or_else(|| "kubernetes".into()),
+                    role: role.clone(),
+                    jwt_file: jwt_file
+                        .clone()
+                        .unwrap_or_else(|| "/var/run/secrets/kubernetes.io/serviceaccount/token".into()),
+                },
+            };
+            let config = VaultKmsConfig {
+                address: address.clone(),
+                mount: mount.clone(),
+                key: key.clone(),
+                namespace: namespace.clone(),
+                ca_cert: ca_cert.clone(),
+                auth,
+                request_timeout: policy.attempt_timeout,
+            };
+            Arc::new(Resilient::new(VaultKms::connect(name, config).await?, name, policy))
+        }
+        BackendConfig::Aws { key_id, region, endpoint, resilience } => {
+            let policy = resilience.policy();
+            let config = AwsKmsConfig {
+                key_id: key_id.clone(),
+                region: region.clone(),
+                endpoint: endpoint.clone(),
+                request_timeout: policy.attempt_timeout,
+                credentials: None,
+            };
+            Arc::new(Resilient::new(AwsKms::connect(name, config).await?, name, policy))
+        }
+    })
+}
+
+/// A secret from a file (trimmed) if one is named, else from an environment variable.
+fn read_secret(
+    file: Option<&Path>,
+    env: &str,
+    missing: impl FnOnce() -> KmsError,
+) -> Result<Zeroizing<String>, KmsError> {
+    if let Some(path) = file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| KmsError::Io { path: path.display().to_string(), source })?,
+        );
+        return Ok(Zeroizing::new(text.trim().to_owned()));
+    }
+    match std::env::var(env) {
+        Ok(value) if !value.is_empty() => Ok(Zeroizing::new(value)),
+        _ => Err(missing()),
     }
 }
 
@@ -195,7 +373,7 @@ fn normalized(path: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 
@@ -211,7 +389,7 @@ mod tests {
         assert_eq!(members[0].role, Role::Primary);
         // The older spelling still works.
         let old = parse("backend = \"local\"\nmaster_key_file = \"/k\"");
-        let BackendConfig::Local { master_key_file, .. } = &old.members().unwrap()[0].backend;
+        let BackendConfig::Local { master_key_file, .. } = &old.members().unwrap()[0].backend else { panic!() };
         assert_eq!(master_key_file.as_deref(), Some(Path::new("/k")));
     }
 
@@ -231,6 +409,39 @@ mod tests {
         assert_eq!(
             members.iter().map(|m| (m.name.as_str(), m.role)).collect::<Vec<_>>(),
             [("new", Role::Primary), ("local", Role::Retired)]
+        );
+    }
+
+    #[test]
+    fn remote_backends_parse() {
+        let config = parse(
+            r#"
+            primary = "vault-eu"
+            secondary = ["aws-us"]
+            retired = ["local"]
+            [backends.vault-eu]
+            type = "vault"
+            address = "https://vault:8200"
+            key = "keymesh"
+            auth = { method = "approle", role_id = "r1", secret_id_file = "/run/secret-id" }
+            resilience = { attempt_timeout_ms = 800, max_attempts = 2 }
+            [backends.aws-us]
+            type = "aws"
+            key_id = "alias/keymesh"
+            region = "us-east-1"
+            "#,
+        );
+        let members = config.members().unwrap();
+        let BackendConfig::Vault { mount, auth, resilience, .. } = &members[0].backend else { panic!() };
+        assert_eq!(mount, "transit");
+        assert!(matches!(auth, VaultAuthConfig::Approle { role_id, .. } if role_id == "r1"));
+        let policy = resilience.policy();
+        assert_eq!((policy.attempt_timeout, policy.max_attempts), (Duration::from_millis(800), 2));
+        assert!(matches!(&members[1].backend, BackendConfig::Aws { key_id, .. } if key_id == "alias/keymesh"));
+        // Secrets are never written inline.
+        assert!(
+            toml::from_str::<KmsConfig>("[backends.v]\ntype = \"vault\"\naddress = \"a\"\nkey = \"k\"\ntoken = \"s\"")
+                .is_err()
         );
     }
 

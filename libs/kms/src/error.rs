@@ -27,6 +27,15 @@ pub enum KmsError {
         /// What went wrong, without secrets.
         reason: String,
     },
+    /// The backend answered but will not use the KEK: it is disabled, scheduled for deletion or deleted, or
+    /// the credentials may not use it. Retrying does not help; an operator must act at the provider.
+    #[error("KMS backend {backend} refuses to use its key: {reason}")]
+    KeyUnusable {
+        /// Backend name.
+        backend: String,
+        /// The provider's reason, without secrets, and what to check.
+        reason: String,
+    },
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -55,7 +64,7 @@ impl KmsError {
             Self::UnknownKek { .. } => 0,
             Self::UnwrapFailed { .. } | Self::Crypto(_) => 1,
             Self::MasterKey(_) | Self::Io { .. } | Self::Config { .. } => 2,
-            Self::Unavailable { .. } => 3,
+            Self::Unavailable { .. } | Self::KeyUnusable { .. } => 3,
         }
     }
 }

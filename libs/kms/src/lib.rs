@@ -3,17 +3,22 @@
 //! bound to the DEK's tenant, key, version and algorithm through the backend's own AAD mechanism, so a
 //! wrapped blob cannot be moved to another key.
 
+pub mod aws;
 pub mod config;
+pub mod conformance;
 mod error;
 pub mod keyring;
 pub mod local;
 pub mod resilient;
+pub mod vault;
 
 pub use config::KmsConfig;
 pub use error::KmsError;
 pub use keyring::{Keyring, WrapSet};
 pub use local::{LocalKms, LocalKmsConfig, MasterKeySource};
+pub use aws::{AwsKms, AwsKmsConfig};
 pub use resilient::{ResiliencePolicy, Resilient};
+pub use vault::{VaultAuth, VaultKms, VaultKmsConfig};
 
 use keymesh_crypto::SecretKey;
 
@@ -91,4 +96,25 @@ pub trait KeyEncryptionBackend: Send + Sync {
     }
     /// Checks that the backend can serve (a wrap/unwrap probe for remote backends).
     async fn health(&self) -> Result<(), KmsError>;
+}
+
+/// The health check of a remote backend: wraps a fixed probe key and unwraps it again, which exercises the
+/// network path, the credentials and the key's permissions in one go.
+pub(crate) async fn probe(backend: &dyn KeyEncryptionBackend) -> Result<(), KmsError> {
+    let probe = SecretKey::from_bytes(vec![0x5a; 32]);
+    let context = WrapContext {
+        tenant_id: "keymesh-health".into(),
+        key_id: "probe".into(),
+        version: 1,
+        algorithm: "AES-256-GCM".into(),
+    };
+    let wrapped = backend.wrap(&probe, &context).await?;
+    let back = backend.unwrap(&wrapped, &context).await?;
+    if back.expose_secret() != probe.expose_secret() {
+        return Err(KmsError::Unavailable {
+            backend: backend.describe().backend,
+            reason: "the health probe unwrapped to different bytes".into(),
+        });
+    }
+    Ok(())
 }

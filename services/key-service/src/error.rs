@@ -62,6 +62,11 @@ impl From<KeyError> for Status {
                 tracing::error!(error = %e, "KMS backend unavailable");
                 Status::unavailable(format!("KMS backend {backend} is unavailable; retry later"))
             }
+            KeyError::Kms(keymesh_kms::KmsError::KeyUnusable { .. }) => {
+                tracing::error!(error = %e, "KMS key unusable");
+                // The provider's reason says what to fix (a disabled key, a missing grant); it holds no secret.
+                Status::failed_precondition(e.to_string())
+            }
             KeyError::Store(_) | KeyError::Kms(_) | KeyError::Crypto(_) => {
                 tracing::error!(error = %e, "internal failure");
                 Status::internal("internal error; see key-service logs")
