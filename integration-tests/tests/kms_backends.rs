@@ -99,9 +99,16 @@ async fn vault_approle_login_and_rotation() {
     bao.cli(&["auth", "enable", "approle"]);
     let policy = bao.write_keymesh_policy("rotating");
     // Short tokens, so the test sees a renewal by login.
-    bao.cli(&["write", "auth/approle/role/keymesh", &format!("token_policies={policy}"), "token_ttl=3s", "token_max_ttl=3s"]);
+    bao.cli(&[
+        "write",
+        "auth/approle/role/keymesh",
+        &format!("token_policies={policy}"),
+        "token_ttl=3s",
+        "token_max_ttl=3s",
+    ]);
     let role_id = bao.cli(&["read", "-field=role_id", "auth/approle/role/keymesh/role-id"]).trim().to_owned();
-    let secret_id = bao.cli(&["write", "-f", "-field=secret_id", "auth/approle/role/keymesh/secret-id"]).trim().to_owned();
+    let secret_id =
+        bao.cli(&["write", "-f", "-field=secret_id", "auth/approle/role/keymesh/secret-id"]).trim().to_owned();
 
     let auth = VaultAuth::AppRole { mount: "approle".into(), role_id, secret_id: Zeroizing::new(secret_id) };
     let vault = vault_backend(&bao, "rotating", auth).await.unwrap();

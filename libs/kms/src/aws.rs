@@ -52,9 +52,8 @@ impl AwsKms {
     /// allowed) is logged, not fatal: calls report it until it answers. A key that cannot encrypt is a
     /// configuration error.
     pub async fn connect(name: &str, config: AwsKmsConfig) -> Result<Self, KmsError> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled()).timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(config.request_timeout)
                     .operation_attempt_timeout(config.request_timeout)
@@ -154,10 +153,14 @@ impl AwsKms {
                         "KMS key {key} is not usable in its state (pending deletion or import): {message}"
                     )),
                     "NotFoundException" => unusable(format!("KMS key {key} does not exist: {message}")),
-                    "AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException"
-                    | "ExpiredTokenException" | "IncompleteSignature" | "MissingAuthenticationToken" => unusable(
-                        format!("KMS refused the credentials ({code}): allow kms:Encrypt and kms:Decrypt on {key}: {message}"),
-                    ),
+                    "AccessDeniedException"
+                    | "UnrecognizedClientException"
+                    | "InvalidSignatureException"
+                    | "ExpiredTokenException"
+                    | "IncompleteSignature"
+                    | "MissingAuthenticationToken" => unusable(format!(
+                        "KMS refused the credentials ({code}): allow kms:Encrypt and kms:Decrypt on {key}: {message}"
+                    )),
                     "InvalidKeyUsageException" => unusable(format!("KMS key {key} cannot encrypt: {message}")),
                     // Throttling, KMS or its dependencies failing, a custom key store offline: transient.
                     _ => unavailable(format!("KMS answered {code}: {message}")),
@@ -232,11 +235,7 @@ impl KeyEncryptionBackend for AwsKms {
     fn describe(&self) -> BackendDescription {
         let arn = self.arn();
         let region = self.client.config().region().map(|r| r.to_string()).unwrap_or_default();
-        BackendDescription {
-            backend: self.name.clone(),
-            detail: format!("AWS KMS {arn} in {region}"),
-            kek_id: arn,
-        }
+        BackendDescription { backend: self.name.clone(), detail: format!("AWS KMS {arn} in {region}"), kek_id: arn }
     }
 
     async fn health(&self) -> Result<(), KmsError> {

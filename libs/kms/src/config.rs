@@ -306,15 +306,19 @@ pub async fn open_backend(
                     token_env.as_deref().unwrap_or("VAULT_TOKEN"),
                     || invalid("auth: no Vault token: set VAULT_TOKEN, or token_env / token_file".into()),
                 )?),
-                VaultAuthConfig::Approle { mount, role_id, secret_id_env, secret_id_file } => VaultAuth::AppRole {
-                    mount: mount.clone().unwrap_or_else(|| "approle".into()),
-                    role_id: role_id.clone(),
-                    secret_id: read_secret(
-                        secret_id_file.as_deref(),
-                        secret_id_env.as_deref().unwrap_or("VAULT_SECRET_ID"),
-                        || invalid("auth: no AppRole secret id: set VAULT_SECRET_ID, or secret_id_env / secret_id_file".into()),
-                    )?,
-                },
+                VaultAuthConfig::Approle { mount, role_id, secret_id_env, secret_id_file } => {
+                    VaultAuth::AppRole {
+                        mount: mount.clone().unwrap_or_else(|| "approle".into()),
+                        role_id: role_id.clone(),
+                        secret_id: read_secret(
+                            secret_id_file.as_deref(),
+                            secret_id_env.as_deref().unwrap_or("VAULT_SECRET_ID"),
+                            || {
+                                invalid("auth: no AppRole secret id: set VAULT_SECRET_ID, or secret_id_env / secret_id_file".into())
+                            },
+                        )?,
+                    }
+                }
                 VaultAuthConfig::Kubernetes { mount, role, jwt_file } => VaultAuth::Kubernetes {
                     mount: mount.clone().unwrap_or_else(|| "kubernetes".into()),
                     role: role.clone(),
@@ -356,7 +360,8 @@ fn read_secret(
 ) -> Result<Zeroizing<String>, KmsError> {
     if let Some(path) = file {
         let text = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|source| KmsError::Io { path: path.display().to_string(), source })?,
+            std::fs::read_to_string(path)
+                .map_err(|source| KmsError::Io { path: path.display().to_string(), source })?,
         );
         return Ok(Zeroizing::new(text.trim().to_owned()));
     }

@@ -113,7 +113,8 @@ async fn round_trip(harness: &dyn Harness) -> Result<(), String> {
     for len in [16usize, 64] {
         let key = SecretKey::from_bytes(vec![7; len]);
         let wrapped = backend.wrap(&key, &context(2)).await.map_err(|e| fail(CHECK, format!("wrap {len}: {e}")))?;
-        let back = backend.unwrap(&wrapped, &context(2)).await.map_err(|e| fail(CHECK, format!("unwrap {len}: {e}")))?;
+        let back =
+            backend.unwrap(&wrapped, &context(2)).await.map_err(|e| fail(CHECK, format!("unwrap {len}: {e}")))?;
         if back.expose_secret() != key.expose_secret() {
             return Err(fail(CHECK, format!("a {len}-byte DEK came back different")));
         }

@@ -12,11 +12,11 @@ pub mod local;
 pub mod resilient;
 pub mod vault;
 
+pub use aws::{AwsKms, AwsKmsConfig};
 pub use config::KmsConfig;
 pub use error::KmsError;
 pub use keyring::{Keyring, WrapSet};
 pub use local::{LocalKms, LocalKmsConfig, MasterKeySource};
-pub use aws::{AwsKms, AwsKmsConfig};
 pub use resilient::{ResiliencePolicy, Resilient};
 pub use vault::{VaultAuth, VaultKms, VaultKmsConfig};
 

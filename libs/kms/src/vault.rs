@@ -129,8 +129,8 @@ impl VaultKms {
             return Ok(backend);
         }
         let this = &backend;
-        let key = this
-            .call(|client| async move {
+        let key =
+            this.call(|client| async move {
                 vaultrs::transit::key::read(&*client, &this.config.mount, &this.config.key).await
             })
             .await;
@@ -145,7 +145,9 @@ impl VaultKms {
                 });
             }
             Ok(key) => this.latest_version.store(latest_version_of(&key.keys), Ordering::Relaxed),
-            Err(e) => tracing::warn!(backend = name, error = %e, "cannot read the Transit key; will retry on first use"),
+            Err(e) => {
+                tracing::warn!(backend = name, error = %e, "cannot read the Transit key; will retry on first use")
+            }
         }
         Ok(backend)
     }
@@ -184,9 +186,11 @@ impl VaultKms {
                 (Zeroizing::new(auth.client_token), Some(auth.lease_duration))
             }
             VaultAuth::Kubernetes { mount, role, jwt_file } => {
-                let jwt = Zeroizing::new(tokio::fs::read_to_string(jwt_file).await.map_err(|source| {
-                    KmsError::Io { path: jwt_file.display().to_string(), source }
-                })?);
+                let jwt = Zeroizing::new(
+                    tokio::fs::read_to_string(jwt_file)
+                        .await
+                        .map_err(|source| KmsError::Io { path: jwt_file.display().to_string(), source })?,
+                );
                 let anonymous = build_client(&self.name, &self.config, "")?;
                 let auth = vaultrs::auth::kubernetes::login(&anonymous, mount, role, jwt.trim())
                     .await
@@ -199,6 +203,19 @@ impl VaultKms {
         let client = Arc::new(build_client(&self.name, &self.config, &token)?);
         *self.session.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Session { client, renew_at });
         Ok(())
+    }
+
+    /// Vault treats an encrypt to a missing key as creating it, which a least-privilege token may not do:
+    /// a deleted key then looks like "permission denied". Reading the key tells the two apart.
+    async fn explain_refusal(&self, refusal: KmsError) -> KmsError {
+        let client = self.current_session().client.clone();
+        match vaultrs::transit::key::read(&*client, &self.config.mount, &self.config.key).await {
+            Err(ClientError::APIError { code: 404, .. }) => self.unusable(format!(
+                "Transit key {} does not exist (deleted, or a wrong mount or key name)",
+                self.key_path()
+            )),
+            _ => refusal,
+        }
     }
 
     fn login_error(&self, method: &str, e: ClientError) -> KmsError {
@@ -234,7 +251,12 @@ impl VaultKms {
         let key = self.key_path();
         match e {
             ClientError::APIError { code, errors } => {
-                let said = errors.join("; ");
+                // Vault wraps messages in "1 error occurred:\n\t* ..." lists; one line reads better in logs.
+                let said = errors
+                    .iter()
+                    .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 match code {
                     400 if said.contains("message authentication failed") || said.contains("invalid ciphertext") => {
                         KmsError::UnwrapFailed { backend: self.name.clone() }
@@ -257,9 +279,9 @@ impl VaultKms {
                 }
             }
             ClientError::RestClientError { source } => self.unavailable(format!("request failed: {}", chain(&source))),
-            ClientError::ResponseEmptyError | ClientError::ResponseDataEmptyError | ClientError::JsonParseError { .. } => {
-                self.unavailable(format!("unexpected answer from Vault: {e}"))
-            }
+            ClientError::ResponseEmptyError
+            | ClientError::ResponseDataEmptyError
+            | ClientError::JsonParseError { .. } => self.unavailable(format!("unexpected answer from Vault: {e}")),
             other => KmsError::Config { reason: format!("{}: {}", self.name, chain(&other)) },
         }
     }
@@ -314,7 +336,7 @@ impl KeyEncryptionBackend for VaultKms {
     async fn wrap(&self, dek: &SecretKey, context: &WrapContext) -> Result<WrappedKey, KmsError> {
         let plaintext = Zeroizing::new(B64.encode(dek.expose_secret()));
         let aad = B64.encode(context.to_aad());
-        let response = self
+        let encrypted = self
             .call(|client| {
                 let (plaintext, aad) = (plaintext.clone(), aad.clone());
                 async move {
@@ -328,7 +350,12 @@ impl KeyEncryptionBackend for VaultKms {
                     .await
                 }
             })
-            .await?;
+            .await;
+        let response = match encrypted {
+            Ok(response) => response,
+            Err(e @ KmsError::KeyUnusable { .. }) => return Err(self.explain_refusal(e).await),
+            Err(e) => return Err(e),
+        };
         let version = ciphertext_version(&response.ciphertext)
             .ok_or_else(|| self.unavailable("Vault returned a ciphertext without a vault:vN: prefix".into()))?;
         self.latest_version.fetch_max(version, Ordering::Relaxed);
@@ -362,7 +389,7 @@ impl KeyEncryptionBackend for VaultKms {
                 }
             })
             .await?;
-        let dek = B64.decode(response.plaintext.as_bytes()).map(|bytes| SecretKey::from_bytes(bytes));
+        let dek = B64.decode(response.plaintext.as_bytes()).map(SecretKey::from_bytes);
         response.plaintext.zeroize();
         dek.map_err(|_| self.unavailable("Vault returned plaintext that is not base64".into()))
     }
@@ -381,9 +408,7 @@ impl KeyEncryptionBackend for VaultKms {
         // this one has not yet).
         let latest = self.latest_version.load(Ordering::Relaxed);
         match wrapped.kek_id.rsplit_once(":v") {
-            Some((path, version)) => {
-                path == self.key_path() && version.parse::<u64>().is_ok_and(|v| v >= latest)
-            }
+            Some((path, version)) => path == self.key_path() && version.parse::<u64>().is_ok_and(|v| v >= latest),
             None => false,
         }
     }

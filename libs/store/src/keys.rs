@@ -91,12 +91,7 @@ impl LockedKey {
 
 /// Inserts one new key version; a version number taken already is `AlreadyExists`.
 async fn insert_version(txn: &DatabaseTransaction, version: &key_version::Model) -> Result<(), StoreError> {
-    version
-        .clone()
-        .into_active_model()
-        .insert(txn)
-        .await
-        .map_err(|e| StoreError::from_insert("key version", e))?;
+    version.clone().into_active_model().insert(txn).await.map_err(|e| StoreError::from_insert("key version", e))?;
     Ok(())
 }
 
