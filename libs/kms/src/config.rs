@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 use crate::{
     AwsKms, AwsKmsConfig, KeyEncryptionBackend, KmsError, LocalKms, LocalKmsConfig, ResiliencePolicy, Resilient,
     VaultAuth, VaultKms, VaultKmsConfig,
-    keyring::{Keyring, Member, Role},
+    keyring::{Keyring, Keyrings, Member, Role},
 };
 
 /// Name of the backend used when none is configured.
@@ -57,6 +57,24 @@ pub struct KmsConfig {
     /// The backends by name.
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,
+    /// Tenants whose keys are wrapped by a keyring of their own instead of the default one ("hold your own
+    /// key"): disabling the tenant's KMS key at the provider makes its data unreadable.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantKeyringConfig>,
+}
+
+/// `[kms.tenants.<tenant id>]`: the keyring of one tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantKeyringConfig {
+    /// The tenant's primary backend.
+    pub primary: String,
+    /// Backends that also wrap the tenant's new DEKs.
+    #[serde(default)]
+    pub secondary: Vec<String>,
+    /// Backends that only unwrap, e.g. the default keyring's while the tenant's keys move to its own.
+    #[serde(default)]
+    pub retired: Vec<String>,
 }
 
 /// How to reach one backend.
@@ -199,8 +217,14 @@ pub struct ConfigProblem {
 }
 
 impl KmsConfig {
-    /// Checks the configuration and lists the keyring's members, primary first.
+    /// Checks the configuration and lists the default keyring's members, primary first.
     pub fn members(&self) -> Result<Vec<MemberConfig>, ConfigProblem> {
+        Ok(self.keyrings()?.0)
+    }
+
+    /// Checks the configuration: the default keyring's members and each tenant keyring's, primary first.
+    #[allow(clippy::type_complexity)]
+    pub fn keyrings(&self) -> Result<(Vec<MemberConfig>, BTreeMap<String, Vec<MemberConfig>>), ConfigProblem> {
         let problem = |field: &str, reason: String| ConfigProblem { field: format!("kms.{field}"), reason };
         let primary = match (&self.primary, &self.backend) {
             (Some(_), Some(_)) => {
@@ -215,9 +239,56 @@ impl KmsConfig {
                 "is for the implicit local backend; set it in [kms.backends.local] instead".into(),
             ));
         }
-        let roles = std::iter::once(("primary", Role::Primary, &primary))
-            .chain(self.secondary.iter().map(|n| ("secondary", Role::Secondary, n)))
-            .chain(self.retired.iter().map(|n| ("retired", Role::Retired, n)));
+        let default = self.keyring_members("", &primary, &self.secondary, &self.retired)?;
+        let mut tenants = BTreeMap::new();
+        for (tenant, ring) in &self.tenants {
+            let prefix = format!("tenants.{tenant}.");
+            tenants.insert(tenant.clone(), self.keyring_members(&prefix, &ring.primary, &ring.secondary, &ring.retired)?);
+        }
+        // Compared as the service would resolve them (relative to its data directory; `None` is the directory
+        // itself), so `"."`, `"./x"` and `"x"` are recognised as the same place.
+        // In keyring order, so the member reported is the later one of a clash.
+        let mut used: Vec<(&str, &BackendConfig)> = Vec::new();
+        for member in default.iter().chain(tenants.values().flatten()) {
+            if !used.iter().any(|(name, _)| *name == member.name) {
+                used.push((&member.name, &member.backend));
+            }
+        }
+        let mut local_dirs: Vec<(&str, PathBuf)> = Vec::new();
+        for (name, backend) in &used {
+            let BackendConfig::Local { data_dir, .. } = backend else { continue };
+            let resolved = normalized(data_dir.as_deref().unwrap_or(Path::new(".")));
+            if let Some((other, _)) = local_dirs.iter().find(|(_, dir)| *dir == resolved) {
+                return Err(problem(
+                    &format!("backends.{name}.data_dir"),
+                    format!("local backends {other:?} and {name:?} would share a directory; give each its own"),
+                ));
+            }
+            local_dirs.push((name, resolved));
+        }
+        if let Some(unused) = self.backends.keys().find(|n| !used.iter().any(|(name, _)| name == n)) {
+            return Err(problem(
+                &format!("backends.{unused}"),
+                "is defined but not in a keyring: name it in primary, secondary or retired (of [kms] or of a \
+                 [kms.tenants.<id>]), or remove it"
+                    .into(),
+            ));
+        }
+        Ok((default, tenants))
+    }
+
+    /// The members of one keyring; `prefix` locates it in the file (`""` or `"tenants.<id>."`).
+    fn keyring_members(
+        &self,
+        prefix: &str,
+        primary: &String,
+        secondary: &[String],
+        retired: &[String],
+    ) -> Result<Vec<MemberConfig>, ConfigProblem> {
+        let problem = |field: &str, reason: String| ConfigProblem { field: format!("kms.{prefix}{field}"), reason };
+        let roles = std::iter::once(("primary", Role::Primary, primary))
+            .chain(secondary.iter().map(|n| ("secondary", Role::Secondary, n)))
+            .chain(retired.iter().map(|n| ("retired", Role::Retired, n)));
         let mut members: Vec<MemberConfig> = Vec::new();
         for (field, role, name) in roles {
             if members.iter().any(|m| &m.name == name) {
@@ -240,42 +311,53 @@ impl KmsConfig {
             };
             members.push(MemberConfig { name: name.clone(), role, backend });
         }
-        // Compared as the service would resolve them (relative to its data directory; `None` is the directory
-        // itself), so `"."`, `"./x"` and `"x"` are recognised as the same place.
-        let mut local_dirs: Vec<(&str, PathBuf)> = Vec::new();
-        for member in &members {
-            let BackendConfig::Local { data_dir, .. } = &member.backend else { continue };
-            let resolved = normalized(data_dir.as_deref().unwrap_or(Path::new(".")));
-            if let Some((other, _)) = local_dirs.iter().find(|(_, dir)| *dir == resolved) {
-                return Err(problem(
-                    &format!("backends.{}.data_dir", member.name),
-                    format!(
-                        "local backends {other:?} and {:?} would share a directory; give each its own",
-                        member.name
-                    ),
-                ));
-            }
-            local_dirs.push((&member.name, resolved));
-        }
-        if let Some(unused) = self.backends.keys().find(|n| !members.iter().any(|m| &m.name == *n)) {
-            return Err(problem(
-                &format!("backends.{unused}"),
-                "is defined but not in the keyring: name it in primary, secondary or retired, or remove it".into(),
-            ));
-        }
         Ok(members)
     }
 
-    /// Opens every member's backend and builds the keyring. `data_dir` is the service's data directory.
+    /// Opens the default keyring's backends and builds it (for services that only use the default
+    /// keyring). `data_dir` is the service's data directory.
     pub async fn open(&self, data_dir: &Path) -> Result<Keyring, KmsError> {
-        let members = self.members().map_err(|p| KmsError::Config { reason: format!("{}: {}", p.field, p.reason) })?;
-        let mut ring = Vec::with_capacity(members.len());
-        for member in members {
-            let backend = open_backend(&member.name, &member.backend, data_dir).await?;
-            ring.push(Member { name: member.name, role: member.role, backend });
-        }
-        Keyring::new(ring)
+        let members = self.members().map_err(config_error)?;
+        let mut opened = BTreeMap::new();
+        build_keyring(members, &mut opened, data_dir).await
     }
+
+    /// Opens every backend once and builds the default keyring and each tenant's.
+    pub async fn open_all(&self, data_dir: &Path) -> Result<Keyrings, KmsError> {
+        let (default, tenants) = self.keyrings().map_err(config_error)?;
+        let mut opened = BTreeMap::new();
+        let default = build_keyring(default, &mut opened, data_dir).await?;
+        let mut rings = BTreeMap::new();
+        for (tenant, members) in tenants {
+            rings.insert(tenant, build_keyring(members, &mut opened, data_dir).await?);
+        }
+        Ok(Keyrings::new(default, rings))
+    }
+}
+
+fn config_error(problem: ConfigProblem) -> KmsError {
+    KmsError::Config { reason: format!("{}: {}", problem.field, problem.reason) }
+}
+
+/// Builds a keyring, opening the backends not opened yet (one instance per name, shared between keyrings).
+async fn build_keyring(
+    members: Vec<MemberConfig>,
+    opened: &mut BTreeMap<String, Arc<dyn KeyEncryptionBackend>>,
+    data_dir: &Path,
+) -> Result<Keyring, KmsError> {
+    let mut ring = Vec::with_capacity(members.len());
+    for member in members {
+        let backend = match opened.get(&member.name) {
+            Some(backend) => backend.clone(),
+            None => {
+                let backend = open_backend(&member.name, &member.backend, data_dir).await?;
+                opened.insert(member.name.clone(), backend.clone());
+                backend
+            }
+        };
+        ring.push(Member { name: member.name, role: member.role, backend });
+    }
+    Keyring::new(ring)
 }
 
 /// Opens one backend; remote ones come wrapped in [`Resilient`].
@@ -448,6 +530,29 @@ mod tests {
             toml::from_str::<KmsConfig>("[backends.v]\ntype = \"vault\"\naddress = \"a\"\nkey = \"k\"\ntoken = \"s\"")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn tenants_have_keyrings_of_their_own() {
+        let config = parse(
+            r#"
+            [tenants.acme]
+            primary = "acme-aws"
+            retired = ["local"]
+            [backends.acme-aws]
+            type = "aws"
+            key_id = "arn:aws:kms:eu-west-1:111122223333:key/abc"
+            "#,
+        );
+        let (default, tenants) = config.keyrings().unwrap();
+        assert_eq!(default.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["local"]);
+        let acme = &tenants["acme"];
+        assert_eq!(
+            acme.iter().map(|m| (m.name.as_str(), m.role)).collect::<Vec<_>>(),
+            [("acme-aws", Role::Primary), ("local", Role::Retired)]
+        );
+        let undefined = parse("[tenants.acme]\nprimary = \"nope\"").keyrings().unwrap_err();
+        assert_eq!(undefined.field, "kms.tenants.acme.primary");
     }
 
     #[test]

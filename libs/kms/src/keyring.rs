@@ -226,6 +226,63 @@ impl Keyring {
     }
 }
 
+/// The default keyring and the tenants' own: a tenant with a keyring of its own ("hold your own key") has
+/// its DEKs wrapped by it alone, so what its provider refuses, keymesh cannot read either.
+#[derive(Debug, Clone)]
+pub struct Keyrings {
+    default: Keyring,
+    tenants: std::collections::BTreeMap<String, Keyring>,
+}
+
+impl Keyrings {
+    /// The default keyring and tenant keyrings by tenant id.
+    pub fn new(default: Keyring, tenants: std::collections::BTreeMap<String, Keyring>) -> Self {
+        Self { default, tenants }
+    }
+
+    /// One keyring for every tenant.
+    pub fn single(default: Keyring) -> Self {
+        Self { default, tenants: Default::default() }
+    }
+
+    /// The keyring that wraps `tenant`'s keys.
+    pub fn for_tenant(&self, tenant: &str) -> &Keyring {
+        self.tenants.get(tenant).unwrap_or(&self.default)
+    }
+
+    /// The keyring of tenants without their own.
+    pub fn default_keyring(&self) -> &Keyring {
+        &self.default
+    }
+
+    /// Every keyring, the default one first (`None`), then each tenant's.
+    pub fn all(&self) -> impl Iterator<Item = (Option<&str>, &Keyring)> {
+        std::iter::once((None, &self.default)).chain(self.tenants.iter().map(|(t, k)| (Some(t.as_str()), k)))
+    }
+
+    /// What wrapping means for every tenant: the default keyring's target and each tenant keyring's.
+    pub fn target(&self) -> String {
+        self.all()
+            .map(|(tenant, ring)| match tenant {
+                None => ring.target(),
+                Some(tenant) => format!("[{tenant}]{}", ring.target()),
+            })
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// One line naming every keyring, for logs.
+    pub fn summary(&self) -> String {
+        self.all()
+            .map(|(tenant, ring)| match tenant {
+                None => ring.summary(),
+                Some(tenant) => format!("tenant {tenant}: {}", ring.summary()),
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+}
+
 fn current_wrap<'a>(member: &Member, set: &'a WrapSet) -> Option<&'a WrappedKey> {
     set.0.iter().find(|w| w.backend == member.name && member.backend.is_current(w))
 }

@@ -15,7 +15,7 @@ pub mod vault;
 pub use aws::{AwsKms, AwsKmsConfig};
 pub use config::KmsConfig;
 pub use error::KmsError;
-pub use keyring::{Keyring, WrapSet};
+pub use keyring::{Keyring, Keyrings, WrapSet};
 pub use local::{LocalKms, LocalKmsConfig, MasterKeySource};
 pub use resilient::{ResiliencePolicy, Resilient};
 pub use vault::{VaultAuth, VaultKms, VaultKmsConfig};

@@ -512,11 +512,18 @@ impl KmsParams {
         Ok(Self { config: raw.kms.clone(), members })
     }
 
-    /// Opens every backend of the keyring; `data_dir` is the service's.
+    /// Opens every backend of the default keyring; `data_dir` is the service's.
     pub async fn open_keyring(&self, data_dir: &Path) -> Result<keymesh_kms::Keyring, keymesh_kms::KmsError> {
         let keyring = self.config.open(data_dir).await?;
         tracing::info!(keyring = %keyring.summary(), "KMS keyring ready");
         Ok(keyring)
+    }
+
+    /// Opens the default keyring and every tenant's.
+    pub async fn open_keyrings(&self, data_dir: &Path) -> Result<keymesh_kms::Keyrings, keymesh_kms::KmsError> {
+        let keyrings = self.config.open_all(data_dir).await?;
+        tracing::info!(keyrings = %keyrings.summary(), "KMS keyrings ready");
+        Ok(keyrings)
     }
 }
 

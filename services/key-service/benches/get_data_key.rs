@@ -19,7 +19,7 @@ use keymesh_crypto::{
     SecretKey, SymmetricAlgorithm,
     ciphertext::{self, Binding, KeyRef, SealRequest},
 };
-use keymesh_kms::{Keyring, LocalKms, LocalKmsConfig};
+use keymesh_kms::{Keyring, Keyrings, LocalKms, LocalKmsConfig};
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     entity::key,
@@ -119,13 +119,13 @@ fn main() {
 
 async fn run() {
     let dir = tempfile::tempdir().unwrap();
-    let kms = Keyring::single(
+    let kms = Keyrings::single(Keyring::single(
         "local",
         Arc::new(
             LocalKms::open(&LocalKmsConfig::resolve(dir.path().to_path_buf(), Some("bench-master-key".into()), None))
                 .unwrap(),
         ),
-    );
+    ));
     let db = keymesh_store::connect_and_migrate(&fresh_postgres().await).await.unwrap();
     let repo = KeyRepository::new(db);
     let (_redis, redis_url) = start_redis();

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use keymesh_crypto::{SecretKey, SymmetricAlgorithm};
-use keymesh_kms::{Keyring, WrapContext, WrapSet, WrappedKey};
+use keymesh_kms::{Keyrings, WrapContext, WrapSet, WrappedKey};
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     entity::key_version,
@@ -40,7 +40,7 @@ const DEK_TTL: Duration = Duration::from_secs(60);
 pub struct KeyStore {
     repo: KeyRepository,
     records: RecordCache,
-    kms: Keyring,
+    kms: Keyrings,
     /// (key id, version) → DEK. Material of a version never changes (a KEK re-wrap changes only its
     /// wrapping), so entries need no invalidation for correctness; they are dropped on any change of the key
     /// anyway, so a destroyed version's DEK leaves memory at once.
@@ -50,7 +50,7 @@ pub struct KeyStore {
 
 impl KeyStore {
     /// Wires the store.
-    pub fn new(repo: KeyRepository, records: RecordCache, kms: Keyring, feed: ChangeFeed) -> Self {
+    pub fn new(repo: KeyRepository, records: RecordCache, kms: Keyrings, feed: ChangeFeed) -> Self {
         let deks = Cache::builder().max_capacity(10_000).time_to_live(DEK_TTL).support_invalidation_closures().build();
         Self { repo, records, kms, deks, feed }
     }
@@ -60,8 +60,8 @@ impl KeyStore {
         &self.repo
     }
 
-    /// The KEK keyring.
-    pub fn kms(&self) -> &Keyring {
+    /// The KEK keyrings (the default one and tenants' own).
+    pub fn kms(&self) -> &Keyrings {
         &self.kms
     }
 
@@ -126,7 +126,7 @@ impl KeyStore {
                 version.version, record.key.name
             ))
         })?;
-        Ok(self.kms.unwrap(&wraps, &wrap_context(record, version.version as u32, algorithm)).await?)
+        Ok(self.kms.for_tenant(&record.key.tenant_id).unwrap(&wraps, &wrap_context(record, version.version as u32, algorithm)).await?)
     }
 
     /// Locks a key for change.
@@ -176,7 +176,7 @@ impl KeyStore {
         material: &SecretKey,
         origin: pb::KeyOrigin,
     ) -> Result<key_version::Model, KeyError> {
-        let wraps = self.kms.wrap(material, &wrap_context(record, version, algorithm)).await?;
+        let wraps = self.kms.for_tenant(&record.key.tenant_id).wrap(material, &wrap_context(record, version, algorithm)).await?;
         let mut row = key_version::Model {
             key_id: record.key.id.clone(),
             version: version as i32,

@@ -35,7 +35,7 @@ async fn open_store(startup: &Startup) -> Result<(key_store::KeyStore, KeyServic
     let Startup { params, raw, .. } = startup;
     let kms_params = KmsParams::from_raw(raw)?;
     let key_params = KeyServiceParams::from_raw(raw)?;
-    let keyring = kms_params.open_keyring(&params.data_dir).await?;
+    let keyring = kms_params.open_keyrings(&params.data_dir).await?;
     let db = keymesh_store::connect_and_migrate(&params.database_url(raw)).await?;
     let records = match &key_params.redis_url {
         Some(url) => {

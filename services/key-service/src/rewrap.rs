@@ -76,7 +76,10 @@ pub async fn run(
 ) -> Result<Progress, KeyError> {
     let repo = store.repo();
     let scope = tenant.unwrap_or("*").to_owned();
-    let target = store.kms().target();
+    let target = match tenant {
+        Some(tenant) => store.kms().for_tenant(tenant).target(),
+        None => store.kms().target(),
+    };
     let runner = uuid::Uuid::new_v4().to_string();
     let now = now_millis();
     let (mut job, resumed) = match repo.rewrap_job(&scope).await? {
@@ -201,7 +204,7 @@ async fn rewrap_key(store: &KeyStore, key_id: &str) -> Result<KeyOutcome, KeyErr
                 continue;
             }
         };
-        match store.kms().rewrap(&wraps, &context).await {
+        match store.kms().for_tenant(&record.key.tenant_id).rewrap(&wraps, &context).await {
             Ok(Some(new)) => {
                 store_wraps(version, &new)?;
                 outcome.rewrapped += 1;

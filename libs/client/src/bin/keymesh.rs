@@ -226,9 +226,9 @@ async fn kms_check(cli: &Cli) -> Result<(), ClientError> {
     let raw = config::load(cli.config.as_deref(), &env).map_err(|e| ClientError::Setup(e.to_string()))?;
     let params = MeshParams::from_raw(ServiceName::KeyService, &raw).map_err(|e| ClientError::Setup(e.to_string()))?;
     let kms = KmsParams::from_raw(&raw).map_err(|e| ClientError::Setup(e.to_string()))?;
-    let keyring = kms
+    let keyrings = kms
         .config
-        .open(&params.data_dir)
+        .open_all(&params.data_dir)
         .await
         .map_err(|e| ClientError::Setup(format!("the keyring cannot be opened: {e}")))?;
     let probe = keymesh_crypto::SecretKey::generate(32).map_err(|e| ClientError::Setup(e.to_string()))?;
@@ -239,7 +239,17 @@ async fn kms_check(cli: &Cli) -> Result<(), ClientError> {
         algorithm: "AES-256-GCM".into(),
     };
     let mut failures = 0;
-    for member in keyring.members() {
+    // Each backend once, though several keyrings may share it; a tenant's role is shown with its tenant.
+    let mut seen = std::collections::BTreeSet::new();
+    let members = keyrings.all().flat_map(|(tenant, ring)| ring.members().iter().map(move |m| (tenant, m)));
+    for (tenant, member) in members {
+        if !seen.insert(member.name.clone()) {
+            continue;
+        }
+        let role = match tenant {
+            None => format!("{:?}", member.role),
+            Some(tenant) => format!("{:?} of tenant {tenant}", member.role),
+        };
         let started = std::time::Instant::now();
         let outcome = match member.backend.wrap(&probe, &context).await {
             Ok(wrapped) => match member.backend.unwrap(&wrapped, &context).await {
@@ -253,20 +263,10 @@ async fn kms_check(cli: &Cli) -> Result<(), ClientError> {
         };
         let description = member.backend.describe();
         let line = match outcome {
-            Ok(ok) => format!(
-                "ok    {:<12} {:<10} {} — {ok}\n",
-                member.name,
-                format!("{:?}", member.role),
-                description.detail
-            ),
+            Ok(ok) => format!("ok    {:<12} {:<10} {} — {ok}\n", member.name, role, description.detail),
             Err(problem) => {
                 failures += 1;
-                format!(
-                    "FAIL  {:<12} {:<10} {} — {problem}\n",
-                    member.name,
-                    format!("{:?}", member.role),
-                    description.detail
-                )
+                format!("FAIL  {:<12} {:<10} {} — {problem}\n", member.name, role, description.detail)
             }
         };
         write_stdout(line.as_bytes())?;

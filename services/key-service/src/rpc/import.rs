@@ -101,7 +101,7 @@ impl KeyRpc {
                 .map_err(|_| KeyError::FailedPrecondition("wrapping key generation was interrupted".into()))??;
             let expires_at = now_millis() + TOKEN_LIFETIME_MS;
             let context = token_context(&claims.tenant, &record.key.id, request.wrapping_algorithm, expires_at);
-            let wrapped = self.store.kms().wrap_primary(&pair.private_der, &context).await?;
+            let wrapped = self.store.kms().for_tenant(&claims.tenant).wrap_primary(&pair.private_der, &context).await?;
             let token = ImportToken {
                 v: 1,
                 tenant_id: claims.tenant.clone(),
@@ -160,10 +160,13 @@ impl KeyRpc {
                 ciphertext: STANDARD.decode(&token.wrapped_private_key).map_err(|_| invalid_token("corrupt"))?,
             };
             let context = token_context(&token.tenant_id, &token.key_id, token.wrapping, token.expires_at);
-            let private_der = match self.store.kms().unwrap(&WrapSet::single(wrapped_private), &context).await {
+            let keyring = self.store.kms().for_tenant(&token.tenant_id);
+            let private_der = match keyring.unwrap(&WrapSet::single(wrapped_private), &context).await {
                 Ok(der) => der,
-                // An outage is not the caller's fault: say so rather than blame the token.
-                Err(e @ keymesh_kms::KmsError::Unavailable { .. }) => return Err(e.into()),
+                // An outage or a refusing KMS is not the caller's fault: say so rather than blame the token.
+                Err(e @ (keymesh_kms::KmsError::Unavailable { .. } | keymesh_kms::KmsError::KeyUnusable { .. })) => {
+                    return Err(e.into());
+                }
                 Err(_) => return Err(invalid_token("not valid")),
             };
             let material =
