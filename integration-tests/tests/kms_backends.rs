@@ -1,15 +1,18 @@
-//! The KEK backends against real servers: Vault Transit against an OpenBao dev server and AWS KMS against
-//! moto_server, each through the one conformance suite of libs/kms, opened as key-service opens them
-//! (inside `Resilient`).
+//! The KEK backends against real servers: Vault Transit against an OpenBao dev server, AWS KMS against
+//! moto_server, Google Cloud KMS against the wire-level double of integration-tests; each through the one
+//! conformance suite of libs/kms, opened as key-service opens them (inside `Resilient`).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::{sync::Arc, time::Duration};
 
-use integration_tests::kms_servers::{Moto, OpenBao};
+use integration_tests::{
+    gcp_kms_double::GcpKmsDouble,
+    kms_servers::{Moto, OpenBao},
+};
 use keymesh_kms::{
-    AwsKms, AwsKmsConfig, KeyEncryptionBackend, KmsError, ResiliencePolicy, Resilient, VaultAuth, VaultKms,
-    VaultKmsConfig,
+    AwsKms, AwsKmsConfig, GcpKms, GcpKmsConfig, KeyEncryptionBackend, KmsError, ResiliencePolicy, Resilient, VaultAuth,
+    VaultKms, VaultKmsConfig,
     conformance::{self, Harness},
 };
 use zeroize::Zeroizing;
@@ -229,4 +232,93 @@ async fn aws_kms_alias_resolves_to_the_key_arn() {
         Err(KmsError::KeyUnusable { reason, .. }) => assert!(reason.contains("does not exist"), "{reason}"),
         other => panic!("expected KeyUnusable, got {other:?}"),
     }
+}
+
+struct GcpHarness {
+    double: GcpKmsDouble,
+    key: String,
+    backend: Arc<dyn KeyEncryptionBackend>,
+}
+
+#[async_trait::async_trait]
+impl Harness for GcpHarness {
+    fn backend(&self) -> Arc<dyn KeyEncryptionBackend> {
+        self.backend.clone()
+    }
+    fn outage_deadline(&self) -> Duration {
+        deadline()
+    }
+    async fn stop_server(&self) -> Result<bool, String> {
+        self.double.freeze(true);
+        Ok(true)
+    }
+    async fn start_server(&self) -> Result<(), String> {
+        self.double.freeze(false);
+        Ok(())
+    }
+    async fn disable_key(&self) -> Result<bool, String> {
+        self.double.set_enabled(&self.key, false);
+        Ok(true)
+    }
+}
+
+async fn gcp_backend(double: &GcpKmsDouble, crypto_key: &str) -> GcpKms {
+    GcpKms::connect(
+        "gcp-test",
+        GcpKmsConfig {
+            crypto_key: crypto_key.into(),
+            endpoint: Some(double.endpoint.clone()),
+            request_timeout: policy().attempt_timeout,
+            anonymous: true,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_cloud_kms_conforms() {
+    keymesh_mesh::install_crypto_provider();
+    let double = GcpKmsDouble::start().await;
+    let key = double.create_key("keymesh-test", "kek");
+    let gcp = gcp_backend(&double, &key).await;
+    let backend = Arc::new(Resilient::new(gcp, "gcp-test", policy()));
+    let harness = GcpHarness { double, key, backend };
+    let report = conformance::run(&harness).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.passed, ["round_trip", "context_mismatch", "outage", "key_disabled"], "{report:?}");
+    eprintln!("gcp: {report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_rotation_makes_old_wraps_non_current() {
+    keymesh_mesh::install_crypto_provider();
+    let double = GcpKmsDouble::start().await;
+    let key = double.create_key("keymesh-test", "rotating");
+    let gcp = gcp_backend(&double, &key).await;
+    let context = keymesh_kms::WrapContext {
+        tenant_id: "t".into(),
+        key_id: "k".into(),
+        version: 1,
+        algorithm: "AES-256-GCM".into(),
+    };
+    let dek = keymesh_crypto::SecretKey::from_bytes(vec![4; 32]);
+    let v1 = gcp.wrap(&dek, &context).await.unwrap();
+    assert_eq!(v1.kek_id, format!("{key}/cryptoKeyVersions/1"));
+    double.rotate(&key);
+    let v2 = gcp.wrap(&dek, &context).await.unwrap();
+    assert_eq!(v2.kek_id, format!("{key}/cryptoKeyVersions/2"));
+    assert!(!gcp.is_current(&v1) && gcp.is_current(&v2));
+    assert_eq!(gcp.unwrap(&v1, &context).await.unwrap().expose_secret(), dek.expose_secret());
+    // A key name that is not a CryptoKey resource name is refused before anything is sent.
+    let wrong = GcpKms::connect(
+        "gcp-test",
+        GcpKmsConfig {
+            crypto_key: "projects/p/keyRings/r".into(),
+            endpoint: Some(double.endpoint.clone()),
+            request_timeout: policy().attempt_timeout,
+            anonymous: true,
+        },
+    )
+    .await;
+    assert!(matches!(wrong, Err(KmsError::Config { .. })), "{:?}", wrong.err());
 }

@@ -38,11 +38,8 @@ async fn a_tenant_key_disabled_at_the_provider_makes_that_tenant_unreadable() {
         let db = &db;
         async move {
             let query = format!("SELECT kek_backend, kek_id FROM key_versions WHERE key_id = '{key_id}'");
-            let row = db
-                .query_one_raw(Statement::from_string(db.get_database_backend(), query))
-                .await
-                .unwrap()
-                .unwrap();
+            let row =
+                db.query_one_raw(Statement::from_string(db.get_database_backend(), query)).await.unwrap().unwrap();
             (row.try_get_by_index::<String>(0).unwrap(), row.try_get_by_index::<String>(1).unwrap())
         }
     };

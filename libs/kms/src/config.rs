@@ -28,8 +28,8 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::{
-    AwsKms, AwsKmsConfig, KeyEncryptionBackend, KmsError, LocalKms, LocalKmsConfig, ResiliencePolicy, Resilient,
-    VaultAuth, VaultKms, VaultKmsConfig,
+    AwsKms, AwsKmsConfig, GcpKms, GcpKmsConfig, KeyEncryptionBackend, KmsError, LocalKms, LocalKmsConfig,
+    ResiliencePolicy, Resilient, VaultAuth, VaultKms, VaultKmsConfig,
     keyring::{Keyring, Keyrings, Member, Role},
 };
 
@@ -118,6 +118,16 @@ pub enum BackendConfig {
         /// Region; from the SDK's chain (AWS_REGION, profile) when unset.
         region: Option<String>,
         /// Endpoint override (VPC or FIPS endpoint, a test server).
+        endpoint: Option<String>,
+        /// Deadlines, retries and circuit breaker.
+        #[serde(default)]
+        resilience: ResilienceConfig,
+    },
+    /// Google Cloud KMS.
+    Gcp {
+        /// `projects/<p>/locations/<l>/keyRings/<r>/cryptoKeys/<k>` of a symmetric ENCRYPT_DECRYPT key.
+        crypto_key: String,
+        /// Endpoint override (regional or Private Service Connect endpoint).
         endpoint: Option<String>,
         /// Deadlines, retries and circuit breaker.
         #[serde(default)]
@@ -243,7 +253,8 @@ impl KmsConfig {
         let mut tenants = BTreeMap::new();
         for (tenant, ring) in &self.tenants {
             let prefix = format!("tenants.{tenant}.");
-            tenants.insert(tenant.clone(), self.keyring_members(&prefix, &ring.primary, &ring.secondary, &ring.retired)?);
+            tenants
+                .insert(tenant.clone(), self.keyring_members(&prefix, &ring.primary, &ring.secondary, &ring.retired)?);
         }
         // Compared as the service would resolve them (relative to its data directory; `None` is the directory
         // itself), so `"."`, `"./x"` and `"x"` are recognised as the same place.
@@ -430,6 +441,16 @@ pub async fn open_backend(
                 credentials: None,
             };
             Arc::new(Resilient::new(AwsKms::connect(name, config).await?, name, policy))
+        }
+        BackendConfig::Gcp { crypto_key, endpoint, resilience } => {
+            let policy = resilience.policy();
+            let config = GcpKmsConfig {
+                crypto_key: crypto_key.clone(),
+                endpoint: endpoint.clone(),
+                request_timeout: policy.attempt_timeout,
+                anonymous: false,
+            };
+            Arc::new(Resilient::new(GcpKms::connect(name, config).await?, name, policy))
         }
     })
 }

@@ -126,7 +126,11 @@ impl KeyStore {
                 version.version, record.key.name
             ))
         })?;
-        Ok(self.kms.for_tenant(&record.key.tenant_id).unwrap(&wraps, &wrap_context(record, version.version as u32, algorithm)).await?)
+        Ok(self
+            .kms
+            .for_tenant(&record.key.tenant_id)
+            .unwrap(&wraps, &wrap_context(record, version.version as u32, algorithm))
+            .await?)
     }
 
     /// Locks a key for change.
@@ -176,7 +180,11 @@ impl KeyStore {
         material: &SecretKey,
         origin: pb::KeyOrigin,
     ) -> Result<key_version::Model, KeyError> {
-        let wraps = self.kms.for_tenant(&record.key.tenant_id).wrap(material, &wrap_context(record, version, algorithm)).await?;
+        let wraps = self
+            .kms
+            .for_tenant(&record.key.tenant_id)
+            .wrap(material, &wrap_context(record, version, algorithm))
+            .await?;
         let mut row = key_version::Model {
             key_id: record.key.id.clone(),
             version: version as i32,
