@@ -123,16 +123,29 @@ fn add_version(crypto_key: &mut CryptoKey) {
 }
 
 /// A google.rpc.Status error as Cloud KMS's REST endpoint sends it.
-fn rpc_error(http: StatusCode, status: &str, message: String) -> Response {
-    (http, Json(json!({ "error": { "code": http.as_u16(), "message": message, "status": status } }))).into_response()
+struct RpcError {
+    http: StatusCode,
+    status: &'static str,
+    message: String,
 }
 
-fn invalid(message: impl Into<String>) -> Response {
+impl IntoResponse for RpcError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.http.as_u16(), "message": self.message, "status": self.status } });
+        (self.http, Json(body)).into_response()
+    }
+}
+
+fn rpc_error(http: StatusCode, status: &'static str, message: String) -> RpcError {
+    RpcError { http, status, message }
+}
+
+fn invalid(message: impl Into<String>) -> RpcError {
     rpc_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message.into())
 }
 
 /// A bytes field (padded base64) and its optional checksum field (an int64 as a string), verified.
-fn bytes_field(body: &Value, field: &str, checksum_field: &str) -> Result<(Vec<u8>, bool), Response> {
+fn bytes_field(body: &Value, field: &str, checksum_field: &str) -> Result<(Vec<u8>, bool), RpcError> {
     let bytes = match body.get(field).and_then(Value::as_str) {
         Some(text) => B64.decode(text).map_err(|_| invalid(format!("Invalid value at '{field}' (TYPE_BYTES)")))?,
         None => Vec::new(),
@@ -155,7 +168,7 @@ fn snake(camel: &str) -> String {
         .collect()
 }
 
-fn not_enabled(version_name: &str, state: VersionState) -> Response {
+fn not_enabled(version_name: &str, state: VersionState) -> RpcError {
     rpc_error(
         StatusCode::BAD_REQUEST,
         "FAILED_PRECONDITION",
@@ -167,18 +180,18 @@ async fn handle(State(shared): State<Shared>, Path(call): Path<String>, Json(bod
     let mut frozen = shared.frozen.subscribe();
     let _ = frozen.wait_for(|f| !*f).await;
     let Some((name, method)) = call.rsplit_once(':') else {
-        return rpc_error(StatusCode::NOT_FOUND, "NOT_FOUND", format!("unknown method {call}"));
+        return rpc_error(StatusCode::NOT_FOUND, "NOT_FOUND", format!("unknown method {call}")).into_response();
     };
     match method {
         "encrypt" => encrypt(&shared, name, &body),
         "decrypt" => decrypt(&shared, name, &body),
         _ => Err(rpc_error(StatusCode::NOT_IMPLEMENTED, "UNIMPLEMENTED", format!("{method} is not implemented here"))),
     }
-    .unwrap_or_else(|error| error)
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Encrypt accepts a CryptoKey (its primary version encrypts) or a CryptoKeyVersion.
-fn encrypt(shared: &Shared, name: &str, body: &Value) -> Result<Response, Response> {
+fn encrypt(shared: &Shared, name: &str, body: &Value) -> Result<Response, RpcError> {
     let (plaintext, plaintext_checked) = bytes_field(body, "plaintext", "plaintextCrc32c")?;
     let (aad, aad_checked) = bytes_field(body, "additionalAuthenticatedData", "additionalAuthenticatedDataCrc32c")?;
     if plaintext.is_empty() || plaintext.len() > 64 * 1024 {
@@ -224,7 +237,7 @@ fn encrypt(shared: &Shared, name: &str, body: &Value) -> Result<Response, Respon
 }
 
 /// Decrypt takes the CryptoKey; the version comes from the ciphertext.
-fn decrypt(shared: &Shared, name: &str, body: &Value) -> Result<Response, Response> {
+fn decrypt(shared: &Shared, name: &str, body: &Value) -> Result<Response, RpcError> {
     let (ciphertext, _) = bytes_field(body, "ciphertext", "ciphertextCrc32c")?;
     let (aad, _) = bytes_field(body, "additionalAuthenticatedData", "additionalAuthenticatedDataCrc32c")?;
     if name.contains("/cryptoKeyVersions/") {
