@@ -4,6 +4,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+pub mod azure_kv_double;
 pub mod gcp_kms_double;
 pub mod kms_servers;
 

@@ -1,5 +1,6 @@
 //! The KEK backends against real servers: Vault Transit against an OpenBao dev server, AWS KMS against
-//! moto_server, Google Cloud KMS against the wire-level double of integration-tests; each through the one
+//! moto_server, Google Cloud KMS and Azure Key Vault against the wire-level doubles of integration-tests;
+//! each through the one
 //! conformance suite of libs/kms, opened as key-service opens them (inside `Resilient`).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -7,12 +8,13 @@
 use std::{sync::Arc, time::Duration};
 
 use integration_tests::{
+    azure_kv_double::AzureKeyVaultDouble,
     gcp_kms_double::GcpKmsDouble,
     kms_servers::{Moto, OpenBao},
 };
 use keymesh_kms::{
-    AwsKms, AwsKmsConfig, GcpKms, GcpKmsConfig, KeyEncryptionBackend, KmsError, ResiliencePolicy, Resilient, VaultAuth,
-    VaultKms, VaultKmsConfig,
+    AwsKms, AwsKmsConfig, AzureKms, AzureKmsConfig, GcpKms, GcpKmsConfig, KeyEncryptionBackend, KmsError,
+    ResiliencePolicy, Resilient, VaultAuth, VaultKms, VaultKmsConfig,
     conformance::{self, Harness},
 };
 use zeroize::Zeroizing;
@@ -321,4 +323,110 @@ async fn gcp_rotation_makes_old_wraps_non_current() {
     )
     .await;
     assert!(matches!(wrong, Err(KmsError::Config { .. })), "{:?}", wrong.err());
+}
+
+/// A fixed bearer token, as a credential.
+#[derive(Debug)]
+struct StaticToken(String);
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for StaticToken {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        let expires = azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1);
+        Ok(azure_core::credentials::AccessToken::new(self.0.clone(), expires))
+    }
+}
+
+struct AzureHarness {
+    double: AzureKeyVaultDouble,
+    backend: Arc<dyn KeyEncryptionBackend>,
+    _ca: tempfile::NamedTempFile,
+}
+
+#[async_trait::async_trait]
+impl Harness for AzureHarness {
+    fn backend(&self) -> Arc<dyn KeyEncryptionBackend> {
+        self.backend.clone()
+    }
+    fn outage_deadline(&self) -> Duration {
+        deadline()
+    }
+    async fn stop_server(&self) -> Result<bool, String> {
+        self.double.freeze(true);
+        Ok(true)
+    }
+    async fn start_server(&self) -> Result<(), String> {
+        self.double.freeze(false);
+        Ok(())
+    }
+    async fn disable_key(&self) -> Result<bool, String> {
+        self.double.set_enabled("kek", false);
+        Ok(true)
+    }
+}
+
+async fn azure_backend(double: &AzureKeyVaultDouble, token: &str) -> (AzureKms, tempfile::NamedTempFile) {
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &double.ca_pem).unwrap();
+    let backend = AzureKms::connect(
+        "azure-test",
+        AzureKmsConfig {
+            vault_url: double.vault_url.clone(),
+            key_name: "kek".into(),
+            key_version: None,
+            credential: Arc::new(StaticToken(token.to_owned())),
+            ca_cert: Some(ca.path().to_path_buf()),
+            connect_to: Some(double.address),
+            request_timeout: policy().attempt_timeout,
+        },
+    )
+    .await
+    .unwrap();
+    (backend, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_key_vault_conforms() {
+    keymesh_mesh::install_crypto_provider();
+    let double = AzureKeyVaultDouble::start().await;
+    double.create_key("kek");
+    let (azure, ca) = azure_backend(&double, &double.token.clone()).await;
+    let backend = Arc::new(Resilient::new(azure, "azure-test", policy()));
+    let harness = AzureHarness { double, backend, _ca: ca };
+    let report = conformance::run(&harness).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.passed, ["round_trip", "context_mismatch", "outage", "key_disabled"], "{report:?}");
+    eprintln!("azure: {report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_versions_and_refusals() {
+    keymesh_mesh::install_crypto_provider();
+    let double = AzureKeyVaultDouble::start().await;
+    double.create_key("kek");
+    let (azure, _ca) = azure_backend(&double, &double.token.clone()).await;
+    let context = keymesh_kms::WrapContext {
+        tenant_id: "t".into(),
+        key_id: "k".into(),
+        version: 1,
+        algorithm: "AES-256-GCM".into(),
+    };
+    let dek = keymesh_crypto::SecretKey::from_bytes(vec![8; 32]);
+    let v1 = azure.wrap(&dek, &context).await.unwrap();
+    assert!(v1.kek_id.starts_with(&format!("{}keys/kek/", double.vault_url)), "{}", v1.kek_id);
+    double.rotate("kek");
+    let v2 = azure.wrap(&dek, &context).await.unwrap();
+    assert_ne!(v1.kek_id, v2.kek_id);
+    assert!(!azure.is_current(&v1) && azure.is_current(&v2));
+    assert_eq!(azure.unwrap(&v1, &context).await.unwrap().expose_secret(), dek.expose_secret());
+
+    // A token the vault does not accept is a refusal that names the problem, not an outage.
+    let (wrong, _ca2) = azure_backend(&double, "not-the-token").await;
+    match wrong.wrap(&dek, &context).await {
+        Err(KmsError::KeyUnusable { reason, .. }) => assert!(reason.contains("token"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }

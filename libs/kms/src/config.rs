@@ -28,8 +28,8 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::{
-    AwsKms, AwsKmsConfig, GcpKms, GcpKmsConfig, KeyEncryptionBackend, KmsError, LocalKms, LocalKmsConfig,
-    ResiliencePolicy, Resilient, VaultAuth, VaultKms, VaultKmsConfig,
+    AwsKms, AwsKmsConfig, AzureKms, AzureKmsConfig, GcpKms, GcpKmsConfig, KeyEncryptionBackend, KmsError, LocalKms,
+    LocalKmsConfig, ResiliencePolicy, Resilient, VaultAuth, VaultKms, VaultKmsConfig,
     keyring::{Keyring, Keyrings, Member, Role},
 };
 
@@ -123,6 +123,23 @@ pub enum BackendConfig {
         #[serde(default)]
         resilience: ResilienceConfig,
     },
+    /// Azure Key Vault or Managed HSM (RSA key, RSA-OAEP-256).
+    Azure {
+        /// `https://<vault>.vault.azure.net/`.
+        vault_url: String,
+        /// Name of the RSA key.
+        key_name: String,
+        /// Pin wrapping to this key version; the current version otherwise.
+        key_version: Option<String>,
+        /// Who keymesh is; Workload Identity when unset.
+        #[serde(default)]
+        credential: AzureCredentialConfig,
+        /// Extra CA (PEM) for the vault's certificate.
+        ca_cert: Option<PathBuf>,
+        /// Deadlines, retries and circuit breaker.
+        #[serde(default)]
+        resilience: ResilienceConfig,
+    },
     /// Google Cloud KMS.
     Gcp {
         /// `projects/<p>/locations/<l>/keyRings/<r>/cryptoKeys/<k>` of a symmetric ENCRYPT_DECRYPT key.
@@ -176,6 +193,30 @@ impl Default for VaultAuthConfig {
     fn default() -> Self {
         Self::Token { token_env: None, token_file: None }
     }
+}
+
+/// `credential` of an Azure backend, from `azure_identity`. Secrets are named by environment variable.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AzureCredentialConfig {
+    /// AKS Workload Identity: AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_FEDERATED_TOKEN_FILE, as the
+    /// webhook injects them.
+    #[default]
+    WorkloadIdentity,
+    /// The managed identity of the VM or node; a user-assigned one by client id.
+    ManagedIdentity {
+        /// Client id of a user-assigned identity.
+        client_id: Option<String>,
+    },
+    /// A service principal with a client secret.
+    ClientSecret {
+        /// Directory (tenant) id.
+        tenant_id: String,
+        /// Application (client) id.
+        client_id: String,
+        /// Variable holding the secret; default `AZURE_CLIENT_SECRET`.
+        client_secret_env: Option<String>,
+    },
 }
 
 /// `resilience` of a remote backend; unset fields keep [`ResiliencePolicy::default`].
@@ -441,6 +482,43 @@ pub async fn open_backend(
                 credentials: None,
             };
             Arc::new(Resilient::new(AwsKms::connect(name, config).await?, name, policy))
+        }
+        BackendConfig::Azure { vault_url, key_name, key_version, credential, ca_cert, resilience } => {
+            let policy = resilience.policy();
+            let failed = |e: azure_core::Error| invalid(format!("credential: {e}"));
+            let credential: Arc<dyn azure_core::credentials::TokenCredential> = match credential {
+                AzureCredentialConfig::WorkloadIdentity => {
+                    azure_identity::WorkloadIdentityCredential::new(None).map_err(failed)?
+                }
+                AzureCredentialConfig::ManagedIdentity { client_id } => {
+                    let options = azure_identity::ManagedIdentityCredentialOptions {
+                        user_assigned_id: client_id.clone().map(azure_identity::UserAssignedId::ClientId),
+                        ..Default::default()
+                    };
+                    azure_identity::ManagedIdentityCredential::new(Some(options)).map_err(failed)?
+                }
+                AzureCredentialConfig::ClientSecret { tenant_id, client_id, client_secret_env } => {
+                    let env = client_secret_env.as_deref().unwrap_or("AZURE_CLIENT_SECRET");
+                    let secret = read_secret(None, env, || invalid(format!("credential: {env} is not set")))?;
+                    azure_identity::ClientSecretCredential::new(
+                        tenant_id,
+                        client_id.clone(),
+                        azure_core::credentials::Secret::new(secret.to_string()),
+                        None,
+                    )
+                    .map_err(failed)?
+                }
+            };
+            let config = AzureKmsConfig {
+                vault_url: vault_url.clone(),
+                key_name: key_name.clone(),
+                key_version: key_version.clone(),
+                credential,
+                ca_cert: ca_cert.clone(),
+                connect_to: None,
+                request_timeout: policy.attempt_timeout,
+            };
+            Arc::new(Resilient::new(AzureKms::connect(name, config).await?, name, policy))
         }
         BackendConfig::Gcp { crypto_key, endpoint, resilience } => {
             let policy = resilience.policy();

@@ -4,6 +4,7 @@
 //! wrapped blob cannot be moved to another key.
 
 pub mod aws;
+pub mod azure;
 pub mod config;
 pub mod conformance;
 mod error;
@@ -14,6 +15,7 @@ pub mod resilient;
 pub mod vault;
 
 pub use aws::{AwsKms, AwsKmsConfig};
+pub use azure::{AzureKms, AzureKmsConfig};
 pub use config::KmsConfig;
 pub use error::KmsError;
 pub use gcp::{GcpKms, GcpKmsConfig};
