@@ -116,6 +116,17 @@ async fn a_mesh_on_vault_transit_migrates_survives_outages_and_reports_a_deleted
     }
     let admin = mesh.admin_client();
     decrypt_all(&admin, &ciphertexts, "through Vault alone").await;
+
+    // `keymesh kms check` probes the backend end to end, and says in plain words what is wrong.
+    let output = mesh.cli().args(["kms", "check"]).envs(pairs(&vault_only)).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && stdout.starts_with("ok    vault"), "{output:?}");
+    let wrong_token = vault_keyring(&bao, "not-a-vault-token", &[]);
+    let output = mesh.cli().args(["kms", "check"]).envs(pairs(&wrong_token)).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{output:?}");
+    assert!(stdout.starts_with("FAIL  vault") && stdout.contains("permission denied"), "{stdout}");
+    assert!(!stdout.contains("not-a-vault-token"), "no token in the output: {stdout}");
     for i in 0..5 {
         admin.encrypt(&format!("k-{i:02}"), b"warming the cache".to_vec(), Vec::new()).await.unwrap();
     }

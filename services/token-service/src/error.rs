@@ -37,6 +37,14 @@ impl From<TokenError> for Status {
             TokenError::InvalidClient => Status::unauthenticated(e.to_string()),
             TokenError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             TokenError::Unimplemented(_) => Status::unimplemented(e.to_string()),
+            TokenError::Kms(keymesh_kms::KmsError::Unavailable { backend, .. }) => {
+                tracing::error!(error = %e, "KMS backend unavailable");
+                Status::unavailable(format!("KMS backend {backend} is unavailable; retry later"))
+            }
+            TokenError::Kms(keymesh_kms::KmsError::KeyUnusable { .. }) => {
+                tracing::error!(error = %e, "KMS key unusable");
+                Status::failed_precondition(e.to_string())
+            }
             TokenError::Store(_) | TokenError::Kms(_) | TokenError::Internal(_) => {
                 // Details go to the log, not to the caller.
                 tracing::error!(error = %e, "internal failure");
