@@ -35,9 +35,22 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// A free loopback port.
+/// A free loopback port below the kernel's ephemeral range (32768 and up on Linux), so that a service
+/// restarted on its port by `Mesh::restart` cannot find it taken as the source port of some outgoing
+/// connection in the meantime.
 pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let port = 20_000 + (rand_u16() % 12_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn rand_u16() -> u16 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u16::from_le_bytes([bytes[0], bytes[1]])
 }
 
 /// A running mesh.

@@ -4,7 +4,8 @@
 //!   decrypts once the local KEK is gone;
 //! - with Vault frozen mid-workload, DEKs already cached keep serving, calls that need Vault fail with
 //!   UNAVAILABLE naming the backend within the deadline, and everything works again when Vault returns;
-//! - a keyring whose primary (Vault) is down decrypts through its secondary;
+//! - a keyring whose primary (Vault) is down decrypts through its secondary, and token-service starts and
+//!   signs through it too;
 //! - the Transit key deleted gives FAILED_PRECONDITION saying so.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -155,10 +156,15 @@ async fn a_mesh_on_vault_transit_migrates_survives_outages_and_reports_a_deleted
     let with_secondary = vault_keyring(&bao, &token, &[("KEYMESH_KMS__SECONDARY", r#"["local"]"#)]);
     let status_code = mesh.command(ServiceName::KeyService).arg("rewrap").envs(pairs(&with_secondary)).status().await;
     assert!(status_code.unwrap().success(), "key-service rewrap to add the secondary");
+    // token-service wraps its signing key under the secondary too when it starts with this keyring.
+    mesh.restart(ServiceName::TokenService, &pairs(&with_secondary)).await;
     bao.pause(true);
     redis.cli(&["FLUSHALL"]);
-    mesh.restart(ServiceName::KeyService, &pairs(&with_secondary)).await;
+    for service in [ServiceName::KeyService, ServiceName::TokenService] {
+        mesh.restart(service, &pairs(&with_secondary)).await;
+    }
     mesh.restart(ServiceName::CryptoService, &[]).await;
+    // A fresh token, signed by a token-service that started with its primary KMS down.
     let admin = mesh.admin_client();
     decrypt_all(&admin, &ciphertexts, "through the secondary while the primary is down").await;
     bao.pause(false);

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use keymesh_crypto::SecretKey;
 
 use crate::{BackendDescription, KeyEncryptionBackend, KmsError, WrapContext, WrappedKey};
@@ -58,6 +59,46 @@ impl WrapSet {
     pub fn wraps(&self) -> &[WrappedKey] {
         &self.0
     }
+
+    /// A set as rows store it: the first wrap in the row's own columns (so rows of one wrap read as they
+    /// always did) and the others as a JSON list (`extra_wraps`). Fails on a list that does not parse.
+    pub fn from_columns(first: WrappedKey, extra_wraps: Option<&str>) -> Result<Self, String> {
+        let mut wraps = vec![first];
+        if let Some(extra) = extra_wraps {
+            let extra: Vec<StoredWrap> = serde_json::from_str(extra).map_err(|e| e.to_string())?;
+            for wrap in extra {
+                let ciphertext = B64.decode(&wrap.ciphertext).map_err(|e| e.to_string())?;
+                wraps.push(WrappedKey { backend: wrap.backend, kek_id: wrap.kek_id, ciphertext });
+            }
+        }
+        Ok(Self(wraps))
+    }
+
+    /// The first wrap and the others' JSON list (`None` when there are none), for [`WrapSet::from_columns`].
+    pub fn to_columns(&self) -> (WrappedKey, Option<String>) {
+        let (first, rest) = self.split_first();
+        let extra = (!rest.is_empty()).then(|| {
+            let rest: Vec<StoredWrap> = rest
+                .iter()
+                .map(|w| StoredWrap {
+                    backend: w.backend.clone(),
+                    kek_id: w.kek_id.clone(),
+                    ciphertext: B64.encode(&w.ciphertext),
+                })
+                .collect();
+            // A Vec of plain strings always serializes.
+            serde_json::to_string(&rest).unwrap_or_default()
+        });
+        (first.clone(), extra)
+    }
+}
+
+/// One further wrap in an `extra_wraps` list.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredWrap {
+    backend: String,
+    kek_id: String,
+    ciphertext: String,
 }
 
 /// The keyring.

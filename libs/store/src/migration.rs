@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_initial::Migration),
             Box::new(m20261123_000002_key_lifecycle::Migration),
             Box::new(m20261123_000003_keyring::Migration),
+            Box::new(m20261123_000004_signing_key_wraps::Migration),
         ]
     }
 }
@@ -288,6 +289,33 @@ mod m20261123_000003_keyring {
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             manager.drop_table(Table::drop().table("rewrap_jobs").to_owned()).await?;
             manager.alter_table(Table::alter().table("key_versions").drop_column("extra_wraps").to_owned()).await
+        }
+    }
+}
+
+/// token-service's signing keys wrapped under every member of the keyring, like key versions, so that it
+/// starts while the primary KMS is down.
+mod m20261123_000004_signing_key_wraps {
+    use sea_orm_migration::{prelude::*, schema::*};
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261123_000004_signing_key_wraps"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .alter_table(Table::alter().table("signing_keys").add_column(text_null("extra_wraps")).to_owned())
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager.alter_table(Table::alter().table("signing_keys").drop_column("extra_wraps").to_owned()).await
         }
     }
 }

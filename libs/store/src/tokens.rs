@@ -52,19 +52,15 @@ impl TokenRepository {
         Ok(())
     }
 
-    /// Replaces a signing key's wrapped private key (after moving it to another KEK).
-    pub async fn rewrap_signing_key(
-        &self,
-        kid: &str,
-        wrapped_private_key: Vec<u8>,
-        kek_backend: String,
-        kek_id: String,
-    ) -> Result<(), StoreError> {
+    /// Replaces a signing key's wraps (after a keyring change), from `key`'s wrap columns.
+    pub async fn rewrap_signing_key(&self, key: &signing_key::Model) -> Result<(), StoreError> {
+        use sea_orm::sea_query::Expr;
         signing_key::Entity::update_many()
-            .col_expr(signing_key::Column::WrappedPrivateKey, sea_orm::sea_query::Expr::value(wrapped_private_key))
-            .col_expr(signing_key::Column::KekBackend, sea_orm::sea_query::Expr::value(kek_backend))
-            .col_expr(signing_key::Column::KekId, sea_orm::sea_query::Expr::value(kek_id))
-            .filter(signing_key::Column::Kid.eq(kid))
+            .col_expr(signing_key::Column::WrappedPrivateKey, Expr::value(key.wrapped_private_key.clone()))
+            .col_expr(signing_key::Column::KekBackend, Expr::value(key.kek_backend.clone()))
+            .col_expr(signing_key::Column::KekId, Expr::value(key.kek_id.clone()))
+            .col_expr(signing_key::Column::ExtraWraps, Expr::value(key.extra_wraps.clone()))
+            .filter(signing_key::Column::Kid.eq(&key.kid))
             .exec(&self.db)
             .await?;
         Ok(())

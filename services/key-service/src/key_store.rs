@@ -5,7 +5,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use keymesh_crypto::{SecretKey, SymmetricAlgorithm};
 use keymesh_kms::{Keyrings, WrapContext, WrapSet, WrappedKey};
 use keymesh_proto::v1 as pb;
@@ -200,7 +199,7 @@ impl KeyStore {
             encryptions_granted: 0,
             extra_wraps: None,
         };
-        store_wraps(&mut row, &wraps)?;
+        store_wraps(&mut row, &wraps);
         Ok(row)
     }
 
@@ -225,30 +224,14 @@ impl KeyStore {
     }
 }
 
-/// One further wrap as `extra_wraps` stores it.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StoredWrap {
-    backend: String,
-    kek_id: String,
-    ciphertext: String,
-}
-
 /// The wraps of a version's material; `None` once destroyed. The first wrap lives in the row's own columns
 /// (so single-backend rows read as they always did), the others in `extra_wraps`.
 pub fn stored_wraps(version: &key_version::Model) -> Result<Option<WrapSet>, KeyError> {
     let Some(ciphertext) = version.wrapped_material.clone() else { return Ok(None) };
-    let corrupt =
-        |detail: String| corrupt_wraps(format!("key {} version {}: {detail}", version.key_id, version.version));
-    let mut wraps =
-        vec![WrappedKey { backend: version.kek_backend.clone(), kek_id: version.kek_id.clone(), ciphertext }];
-    if let Some(extra) = &version.extra_wraps {
-        let extra: Vec<StoredWrap> = serde_json::from_str(extra).map_err(|e| corrupt(e.to_string()))?;
-        for wrap in extra {
-            let ciphertext = B64.decode(&wrap.ciphertext).map_err(|e| corrupt(e.to_string()))?;
-            wraps.push(WrappedKey { backend: wrap.backend, kek_id: wrap.kek_id, ciphertext });
-        }
-    }
-    Ok(WrapSet::new(wraps))
+    let first = WrappedKey { backend: version.kek_backend.clone(), kek_id: version.kek_id.clone(), ciphertext };
+    WrapSet::from_columns(first, version.extra_wraps.as_deref())
+        .map(Some)
+        .map_err(|detail| corrupt_wraps(format!("key {} version {}: {detail}", version.key_id, version.version)))
 }
 
 fn corrupt_wraps(detail: String) -> KeyError {
@@ -256,25 +239,12 @@ fn corrupt_wraps(detail: String) -> KeyError {
 }
 
 /// Stores `wraps` in the version's row.
-pub fn store_wraps(version: &mut key_version::Model, wraps: &WrapSet) -> Result<(), KeyError> {
-    let (first, rest) = wraps.split_first();
-    version.wrapped_material = Some(first.ciphertext.clone());
-    version.kek_backend = first.backend.clone();
-    version.kek_id = first.kek_id.clone();
-    version.extra_wraps = if rest.is_empty() {
-        None
-    } else {
-        let rest: Vec<StoredWrap> = rest
-            .iter()
-            .map(|w| StoredWrap {
-                backend: w.backend.clone(),
-                kek_id: w.kek_id.clone(),
-                ciphertext: B64.encode(&w.ciphertext),
-            })
-            .collect();
-        Some(serde_json::to_string(&rest).map_err(|e| corrupt_wraps(e.to_string()))?)
-    };
-    Ok(())
+pub fn store_wraps(version: &mut key_version::Model, wraps: &WrapSet) {
+    let (first, extra) = wraps.to_columns();
+    version.wrapped_material = Some(first.ciphertext);
+    version.kek_backend = first.backend;
+    version.kek_id = first.kek_id;
+    version.extra_wraps = extra;
 }
 
 /// The version's symmetric algorithm.

@@ -4,7 +4,7 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use keymesh_crypto::SecretKey;
-use keymesh_kms::{Keyring, WrapContext, WrapSet, WrappedKey};
+use keymesh_kms::{Keyring, KmsError, WrapContext, WrapSet, WrappedKey};
 use keymesh_mesh::{auth::AccessClaims, config::TokenParams};
 use keymesh_proto::v1 as pb;
 use keymesh_store::{entity::signing_key, now_millis, tokens::TokenRepository};
@@ -42,14 +42,9 @@ impl Signer {
             repo.insert_signing_key(created).await?;
             keys = repo.current_signing_keys().await?;
         }
-        move_to_primary(repo, kms, &mut keys).await?;
+        bring_up_to_date(repo, kms, &mut keys).await?;
         let newest = keys.first().ok_or_else(|| TokenError::Internal("no signing key after creating one".into()))?;
-        let wrapped = WrappedKey {
-            backend: newest.kek_backend.clone(),
-            kek_id: newest.kek_id.clone(),
-            ciphertext: newest.wrapped_private_key.clone(),
-        };
-        let private = kms.unwrap(&WrapSet::single(wrapped), &wrap_context(&newest.kid)).await?;
+        let private = kms.unwrap(&wraps_of(newest)?, &wrap_context(&newest.kid)).await?;
         let key = EncodingKey::from_ed_der(private.expose_secret());
         let jwks = keys
             .iter()
@@ -78,37 +73,53 @@ impl Signer {
     }
 }
 
-/// Keeps every current signing key wrapped under the keyring's primary KEK: a key still wrapped under another
-/// (retired) member is re-wrapped at start, so that member can leave the configuration afterwards, as it can
-/// for key-service once its re-wrap is done.
-async fn move_to_primary(
+/// The wraps of a signing key's private half.
+fn wraps_of(key: &signing_key::Model) -> Result<WrapSet, TokenError> {
+    let first = WrappedKey {
+        backend: key.kek_backend.clone(),
+        kek_id: key.kek_id.clone(),
+        ciphertext: key.wrapped_private_key.clone(),
+    };
+    WrapSet::from_columns(first, key.extra_wraps.as_deref())
+        .map_err(|e| TokenError::Internal(format!("signing key {}: unreadable extra_wraps: {e}", key.kid)))
+}
+
+fn set_wraps(key: &mut signing_key::Model, wraps: &WrapSet) {
+    let (first, extra) = wraps.to_columns();
+    key.wrapped_private_key = first.ciphertext;
+    key.kek_backend = first.backend;
+    key.kek_id = first.kek_id;
+    key.extra_wraps = extra;
+}
+
+/// Keeps every current signing key wrapped exactly as the keyring wraps now (the primary and each
+/// secondary), as key-service's re-wrap does for DEKs: retired members can then leave the configuration, and
+/// a secondary can stand in when the primary is down. A KMS that cannot serve right now only postpones this to
+/// the next start; the existing wraps still unwrap through whichever member can.
+async fn bring_up_to_date(
     repo: &TokenRepository,
     kms: &Keyring,
     keys: &mut [signing_key::Model],
 ) -> Result<(), TokenError> {
     for key in keys.iter_mut() {
-        let wrapped = WrappedKey {
-            backend: key.kek_backend.clone(),
-            kek_id: key.kek_id.clone(),
-            ciphertext: key.wrapped_private_key.clone(),
-        };
-        if kms.is_current_primary(&wrapped) {
-            continue;
-        }
         let context = wrap_context(&key.kid);
-        let private = kms.unwrap(&WrapSet::single(wrapped), &context).await?;
-        let moved = kms.wrap_primary(&private, &context).await?;
-        repo.rewrap_signing_key(&key.kid, moved.ciphertext.clone(), moved.backend.clone(), moved.kek_id.clone())
-            .await?;
-        tracing::info!(kid = %key.kid, backend = %moved.backend, "re-wrapped a token signing key under the primary KEK");
-        key.wrapped_private_key = moved.ciphertext;
-        key.kek_backend = moved.backend;
-        key.kek_id = moved.kek_id;
+        match kms.rewrap(&wraps_of(key)?, &context).await {
+            Ok(None) => {}
+            Ok(Some(wraps)) => {
+                set_wraps(key, &wraps);
+                repo.rewrap_signing_key(key).await?;
+                tracing::info!(kid = %key.kid, target = %kms.target(), "re-wrapped a token signing key");
+            }
+            Err(e @ (KmsError::Unavailable { .. } | KmsError::KeyUnusable { .. })) => {
+                tracing::warn!(kid = %key.kid, error = %e, "cannot re-wrap a token signing key now; next start will");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
 
-/// The private key is wrapped under the keyring's primary only; `move_to_primary` follows the primary.
+/// The private key is wrapped under the primary and every secondary, like a DEK.
 async fn create_key(kms: &Keyring) -> Result<signing_key::Model, TokenError> {
     let internal = |e: openssl::error::ErrorStack| TokenError::Internal(format!("openssl: {e}"));
     let pkey = PKey::generate_ed25519().map_err(internal)?;
@@ -116,14 +127,16 @@ async fn create_key(kms: &Keyring) -> Result<signing_key::Model, TokenError> {
     let private = SecretKey::from_bytes(pkey.private_key_to_pkcs8().map_err(internal)?);
     let digest = Sha256::digest(&public);
     let kid = format!("ed25519-{}", digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>());
-    let wrapped = kms.wrap_primary(&private, &wrap_context(&kid)).await?;
+    let wraps = kms.wrap(&private, &wrap_context(&kid)).await?;
+    let (first, extra_wraps) = wraps.to_columns();
     Ok(signing_key::Model {
         kid,
         algorithm: ALGORITHM.into(),
         public_key: public,
-        wrapped_private_key: wrapped.ciphertext,
-        kek_backend: wrapped.backend,
-        kek_id: wrapped.kek_id,
+        wrapped_private_key: first.ciphertext,
+        kek_backend: first.backend,
+        kek_id: first.kek_id,
+        extra_wraps,
         created_at: now_millis(),
         retired_at: None,
     })

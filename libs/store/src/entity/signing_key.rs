@@ -14,6 +14,8 @@ pub struct Model {
     pub wrapped_private_key: Vec<u8>,
     pub kek_backend: String,
     pub kek_id: String,
+    /// Wraps under the keyring's other members, as a JSON list (see `keymesh_kms::WrapSet::from_columns`).
+    pub extra_wraps: Option<String>,
     pub created_at: i64,
     pub retired_at: Option<i64>,
 }
