@@ -90,8 +90,13 @@ impl OpenBao {
     }
 
     fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        self.try_cli_in("", args)
+    }
+
+    fn try_cli_in(&self, namespace: &str, args: &[&str]) -> Result<String, String> {
         let output = Command::new(&self.program)
             .args(args)
+            .env("BAO_NAMESPACE", namespace)
             .env("BAO_ADDR", &self.address)
             .env("BAO_TOKEN", &self.root_token)
             .env_remove("VAULT_ADDR")
@@ -108,6 +113,11 @@ impl OpenBao {
     /// Runs the `bao` CLI as root against this server; panics on failure.
     pub fn cli(&self, args: &[&str]) -> String {
         self.try_cli(args).unwrap_or_else(|e| panic!("bao {args:?}: {e}"))
+    }
+
+    /// Runs the `bao` CLI as root in a namespace; panics on failure.
+    pub fn cli_in(&self, namespace: &str, args: &[&str]) -> String {
+        self.try_cli_in(namespace, args).unwrap_or_else(|e| panic!("bao {args:?} in {namespace}: {e}"))
     }
 
     /// Creates an aes256-gcm96 Transit key that may be deleted.

@@ -153,6 +153,43 @@ async fn vault_approle_login_and_rotation() {
     }
 }
 
+#[tokio::test]
+async fn vault_namespaces_keep_keys_apart() {
+    keymesh_mesh::install_crypto_provider();
+    let bao = OpenBao::start();
+    bao.cli(&["namespace", "create", "team"]);
+    bao.cli_in("team", &["secrets", "enable", "transit"]);
+    bao.cli_in("team", &["write", "-f", "transit/keys/keymesh"]);
+    let connect = |namespace: Option<&str>| {
+        let config = VaultKmsConfig {
+            address: bao.address.clone(),
+            mount: "transit".into(),
+            key: "keymesh".into(),
+            namespace: namespace.map(str::to_owned),
+            ca_cert: None,
+            auth: VaultAuth::Token(Zeroizing::new(bao.root_token.clone())),
+            request_timeout: policy().attempt_timeout,
+        };
+        VaultKms::connect("vault-team", config)
+    };
+    let team = connect(Some("team")).await.unwrap();
+    let context = keymesh_kms::WrapContext {
+        tenant_id: "t".into(),
+        key_id: "k".into(),
+        version: 1,
+        algorithm: "AES-256-GCM".into(),
+    };
+    let dek = keymesh_crypto::SecretKey::from_bytes(vec![5; 32]);
+    let wrapped = team.wrap(&dek, &context).await.unwrap();
+    assert_eq!(team.unwrap(&wrapped, &context).await.unwrap().expose_secret(), dek.expose_secret());
+    // The root namespace has no such key: the wrap is refused there, not decrypted.
+    let root = connect(None).await.unwrap();
+    match root.unwrap(&wrapped, &context).await {
+        Err(KmsError::KeyUnusable { reason, .. }) => assert!(reason.contains("does not exist"), "{reason}"),
+        other => panic!("expected the root namespace to refuse, got {other:?}"),
+    }
+}
+
 struct AwsHarness {
     moto: Moto,
     key_id: String,
