@@ -6,6 +6,7 @@
 
 pub mod azure_kv_double;
 pub mod gcp_kms_double;
+pub mod k8s_token_review;
 pub mod kms_servers;
 
 use std::{
@@ -379,4 +380,43 @@ pub async fn second_tenant(mesh: &Mesh) -> (String, String) {
     .await
     .unwrap();
     ("app_second".into(), secret)
+}
+
+/// The first column of the first row of `query`, as a number (a count).
+pub async fn count(db: &sea_orm::DatabaseConnection, query: &str) -> i64 {
+    let row = sea_orm::ConnectionTrait::query_one_raw(
+        db,
+        sea_orm::Statement::from_string(sea_orm::ConnectionTrait::get_database_backend(db), query.to_owned()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+/// Calls RewrapKeys and returns every progress message; `stop_after` ends the read early.
+pub async fn rewrap(
+    client: &KeymeshClient,
+    stop_after: impl Fn(&keymesh_proto::v1::RewrapKeysResponse) -> bool,
+) -> Vec<keymesh_proto::v1::RewrapKeysResponse> {
+    let request = client.authorized(keymesh_proto::v1::RewrapKeysRequest {}).await.unwrap();
+    let mut stream = client.key_service().rewrap_keys(request).await.unwrap().into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = futures_util::StreamExt::next(&mut stream).await {
+        let message = message.unwrap();
+        let stop = stop_after(&message);
+        messages.push(message);
+        if stop {
+            break;
+        }
+    }
+    messages
+}
+
+/// Decrypts every (ciphertext, plaintext) pair and checks the plaintext; `when` names the moment on failure.
+pub async fn decrypt_all(client: &KeymeshClient, ciphertexts: &[(Vec<u8>, Vec<u8>)], when: &str) {
+    for (ciphertext, plaintext) in ciphertexts {
+        let opened = client.decrypt(ciphertext.clone(), Vec::new()).await.unwrap_or_else(|e| panic!("{when}: {e}"));
+        assert_eq!(opened.as_slice(), plaintext.as_slice(), "{when}");
+    }
 }

@@ -10,11 +10,10 @@
 use std::process::Stdio;
 
 use futures_util::{StreamExt, stream};
-use integration_tests::{Mesh, RedisServer, fresh_postgres_database, second_tenant};
-use keymesh_client::KeymeshClient;
+use integration_tests::{Mesh, RedisServer, count, decrypt_all, fresh_postgres_database, rewrap, second_tenant};
 use keymesh_mesh::ServiceName;
 use keymesh_proto::v1 as pb;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use sea_orm::Database;
 
 const KEYS: usize = 300;
 
@@ -30,38 +29,6 @@ fn next_keyring(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'
     ];
     env.extend_from_slice(extra);
     env
-}
-
-async fn count(db: &DatabaseConnection, query: &str) -> i64 {
-    let row =
-        db.query_one_raw(Statement::from_string(db.get_database_backend(), query.to_owned())).await.unwrap().unwrap();
-    row.try_get_by_index::<i64>(0).unwrap()
-}
-
-/// Calls RewrapKeys and returns every progress message; `stop_after` ends the read early.
-async fn rewrap(
-    client: &KeymeshClient,
-    stop_after: impl Fn(&pb::RewrapKeysResponse) -> bool,
-) -> Vec<pb::RewrapKeysResponse> {
-    let request = client.authorized(pb::RewrapKeysRequest {}).await.unwrap();
-    let mut stream = client.key_service().rewrap_keys(request).await.unwrap().into_inner();
-    let mut messages = Vec::new();
-    while let Some(message) = stream.next().await {
-        let message = message.unwrap();
-        let stop = stop_after(&message);
-        messages.push(message);
-        if stop {
-            break;
-        }
-    }
-    messages
-}
-
-async fn decrypt_all(client: &KeymeshClient, ciphertexts: &[(Vec<u8>, Vec<u8>)], when: &str) {
-    for (ciphertext, plaintext) in ciphertexts {
-        let opened = client.decrypt(ciphertext.clone(), Vec::new()).await.unwrap_or_else(|e| panic!("{when}: {e}"));
-        assert_eq!(opened.as_slice(), plaintext.as_slice(), "{when}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

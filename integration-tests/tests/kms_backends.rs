@@ -10,6 +10,7 @@ use std::{sync::Arc, time::Duration};
 use integration_tests::{
     azure_kv_double::AzureKeyVaultDouble,
     gcp_kms_double::GcpKmsDouble,
+    k8s_token_review::TokenReviewApi,
     kms_servers::{Moto, OpenBao},
 };
 use keymesh_kms::{
@@ -38,14 +39,45 @@ fn deadline() -> Duration {
     p.attempt_timeout * p.max_attempts + p.max_backoff + Duration::from_millis(300)
 }
 
-struct VaultHarness {
-    bao: OpenBao,
-    key: String,
+/// The server behind a backend under test, as the conformance suite stops it and disables its key.
+enum Server {
+    Vault { bao: OpenBao, key: String },
+    Aws { moto: Moto, key_id: String },
+    Gcp { double: GcpKmsDouble, key: String },
+    Azure { double: AzureKeyVaultDouble, key: String, _ca: tempfile::NamedTempFile },
+}
+
+impl Server {
+    fn freeze(&self, frozen: bool) {
+        match self {
+            Server::Vault { bao, .. } => bao.pause(frozen),
+            Server::Aws { moto, .. } => moto.pause(frozen),
+            Server::Gcp { double, .. } => double.freeze(frozen),
+            Server::Azure { double, .. } => double.freeze(frozen),
+        }
+    }
+
+    /// Vault Transit keys cannot be disabled: the key is deleted. The others are disabled.
+    async fn disable_key(&self) -> Result<(), String> {
+        match self {
+            Server::Vault { bao, key } => bao.delete_transit_key(key),
+            Server::Aws { moto, key_id } => {
+                moto.client().disable_key().key_id(key_id).send().await.map_err(|e| e.to_string())?;
+            }
+            Server::Gcp { double, key } => double.set_enabled(key, false),
+            Server::Azure { double, key, .. } => double.set_enabled(key, false),
+        }
+        Ok(())
+    }
+}
+
+struct ServerHarness {
+    server: Server,
     backend: Arc<dyn KeyEncryptionBackend>,
 }
 
 #[async_trait::async_trait]
-impl Harness for VaultHarness {
+impl Harness for ServerHarness {
     fn backend(&self) -> Arc<dyn KeyEncryptionBackend> {
         self.backend.clone()
     }
@@ -53,17 +85,33 @@ impl Harness for VaultHarness {
         deadline()
     }
     async fn stop_server(&self) -> Result<bool, String> {
-        self.bao.pause(true);
+        self.server.freeze(true);
         Ok(true)
     }
     async fn start_server(&self) -> Result<(), String> {
-        self.bao.pause(false);
+        self.server.freeze(false);
         Ok(())
     }
     async fn disable_key(&self) -> Result<bool, String> {
-        self.bao.delete_transit_key(&self.key);
-        Ok(true)
+        self.server.disable_key().await.map(|()| true)
     }
+}
+
+/// Runs the conformance suite against `backend` (inside `Resilient`, as key-service opens it): every check
+/// must pass.
+async fn assert_conforms(name: &str, server: Server, backend: impl KeyEncryptionBackend + 'static) {
+    let backend = Arc::new(Resilient::new(backend, name, policy()));
+    let report = conformance::run(&ServerHarness { server, backend }).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.passed, ["round_trip", "context_mismatch", "outage", "key_disabled"], "{report:?}");
+    eprintln!("{name}: {report:?}");
+}
+
+fn context() -> keymesh_kms::WrapContext {
+    keymesh_kms::WrapContext { tenant_id: "t".into(), key_id: "k".into(), version: 1, algorithm: "AES-256-GCM".into() }
+}
+
+fn dek(byte: u8) -> keymesh_crypto::SecretKey {
+    keymesh_crypto::SecretKey::from_bytes(vec![byte; 32])
 }
 
 async fn vault_backend(bao: &OpenBao, key: &str, auth: VaultAuth) -> Result<VaultKms, KmsError> {
@@ -89,11 +137,7 @@ async fn vault_transit_conforms() {
     bao.create_transit_key("keymesh");
     let token = bao.keymesh_token("keymesh");
     let vault = vault_backend(&bao, "keymesh", VaultAuth::Token(Zeroizing::new(token))).await.unwrap();
-    let backend = Arc::new(Resilient::new(vault, "vault-test", policy()));
-    let harness = VaultHarness { bao, key: "keymesh".into(), backend };
-    let report = conformance::run(&harness).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(report.passed, ["round_trip", "context_mismatch", "outage", "key_disabled"], "{report:?}");
-    eprintln!("vault: {report:?}");
+    assert_conforms("vault-test", Server::Vault { bao, key: "keymesh".into() }, vault).await;
 }
 
 #[tokio::test]
@@ -117,13 +161,8 @@ async fn vault_approle_login_and_rotation() {
 
     let auth = VaultAuth::AppRole { mount: "approle".into(), role_id, secret_id: Zeroizing::new(secret_id) };
     let vault = vault_backend(&bao, "rotating", auth).await.unwrap();
-    let context = keymesh_kms::WrapContext {
-        tenant_id: "t".into(),
-        key_id: "k".into(),
-        version: 1,
-        algorithm: "AES-256-GCM".into(),
-    };
-    let dek = keymesh_crypto::SecretKey::from_bytes(vec![9; 32]);
+    let context = context();
+    let dek = dek(9);
     let v1 = vault.wrap(&dek, &context).await.unwrap();
     assert_eq!(v1.kek_id, "transit/rotating:v1");
     assert!(vault.is_current(&v1));
@@ -173,13 +212,8 @@ async fn vault_namespaces_keep_keys_apart() {
         VaultKms::connect("vault-team", config)
     };
     let team = connect(Some("team")).await.unwrap();
-    let context = keymesh_kms::WrapContext {
-        tenant_id: "t".into(),
-        key_id: "k".into(),
-        version: 1,
-        algorithm: "AES-256-GCM".into(),
-    };
-    let dek = keymesh_crypto::SecretKey::from_bytes(vec![5; 32]);
+    let context = context();
+    let dek = dek(5);
     let wrapped = team.wrap(&dek, &context).await.unwrap();
     assert_eq!(team.unwrap(&wrapped, &context).await.unwrap().expose_secret(), dek.expose_secret());
     // The root namespace has no such key: the wrap is refused there, not decrypted.
@@ -190,31 +224,62 @@ async fn vault_namespaces_keep_keys_apart() {
     }
 }
 
-struct AwsHarness {
-    moto: Moto,
-    key_id: String,
-    backend: Arc<dyn KeyEncryptionBackend>,
-}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_kubernetes_login_rereads_the_projected_token() {
+    keymesh_mesh::install_crypto_provider();
+    let bao = OpenBao::start();
+    bao.create_transit_key("keymesh");
+    let policy = bao.write_keymesh_policy("keymesh");
+    let api = TokenReviewApi::start().await;
+    bao.cli(&["auth", "enable", "kubernetes"]);
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &api.ca_pem).unwrap();
+    bao.cli(&[
+        "write",
+        "auth/kubernetes/config",
+        &format!("kubernetes_host={}", api.url),
+        &format!("kubernetes_ca_cert=@{}", ca.path().display()),
+        "disable_local_ca_jwt=true",
+    ]);
+    bao.cli(&[
+        "write",
+        "auth/kubernetes/role/keymesh",
+        "bound_service_account_names=key-service",
+        "bound_service_account_namespaces=keymesh",
+        &format!("token_policies={policy}"),
+        "token_ttl=3s",
+        "token_max_ttl=3s",
+    ]);
+    let jwt_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(jwt_file.path(), api.issue("keymesh", "key-service")).unwrap();
+    let auth = VaultAuth::Kubernetes {
+        mount: "kubernetes".into(),
+        role: "keymesh".into(),
+        jwt_file: jwt_file.path().to_path_buf(),
+    };
+    let vault = vault_backend(&bao, "keymesh", auth).await.unwrap();
+    let context = context();
+    let dek = dek(6);
+    let wrapped = vault.wrap(&dek, &context).await.unwrap();
 
-#[async_trait::async_trait]
-impl Harness for AwsHarness {
-    fn backend(&self) -> Arc<dyn KeyEncryptionBackend> {
-        self.backend.clone()
-    }
-    fn outage_deadline(&self) -> Duration {
-        deadline()
-    }
-    async fn stop_server(&self) -> Result<bool, String> {
-        self.moto.pause(true);
-        Ok(true)
-    }
-    async fn start_server(&self) -> Result<(), String> {
-        self.moto.pause(false);
-        Ok(())
-    }
-    async fn disable_key(&self) -> Result<bool, String> {
-        self.moto.client().disable_key().key_id(&self.key_id).send().await.map_err(|e| e.to_string())?;
-        Ok(true)
+    // The kubelet rotates the projected token; past the Vault token's TTL the backend logs in again with
+    // the new one.
+    std::fs::write(jwt_file.path(), api.issue("keymesh", "key-service")).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(vault.unwrap(&wrapped, &context).await.unwrap().expose_secret(), dek.expose_secret());
+
+    // A service account the role is not bound to is refused at login, in Vault's words.
+    let other = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(other.path(), api.issue("default", "intruder")).unwrap();
+    let auth = VaultAuth::Kubernetes {
+        mount: "kubernetes".into(),
+        role: "keymesh".into(),
+        jwt_file: other.path().to_path_buf(),
+    };
+    let refused = vault_backend(&bao, "keymesh", auth).await.unwrap();
+    match refused.wrap(&dek, &context).await {
+        Err(KmsError::KeyUnusable { reason, .. }) => assert!(reason.contains("Kubernetes login refused"), "{reason}"),
+        other => panic!("expected a refused login, got {other:?}"),
     }
 }
 
@@ -239,11 +304,7 @@ async fn aws_kms_conforms() {
     let moto = Moto::start();
     let key_id = moto.create_key().await;
     let aws = aws_backend(&moto, &key_id).await;
-    let backend = Arc::new(Resilient::new(aws, "aws-test", policy()));
-    let harness = AwsHarness { moto, key_id, backend };
-    let report = conformance::run(&harness).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(report.passed, ["round_trip", "context_mismatch", "outage", "key_disabled"], "{report:?}");
-    eprintln!("aws: {report:?}");
+    assert_conforms("aws-test", Server::Aws { moto, key_id }, aws).await;
 }
 
 #[tokio::test]
@@ -254,13 +315,8 @@ async fn aws_kms_alias_resolves_to_the_key_arn() {
     moto.client().create_alias().alias_name("alias/keymesh").target_key_id(&key_id).send().await.unwrap();
     let aws = aws_backend(&moto, "alias/keymesh").await;
     assert!(aws.describe().kek_id.ends_with(&format!(":key/{key_id}")), "{:?}", aws.describe());
-    let context = keymesh_kms::WrapContext {
-        tenant_id: "t".into(),
-        key_id: "k".into(),
-        version: 1,
-        algorithm: "AES-256-GCM".into(),
-    };
-    let dek = keymesh_crypto::SecretKey::from_bytes(vec![3; 32]);
+    let context = context();
+    let dek = dek(3);
     let wrapped = aws.wrap(&dek, &context).await.unwrap();
     assert!(wrapped.kek_id.starts_with("arn:aws:kms:us-east-1:"), "{}", wrapped.kek_id);
     assert!(aws.is_current(&wrapped));
@@ -270,34 +326,6 @@ async fn aws_kms_alias_resolves_to_the_key_arn() {
     match missing.wrap(&dek, &context).await {
         Err(KmsError::KeyUnusable { reason, .. }) => assert!(reason.contains("does not exist"), "{reason}"),
         other => panic!("expected KeyUnusable, got {other:?}"),
-    }
-}
-
-struct GcpHarness {
-    double: GcpKmsDouble,
-    key: String,
-    backend: Arc<dyn KeyEncryptionBackend>,
-}
-
-#[async_trait::async_trait]
-impl Harness for GcpHarness {
-    fn backend(&self) -> Arc<dyn KeyEncryptionBackend> {
-        self.backend.clone()
-    }
-    fn outage_deadline(&self) -> Duration {
-        deadline()
-    }
-    async fn stop_server(&self) -> Result<bool, String> {
-        self.double.freeze(true);
-        Ok(true)
-    }
-    async fn start_server(&self) -> Result<(), String> {
-        self.double.freeze(false);
-        Ok(())
-    }
-    async fn disable_key(&self) -> Result<bool, String> {
-        self.double.set_enabled(&self.key, false);
-        Ok(true)
     }
 }
 
@@ -321,11 +349,7 @@ async fn gcp_cloud_kms_conforms() {
     let double = GcpKmsDouble::start().await;
     let key = double.create_key("keymesh-test", "kek");
     let gcp = gcp_backend(&double, &key).await;
-    let backend = Arc::new(Resilient::new(gcp, "gcp-test", policy()));
-    let harness = GcpHarness { double, key, backend };
-    let report = conformance::run(&harness).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(report.passed, ["round_trip", "context_mismatch", "outage", "key_disabled"], "{report:?}");
-    eprintln!("gcp: {report:?}");
+    assert_conforms("gcp-test", Server::Gcp { double, key }, gcp).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,13 +358,8 @@ async fn gcp_rotation_makes_old_wraps_non_current() {
     let double = GcpKmsDouble::start().await;
     let key = double.create_key("keymesh-test", "rotating");
     let gcp = gcp_backend(&double, &key).await;
-    let context = keymesh_kms::WrapContext {
-        tenant_id: "t".into(),
-        key_id: "k".into(),
-        version: 1,
-        algorithm: "AES-256-GCM".into(),
-    };
-    let dek = keymesh_crypto::SecretKey::from_bytes(vec![4; 32]);
+    let context = context();
+    let dek = dek(4);
     let v1 = gcp.wrap(&dek, &context).await.unwrap();
     assert_eq!(v1.kek_id, format!("{key}/cryptoKeyVersions/1"));
     double.rotate(&key);
@@ -378,34 +397,6 @@ impl azure_core::credentials::TokenCredential for StaticToken {
     }
 }
 
-struct AzureHarness {
-    double: AzureKeyVaultDouble,
-    backend: Arc<dyn KeyEncryptionBackend>,
-    _ca: tempfile::NamedTempFile,
-}
-
-#[async_trait::async_trait]
-impl Harness for AzureHarness {
-    fn backend(&self) -> Arc<dyn KeyEncryptionBackend> {
-        self.backend.clone()
-    }
-    fn outage_deadline(&self) -> Duration {
-        deadline()
-    }
-    async fn stop_server(&self) -> Result<bool, String> {
-        self.double.freeze(true);
-        Ok(true)
-    }
-    async fn start_server(&self) -> Result<(), String> {
-        self.double.freeze(false);
-        Ok(())
-    }
-    async fn disable_key(&self) -> Result<bool, String> {
-        self.double.set_enabled("kek", false);
-        Ok(true)
-    }
-}
-
 async fn azure_backend(double: &AzureKeyVaultDouble, token: &str) -> (AzureKms, tempfile::NamedTempFile) {
     let ca = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca.path(), &double.ca_pem).unwrap();
@@ -432,11 +423,7 @@ async fn azure_key_vault_conforms() {
     let double = AzureKeyVaultDouble::start().await;
     double.create_key("kek");
     let (azure, ca) = azure_backend(&double, &double.token.clone()).await;
-    let backend = Arc::new(Resilient::new(azure, "azure-test", policy()));
-    let harness = AzureHarness { double, backend, _ca: ca };
-    let report = conformance::run(&harness).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(report.passed, ["round_trip", "context_mismatch", "outage", "key_disabled"], "{report:?}");
-    eprintln!("azure: {report:?}");
+    assert_conforms("azure-test", Server::Azure { double, key: "kek".into(), _ca: ca }, azure).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,13 +432,8 @@ async fn azure_versions_and_refusals() {
     let double = AzureKeyVaultDouble::start().await;
     double.create_key("kek");
     let (azure, _ca) = azure_backend(&double, &double.token.clone()).await;
-    let context = keymesh_kms::WrapContext {
-        tenant_id: "t".into(),
-        key_id: "k".into(),
-        version: 1,
-        algorithm: "AES-256-GCM".into(),
-    };
-    let dek = keymesh_crypto::SecretKey::from_bytes(vec![8; 32]);
+    let context = context();
+    let dek = dek(8);
     let v1 = azure.wrap(&dek, &context).await.unwrap();
     assert!(v1.kek_id.starts_with(&format!("{}keys/kek/", double.vault_url)), "{}", v1.kek_id);
     double.rotate("kek");

@@ -12,12 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use integration_tests::{Mesh, RedisServer, fresh_postgres_database, kms_servers::OpenBao};
-use keymesh_client::{ClientError, KeymeshClient};
+use integration_tests::{Mesh, RedisServer, count, decrypt_all, fresh_postgres_database, kms_servers::OpenBao, rewrap};
+use keymesh_client::ClientError;
 use keymesh_mesh::ServiceName;
-use keymesh_proto::v1 as pb;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use sea_orm::Database;
 
 const KEYS: usize = 40;
 
@@ -43,19 +41,6 @@ fn vault_keyring(bao: &OpenBao, token: &str, extra: &[(&str, &str)]) -> Vec<(Str
 
 fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
-async fn count(db: &DatabaseConnection, query: &str) -> i64 {
-    let row =
-        db.query_one_raw(Statement::from_string(db.get_database_backend(), query.to_owned())).await.unwrap().unwrap();
-    row.try_get_by_index::<i64>(0).unwrap()
-}
-
-async fn decrypt_all(client: &KeymeshClient, ciphertexts: &[(Vec<u8>, Vec<u8>)], when: &str) {
-    for (ciphertext, plaintext) in ciphertexts {
-        let opened = client.decrypt(ciphertext.clone(), Vec::new()).await.unwrap_or_else(|e| panic!("{when}: {e}"));
-        assert_eq!(opened.as_slice(), plaintext.as_slice(), "{when}");
-    }
 }
 
 fn status(result: Result<impl std::fmt::Debug, ClientError>) -> tonic::Status {
@@ -97,13 +82,8 @@ async fn a_mesh_on_vault_transit_migrates_survives_outages_and_reports_a_deleted
     mesh.restart(ServiceName::KeyService, &pairs(&migrating)).await;
     mesh.restart(ServiceName::TokenService, &pairs(&migrating)).await;
     let admin = mesh.admin_client();
-    let request = admin.authorized(pb::RewrapKeysRequest {}).await.unwrap();
-    let mut progress = admin.key_service().rewrap_keys(request).await.unwrap().into_inner();
-    let mut last = None;
-    while let Some(message) = progress.next().await {
-        last = Some(message.unwrap());
-    }
-    let last = last.unwrap();
+    let progress = rewrap(&admin, |_| false).await;
+    let last = progress.last().unwrap();
     assert!(last.done && last.versions_failed == 0 && last.target.starts_with("vault=transit/keymesh:v1"), "{last:?}");
     let under_vault = "SELECT count(*) FROM key_versions WHERE wrapped_material IS NOT NULL AND kek_backend = 'vault' \
                        AND kek_id = 'transit/keymesh:v1'";

@@ -168,25 +168,10 @@ impl AwsKms {
             }
             SdkError::TimeoutError(_) => unavailable("the request timed out".into()),
             SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                unavailable(format!("request failed: {}", DisplayErrorContext(&e)))
+                unavailable(format!("request failed: {}", crate::error_chain(&e)))
             }
-            _ => KmsError::Config { reason: format!("{}: {}", self.name, DisplayErrorContext(&e)) },
+            _ => KmsError::Config { reason: format!("{}: {}", self.name, crate::error_chain(&e)) },
         }
-    }
-}
-
-/// The error with its causes, which the SDK's top-level message leaves out.
-struct DisplayErrorContext<'a>(&'a dyn std::error::Error);
-
-impl std::fmt::Display for DisplayErrorContext<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
     }
 }
 

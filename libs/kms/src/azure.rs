@@ -184,22 +184,10 @@ impl AzureKms {
                 }
             }
             ErrorKind::Credential => unavailable(format!("cannot get a token for Key Vault: {e}")),
-            ErrorKind::Connection | ErrorKind::Io => unavailable(format!("request failed: {}", chain(&e))),
-            _ => KmsError::Config { reason: format!("{}: {}", self.name, chain(&e)) },
+            ErrorKind::Connection | ErrorKind::Io => unavailable(format!("request failed: {}", crate::error_chain(&e))),
+            _ => KmsError::Config { reason: format!("{}: {}", self.name, crate::error_chain(&e)) },
         }
     }
-}
-
-/// The error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 fn url_host(url: &str) -> Option<String> {

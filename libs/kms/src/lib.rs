@@ -122,3 +122,15 @@ pub(crate) async fn probe(backend: &dyn KeyEncryptionBackend) -> Result<(), KmsE
     }
     Ok(())
 }
+
+/// An error and its causes on one line: the SDKs' top-level messages alone rarely say what failed.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

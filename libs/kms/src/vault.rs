@@ -278,25 +278,15 @@ impl VaultKms {
                     _ => self.unusable(format!("Vault answered {code}: {said}")),
                 }
             }
-            ClientError::RestClientError { source } => self.unavailable(format!("request failed: {}", chain(&source))),
+            ClientError::RestClientError { source } => {
+                self.unavailable(format!("request failed: {}", crate::error_chain(&source)))
+            }
             ClientError::ResponseEmptyError
             | ClientError::ResponseDataEmptyError
             | ClientError::JsonParseError { .. } => self.unavailable(format!("unexpected answer from Vault: {e}")),
-            other => KmsError::Config { reason: format!("{}: {}", self.name, chain(&other)) },
+            other => KmsError::Config { reason: format!("{}: {}", self.name, crate::error_chain(&other)) },
         }
     }
-}
-
-/// The error and its causes on one line: rustify's top-level messages alone do not say what failed.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 fn build_client(name: &str, config: &VaultKmsConfig, token: &str) -> Result<VaultClient, KmsError> {
@@ -310,7 +300,7 @@ fn build_client(name: &str, config: &VaultKmsConfig, token: &str) -> Result<Vaul
         settings.set_namespace(namespace.clone());
     }
     let settings = settings.build().map_err(|e| invalid(format!("address {:?}: {e}", config.address)))?;
-    VaultClient::new(settings).map_err(|e| invalid(chain(&e)))
+    VaultClient::new(settings).map_err(|e| invalid(crate::error_chain(&e)))
 }
 
 /// The highest version in a Transit key's version map.

@@ -50,9 +50,9 @@ pub fn init(params: &MeshParams) -> Result<Telemetry, MeshError> {
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let filter = std::env::var("KEYMESH_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(&params.log_level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .and_then(|f| EnvFilter::try_new(quiet_sdks(&f)).ok())
+        .or_else(|| EnvFilter::try_new(quiet_sdks(&params.log_level)).ok())
+        .unwrap_or_else(|| EnvFilter::new(quiet_sdks("info")));
     let registry = tracing_subscriber::registry().with(otel);
     let result = if params.json_logs {
         registry
@@ -63,6 +63,21 @@ pub fn init(params: &MeshParams) -> Result<Telemetry, MeshError> {
     };
     result.map_err(|e| MeshError::Telemetry(e.to_string()))?;
     Ok(Telemetry { provider })
+}
+
+/// The Vault client logs every refused or failed request at ERROR level, in its own words; keymesh logs the
+/// same failure once, classified and named after the keyring member. Its logs are off unless the filter
+/// names the crates.
+fn quiet_sdks(filter: &str) -> String {
+    let mut filter = if filter.trim().is_empty() { "info".to_owned() } else { filter.to_owned() };
+    for target in ["vaultrs", "rustify"] {
+        if !filter.contains(target) {
+            filter.push_str(",");
+            filter.push_str(target);
+            filter.push_str("=off");
+        }
+    }
+    filter
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
@@ -109,4 +124,16 @@ pub fn current_trace_id() -> Option<String> {
     let cx = tracing::Span::current().context();
     let span_context = cx.span().span_context().clone();
     span_context.is_valid().then(|| span_context.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet_sdks;
+
+    #[test]
+    fn sdk_logs_are_off_unless_asked_for() {
+        assert_eq!(quiet_sdks("info"), "info,vaultrs=off,rustify=off");
+        assert_eq!(quiet_sdks(""), "info,vaultrs=off,rustify=off");
+        assert_eq!(quiet_sdks("vaultrs=debug"), "vaultrs=debug,rustify=off");
+    }
 }
