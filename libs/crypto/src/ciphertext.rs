@@ -110,14 +110,14 @@ pub struct SealRequest<'a> {
 /// Seals `plaintext` under `key` into a version-3 ciphertext.
 pub fn seal(key: &SecretKey, request: &SealRequest<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let alg = request.algorithm;
-    let nonce = crate::random::nonce::<{ crate::aead::GCM_NONCE_LEN }>()?;
+    let nonce = crate::random::random_bytes(alg.nonce_len())?;
     let header = RawHeader {
         v: CURRENT_VERSION,
         ctx: request.key_name.to_owned(),
         kid: request.key_ref.to_kid(),
         alg: alg.name().to_owned(),
         mode: Some(alg.mode().to_owned()),
-        nonce: B64.encode(nonce),
+        nonce: B64.encode(&*nonce),
         kc: Some(B64.encode(commitment::commit(key.expose_secret()))),
         aad: Some(!request.binding.is_empty()),
     };
@@ -129,7 +129,7 @@ pub fn seal(key: &SecretKey, request: &SealRequest<'_>, plaintext: &[u8]) -> Res
             limit: MAX_HEADER_LEN,
         });
     }
-    let mut out = Vec::with_capacity(2 + header_json.len() + plaintext.len() + crate::aead::GCM_TAG_LEN);
+    let mut out = Vec::with_capacity(2 + header_json.len() + plaintext.len() + alg.max_overhead());
     out.extend_from_slice(&(header_json.len() as u16).to_be_bytes());
     out.extend_from_slice(&header_json);
     let associated = associated_data(&out, request.binding);

@@ -7,6 +7,7 @@ pub mod ciphertext;
 pub mod commitment;
 mod error;
 pub mod key_import;
+pub mod primitives;
 pub mod random;
 pub mod secret;
 

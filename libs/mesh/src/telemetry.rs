@@ -72,7 +72,7 @@ fn quiet_sdks(filter: &str) -> String {
     let mut filter = if filter.trim().is_empty() { "info".to_owned() } else { filter.to_owned() };
     for target in ["vaultrs", "rustify"] {
         if !filter.contains(target) {
-            filter.push_str(",");
+            filter.push(',');
             filter.push_str(target);
             filter.push_str("=off");
         }
