@@ -420,3 +420,24 @@ pub async fn decrypt_all(client: &KeymeshClient, ciphertexts: &[(Vec<u8>, Vec<u8
         assert_eq!(opened.as_slice(), plaintext.as_slice(), "{when}");
     }
 }
+
+/// Runs the independent helper `scripts/byok.py` (Python's `cryptography`, no keymesh code) and returns its
+/// hex output.
+pub fn byok(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/byok.py");
+    let output = std::process::Command::new("python3").arg(script).args(args).output().unwrap_or_else(|e| {
+        panic!("python3 is required for this test ({e}); `make test-deps` installs it and `cryptography`")
+    });
+    assert!(output.status.success(), "byok.py {:?} failed: {}", args.first(), String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes from hex.
+pub fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::{Mesh, RedisServer, fresh_postgres_database, second_tenant};
+use integration_tests::{Mesh, RedisServer, byok, fresh_postgres_database, hex, second_tenant, unhex};
 use keymesh_client::{ClientError, KeymeshClient};
 use keymesh_kms::{KeyEncryptionBackend, LocalKms, LocalKmsConfig, WrapContext, WrappedKey};
 use keymesh_mesh::ServiceName;
@@ -490,10 +490,6 @@ async fn every_method_state_and_refusal_on_postgres_and_redis() {
     .await;
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_rotating_one_key_concurrently_make_exactly_one_version_per_rotation() {
     let url = fresh_postgres_database().await;
@@ -544,20 +540,6 @@ async fn two_replicas_rotating_one_key_concurrently_make_exactly_one_version_per
     let active: Vec<u32> =
         key.versions.iter().filter(|v| v.state == pb::KeyVersionState::Active as i32).map(|v| v.version).collect();
     assert_eq!(active, [101], "one ACTIVE version");
-}
-
-/// Runs the independent BYOK helper (Python's `cryptography`, no keymesh code) and returns its hex output.
-fn byok(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/byok.py");
-    let output = std::process::Command::new("python3").arg(script).args(args).output().unwrap_or_else(|e| {
-        panic!("python3 is required for the import test ({e}); `make test-deps` installs it and `cryptography`")
-    });
-    assert!(output.status.success(), "byok.py {:?} failed: {}", args.first(), String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
-fn unhex(hex: &str) -> Vec<u8> {
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,10 @@
 //! Encrypt: seals a plaintext under the key's ACTIVE version in the v3 ciphertext format, with key
 //! commitment and the caller's AAD and encryption context bound.
 
-use keymesh_crypto::ciphertext::{self, Binding, KeyRef, SealRequest};
+use keymesh_crypto::{
+    CryptoError,
+    ciphertext::{self, Binding, KeyRef, SealRequest},
+};
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -62,8 +65,18 @@ impl CryptoRpc {
                 algorithm: dek.algorithm,
                 binding: Binding { aad: &request.aad, context: Some(&context) },
             };
-            let ciphertext = ciphertext::seal(&dek.material, &seal, &request.plaintext)
-                .map_err(|e| CryptoServiceError::Internal(e.to_string()))?;
+            let ciphertext = ciphertext::seal(&dek.material, &seal, &request.plaintext).map_err(|e| match e {
+                CryptoError::TooLarge { size, limit, .. } => CryptoServiceError::InvalidArgument {
+                    field: "plaintext",
+                    reason: format!(
+                        "{size} bytes is over the {limit}-byte limit of {} (key {:?}); use a key of another \
+                         algorithm, such as AES-256-GCM, for larger data",
+                        dek.algorithm.name(),
+                        dek.key_name
+                    ),
+                },
+                other => CryptoServiceError::Internal(other.to_string()),
+            })?;
             Ok(pb::EncryptResponse {
                 ciphertext,
                 key_id: dek.key_id.clone(),

@@ -101,9 +101,11 @@ impl KeyRpc {
         let algorithm = match requested {
             pb::Algorithm::Unspecified => SymmetricAlgorithm::Aes256Gcm,
             other => SymmetricAlgorithm::from_proto(other).ok_or_else(|| {
+                let available: Vec<&str> = SymmetricAlgorithm::ALL.iter().map(|a| a.to_proto().as_str_name()).collect();
                 KeyError::Unimplemented(format!(
-                    "CreateKey with algorithm {} (available: ALGORITHM_AES_256_GCM, ALGORITHM_AES_128_GCM)",
-                    other.as_str_name()
+                    "CreateKey with algorithm {} for purpose ENCRYPT (available: {})",
+                    other.as_str_name(),
+                    available.join(", ")
                 ))
             })?,
         };
