@@ -125,3 +125,58 @@ async fn every_mode_round_trips_and_an_independent_implementation_decrypts() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("65536") && refused.message().contains("AES-256-GCM"), "{refused:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_and_random() {
+    let mesh = Mesh::start(&[], &[]).await;
+    let admin = mesh.admin_client();
+    let hash = |algorithm: pb::HashAlgorithm, data: &[u8]| {
+        let admin = &admin;
+        let data = data.to_vec();
+        async move {
+            let request = admin.authorized(pb::HashRequest { algorithm: algorithm as i32, data }).await.unwrap();
+            admin.crypto_service().hash(request).await.map(|r| hex(&r.into_inner().digest))
+        }
+    };
+    // FIPS 180-4 / FIPS 202 / RFC 7693 digests of "abc".
+    let expected = [
+        (pb::HashAlgorithm::Sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+        (
+            pb::HashAlgorithm::Sha384,
+            "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c825a7",
+        ),
+        (
+            pb::HashAlgorithm::Sha512,
+            "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd\
+             454d4423643ce80e2a9ac94fa54ca49f",
+        ),
+        (pb::HashAlgorithm::Sha3256, "3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532"),
+        (
+            pb::HashAlgorithm::Blake2b512,
+            "ba80a53f981c4d0d6a2797b69f12f6e94c212f14685ac4b74b12bb6fdbffa2d17d87c5392aab792dc252d5de4533cc95\
+             18d38aa8dbf1925ab92386edd4009923",
+        ),
+    ];
+    for (algorithm, digest) in expected {
+        assert_eq!(hash(algorithm, b"abc").await.unwrap(), digest, "{algorithm:?}");
+    }
+    let refused = hash(pb::HashAlgorithm::Unspecified, b"abc").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    let random = |num_bytes: u32| {
+        let admin = &admin;
+        async move {
+            let request = admin.authorized(pb::GenerateRandomRequest { num_bytes }).await.unwrap();
+            admin.crypto_service().generate_random(request).await.map(|r| r.into_inner().random)
+        }
+    };
+    let (a, b) = (random(32).await.unwrap(), random(32).await.unwrap());
+    assert_eq!((a.len(), b.len()), (32, 32));
+    assert_ne!(a, b);
+    assert_eq!(random(1024).await.unwrap().len(), 1024);
+    for wrong in [0, 1025] {
+        let refused = random(wrong).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{wrong}: {refused:?}");
+        assert!(refused.message().contains("1 to 1024"), "{refused:?}");
+    }
+}

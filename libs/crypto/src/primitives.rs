@@ -52,6 +52,35 @@ impl Hash {
     }
 }
 
+/// A hash function offered by the Hash API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestAlgorithm {
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+    /// SHA-512.
+    Sha512,
+    /// SHA3-256.
+    Sha3_256,
+    /// BLAKE2b with a 512-bit output (not FIPS-approved).
+    Blake2b512,
+}
+
+/// The digest of `data`.
+pub fn digest(algorithm: DigestAlgorithm, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let md = match algorithm {
+        DigestAlgorithm::Sha256 => MessageDigest::sha256(),
+        DigestAlgorithm::Sha384 => MessageDigest::sha384(),
+        DigestAlgorithm::Sha512 => MessageDigest::sha512(),
+        DigestAlgorithm::Sha3_256 => MessageDigest::sha3_256(),
+        DigestAlgorithm::Blake2b512 => {
+            MessageDigest::from_name("BLAKE2B512").ok_or_else(|| CryptoError::Unsupported("BLAKE2b-512".into()))?
+        }
+    };
+    Ok(openssl::hash::hash(md, data)?.to_vec())
+}
+
 /// HMAC of `parts`, concatenated, under `key`.
 pub fn hmac(hash: Hash, key: &[u8], parts: &[&[u8]]) -> Result<Vec<u8>, CryptoError> {
     let key = PKey::hmac(key)?;
@@ -152,6 +181,28 @@ mod tests {
         .map(|k| k.to_vec());
         let expected = hex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865");
         assert_eq!(okm, Ok(expected));
+    }
+
+    #[test]
+    fn digests_of_abc() {
+        let hex_of = |a| digest(a, b"abc").map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        assert_eq!(
+            hex_of(DigestAlgorithm::Sha256).as_deref(),
+            Ok("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        assert_eq!(
+            hex_of(DigestAlgorithm::Sha3_256).as_deref(),
+            Ok("3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532")
+        );
+        assert_eq!(
+            hex_of(DigestAlgorithm::Blake2b512).as_deref(),
+            Ok(concat!(
+                "ba80a53f981c4d0d6a2797b69f12f6e94c212f14685ac4b74b12bb6fdbffa2d1",
+                "7d87c5392aab792dc252d5de4533cc9518d38aa8dbf1925ab92386edd4009923"
+            ))
+        );
+        assert_eq!(digest(DigestAlgorithm::Sha384, b"abc").map(|d| d.len()), Ok(48));
+        assert_eq!(digest(DigestAlgorithm::Sha512, b"abc").map(|d| d.len()), Ok(64));
     }
 
     #[test]

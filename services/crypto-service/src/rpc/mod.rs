@@ -3,6 +3,7 @@
 
 mod decrypt;
 mod encrypt;
+mod utility;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -113,15 +114,15 @@ impl CryptoService for CryptoRpc {
         unimplemented("VerifyMac")
     }
 
-    async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
-        unimplemented("Hash")
+    async fn hash(&self, request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        self.handle_hash(request).await
     }
 
     async fn generate_random(
         &self,
-        _: Request<pb::GenerateRandomRequest>,
+        request: Request<pb::GenerateRandomRequest>,
     ) -> Result<Response<pb::GenerateRandomResponse>, Status> {
-        unimplemented("GenerateRandom")
+        self.handle_generate_random(request).await
     }
 
     type EncryptStreamStream = ResponseStream<pb::EncryptStreamResponse>;
