@@ -180,3 +180,100 @@ async fn hash_and_random() {
         assert!(refused.message().contains("1 to 1024"), "{refused:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_give_a_result_or_an_error_per_item_in_order() {
+    use pb::{decrypt_item_result::Result as Opened, encrypt_item_result::Result as Sealed};
+    let mesh = Mesh::start(&[], &[]).await;
+    let admin = mesh.admin_client();
+    for (name, algorithm) in [("batch-a", pb::Algorithm::Aes256Gcm), ("batch-b", pb::Algorithm::Chacha20Poly1305)] {
+        let request = pb::CreateKeyRequest {
+            name: name.into(),
+            purpose: pb::KeyPurpose::Encrypt as i32,
+            algorithm: algorithm as i32,
+            ..Default::default()
+        };
+        admin.key_service().create_key(admin.authorized(request).await.unwrap()).await.unwrap();
+    }
+    let item = |key: &str, plaintext: &[u8], aad: &[u8]| pb::EncryptItem {
+        key: key.into(),
+        plaintext: plaintext.to_vec(),
+        aad: aad.to_vec(),
+        ..Default::default()
+    };
+    let request = pb::EncryptRequest {
+        key: "batch-a".into(),
+        batch: vec![
+            item("", b"first, under the request's key", b""),
+            item("batch-b", b"second", b"order-2"),
+            item("no-such-key", b"third", b""),
+            item("batch-a", b"fourth", b""),
+        ],
+        ..Default::default()
+    };
+    let sealed = admin.crypto_service().encrypt(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
+    assert_eq!(sealed.batch.len(), 4);
+    let ciphertext = |i: usize| match &sealed.batch[i].result {
+        Some(Sealed::Ciphertext(c)) => c.clone(),
+        other => panic!("item {i}: {other:?}"),
+    };
+    match &sealed.batch[2].result {
+        Some(Sealed::Error(e)) => assert_eq!(e.code, tonic::Code::NotFound as i32, "{e:?}"),
+        other => panic!("item 2 should fail: {other:?}"),
+    }
+    let key_b = admin.get_key("batch-b").await.unwrap();
+    assert_eq!(sealed.batch[1].key_id, key_b.key_id);
+
+    let open =
+        |ciphertext: Vec<u8>, aad: &[u8]| pb::DecryptItem { ciphertext, aad: aad.to_vec(), ..Default::default() };
+    let request = pb::DecryptRequest {
+        batch: vec![
+            open(ciphertext(3), b""),
+            open(ciphertext(1), b"order-2"),
+            open(b"not a ciphertext".to_vec(), b""),
+            open(ciphertext(1), b"another aad"),
+            open(ciphertext(0), b""),
+        ],
+        ..Default::default()
+    };
+    let opened = admin.crypto_service().decrypt(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
+    let outcomes: Vec<Result<Vec<u8>, i32>> = opened
+        .batch
+        .iter()
+        .map(|r| match &r.result {
+            Some(Opened::Plaintext(p)) => Ok(p.clone()),
+            Some(Opened::Error(e)) => Err(e.code),
+            None => panic!("an item without a result"),
+        })
+        .collect();
+    let invalid = tonic::Code::InvalidArgument as i32;
+    assert_eq!(
+        outcomes,
+        [
+            Ok(b"fourth".to_vec()),
+            Ok(b"second".to_vec()),
+            Err(invalid),
+            Err(invalid),
+            Ok(b"first, under the request's key".to_vec())
+        ]
+    );
+
+    // Malformed batches fail as a whole: both forms at once, or too many items.
+    let both = pb::EncryptRequest {
+        key: "batch-a".into(),
+        plaintext: b"single".to_vec(),
+        batch: vec![item("", b"x", b"")],
+        ..Default::default()
+    };
+    let refused = admin.crypto_service().encrypt(admin.authorized(both).await.unwrap()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("not both"), "{refused:?}");
+    let too_many = pb::EncryptRequest {
+        key: "batch-a".into(),
+        batch: (0..1001).map(|_| item("", b"x", b"")).collect(),
+        ..Default::default()
+    };
+    let refused = admin.crypto_service().encrypt(admin.authorized(too_many).await.unwrap()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("1000"), "{refused:?}");
+}

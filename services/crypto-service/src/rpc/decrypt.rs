@@ -2,15 +2,35 @@
 //! min_decryption_version or when retired), checks the key commitment and opens it. Every failure is the
 //! same "decryption failed", except the documented context mismatch.
 
+use std::collections::HashMap;
+
 use keymesh_crypto::{
-    CryptoError,
+    CryptoError, SymmetricAlgorithm,
     ciphertext::{self, Binding},
 };
+use keymesh_mesh::auth::AccessClaims;
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
 
-use super::{Audited, CryptoRpc, context_of};
+use super::{Audited, CryptoRpc, check_batch, context_of, item_error};
 use crate::{dek_cache::DekRequest, error::CryptoServiceError};
+
+/// One ciphertext to open.
+struct Opening<'a> {
+    ciphertext: &'a [u8],
+    key: &'a str,
+    aad: &'a [u8],
+    context: &'a HashMap<String, String>,
+}
+
+/// What opening produced.
+struct Opened {
+    plaintext: Zeroizing<Vec<u8>>,
+    key_id: String,
+    version: u32,
+    algorithm: SymmetricAlgorithm,
+}
 
 impl CryptoRpc {
     pub(super) async fn handle_decrypt(
@@ -18,54 +38,98 @@ impl CryptoRpc {
         request: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         let claims = self.caller(&request).await?;
-        let mut audit = Audited::start("Decrypt", &claims);
         let request = request.into_inner();
-        let result = async {
-            if !request.batch.is_empty() {
-                return Err(CryptoServiceError::Unimplemented("batch Decrypt".into()).into());
-            }
-            let parsed = ciphertext::parse(&request.ciphertext).map_err(|_| CryptoServiceError::DecryptionFailed)?;
-            parsed.expect_key(&request.key).map_err(|e| match e {
-                CryptoError::ContextMismatch { .. } => CryptoServiceError::ContextMismatch(e.to_string()),
-                _ => CryptoServiceError::DecryptionFailed,
-            })?;
-            // Authorize on the name the header claims before any key material moves; the stored name is
-            // checked again below (the header is authenticated only once the ciphertext opens).
-            claims.require_key_operation(&parsed.key_name, pb::Operation::Decrypt)?;
-            let dek = self
-                .deks
-                .get(DekRequest {
-                    tenant_id: &claims.tenant,
-                    key: &parsed.key_ref.key_id,
-                    version: parsed.key_ref.version,
-                    operation: pb::Operation::Decrypt,
-                    on_behalf_of: &claims.sub,
-                })
-                .await
-                .map_err(|e| match e {
-                    // Unknown key ids (tampered, or another tenant's) look like any other bad ciphertext.
-                    CryptoServiceError::KeyNotFound(_) => CryptoServiceError::DecryptionFailed,
-                    other => other,
-                })?;
-            audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
-            claims.require_key_operation(&dek.key_name, pb::Operation::Decrypt)?;
-            if dek.algorithm != parsed.algorithm {
-                return Err(CryptoServiceError::DecryptionFailed.into());
-            }
-            let context = context_of(request.encryption_context);
-            let plaintext = parsed
-                .open(&dek.material, Binding { aad: &request.aad, context: Some(&context) })
-                .map_err(|_| CryptoServiceError::DecryptionFailed)?;
-            Ok(pb::DecryptResponse {
-                plaintext: plaintext.to_vec(),
-                key_id: dek.key_id.clone(),
-                key_version: dek.version,
-                algorithm: dek.algorithm.to_proto() as i32,
-                warnings: vec![],
-                batch: vec![],
-            })
+        if !request.batch.is_empty() {
+            return self.decrypt_batch(&claims, request).await;
         }
-        .await;
+        let mut audit = Audited::start("Decrypt", &claims);
+        let opening = Opening {
+            ciphertext: &request.ciphertext,
+            key: &request.key,
+            aad: &request.aad,
+            context: &request.encryption_context,
+        };
+        let result = self.open_one(&claims, &mut audit, opening).await.map(|opened| pb::DecryptResponse {
+            plaintext: opened.plaintext.to_vec(),
+            key_id: opened.key_id,
+            key_version: opened.version,
+            algorithm: opened.algorithm.to_proto() as i32,
+            warnings: vec![],
+            batch: vec![],
+        });
         audit.finish(&self.audit, result)
+    }
+
+    /// Many ciphertexts in one call, each opened (concurrently) and audited on its own, with a plaintext or an
+    /// error per item in the order given.
+    async fn decrypt_batch(
+        &self,
+        claims: &AccessClaims,
+        request: pb::DecryptRequest,
+    ) -> Result<Response<pb::DecryptResponse>, Status> {
+        let total: usize = request.batch.iter().map(|item| item.ciphertext.len()).sum();
+        if let Err(e) = check_batch(request.batch.len(), total, !request.ciphertext.is_empty(), "ciphertext") {
+            let audit = Audited::start("Decrypt", claims);
+            return audit.finish(&self.audit, Err(e.into()));
+        }
+        let items = request.batch.iter().map(|item| async {
+            let mut audit = Audited::start("Decrypt", claims);
+            let opening = Opening {
+                ciphertext: &item.ciphertext,
+                key: if item.key.is_empty() { &request.key } else { &item.key },
+                aad: &item.aad,
+                context: &item.encryption_context,
+            };
+            let outcome = self.open_one(claims, &mut audit, opening).await;
+            match audit.finish(&self.audit, outcome).map(Response::into_inner) {
+                Ok(opened) => pb::DecryptItemResult {
+                    result: Some(pb::decrypt_item_result::Result::Plaintext(opened.plaintext.to_vec())),
+                    key_id: opened.key_id,
+                    key_version: opened.version,
+                },
+                Err(status) => pb::DecryptItemResult {
+                    result: Some(pb::decrypt_item_result::Result::Error(item_error(&status))),
+                    ..Default::default()
+                },
+            }
+        });
+        let batch = futures_util::future::join_all(items).await;
+        Ok(Response::new(pb::DecryptResponse { batch, ..Default::default() }))
+    }
+
+    async fn open_one(&self, claims: &AccessClaims, audit: &mut Audited, item: Opening<'_>) -> Result<Opened, Status> {
+        let parsed = ciphertext::parse(item.ciphertext).map_err(|_| CryptoServiceError::DecryptionFailed)?;
+        parsed.expect_key(item.key).map_err(|e| match e {
+            CryptoError::ContextMismatch { .. } => CryptoServiceError::ContextMismatch(e.to_string()),
+            _ => CryptoServiceError::DecryptionFailed,
+        })?;
+        // Authorize on the name the header claims before any key material moves; the stored name is checked
+        // again below (the header is authenticated only once the ciphertext opens).
+        claims.require_key_operation(&parsed.key_name, pb::Operation::Decrypt)?;
+        let dek = self
+            .deks
+            .get(DekRequest {
+                tenant_id: &claims.tenant,
+                key: &parsed.key_ref.key_id,
+                version: parsed.key_ref.version,
+                operation: pb::Operation::Decrypt,
+                on_behalf_of: &claims.sub,
+            })
+            .await
+            .map_err(|e| match e {
+                // Unknown key ids (tampered, or another tenant's) look like any other bad ciphertext.
+                CryptoServiceError::KeyNotFound(_) => CryptoServiceError::DecryptionFailed,
+                other => other,
+            })?;
+        audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
+        claims.require_key_operation(&dek.key_name, pb::Operation::Decrypt)?;
+        if dek.algorithm != parsed.algorithm {
+            return Err(CryptoServiceError::DecryptionFailed.into());
+        }
+        let context = context_of(item.context);
+        let plaintext = parsed
+            .open(&dek.material, Binding { aad: item.aad, context: Some(&context) })
+            .map_err(|_| CryptoServiceError::DecryptionFailed)?;
+        Ok(Opened { plaintext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm })
     }
 }

@@ -1,15 +1,34 @@
-//! Encrypt: seals a plaintext under the key's ACTIVE version in the v3 ciphertext format, with key
-//! commitment and the caller's AAD and encryption context bound.
+//! Encrypt: seals a plaintext (or each item of a batch) under the key's ACTIVE version in the v3 ciphertext
+//! format, with key commitment and the caller's AAD and encryption context bound.
+
+use std::collections::HashMap;
 
 use keymesh_crypto::{
-    CryptoError,
+    CryptoError, SymmetricAlgorithm,
     ciphertext::{self, Binding, KeyRef, SealRequest},
 };
+use keymesh_mesh::auth::AccessClaims;
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{Audited, CryptoRpc, UNARY_LIMIT, context_of};
+use super::{Audited, CryptoRpc, UNARY_LIMIT, check_batch, context_of, item_error};
 use crate::{dek_cache::DekRequest, error::CryptoServiceError};
+
+/// One plaintext to seal.
+struct Sealing<'a> {
+    key: &'a str,
+    plaintext: &'a [u8],
+    aad: &'a [u8],
+    context: &'a HashMap<String, String>,
+}
+
+/// What sealing produced.
+struct Sealed {
+    ciphertext: Vec<u8>,
+    key_id: String,
+    version: u32,
+    algorithm: SymmetricAlgorithm,
+}
 
 impl CryptoRpc {
     pub(super) async fn handle_encrypt(
@@ -17,76 +36,120 @@ impl CryptoRpc {
         request: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
         let claims = self.caller(&request).await?;
-        let mut audit = Audited::start("Encrypt", &claims);
         let request = request.into_inner();
-        let result = async {
-            if !request.batch.is_empty() {
-                return Err(CryptoServiceError::Unimplemented("batch Encrypt".into()).into());
-            }
-            if request.key.is_empty() {
-                return Err(CryptoServiceError::InvalidArgument {
-                    field: "key",
-                    reason: "name the key to encrypt with".into(),
-                }
-                .into());
-            }
-            if request.plaintext.len() > UNARY_LIMIT {
-                return Err(CryptoServiceError::InvalidArgument {
-                    field: "plaintext",
-                    reason: format!(
-                        "{} bytes is over the unary limit of {UNARY_LIMIT} bytes; use EncryptStream for large data",
-                        request.plaintext.len()
-                    ),
-                }
-                .into());
-            }
-            // Authorize before any key material moves (by name here; by the stored name below when the
-            // request gave a key id).
-            if !request.key.starts_with("k_") {
-                claims.require_key_operation(&request.key, pb::Operation::Encrypt)?;
-            }
-            let dek = self
-                .deks
-                .get_for_encryption(DekRequest {
-                    tenant_id: &claims.tenant,
-                    key: &request.key,
-                    version: 0,
-                    operation: pb::Operation::Encrypt,
-                    on_behalf_of: &claims.sub,
-                })
-                .await?;
-            audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
-            claims.require_key_operation(&dek.key_name, pb::Operation::Encrypt)?;
-            let context = context_of(request.encryption_context);
-            let key_ref = KeyRef { key_id: dek.key_id.clone(), version: dek.version };
-            let seal = SealRequest {
-                key_name: &dek.key_name,
-                key_ref: &key_ref,
-                algorithm: dek.algorithm,
-                binding: Binding { aad: &request.aad, context: Some(&context) },
-            };
-            let ciphertext = ciphertext::seal(&dek.material, &seal, &request.plaintext).map_err(|e| match e {
-                CryptoError::TooLarge { size, limit, .. } => CryptoServiceError::InvalidArgument {
-                    field: "plaintext",
-                    reason: format!(
-                        "{size} bytes is over the {limit}-byte limit of {} (key {:?}); use a key of another \
-                         algorithm, such as AES-256-GCM, for larger data",
-                        dek.algorithm.name(),
-                        dek.key_name
-                    ),
-                },
-                other => CryptoServiceError::Internal(other.to_string()),
-            })?;
-            Ok(pb::EncryptResponse {
-                ciphertext,
-                key_id: dek.key_id.clone(),
-                key_version: dek.version,
-                algorithm: dek.algorithm.to_proto() as i32,
-                warnings: vec![],
-                batch: vec![],
-            })
+        if !request.batch.is_empty() {
+            return self.encrypt_batch(&claims, request).await;
         }
-        .await;
+        let mut audit = Audited::start("Encrypt", &claims);
+        let sealing = Sealing {
+            key: &request.key,
+            plaintext: &request.plaintext,
+            aad: &request.aad,
+            context: &request.encryption_context,
+        };
+        let result = self.seal_one(&claims, &mut audit, sealing).await.map(|sealed| pb::EncryptResponse {
+            ciphertext: sealed.ciphertext,
+            key_id: sealed.key_id,
+            key_version: sealed.version,
+            algorithm: sealed.algorithm.to_proto() as i32,
+            warnings: vec![],
+            batch: vec![],
+        });
         audit.finish(&self.audit, result)
+    }
+
+    /// Many items in one call: each is sealed (concurrently) and audited on its own, and gets a ciphertext
+    /// or an error, in the order given. Only a batch that is malformed as a whole fails the call.
+    async fn encrypt_batch(
+        &self,
+        claims: &AccessClaims,
+        request: pb::EncryptRequest,
+    ) -> Result<Response<pb::EncryptResponse>, Status> {
+        let total: usize = request.batch.iter().map(|item| item.plaintext.len()).sum();
+        if let Err(e) = check_batch(request.batch.len(), total, !request.plaintext.is_empty(), "plaintext") {
+            let audit = Audited::start("Encrypt", claims);
+            return audit.finish(&self.audit, Err(e.into()));
+        }
+        let items = request.batch.iter().map(|item| async {
+            let mut audit = Audited::start("Encrypt", claims);
+            let sealing = Sealing {
+                key: if item.key.is_empty() { &request.key } else { &item.key },
+                plaintext: &item.plaintext,
+                aad: &item.aad,
+                context: &item.encryption_context,
+            };
+            let outcome = self.seal_one(claims, &mut audit, sealing).await;
+            match audit.finish(&self.audit, outcome).map(Response::into_inner) {
+                Ok(sealed) => pb::EncryptItemResult {
+                    result: Some(pb::encrypt_item_result::Result::Ciphertext(sealed.ciphertext)),
+                    key_id: sealed.key_id,
+                    key_version: sealed.version,
+                },
+                Err(status) => pb::EncryptItemResult {
+                    result: Some(pb::encrypt_item_result::Result::Error(item_error(&status))),
+                    ..Default::default()
+                },
+            }
+        });
+        let batch = futures_util::future::join_all(items).await;
+        Ok(Response::new(pb::EncryptResponse { batch, ..Default::default() }))
+    }
+
+    async fn seal_one(&self, claims: &AccessClaims, audit: &mut Audited, item: Sealing<'_>) -> Result<Sealed, Status> {
+        if item.key.is_empty() {
+            return Err(CryptoServiceError::InvalidArgument {
+                field: "key",
+                reason: "name the key to encrypt with".into(),
+            }
+            .into());
+        }
+        if item.plaintext.len() > UNARY_LIMIT {
+            return Err(CryptoServiceError::InvalidArgument {
+                field: "plaintext",
+                reason: format!(
+                    "{} bytes is over the unary limit of {UNARY_LIMIT} bytes; use EncryptStream for large data",
+                    item.plaintext.len()
+                ),
+            }
+            .into());
+        }
+        // Authorize before any key material moves (by name here; by the stored name below when the request
+        // gave a key id).
+        if !item.key.starts_with("k_") {
+            claims.require_key_operation(item.key, pb::Operation::Encrypt)?;
+        }
+        let dek = self
+            .deks
+            .get_for_encryption(DekRequest {
+                tenant_id: &claims.tenant,
+                key: item.key,
+                version: 0,
+                operation: pb::Operation::Encrypt,
+                on_behalf_of: &claims.sub,
+            })
+            .await?;
+        audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
+        claims.require_key_operation(&dek.key_name, pb::Operation::Encrypt)?;
+        let context = context_of(item.context);
+        let key_ref = KeyRef { key_id: dek.key_id.clone(), version: dek.version };
+        let seal = SealRequest {
+            key_name: &dek.key_name,
+            key_ref: &key_ref,
+            algorithm: dek.algorithm,
+            binding: Binding { aad: item.aad, context: Some(&context) },
+        };
+        let ciphertext = ciphertext::seal(&dek.material, &seal, item.plaintext).map_err(|e| match e {
+            CryptoError::TooLarge { size, limit, .. } => CryptoServiceError::InvalidArgument {
+                field: "plaintext",
+                reason: format!(
+                    "{size} bytes is over the {limit}-byte limit of {} (key {:?}); use a key of another \
+                     algorithm, such as AES-256-GCM, for larger data",
+                    dek.algorithm.name(),
+                    dek.key_name
+                ),
+            },
+            other => CryptoServiceError::Internal(other.to_string()),
+        })?;
+        Ok(Sealed { ciphertext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm })
     }
 }

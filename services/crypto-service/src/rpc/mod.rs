@@ -56,9 +56,45 @@ impl Audited {
     }
 }
 
+/// Most items in one batch.
+pub const MAX_BATCH: usize = 1000;
+
 /// The encryption context as the ciphertext format binds it (sorted).
-fn context_of(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
-    map.into_iter().collect()
+fn context_of(map: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// Checks a batch as a whole: its size, its total payload, and that the single-item fields are unused.
+fn check_batch(
+    items: usize,
+    total_bytes: usize,
+    single_set: bool,
+    field: &'static str,
+) -> Result<(), CryptoServiceError> {
+    if single_set {
+        return Err(CryptoServiceError::InvalidArgument {
+            field,
+            reason: format!("set either {field} or batch, not both"),
+        });
+    }
+    if items > MAX_BATCH {
+        return Err(CryptoServiceError::InvalidArgument {
+            field: "batch",
+            reason: format!("{items} items is over the limit of {MAX_BATCH}; split the batch"),
+        });
+    }
+    if total_bytes > UNARY_LIMIT {
+        return Err(CryptoServiceError::InvalidArgument {
+            field: "batch",
+            reason: format!("{total_bytes} bytes in all is over the unary limit of {UNARY_LIMIT}; split the batch"),
+        });
+    }
+    Ok(())
+}
+
+/// A refused batch item, as the API reports it.
+fn item_error(status: &Status) -> pb::ItemError {
+    pb::ItemError { code: status.code() as i32, message: status.message().to_owned() }
 }
 
 fn unimplemented<T>(method: &str) -> Result<Response<T>, Status> {
