@@ -277,3 +277,64 @@ async fn batches_give_a_result_or_an_error_per_item_in_order() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("1000"), "{refused:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_encrypt_moves_ciphertexts_forward_with_their_binding() {
+    let mesh = Mesh::start(&[], &[]).await;
+    let admin = mesh.admin_client();
+    for (name, algorithm) in [("re-src", pb::Algorithm::Aes256Gcm), ("re-dst", pb::Algorithm::Xchacha20Poly1305)] {
+        let request = pb::CreateKeyRequest {
+            name: name.into(),
+            purpose: pb::KeyPurpose::Encrypt as i32,
+            algorithm: algorithm as i32,
+            ..Default::default()
+        };
+        admin.key_service().create_key(admin.authorized(request).await.unwrap()).await.unwrap();
+    }
+    let old = encrypt(&admin, "re-src", b"moved forward").await.unwrap();
+    let rotate = pb::RotateKeyRequest { key: "re-src".into() };
+    admin.key_service().rotate_key(admin.authorized(rotate).await.unwrap()).await.unwrap();
+    let re_encrypt = |request: pb::ReEncryptRequest| {
+        let admin = &admin;
+        async move { admin.crypto_service().re_encrypt(admin.authorized(request).await.unwrap()).await }
+    };
+    let context = || [("tenant".to_owned(), "acme".to_owned())].into();
+
+    // To the same key's newest version; AAD and context carried over.
+    let moved = re_encrypt(pb::ReEncryptRequest {
+        ciphertext: old.clone(),
+        source_aad: b"invoice-2291".to_vec(),
+        source_encryption_context: context(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!((moved.source_key_version, moved.key_version), (1, 2));
+    assert_eq!(moved.key_id, moved.source_key_id);
+    assert_eq!(decrypt(&admin, &moved.ciphertext).await.unwrap(), b"moved forward");
+
+    // To another key of another algorithm, with a new binding.
+    let elsewhere = re_encrypt(pb::ReEncryptRequest {
+        ciphertext: old.clone(),
+        source_aad: b"invoice-2291".to_vec(),
+        source_encryption_context: context(),
+        destination_key: "re-dst".into(),
+        destination_aad: b"archive".to_vec(),
+        replace_aad: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(elsewhere.key_id, admin.get_key("re-dst").await.unwrap().key_id);
+    let request =
+        pb::DecryptRequest { ciphertext: elsewhere.ciphertext, aad: b"archive".to_vec(), ..Default::default() };
+    let opened = admin.crypto_service().decrypt(admin.authorized(request).await.unwrap()).await.unwrap();
+    assert_eq!(opened.into_inner().plaintext, b"moved forward");
+
+    // The wrong source binding is refused like any decrypt, and nothing is sealed.
+    let refused = re_encrypt(pb::ReEncryptRequest { ciphertext: old, ..Default::default() }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(refused.message(), "decryption failed");
+}

@@ -17,19 +17,21 @@ use super::{Audited, CryptoRpc, check_batch, context_of, item_error};
 use crate::{dek_cache::DekRequest, error::CryptoServiceError};
 
 /// One ciphertext to open.
-struct Opening<'a> {
-    ciphertext: &'a [u8],
-    key: &'a str,
-    aad: &'a [u8],
-    context: &'a HashMap<String, String>,
+pub(super) struct Opening<'a> {
+    /// The operation the caller must be allowed on the key (Decrypt, or ReEncrypt).
+    pub permission: pb::Operation,
+    pub ciphertext: &'a [u8],
+    pub key: &'a str,
+    pub aad: &'a [u8],
+    pub context: &'a HashMap<String, String>,
 }
 
 /// What opening produced.
-struct Opened {
-    plaintext: Zeroizing<Vec<u8>>,
-    key_id: String,
-    version: u32,
-    algorithm: SymmetricAlgorithm,
+pub(super) struct Opened {
+    pub plaintext: Zeroizing<Vec<u8>>,
+    pub key_id: String,
+    pub version: u32,
+    pub algorithm: SymmetricAlgorithm,
 }
 
 impl CryptoRpc {
@@ -44,6 +46,7 @@ impl CryptoRpc {
         }
         let mut audit = Audited::start("Decrypt", &claims);
         let opening = Opening {
+            permission: pb::Operation::Decrypt,
             ciphertext: &request.ciphertext,
             key: &request.key,
             aad: &request.aad,
@@ -75,6 +78,7 @@ impl CryptoRpc {
         let items = request.batch.iter().map(|item| async {
             let mut audit = Audited::start("Decrypt", claims);
             let opening = Opening {
+                permission: pb::Operation::Decrypt,
                 ciphertext: &item.ciphertext,
                 key: if item.key.is_empty() { &request.key } else { &item.key },
                 aad: &item.aad,
@@ -97,7 +101,12 @@ impl CryptoRpc {
         Ok(Response::new(pb::DecryptResponse { batch, ..Default::default() }))
     }
 
-    async fn open_one(&self, claims: &AccessClaims, audit: &mut Audited, item: Opening<'_>) -> Result<Opened, Status> {
+    pub(super) async fn open_one(
+        &self,
+        claims: &AccessClaims,
+        audit: &mut Audited,
+        item: Opening<'_>,
+    ) -> Result<Opened, Status> {
         let parsed = ciphertext::parse(item.ciphertext).map_err(|_| CryptoServiceError::DecryptionFailed)?;
         parsed.expect_key(item.key).map_err(|e| match e {
             CryptoError::ContextMismatch { .. } => CryptoServiceError::ContextMismatch(e.to_string()),
@@ -105,7 +114,7 @@ impl CryptoRpc {
         })?;
         // Authorize on the name the header claims before any key material moves; the stored name is checked
         // again below (the header is authenticated only once the ciphertext opens).
-        claims.require_key_operation(&parsed.key_name, pb::Operation::Decrypt)?;
+        claims.require_key_operation(&parsed.key_name, item.permission)?;
         let dek = self
             .deks
             .get(DekRequest {
@@ -122,7 +131,7 @@ impl CryptoRpc {
                 other => other,
             })?;
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
-        claims.require_key_operation(&dek.key_name, pb::Operation::Decrypt)?;
+        claims.require_key_operation(&dek.key_name, item.permission)?;
         if dek.algorithm != parsed.algorithm {
             return Err(CryptoServiceError::DecryptionFailed.into());
         }

@@ -15,19 +15,21 @@ use super::{Audited, CryptoRpc, UNARY_LIMIT, check_batch, context_of, item_error
 use crate::{dek_cache::DekRequest, error::CryptoServiceError};
 
 /// One plaintext to seal.
-struct Sealing<'a> {
-    key: &'a str,
-    plaintext: &'a [u8],
-    aad: &'a [u8],
-    context: &'a HashMap<String, String>,
+pub(super) struct Sealing<'a> {
+    /// The operation the caller must be allowed on the key (Encrypt, or ReEncrypt).
+    pub permission: pb::Operation,
+    pub key: &'a str,
+    pub plaintext: &'a [u8],
+    pub aad: &'a [u8],
+    pub context: &'a HashMap<String, String>,
 }
 
 /// What sealing produced.
-struct Sealed {
-    ciphertext: Vec<u8>,
-    key_id: String,
-    version: u32,
-    algorithm: SymmetricAlgorithm,
+pub(super) struct Sealed {
+    pub ciphertext: Vec<u8>,
+    pub key_id: String,
+    pub version: u32,
+    pub algorithm: SymmetricAlgorithm,
 }
 
 impl CryptoRpc {
@@ -42,6 +44,7 @@ impl CryptoRpc {
         }
         let mut audit = Audited::start("Encrypt", &claims);
         let sealing = Sealing {
+            permission: pb::Operation::Encrypt,
             key: &request.key,
             plaintext: &request.plaintext,
             aad: &request.aad,
@@ -73,6 +76,7 @@ impl CryptoRpc {
         let items = request.batch.iter().map(|item| async {
             let mut audit = Audited::start("Encrypt", claims);
             let sealing = Sealing {
+                permission: pb::Operation::Encrypt,
                 key: if item.key.is_empty() { &request.key } else { &item.key },
                 plaintext: &item.plaintext,
                 aad: &item.aad,
@@ -95,7 +99,12 @@ impl CryptoRpc {
         Ok(Response::new(pb::EncryptResponse { batch, ..Default::default() }))
     }
 
-    async fn seal_one(&self, claims: &AccessClaims, audit: &mut Audited, item: Sealing<'_>) -> Result<Sealed, Status> {
+    pub(super) async fn seal_one(
+        &self,
+        claims: &AccessClaims,
+        audit: &mut Audited,
+        item: Sealing<'_>,
+    ) -> Result<Sealed, Status> {
         if item.key.is_empty() {
             return Err(CryptoServiceError::InvalidArgument {
                 field: "key",
@@ -116,7 +125,7 @@ impl CryptoRpc {
         // Authorize before any key material moves (by name here; by the stored name below when the request
         // gave a key id).
         if !item.key.starts_with("k_") {
-            claims.require_key_operation(item.key, pb::Operation::Encrypt)?;
+            claims.require_key_operation(item.key, item.permission)?;
         }
         let dek = self
             .deks
@@ -129,7 +138,7 @@ impl CryptoRpc {
             })
             .await?;
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
-        claims.require_key_operation(&dek.key_name, pb::Operation::Encrypt)?;
+        claims.require_key_operation(&dek.key_name, item.permission)?;
         let context = context_of(item.context);
         let key_ref = KeyRef { key_id: dek.key_id.clone(), version: dek.version };
         let seal = SealRequest {

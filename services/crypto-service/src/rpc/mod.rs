@@ -3,6 +3,7 @@
 
 mod decrypt;
 mod encrypt;
+mod re_encrypt;
 mod utility;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -113,8 +114,11 @@ impl CryptoService for CryptoRpc {
         self.handle_decrypt(request).await
     }
 
-    async fn re_encrypt(&self, _: Request<pb::ReEncryptRequest>) -> Result<Response<pb::ReEncryptResponse>, Status> {
-        unimplemented("ReEncrypt")
+    async fn re_encrypt(
+        &self,
+        request: Request<pb::ReEncryptRequest>,
+    ) -> Result<Response<pb::ReEncryptResponse>, Status> {
+        self.handle_re_encrypt(request).await
     }
 
     async fn generate_data_key(
