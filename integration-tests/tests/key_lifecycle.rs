@@ -145,7 +145,7 @@ async fn sql(db: &DatabaseConnection, statement: &str) {
 async fn every_method_state_and_refusal_on_postgres_and_redis() {
     let url = fresh_postgres_database().await;
     let mut redis = RedisServer::start();
-    let mesh = Mesh::start(&[], &key_service_env(&url, &redis.url)).await;
+    let mut mesh = Mesh::start(&[], &key_service_env(&url, &redis.url)).await;
     let db = Database::connect(url.as_str()).await.unwrap();
     let admin = mesh.admin_client();
     let keys = Keys(&admin);
@@ -407,6 +407,12 @@ async fn every_method_state_and_refusal_on_postgres_and_redis() {
 
     // Redis holds key records, and no DEK in any encoding: unwrap every live version with the mesh's own
     // KEK (same data directory) and look for its bytes in every value Redis holds.
+    // The maintenance sweep may just have changed keys, dropping their cached records; with both services
+    // started afresh, an encryption makes crypto-service fetch the DEK, and key-service caches the record.
+    mesh.restart(ServiceName::KeyService, &[]).await;
+    mesh.restart(ServiceName::CryptoService, &[]).await;
+    let admin = mesh.admin_client();
+    admin.encrypt("orders", b"after restart".to_vec(), Vec::new()).await.unwrap();
     let dump = redis.dump();
     assert!(dump.iter().any(|(k, _)| k.starts_with("keymesh:v1:key:")), "records are cached in Redis: {dump:?}");
     let kms = LocalKms::open(&LocalKmsConfig::resolve(mesh.dir.path().to_path_buf(), None, None)).unwrap();

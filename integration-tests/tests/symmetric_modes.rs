@@ -49,6 +49,19 @@ async fn import_key(admin: &KeymeshClient, name: &str, algorithm: SymmetricAlgor
     assert_eq!(imported.key.unwrap().algorithm, algorithm.to_proto() as i32);
 }
 
+/// Creates generated ENCRYPT keys of the given algorithms.
+async fn create_keys(admin: &KeymeshClient, keys: &[(&str, pb::Algorithm)]) {
+    for (name, algorithm) in keys {
+        let request = pb::CreateKeyRequest {
+            name: (*name).into(),
+            purpose: pb::KeyPurpose::Encrypt as i32,
+            algorithm: *algorithm as i32,
+            ..Default::default()
+        };
+        admin.key_service().create_key(admin.authorized(request).await.unwrap()).await.unwrap();
+    }
+}
+
 async fn encrypt(admin: &KeymeshClient, key: &str, plaintext: &[u8]) -> Result<Vec<u8>, tonic::Status> {
     let request = pb::EncryptRequest {
         key: key.into(),
@@ -186,15 +199,7 @@ async fn batches_give_a_result_or_an_error_per_item_in_order() {
     use pb::{decrypt_item_result::Result as Opened, encrypt_item_result::Result as Sealed};
     let mesh = Mesh::start(&[], &[]).await;
     let admin = mesh.admin_client();
-    for (name, algorithm) in [("batch-a", pb::Algorithm::Aes256Gcm), ("batch-b", pb::Algorithm::Chacha20Poly1305)] {
-        let request = pb::CreateKeyRequest {
-            name: name.into(),
-            purpose: pb::KeyPurpose::Encrypt as i32,
-            algorithm: algorithm as i32,
-            ..Default::default()
-        };
-        admin.key_service().create_key(admin.authorized(request).await.unwrap()).await.unwrap();
-    }
+    create_keys(&admin, &[("batch-a", pb::Algorithm::Aes256Gcm), ("batch-b", pb::Algorithm::Chacha20Poly1305)]).await;
     let item = |key: &str, plaintext: &[u8], aad: &[u8]| pb::EncryptItem {
         key: key.into(),
         plaintext: plaintext.to_vec(),
@@ -282,15 +287,7 @@ async fn batches_give_a_result_or_an_error_per_item_in_order() {
 async fn re_encrypt_moves_ciphertexts_forward_with_their_binding() {
     let mesh = Mesh::start(&[], &[]).await;
     let admin = mesh.admin_client();
-    for (name, algorithm) in [("re-src", pb::Algorithm::Aes256Gcm), ("re-dst", pb::Algorithm::Xchacha20Poly1305)] {
-        let request = pb::CreateKeyRequest {
-            name: name.into(),
-            purpose: pb::KeyPurpose::Encrypt as i32,
-            algorithm: algorithm as i32,
-            ..Default::default()
-        };
-        admin.key_service().create_key(admin.authorized(request).await.unwrap()).await.unwrap();
-    }
+    create_keys(&admin, &[("re-src", pb::Algorithm::Aes256Gcm), ("re-dst", pb::Algorithm::Xchacha20Poly1305)]).await;
     let old = encrypt(&admin, "re-src", b"moved forward").await.unwrap();
     let rotate = pb::RotateKeyRequest { key: "re-src".into() };
     admin.key_service().rotate_key(admin.authorized(rotate).await.unwrap()).await.unwrap();
