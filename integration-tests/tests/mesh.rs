@@ -191,11 +191,11 @@ async fn scenario(mesh: &Mesh) {
 
     // Methods not served yet say so by name.
     let err = CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService))
-        .generate_data_key_without_plaintext(with_token(pb::GenerateDataKeyWithoutPlaintextRequest::default(), &token))
+        .sign(with_token(pb::SignRequest::default(), &token))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("CryptoService.GenerateDataKeyWithoutPlaintext"), "{}", err.message());
+    assert!(err.message().contains("CryptoService.Sign"), "{}", err.message());
 
     // A client expecting key-service refuses crypto-service's certificate, though the same CA signed it.
     let impostor = keymesh_mesh::client::mtls_channel(

@@ -335,3 +335,55 @@ async fn re_encrypt_moves_ciphertexts_forward_with_their_binding() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert_eq!(refused.message(), "decryption failed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_keys_come_sealed_as_ciphertexts_that_decrypt_opens() {
+    let mesh = Mesh::start(&[], &[]).await;
+    let admin = mesh.admin_client();
+    create_keys(&admin, &[("envelope", pb::Algorithm::Aes256Gcm)]).await;
+    let context = || [("tenant".to_owned(), "acme".to_owned())].into();
+
+    let request = pb::GenerateDataKeyRequest {
+        key: "envelope".into(),
+        aad: b"invoice-2291".to_vec(),
+        encryption_context: context(),
+        ..Default::default()
+    };
+    let data_key =
+        admin.crypto_service().generate_data_key(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
+    assert_eq!(data_key.plaintext.len(), 32, "AES-256 by default");
+    assert_eq!(data_key.key_id, admin.get_key("envelope").await.unwrap().key_id);
+    // The sealed data key is an ordinary ciphertext: Decrypt opens it with the same binding.
+    assert_eq!(decrypt(&admin, &data_key.ciphertext).await.unwrap(), data_key.plaintext);
+
+    let request = pb::GenerateDataKeyWithoutPlaintextRequest {
+        key: "envelope".into(),
+        key_spec: pb::DataKeySpec::Aes128 as i32,
+        aad: b"invoice-2291".to_vec(),
+        encryption_context: context(),
+    };
+    let sealed_only = admin
+        .crypto_service()
+        .generate_data_key_without_plaintext(admin.authorized(request).await.unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = decrypt(&admin, &sealed_only.ciphertext).await.unwrap();
+    assert_eq!(opened.len(), 16);
+    assert_ne!(opened, data_key.plaintext[..16]);
+
+    let request = pb::GenerateDataKeyRequest { key: "envelope".into(), key_spec: 9, ..Default::default() };
+    let refused = data_key_refusal(&admin, request).await;
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("DATA_KEY_SPEC_AES_256"), "{refused:?}");
+    let request = pb::GenerateDataKeyRequest { key: "no-such-key".into(), ..Default::default() };
+    assert_eq!(data_key_refusal(&admin, request).await.code(), tonic::Code::NotFound);
+}
+
+/// The status of a GenerateDataKey call that must fail (its response has no Debug: it carries a key).
+async fn data_key_refusal(admin: &KeymeshClient, request: pb::GenerateDataKeyRequest) -> tonic::Status {
+    match admin.crypto_service().generate_data_key(admin.authorized(request).await.unwrap()).await {
+        Ok(_) => panic!("GenerateDataKey should have been refused"),
+        Err(status) => status,
+    }
+}

@@ -1,6 +1,7 @@
 //! The CryptoService gRPC methods, one module per implemented RPC. Methods not implemented yet answer
 //! UNIMPLEMENTED naming the method.
 
+mod data_key;
 mod decrypt;
 mod encrypt;
 mod re_encrypt;
@@ -123,16 +124,16 @@ impl CryptoService for CryptoRpc {
 
     async fn generate_data_key(
         &self,
-        _: Request<pb::GenerateDataKeyRequest>,
+        request: Request<pb::GenerateDataKeyRequest>,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        unimplemented("GenerateDataKey")
+        self.handle_generate_data_key(request).await
     }
 
     async fn generate_data_key_without_plaintext(
         &self,
-        _: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
+        request: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        unimplemented("GenerateDataKeyWithoutPlaintext")
+        self.handle_generate_data_key_without_plaintext(request).await
     }
 
     async fn sign(&self, _: Request<pb::SignRequest>) -> Result<Response<pb::SignResponse>, Status> {

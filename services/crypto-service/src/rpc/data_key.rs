@@ -1,0 +1,83 @@
+//! GenerateDataKey and GenerateDataKeyWithoutPlaintext: a fresh random data key for client-side (envelope)
+//! encryption, returned sealed under the named key as an ordinary keymesh ciphertext, so Decrypt opens it
+//! later with the same AAD and encryption context. The caller needs the GENERATE_DATA_KEY permission; the
+//! data key counts as one encryption under the key's usage limits.
+
+use std::collections::HashMap;
+
+use keymesh_mesh::auth::AccessClaims;
+use keymesh_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+use super::{
+    Audited, CryptoRpc,
+    encrypt::{Sealed, Sealing},
+};
+use crate::error::CryptoServiceError;
+
+impl CryptoRpc {
+    pub(super) async fn handle_generate_data_key(
+        &self,
+        request: Request<pb::GenerateDataKeyRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
+        let claims = self.caller(&request).await?;
+        let mut audit = Audited::start("GenerateDataKey", &claims);
+        let request = request.into_inner();
+        let result = self
+            .data_key(&claims, &mut audit, &request.key, request.key_spec, &request.aad, &request.encryption_context)
+            .await
+            .map(|(plaintext, sealed)| pb::GenerateDataKeyResponse {
+                plaintext: plaintext.to_vec(),
+                ciphertext: sealed.ciphertext,
+                key_id: sealed.key_id,
+                key_version: sealed.version,
+            });
+        audit.finish(&self.audit, result)
+    }
+
+    pub(super) async fn handle_generate_data_key_without_plaintext(
+        &self,
+        request: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
+        let claims = self.caller(&request).await?;
+        let mut audit = Audited::start("GenerateDataKeyWithoutPlaintext", &claims);
+        let request = request.into_inner();
+        let result = self
+            .data_key(&claims, &mut audit, &request.key, request.key_spec, &request.aad, &request.encryption_context)
+            .await
+            .map(|(_, sealed)| pb::GenerateDataKeyWithoutPlaintextResponse {
+                ciphertext: sealed.ciphertext,
+                key_id: sealed.key_id,
+                key_version: sealed.version,
+            });
+        audit.finish(&self.audit, result)
+    }
+
+    async fn data_key(
+        &self,
+        claims: &AccessClaims,
+        audit: &mut Audited,
+        key: &str,
+        spec: i32,
+        aad: &[u8],
+        context: &HashMap<String, String>,
+    ) -> Result<(Zeroizing<Vec<u8>>, Sealed), Status> {
+        let len = match pb::DataKeySpec::try_from(spec) {
+            Ok(pb::DataKeySpec::Aes256 | pb::DataKeySpec::Unspecified) => 32,
+            Ok(pb::DataKeySpec::Aes128) => 16,
+            Err(_) => {
+                return Err(CryptoServiceError::InvalidArgument {
+                    field: "key_spec",
+                    reason: format!("unknown key spec {spec}; use DATA_KEY_SPEC_AES_256 or DATA_KEY_SPEC_AES_128"),
+                }
+                .into());
+            }
+        };
+        let plaintext =
+            keymesh_crypto::random::random_bytes(len).map_err(|e| CryptoServiceError::Internal(e.to_string()))?;
+        let sealing = Sealing { permission: pb::Operation::GenerateDataKey, key, plaintext: &plaintext, aad, context };
+        let sealed = self.seal_one(claims, audit, sealing).await?;
+        Ok((plaintext, sealed))
+    }
+}
