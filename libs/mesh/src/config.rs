@@ -496,20 +496,19 @@ impl DekCacheParams {
     }
 }
 
-/// Validated `[kms]`: the keyring's members.
+/// Validated `[kms]`: the default keyring and every tenant's name defined backends without clashes.
 #[derive(Debug, Clone)]
 pub struct KmsParams {
     /// The configuration, checked.
     pub config: keymesh_kms::KmsConfig,
-    /// Its members, primary first.
-    pub members: Vec<keymesh_kms::config::MemberConfig>,
 }
 
 impl KmsParams {
-    /// Validates `[kms]`.
+    /// Validates `[kms]`, tenant keyrings included, so that a mistake stops the service at start with the
+    /// field named.
     pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
-        let members = raw.kms.members().map_err(|p| ConfigError::Field { field: p.field, reason: p.reason })?;
-        Ok(Self { config: raw.kms.clone(), members })
+        raw.kms.keyrings().map_err(|p| ConfigError::Field { field: p.field, reason: p.reason })?;
+        Ok(Self { config: raw.kms.clone() })
     }
 
     /// Opens every backend of the default keyring; `data_dir` is the service's.
