@@ -50,12 +50,12 @@ pub struct Binding<'a> {
 }
 
 impl Binding<'_> {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.aad.is_empty() && self.context.is_none_or(|c| c.is_empty())
     }
 
     /// Length-prefixed, so that no two different (aad, context) pairs encode alike.
-    fn encode_into(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         push_len_prefixed(out, self.aad);
         let context = self.context.map(|c| c.iter().collect::<Vec<_>>()).unwrap_or_default();
         out.extend_from_slice(&(context.len() as u32).to_be_bytes());

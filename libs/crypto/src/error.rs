@@ -34,6 +34,18 @@ pub enum CryptoError {
         /// The limit.
         limit: usize,
     },
+    /// A parameter outside the range the format allows.
+    #[error("{what} {value} is outside {min}..={max}")]
+    OutOfRange {
+        /// The parameter.
+        what: &'static str,
+        /// Its value.
+        value: usize,
+        /// Smallest allowed.
+        min: usize,
+        /// Largest allowed.
+        max: usize,
+    },
     /// The algorithm is known but not available in this build or mode.
     #[error("algorithm {0} is not supported here")]
     Unsupported(String),

@@ -10,6 +10,7 @@ pub mod key_import;
 pub mod primitives;
 pub mod random;
 pub mod secret;
+pub mod stream;
 
 pub use aead::SymmetricAlgorithm;
 pub use error::CryptoError;
