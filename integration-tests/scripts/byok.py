@@ -2,7 +2,7 @@
 """Independent BYOK / ciphertext helper for keymesh's integration tests.
 
 This script deliberately shares no code with keymesh: it re-implements, from the
-format description, the two things an integration test wants to check from the
+format description, the things an integration test wants to check from the
 outside:
 
   wrap      Wrap raw key material for import ("bring your own key") under the
@@ -12,6 +12,16 @@ outside:
   open      Decrypt a keymesh ciphertext (format version 3, any of its algorithms) with the raw key,
             proving that what keymesh produced is exactly the documented format
             and that the imported material really is the key in use.
+
+  open-stream
+            Decrypt a keymesh stream (EncryptStream's output, or a client envelope) with
+            the raw data key, segment by segment in constant memory, to a file; prints
+            the plaintext's SHA-256 and length. All or nothing: on any failure the
+            output file is deleted.
+
+  stream-header
+            Print a stream's wrapped data key (header field "dk"), which the test hands
+            to keymesh's Decrypt to get the raw data key for open-stream.
 
   selftest  Internal-consistency checks (plus the fixed vectors that keymesh's
             own unit tests use, and published vectors for the primitives under
@@ -27,6 +37,12 @@ errors go to stderr with a non-zero exit status: 1 = operation failed,
                --material-hex HEX
   byok.py open --key-hex HEX --ciphertext-hex HEX
                [--aad-hex HEX] [--context-json JSON_OBJECT]
+  byok.py open-stream --key-hex HEX --stream-file PATH
+               [--aad-hex HEX] [--context-json JSON_OBJECT] --out-file PATH
+        prints "<hex SHA-256 of the plaintext> <plaintext length in bytes>"; the plaintext
+        goes to --out-file (created or truncated first, deleted again if the stream fails)
+  byok.py stream-header --stream-file PATH
+        prints the header's "dk" (the wrapped data key) as hex
   byok.py selftest
 
 Only the standard library and the `cryptography` package are used.
@@ -88,6 +104,41 @@ Ciphertext format (as written by keymesh's libs/crypto/src/ciphertext.rs and aea
 
 The encryption context is *not* stored in the header: like the AAD, the caller
 must present it again to decrypt (hence --context-json).
+
+Stream format (as written by keymesh's libs/crypto/src/stream.rs; the STREAM construction over AES-GCM):
+
+    [u16 big-endian header length][header: compact JSON, UTF-8][segment 0][segment 1]...[segment n-1]
+
+    The header length is 1..=8192. The header has exactly these keys (keymesh writes them in this order,
+    no whitespace; it reads any order, but no other key, none missing, none twice):
+      {"sv":1,                    stream format version (integer), must be 1
+       "alg":"AES-256-GCM",       "AES-128-GCM" (16-byte data key) or "AES-256-GCM" (32-byte data key)
+       "seg":1048576,             plaintext bytes per segment (integer), 4096..=2097152
+       "salt":"<base64>",         32 bytes, fresh per stream
+       "np":"<base64>",           7-byte nonce prefix
+       "kc":"<base64>",           32-byte commitment to the data key DK: HMAC-SHA256(DK, "key-commitment-v1")
+       "dk":"<base64>"}           DK wrapped by keymesh (a v3 ciphertext as above, for Decrypt with the
+                                  stream's AAD and encryption context); not empty
+    (base64: standard alphabet, padded, canonical, as in the v3 header.)
+
+    Opening: the length of DK must be the one "alg" names and "kc" must match DK (constant-time compare),
+    then
+        binding    = u64be(len(aad)) || aad || u32be(number of context entries)
+                     || for each (k, v) sorted by key bytes: u64be(len(k)) || k || u64be(len(v)) || v
+                     (the binding part of A above; no context and an empty context both give a count of 0)
+        stream key = HKDF-SHA256(ikm = DK, salt = "salt",
+                                 info = "keymesh/stream/v1" || SHA-256(length prefix || header || binding),
+                                 length = len(DK))
+    Segment i (counting from 0) is AES-GCM under the stream key with no associated data,
+        nonce = np || u32be(i) || (01 if it is the final segment, else 00)     (12 bytes)
+    and is stored as ciphertext || 16-byte tag. Every segment but the last holds exactly "seg" plaintext
+    bytes (stored as seg + 16 bytes); the last holds 0..="seg" (stored as 16..=seg + 16 bytes). An empty
+    plaintext is one final segment of just a tag. A stream must end with a segment sealed as final, and a
+    segment followed by anything must not be: so a stored segment of full length is opened as final only if
+    the stream ends right after it. Reordered, dropped, duplicated or appended segments, segments from
+    another stream, truncation (also at a segment boundary), a changed header, and a wrong AAD, context or
+    data key all fail, and open-stream then fails as a whole: the plaintext of segments that verified before
+    the failure may already have been written, so it deletes its output file.
 """
 
 from __future__ import annotations
@@ -95,8 +146,10 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
+import io
 import json
 import os
 import re
@@ -697,6 +750,220 @@ def parse_context_json(value: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------
+# keymesh stream format (libs/crypto/src/stream.rs)
+# --------------------------------------------------------------------------------------------------
+
+STREAM_VERSION = 1
+MAX_STREAM_HEADER_LEN = 8192  # keymesh refuses longer stream headers (and zero-length ones).
+MIN_SEGMENT_SIZE = 4 << 10
+MAX_SEGMENT_SIZE = 2 << 20
+SEGMENT_TAG_LEN = 16
+STREAM_SALT_LEN = 32
+STREAM_NONCE_PREFIX_LEN = 7
+STREAM_KDF_LABEL = b"keymesh/stream/v1"
+MAX_SEGMENTS = 1 << 32  # the segment index is a u32 in the nonce
+# "alg" -> data key length (the segment AEAD is AES-GCM either way).
+STREAM_ALGORITHMS: dict[str, int] = {"AES-128-GCM": 16, "AES-256-GCM": 32}
+# Every field a stream header has, all required, no others (serde deny_unknown_fields), in the order keymesh
+# serialises them.
+STREAM_HEADER_FIELDS = ("sv", "alg", "seg", "salt", "np", "kc", "dk")
+
+
+@dataclass
+class StreamHeader:
+    """A parsed stream header; its fields are *claims* until the segments open."""
+
+    algorithm: str  # "alg"
+    segment_size: int  # "seg": plaintext bytes per segment
+    salt: bytes
+    nonce_prefix: bytes  # "np"
+    commitment: bytes  # "kc"
+    wrapped_data_key: bytes  # "dk": a keymesh v3 ciphertext of the data key
+    prefix_and_header: bytes  # the first 2 + header_len bytes, hashed into the stream key as-is
+
+
+def _expect_uint(header: dict[str, object], field: str, limit: int) -> int:
+    """A JSON integer 0..=limit, as serde reads a u8/u32 (no floats such as 1.0, no booleans)."""
+    value = header[field]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise ByokError(f"stream header field {field!r} must be an integer 0..={limit}, got {value!r}")
+    return value
+
+
+def parse_stream_header(prefix_and_header: bytes) -> StreamHeader:
+    """Strictly validates a stream header (the 2-byte length prefix and exactly that many JSON bytes),
+    mirroring keymesh's `stream::parse_header`."""
+    if len(prefix_and_header) < 2:
+        raise ByokError("stream is shorter than its 2-byte header length")
+    (header_len,) = struct.unpack(">H", prefix_and_header[:2])
+    if header_len == 0 or header_len > MAX_STREAM_HEADER_LEN:
+        raise ByokError(f"stream header length {header_len} is outside 1..={MAX_STREAM_HEADER_LEN}")
+    if len(prefix_and_header) != 2 + header_len:
+        raise ByokError(f"stream ends inside its header ({len(prefix_and_header) - 2} of {header_len} bytes)")
+    try:
+        header_text = prefix_and_header[2:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ByokError(f"stream header is not UTF-8: {e}") from None
+    try:
+        header = json.loads(header_text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise ByokError(f"stream header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise ByokError("stream header is not a JSON object")
+    unknown = set(header) - set(STREAM_HEADER_FIELDS)
+    if unknown:
+        raise ByokError(f"stream header has unknown field(s): {sorted(unknown)}")
+    missing = set(STREAM_HEADER_FIELDS) - set(header)
+    if missing:
+        raise ByokError(f"stream header is missing field(s): {sorted(missing)}")
+
+    version = _expect_uint(header, "sv", 0xFF)
+    if version != STREAM_VERSION:
+        raise ByokError(f"unsupported stream format version {version}; this script reads only sv {STREAM_VERSION}")
+    algorithm = _expect_str(header, "alg")
+    if algorithm not in STREAM_ALGORITHMS:
+        raise ByokError(f"unsupported stream algorithm {algorithm!r}; expected one of {sorted(STREAM_ALGORITHMS)}")
+    segment_size = _expect_uint(header, "seg", 0xFFFF_FFFF)
+    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+        raise ByokError(f"stream segment size {segment_size} is outside {MIN_SEGMENT_SIZE}..={MAX_SEGMENT_SIZE}")
+
+    def field_bytes(field: str, length: int | None) -> bytes:
+        data = b64_decode_canonical(_expect_str(header, field), field)
+        if length is not None and len(data) != length:
+            raise ByokError(f"stream header field {field!r} is {len(data)} bytes, not {length}")
+        if length is None and not data:
+            raise ByokError(f"stream header field {field!r} is empty")
+        return data
+
+    return StreamHeader(
+        algorithm=algorithm,
+        segment_size=segment_size,
+        salt=field_bytes("salt", STREAM_SALT_LEN),
+        nonce_prefix=field_bytes("np", STREAM_NONCE_PREFIX_LEN),
+        commitment=field_bytes("kc", COMMITMENT_LEN),
+        wrapped_data_key=field_bytes("dk", None),
+        prefix_and_header=prefix_and_header,
+    )
+
+
+def _read_full(reader, n: int) -> bytes:
+    """Up to `n` bytes, fewer only at end of input (loops over short reads)."""
+    parts, got = [], 0
+    while got < n:
+        part = reader.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def read_stream_header(reader) -> StreamHeader:
+    """Reads exactly the header (length prefix and JSON) from the front of `reader` and parses it."""
+    prefix = _read_full(reader, 2)
+    if len(prefix) < 2:
+        raise ByokError("stream is shorter than its 2-byte header length")
+    (header_len,) = struct.unpack(">H", prefix)
+    if header_len == 0 or header_len > MAX_STREAM_HEADER_LEN:  # checked before reading that much
+        raise ByokError(f"stream header length {header_len} is outside 1..={MAX_STREAM_HEADER_LEN}")
+    return parse_stream_header(prefix + _read_full(reader, header_len))
+
+
+def stream_key(header: StreamHeader, data_key: bytes, aad: bytes, context: dict[str, str] | None) -> bytes:
+    """Checks the data key's length and commitment (constant time), then derives the stream key:
+    HKDF-SHA256(ikm = data key, salt = "salt", info = "keymesh/stream/v1" || SHA-256(length prefix ||
+    header JSON || binding)), as long as the data key."""
+    key_len = STREAM_ALGORITHMS[header.algorithm]
+    if len(data_key) != key_len:
+        raise ByokError(f"{header.algorithm} stream needs a {key_len}-byte data key, got {len(data_key)} bytes")
+    if not hmac.compare_digest(key_commitment(data_key), header.commitment):
+        raise ByokError("key commitment does not match: this stream was not made under this data key")
+    transcript = header.prefix_and_header + encode_binding(aad, context)
+    info = STREAM_KDF_LABEL + hashlib.sha256(transcript).digest()
+    return HKDF(algorithm=hashes.SHA256(), length=key_len, salt=header.salt, info=info).derive(data_key)
+
+
+def open_stream(
+    data_key: bytes, reader, writer, aad: bytes = b"", context: dict[str, str] | None = None
+) -> tuple[str, int]:
+    """Decrypts a whole stream from `reader` (a binary file object) segment by segment, writing each
+    segment's plaintext to `writer` once its tag verifies; holds at most two sealed segments. Returns the
+    hex SHA-256 and the length of the plaintext. Any failure is a ByokError, and then what was written must
+    be discarded: the stream is whole only if this returns."""
+    header = read_stream_header(reader)
+    key = stream_key(header, data_key, aad, context)
+    aead = AESGCM(key)
+    sealed_len = header.segment_size + SEGMENT_TAG_LEN
+    digest, total = hashlib.sha256(), 0
+    index = 0
+    current = _read_full(reader, sealed_len)
+    while True:
+        # A full-length segment is the last one only if nothing follows it; a shorter one must be last.
+        following = _read_full(reader, sealed_len) if len(current) == sealed_len else b""
+        final = not following
+        if index >= MAX_SEGMENTS:
+            raise ByokError("stream has more than 2^32 segments")
+        if len(current) < SEGMENT_TAG_LEN:
+            raise ByokError(
+                f"segment {index} is {len(current)} bytes, shorter than its {SEGMENT_TAG_LEN}-byte tag "
+                "(truncated stream)"
+            )
+        nonce = header.nonce_prefix + struct.pack(">I", index) + (b"\x01" if final else b"\x00")
+        try:
+            plaintext = aead.decrypt(nonce, current, None)
+        except InvalidTag:
+            raise ByokError(
+                f"segment {index}{' (final)' if final else ''} failed authentication (wrong data key, AAD or "
+                "encryption context; or a tampered, truncated, reordered or extended stream)"
+            ) from None
+        writer.write(plaintext)
+        digest.update(plaintext)
+        total += len(plaintext)
+        if final:
+            return digest.hexdigest(), total
+        current, index = following, index + 1
+
+
+def open_stream_file(
+    data_key: bytes, stream_path: str, out_path: str, aad: bytes = b"", context: dict[str, str] | None = None
+) -> tuple[str, int]:
+    """`open_stream` from a file to a file. The output file is created (or truncated) first; on any failure
+    it is deleted, so it exists afterwards only if the whole stream verified."""
+    try:
+        if os.path.exists(out_path) and os.path.samefile(stream_path, out_path):
+            raise UsageError("--out-file must not be the --stream-file")
+    except OSError:
+        pass
+    try:
+        writer = open(out_path, "wb")
+    except OSError as e:
+        raise ByokError(f"cannot create output file {out_path!r}: {e}") from None
+    try:
+        with writer:
+            try:
+                reader = open(stream_path, "rb")
+            except OSError as e:
+                raise ByokError(f"cannot read stream file {stream_path!r}: {e}") from None
+            with reader:
+                result = open_stream(data_key, reader, writer, aad, context)
+    except BaseException:
+        try:
+            os.unlink(out_path)
+        except OSError:
+            pass
+        raise
+    return result
+
+
+def stream_file_header(stream_path: str) -> StreamHeader:
+    try:
+        with open(stream_path, "rb") as reader:
+            return read_stream_header(reader)
+    except OSError as e:
+        raise ByokError(f"cannot read stream file {stream_path!r}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------------
 # Self-test
 # --------------------------------------------------------------------------------------------------
 
@@ -1144,6 +1411,8 @@ def selftest() -> None:
     _check(pinned.hex() == PINNED_VECTOR_HEX, "pinned v3 vector")
     _check(open_ciphertext(key256, pinned, b"order-17", {"tenant": "acme"}) == b"attack at dawn", "open pinned")
 
+    _selftest_stream()
+
 
 # key = 00 01 .. 1f, nonce = 00 01 .. 0b, plaintext "attack at dawn", aad "order-17", context {"tenant":"acme"},
 # key name "user-pii", kid "k_0123:v2", AES-256-GCM.
@@ -1156,6 +1425,311 @@ PINNED_VECTOR_HEX = (
 )
 
 
+def _selftest_stream() -> None:
+    """Stream format checks: streams built by an encoder written here from the format description (it derives
+    the stream key with RFC 5869 spelled out in HMAC, not the library's HKDF) must open with `open_stream`, and
+    every kind of damage must fail as a whole."""
+    seg = MIN_SEGMENT_SIZE
+    sealed_len = seg + SEGMENT_TAG_LEN
+
+    def seal_stream(
+        data_key: bytes,
+        plaintext: bytes,
+        *,
+        aad: bytes = b"",
+        context: dict[str, str] | None = None,
+        dk: bytes = b"wrapped-dk",
+        segment_size: int = seg,
+        salt: bytes | None = None,
+        np: bytes | None = None,
+        finals: list[bool] | None = None,
+    ) -> bytes:
+        """The stream encoder, as keymesh's StreamEncryptor; `finals` overrides each segment's final flag (to
+        build streams a correct encoder never writes)."""
+        salt = os.urandom(32) if salt is None else salt
+        np = os.urandom(7) if np is None else np
+        header = {
+            "sv": 1,
+            "alg": {16: "AES-128-GCM", 32: "AES-256-GCM"}[len(data_key)],
+            "seg": segment_size,
+            "salt": base64.b64encode(salt).decode("ascii"),
+            "np": base64.b64encode(np).decode("ascii"),
+            "kc": base64.b64encode(hmac.new(data_key, b"key-commitment-v1", hashlib.sha256).digest()).decode("ascii"),
+            "dk": base64.b64encode(dk).decode("ascii"),
+        }
+        raw = json.dumps(header, separators=(",", ":")).encode("ascii")
+        prefix_and_header = struct.pack(">H", len(raw)) + raw
+        info = b"keymesh/stream/v1" + hashlib.sha256(prefix_and_header + encode_binding(aad, context)).digest()
+        # HKDF-SHA256 by hand: PRK = HMAC(salt, IKM); OKM = T(1) = HMAC(PRK, info || 0x01), cut to the key length.
+        prk = hmac.new(salt, data_key, hashlib.sha256).digest()
+        key = hmac.new(prk, info + b"\x01", hashlib.sha256).digest()[: len(data_key)]
+        pieces = [plaintext[i : i + segment_size] for i in range(0, len(plaintext), segment_size)] or [b""]
+        finals = [i == len(pieces) - 1 for i in range(len(pieces))] if finals is None else finals
+        aead = AESGCM(key)
+        out = bytearray(prefix_and_header)
+        if len(finals) != len(pieces):
+            raise AssertionError("one final flag per segment")
+        for i, (piece, final) in enumerate(zip(pieces, finals)):
+            out += aead.encrypt(np + struct.pack(">I", i) + bytes([final]), piece, None)
+        return bytes(out)
+
+    class Trickle:
+        """A reader that hands out at most `piece` bytes per read and records the largest read asked for."""
+
+        def __init__(self, data: bytes, piece: int) -> None:
+            self._inner, self._piece, self.largest = io.BytesIO(data), piece, 0
+
+        def read(self, n: int) -> bytes:
+            self.largest = max(self.largest, n)
+            return self._inner.read(min(n, self._piece))
+
+    def opened(data_key: bytes, stream: bytes, aad: bytes = b"", context: dict[str, str] | None = None) -> bytes:
+        out = io.BytesIO()
+        digest, length = open_stream(data_key, io.BytesIO(stream), out, aad, context)
+        plaintext = out.getvalue()
+        _check((digest, length) == (hashlib.sha256(plaintext).hexdigest(), len(plaintext)), "digest and length")
+        return plaintext
+
+    def split(stream: bytes) -> tuple[bytes, list[bytes]]:
+        (header_len,) = struct.unpack(">H", stream[:2])
+        body = stream[2 + header_len :]
+        return stream[: 2 + header_len], [body[i : i + sealed_len] for i in range(0, len(body), sealed_len)]
+
+    data_key = bytes(range(100, 132))  # the data key stream.rs's tests use
+    aad, context = b"object-7", {"bucket": "invoices", "a": "b"}
+
+    # Round trips at every boundary; segment count and overhead as the format says.
+    for length in (0, 1, seg - 1, seg, seg + 1, 2 * seg, 3 * seg + 5):
+        plaintext = os.urandom(length)
+        stream = seal_stream(data_key, plaintext, aad=aad, context=context)
+        header, segments = split(stream)
+        expected_segments = max(1, -(-length // seg))
+        _check(len(segments) == expected_segments, f"stream of {length} bytes has {expected_segments} segments")
+        _check(len(stream) == len(header) + length + expected_segments * SEGMENT_TAG_LEN, f"stream length, {length}")
+        _check(opened(data_key, stream, aad, context) == plaintext, f"stream round trip, {length} bytes")
+        _check(opened(data_key, stream, aad, dict(reversed(context.items()))) == plaintext, "context in any order")
+    # Short reads anywhere (even inside the header) change nothing, and no read asks for more than a segment.
+    plaintext = os.urandom(3 * seg + 5)
+    stream = seal_stream(data_key, plaintext, aad=aad)
+    for piece in (1, 7, 1000, sealed_len - 1, sealed_len + 1):
+        reader, out = Trickle(stream, piece), io.BytesIO()
+        open_stream(data_key, reader, out, aad)
+        _check(out.getvalue() == plaintext, f"stream read {piece} bytes at a time")
+        _check(reader.largest <= sealed_len, "reads are bounded by a sealed segment")
+    # The header parser reads exactly the header, nothing more.
+    reader = io.BytesIO(stream)
+    parsed = read_stream_header(reader)
+    _check(reader.tell() == len(split(stream)[0]), "header read exactly")
+    _check(
+        (parsed.algorithm, parsed.segment_size, parsed.wrapped_data_key) == ("AES-256-GCM", seg, b"wrapped-dk"),
+        "stream header fields",
+    )
+
+    # AES-128-GCM; the key length must match "alg".
+    key128 = os.urandom(16)
+    stream = seal_stream(key128, b"short key")
+    _check(opened(key128, stream) == b"short key", "AES-128-GCM stream round trip")
+    _expect_failure("32-byte key on an AES-128-GCM stream", opened, key128 + key128, stream)
+    _expect_failure("16-byte key on an AES-256-GCM stream", opened, key128, seal_stream(data_key, b"x"))
+    # Largest segment size.
+    plaintext = os.urandom(MAX_SEGMENT_SIZE + 3)
+    _check(
+        opened(data_key, seal_stream(data_key, plaintext, segment_size=MAX_SEGMENT_SIZE)) == plaintext,
+        "largest segment size round trip",
+    )
+
+    # Binding: an empty context is no context; any other change fails; a wrong data key fails.
+    stream = seal_stream(data_key, b"unbound")
+    _check(opened(data_key, stream, b"", {}) == b"unbound", "no context opens with an empty context")
+    stream = seal_stream(data_key, b"empty context", context={})
+    _check(opened(data_key, stream) == b"empty context", "an empty context opens with no context")
+    stream = seal_stream(data_key, b"bound", aad=aad, context=context)
+    for what, bad_aad, bad_context in (
+        ("wrong AAD", b"object-8", context),
+        ("no AAD", b"", context),
+        ("no context", aad, None),
+        ("other context value", aad, {**context, "bucket": "invoice"}),
+        ("extra context entry", aad, {**context, "z": ""}),
+        ("no binding", b"", None),
+        ("AAD and context swapped", b"bucketinvoices", {"object": "7"}),
+    ):
+        _expect_failure(f"stream: {what}", opened, data_key, stream, bad_aad, bad_context)
+    _expect_failure("stream: wrong data key (commitment)", opened, os.urandom(32), stream, aad, context)
+    # The commitment is checked on its own, before any key is derived or any segment is tried.
+    parsed = read_stream_header(io.BytesIO(stream))
+    _check(len(stream_key(parsed, data_key, aad, context)) == 32, "stream key from the right data key")
+    _expect_failure("stream key from a wrong data key", stream_key, parsed, os.urandom(32), aad, context)
+
+    # Truncation, reordering, duplication, extension and splicing.
+    plaintext = os.urandom(3 * seg + 5)
+    stream = seal_stream(data_key, plaintext)
+    header, s = split(stream)
+    other_header, other = split(seal_stream(data_key, plaintext))  # same data key, another salt and prefix
+    for what, bad in (
+        ("drop the last segment", header + s[0] + s[1] + s[2]),
+        ("drop a middle segment", header + s[0] + s[2] + s[3]),
+        ("swap two segments", header + s[1] + s[0] + s[2] + s[3]),
+        ("duplicate a segment", header + s[0] + s[0] + s[1] + s[2] + s[3]),
+        ("append after the last", header + s[0] + s[1] + s[2] + s[3] + s[3]),
+        ("one byte after the last", stream + b"\x00"),
+        ("header only", header),
+        ("cut inside the last segment", stream[:-1]),
+        ("last segment shorter than a tag", stream[:-6]),
+        ("cut inside the header", header[:-1]),
+        ("empty", b""),
+        ("a segment from another stream", header + s[0] + other[1] + s[2] + s[3]),
+        ("another stream's header", other_header + b"".join(s)),
+    ):
+        _expect_failure(f"stream: {what}", opened, data_key, bad)
+    # The final flag: a full last segment sealed as not final, or a final segment followed by more, fails.
+    _expect_failure(
+        "stream: last segment not sealed as final", opened, data_key,
+        seal_stream(data_key, bytes(2 * seg), finals=[False, False]),
+    )
+    _expect_failure(
+        "stream: final segment followed by more", opened, data_key,
+        seal_stream(data_key, bytes(2 * seg + 1), finals=[True, False, True]),
+    )
+    _expect_failure(
+        "stream: two final segments", opened, data_key, seal_stream(data_key, bytes(seg + 1), finals=[True, True])
+    )
+
+    # Every flipped bit fails (stream.rs's every_flipped_bit_fails, plus the top bit of every header byte).
+    stream = seal_stream(data_key, os.urandom(seg + 10))
+    header_len = len(split(stream)[0])
+    for i in range(len(stream)):
+        for bit in {1 << (i % 8), *((0x80,) if i < header_len else ())}:
+            bad = bytearray(stream)
+            bad[i] ^= bit
+            _expect_failure(f"stream byte {i} bit {bit:#x}", opened, data_key, bytes(bad))
+
+    # Malformed headers (stream.rs's malformed_headers_are_refused, plus parser corner cases).
+    salt, np, kc = (base64.b64encode(bytes(n)).decode("ascii") for n in (32, 7, 32))
+
+    def stream_header(json_text: str | bytes) -> bytes:
+        raw = json_text.encode("utf-8") if isinstance(json_text, str) else json_text
+        return struct.pack(">H", len(raw)) + raw
+
+    def fields(**changes: str) -> str:
+        values = {"sv": "1", "alg": '"AES-256-GCM"', "seg": "4096", "salt": f'"{salt}"', "np": f'"{np}"',
+                  "kc": f'"{kc}"', "dk": '"AA=="'}
+        values.update(changes)
+        return "{" + ",".join(f'"{k}":{v}' for k, v in values.items() if v is not None) + "}"
+
+    good = fields()
+    _check(parse_stream_header(stream_header(good)).wrapped_data_key == b"\x00", "good stream header")
+    _check(parse_stream_header(stream_header(fields(seg=str(MAX_SEGMENT_SIZE)))).segment_size == MAX_SEGMENT_SIZE,
+           "largest segment size in a header")
+    _check(parse_stream_header(stream_header(good + " " * (MAX_STREAM_HEADER_LEN - len(good)))) is not None,
+           "a header of exactly the largest length")
+    for bad_json in (
+        fields(sv="2"),
+        fields(alg='"AES-512-GCM"'),
+        fields(alg='"aes-256-gcm"'),
+        fields(alg='"AES-256-GCM-SIV"'),
+        fields(seg="4095"),
+        fields(seg=str(MAX_SEGMENT_SIZE + 1)),
+        fields(salt='"AA=="'),
+        fields(np=f'"{base64.b64encode(bytes(8)).decode()}"'),
+        fields(kc=f'"{base64.b64encode(bytes(31)).decode()}"'),
+        fields(dk='""'),
+        fields(dk='"!"'),
+        fields(dk='"AB=="'),  # non-canonical (non-zero trailing bits)
+        fields(dk='"AA"'),  # unpadded
+        fields(dk="null"),
+        fields(dk=None),
+        fields(sv=None),
+        fields(sv="true"),
+        fields(sv="1.0"),
+        fields(seg="4096.0"),
+        fields(seg='"4096"'),
+        fields(seg="-4096"),
+        good[:-1] + ',"x":0}',
+        good[:-1] + ',"sv":1}',  # duplicate field
+        '{"v":3}',
+        "[1]",
+        "not json",
+        "\ufeff" + good,
+        good + " " * (MAX_STREAM_HEADER_LEN + 1 - len(good)),
+    ):
+        _expect_failure(f"stream header {bad_json[:80]!r}", parse_stream_header, stream_header(bad_json))
+    _expect_failure("stream header not UTF-8", parse_stream_header, stream_header(good.encode()[:-2] + b'\xff"}'))
+    for bad_prefix in (b"", b"\x00", b"\x00\x00", b"\x7f\xff", struct.pack(">H", MAX_STREAM_HEADER_LEN + 1)):
+        _expect_failure(
+            f"stream header prefix {bad_prefix.hex()}", read_stream_header, io.BytesIO(bad_prefix + bytes(9000))
+        )
+    _expect_failure("stream header cut short", read_stream_header, io.BytesIO(stream_header(good)[:-1]))
+
+    # The command line: output, exit statuses, and the output file deleted on failure.
+    plaintext = os.urandom(2 * seg + 9)
+    wrapped = b"\x00\x01wrapped"
+    stream = seal_stream(data_key, plaintext, aad=aad, context=context, dk=wrapped)
+    with tempfile.TemporaryDirectory() as tmp:
+        stream_path, out_path = os.path.join(tmp, "stream"), os.path.join(tmp, "out")
+        with open(stream_path, "wb") as f:
+            f.write(stream)
+
+        def run(*argv: str) -> tuple[int, str]:
+            stdout, stderr = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    status = main(list(argv))
+                except SystemExit as e:  # argparse's usage errors
+                    status = e.code
+            return status, stdout.getvalue()
+
+        base = ("open-stream", "--key-hex", data_key.hex(), "--stream-file", stream_path, "--out-file", out_path)
+        binding_args = ("--aad-hex", aad.hex(), "--context-json", json.dumps(context))
+        status, printed = run(*base, *binding_args)
+        _check(status == 0, "open-stream succeeds")
+        _check(printed == f"{hashlib.sha256(plaintext).hexdigest()} {len(plaintext)}\n", "open-stream output")
+        with open(out_path, "rb") as f:
+            _check(f.read() == plaintext, "open-stream writes the plaintext")
+        _check(run("stream-header", "--stream-file", stream_path) == (0, wrapped.hex() + "\n"),
+               "stream-header prints dk as hex")
+        for what, argv in (
+            ("no binding", base),
+            ("wrong AAD", (*base, "--aad-hex", "00", "--context-json", json.dumps(context))),
+            ("wrong key", ("open-stream", "--key-hex", "00" * 32, *base[3:], *binding_args)),
+            ("missing stream file", (*base[:4], os.path.join(tmp, "missing"), *base[5:], *binding_args)),
+        ):
+            _check(os.path.exists(out_path), "output file present before the failing run")
+            _check(run(*argv)[0] == 1, f"open-stream fails with status 1: {what}")
+            _check(not os.path.exists(out_path), f"open-stream deletes the output file: {what}")
+            with open(out_path, "wb") as f:
+                f.write(b"stale")
+        with open(stream_path, "wb") as f:
+            f.write(stream[:-1])
+        _check(run(*base, *binding_args)[0] == 1 and not os.path.exists(out_path), "truncated file fails")
+        _check(run("open-stream", "--key-hex", "0g", *base[3:])[0] == 2, "open-stream: bad hex is a usage error")
+        _check(run("open-stream", "--key-hex", data_key.hex(), *base[3:], "--context-json", "[]")[0] == 2,
+               "open-stream: bad context is a usage error")
+        _check(run("open-stream", "--key-hex", data_key.hex())[0] == 2, "open-stream: missing arguments")
+        with open(stream_path, "wb") as f:
+            f.write(stream_header(fields(sv="2")))
+        _check(run("stream-header", "--stream-file", stream_path)[0] == 1, "stream-header refuses a bad header")
+
+    # --- Pinned stream vector (generated by this script's encoder above with a fixed salt and prefix; NOT
+    # produced by keymesh; stream.rs has no fixed vector). Paste into a Rust test to pin both sides together.
+    pinned = seal_stream(
+        data_key, b"attack at dawn", aad=b"object-7", context={"bucket": "invoices"}, salt=bytes(range(32)),
+        np=bytes(range(7)),
+    )
+    _check(pinned.hex() == PINNED_STREAM_VECTOR_HEX, "pinned stream vector")
+    _check(opened(data_key, pinned, b"object-7", {"bucket": "invoices"}) == b"attack at dawn", "open pinned stream")
+
+
+# data key = 64 65 .. 83 (100..131), salt = 00 01 .. 1f, np = 00 01 .. 06, dk "wrapped-dk", seg 4096,
+# plaintext "attack at dawn", aad "object-7", context {"bucket":"invoices"}, AES-256-GCM.
+PINNED_STREAM_VECTOR_HEX = (
+    "00bd7b227376223a312c22616c67223a224145532d3235362d47434d222c22736567223a343039362c2273616c74223a"
+    "2241414543417751464267634943516f4c4441304f4478415245684d554652595847426b61477877644868383d222c22"
+    "6e70223a22414145434177514642673d3d222c226b63223a222f6b4f3545724f495636414e30414f69393331665a674f"
+    "543156772f7a61673259472b346b544137614e6f3d222c22646b223a2264334a686348426c5a43316b61773d3d227dab"
+    "33f7fc003fca1bc77e0968ad0c6473f4ac05b67c21d3a3c5ef894f3ae8"
+)
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
@@ -1163,7 +1737,8 @@ PINNED_VECTOR_HEX = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="byok.py", description="Independent BYOK wrapping and keymesh ciphertext opening for integration tests."
+        prog="byok.py",
+        description="Independent BYOK wrapping and keymesh ciphertext and stream opening for integration tests.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -1185,6 +1760,31 @@ def build_parser() -> argparse.ArgumentParser:
         help='the encryption context given to Encrypt, e.g. \'{"tenant":"acme"}\' (default: none)',
     )
 
+    p = sub.add_parser(
+        "open-stream",
+        help="decrypt a keymesh stream file to a file; prints the plaintext's hex SHA-256 and its length",
+    )
+    p.add_argument(
+        "--key-hex",
+        required=True,
+        metavar="HEX",
+        help="the raw data key (16 bytes for AES-128-GCM, 32 for AES-256-GCM)",
+    )
+    p.add_argument("--stream-file", required=True, metavar="PATH", help="the stream (header and segments)")
+    p.add_argument("--aad-hex", default="", metavar="HEX", help="the stream's AAD (default: none)")
+    p.add_argument(
+        "--context-json",
+        default=None,
+        metavar="JSON",
+        help='the stream\'s encryption context, e.g. \'{"bucket":"invoices"}\' (default: none, same as {})',
+    )
+    p.add_argument(
+        "--out-file", required=True, metavar="PATH", help="where the plaintext goes (deleted if the stream fails)"
+    )
+
+    p = sub.add_parser("stream-header", help="print a stream's wrapped data key (header field dk) as hex")
+    p.add_argument("--stream-file", required=True, metavar="PATH")
+
     sub.add_parser("selftest", help="run internal consistency checks")
     return parser
 
@@ -1202,6 +1802,14 @@ def main(argv: list[str] | None = None) -> int:
             aad = parse_hex(args.aad_hex, "--aad-hex", allow_empty=True)
             context = parse_context_json(args.context_json) if args.context_json is not None else None
             print(open_ciphertext(key, ciphertext, aad, context).hex())
+        elif args.command == "open-stream":
+            key = parse_hex(args.key_hex, "--key-hex")
+            aad = parse_hex(args.aad_hex, "--aad-hex", allow_empty=True)
+            context = parse_context_json(args.context_json) if args.context_json is not None else None
+            digest, length = open_stream_file(key, args.stream_file, args.out_file, aad, context)
+            print(f"{digest} {length}")
+        elif args.command == "stream-header":
+            print(stream_file_header(args.stream_file).wrapped_data_key.hex())
         elif args.command == "selftest":
             selftest()
             print("selftest: ok")

@@ -1,5 +1,9 @@
 //! The keymesh SDK: connects to the mesh over mTLS, exchanges client credentials for an access token (and
-//! renews it before it expires), and calls the services with it.
+//! renews it before it expires), and calls the services with it. [`envelope`] encrypts locally with data
+//! keys; [`streaming`] moves readers, writers and files of any size through the stream format.
+
+pub mod envelope;
+pub mod streaming;
 
 use std::{
     path::{Path, PathBuf},
@@ -25,7 +29,23 @@ pub enum ClientError {
     /// Local set-up failed (files, certificates, endpoints).
     #[error("{0}")]
     Setup(String),
+    /// Reading or writing local data failed.
+    #[error("{0}")]
+    Io(String),
+    /// Local encryption or decryption failed (a decryption failure says no more than the service would).
+    #[error("{0}")]
+    Crypto(#[from] keymesh_crypto::CryptoError),
 }
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e.to_string())
+    }
+}
+
+/// Largest gRPC message the SDK sends or accepts from crypto-service: the largest unary limit the service
+/// can be configured with (64 MiB), with room for the rest of the message. The service enforces its own.
+const MAX_CRYPTO_MESSAGE: usize = 2 * 64 * 1024 * 1024 + 64 * 1024;
 
 /// Client credentials of an application.
 #[derive(Deserialize)]
@@ -79,7 +99,9 @@ impl KeymeshClient {
             credentials,
             tokens: TokenServiceClient::new(channel(ServiceName::TokenService)?),
             keys: KeyServiceClient::new(channel(ServiceName::KeyService)?),
-            crypto: CryptoServiceClient::new(channel(ServiceName::CryptoService)?),
+            crypto: CryptoServiceClient::new(channel(ServiceName::CryptoService)?)
+                .max_decoding_message_size(MAX_CRYPTO_MESSAGE)
+                .max_encoding_message_size(MAX_CRYPTO_MESSAGE),
             audit_channel: channel(ServiceName::AuditService)?,
             token: Mutex::new(None),
         })

@@ -174,6 +174,10 @@ pub fn parse(ciphertext: &[u8]) -> Result<ParsedCiphertext<'_>, CryptoError> {
     }
     let header_bytes = ciphertext.get(..2 + header_len).ok_or_else(fail)?;
     let body = &ciphertext[2 + header_len..];
+    // serde would also take a struct written as a JSON array; the format is an object, and only that.
+    if header_bytes.get(2) != Some(&b'{') {
+        return Err(fail());
+    }
     let raw: RawHeader = serde_json::from_slice(&header_bytes[2..]).map_err(|_| fail())?;
     let algorithm = SymmetricAlgorithm::from_name(&raw.alg).ok_or_else(fail)?;
     // Each version has exactly its own fields: v1 {ctx,kid,alg,nonce}, v2 adds mode, v3 adds kc and aad.
@@ -356,6 +360,7 @@ mod tests {
             r#"{"v":3,"ctx":"a","kid":"k:v1","alg":"AES-256-GCM","mode":"gcm","nonce":"!!","kc":"","aad":false}"#,
             r#"{"v":3,"ctx":"a","kid":"nokid","alg":"AES-256-GCM","mode":"gcm","nonce":"AAAAAAAAAAAAAAAA","kc":"","aad":false}"#,
             r#"not json"#,
+            r#"[3,"a","k:v1","AES-256-GCM","gcm","AAAAAAAAAAAAAAAA","",false]"#,
         ] {
             let mut ct = (header.len() as u16).to_be_bytes().to_vec();
             ct.extend_from_slice(header.as_bytes());

@@ -367,6 +367,10 @@ pub fn parse_header(input: &[u8]) -> Result<Option<(StreamHeader, usize)>, Crypt
     let Some(bytes) = input.get(..2 + len) else {
         return Ok(None);
     };
+    // serde would also take a struct written as a JSON array; the format is an object, and only that.
+    if bytes.get(2) != Some(&b'{') {
+        return Err(fail);
+    }
     let raw: RawStreamHeader = serde_json::from_slice(&bytes[2..]).map_err(|_| CryptoError::DecryptionFailed)?;
     if raw.sv != STREAM_VERSION {
         return Err(fail);
@@ -410,8 +414,7 @@ impl StreamHeader {
 
     /// Checks the data key against the commitment and derives the stream key.
     pub fn decryptor(&self, data_key: &SecretKey, binding: Binding<'_>) -> Result<StreamDecryptor, CryptoError> {
-        if data_key.len() != self.cipher.key_len() || !commitment::verify(data_key.expose_secret(), &self.commitment)
-        {
+        if data_key.len() != self.cipher.key_len() || !commitment::verify(data_key.expose_secret(), &self.commitment) {
             return Err(CryptoError::DecryptionFailed);
         }
         let key = derive_stream_key(self.cipher, data_key, &self.salt, &self.bytes, binding)?;
@@ -685,6 +688,10 @@ mod tests {
             ),
             format!(r#"{{"sv":1,"alg":"AES-256-GCM","seg":4096,"salt":"{salt}","np":"{np}","kc":"{kc}"}}"#),
             r#"{"v":3}"#.to_owned(),
+            format!(r#"[1,"AES-256-GCM",4096,"{salt}","{np}","{kc}","AA=="]"#),
+            format!(
+                r#" {{"sv":1,"alg":"AES-256-GCM","seg":4096,"salt":"{salt}","np":"{np}","kc":"{kc}","dk":"AA=="}}"#
+            ),
         ] {
             assert_eq!(parse_header(&header(&json)).err(), Some(CryptoError::DecryptionFailed), "{json}");
         }

@@ -98,6 +98,9 @@ pub struct RawConfig {
     /// key-service's caches, maintenance and usage limits.
     #[serde(default)]
     pub key_service: RawKeyService,
+    /// crypto-service's request limits.
+    #[serde(default)]
+    pub crypto_service: RawCryptoService,
     /// Seconds to let in-flight requests finish after SIGTERM.
     pub shutdown_grace_seconds: Option<u64>,
 }
@@ -177,6 +180,15 @@ pub struct RawDekCache {
     pub max_entries: Option<u64>,
     /// Seconds a DEK stays cached (1..=3600; default 300).
     pub ttl_seconds: Option<u64>,
+}
+
+/// `[crypto_service]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCryptoService {
+    /// Largest plaintext or ciphertext of one unary call, batch items summed (65536..=67108864; default
+    /// 4194304). Larger data goes through EncryptStream/DecryptStream.
+    pub unary_limit_bytes: Option<u64>,
 }
 
 /// `[key_service]`.
@@ -496,6 +508,34 @@ impl DekCacheParams {
     }
 }
 
+/// Validated `[crypto_service]`.
+#[derive(Debug, Clone, Copy)]
+pub struct CryptoServiceParams {
+    /// Largest plaintext or ciphertext of one unary call.
+    pub unary_limit: usize,
+}
+
+impl CryptoServiceParams {
+    /// gRPC framing, headers, AAD and encryption context a unary message may carry beyond its data.
+    pub const MESSAGE_OVERHEAD: usize = 64 * 1024;
+
+    /// Validates `[crypto_service]`.
+    pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        let limit = bounded(
+            "crypto_service.unary_limit_bytes",
+            raw.crypto_service.unary_limit_bytes,
+            4 * 1024 * 1024,
+            64 * 1024..=64 * 1024 * 1024,
+        )?;
+        Ok(Self { unary_limit: usize::try_from(limit).unwrap_or(usize::MAX) })
+    }
+
+    /// The largest gRPC message crypto-service accepts or sends: the unary limit plus room for the rest.
+    pub fn max_message_size(&self) -> usize {
+        self.unary_limit + Self::MESSAGE_OVERHEAD
+    }
+}
+
 /// Validated `[kms]`: the default keyring and every tenant's name defined backends without clashes.
 #[derive(Debug, Clone)]
 pub struct KmsParams {
@@ -651,6 +691,7 @@ mod tests {
                 ("KEYMESH_ENDPOINTS__TOKEN_SERVICE", "tokens:7403"),
                 ("KEYMESH_MASTER_KEY", "not a config field"),
                 ("KEYMESH_DEK_CACHE__TTL_SECONDS", "60"),
+                ("KEYMESH_CRYPTO_SERVICE__UNARY_LIMIT_BYTES", "1048576"),
                 ("OTHER", "ignored"),
             ]),
         )
@@ -660,6 +701,10 @@ mod tests {
         assert_eq!(p.endpoints.key_service, "keys:7401");
         assert_eq!(p.endpoints.token_service, "tokens:7403");
         assert_eq!(DekCacheParams::from_raw(&raw).unwrap().ttl, Duration::from_secs(60));
+        assert_eq!(CryptoServiceParams::from_raw(&raw).unwrap().unary_limit, 1 << 20);
+        let small = load(None, &env(&[("KEYMESH_CRYPTO_SERVICE__UNARY_LIMIT_BYTES", "10")])).unwrap();
+        let err = CryptoServiceParams::from_raw(&small).unwrap_err().to_string();
+        assert!(err.contains("crypto_service.unary_limit_bytes"), "{err}");
         // keys:7401 is fine to reach but not to bind: key-service's error names the field to fix.
         let err = MeshParams::from_raw(ServiceName::KeyService, &raw).unwrap_err().to_string();
         assert!(err.contains("`endpoints.key_service`"), "{err}");

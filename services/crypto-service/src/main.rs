@@ -11,7 +11,7 @@ use keymesh_audit::AuditSink;
 use keymesh_mesh::{
     ServiceName,
     client::{token_verifier, traced_channel},
-    config::{DekCacheParams, TokenParams},
+    config::{CryptoServiceParams, DekCacheParams, TokenParams},
     run::{self, BoxError, Startup},
     server,
 };
@@ -26,6 +26,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let Startup { params, raw, tls } = startup;
     let token_params = TokenParams::from_raw(&raw)?;
     let cache_params = DekCacheParams::from_raw(&raw)?;
+    let limits = CryptoServiceParams::from_raw(&raw)?;
     let listener = server::bind(params.listen_addr).await?;
 
     let verifier = token_verifier(&params, &tls, &token_params)?;
@@ -33,8 +34,13 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let deks = Arc::new(dek_cache::DekCache::new(keys, cache_params));
     let watcher = deks.spawn_watcher();
     let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?);
-    let service = rpc::CryptoRpc::new(Arc::new(verifier), deks, audit.clone());
-    let routes = Routes::new(CryptoServiceServer::new(service));
+    let service = rpc::CryptoRpc::new(Arc::new(verifier), deks, audit.clone(), limits.unary_limit);
+    // Room for twice the unary limit, so that a plaintext somewhat over it meets the error that points to
+    // streaming rather than a bare message-size refusal.
+    let max_message = limits.max_message_size() + limits.unary_limit;
+    let server =
+        CryptoServiceServer::new(service).max_decoding_message_size(max_message).max_encoding_message_size(max_message);
+    let routes = Routes::new(server);
     server::serve_until_signal(listener, &tls, routes, "keymesh.v1.CryptoService", params.shutdown_grace).await?;
     watcher.abort();
     // The server and its clones of the sink are gone: ship what the last requests recorded.

@@ -10,7 +10,11 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use clap::{Parser, Subcommand};
-use keymesh_client::{ClientError, Credentials, Endpoints, KeymeshClient, bootstrap_credentials_path};
+use keymesh_client::{
+    ClientError, Credentials, Endpoints, KeymeshClient, bootstrap_credentials_path,
+    envelope::Associated,
+    streaming::{StreamOptions, Via},
+};
 use keymesh_mesh::{
     ServiceName,
     config::{self, KmsParams, MeshParams},
@@ -43,23 +47,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Encrypt standard input to standard output.
+    /// Encrypt standard input to standard output (one Encrypt call, up to the unary limit), or a file of any
+    /// size with --in and --out (streamed, with progress on a terminal).
     Encrypt {
         /// Key name or id.
         #[arg(long)]
         key: String,
-        /// Associated data to bind (must be given again to decrypt).
-        #[arg(long, default_value = "")]
-        aad: String,
-        /// Write base64 text instead of binary (the default when standard output is a terminal).
-        #[arg(long)]
+        #[command(flatten)]
+        associated: AssociatedArgs,
+        /// Write base64 text instead of binary (the default when standard output is a terminal; not with --in).
+        #[arg(long, conflicts_with = "input")]
         base64: bool,
+        #[command(flatten)]
+        files: FileArgs,
+        /// Plaintext bytes per stream segment (4096 to 2097152; default 1 MiB).
+        #[arg(long, default_value_t = 0, requires = "input")]
+        segment_size: u32,
     },
-    /// Decrypt standard input (binary or base64) to standard output.
+    /// Decrypt standard input (binary or base64) to standard output, or a file with --in and --out (a stream,
+    /// an envelope, or a unary ciphertext; the output file appears only once the whole input verified).
     Decrypt {
-        /// Associated data given at encryption.
+        #[command(flatten)]
+        associated: AssociatedArgs,
+        /// Refuse a ciphertext made under another key (name or id).
         #[arg(long, default_value = "")]
-        aad: String,
+        key: String,
+        #[command(flatten)]
+        files: FileArgs,
     },
     /// Manage keys.
     Keys {
@@ -88,6 +102,46 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
+}
+
+/// Associated data bound to a ciphertext.
+#[derive(clap::Args)]
+struct AssociatedArgs {
+    /// Associated data to bind (must be given again to decrypt).
+    #[arg(long, default_value = "")]
+    aad: String,
+    /// Encryption context entry KEY=VALUE, repeatable (all must be given again to decrypt).
+    #[arg(long = "context", value_name = "KEY=VALUE", value_parser = parse_context_entry)]
+    context: Vec<(String, String)>,
+}
+
+impl AssociatedArgs {
+    fn to_associated(&self) -> Associated {
+        Associated { aad: self.aad.as_bytes().to_vec(), encryption_context: self.context.iter().cloned().collect() }
+    }
+}
+
+fn parse_context_entry(entry: &str) -> Result<(String, String), String> {
+    entry
+        .split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{entry:?} is not KEY=VALUE"))
+}
+
+/// Streaming a file instead of standard input.
+#[derive(clap::Args)]
+struct FileArgs {
+    /// Input file, streamed in constant memory.
+    #[arg(long = "in", value_name = "PATH", requires = "output")]
+    input: Option<PathBuf>,
+    /// Output file; written beside its final name and moved into place only on success.
+    #[arg(long = "out", value_name = "PATH", requires = "input")]
+    output: Option<PathBuf>,
+    /// Encrypt or decrypt here with a data key (one GenerateDataKey or Decrypt call) instead of in
+    /// crypto-service; the data never leaves this machine.
+    #[arg(long, requires = "input")]
+    local: bool,
 }
 
 #[derive(Subcommand)]
@@ -302,6 +356,88 @@ async fn rewrap(client: &KeymeshClient) -> Result<(), ClientError> {
     }
 }
 
+fn via(local: bool) -> Via {
+    if local { Via::Local } else { Via::Service }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Encrypt,
+    Decrypt,
+}
+
+/// `keymesh encrypt|decrypt --in --out`: streams the file, with a progress bar when standard error is a
+/// terminal. A file holding a unary ciphertext (not a stream) is decrypted with one Decrypt call.
+async fn stream_file(
+    client: &KeymeshClient,
+    options: &StreamOptions,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    direction: Direction,
+) -> Result<(), ClientError> {
+    let size = std::fs::metadata(input).map_err(|e| ClientError::Io(format!("{}: {e}", input.display())))?.len();
+    if direction == Direction::Decrypt && !starts_like_stream(input)? {
+        return decrypt_unary_file(client, options, input, output).await;
+    }
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(size);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} [{wide_bar}] {bytes_per_sec}, {eta} left",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut progress = |done: u64| bar.set_position(done);
+    let started = std::time::Instant::now();
+    let result = match direction {
+        Direction::Encrypt => client.encrypt_file(options, input, output, &mut progress).await,
+        Direction::Decrypt => client.decrypt_file(options, input, output, &mut progress).await,
+    };
+    bar.finish_and_clear();
+    let total = result?;
+    let seconds = started.elapsed().as_secs_f64().max(1e-6);
+    let line = format!(
+        "{} {} bytes in {:.1} s ({:.0} MB/s) to {}\n",
+        if direction == Direction::Encrypt { "encrypted" } else { "decrypted" },
+        total,
+        seconds,
+        total as f64 / seconds / 1e6,
+        output.display()
+    );
+    std::io::stderr().write_all(line.as_bytes()).map_err(|e| ClientError::Io(e.to_string()))
+}
+
+fn starts_like_stream(path: &std::path::Path) -> Result<bool, ClientError> {
+    let mut head = [0u8; 8];
+    let mut file = std::fs::File::open(path).map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?;
+    let n = file.read(&mut head).map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?;
+    Ok(keymesh_crypto::stream::looks_like_stream(&head[..n]))
+}
+
+async fn decrypt_unary_file(
+    client: &KeymeshClient,
+    options: &StreamOptions,
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> Result<(), ClientError> {
+    let ciphertext = std::fs::read(input).map_err(|e| ClientError::Io(format!("{}: {e}", input.display())))?;
+    let request = client
+        .authorized(pb::DecryptRequest {
+            ciphertext,
+            key: options.key.clone(),
+            aad: options.associated.aad.clone(),
+            encryption_context: options.associated.encryption_context.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let plaintext = zeroize::Zeroizing::new(client.crypto_service().decrypt(request).await?.into_inner().plaintext);
+    std::fs::write(output, &plaintext).map_err(|e| ClientError::Io(format!("{}: {e}", output.display())))
+}
+
 async fn run(cli: Cli) -> Result<(), ClientError> {
     if let Command::Health { wait } = cli.command {
         return health(&cli, wait).await;
@@ -311,15 +447,34 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     }
     let client = setup(&cli)?;
     match cli.command {
-        Command::Encrypt { key, aad, base64 } => {
-            let ciphertext = client.encrypt(&key, read_stdin()?, aad.into_bytes()).await?;
+        Command::Encrypt { key, associated, base64, files, segment_size } => {
+            let associated = associated.to_associated();
+            if let FileArgs { input: Some(input), output: Some(output), local } = files {
+                let options = StreamOptions { key, associated, segment_size, via: via(local) };
+                return stream_file(&client, &options, &input, &output, Direction::Encrypt).await;
+            }
+            let request = client
+                .authorized(pb::EncryptRequest {
+                    key,
+                    plaintext: read_stdin()?,
+                    aad: associated.aad,
+                    encryption_context: associated.encryption_context,
+                    ..Default::default()
+                })
+                .await?;
+            let ciphertext = client.crypto_service().encrypt(request).await?.into_inner().ciphertext;
             if base64 || std::io::stdout().is_terminal() {
                 write_stdout(format!("{}\n", B64.encode(ciphertext)).as_bytes())
             } else {
                 write_stdout(&ciphertext)
             }
         }
-        Command::Decrypt { aad } => {
+        Command::Decrypt { associated, key, files } => {
+            let associated = associated.to_associated();
+            if let FileArgs { input: Some(input), output: Some(output), local } = files {
+                let options = StreamOptions { key, associated, segment_size: 0, via: via(local) };
+                return stream_file(&client, &options, &input, &output, Direction::Decrypt).await;
+            }
             let input = read_stdin()?;
             // Binary ciphertexts start with a small big-endian header length; anything else is base64 text.
             let ciphertext = if input.first().is_some_and(|b| *b < 0x10) {
@@ -328,7 +483,21 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 B64.decode(input.trim_ascii())
                     .map_err(|_| ClientError::Setup("input is neither a keymesh ciphertext nor base64 of one".into()))?
             };
-            let plaintext = client.decrypt(ciphertext, aad.into_bytes()).await?;
+            if keymesh_crypto::stream::looks_like_stream(&ciphertext) {
+                let plaintext = client.open_envelope(&ciphertext, &associated).await?;
+                return write_stdout(&plaintext);
+            }
+            let request = client
+                .authorized(pb::DecryptRequest {
+                    ciphertext,
+                    key,
+                    aad: associated.aad,
+                    encryption_context: associated.encryption_context,
+                    ..Default::default()
+                })
+                .await?;
+            let plaintext =
+                zeroize::Zeroizing::new(client.crypto_service().decrypt(request).await?.into_inner().plaintext);
             write_stdout(&plaintext)
         }
         Command::Keys { command: KeysCommand::Create { name } } => {

@@ -71,7 +71,9 @@ impl CryptoRpc {
         request: pb::DecryptRequest,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         let total: usize = request.batch.iter().map(|item| item.ciphertext.len()).sum();
-        if let Err(e) = check_batch(request.batch.len(), total, !request.ciphertext.is_empty(), "ciphertext") {
+        if let Err(e) =
+            check_batch(request.batch.len(), total, !request.ciphertext.is_empty(), "ciphertext", self.unary_limit)
+        {
             let audit = Audited::start("Decrypt", claims);
             return audit.finish(&self.audit, Err(e.into()));
         }

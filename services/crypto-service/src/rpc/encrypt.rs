@@ -11,7 +11,7 @@ use keymesh_mesh::auth::AccessClaims;
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{Audited, CryptoRpc, UNARY_LIMIT, check_batch, context_of, item_error};
+use super::{Audited, CryptoRpc, check_batch, context_of, item_error};
 use crate::{dek_cache::DekRequest, error::CryptoServiceError};
 
 /// One plaintext to seal.
@@ -69,7 +69,9 @@ impl CryptoRpc {
         request: pb::EncryptRequest,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
         let total: usize = request.batch.iter().map(|item| item.plaintext.len()).sum();
-        if let Err(e) = check_batch(request.batch.len(), total, !request.plaintext.is_empty(), "plaintext") {
+        if let Err(e) =
+            check_batch(request.batch.len(), total, !request.plaintext.is_empty(), "plaintext", self.unary_limit)
+        {
             let audit = Audited::start("Encrypt", claims);
             return audit.finish(&self.audit, Err(e.into()));
         }
@@ -112,12 +114,13 @@ impl CryptoRpc {
             }
             .into());
         }
-        if item.plaintext.len() > UNARY_LIMIT {
+        if item.plaintext.len() > self.unary_limit {
             return Err(CryptoServiceError::InvalidArgument {
                 field: "plaintext",
                 reason: format!(
-                    "{} bytes is over the unary limit of {UNARY_LIMIT} bytes; use EncryptStream for large data",
-                    item.plaintext.len()
+                    "{} bytes is over the unary limit of {} bytes; use EncryptStream for large data",
+                    item.plaintext.len(),
+                    self.unary_limit
                 ),
             }
             .into());

@@ -5,6 +5,7 @@ mod data_key;
 mod decrypt;
 mod encrypt;
 mod re_encrypt;
+mod stream;
 mod utility;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -18,20 +19,20 @@ use crate::{dek_cache::DekCache, error::CryptoServiceError};
 
 const SERVICE: &str = "crypto-service";
 
-/// Largest unary plaintext or ciphertext; larger data goes through EncryptStream/DecryptStream.
-pub const UNARY_LIMIT: usize = 4 * 1024 * 1024 - 64 * 1024;
-
 /// The CryptoService implementation.
 pub struct CryptoRpc {
     verifier: Arc<TokenVerifier>,
     deks: Arc<DekCache>,
     audit: AuditSink,
+    /// Largest unary plaintext or ciphertext (batch items summed); larger data goes through
+    /// EncryptStream/DecryptStream.
+    unary_limit: usize,
 }
 
 impl CryptoRpc {
     /// Wires the service.
-    pub fn new(verifier: Arc<TokenVerifier>, deks: Arc<DekCache>, audit: AuditSink) -> Self {
-        Self { verifier, deks, audit }
+    pub fn new(verifier: Arc<TokenVerifier>, deks: Arc<DekCache>, audit: AuditSink, unary_limit: usize) -> Self {
+        Self { verifier, deks, audit, unary_limit }
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Status> {
@@ -72,6 +73,7 @@ fn check_batch(
     total_bytes: usize,
     single_set: bool,
     field: &'static str,
+    unary_limit: usize,
 ) -> Result<(), CryptoServiceError> {
     if single_set {
         return Err(CryptoServiceError::InvalidArgument {
@@ -85,10 +87,13 @@ fn check_batch(
             reason: format!("{items} items is over the limit of {MAX_BATCH}; split the batch"),
         });
     }
-    if total_bytes > UNARY_LIMIT {
+    if total_bytes > unary_limit {
         return Err(CryptoServiceError::InvalidArgument {
             field: "batch",
-            reason: format!("{total_bytes} bytes in all is over the unary limit of {UNARY_LIMIT}; split the batch"),
+            reason: format!(
+                "{total_bytes} bytes in all is over the unary limit of {unary_limit}; split the batch, or use \
+                 {field} streaming for large data"
+            ),
         });
     }
     Ok(())
@@ -170,17 +175,17 @@ impl CryptoService for CryptoRpc {
 
     async fn encrypt_stream(
         &self,
-        _: Request<Streaming<pb::EncryptStreamRequest>>,
+        request: Request<Streaming<pb::EncryptStreamRequest>>,
     ) -> Result<Response<Self::EncryptStreamStream>, Status> {
-        unimplemented("EncryptStream")
+        self.handle_encrypt_stream(request).await
     }
 
     type DecryptStreamStream = ResponseStream<pb::DecryptStreamResponse>;
 
     async fn decrypt_stream(
         &self,
-        _: Request<Streaming<pb::DecryptStreamRequest>>,
+        request: Request<Streaming<pb::DecryptStreamRequest>>,
     ) -> Result<Response<Self::DecryptStreamStream>, Status> {
-        unimplemented("DecryptStream")
+        self.handle_decrypt_stream(request).await
     }
 }

@@ -7,8 +7,7 @@
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{Audited, CryptoRpc, UNARY_LIMIT, decrypt::Opening, encrypt::Sealing};
-use crate::error::CryptoServiceError;
+use super::{Audited, CryptoRpc, decrypt::Opening, encrypt::Sealing};
 
 impl CryptoRpc {
     pub(super) async fn handle_re_encrypt(
@@ -19,13 +18,8 @@ impl CryptoRpc {
         let request = request.into_inner();
         // Two events, so the trail names both keys: the source opened, the destination sealed.
         let mut source_audit = Audited::start("ReEncrypt", &claims);
-        if request.ciphertext.len() > UNARY_LIMIT {
-            let refused = CryptoServiceError::InvalidArgument {
-                field: "ciphertext",
-                reason: format!("{} bytes is over the unary limit of {UNARY_LIMIT} bytes", request.ciphertext.len()),
-            };
-            return source_audit.finish(&self.audit, Err(refused.into()));
-        }
+        // No size check here: the gRPC message limit bounds the ciphertext, and sealing checks the plaintext
+        // against the unary limit with a message that points to streaming.
         let opening = Opening {
             permission: pb::Operation::Reencrypt,
             ciphertext: &request.ciphertext,

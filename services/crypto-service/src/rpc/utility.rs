@@ -5,7 +5,7 @@ use keymesh_crypto::primitives::{self, DigestAlgorithm};
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{Audited, CryptoRpc, UNARY_LIMIT};
+use super::{Audited, CryptoRpc};
 use crate::error::CryptoServiceError;
 
 /// Most random bytes one GenerateRandom call returns.
@@ -34,10 +34,14 @@ impl CryptoRpc {
                     .into());
                 }
             };
-            if request.data.len() > UNARY_LIMIT {
+            if request.data.len() > self.unary_limit {
                 return Err(CryptoServiceError::InvalidArgument {
                     field: "data",
-                    reason: format!("{} bytes is over the unary limit of {UNARY_LIMIT} bytes", request.data.len()),
+                    reason: format!(
+                        "{} bytes is over the unary limit of {} bytes",
+                        request.data.len(),
+                        self.unary_limit
+                    ),
                 }
                 .into());
             }
