@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/keymesh/target
 BUF := $(HOME)/.cache/keymesh/node/node_modules/.bin/buf
 
-.PHONY: run test bench build deps test-deps lint fmt buf-lint clean-data clean
+.PHONY: run test bench fuzz build deps test-deps lint fmt buf-lint clean-data clean
 
 ## run: build and start the whole mesh on its embedded defaults (Ctrl-C stops it)
 run: deps build
@@ -16,9 +16,23 @@ test: test-deps
 	deploy/dev/smoke-run.sh
 	$(MAKE) --no-print-directory lint
 
-## bench: benchmarks (release build): GetDataKey latency per cache tier against an AES-GCM baseline
+## bench: benchmarks (release build): GetDataKey latency per cache tier, and the data plane (Encrypt/Decrypt
+## ops/s and p99 at 1 KiB and 64 KiB, stream MB/s) through the real services, each against raw AES-GCM
 bench: test-deps
+	cargo build --release --workspace --bins
 	url="$$(deploy/dev/ensure-postgres.sh)" && KEYMESH_TEST_POSTGRES_URL="$$url" cargo bench -p key-service --bench get_data_key
+	cargo bench -p integration-tests --bench data_plane
+
+## fuzz: the ciphertext parser and the stream decoder under cargo-fuzz (nightly), FUZZ_SECONDS each (default 600)
+FUZZ_SECONDS ?= 600
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	cd libs/crypto && for target in ciphertext_parser stream_decoder; do \
+		mkdir -p fuzz/corpus/$$target && \
+		cargo +nightly fuzz run --target-dir $(HOME)/.cache/keymesh/fuzz-target $$target fuzz/corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
 
 build:
 	cargo build --workspace --bins

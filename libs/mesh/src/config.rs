@@ -530,9 +530,12 @@ impl CryptoServiceParams {
         Ok(Self { unary_limit: usize::try_from(limit).unwrap_or(usize::MAX) })
     }
 
-    /// The largest gRPC message crypto-service accepts or sends: the unary limit plus room for the rest.
+    /// The largest gRPC message crypto-service accepts or sends: room for twice the unary limit, so that a
+    /// plaintext somewhat over it meets the error that points to streaming rather than a bare message-size
+    /// refusal, and never less than gRPC's usual 4 MiB, which stream segments (up to 2 MiB) and the SDK's
+    /// stream chunks rely on whatever the unary limit.
     pub fn max_message_size(&self) -> usize {
-        self.unary_limit + Self::MESSAGE_OVERHEAD
+        (2 * self.unary_limit).max(4 * 1024 * 1024) + Self::MESSAGE_OVERHEAD
     }
 }
 
@@ -701,7 +704,9 @@ mod tests {
         assert_eq!(p.endpoints.key_service, "keys:7401");
         assert_eq!(p.endpoints.token_service, "tokens:7403");
         assert_eq!(DekCacheParams::from_raw(&raw).unwrap().ttl, Duration::from_secs(60));
-        assert_eq!(CryptoServiceParams::from_raw(&raw).unwrap().unary_limit, 1 << 20);
+        let limits = CryptoServiceParams::from_raw(&raw).unwrap();
+        assert_eq!(limits.unary_limit, 1 << 20);
+        assert_eq!(limits.max_message_size(), (4 << 20) + CryptoServiceParams::MESSAGE_OVERHEAD);
         let small = load(None, &env(&[("KEYMESH_CRYPTO_SERVICE__UNARY_LIMIT_BYTES", "10")])).unwrap();
         let err = CryptoServiceParams::from_raw(&small).unwrap_err().to_string();
         assert!(err.contains("crypto_service.unary_limit_bytes"), "{err}");

@@ -35,9 +35,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let watcher = deks.spawn_watcher();
     let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?);
     let service = rpc::CryptoRpc::new(Arc::new(verifier), deks, audit.clone(), limits.unary_limit);
-    // Room for twice the unary limit, so that a plaintext somewhat over it meets the error that points to
-    // streaming rather than a bare message-size refusal.
-    let max_message = limits.max_message_size() + limits.unary_limit;
+    let max_message = limits.max_message_size();
     let server =
         CryptoServiceServer::new(service).max_decoding_message_size(max_message).max_encoding_message_size(max_message);
     let routes = Routes::new(server);

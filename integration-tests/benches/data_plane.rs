@@ -1,0 +1,228 @@
+//! The data plane through the real services over mTLS, against the raw primitive measured in the same run:
+//! Encrypt and Decrypt of 1 KiB and 64 KiB (operations per second and latency percentiles, from an HDR
+//! histogram, with a fixed number of calls in flight), and EncryptStream/DecryptStream throughput, beside
+//! AES-256-GCM sealing the same sizes in-process on one core. The load generator shares the machine with
+//! the four services, so the ratios are a floor.
+//!
+//! Run with `make bench` (release build of the binaries and this bench).
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::print_stdout)]
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use integration_tests::Mesh;
+use keymesh_client::{KeymeshClient, envelope::Associated, streaming::StreamOptions};
+use keymesh_crypto::{SecretKey, SymmetricAlgorithm};
+use keymesh_proto::v1 as pb;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Calls in flight at once.
+const CONCURRENCY: usize = 32;
+/// How long each unary measurement runs (after a warm-up of a fifth of it).
+const RUN_FOR: Duration = Duration::from_secs(5);
+/// Bytes per stream measurement.
+const STREAM_LEN: u64 = 512 << 20;
+
+struct Unary {
+    ops_per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Runs `call` from CONCURRENCY tasks for RUN_FOR and gathers every latency.
+async fn load<F, Fut>(call: F) -> Unary
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let call = Arc::new(call);
+    let run = |duration: Duration| {
+        let call = call.clone();
+        async move {
+            let deadline = Instant::now() + duration;
+            let tasks: Vec<_> = (0..CONCURRENCY)
+                .map(|_| {
+                    let call = call.clone();
+                    tokio::spawn(async move {
+                        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                        while Instant::now() < deadline {
+                            let started = Instant::now();
+                            call().await;
+                            histogram.record(started.elapsed().as_micros().max(1) as u64).unwrap();
+                        }
+                        histogram
+                    })
+                })
+                .collect();
+            let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            for task in tasks {
+                total.add(task.await.unwrap()).unwrap();
+            }
+            total
+        }
+    };
+    run(RUN_FOR / 5).await;
+    let started = Instant::now();
+    let histogram = run(RUN_FOR).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    Unary {
+        ops_per_second: histogram.len() as f64 / elapsed,
+        p50: Duration::from_micros(histogram.value_at_quantile(0.50)),
+        p99: Duration::from_micros(histogram.value_at_quantile(0.99)),
+    }
+}
+
+/// AES-256-GCM seals of `size` bytes per second on one core (keymesh's own primitive, the v3 body).
+fn raw_seals_per_second(size: usize) -> f64 {
+    let key = SecretKey::from_bytes(vec![7; 32]);
+    let plaintext = vec![1u8; size];
+    let nonce = [0u8; 12];
+    let seal = || SymmetricAlgorithm::Aes256Gcm.seal(&key, &nonce, b"header", &plaintext).unwrap();
+    for _ in 0..1000 {
+        seal();
+    }
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(2) {
+        for _ in 0..100 {
+            std::hint::black_box(seal());
+        }
+        n += 100;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn encrypt(client: &KeymeshClient, plaintext: Vec<u8>) -> Vec<u8> {
+    let request = pb::EncryptRequest { key: "bench".into(), plaintext, ..Default::default() };
+    client.crypto_service().encrypt(client.authorized(request).await.unwrap()).await.unwrap().into_inner().ciphertext
+}
+
+async fn decrypt(client: &KeymeshClient, ciphertext: Vec<u8>) {
+    let request = pb::DecryptRequest { ciphertext, ..Default::default() };
+    client.crypto_service().decrypt(client.authorized(request).await.unwrap()).await.unwrap();
+}
+
+/// `remaining` bytes of a repeating block.
+struct Source {
+    block: Vec<u8>,
+    remaining: u64,
+}
+
+impl AsyncRead for Source {
+    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let n = buf.remaining().min(self.block.len()).min(self.remaining as usize);
+        buf.put_slice(&self.block[..n]);
+        self.remaining -= n as u64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A writer that keeps the first bytes (a stream header and some segments) and counts the rest.
+struct Sink {
+    kept: Vec<u8>,
+    keep: usize,
+    written: u64,
+}
+
+impl AsyncWrite for Sink {
+    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let room = self.keep.saturating_sub(self.kept.len()).min(buf.len());
+        self.kept.extend_from_slice(&buf[..room]);
+        self.written += buf.len() as u64;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn megabytes_per_second(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / elapsed.as_secs_f64() / 1e6
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+#[tokio::main]
+async fn main() {
+    keymesh_mesh::install_crypto_provider();
+    let mesh = Mesh::start(&[], &[]).await;
+    let client = Arc::new(mesh.admin_client());
+    client.create_key("bench").await.unwrap();
+
+    println!("keymesh data plane: {CONCURRENCY} calls in flight over one mTLS connection, {RUN_FOR:?} per row");
+    println!("{:<22} {:>12} {:>10} {:>10} {:>16} {:>10}", "operation", "ops/s", "p50", "p99", "raw AES-GCM/s", "ratio");
+    for size in [1024usize, 64 * 1024] {
+        let raw = raw_seals_per_second(size);
+        let sample = encrypt(&client, vec![3u8; size]).await;
+        let encrypting = {
+            let client = client.clone();
+            load(move || {
+                let client = client.clone();
+                async move {
+                    encrypt(&client, vec![3u8; size]).await;
+                }
+            })
+            .await
+        };
+        let decrypting = {
+            let client = client.clone();
+            load(move || {
+                let (client, sample) = (client.clone(), sample.clone());
+                async move { decrypt(&client, sample).await }
+            })
+            .await
+        };
+        for (name, result) in [("Encrypt", encrypting), ("Decrypt", decrypting)] {
+            println!(
+                "{:<22} {:>12.0} {:>10} {:>10} {:>16.0} {:>9.3}x",
+                format!("{name} {} KiB", size / 1024),
+                result.ops_per_second,
+                millis(result.p50),
+                millis(result.p99),
+                raw,
+                result.ops_per_second / raw
+            );
+        }
+    }
+
+    // Streams: the raw baseline is the same primitive sealing 1 MiB segments on one core.
+    let raw = raw_seals_per_second(1 << 20) * (1 << 20) as f64 / 1e6;
+    let options = StreamOptions { key: "bench".into(), associated: Associated::default(), ..Default::default() };
+    let block: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let mut sealed = Sink { kept: Vec::new(), keep: 64 << 20, written: 0 };
+    let started = Instant::now();
+    let source = Source { block: block.clone(), remaining: STREAM_LEN };
+    client.encrypt_stream(&options, source, &mut sealed, &mut |_| {}).await.unwrap();
+    let encrypt_rate = megabytes_per_second(STREAM_LEN, started.elapsed());
+    // Decrypt a whole stream of the same length: encrypt one of 64 MiB, then decrypt it eight times over one
+    // call each, so the input is not generated on the fly.
+    let mut small = Sink { kept: Vec::new(), keep: usize::MAX, written: 0 };
+    let source = Source { block, remaining: 64 << 20 };
+    client.encrypt_stream(&options, source, &mut small, &mut |_| {}).await.unwrap();
+    let started = Instant::now();
+    let rounds = STREAM_LEN / (64 << 20);
+    for _ in 0..rounds {
+        let mut plain = Sink { kept: Vec::new(), keep: 0, written: 0 };
+        let input = std::io::Cursor::new(small.kept.clone());
+        client.decrypt_stream(&options, input, &mut plain, &mut |_| {}).await.unwrap();
+        assert_eq!(plain.written, 64 << 20);
+    }
+    let decrypt_rate = megabytes_per_second(rounds * (64 << 20), started.elapsed());
+    println!("{:<22} {:>12} {:>10} {:>10} {:>16} {:>10}", "", "MB/s", "", "", "raw MB/s", "ratio");
+    for (name, rate) in [("EncryptStream 1 MiB seg", encrypt_rate), ("DecryptStream 1 MiB seg", decrypt_rate)] {
+        println!("{name:<22} {rate:>12.0} {:>10} {:>10} {raw:>16.0} {:>9.3}x", "", "", rate / raw);
+    }
+}
