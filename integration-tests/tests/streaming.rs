@@ -89,7 +89,7 @@ async fn streams_and_envelopes_round_trip_across_service_client_and_an_independe
     let plaintext = sample(5 * SEGMENT + 77);
     let stream = encrypt(&admin, &options(Via::Service), &plaintext).await;
     let (header, _) = read_header(&stream).unwrap();
-    let data_key = admin.unwrap_data_key(header.wrapped_data_key(), &associated()).await.unwrap();
+    let data_key = admin.unwrap_data_key(header.wrapped_data_key(), &associated(), "streams").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (stream_file, plain_file) = (dir.path().join("s.kms"), dir.path().join("s.out"));
     std::fs::write(&stream_file, &stream).unwrap();
@@ -114,11 +114,11 @@ async fn streams_and_envelopes_round_trip_across_service_client_and_an_independe
     let data_key = admin.generate_data_key("streams", &associated()).await.unwrap();
     let envelope = data_key.seal(&associated(), b"sealed by the client").unwrap();
     assert_eq!(decrypt(&admin, &options(Via::Service), &envelope).await.as_deref(), Ok(&b"sealed by the client"[..]));
-    let unwrapped = admin.unwrap_data_key(data_key.wrapped(), &associated()).await.unwrap();
+    let unwrapped = admin.unwrap_data_key(data_key.wrapped(), &associated(), "").await.unwrap();
     assert_eq!(unwrapped.expose_secret(), data_key.expose_secret().expose_secret());
     assert_eq!(
         admin
-            .open_envelope(&by_service_of(&admin, b"made by the service").await, &associated())
+            .open_envelope(&by_service_of(&admin, b"made by the service").await, &associated(), "")
             .await
             .unwrap()
             .to_vec(),
@@ -155,6 +155,13 @@ async fn streams_and_envelopes_round_trip_across_service_client_and_an_independe
         }
         let refused = decrypt(&admin, &options(Via::Service), bad).await.unwrap_err();
         assert!(refused.contains("decryption failed") || refused.contains("not a keymesh stream"), "{what}: {refused}");
+    }
+    // A stream under another key than the caller expects gets the one non-opaque error, both ways.
+    for via in [Via::Service, Via::Local] {
+        let mut other_key = options(via);
+        other_key.key = "payments".into();
+        let refused = decrypt(&admin, &other_key, &stream).await.unwrap_err();
+        assert!(refused.contains("context mismatch") && refused.contains("payments"), "{via:?}: {refused}");
     }
     let mut wrong_aad = options(Via::Service);
     wrong_aad.associated.aad = b"object-43".to_vec();

@@ -117,11 +117,18 @@ impl KeymeshClient {
         })
     }
 
-    /// Opens a wrapped data key with Decrypt.
-    pub async fn unwrap_data_key(&self, wrapped: &[u8], associated: &Associated) -> Result<SecretKey, ClientError> {
+    /// Opens a wrapped data key with Decrypt. A non-empty `key` (name or id) is the key it must have been
+    /// wrapped under; crypto-service refuses any other with its context-mismatch error.
+    pub async fn unwrap_data_key(
+        &self,
+        wrapped: &[u8],
+        associated: &Associated,
+        key: &str,
+    ) -> Result<SecretKey, ClientError> {
         let request = self
             .authorized(pb::DecryptRequest {
                 ciphertext: wrapped.to_vec(),
+                key: key.to_owned(),
                 aad: associated.aad.clone(),
                 encryption_context: associated.encryption_context.clone(),
                 ..Default::default()
@@ -132,14 +139,15 @@ impl KeymeshClient {
     }
 
     /// Opens a whole envelope (or a stream made by EncryptStream): one Decrypt call for its data key, the
-    /// rest here.
+    /// rest here. A non-empty `key` is the key the envelope must be under, as in [`Self::unwrap_data_key`].
     pub async fn open_envelope(
         &self,
         envelope: &[u8],
         associated: &Associated,
+        key: &str,
     ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
         let (header, used) = read_header(envelope)?;
-        let data_key = self.unwrap_data_key(header.wrapped_data_key(), associated).await?;
+        let data_key = self.unwrap_data_key(header.wrapped_data_key(), associated, key).await?;
         associated
             .with_binding(|binding| stream::open_all(&header, &data_key, binding, &envelope[used..]))
             .map_err(ClientError::Crypto)

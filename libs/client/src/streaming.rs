@@ -266,11 +266,7 @@ impl KeymeshClient {
                 break parsed;
             }
         };
-        if !options.key.is_empty() {
-            let claimed = keymesh_crypto::ciphertext::parse(header.wrapped_data_key())?;
-            claimed.expect_key(&options.key)?;
-        }
-        let data_key = self.unwrap_data_key(header.wrapped_data_key(), &options.associated).await?;
+        let data_key = self.unwrap_data_key(header.wrapped_data_key(), &options.associated, &options.key).await?;
         let mut decryptor = options.associated.with_binding(|binding| header.decryptor(&data_key, binding))?;
         let mut out = Zeroizing::new(Vec::new());
         decryptor.update(&buffer[used..], &mut out)?;

@@ -484,7 +484,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     .map_err(|_| ClientError::Setup("input is neither a keymesh ciphertext nor base64 of one".into()))?
             };
             if keymesh_crypto::stream::looks_like_stream(&ciphertext) {
-                let plaintext = client.open_envelope(&ciphertext, &associated).await?;
+                let plaintext = client.open_envelope(&ciphertext, &associated, &key).await?;
                 return write_stdout(&plaintext);
             }
             let request = client

@@ -92,7 +92,7 @@ fn check_batch(
             field: "batch",
             reason: format!(
                 "{total_bytes} bytes in all is over the unary limit of {unary_limit}; split the batch, or use \
-                 {field} streaming for large data"
+                 EncryptStream/DecryptStream for large data"
             ),
         });
     }
