@@ -46,6 +46,19 @@ pub enum CryptoError {
         /// Largest allowed.
         max: usize,
     },
+    /// Key material that does not fit the algorithm (wrong key type, curve or size); says what was found,
+    /// never the material.
+    #[error("key material does not fit {algorithm}: {reason}")]
+    InvalidKey {
+        /// The algorithm's name.
+        algorithm: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A request the algorithm cannot serve as asked (e.g. a digest for Ed25519, or a digest of the wrong
+    /// length).
+    #[error("{0}")]
+    InvalidInput(String),
     /// The algorithm is known but not available in this build or mode.
     #[error("algorithm {0} is not supported here")]
     Unsupported(String),

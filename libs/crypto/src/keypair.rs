@@ -1,0 +1,258 @@
+//! Asymmetric key pairs. A private key travels and rests as PKCS#8 DER inside a [`SecretKey`] — that is what
+//! key-service wraps under the KEK and hands crypto-service — and is parsed into an OpenSSL key only where it
+//! is used. Public halves leave as SubjectPublicKeyInfo (DER or PEM), the form `openssl`, Python
+//! `cryptography`, Go and Java all read, so anyone can verify or encrypt offline.
+//!
+//! Parsing checks that the material is the exact kind of key the algorithm names (type, curve, modulus size)
+//! and that it is internally consistent, so an imported key of the wrong kind is refused at import, not at
+//! first use.
+
+use std::fmt;
+
+use openssl::{
+    ec::{EcGroup, EcKey},
+    nid::Nid,
+    pkey::{HasPublic, Id, PKey, PKeyRef, Private, Public},
+    rsa::Rsa,
+};
+
+use crate::{CryptoError, SecretKey};
+
+/// The kind of an asymmetric key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    /// Ed25519 (RFC 8032).
+    Ed25519,
+    /// X25519 (RFC 7748).
+    X25519,
+    /// NIST P-256 (secp256r1).
+    EcP256,
+    /// NIST P-384 (secp384r1).
+    EcP384,
+    /// RSA with a modulus of this many bits.
+    Rsa(u32),
+}
+
+impl KeyType {
+    /// Human-readable name, e.g. "RSA-3072".
+    pub fn describe(self) -> String {
+        match self {
+            Self::Ed25519 => "Ed25519".into(),
+            Self::X25519 => "X25519".into(),
+            Self::EcP256 => "EC P-256".into(),
+            Self::EcP384 => "EC P-384".into(),
+            Self::Rsa(bits) => format!("RSA-{bits}"),
+        }
+    }
+
+    /// Security-relevant size in bits: the modulus for RSA, the field for elliptic curves.
+    pub fn bits(self) -> u32 {
+        match self {
+            Self::Ed25519 | Self::X25519 | Self::EcP256 => 256,
+            Self::EcP384 => 384,
+            Self::Rsa(bits) => bits,
+        }
+    }
+
+    fn curve(self) -> Option<Nid> {
+        match self {
+            Self::EcP256 => Some(Nid::X9_62_PRIME256V1),
+            Self::EcP384 => Some(Nid::SECP384R1),
+            _ => None,
+        }
+    }
+
+    /// What kind `key` actually is, if it is one keymesh knows.
+    fn of<T: HasPublic>(key: &PKeyRef<T>) -> Option<Self> {
+        match key.id() {
+            Id::ED25519 => Some(Self::Ed25519),
+            Id::X25519 => Some(Self::X25519),
+            Id::RSA => Some(Self::Rsa(key.bits())),
+            Id::EC => match key.ec_key().ok()?.group().curve_name()? {
+                Nid::X9_62_PRIME256V1 => Some(Self::EcP256),
+                Nid::SECP384R1 => Some(Self::EcP384),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn check<T: HasPublic>(self, algorithm: &'static str, key: &PKeyRef<T>) -> Result<(), CryptoError> {
+        match Self::of(key) {
+            Some(found) if found == self => Ok(()),
+            Some(found) => Err(CryptoError::InvalidKey {
+                algorithm,
+                reason: format!("expected a {} key, got {}", self.describe(), found.describe()),
+            }),
+            None => Err(CryptoError::InvalidKey {
+                algorithm,
+                reason: format!("expected a {} key, got an unsupported key type", self.describe()),
+            }),
+        }
+    }
+}
+
+/// A private key, checked against the kind its algorithm needs. Never prints its material.
+pub struct PrivateKey {
+    key: PKey<Private>,
+    kind: KeyType,
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PrivateKey({}, redacted)", self.kind.describe())
+    }
+}
+
+impl PrivateKey {
+    /// A fresh key from OpenSSL's CSPRNG.
+    pub fn generate(kind: KeyType) -> Result<Self, CryptoError> {
+        let key = match kind {
+            KeyType::Ed25519 => PKey::generate_ed25519()?,
+            KeyType::X25519 => PKey::generate_x25519()?,
+            KeyType::EcP256 | KeyType::EcP384 => {
+                let group = EcGroup::from_curve_name(kind.curve().ok_or(CryptoError::Library)?)?;
+                PKey::from_ec_key(EcKey::generate(&group)?)?
+            }
+            KeyType::Rsa(bits) => PKey::from_rsa(Rsa::generate(bits)?)?,
+        };
+        Ok(Self { key, kind })
+    }
+
+    /// Parses PKCS#8 DER and checks it is a consistent key of `kind`. `algorithm` names the algorithm in
+    /// errors.
+    pub fn from_pkcs8(der: &[u8], kind: KeyType, algorithm: &'static str) -> Result<Self, CryptoError> {
+        let key = PKey::private_key_from_pkcs8(der).map_err(|_| CryptoError::InvalidKey {
+            algorithm,
+            reason: "not a PKCS#8 DER private key (PrivateKeyInfo)".into(),
+        })?;
+        kind.check(algorithm, &key)?;
+        let consistent = match kind {
+            KeyType::EcP256 | KeyType::EcP384 => key.ec_key()?.check_key().is_ok(),
+            KeyType::Rsa(_) => key.rsa()?.check_key().unwrap_or(false),
+            KeyType::Ed25519 | KeyType::X25519 => true,
+        };
+        if !consistent {
+            return Err(CryptoError::InvalidKey { algorithm, reason: "the private key is inconsistent".into() });
+        }
+        Ok(Self { key, kind })
+    }
+
+    /// A raw 32-byte Ed25519 or X25519 private key (RFC 8032 / RFC 7748 form).
+    pub fn from_raw(raw: &[u8], kind: KeyType, algorithm: &'static str) -> Result<Self, CryptoError> {
+        let id = match kind {
+            KeyType::Ed25519 => Id::ED25519,
+            KeyType::X25519 => Id::X25519,
+            _ => return Err(CryptoError::InvalidInput(format!("{} keys have no raw form", kind.describe()))),
+        };
+        let key = PKey::private_key_from_raw_bytes(raw, id)
+            .map_err(|_| CryptoError::InvalidKey { algorithm, reason: "not a 32-byte private key".into() })?;
+        Ok(Self { key, kind })
+    }
+
+    /// PKCS#8 DER, in a zeroizing buffer.
+    pub fn to_pkcs8(&self) -> Result<SecretKey, CryptoError> {
+        Ok(SecretKey::from_bytes(self.key.private_key_to_pkcs8()?))
+    }
+
+    /// The key's kind.
+    pub fn kind(&self) -> KeyType {
+        self.kind
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> Result<PublicKey, CryptoError> {
+        let der = self.key.public_key_to_der()?;
+        Ok(PublicKey { key: PKey::public_key_from_der(&der)?, kind: self.kind })
+    }
+
+    pub(crate) fn pkey(&self) -> &PKeyRef<Private> {
+        &self.key
+    }
+}
+
+/// A public key of a known kind.
+#[derive(Clone)]
+pub struct PublicKey {
+    key: PKey<Public>,
+    kind: KeyType,
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.kind.describe())
+    }
+}
+
+impl PublicKey {
+    /// Parses SubjectPublicKeyInfo DER and checks it is a key of `kind`.
+    pub fn from_der(der: &[u8], kind: KeyType, algorithm: &'static str) -> Result<Self, CryptoError> {
+        let key = PKey::public_key_from_der(der).map_err(|_| CryptoError::InvalidKey {
+            algorithm,
+            reason: "not a SubjectPublicKeyInfo DER public key".into(),
+        })?;
+        kind.check(algorithm, &key)?;
+        Ok(Self { key, kind })
+    }
+
+    /// A raw 32-byte Ed25519 or X25519 public key.
+    pub fn from_raw(raw: &[u8], kind: KeyType, algorithm: &'static str) -> Result<Self, CryptoError> {
+        let id = match kind {
+            KeyType::Ed25519 => Id::ED25519,
+            KeyType::X25519 => Id::X25519,
+            _ => return Err(CryptoError::InvalidInput(format!("{} keys have no raw form", kind.describe()))),
+        };
+        let key = PKey::public_key_from_raw_bytes(raw, id)
+            .map_err(|_| CryptoError::InvalidKey { algorithm, reason: "not a 32-byte public key".into() })?;
+        Ok(Self { key, kind })
+    }
+
+    /// SubjectPublicKeyInfo DER.
+    pub fn to_der(&self) -> Result<Vec<u8>, CryptoError> {
+        Ok(self.key.public_key_to_der()?)
+    }
+
+    /// SubjectPublicKeyInfo PEM ("-----BEGIN PUBLIC KEY-----").
+    pub fn to_pem(&self) -> Result<String, CryptoError> {
+        String::from_utf8(self.key.public_key_to_pem()?).map_err(|_| CryptoError::Library)
+    }
+
+    /// The key's kind.
+    pub fn kind(&self) -> KeyType {
+        self.kind
+    }
+
+    pub(crate) fn pkey(&self) -> &PKeyRef<Public> {
+        &self.key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_pkcs8_and_spki() {
+        for kind in [KeyType::Ed25519, KeyType::X25519, KeyType::EcP256, KeyType::EcP384, KeyType::Rsa(2048)] {
+            let key = PrivateKey::generate(kind).unwrap();
+            let der = key.to_pkcs8().unwrap();
+            let again = PrivateKey::from_pkcs8(der.expose_secret(), kind, "test").unwrap();
+            let public = again.public_key().unwrap();
+            assert_eq!(public.to_der().unwrap(), key.public_key().unwrap().to_der().unwrap());
+            let parsed = PublicKey::from_der(&public.to_der().unwrap(), kind, "test").unwrap();
+            assert!(parsed.to_pem().unwrap().starts_with("-----BEGIN PUBLIC KEY-----"));
+            assert!(!format!("{again:?}").contains(&format!("{:?}", &der.expose_secret()[..4])));
+        }
+    }
+
+    #[test]
+    fn the_wrong_kind_is_refused_with_what_was_found() {
+        let ec = PrivateKey::generate(KeyType::EcP256).unwrap().to_pkcs8().unwrap();
+        let err = PrivateKey::from_pkcs8(ec.expose_secret(), KeyType::EcP384, "ECDSA-P384").unwrap_err();
+        assert_eq!(err.to_string(), "key material does not fit ECDSA-P384: expected a EC P-384 key, got EC P-256");
+        let rsa = PrivateKey::generate(KeyType::Rsa(2048)).unwrap().to_pkcs8().unwrap();
+        let err = PrivateKey::from_pkcs8(rsa.expose_secret(), KeyType::Rsa(3072), "RSA").unwrap_err();
+        assert!(err.to_string().contains("expected a RSA-3072 key, got RSA-2048"), "{err}");
+        assert!(PrivateKey::from_pkcs8(b"garbage", KeyType::Ed25519, "Ed25519").is_err());
+    }
+}
