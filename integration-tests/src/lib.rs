@@ -424,11 +424,21 @@ pub async fn decrypt_all(client: &KeymeshClient, ciphertexts: &[(Vec<u8>, Vec<u8
 /// Runs the independent helper `scripts/byok.py` (Python's `cryptography`, no keymesh code) and returns its
 /// hex output.
 pub fn byok(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/byok.py");
-    let output = std::process::Command::new("python3").arg(script).args(args).output().unwrap_or_else(|e| {
+    python_script("byok.py", args)
+}
+
+/// Runs `scripts/asym.py` (signatures, public keys and public-key encryption from the outside, on Python's
+/// `cryptography`) and returns its trimmed standard output; panics with its standard error if it fails.
+pub fn asym(args: &[&str]) -> String {
+    python_script("asym.py", args)
+}
+
+fn python_script(name: &str, args: &[&str]) -> String {
+    let script = format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"));
+    let output = std::process::Command::new("python3").arg(&script).args(args).output().unwrap_or_else(|e| {
         panic!("python3 is required for this test ({e}); `make test-deps` installs it and `cryptography`")
     });
-    assert!(output.status.success(), "byok.py {:?} failed: {}", args.first(), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{name} {:?} failed: {}", args.first(), String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 

@@ -189,13 +189,13 @@ async fn scenario(mesh: &Mesh) {
     assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
     assert!(err.message().contains("spiffe://keymesh/crypto-service"));
 
-    // Methods not served yet say so by name.
+    // A malformed request is refused before any key is touched, saying what to set.
     let err = CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService))
-        .sign(with_token(pb::SignRequest::default(), &token))
+        .sign(with_token(pb::SignRequest { key: "user-pii".into(), input: None }, &token))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("CryptoService.Sign"), "{}", err.message());
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("set message, or digest"), "{}", err.message());
 
     // A client expecting key-service refuses crypto-service's certificate, though the same CA signed it.
     let impostor = keymesh_mesh::client::mtls_channel(

@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use keymesh_crypto::{SecretKey, SymmetricAlgorithm};
+use keymesh_crypto::{
+    KeyAlgorithm, SecretKey,
+    keypair::{PrivateKey, PublicKey},
+};
 use keymesh_mesh::{client::MeshChannel, config::DekCacheParams};
 use keymesh_proto::v1::{self as pb, key_service_client::KeyServiceClient};
 use moka::future::Cache;
@@ -30,9 +33,12 @@ pub struct CachedDek {
     /// Version.
     pub version: u32,
     /// Algorithm.
-    pub algorithm: SymmetricAlgorithm,
-    /// The material.
+    pub algorithm: KeyAlgorithm,
+    /// The material: a raw key, or a private key as PKCS#8 DER.
     pub material: SecretKey,
+    /// For asymmetric algorithms, the material parsed once (private key, public key) so that no request
+    /// pays for parsing.
+    pub key_pair: Option<(PrivateKey, PublicKey)>,
     /// How long it may stay cached: key-service's word, capped by the configured TTL.
     ttl: Duration,
     /// Encryptions left in the block key-service granted (0 for material fetched to decrypt).
@@ -211,21 +217,30 @@ impl DekCache {
             .into_inner();
         // Move the material out of the message so only the zeroizing copy remains.
         let material = SecretKey::from_bytes(std::mem::take(&mut response.key_material));
-        let algorithm = pb::Algorithm::try_from(response.algorithm)
-            .ok()
-            .and_then(SymmetricAlgorithm::from_proto)
-            .ok_or_else(|| {
-                CryptoServiceError::FailedPrecondition(format!("key {:?} is not an encryption key", response.key_name))
-            })?;
-        if material.len() != algorithm.key_len() {
-            return Err(CryptoServiceError::Internal("key-service returned material of the wrong length".into()));
-        }
+        let algorithm = KeyAlgorithm::from_i32(response.algorithm).ok_or_else(|| {
+            CryptoServiceError::FailedPrecondition(format!(
+                "key {:?} uses an algorithm this crypto-service lacks; upgrade it",
+                response.key_name
+            ))
+        })?;
+        let wrong = |e: keymesh_crypto::CryptoError| {
+            CryptoServiceError::Internal(format!("key-service returned material that does not fit: {e}"))
+        };
+        let key_pair = if algorithm.is_asymmetric() {
+            let private = algorithm.private_key(&material).map_err(wrong)?;
+            let public = private.public_key().map_err(wrong)?;
+            Some((private, public))
+        } else {
+            algorithm.check_material(&material).map_err(wrong)?;
+            None
+        };
         Ok(Arc::new(CachedDek {
             key_id: response.key_id,
             key_name: response.key_name,
             version: response.version,
             algorithm,
             material,
+            key_pair,
             ttl: self.max_ttl.min(Duration::from_secs(u64::from(response.cache_ttl_seconds))),
             encryptions_left: AtomicU64::new(response.encryption_budget),
         }))

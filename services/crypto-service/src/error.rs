@@ -26,9 +26,6 @@ pub enum CryptoServiceError {
     /// key-service refused for a reason the caller can act on (disabled key, retired version, …).
     #[error("{0}")]
     FailedPrecondition(String),
-    /// Part of the API that is not available yet.
-    #[error("{0} is not implemented yet")]
-    Unimplemented(String),
     /// key-service could not be reached.
     #[error("key-service is unavailable: {0}")]
     KeyServiceUnavailable(String),
@@ -45,7 +42,6 @@ impl From<CryptoServiceError> for Status {
             | CryptoServiceError::ContextMismatch(_) => Status::invalid_argument(e.to_string()),
             CryptoServiceError::KeyNotFound(_) => Status::not_found(e.to_string()),
             CryptoServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
-            CryptoServiceError::Unimplemented(_) => Status::unimplemented(e.to_string()),
             CryptoServiceError::KeyServiceUnavailable(_) => Status::unavailable(e.to_string()),
             CryptoServiceError::Internal(_) => {
                 tracing::error!(error = %e, "internal failure");

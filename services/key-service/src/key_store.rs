@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use keymesh_crypto::{SecretKey, SymmetricAlgorithm};
+use keymesh_crypto::{KeyAlgorithm, SecretKey};
 use keymesh_kms::{Keyrings, WrapContext, WrapSet, WrappedKey};
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
@@ -118,7 +118,7 @@ impl KeyStore {
 
     /// Unwraps a version's material through the KMS, bypassing the memory cache.
     pub async fn unwrap(&self, record: &KeyRecord, version: &key_version::Model) -> Result<SecretKey, KeyError> {
-        let algorithm = symmetric(record, version)?;
+        let algorithm = algorithm(record, version)?;
         let wraps = stored_wraps(version)?.ok_or_else(|| {
             KeyError::FailedPrecondition(format!(
                 "version {} of key {:?} is destroyed",
@@ -160,14 +160,17 @@ impl KeyStore {
         self.records.invalidate(&ids).await
     }
 
-    /// A new version of `record` numbered `version`, with fresh material from the OS CSPRNG wrapped by the KEK.
+    /// A new version of `record` numbered `version`, with fresh material from the CSPRNG (a random key, or a
+    /// generated private key as PKCS#8) wrapped by the KEK.
     pub async fn generate_version(&self, record: &KeyRecord, version: u32) -> Result<key_version::Model, KeyError> {
-        let algorithm = SymmetricAlgorithm::from_proto(
-            pb::Algorithm::try_from(record.key.algorithm).unwrap_or(pb::Algorithm::Unspecified),
-        )
-        .ok_or_else(|| KeyError::FailedPrecondition(format!("key {:?} has no symmetric algorithm", record.key.name)))?;
-        let dek = SecretKey::generate(algorithm.key_len())?;
-        self.wrap_version(record, version, algorithm, &dek, pb::KeyOrigin::Generated).await
+        let algorithm = KeyAlgorithm::from_i32(record.key.algorithm).ok_or_else(|| {
+            KeyError::FailedPrecondition(format!("key {:?} has an algorithm this build lacks", record.key.name))
+        })?;
+        // RSA key generation takes a good part of a second: keep it off the async workers.
+        let material = tokio::task::spawn_blocking(move || algorithm.generate())
+            .await
+            .map_err(|_| KeyError::Crypto(keymesh_crypto::CryptoError::Library))??;
+        self.wrap_version(record, version, algorithm, &material, pb::KeyOrigin::Generated).await
     }
 
     /// Wraps `material` as version `version` of `record`.
@@ -175,7 +178,7 @@ impl KeyStore {
         &self,
         record: &KeyRecord,
         version: u32,
-        algorithm: SymmetricAlgorithm,
+        algorithm: KeyAlgorithm,
         material: &SecretKey,
         origin: pb::KeyOrigin,
     ) -> Result<key_version::Model, KeyError> {
@@ -247,15 +250,18 @@ pub fn store_wraps(version: &mut key_version::Model, wraps: &WrapSet) {
     version.extra_wraps = extra;
 }
 
-/// The version's symmetric algorithm.
-pub fn symmetric(record: &KeyRecord, version: &key_version::Model) -> Result<SymmetricAlgorithm, KeyError> {
-    pb::Algorithm::try_from(version.algorithm).ok().and_then(SymmetricAlgorithm::from_proto).ok_or_else(|| {
-        KeyError::FailedPrecondition(format!("key {:?} is not a symmetric encryption key", record.key.name))
+/// The version's algorithm.
+pub fn algorithm(record: &KeyRecord, version: &key_version::Model) -> Result<KeyAlgorithm, KeyError> {
+    KeyAlgorithm::from_i32(version.algorithm).ok_or_else(|| {
+        KeyError::FailedPrecondition(format!(
+            "version {} of key {:?} has an algorithm this build lacks",
+            version.version, record.key.name
+        ))
     })
 }
 
 /// What wrapped material is bound to: it cannot be moved to another tenant, key, version or algorithm.
-pub fn wrap_context(record: &KeyRecord, version: u32, algorithm: SymmetricAlgorithm) -> WrapContext {
+pub fn wrap_context(record: &KeyRecord, version: u32, algorithm: KeyAlgorithm) -> WrapContext {
     WrapContext {
         tenant_id: record.key.tenant_id.clone(),
         key_id: record.key.id.clone(),

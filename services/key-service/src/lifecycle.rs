@@ -3,6 +3,7 @@
 //! retirement are due, and which version may serve an operation. The RPC handlers lock the record, call
 //! these, and commit; keeping the rules free of I/O lets them be tested exhaustively here.
 
+use keymesh_crypto::KeyAlgorithm;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{entity::key_version, keys::KeyRecord};
 use prost::Message;
@@ -92,6 +93,32 @@ pub fn import_version(record: &mut KeyRecord, new_version: key_version::Model, n
         }
     }
     rotate(record, new_version, now)
+}
+
+/// Refuses an operation the key's purpose does not serve (a MAC with a signing key, a signature with an
+/// encryption key...), naming the purpose the operation needs.
+pub fn check_purpose(record: &KeyRecord, operation: pb::Operation) -> Result<(), KeyError> {
+    let purpose = pb::KeyPurpose::try_from(record.key.purpose).unwrap_or(pb::KeyPurpose::Unspecified);
+    let asymmetric = KeyAlgorithm::from_i32(record.key.algorithm).is_some_and(KeyAlgorithm::is_asymmetric);
+    let (needed, fits) = match operation {
+        pb::Operation::Encrypt | pb::Operation::Decrypt | pb::Operation::Reencrypt | pb::Operation::GenerateDataKey => {
+            ("an ENCRYPT key", purpose == pb::KeyPurpose::Encrypt)
+        }
+        pb::Operation::Sign | pb::Operation::Verify => ("a SIGN key", purpose == pb::KeyPurpose::Sign),
+        pb::Operation::GenerateMac | pb::Operation::VerifyMac => ("a MAC key", purpose == pb::KeyPurpose::Mac),
+        pb::Operation::GetPublicKey => ("a SIGN key or an HPKE/RSA-OAEP ENCRYPT key", asymmetric),
+        _ => return Ok(()),
+    };
+    if fits {
+        return Ok(());
+    }
+    let algorithm = pb::Algorithm::try_from(record.key.algorithm).map(|a| a.as_str_name()).unwrap_or("UNKNOWN");
+    Err(precondition(format!(
+        "key {:?} is a {} key ({algorithm}); {} needs {needed}",
+        record.key.name,
+        purpose.as_str_name().trim_start_matches("KEY_PURPOSE_"),
+        operation.as_str_name().trim_start_matches("OPERATION_"),
+    )))
 }
 
 /// Refuses rotation of keys whose material comes from the customer.
@@ -395,14 +422,21 @@ pub fn usable_version(
         }
         state => return Err(precondition(format!("key {name:?} is {}; enable it to use it", state.as_str_name()))),
     }
+    check_purpose(record, operation)?;
     let number = if version == 0 { record.key.primary_version as u32 } else { version };
     let v = find_version(record, number)?;
     let state = version_state(v);
     let usable = match operation {
-        pb::Operation::Encrypt | pb::Operation::GenerateDataKey => {
+        // Making something new: only the primary, ACTIVE version.
+        pb::Operation::Encrypt | pb::Operation::GenerateDataKey | pb::Operation::Sign | pb::Operation::GenerateMac => {
             state == pb::KeyVersionState::Active && number == record.key.primary_version as u32
         }
-        pb::Operation::Decrypt | pb::Operation::Reencrypt => {
+        // Checking or opening something made earlier: any version still in service.
+        pb::Operation::Decrypt
+        | pb::Operation::Reencrypt
+        | pb::Operation::Verify
+        | pb::Operation::VerifyMac
+        | pb::Operation::GetPublicKey => {
             if v.version < record.key.min_decryption_version {
                 return Err(precondition(format!(
                     "version {number} of key {name:?} is below min_decryption_version {}",
@@ -414,7 +448,9 @@ pub fn usable_version(
         _ => {
             return Err(KeyError::InvalidArgument {
                 field: "operation",
-                reason: "GetDataKey serves ENCRYPT, GENERATE_DATA_KEY, DECRYPT and REENCRYPT".into(),
+                reason: "GetDataKey serves ENCRYPT, GENERATE_DATA_KEY, DECRYPT, REENCRYPT, SIGN, VERIFY, \
+                         GENERATE_MAC, VERIFY_MAC and GET_PUBLIC_KEY"
+                    .into(),
             });
         }
     };

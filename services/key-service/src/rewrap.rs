@@ -18,7 +18,7 @@ use keymesh_store::{entity::rewrap_job, keys::KeyLookup, now_millis};
 
 use crate::{
     error::KeyError,
-    key_store::{KeyStore, store_wraps, stored_wraps, symmetric, wrap_context},
+    key_store::{KeyStore, algorithm, store_wraps, stored_wraps, wrap_context},
 };
 
 /// Keys fetched per page of the walk.
@@ -192,7 +192,7 @@ async fn rewrap_key(store: &KeyStore, key_id: &str) -> Result<KeyOutcome, KeyErr
     for version in &mut locked.record.versions {
         // A version that cannot even be read is counted and skipped, so it cannot stall every resume.
         let prepared = stored_wraps(version).and_then(|wraps| {
-            let context = wrap_context(&record, version.version as u32, symmetric(&record, version)?);
+            let context = wrap_context(&record, version.version as u32, algorithm(&record, version)?);
             Ok(wraps.map(|w| (w, context)))
         });
         let (wraps, context) = match prepared {

@@ -76,7 +76,14 @@ impl CryptoRpc {
         };
         let plaintext =
             keymesh_crypto::random::random_bytes(len).map_err(|e| CryptoServiceError::Internal(e.to_string()))?;
-        let sealing = Sealing { permission: pb::Operation::GenerateDataKey, key, plaintext: &plaintext, aad, context };
+        let sealing = Sealing {
+            permission: pb::Operation::GenerateDataKey,
+            key,
+            plaintext: &plaintext,
+            aad,
+            context,
+            to_public_key: false,
+        };
         let sealed = self.seal_one(claims, audit, sealing).await?;
         Ok((plaintext, sealed))
     }

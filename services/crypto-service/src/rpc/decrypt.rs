@@ -1,11 +1,12 @@
 //! Decrypt: reads the ciphertext header, fetches the version it names (refused below
 //! min_decryption_version or when retired), checks the key commitment and opens it. Every failure is the
-//! same "decryption failed", except the documented context mismatch.
+//! same "decryption failed", except the documented context mismatch. A ciphertext that is not in keymesh's
+//! format, addressed to an HPKE or RSA-OAEP key the request names, is opened with that key's private half.
 
 use std::collections::HashMap;
 
 use keymesh_crypto::{
-    CryptoError, SymmetricAlgorithm,
+    CryptoError, KeyAlgorithm,
     ciphertext::{self, Binding},
 };
 use keymesh_mesh::auth::AccessClaims;
@@ -13,7 +14,7 @@ use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
-use super::{Audited, CryptoRpc, check_batch, context_of, item_error};
+use super::{Audited, CryptoRpc, check_batch, context_of, encrypt::no_context_for_public_key, item_error};
 use crate::{dek_cache::DekRequest, error::CryptoServiceError};
 
 /// One ciphertext to open.
@@ -24,6 +25,9 @@ pub(super) struct Opening<'a> {
     pub key: &'a str,
     pub aad: &'a [u8],
     pub context: &'a HashMap<String, String>,
+    /// When set, a ciphertext made with a public key is accepted too, for this version of the named key (0:
+    /// the primary). Decrypt only: streams and ReEncrypt need a keymesh ciphertext.
+    pub public_key_version: Option<u32>,
 }
 
 /// What opening produced.
@@ -31,7 +35,7 @@ pub(super) struct Opened {
     pub plaintext: Zeroizing<Vec<u8>>,
     pub key_id: String,
     pub version: u32,
-    pub algorithm: SymmetricAlgorithm,
+    pub algorithm: KeyAlgorithm,
 }
 
 impl CryptoRpc {
@@ -51,6 +55,7 @@ impl CryptoRpc {
             key: &request.key,
             aad: &request.aad,
             context: &request.encryption_context,
+            public_key_version: Some(request.key_version),
         };
         let result = self.open_one(&claims, &mut audit, opening).await.map(|opened| pb::DecryptResponse {
             plaintext: opened.plaintext.to_vec(),
@@ -85,6 +90,7 @@ impl CryptoRpc {
                 key: if item.key.is_empty() { &request.key } else { &item.key },
                 aad: &item.aad,
                 context: &item.encryption_context,
+                public_key_version: Some(item.key_version),
             };
             let outcome = self.open_one(claims, &mut audit, opening).await;
             match audit.finish(&self.audit, outcome).map(Response::into_inner) {
@@ -109,7 +115,13 @@ impl CryptoRpc {
         audit: &mut Audited,
         item: Opening<'_>,
     ) -> Result<Opened, Status> {
-        let parsed = ciphertext::parse(item.ciphertext).map_err(|_| CryptoServiceError::DecryptionFailed)?;
+        let parsed = match (ciphertext::parse(item.ciphertext), item.public_key_version) {
+            (Ok(parsed), _) => parsed,
+            (Err(_), Some(version)) if !item.key.is_empty() => {
+                return self.open_from_public_key(claims, audit, &item, version).await;
+            }
+            (Err(_), _) => return Err(CryptoServiceError::DecryptionFailed.into()),
+        };
         parsed.expect_key(item.key).map_err(|e| match e {
             CryptoError::ContextMismatch { .. } => CryptoServiceError::ContextMismatch(e.to_string()),
             _ => CryptoServiceError::DecryptionFailed,
@@ -134,13 +146,34 @@ impl CryptoRpc {
             })?;
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
         claims.require_key_operation(&dek.key_name, item.permission)?;
-        if dek.algorithm != parsed.algorithm {
+        if dek.algorithm != KeyAlgorithm::Symmetric(parsed.algorithm) {
             return Err(CryptoServiceError::DecryptionFailed.into());
         }
         let context = context_of(item.context);
         let plaintext = parsed
             .open(&dek.material, Binding { aad: item.aad, context: Some(&context) })
             .map_err(|_| CryptoServiceError::DecryptionFailed)?;
+        Ok(Opened { plaintext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm })
+    }
+
+    /// Opens what a sender made with the public key of the named HPKE or RSA-OAEP key.
+    async fn open_from_public_key(
+        &self,
+        claims: &AccessClaims,
+        audit: &mut Audited,
+        item: &Opening<'_>,
+        version: u32,
+    ) -> Result<Opened, Status> {
+        let dek = self.key_for_use(claims, audit, item.key, version, pb::Operation::Decrypt, item.permission).await?;
+        let (KeyAlgorithm::Asymmetric(algorithm), Some((private, _))) = (dek.algorithm, dek.key_pair.as_ref()) else {
+            // A symmetric key named with a ciphertext that is not keymesh's: just a bad ciphertext.
+            return Err(CryptoServiceError::DecryptionFailed.into());
+        };
+        if !item.context.is_empty() {
+            return Err(no_context_for_public_key(algorithm.name()).into());
+        }
+        let plaintext =
+            algorithm.decrypt(private, item.aad, item.ciphertext).map_err(|_| CryptoServiceError::DecryptionFailed)?;
         Ok(Opened { plaintext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm })
     }
 }

@@ -1,10 +1,12 @@
 //! Encrypt: seals a plaintext (or each item of a batch) under the key's ACTIVE version in the v3 ciphertext
-//! format, with key commitment and the caller's AAD and encryption context bound.
+//! format, with key commitment and the caller's AAD and encryption context bound; or, with an HPKE or
+//! RSA-OAEP key, encrypts to its public key exactly as a sender holding the exported public key would.
 
 use std::collections::HashMap;
 
 use keymesh_crypto::{
-    CryptoError, SymmetricAlgorithm,
+    CryptoError, KeyAlgorithm,
+    asymmetric::AsymmetricEncryption,
     ciphertext::{self, Binding, KeyRef, SealRequest},
 };
 use keymesh_mesh::auth::AccessClaims;
@@ -12,7 +14,10 @@ use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::{Audited, CryptoRpc, check_batch, context_of, item_error};
-use crate::{dek_cache::DekRequest, error::CryptoServiceError};
+use crate::{
+    dek_cache::{CachedDek, DekRequest},
+    error::CryptoServiceError,
+};
 
 /// One plaintext to seal.
 pub(super) struct Sealing<'a> {
@@ -22,6 +27,9 @@ pub(super) struct Sealing<'a> {
     pub plaintext: &'a [u8],
     pub aad: &'a [u8],
     pub context: &'a HashMap<String, String>,
+    /// Whether an HPKE or RSA-OAEP key may serve (Encrypt only: streams, data keys and ReEncrypt need a
+    /// keymesh ciphertext).
+    pub to_public_key: bool,
 }
 
 /// What sealing produced.
@@ -29,7 +37,7 @@ pub(super) struct Sealed {
     pub ciphertext: Vec<u8>,
     pub key_id: String,
     pub version: u32,
-    pub algorithm: SymmetricAlgorithm,
+    pub algorithm: KeyAlgorithm,
 }
 
 impl CryptoRpc {
@@ -49,6 +57,7 @@ impl CryptoRpc {
             plaintext: &request.plaintext,
             aad: &request.aad,
             context: &request.encryption_context,
+            to_public_key: true,
         };
         let result = self.seal_one(&claims, &mut audit, sealing).await.map(|sealed| pb::EncryptResponse {
             ciphertext: sealed.ciphertext,
@@ -83,6 +92,7 @@ impl CryptoRpc {
                 plaintext: &item.plaintext,
                 aad: &item.aad,
                 context: &item.encryption_context,
+                to_public_key: true,
             };
             let outcome = self.seal_one(claims, &mut audit, sealing).await;
             match audit.finish(&self.audit, outcome).map(Response::into_inner) {
@@ -127,7 +137,7 @@ impl CryptoRpc {
         }
         // Authorize before any key material moves (by name here; by the stored name below when the request
         // gave a key id).
-        if !item.key.starts_with("k_") {
+        if !item.key.starts_with(super::KEY_ID_PREFIX) {
             claims.require_key_operation(item.key, item.permission)?;
         }
         let dek = self
@@ -142,12 +152,32 @@ impl CryptoRpc {
             .await?;
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
         claims.require_key_operation(&dek.key_name, item.permission)?;
+        let algorithm = match dek.algorithm {
+            KeyAlgorithm::Symmetric(algorithm) => algorithm,
+            KeyAlgorithm::Asymmetric(algorithm) if item.to_public_key => {
+                let ciphertext = encrypt_to_public_key(&dek, algorithm, &item)?;
+                return Ok(Sealed {
+                    ciphertext,
+                    key_id: dek.key_id.clone(),
+                    version: dek.version,
+                    algorithm: dek.algorithm,
+                });
+            }
+            other => {
+                return Err(CryptoServiceError::FailedPrecondition(format!(
+                    "key {:?} uses {}; this operation needs a symmetric ENCRYPT key",
+                    dek.key_name,
+                    other.name()
+                ))
+                .into());
+            }
+        };
         let context = context_of(item.context);
         let key_ref = KeyRef { key_id: dek.key_id.clone(), version: dek.version };
         let seal = SealRequest {
             key_name: &dek.key_name,
             key_ref: &key_ref,
-            algorithm: dek.algorithm,
+            algorithm,
             binding: Binding { aad: item.aad, context: Some(&context) },
         };
         let ciphertext = ciphertext::seal(&dek.material, &seal, item.plaintext).map_err(|e| match e {
@@ -156,7 +186,7 @@ impl CryptoRpc {
                 reason: format!(
                     "{size} bytes is over the {limit}-byte limit of {} (key {:?}); use a key of another \
                      algorithm, such as AES-256-GCM, for larger data",
-                    dek.algorithm.name(),
+                    algorithm.name(),
                     dek.key_name
                 ),
             },
@@ -164,4 +194,35 @@ impl CryptoRpc {
         })?;
         Ok(Sealed { ciphertext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm })
     }
+}
+
+/// The refusal for an encryption context on an HPKE or RSA-OAEP key, whose ciphertexts (made anywhere with
+/// the public key) have no place for one.
+pub(super) fn no_context_for_public_key(algorithm: &str) -> CryptoServiceError {
+    CryptoServiceError::InvalidArgument {
+        field: "encryption_context",
+        reason: format!("{algorithm} ciphertexts bind only aad; pass the context's bytes as aad instead"),
+    }
+}
+
+fn encrypt_to_public_key(
+    dek: &CachedDek,
+    algorithm: AsymmetricEncryption,
+    item: &Sealing<'_>,
+) -> Result<Vec<u8>, CryptoServiceError> {
+    if !item.context.is_empty() {
+        return Err(no_context_for_public_key(algorithm.name()));
+    }
+    let (_, public) = dek.key_pair.as_ref().ok_or_else(|| CryptoServiceError::Internal("no key pair".into()))?;
+    algorithm.encrypt(public, item.aad, item.plaintext).map_err(|e| match e {
+        CryptoError::TooLarge { size, limit, .. } => CryptoServiceError::InvalidArgument {
+            field: "plaintext",
+            reason: format!(
+                "{size} bytes is over the {limit}-byte limit of {} (key {:?}); encrypt a data key with it instead",
+                algorithm.name(),
+                dek.key_name
+            ),
+        },
+        other => CryptoServiceError::Internal(other.to_string()),
+    })
 }

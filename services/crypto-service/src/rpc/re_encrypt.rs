@@ -26,6 +26,7 @@ impl CryptoRpc {
             key: "",
             aad: &request.source_aad,
             context: &request.source_encryption_context,
+            public_key_version: None,
         };
         let opened = self.open_one(&claims, &mut source_audit, opening).await;
         let opened = match source_audit.finish(&self.audit, opened) {
@@ -45,6 +46,7 @@ impl CryptoRpc {
             plaintext: &opened.plaintext,
             aad,
             context,
+            to_public_key: false,
         };
         let result =
             self.seal_one(&claims, &mut destination_audit, sealing).await.map(|sealed| pb::ReEncryptResponse {

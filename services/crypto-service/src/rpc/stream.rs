@@ -64,6 +64,7 @@ impl CryptoRpc {
                 plaintext: data_key.expose_secret(),
                 aad: &init.aad,
                 context: &init.encryption_context,
+                to_public_key: false,
             };
             let sealed = self.seal_one(&claims, &mut audit, sealing).await?;
             let context = context_of(&init.encryption_context);
@@ -121,6 +122,7 @@ impl CryptoRpc {
                 key: &init.key,
                 aad: &init.aad,
                 context: &init.encryption_context,
+                public_key_version: None,
             };
             let opened = self.open_one(&claims, &mut audit, opening).await?;
             let data_key = SecretKey::copy_from_slice(&opened.plaintext);

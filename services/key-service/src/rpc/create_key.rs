@@ -1,7 +1,7 @@
 //! CreateKey: a new tenant-scoped key with a first version whose DEK comes from the OS CSPRNG and is
 //! stored only wrapped by the KEK, bound to tenant/key/version/algorithm.
 
-use keymesh_crypto::SymmetricAlgorithm;
+use keymesh_crypto::KeyAlgorithm;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     StoreError,
@@ -56,6 +56,42 @@ pub(super) fn validate_description(description: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// The algorithm a new key gets: the one requested, which must serve the purpose (an unspecified purpose
+/// is the algorithm's own), or the purpose's default.
+pub(super) fn choose_algorithm(purpose: pb::KeyPurpose, requested: i32) -> Result<KeyAlgorithm, KeyError> {
+    let requested = pb::Algorithm::try_from(requested).map_err(|_| KeyError::InvalidArgument {
+        field: "algorithm",
+        reason: format!("unknown algorithm {requested}"),
+    })?;
+    let serving = |purpose: pb::KeyPurpose| -> String {
+        let names: Vec<&str> =
+            KeyAlgorithm::all().filter(|a| a.purpose() == purpose).map(|a| a.to_proto().as_str_name()).collect();
+        names.join(", ")
+    };
+    if requested == pb::Algorithm::Unspecified {
+        return KeyAlgorithm::default_for(purpose).ok_or_else(|| {
+            KeyError::Unimplemented(format!("CreateKey with purpose {} (ML-KEM keys)", purpose.as_str_name()))
+        });
+    }
+    let Some(algorithm) = KeyAlgorithm::from_proto(requested) else {
+        return Err(KeyError::Unimplemented(format!("CreateKey with algorithm {}", requested.as_str_name())));
+    };
+    if purpose != pb::KeyPurpose::Unspecified && algorithm.purpose() != purpose {
+        return Err(KeyError::InvalidArgument {
+            field: "algorithm",
+            reason: format!(
+                "{} does not serve purpose {} (it serves {}); for {} choose one of: {}",
+                requested.as_str_name(),
+                purpose.as_str_name(),
+                algorithm.purpose().as_str_name(),
+                purpose.as_str_name(),
+                serving(purpose)
+            ),
+        });
+    }
+    Ok(algorithm)
+}
+
 impl KeyRpc {
     pub(super) async fn handle_create_key(
         &self,
@@ -80,10 +116,6 @@ impl KeyRpc {
             field: "purpose",
             reason: format!("unknown purpose {}", request.purpose),
         })?;
-        match purpose {
-            pb::KeyPurpose::Encrypt | pb::KeyPurpose::Unspecified => {}
-            other => return Err(KeyError::Unimplemented(format!("CreateKey with purpose {}", other.as_str_name()))),
-        }
         let external = match pb::KeyOrigin::try_from(request.origin) {
             Ok(pb::KeyOrigin::External) => true,
             Ok(pb::KeyOrigin::Generated | pb::KeyOrigin::Unspecified) => false,
@@ -94,22 +126,7 @@ impl KeyRpc {
                 });
             }
         };
-        let requested = pb::Algorithm::try_from(request.algorithm).map_err(|_| KeyError::InvalidArgument {
-            field: "algorithm",
-            reason: format!("unknown algorithm {}", request.algorithm),
-        })?;
-        let algorithm = match requested {
-            pb::Algorithm::Unspecified => SymmetricAlgorithm::Aes256Gcm,
-            other => SymmetricAlgorithm::from_proto(other).ok_or_else(|| {
-                let available: Vec<&str> = SymmetricAlgorithm::ALL.iter().map(|a| a.to_proto().as_str_name()).collect();
-                KeyError::Unimplemented(format!(
-                    "CreateKey with algorithm {} for purpose ENCRYPT (available: {})",
-                    other.as_str_name(),
-                    available.join(", ")
-                ))
-            })?,
-        };
-
+        let algorithm = choose_algorithm(purpose, request.algorithm)?;
         let key_id = format!("{KEY_ID_PREFIX}{}", uuid::Uuid::now_v7().simple());
         let now = now_millis();
         let mut record = KeyRecord {
@@ -120,7 +137,7 @@ impl KeyRpc {
                     &key_id,
                     tenant_id,
                     &request.name,
-                    pb::KeyPurpose::Encrypt as i32,
+                    algorithm.purpose() as i32,
                     algorithm.to_proto() as i32,
                     pb::KeyState::Enabled as i32,
                     now,
@@ -155,6 +172,22 @@ impl KeyRpc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn algorithm_choice() {
+        use pb::{Algorithm as A, KeyPurpose as P};
+        let pick = |p: P, a: A| choose_algorithm(p, a as i32);
+        assert_eq!(pick(P::Unspecified, A::Unspecified).unwrap().to_proto(), A::Aes256Gcm);
+        assert_eq!(pick(P::Sign, A::Unspecified).unwrap().to_proto(), A::EcdsaP256Sha256);
+        assert_eq!(pick(P::Mac, A::Unspecified).unwrap().to_proto(), A::HmacSha256);
+        assert_eq!(pick(P::Unspecified, A::Ed25519).unwrap().purpose(), P::Sign);
+        assert_eq!(pick(P::Encrypt, A::RsaOaep3072Sha256).unwrap().to_proto(), A::RsaOaep3072Sha256);
+        let err = pick(P::Sign, A::Aes256Gcm).unwrap_err().to_string();
+        assert!(err.contains("ALGORITHM_ED25519") && err.contains("does not serve purpose KEY_PURPOSE_SIGN"), "{err}");
+        assert!(matches!(pick(P::Kem, A::Unspecified), Err(KeyError::Unimplemented(_))));
+        assert!(matches!(pick(P::Sign, A::MlDsa65), Err(KeyError::Unimplemented(_))));
+        assert!(matches!(choose_algorithm(P::Sign, 999), Err(KeyError::InvalidArgument { .. })));
+    }
 
     #[test]
     fn key_names() {

@@ -1,6 +1,7 @@
 //! GetDataKey (internal): hands an unwrapped DEK to crypto-service — and only to it, by the SPIFFE identity of
 //! its client certificate — after checking the key's and the version's state for the intended operation.
 
+use keymesh_crypto::KeyAlgorithm;
 use keymesh_mesh::{PeerIdentity, ServiceName};
 use keymesh_proto::v1 as pb;
 use keymesh_store::keys::KeyLookup;
@@ -55,12 +56,16 @@ impl KeyRpc {
             return Err(KeyError::InvalidArgument { field: "tenant_id/key", reason: "both are required".into() });
         }
         let operation = pb::Operation::try_from(request.operation).unwrap_or(pb::Operation::Unspecified);
-        let encrypting = matches!(operation, pb::Operation::Encrypt | pb::Operation::GenerateDataKey);
         let (mut record, _) = self.store.record(&request.tenant_id, &request.key).await?;
+        let encrypting = matches!(operation, pb::Operation::Encrypt | pb::Operation::GenerateDataKey);
+        // Only symmetric keys have a safe bound on encryptions (nonce collisions); encrypting to a public
+        // key uses no nonce of this key and is never counted.
+        let counted =
+            encrypting && matches!(KeyAlgorithm::from_i32(record.key.algorithm), Some(KeyAlgorithm::Symmetric(_)));
         // Encryptions are granted in blocks and counted per version; the fetch whose block crosses the
         // threshold rotates the key first (once, whichever replica gets there) and is served by the new version.
-        let mut budget = 0;
-        if encrypting && request.version == 0 {
+        let mut budget = if encrypting && !counted { u64::MAX } else { 0 };
+        if counted && request.version == 0 {
             for _ in 0..2 {
                 let version = lifecycle::usable_version(&record, 0, operation)?;
                 let granted = self
@@ -95,7 +100,7 @@ impl KeyRpc {
         }
         let version = lifecycle::usable_version(&record, request.version, operation)?;
         audit.resource(&record.key.id, version.version as u32, version.algorithm);
-        let algorithm = key_store::symmetric(&record, version)?;
+        let algorithm = key_store::algorithm(&record, version)?;
         let (dek, _) = self.store.material(&record, version).await?;
         Ok(pb::GetDataKeyResponse {
             key_id: record.key.id.clone(),

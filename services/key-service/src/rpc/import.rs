@@ -1,5 +1,6 @@
 //! Bring your own key: GetWrappingKey hands out a fresh RSA public key and an import token; the customer
-//! wraps AES material with it (RSA-OAEP-SHA-256, or RSA_AES_KEY_WRAP_SHA_256) outside keymesh; and
+//! wraps key material with it (RSA-OAEP-SHA-256, or RSA_AES_KEY_WRAP_SHA_256) outside keymesh — AES and HMAC keys
+//! as raw bytes, private keys (signing, HPKE, RSA-OAEP) as PKCS#8 DER; and
 //! ImportKeyVersion unwraps it and stores it, like any version, wrapped by the KEK.
 //!
 //! The import token is stateless, so any replica can finish an import another began: it carries the RSA
@@ -8,7 +9,7 @@
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use keymesh_crypto::{
-    SymmetricAlgorithm,
+    KeyAlgorithm,
     key_import::{self, ImportWrapping},
 };
 use keymesh_kms::{WrapContext, WrapSet, WrappedKey};
@@ -60,6 +61,9 @@ fn wrapping_of(value: i32) -> Result<ImportWrapping, KeyError> {
 fn invalid_token(reason: &str) -> KeyError {
     KeyError::InvalidArgument { field: "import_token", reason: format!("{reason}; call GetWrappingKey for a new one") }
 }
+
+/// Largest wrapped material accepted.
+const MAX_WRAPPED_LEN: usize = 8192;
 
 impl KeyRpc {
     pub(super) async fn handle_get_wrapping_key(
@@ -131,10 +135,14 @@ impl KeyRpc {
         let result = async {
             require_key(&request.key)?;
             let wrapping = wrapping_of(request.wrapping_algorithm)?;
-            if request.wrapped_key_material.is_empty() || request.wrapped_key_material.len() > 2048 {
+            // An RSA-4096 private key as PKCS#8 is about 2.4 KB, plus the RSA-wrapped AES key.
+            if request.wrapped_key_material.is_empty() || request.wrapped_key_material.len() > MAX_WRAPPED_LEN {
                 return Err(KeyError::InvalidArgument {
                     field: "wrapped_key_material",
-                    reason: "give the material wrapped with the public key from GetWrappingKey".into(),
+                    reason: format!(
+                        "give the material (at most {MAX_WRAPPED_LEN} bytes once wrapped) wrapped with the public key \
+                         from GetWrappingKey"
+                    ),
                 });
             }
             let token: ImportToken =
@@ -176,21 +184,24 @@ impl KeyRpc {
                         reason: "cannot be unwrapped with this import token's key and wrapping_algorithm".into(),
                     }
                 })?;
-            let algorithm = pb::Algorithm::try_from(locked.record.key.algorithm)
-                .ok()
-                .and_then(SymmetricAlgorithm::from_proto)
-                .ok_or_else(|| KeyError::FailedPrecondition("only symmetric keys take imported material".into()))?;
-            if material.len() != algorithm.key_len() {
-                return Err(KeyError::InvalidArgument {
-                    field: "wrapped_key_material",
-                    reason: format!(
-                        "{} needs {} bytes of key material, got {}",
-                        algorithm.name(),
-                        algorithm.key_len(),
-                        material.len()
-                    ),
-                });
-            }
+            let algorithm = KeyAlgorithm::from_i32(locked.record.key.algorithm).ok_or_else(|| {
+                KeyError::FailedPrecondition(format!(
+                    "key {:?} has an algorithm this build lacks",
+                    locked.record.key.name
+                ))
+            })?;
+            // Symmetric and MAC keys are raw bytes; private keys are PKCS#8 DER, stored in OpenSSL's canonical
+            // encoding once they parse as the exact kind of key the algorithm needs.
+            let invalid = |e: keymesh_crypto::CryptoError| KeyError::InvalidArgument {
+                field: "wrapped_key_material",
+                reason: e.to_string(),
+            };
+            let material = if algorithm.is_asymmetric() {
+                algorithm.private_key(&material).and_then(|key| key.to_pkcs8()).map_err(invalid)?
+            } else {
+                algorithm.check_material(&material).map_err(invalid)?;
+                material
+            };
             let number = locked.record.next_version();
             let version =
                 self.store.wrap_version(&locked.record, number, algorithm, &material, pb::KeyOrigin::External).await?;

@@ -9,7 +9,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{KeyRpc, MANAGERS, READERS, require_key};
-use crate::{convert, error::KeyError, lifecycle};
+use crate::{convert, error::KeyError, key_store, lifecycle};
 
 const MAX_PAGE_SIZE: u32 = 1000;
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -211,14 +211,18 @@ impl KeyRpc {
         let result = async {
             require_key(&request.key)?;
             let (record, _) = self.store.record(&claims.tenant, &request.key).await?;
-            audit.resource(&record.key.id, request.version, record.key.algorithm);
-            // Every algorithm keys can hold today is symmetric; asymmetric keys (SIGN, HPKE, RSA-OAEP, KEM)
-            // arrive with the signing and asymmetric-encryption plane.
-            let algorithm = pb::Algorithm::try_from(record.key.algorithm).map(|a| a.as_str_name()).unwrap_or("UNKNOWN");
-            Err::<pb::GetPublicKeyResponse, _>(KeyError::FailedPrecondition(format!(
-                "key {:?} uses {algorithm}, a symmetric algorithm: it has no public key",
-                record.key.name
-            )))
+            let version = lifecycle::usable_version(&record, request.version, pb::Operation::GetPublicKey)?;
+            audit.resource(&record.key.id, version.version as u32, version.algorithm);
+            let algorithm = key_store::algorithm(&record, version)?;
+            let (material, _) = self.store.material(&record, version).await?;
+            let public = algorithm.public_key(&material)?;
+            Ok(pb::GetPublicKeyResponse {
+                key_id: record.key.id.clone(),
+                version: version.version as u32,
+                algorithm: algorithm.to_proto() as i32,
+                public_key_pem: public.to_pem()?,
+                public_key_der: public.to_der()?,
+            })
         }
         .await;
         audit.finish(&self.audit, result)

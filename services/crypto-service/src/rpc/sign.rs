@@ -1,0 +1,121 @@
+//! Sign and Verify with SIGN keys: Ed25519, ECDSA P-256/P-384 and RSA-PSS, over a message or a digest the
+//! caller made with the algorithm's hash. Signing uses the ACTIVE version; verifying uses the version asked
+//! for (the primary by default) as long as it is in service. The signatures verify with any standard
+//! library given the key's exported public key (GetPublicKey).
+
+use keymesh_crypto::{
+    CryptoError, KeyAlgorithm,
+    keypair::PrivateKey,
+    signature::{SignInput, SignatureAlgorithm},
+};
+use keymesh_mesh::auth::AccessClaims;
+use keymesh_proto::v1::{self as pb, sign_request, verify_request};
+use tonic::{Request, Response, Status};
+
+use super::{Audited, CryptoRpc};
+use crate::{dek_cache::CachedDek, error::CryptoServiceError};
+
+impl CryptoRpc {
+    pub(super) async fn handle_sign(
+        &self,
+        request: Request<pb::SignRequest>,
+    ) -> Result<Response<pb::SignResponse>, Status> {
+        let claims = self.caller(&request).await?;
+        let request = request.into_inner();
+        let mut audit = Audited::start("Sign", &claims);
+        let result = self.sign(&claims, &mut audit, &request).await;
+        audit.finish(&self.audit, result)
+    }
+
+    async fn sign(
+        &self,
+        claims: &AccessClaims,
+        audit: &mut Audited,
+        request: &pb::SignRequest,
+    ) -> Result<pb::SignResponse, Status> {
+        let input = self.sign_input(request.input.as_ref().map(|input| match input {
+            sign_request::Input::Message(m) => SignInput::Message(m),
+            sign_request::Input::Digest(d) => SignInput::Digest(d),
+        }))?;
+        let dek = self.key_for_use(claims, audit, &request.key, 0, pb::Operation::Sign, pb::Operation::Sign).await?;
+        let (algorithm, private) = signing_key(&dek)?;
+        let signature = algorithm.sign(private, input).map_err(refused)?;
+        Ok(pb::SignResponse {
+            signature,
+            key_id: dek.key_id.clone(),
+            key_version: dek.version,
+            algorithm: dek.algorithm.to_proto() as i32,
+            warnings: vec![],
+        })
+    }
+
+    pub(super) async fn handle_verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let claims = self.caller(&request).await?;
+        let request = request.into_inner();
+        let mut audit = Audited::start("Verify", &claims);
+        let result = self.verify(&claims, &mut audit, &request).await;
+        audit.finish(&self.audit, result)
+    }
+
+    async fn verify(
+        &self,
+        claims: &AccessClaims,
+        audit: &mut Audited,
+        request: &pb::VerifyRequest,
+    ) -> Result<pb::VerifyResponse, Status> {
+        let input = self.sign_input(request.input.as_ref().map(|input| match input {
+            verify_request::Input::Message(m) => SignInput::Message(m),
+            verify_request::Input::Digest(d) => SignInput::Digest(d),
+        }))?;
+        let dek = self
+            .key_for_use(claims, audit, &request.key, request.key_version, pb::Operation::Verify, pb::Operation::Verify)
+            .await?;
+        let (algorithm, private) = signing_key(&dek)?;
+        let valid = algorithm.verify_with_private(private, input, &request.signature).map_err(refused)?;
+        Ok(pb::VerifyResponse { valid, key_id: dek.key_id.clone(), key_version: dek.version, warnings: vec![] })
+    }
+
+    /// The oneof, required, with a message no larger than the unary limit.
+    fn sign_input<'a>(&self, input: Option<SignInput<'a>>) -> Result<SignInput<'a>, CryptoServiceError> {
+        match input {
+            None => Err(CryptoServiceError::InvalidArgument {
+                field: "input",
+                reason: "set message, or digest (made with the key's hash)".into(),
+            }),
+            Some(SignInput::Message(m)) if m.len() > self.unary_limit => Err(CryptoServiceError::InvalidArgument {
+                field: "message",
+                reason: format!(
+                    "{} bytes is over the unary limit of {} bytes; hash it and send the digest instead",
+                    m.len(),
+                    self.unary_limit
+                ),
+            }),
+            Some(input) => Ok(input),
+        }
+    }
+}
+
+/// The signature algorithm and private key of a SIGN key (key-service serves Sign/Verify material only
+/// for SIGN keys).
+fn signing_key(dek: &CachedDek) -> Result<(SignatureAlgorithm, &PrivateKey), CryptoServiceError> {
+    match (dek.algorithm, dek.key_pair.as_ref()) {
+        (KeyAlgorithm::Signature(algorithm), Some((private, _))) => Ok((algorithm, private)),
+        (other, _) => Err(CryptoServiceError::FailedPrecondition(format!(
+            "key {:?} uses {}; Sign and Verify need a SIGN key",
+            dek.key_name,
+            other.name()
+        ))),
+    }
+}
+
+/// A request the algorithm cannot serve as asked (a digest for Ed25519, a digest of the wrong length) is the
+/// caller's to fix; anything else is ours.
+fn refused(e: CryptoError) -> CryptoServiceError {
+    match e {
+        CryptoError::InvalidInput(reason) => CryptoServiceError::InvalidArgument { field: "digest", reason },
+        other => CryptoServiceError::Internal(other.to_string()),
+    }
+}
