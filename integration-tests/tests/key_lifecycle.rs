@@ -704,7 +704,7 @@ async fn imported_material_encrypts_and_an_independent_implementation_decrypts()
     let wrong_length = import_request(&token, pb::WrappingAlgorithm::RsaOaepSha256, &wrapped_short);
     let (code, message) = status(service.import_key_version(admin.authorized(wrong_length).await.unwrap()).await);
     assert_eq!(code, Code::InvalidArgument);
-    assert!(message.contains("32 bytes"), "{message}");
+    assert!(message.contains("needs a 32-byte key, got 16 bytes"), "{message}");
     let second: Vec<u8> = material.iter().map(|b| b ^ 0x5a).collect();
     let (token, wrapped) = import(pb::WrappingAlgorithm::RsaOaepSha256, hex(&second)).await;
     let request = import_request(&token, pb::WrappingAlgorithm::RsaOaepSha256, &wrapped);

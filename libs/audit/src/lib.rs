@@ -88,6 +88,11 @@ impl AuditScope {
         self.event.algorithm = algorithm;
     }
 
+    /// The policy decision's warnings (enforcement WARN, FIPS mode preferred).
+    pub fn policy_warnings(&mut self, warnings: &[String]) {
+        self.event.policy_warnings = warnings.iter().take(16).map(|w| bounded(w)).collect();
+    }
+
     /// Records an authorization refusal and hands it back.
     pub fn deny(mut self, sink: &AuditSink, status: tonic::Status) -> tonic::Status {
         let result: Result<(), tonic::Status> = Err(status);
@@ -108,16 +113,23 @@ impl AuditScope {
 #[derive(Clone)]
 pub struct AuditSink {
     tx: mpsc::Sender<pb::AuditEvent>,
+    /// Stamped on every event: the FIPS mode the decision was made under.
+    fips_mode: pb::FipsMode,
     dropped: Arc<AtomicU64>,
     shipper: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl AuditSink {
-    /// Starts the shipper on `channel` to audit-service.
-    pub fn start(channel: MeshChannel) -> Self {
+    /// Starts the shipper on `channel` to audit-service; every event records `fips_mode`.
+    pub fn start(channel: MeshChannel, fips_mode: pb::FipsMode) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let handle = tokio::spawn(ship(AuditServiceClient::new(channel), rx));
-        Self { tx, dropped: Arc::new(AtomicU64::new(0)), shipper: Arc::new(std::sync::Mutex::new(Some(handle))) }
+        Self {
+            tx,
+            fips_mode,
+            dropped: Arc::new(AtomicU64::new(0)),
+            shipper: Arc::new(std::sync::Mutex::new(Some(handle))),
+        }
     }
 
     /// After the server has stopped (every other clone of the sink is gone): ships what is queued, waiting
@@ -133,7 +145,8 @@ impl AuditSink {
     }
 
     /// Queues an event without waiting.
-    pub fn record(&self, event: pb::AuditEvent) {
+    pub fn record(&self, mut event: pb::AuditEvent) {
+        event.fips_mode = self.fips_mode as i32;
         if self.tx.try_send(event).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {

@@ -61,6 +61,10 @@ pub struct KmsConfig {
     /// key"): disabling the tenant's KMS key at the provider makes its data unreadable.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantKeyringConfig>,
+    /// Set from `[policy] fips_mode = "enabled"`, not written here: local backends then derive their KEK
+    /// with PBKDF2-HMAC-SHA256 instead of Argon2id, which FIPS does not approve.
+    #[serde(skip)]
+    pub fips_kdf: bool,
 }
 
 /// `[kms.tenants.<tenant id>]`: the keyring of one tenant.
@@ -371,17 +375,17 @@ impl KmsConfig {
     pub async fn open(&self, data_dir: &Path) -> Result<Keyring, KmsError> {
         let members = self.members().map_err(config_error)?;
         let mut opened = BTreeMap::new();
-        build_keyring(members, &mut opened, data_dir).await
+        build_keyring(members, &mut opened, data_dir, self.fips_kdf).await
     }
 
     /// Opens every backend once and builds the default keyring and each tenant's.
     pub async fn open_all(&self, data_dir: &Path) -> Result<Keyrings, KmsError> {
         let (default, tenants) = self.keyrings().map_err(config_error)?;
         let mut opened = BTreeMap::new();
-        let default = build_keyring(default, &mut opened, data_dir).await?;
+        let default = build_keyring(default, &mut opened, data_dir, self.fips_kdf).await?;
         let mut rings = BTreeMap::new();
         for (tenant, members) in tenants {
-            rings.insert(tenant, build_keyring(members, &mut opened, data_dir).await?);
+            rings.insert(tenant, build_keyring(members, &mut opened, data_dir, self.fips_kdf).await?);
         }
         Ok(Keyrings::new(default, rings))
     }
@@ -396,13 +400,14 @@ async fn build_keyring(
     members: Vec<MemberConfig>,
     opened: &mut BTreeMap<String, Arc<dyn KeyEncryptionBackend>>,
     data_dir: &Path,
+    fips_kdf: bool,
 ) -> Result<Keyring, KmsError> {
     let mut ring = Vec::with_capacity(members.len());
     for member in members {
         let backend = match opened.get(&member.name) {
             Some(backend) => backend.clone(),
             None => {
-                let backend = open_backend(&member.name, &member.backend, data_dir).await?;
+                let backend = open_backend(&member.name, &member.backend, data_dir, fips_kdf).await?;
                 opened.insert(member.name.clone(), backend.clone());
                 backend
             }
@@ -412,11 +417,12 @@ async fn build_keyring(
     Keyring::new(ring)
 }
 
-/// Opens one backend; remote ones come wrapped in [`Resilient`].
+/// Opens one backend; remote ones come wrapped in [`Resilient`]. `fips_kdf`: see [`KmsConfig::fips_kdf`].
 pub async fn open_backend(
     name: &str,
     config: &BackendConfig,
     data_dir: &Path,
+    fips_kdf: bool,
 ) -> Result<Arc<dyn KeyEncryptionBackend>, KmsError> {
     let invalid = |reason: String| KmsError::Config { reason: format!("kms.backends.{name}.{reason}") };
     Ok(match config {
@@ -430,7 +436,8 @@ pub async fn open_backend(
             {
                 return Err(invalid(format!("master_key_env names {var}, which is not set")));
             }
-            Arc::new(LocalKms::open_off_runtime(LocalKmsConfig::resolve(dir, env, master_key_file.clone())).await?)
+            let local = LocalKmsConfig { fips_kdf, ..LocalKmsConfig::resolve(dir, env, master_key_file.clone()) };
+            Arc::new(LocalKms::open_off_runtime(local).await?)
         }
         BackendConfig::Vault { address, mount, key, namespace, ca_cert, auth, resilience } => {
             let policy = resilience.policy();

@@ -1,7 +1,9 @@
 //! The embedded local backend, modelled on the Argon2id-KEK / random-DEK envelope scheme of
 //! `shared/seeds/003`: a master secret resolved from `KEYMESH_MASTER_KEY`, else a file, else generated
-//! (mode 0600) into the data directory; the KEK is Argon2id(master secret, stored salt); DEKs are wrapped
-//! with AES-256-GCM under the KEK with the DEK's binding as AAD.
+//! (mode 0600) into the data directory; the KEK is Argon2id(master secret, stored salt) — or, in FIPS mode,
+//! PBKDF2-HMAC-SHA256 with 600,000 iterations (OWASP's figure), since FIPS does not approve Argon2; DEKs are
+//! wrapped with AES-256-GCM under the KEK with the DEK's binding as AAD. The KDF is chosen when the data
+//! directory is first used and recorded there.
 //!
 //! The salt and a check value of the KEK live in `local-kms.json` next to the master key, so starting with
 //! a different master secret against an existing data directory fails at once with a clear message instead
@@ -62,6 +64,9 @@ pub struct LocalKmsConfig {
     pub data_dir: PathBuf,
     /// Where the master secret comes from.
     pub master_key: MasterKeySource,
+    /// FIPS mode: derive a new data directory's KEK with PBKDF2-HMAC-SHA256, and refuse one whose KEK
+    /// comes from Argon2id.
+    pub fips_kdf: bool,
 }
 
 impl LocalKmsConfig {
@@ -75,7 +80,7 @@ impl LocalKmsConfig {
                 MasterKeySource::File { path: data_dir.join(DEFAULT_MASTER_FILE), generate_if_missing: true }
             }
         };
-        Self { data_dir, master_key }
+        Self { data_dir, master_key, fips_kdf: false }
     }
 }
 
@@ -87,8 +92,41 @@ struct KdfState {
     m_cost_kib: u32,
     t_cost: u32,
     p_cost: u32,
+    /// PBKDF2's iteration count (0 for Argon2id).
+    #[serde(default)]
+    iterations: u32,
     salt: String,
     check: String,
+}
+
+const ARGON2ID: &str = "argon2id";
+const PBKDF2: &str = "pbkdf2-hmac-sha256";
+/// OWASP's recommendation for PBKDF2-HMAC-SHA256 (2023).
+const PBKDF2_ITERATIONS: u32 = 600_000;
+
+impl KdfState {
+    fn derive(&self, master: &[u8], salt: &[u8], path: &Path) -> Result<SecretKey, KmsError> {
+        match self.kdf.as_str() {
+            ARGON2ID => {
+                let params = Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32))
+                    .map_err(|e| KmsError::MasterKey(format!("{}: bad Argon2 parameters: {e}", path.display())))?;
+                derive_kek(master, salt, &params)
+            }
+            PBKDF2 => {
+                let kek = keymesh_crypto::kdf::pbkdf2_hmac_sha256(master, salt, self.iterations, 32)
+                    .map_err(|e| KmsError::MasterKey(format!("{}: PBKDF2: {e}", path.display())))?;
+                Ok(SecretKey::copy_from_slice(&kek))
+            }
+            other => Err(KmsError::MasterKey(format!("{} names unknown KDF {other:?}", path.display()))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.kdf.as_str() {
+            PBKDF2 => format!("PBKDF2-HMAC-SHA256 ({} iterations)", self.iterations),
+            _ => format!("Argon2id (m={} KiB, t={}, p={})", self.m_cost_kib, self.t_cost, self.p_cost),
+        }
+    }
 }
 
 /// The local KEK backend.
@@ -131,17 +169,32 @@ impl LocalKms {
                 .map_err(|e| KmsError::MasterKey(format!("{} is malformed: {e}", state_path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let salt = random::random_bytes(16)?;
-                let params = default_params();
-                let kek = derive_kek(&master, &salt, &params)?;
-                let state = KdfState {
-                    version: 1,
-                    kdf: "argon2id".into(),
-                    m_cost_kib: params.m_cost(),
-                    t_cost: params.t_cost(),
-                    p_cost: params.p_cost(),
-                    salt: B64.encode(&salt),
-                    check: B64.encode(commitment::commit(kek.expose_secret())),
+                let mut state = if config.fips_kdf {
+                    KdfState {
+                        version: 1,
+                        kdf: PBKDF2.into(),
+                        m_cost_kib: 0,
+                        t_cost: 0,
+                        p_cost: 0,
+                        iterations: PBKDF2_ITERATIONS,
+                        salt: B64.encode(&salt),
+                        check: String::new(),
+                    }
+                } else {
+                    let params = default_params();
+                    KdfState {
+                        version: 1,
+                        kdf: ARGON2ID.into(),
+                        m_cost_kib: params.m_cost(),
+                        t_cost: params.t_cost(),
+                        p_cost: params.p_cost(),
+                        iterations: 0,
+                        salt: B64.encode(&salt),
+                        check: String::new(),
+                    }
                 };
+                let kek = state.derive(&master, &salt, &state_path)?;
+                state.check = B64.encode(commitment::commit(kek.expose_secret()));
                 let json = serde_json::to_vec_pretty(&state).map_err(|e| KmsError::MasterKey(e.to_string()))?;
                 write_private_file(&state_path, &json)?;
                 state
@@ -150,14 +203,18 @@ impl LocalKms {
         };
         drop(lock);
 
-        if state.kdf != "argon2id" {
-            return Err(KmsError::MasterKey(format!("{} names unknown KDF {:?}", state_path.display(), state.kdf)));
+        if config.fips_kdf && state.kdf != PBKDF2 {
+            return Err(KmsError::MasterKey(format!(
+                "FIPS mode is enabled, but {} derives the KEK with {}, which FIPS does not approve: use a fresh data \
+                 directory for the local backend (and move keys to it with `key-service rewrap`), or set \
+                 policy.fips_mode to \"preferred\"",
+                state_path.display(),
+                state.kdf
+            )));
         }
         let salt =
             B64.decode(&state.salt).map_err(|_| KmsError::MasterKey(format!("{}: bad salt", state_path.display())))?;
-        let params = Params::new(state.m_cost_kib, state.t_cost, state.p_cost, Some(32))
-            .map_err(|e| KmsError::MasterKey(format!("{}: bad Argon2 parameters: {e}", state_path.display())))?;
-        let kek = derive_kek(&master, &salt, &params)?;
+        let kek = state.derive(&master, &salt, &state_path)?;
         let check = B64.decode(&state.check).unwrap_or_default();
         if !commitment::verify(kek.expose_secret(), &check) {
             return Err(KmsError::MasterKey(format!(
@@ -168,10 +225,8 @@ impl LocalKms {
         }
         let kek_id = format!("local/{}", check.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>());
         let detail = format!(
-            "Argon2id (m={} KiB, t={}, p={}) KEK from {}",
-            state.m_cost_kib,
-            state.t_cost,
-            state.p_cost,
+            "{} KEK from {}",
+            state.describe(),
             match &config.master_key {
                 MasterKeySource::Value(_) => "KEYMESH_MASTER_KEY".to_owned(),
                 MasterKeySource::File { path, .. } => path.display().to_string(),
@@ -279,6 +334,30 @@ mod tests {
 
     fn ctx(version: u32) -> WrapContext {
         WrapContext { tenant_id: "t1".into(), key_id: "k1".into(), version, algorithm: "AES-256-GCM".into() }
+    }
+
+    #[tokio::test]
+    async fn fips_mode_derives_the_kek_with_pbkdf2_and_refuses_an_argon2id_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let fips =
+            LocalKmsConfig { fips_kdf: true, ..LocalKmsConfig::resolve(dir.path().into(), Some("m".into()), None) };
+        let kms = LocalKms::open(&fips).unwrap();
+        assert!(kms.detail.starts_with("PBKDF2-HMAC-SHA256 (600000 iterations)"), "{}", kms.detail);
+        let state: serde_json::Value = serde_json::from_slice(&fs::read(dir.path().join(STATE_FILE)).unwrap()).unwrap();
+        assert_eq!(state["kdf"], "pbkdf2-hmac-sha256");
+        let dek = SecretKey::generate(32).unwrap();
+        let wrapped = kms.wrap(&dek, &ctx(1)).await.unwrap();
+        // The same directory opens outside FIPS mode too (PBKDF2 is fine everywhere) with the same KEK.
+        let plain = LocalKms::open(&LocalKmsConfig::resolve(dir.path().into(), Some("m".into()), None)).unwrap();
+        assert_eq!(plain.unwrap(&wrapped, &ctx(1)).await.unwrap().expose_secret(), dek.expose_secret());
+
+        // An Argon2id directory is refused in FIPS mode, saying what to do.
+        let other = tempfile::tempdir().unwrap();
+        LocalKms::open(&LocalKmsConfig::resolve(other.path().into(), Some("m".into()), None)).unwrap();
+        let fips =
+            LocalKmsConfig { fips_kdf: true, ..LocalKmsConfig::resolve(other.path().into(), Some("m".into()), None) };
+        let Err(KmsError::MasterKey(message)) = LocalKms::open(&fips) else { panic!("an Argon2id KEK in FIPS mode") };
+        assert!(message.contains("FIPS mode is enabled") && message.contains("argon2id"), "{message}");
     }
 
     #[tokio::test]

@@ -101,6 +101,9 @@ pub struct RawConfig {
     /// crypto-service's request limits.
     #[serde(default)]
     pub crypto_service: RawCryptoService,
+    /// FIPS mode and tenants' default policies (key-service and crypto-service).
+    #[serde(default)]
+    pub policy: keymesh_policy::PolicyConfig,
     /// Seconds to let in-flight requests finish after SIGTERM.
     pub shutdown_grace_seconds: Option<u64>,
 }
@@ -551,7 +554,8 @@ impl KmsParams {
     /// field named.
     pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
         raw.kms.keyrings().map_err(|p| ConfigError::Field { field: p.field, reason: p.reason })?;
-        Ok(Self { config: raw.kms.clone() })
+        let fips_kdf = raw.policy.fips_mode == keymesh_policy::FipsMode::Enabled;
+        Ok(Self { config: keymesh_kms::KmsConfig { fips_kdf, ..raw.kms.clone() } })
     }
 
     /// Opens every backend of the default keyring; `data_dir` is the service's.

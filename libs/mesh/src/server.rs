@@ -78,16 +78,18 @@ pub async fn serve(
     }
 }
 
-/// Serves one gRPC service until SIGTERM or SIGINT: what every service's `main` does.
+/// Serves one gRPC service until SIGTERM or SIGINT: what every service's `main` does. `health_names` are
+/// reported SERVING by the gRPC health service: the service's own name, and any fact a probe may ask for
+/// (such as `keymesh.fips.enabled`).
 pub async fn serve_until_signal(
     listener: TcpListener,
     tls: &TlsMaterial,
     routes: Routes,
-    service_name: &str,
+    health_names: &[&str],
     grace: Duration,
 ) -> Result<(), MeshError> {
-    tracing::info!(addr = ?listener.local_addr().ok(), service = service_name, "listening (mTLS)");
-    serve(listener, tls, routes, &[service_name], shutdown_signal(), grace).await
+    tracing::info!(addr = ?listener.local_addr().ok(), services = ?health_names, "listening (mTLS)");
+    serve(listener, tls, routes, health_names, shutdown_signal(), grace).await
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -30,6 +30,6 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let writer = chain::ChainWriter::open(AuditRepository::new(db)).await?;
     let service = rpc::AuditRpc::new(writer, Arc::new(verifier));
     let routes = Routes::new(AuditServiceServer::new(service));
-    server::serve_until_signal(listener, &tls, routes, "keymesh.v1.AuditService", params.shutdown_grace).await?;
+    server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.AuditService"], params.shutdown_grace).await?;
     Ok(())
 }

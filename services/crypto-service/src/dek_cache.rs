@@ -19,6 +19,7 @@ use keymesh_crypto::{
     keypair::{PrivateKey, PublicKey},
 };
 use keymesh_mesh::{client::MeshChannel, config::DekCacheParams};
+use keymesh_policy::CompiledPolicy;
 use keymesh_proto::v1::{self as pb, key_service_client::KeyServiceClient};
 use moka::future::Cache;
 
@@ -36,6 +37,10 @@ pub struct CachedDek {
     pub algorithm: KeyAlgorithm,
     /// The material: a raw key, or a private key as PKCS#8 DER.
     pub material: SecretKey,
+    /// The key's labels (policy rules see them).
+    pub labels: std::collections::HashMap<String, String>,
+    /// The key's policy, its rules compiled once.
+    pub policy: Option<CompiledPolicy>,
     /// For asymmetric algorithms, the material parsed once (private key, public key) so that no request
     /// pays for parsing.
     pub key_pair: Option<(PrivateKey, PublicKey)>,
@@ -226,6 +231,16 @@ impl DekCache {
         let wrong = |e: keymesh_crypto::CryptoError| {
             CryptoServiceError::Internal(format!("key-service returned material that does not fit: {e}"))
         };
+        // A stored policy was checked when it was set; one this build cannot compile fails closed.
+        let policy = match response.policy.as_ref() {
+            Some(policy) => Some(CompiledPolicy::compile("key", policy).map_err(|e| {
+                CryptoServiceError::FailedPrecondition(format!(
+                    "the policy of key {:?} cannot be evaluated here ({e}); update the key's policy",
+                    response.key_name
+                ))
+            })?),
+            None => None,
+        };
         let key_pair = if algorithm.is_asymmetric() {
             let private = algorithm.private_key(&material).map_err(wrong)?;
             let public = private.public_key().map_err(wrong)?;
@@ -241,6 +256,8 @@ impl DekCache {
             algorithm,
             material,
             key_pair,
+            labels: std::mem::take(&mut response.labels),
+            policy,
             ttl: self.max_ttl.min(Duration::from_secs(u64::from(response.cache_ttl_seconds))),
             encryptions_left: AtomicU64::new(response.encryption_budget),
         }))

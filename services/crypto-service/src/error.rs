@@ -29,6 +29,9 @@ pub enum CryptoServiceError {
     /// key-service could not be reached.
     #[error("key-service is unavailable: {0}")]
     KeyServiceUnavailable(String),
+    /// FIPS mode or a policy refused.
+    #[error(transparent)]
+    Policy(#[from] keymesh_policy::PolicyError),
     /// Anything that is not the caller's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -43,6 +46,10 @@ impl From<CryptoServiceError> for Status {
             CryptoServiceError::KeyNotFound(_) => Status::not_found(e.to_string()),
             CryptoServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             CryptoServiceError::KeyServiceUnavailable(_) => Status::unavailable(e.to_string()),
+            CryptoServiceError::Policy(keymesh_policy::PolicyError::Denied { .. }) => {
+                Status::permission_denied(e.to_string())
+            }
+            CryptoServiceError::Policy(_) => Status::failed_precondition(e.to_string()),
             CryptoServiceError::Internal(_) => {
                 tracing::error!(error = %e, "internal failure");
                 Status::internal("internal error; see crypto-service logs")

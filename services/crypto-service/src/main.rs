@@ -15,6 +15,7 @@ use keymesh_mesh::{
     run::{self, BoxError, Startup},
     server,
 };
+use keymesh_policy::PolicyEngine;
 use keymesh_proto::v1::{crypto_service_server::CryptoServiceServer, key_service_client::KeyServiceClient};
 use tonic::service::Routes;
 
@@ -27,19 +28,26 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let token_params = TokenParams::from_raw(&raw)?;
     let cache_params = DekCacheParams::from_raw(&raw)?;
     let limits = CryptoServiceParams::from_raw(&raw)?;
+    let policy = Arc::new(PolicyEngine::from_config(&raw.policy)?);
+    tracing::info!(fips_mode = policy.fips_mode().name(), "policy engine ready");
     let listener = server::bind(params.listen_addr).await?;
 
     let verifier = token_verifier(&params, &tls, &token_params)?;
     let keys = KeyServiceClient::new(traced_channel(&params.endpoints.key_service, &tls, ServiceName::KeyService)?);
     let deks = Arc::new(dek_cache::DekCache::new(keys, cache_params));
     let watcher = deks.spawn_watcher();
-    let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?);
-    let service = rpc::CryptoRpc::new(Arc::new(verifier), deks, audit.clone(), limits.unary_limit);
+    let fips = policy.fips_mode();
+    let audit = AuditSink::start(
+        traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
+        fips.to_proto(),
+    );
+    let service = rpc::CryptoRpc::new(Arc::new(verifier), deks, audit.clone(), limits.unary_limit, policy);
     let max_message = limits.max_message_size();
     let server =
         CryptoServiceServer::new(service).max_decoding_message_size(max_message).max_encoding_message_size(max_message);
     let routes = Routes::new(server);
-    server::serve_until_signal(listener, &tls, routes, "keymesh.v1.CryptoService", params.shutdown_grace).await?;
+    let health = ["keymesh.v1.CryptoService", fips.health_name()];
+    server::serve_until_signal(listener, &tls, routes, &health, params.shutdown_grace).await?;
     watcher.abort();
     // The server and its clones of the sink are gone: ship what the last requests recorded.
     audit.flush(std::time::Duration::from_secs(5)).await;

@@ -42,6 +42,9 @@ pub enum KeyError {
     /// A primitive failed.
     #[error(transparent)]
     Crypto(#[from] keymesh_crypto::CryptoError),
+    /// FIPS mode or a policy refused.
+    #[error(transparent)]
+    Policy(#[from] keymesh_policy::PolicyError),
 }
 
 impl From<keymesh_store::StoreError> for KeyError {
@@ -58,6 +61,13 @@ impl From<KeyError> for Status {
             KeyError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             KeyError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             KeyError::Unimplemented(_) => Status::unimplemented(e.to_string()),
+            KeyError::Policy(keymesh_policy::PolicyError::Denied { .. }) => Status::permission_denied(e.to_string()),
+            KeyError::Policy(keymesh_policy::PolicyError::AlgorithmRefused(_)) => {
+                Status::failed_precondition(e.to_string())
+            }
+            KeyError::Policy(keymesh_policy::PolicyError::Invalid(_)) => {
+                Status::invalid_argument(format!("policy: {e}"))
+            }
             KeyError::Kms(keymesh_kms::KmsError::Unavailable { backend, .. }) => {
                 tracing::error!(error = %e, "KMS backend unavailable");
                 Status::unavailable(format!("KMS backend {backend} is unavailable; retry later"))

@@ -4,6 +4,7 @@
 //! these, and commit; keeping the rules free of I/O lets them be tested exhaustively here.
 
 use keymesh_crypto::KeyAlgorithm;
+use keymesh_policy::CompiledPolicy;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{entity::key_version, keys::KeyRecord};
 use prost::Message;
@@ -106,7 +107,9 @@ pub fn check_purpose(record: &KeyRecord, operation: pb::Operation) -> Result<(),
         }
         pb::Operation::Sign | pb::Operation::Verify => ("a SIGN key", purpose == pb::KeyPurpose::Sign),
         pb::Operation::GenerateMac | pb::Operation::VerifyMac => ("a MAC key", purpose == pb::KeyPurpose::Mac),
-        pb::Operation::GetPublicKey => ("a SIGN key or an HPKE/RSA-OAEP ENCRYPT key", asymmetric),
+        pb::Operation::GetPublicKey => {
+            ("a SIGN key or an HPKE/RSA-OAEP ENCRYPT key (symmetric and MAC keys have no public key)", asymmetric)
+        }
         _ => return Ok(()),
     };
     if fits {
@@ -114,7 +117,7 @@ pub fn check_purpose(record: &KeyRecord, operation: pb::Operation) -> Result<(),
     }
     let algorithm = pb::Algorithm::try_from(record.key.algorithm).map(|a| a.as_str_name()).unwrap_or("UNKNOWN");
     Err(precondition(format!(
-        "key {:?} is a {} key ({algorithm}); {} needs {needed}",
+        "key {:?} has purpose {} ({algorithm}); {} needs {needed}",
         record.key.name,
         purpose.as_str_name().trim_start_matches("KEY_PURPOSE_"),
         operation.as_str_name().trim_start_matches("OPERATION_"),
@@ -371,19 +374,14 @@ pub fn validate_policy(record: &KeyRecord, policy: &pb::KeyPolicy) -> Result<(),
             None => return Err(invalid("max_decryption_age needs a rotation_period".into())),
         }
     }
-    if !policy.allowed_algorithms.is_empty() && !policy.allowed_algorithms.contains(&record.key.algorithm) {
-        return Err(invalid(format!(
-            "allowed_algorithms must include the key's algorithm {}",
-            pb::Algorithm::try_from(record.key.algorithm).map(|a| a.as_str_name()).unwrap_or("UNKNOWN")
-        )));
-    }
-    if pb::PolicyEnforcement::try_from(policy.enforcement).is_err() {
-        return Err(invalid(format!("unknown enforcement {}", policy.enforcement)));
-    }
-    for rule in &policy.rules {
-        if rule.name.is_empty() || rule.name.len() > 64 || rule.expression.is_empty() || rule.expression.len() > 4096 {
-            return Err(invalid("each rule needs a name (1-64 characters) and an expression (1-4096)".into()));
-        }
+    // Rules compile (or are refused with the compiler's message), and an enforced policy must admit the key's
+    // own algorithm: one that never could would leave the key unusable. A WARN policy may (that is how a
+    // migration off an algorithm is announced).
+    let compiled = CompiledPolicy::compile("key", policy).map_err(|e| invalid(e.to_string()))?;
+    if let Some(algorithm) = KeyAlgorithm::from_i32(record.key.algorithm) {
+        compiled.check_algorithm(algorithm, &mut Vec::new()).map_err(|e| {
+            invalid(format!("{e}, the key's own algorithm; set enforcement WARN to announce a migration"))
+        })?;
     }
     Ok(())
 }

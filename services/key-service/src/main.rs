@@ -17,6 +17,7 @@ use keymesh_mesh::{
     run::{self, BoxError, Startup},
     server,
 };
+use keymesh_policy::PolicyEngine;
 use keymesh_proto::v1::key_service_server::KeyServiceServer;
 use keymesh_store::keys::KeyRepository;
 use tonic::service::Routes;
@@ -93,6 +94,8 @@ async fn rewrap_all(startup: Startup) -> Result<(), BoxError> {
 
 async fn serve(startup: Startup) -> Result<(), BoxError> {
     let token_params = TokenParams::from_raw(&startup.raw)?;
+    let policy = Arc::new(PolicyEngine::from_config(&startup.raw.policy)?);
+    tracing::info!(fips_mode = policy.fips_mode().name(), "policy engine ready");
     let listener = server::bind(startup.params.listen_addr).await?;
     let (store, key_params) = open_store(&startup).await?;
     let Startup { params, tls, .. } = startup;
@@ -100,14 +103,19 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let sweeper = maintenance::spawn(store.clone(), key_params.maintenance_interval);
 
     let verifier = token_verifier(&params, &tls, &token_params)?;
-    let audit = AuditSink::start(traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?);
+    let fips = policy.fips_mode();
+    let audit = AuditSink::start(
+        traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
+        fips.to_proto(),
+    );
     let limits = rpc::UsageLimits {
         encryption_block: key_params.encryption_block,
         rotate_after_encryptions: key_params.rotate_after_encryptions,
     };
-    let service = rpc::KeyRpc::new(store, Arc::new(verifier), audit.clone(), limits);
+    let service = rpc::KeyRpc::new(store, Arc::new(verifier), audit.clone(), limits, policy);
     let routes = Routes::new(KeyServiceServer::new(service));
-    server::serve_until_signal(listener, &tls, routes, "keymesh.v1.KeyService", params.shutdown_grace).await?;
+    let health = ["keymesh.v1.KeyService", fips.health_name()];
+    server::serve_until_signal(listener, &tls, routes, &health, params.shutdown_grace).await?;
     poller.abort();
     sweeper.abort();
     // The server and its clones of the sink are gone: ship what the last requests recorded.

@@ -38,6 +38,6 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
 
     let service = rpc::TokenRpc::new(repo, signer);
     let routes = Routes::new(TokenServiceServer::new(service));
-    server::serve_until_signal(listener, &tls, routes, "keymesh.v1.TokenService", params.shutdown_grace).await?;
+    server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.TokenService"], params.shutdown_grace).await?;
     Ok(())
 }

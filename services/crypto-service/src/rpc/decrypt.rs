@@ -36,6 +36,8 @@ pub(super) struct Opened {
     pub key_id: String,
     pub version: u32,
     pub algorithm: KeyAlgorithm,
+    /// Policy warnings.
+    pub warnings: Vec<String>,
 }
 
 impl CryptoRpc {
@@ -62,7 +64,7 @@ impl CryptoRpc {
             key_id: opened.key_id,
             key_version: opened.version,
             algorithm: opened.algorithm.to_proto() as i32,
-            warnings: vec![],
+            warnings: opened.warnings,
             batch: vec![],
         });
         audit.finish(&self.audit, result)
@@ -146,6 +148,7 @@ impl CryptoRpc {
             })?;
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
         claims.require_key_operation(&dek.key_name, item.permission)?;
+        let warnings = self.decide(claims, audit, &dek, item.permission)?;
         if dek.algorithm != KeyAlgorithm::Symmetric(parsed.algorithm) {
             return Err(CryptoServiceError::DecryptionFailed.into());
         }
@@ -153,7 +156,7 @@ impl CryptoRpc {
         let plaintext = parsed
             .open(&dek.material, Binding { aad: item.aad, context: Some(&context) })
             .map_err(|_| CryptoServiceError::DecryptionFailed)?;
-        Ok(Opened { plaintext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm })
+        Ok(Opened { plaintext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm, warnings })
     }
 
     /// Opens what a sender made with the public key of the named HPKE or RSA-OAEP key.
@@ -164,7 +167,8 @@ impl CryptoRpc {
         item: &Opening<'_>,
         version: u32,
     ) -> Result<Opened, Status> {
-        let dek = self.key_for_use(claims, audit, item.key, version, pb::Operation::Decrypt, item.permission).await?;
+        let (dek, warnings) =
+            self.key_for_use(claims, audit, item.key, version, pb::Operation::Decrypt, item.permission).await?;
         let (KeyAlgorithm::Asymmetric(algorithm), Some((private, _))) = (dek.algorithm, dek.key_pair.as_ref()) else {
             // A symmetric key named with a ciphertext that is not keymesh's: just a bad ciphertext.
             return Err(CryptoServiceError::DecryptionFailed.into());
@@ -174,6 +178,6 @@ impl CryptoRpc {
         }
         let plaintext =
             algorithm.decrypt(private, item.aad, item.ciphertext).map_err(|_| CryptoServiceError::DecryptionFailed)?;
-        Ok(Opened { plaintext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm })
+        Ok(Opened { plaintext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm, warnings })
     }
 }

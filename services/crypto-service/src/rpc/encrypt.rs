@@ -38,6 +38,8 @@ pub(super) struct Sealed {
     pub key_id: String,
     pub version: u32,
     pub algorithm: KeyAlgorithm,
+    /// Policy warnings.
+    pub warnings: Vec<String>,
 }
 
 impl CryptoRpc {
@@ -64,7 +66,7 @@ impl CryptoRpc {
             key_id: sealed.key_id,
             key_version: sealed.version,
             algorithm: sealed.algorithm.to_proto() as i32,
-            warnings: vec![],
+            warnings: sealed.warnings,
             batch: vec![],
         });
         audit.finish(&self.audit, result)
@@ -152,6 +154,7 @@ impl CryptoRpc {
             .await?;
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
         claims.require_key_operation(&dek.key_name, item.permission)?;
+        let warnings = self.decide(claims, audit, &dek, item.permission)?;
         let algorithm = match dek.algorithm {
             KeyAlgorithm::Symmetric(algorithm) => algorithm,
             KeyAlgorithm::Asymmetric(algorithm) if item.to_public_key => {
@@ -161,6 +164,7 @@ impl CryptoRpc {
                     key_id: dek.key_id.clone(),
                     version: dek.version,
                     algorithm: dek.algorithm,
+                    warnings,
                 });
             }
             other => {
@@ -192,7 +196,7 @@ impl CryptoRpc {
             },
             other => CryptoServiceError::Internal(other.to_string()),
         })?;
-        Ok(Sealed { ciphertext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm })
+        Ok(Sealed { ciphertext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm, warnings })
     }
 }
 

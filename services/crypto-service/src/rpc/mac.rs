@@ -30,7 +30,7 @@ impl CryptoRpc {
     ) -> Result<pb::GenerateMacResponse, Status> {
         self.check_mac_message(&request.message)?;
         let op = pb::Operation::GenerateMac;
-        let dek = self.key_for_use(claims, audit, &request.key, 0, op, op).await?;
+        let (dek, warnings) = self.key_for_use(claims, audit, &request.key, 0, op, op).await?;
         let mac = mac_algorithm(&dek)?
             .compute(&dek.material, &request.message)
             .map_err(|e| CryptoServiceError::Internal(e.to_string()))?;
@@ -39,7 +39,7 @@ impl CryptoRpc {
             key_id: dek.key_id.clone(),
             key_version: dek.version,
             algorithm: dek.algorithm.to_proto() as i32,
-            warnings: vec![],
+            warnings,
         })
     }
 
@@ -62,11 +62,11 @@ impl CryptoRpc {
     ) -> Result<pb::VerifyMacResponse, Status> {
         self.check_mac_message(&request.message)?;
         let op = pb::Operation::VerifyMac;
-        let dek = self.key_for_use(claims, audit, &request.key, request.key_version, op, op).await?;
+        let (dek, warnings) = self.key_for_use(claims, audit, &request.key, request.key_version, op, op).await?;
         let valid = mac_algorithm(&dek)?
             .verify(&dek.material, &request.message, &request.mac)
             .map_err(|e| CryptoServiceError::Internal(e.to_string()))?;
-        Ok(pb::VerifyMacResponse { valid, key_id: dek.key_id.clone(), key_version: dek.version, warnings: vec![] })
+        Ok(pb::VerifyMacResponse { valid, key_id: dek.key_id.clone(), key_version: dek.version, warnings })
     }
 
     fn check_mac_message(&self, message: &[u8]) -> Result<(), CryptoServiceError> {

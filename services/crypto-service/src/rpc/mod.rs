@@ -13,6 +13,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use keymesh_audit::{AuditScope, AuditSink};
 use keymesh_mesh::auth::{AccessClaims, TokenVerifier};
+use keymesh_policy::{Attributes, PolicyEngine};
 use keymesh_proto::v1::{self as pb, crypto_service_server::CryptoService};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -31,20 +32,54 @@ pub struct CryptoRpc {
     /// Largest unary plaintext or ciphertext (batch items summed); larger data goes through
     /// EncryptStream/DecryptStream.
     unary_limit: usize,
+    policy: Arc<PolicyEngine>,
 }
 
 impl CryptoRpc {
     /// Wires the service.
-    pub fn new(verifier: Arc<TokenVerifier>, deks: Arc<DekCache>, audit: AuditSink, unary_limit: usize) -> Self {
-        Self { verifier, deks, audit, unary_limit }
+    pub fn new(
+        verifier: Arc<TokenVerifier>,
+        deks: Arc<DekCache>,
+        audit: AuditSink,
+        unary_limit: usize,
+        policy: Arc<PolicyEngine>,
+    ) -> Self {
+        Self { verifier, deks, audit, unary_limit, policy }
+    }
+
+    /// FIPS mode, the tenant's and the key's policy on one use of a key: the warnings to return, or the
+    /// refusal. Recorded in the audit event either way.
+    fn decide(
+        &self,
+        claims: &AccessClaims,
+        audit: &mut Audited,
+        dek: &CachedDek,
+        operation: pb::Operation,
+    ) -> Result<Vec<String>, CryptoServiceError> {
+        let attributes = Attributes {
+            identity: &claims.sub,
+            tenant: &claims.tenant,
+            roles: claims.roles.iter().map(|r| format!("{r:?}").to_ascii_lowercase()).collect(),
+            operation,
+            key_id: &dek.key_id,
+            key_name: &dek.key_name,
+            labels: &dek.labels,
+            algorithm: dek.algorithm,
+            version: dek.version,
+            time: chrono::Utc::now(),
+        };
+        let warnings = self.policy.check_use(dek.policy.as_ref(), &attributes)?;
+        audit.0.policy_warnings(&warnings);
+        Ok(warnings)
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Status> {
         Ok(self.verifier.verify_request(request).await?)
     }
 
-    /// The material for one use of a named key, audited, and authorized twice: by the name the caller gave
-    /// before any material moves, and by the stored name (the request may have named the key by id).
+    /// The material for one use of a named key, audited, authorized twice (by the name the caller gave
+    /// before any material moves, and by the stored name: the request may have named the key by id), and
+    /// decided by policy, with the policy's warnings.
     async fn key_for_use(
         &self,
         claims: &AccessClaims,
@@ -53,7 +88,7 @@ impl CryptoRpc {
         version: u32,
         operation: pb::Operation,
         permission: pb::Operation,
-    ) -> Result<Arc<CachedDek>, Status> {
+    ) -> Result<(Arc<CachedDek>, Vec<String>), Status> {
         if key.is_empty() {
             return Err(
                 CryptoServiceError::InvalidArgument { field: "key", reason: "name the key to use".into() }.into()
@@ -68,7 +103,8 @@ impl CryptoRpc {
             .await?;
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
         claims.require_key_operation(&dek.key_name, permission)?;
-        Ok(dek)
+        let warnings = self.decide(claims, audit, &dek, permission)?;
+        Ok((dek, warnings))
     }
 }
 

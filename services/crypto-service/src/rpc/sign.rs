@@ -37,7 +37,8 @@ impl CryptoRpc {
             sign_request::Input::Message(m) => SignInput::Message(m),
             sign_request::Input::Digest(d) => SignInput::Digest(d),
         }))?;
-        let dek = self.key_for_use(claims, audit, &request.key, 0, pb::Operation::Sign, pb::Operation::Sign).await?;
+        let (dek, warnings) =
+            self.key_for_use(claims, audit, &request.key, 0, pb::Operation::Sign, pb::Operation::Sign).await?;
         let (algorithm, private) = signing_key(&dek)?;
         let signature = algorithm.sign(private, input).map_err(refused)?;
         Ok(pb::SignResponse {
@@ -45,7 +46,7 @@ impl CryptoRpc {
             key_id: dek.key_id.clone(),
             key_version: dek.version,
             algorithm: dek.algorithm.to_proto() as i32,
-            warnings: vec![],
+            warnings,
         })
     }
 
@@ -70,12 +71,12 @@ impl CryptoRpc {
             verify_request::Input::Message(m) => SignInput::Message(m),
             verify_request::Input::Digest(d) => SignInput::Digest(d),
         }))?;
-        let dek = self
+        let (dek, warnings) = self
             .key_for_use(claims, audit, &request.key, request.key_version, pb::Operation::Verify, pb::Operation::Verify)
             .await?;
         let (algorithm, private) = signing_key(&dek)?;
         let valid = algorithm.verify_with_private(private, input, &request.signature).map_err(refused)?;
-        Ok(pb::VerifyResponse { valid, key_id: dek.key_id.clone(), key_version: dek.version, warnings: vec![] })
+        Ok(pb::VerifyResponse { valid, key_id: dek.key_id.clone(), key_version: dek.version, warnings })
     }
 
     /// The oneof, required, with a message no larger than the unary limit.

@@ -17,7 +17,7 @@ impl CryptoRpc {
         request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
         let claims = self.caller(&request).await?;
-        let audit = Audited::start("Hash", &claims);
+        let mut audit = Audited::start("Hash", &claims);
         let request = request.into_inner();
         let result = (|| {
             let algorithm = match pb::HashAlgorithm::try_from(request.algorithm) {
@@ -34,6 +34,13 @@ impl CryptoRpc {
                     .into());
                 }
             };
+            // BLAKE2b is the one hash here FIPS does not approve.
+            let mut warnings = Vec::new();
+            self.policy
+                .fips_mode()
+                .check("BLAKE2b-512", algorithm != DigestAlgorithm::Blake2b512, &mut warnings)
+                .map_err(CryptoServiceError::from)?;
+            audit.0.policy_warnings(&warnings);
             if request.data.len() > self.unary_limit {
                 return Err(CryptoServiceError::InvalidArgument {
                     field: "data",

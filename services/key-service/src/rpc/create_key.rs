@@ -2,6 +2,7 @@
 //! stored only wrapped by the KEK, bound to tenant/key/version/algorithm.
 
 use keymesh_crypto::KeyAlgorithm;
+use keymesh_policy::CompiledPolicy;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     StoreError,
@@ -150,11 +151,17 @@ impl KeyRpc {
             // No material until ImportKeyVersion brings it.
             record.key.state = pb::KeyState::PendingImport as i32;
             record.key.primary_version = 0;
-        } else {
+        }
+        lifecycle::validate_policy(&record, &policy)?;
+        // FIPS mode and the tenant's (and the key's own) algorithm policy decide whether the key may exist,
+        // before any material is made.
+        let compiled = CompiledPolicy::compile("key", &policy)?;
+        let warnings = self.policy.check_new_key(tenant_id, Some(&compiled), algorithm)?;
+        audit.policy_warnings(&warnings);
+        if !external {
             let first = self.store.generate_version(&record, 1).await?;
             record.versions.push(first);
         }
-        lifecycle::validate_policy(&record, &policy)?;
         record.key.policy = policy.encode_to_vec();
         lifecycle::refresh_maintenance(&mut record, now);
         audit.resource(&key_id, record.key.primary_version as u32, algorithm.to_proto() as i32);
@@ -165,7 +172,7 @@ impl KeyRpc {
         }
         let key = &record.key;
         tracing::info!(%key_id, name = %key.name, tenant = %tenant_id, "created key");
-        Ok(pb::CreateKeyResponse { key: Some(record_to_proto(&record)) })
+        Ok(pb::CreateKeyResponse { key: Some(record_to_proto(&record)), warnings })
     }
 }
 

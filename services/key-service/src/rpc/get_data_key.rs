@@ -113,6 +113,7 @@ impl KeyRpc {
             cache_ttl_seconds: CACHE_TTL_SECONDS,
             labels: serde_json::from_str(&record.key.labels).unwrap_or_default(),
             encryption_budget: budget,
+            policy: Some(lifecycle::policy(&record)),
         })
     }
 }

@@ -9,6 +9,7 @@ mod manage;
 mod rewrap;
 mod watch;
 
+use keymesh_policy::PolicyEngine;
 use std::sync::Arc;
 
 use keymesh_audit::{AuditScope, AuditSink};
@@ -41,12 +42,19 @@ pub struct KeyRpc {
     verifier: Arc<TokenVerifier>,
     audit: AuditSink,
     limits: UsageLimits,
+    policy: Arc<PolicyEngine>,
 }
 
 impl KeyRpc {
     /// Wires the service.
-    pub fn new(store: KeyStore, verifier: Arc<TokenVerifier>, audit: AuditSink, limits: UsageLimits) -> Self {
-        Self { store, verifier, audit, limits }
+    pub fn new(
+        store: KeyStore,
+        verifier: Arc<TokenVerifier>,
+        audit: AuditSink,
+        limits: UsageLimits,
+        policy: Arc<PolicyEngine>,
+    ) -> Self {
+        Self { store, verifier, audit, limits, policy }
     }
 
     /// Verifies the caller's access token.
@@ -113,6 +121,10 @@ impl Audited {
 
     fn resource(&mut self, key_id: &str, version: u32, algorithm: i32) {
         self.0.resource(key_id, version, algorithm);
+    }
+
+    fn policy_warnings(&mut self, warnings: &[String]) {
+        self.0.policy_warnings(warnings);
     }
 
     fn finish<T>(self, sink: &AuditSink, result: Result<T, KeyError>) -> Result<Response<T>, Status> {
