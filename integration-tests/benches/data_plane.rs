@@ -1,8 +1,9 @@
 //! The data plane through the real services over mTLS, against the raw primitive measured in the same run:
 //! Encrypt and Decrypt of 1 KiB and 64 KiB (operations per second and latency percentiles, from an HDR
 //! histogram, with a fixed number of calls in flight), and EncryptStream/DecryptStream throughput, beside
-//! AES-256-GCM sealing the same sizes in-process on one core. The load generator shares the machine with
-//! the four services, so the ratios are a floor.
+//! AES-256-GCM sealing the same sizes in-process on one core; and Sign/Verify per signature algorithm
+//! beside `openssl speed` for the same key type, run in the same process on one core. The load generator
+//! shares the machine with the four services, so the ratios are a floor.
 //!
 //! Run with `make bench` (release build of the binaries and this bench).
 
@@ -224,5 +225,107 @@ async fn main() {
     println!("{:<22} {:>12} {:>10} {:>10} {:>16} {:>10}", "", "MB/s", "", "", "raw MB/s", "ratio");
     for (name, rate) in [("EncryptStream 1 MiB seg", encrypt_rate), ("DecryptStream 1 MiB seg", decrypt_rate)] {
         println!("{name:<22} {rate:>12.0} {:>10} {:>10} {raw:>16.0} {:>9.3}x", "", "", rate / raw);
+    }
+
+    signatures(&client).await;
+}
+
+/// `openssl speed -mr` sign/s and verify/s per algorithm, on one core, for the key type each SIGN algorithm
+/// uses. (OpenSSL's RSA figures are PKCS#1 v1.5; the private-key operation that dominates is the same as
+/// RSA-PSS's.)
+fn openssl_speed() -> std::collections::HashMap<String, (f64, f64)> {
+    let output = std::process::Command::new("openssl")
+        .args(["speed", "-seconds", "2", "-mr", "ed25519", "ecdsap256", "ecdsap384", "rsa2048", "rsa3072", "rsa4096"])
+        .output()
+        .expect("openssl is required for the signature baseline");
+    let mut rates = std::collections::HashMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        let parse = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        match fields.first() {
+            Some(&"+F2") => rates.insert(format!("rsa{}", fields[2]), (parse(3), parse(4))),
+            Some(&"+F4") => rates.insert(format!("ecdsap{}", fields[2]), (parse(3), parse(4))),
+            Some(&"+F6") if fields.get(3) == Some(&"Ed25519") => rates.insert("ed25519".into(), (parse(4), parse(5))),
+            _ => None,
+        };
+    }
+    rates
+}
+
+/// Sign and Verify of a 32-byte message per algorithm, through the services, against OpenSSL's own speed.
+async fn signatures(client: &Arc<KeymeshClient>) {
+    use pb::{sign_request, verify_request};
+    let baseline = openssl_speed();
+    println!();
+    println!(
+        "{:<28} {:>12} {:>10} {:>10} {:>16} {:>10}",
+        "operation", "ops/s", "p50", "p99", "openssl speed/s", "ratio"
+    );
+    for (algorithm, speed_name) in [
+        (pb::Algorithm::Ed25519, "ed25519"),
+        (pb::Algorithm::EcdsaP256Sha256, "ecdsap256"),
+        (pb::Algorithm::EcdsaP384Sha384, "ecdsap384"),
+        (pb::Algorithm::RsaPss2048Sha256, "rsa2048"),
+        (pb::Algorithm::RsaPss3072Sha256, "rsa3072"),
+        (pb::Algorithm::RsaPss4096Sha256, "rsa4096"),
+    ] {
+        let name = algorithm.as_str_name().trim_start_matches("ALGORITHM_").to_owned();
+        let request = pb::CreateKeyRequest {
+            name: format!("bench-{}", name.to_ascii_lowercase()),
+            purpose: pb::KeyPurpose::Sign as i32,
+            algorithm: algorithm as i32,
+            ..Default::default()
+        };
+        let key = request.name.clone();
+        client.key_service().create_key(client.authorized(request).await.unwrap()).await.unwrap();
+        let message = vec![7u8; 32];
+        let sign = {
+            let (client, key, message) = (client.clone(), key.clone(), message.clone());
+            move || {
+                let (client, key, message) = (client.clone(), key.clone(), message.clone());
+                async move {
+                    let request = pb::SignRequest { key, input: Some(sign_request::Input::Message(message)) };
+                    client.crypto_service().sign(client.authorized(request).await.unwrap()).await.unwrap().into_inner()
+                }
+            }
+        };
+        let signature = sign().await.signature;
+        let signing = load(move || {
+            let sign = sign.clone();
+            async move {
+                sign().await;
+            }
+        })
+        .await;
+        let verifying = {
+            let client = client.clone();
+            load(move || {
+                let (client, key, message, signature) =
+                    (client.clone(), key.clone(), message.clone(), signature.clone());
+                async move {
+                    let request = pb::VerifyRequest {
+                        key,
+                        input: Some(verify_request::Input::Message(message)),
+                        signature,
+                        ..Default::default()
+                    };
+                    let response = client.crypto_service().verify(client.authorized(request).await.unwrap()).await;
+                    assert!(response.unwrap().into_inner().valid);
+                }
+            })
+            .await
+        };
+        let (openssl_sign, openssl_verify) = baseline.get(speed_name).copied().unwrap_or((f64::NAN, f64::NAN));
+        for (operation, result, raw) in [("Sign", signing, openssl_sign), ("Verify", verifying, openssl_verify)] {
+            println!(
+                "{:<28} {:>12.0} {:>10} {:>10} {:>16.0} {:>9.3}x",
+                format!("{operation} {name}"),
+                result.ops_per_second,
+                millis(result.p50),
+                millis(result.p99),
+                raw,
+                result.ops_per_second / raw
+            );
+        }
     }
 }

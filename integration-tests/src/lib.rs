@@ -442,6 +442,46 @@ fn python_script(name: &str, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
+/// Imports `material` into the EXTERNAL key `name` as a customer would: GetWrappingKey (RSA-3072), the material
+/// wrapped outside keymesh by `scripts/byok.py` with `wrapping`, then ImportKeyVersion.
+pub async fn import_material(
+    admin: &KeymeshClient,
+    name: &str,
+    material: &[u8],
+    wrapping: keymesh_proto::v1::WrappingAlgorithm,
+) -> Result<keymesh_proto::v1::ImportKeyVersionResponse, tonic::Status> {
+    use keymesh_proto::v1 as pb;
+    let mut service = admin.key_service();
+    let request = pb::GetWrappingKeyRequest {
+        key: name.into(),
+        wrapping_algorithm: wrapping as i32,
+        wrapping_key_spec: pb::WrappingKeySpec::Rsa3072 as i32,
+    };
+    let wrapping_key = service.get_wrapping_key(admin.authorized(request).await.unwrap()).await?.into_inner();
+    let pem = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(pem.path(), &wrapping_key.public_key_pem).unwrap();
+    let scheme = match wrapping {
+        pb::WrappingAlgorithm::RsaOaepSha256 => "rsa-oaep-sha256",
+        _ => "rsa-aes-key-wrap-sha256",
+    };
+    let wrapped = unhex(&byok(&[
+        "wrap",
+        "--public-key",
+        pem.path().to_str().unwrap(),
+        "--algorithm",
+        scheme,
+        "--material-hex",
+        &hex(material),
+    ]));
+    let request = pb::ImportKeyVersionRequest {
+        key: name.into(),
+        import_token: wrapping_key.import_token,
+        wrapping_algorithm: wrapping as i32,
+        wrapped_key_material: wrapped,
+    };
+    Ok(service.import_key_version(admin.authorized(request).await.unwrap()).await?.into_inner())
+}
+
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -8,7 +8,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use integration_tests::{Mesh, asym, byok, hex, unhex};
+use integration_tests::{Mesh, asym, hex, import_material, unhex};
 use keymesh_client::KeymeshClient;
 use keymesh_proto::v1::{self as pb, sign_request, verify_request};
 use tonic::Code;
@@ -60,32 +60,7 @@ async fn create_key(
 /// Imports `material` (PKCS#8 DER, or raw key bytes) into the EXTERNAL key `name`, wrapped as AWS KMS users
 /// wrap it (RSA-OAEP-SHA256 over an AES-256 key, then AES-KWP), since private keys outgrow plain RSA-OAEP.
 async fn import(admin: &KeymeshClient, name: &str, material: &[u8]) -> Result<(), tonic::Status> {
-    let mut service = admin.key_service();
-    let request = pb::GetWrappingKeyRequest {
-        key: name.into(),
-        wrapping_algorithm: pb::WrappingAlgorithm::RsaAesKeyWrapSha256 as i32,
-        wrapping_key_spec: pb::WrappingKeySpec::Rsa3072 as i32,
-    };
-    let wrapping = service.get_wrapping_key(admin.authorized(request).await.unwrap()).await?.into_inner();
-    let pem = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(pem.path(), &wrapping.public_key_pem).unwrap();
-    let wrapped = unhex(&byok(&[
-        "wrap",
-        "--public-key",
-        pem.path().to_str().unwrap(),
-        "--algorithm",
-        "rsa-aes-key-wrap-sha256",
-        "--material-hex",
-        &hex(material),
-    ]));
-    let request = pb::ImportKeyVersionRequest {
-        key: name.into(),
-        import_token: wrapping.import_token,
-        wrapping_algorithm: pb::WrappingAlgorithm::RsaAesKeyWrapSha256 as i32,
-        wrapped_key_material: wrapped,
-    };
-    service.import_key_version(admin.authorized(request).await.unwrap()).await?;
-    Ok(())
+    import_material(admin, name, material, pb::WrappingAlgorithm::RsaAesKeyWrapSha256).await.map(drop)
 }
 
 async fn public_key(

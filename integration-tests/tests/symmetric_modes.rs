@@ -6,7 +6,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use integration_tests::{Mesh, byok, hex, unhex};
+use integration_tests::{Mesh, byok, hex, import_material, unhex};
 use keymesh_client::KeymeshClient;
 use keymesh_crypto::SymmetricAlgorithm;
 use keymesh_proto::v1 as pb;
@@ -22,30 +22,7 @@ async fn import_key(admin: &KeymeshClient, name: &str, algorithm: SymmetricAlgor
         ..Default::default()
     };
     service.create_key(admin.authorized(request).await.unwrap()).await.unwrap();
-    let request = pb::GetWrappingKeyRequest {
-        key: name.into(),
-        wrapping_algorithm: pb::WrappingAlgorithm::RsaOaepSha256 as i32,
-        wrapping_key_spec: pb::WrappingKeySpec::Rsa3072 as i32,
-    };
-    let wrapping = service.get_wrapping_key(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
-    let pem = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(pem.path(), &wrapping.public_key_pem).unwrap();
-    let wrapped = unhex(&byok(&[
-        "wrap",
-        "--public-key",
-        pem.path().to_str().unwrap(),
-        "--algorithm",
-        "rsa-oaep-sha256",
-        "--material-hex",
-        &hex(material),
-    ]));
-    let request = pb::ImportKeyVersionRequest {
-        key: name.into(),
-        import_token: wrapping.import_token,
-        wrapping_algorithm: pb::WrappingAlgorithm::RsaOaepSha256 as i32,
-        wrapped_key_material: wrapped,
-    };
-    let imported = service.import_key_version(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
+    let imported = import_material(admin, name, material, pb::WrappingAlgorithm::RsaOaepSha256).await.unwrap();
     assert_eq!(imported.key.unwrap().algorithm, algorithm.to_proto() as i32);
 }
 

@@ -85,13 +85,7 @@ impl AsymmetricEncryption {
     }
 
     fn check_key(self, kind: KeyType) -> Result<(), CryptoError> {
-        if kind != self.key_type() {
-            return Err(CryptoError::InvalidKey {
-                algorithm: self.name(),
-                reason: format!("expected a {} key, got {}", self.key_type().describe(), kind.describe()),
-            });
-        }
-        Ok(())
+        self.key_type().require(kind, self.name())
     }
 
     /// Encrypts to `key` with `aad` bound.

@@ -139,13 +139,7 @@ impl Schedule {
 }
 
 fn check_kind(kind: KeyType) -> Result<(), CryptoError> {
-    if kind != KeyType::X25519 {
-        return Err(CryptoError::InvalidKey {
-            algorithm: NAME,
-            reason: format!("expected a X25519 key, got {}", kind.describe()),
-        });
-    }
-    Ok(())
+    KeyType::X25519.require(kind, NAME)
 }
 
 /// Sender side with a given ephemeral key (the test vectors fix it; `seal` makes a fresh one).

@@ -54,6 +54,26 @@ impl KeyType {
         }
     }
 
+    /// OpenSSL's id for the raw (RFC 8032 / RFC 7748) form, which only the 25519 keys have.
+    fn raw_id(self) -> Result<Id, CryptoError> {
+        match self {
+            Self::Ed25519 => Ok(Id::ED25519),
+            Self::X25519 => Ok(Id::X25519),
+            _ => Err(CryptoError::InvalidInput(format!("{} keys have no raw form", self.describe()))),
+        }
+    }
+
+    /// Refuses a key of another kind than `self`, naming both.
+    pub fn require(self, found: KeyType, algorithm: &'static str) -> Result<(), CryptoError> {
+        if found != self {
+            return Err(CryptoError::InvalidKey {
+                algorithm,
+                reason: format!("expected a {} key, got {}", self.describe(), found.describe()),
+            });
+        }
+        Ok(())
+    }
+
     fn curve(self) -> Option<Nid> {
         match self {
             Self::EcP256 => Some(Nid::X9_62_PRIME256V1),
@@ -79,11 +99,7 @@ impl KeyType {
 
     fn check<T: HasPublic>(self, algorithm: &'static str, key: &PKeyRef<T>) -> Result<(), CryptoError> {
         match Self::of(key) {
-            Some(found) if found == self => Ok(()),
-            Some(found) => Err(CryptoError::InvalidKey {
-                algorithm,
-                reason: format!("expected a {} key, got {}", self.describe(), found.describe()),
-            }),
+            Some(found) => self.require(found, algorithm),
             None => Err(CryptoError::InvalidKey {
                 algorithm,
                 reason: format!("expected a {} key, got an unsupported key type", self.describe()),
@@ -140,12 +156,7 @@ impl PrivateKey {
 
     /// A raw 32-byte Ed25519 or X25519 private key (RFC 8032 / RFC 7748 form).
     pub fn from_raw(raw: &[u8], kind: KeyType, algorithm: &'static str) -> Result<Self, CryptoError> {
-        let id = match kind {
-            KeyType::Ed25519 => Id::ED25519,
-            KeyType::X25519 => Id::X25519,
-            _ => return Err(CryptoError::InvalidInput(format!("{} keys have no raw form", kind.describe()))),
-        };
-        let key = PKey::private_key_from_raw_bytes(raw, id)
+        let key = PKey::private_key_from_raw_bytes(raw, kind.raw_id()?)
             .map_err(|_| CryptoError::InvalidKey { algorithm, reason: "not a 32-byte private key".into() })?;
         Ok(Self { key, kind })
     }
@@ -197,12 +208,7 @@ impl PublicKey {
 
     /// A raw 32-byte Ed25519 or X25519 public key.
     pub fn from_raw(raw: &[u8], kind: KeyType, algorithm: &'static str) -> Result<Self, CryptoError> {
-        let id = match kind {
-            KeyType::Ed25519 => Id::ED25519,
-            KeyType::X25519 => Id::X25519,
-            _ => return Err(CryptoError::InvalidInput(format!("{} keys have no raw form", kind.describe()))),
-        };
-        let key = PKey::public_key_from_raw_bytes(raw, id)
+        let key = PKey::public_key_from_raw_bytes(raw, kind.raw_id()?)
             .map_err(|_| CryptoError::InvalidKey { algorithm, reason: "not a 32-byte public key".into() })?;
         Ok(Self { key, kind })
     }

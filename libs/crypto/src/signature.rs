@@ -204,13 +204,7 @@ impl SignatureAlgorithm {
     }
 
     fn check_key(self, kind: KeyType) -> Result<(), CryptoError> {
-        if kind != self.key_type() {
-            return Err(CryptoError::InvalidKey {
-                algorithm: self.name(),
-                reason: format!("expected a {} key, got {}", self.key_type().describe(), kind.describe()),
-            });
-        }
-        Ok(())
+        self.key_type().require(kind, self.name())
     }
 
     fn check_digest(self, hash: Hash, digest: &[u8]) -> Result<(), CryptoError> {

@@ -36,7 +36,12 @@ pub struct BootstrapCredentials {
 }
 
 /// Creates the root tenant and bootstrap admin when the database is empty.
-pub async fn ensure_root_tenant(repo: &TokenRepository, data_dir: &Path, endpoint: &str) -> Result<(), TokenError> {
+pub async fn ensure_root_tenant(
+    repo: &TokenRepository,
+    data_dir: &Path,
+    endpoint: &str,
+    fips: bool,
+) -> Result<(), TokenError> {
     let final_path = data_dir.join(CREDENTIALS_FILE);
     let tmp_path = data_dir.join(format!("{CREDENTIALS_FILE}.tmp"));
     if repo.tenant_count().await? > 0 {
@@ -49,7 +54,7 @@ pub async fn ensure_root_tenant(repo: &TokenRepository, data_dir: &Path, endpoin
     let tenant_id = format!("t_{}", uuid::Uuid::new_v4().simple());
     let client_id = format!("app_{}", uuid::Uuid::new_v4().simple());
     let secret = secrets::generate_secret()?;
-    let secret_hash = tokio::task::block_in_place(|| secrets::hash_secret(&secret))?;
+    let secret_hash = tokio::task::block_in_place(|| secrets::hash_secret(&secret, fips))?;
     let credentials = BootstrapCredentials {
         tenant_id: tenant_id.clone(),
         client_id: client_id.clone(),

@@ -33,10 +33,12 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
     let repo = TokenRepository::new(db);
     let endpoint = params.endpoints.token_service.clone();
-    bootstrap::ensure_root_tenant(&repo, &params.data_dir, &endpoint).await?;
+    // FIPS mode (enabled) hashes client secrets with PBKDF2 instead of Argon2id.
+    let fips = raw.policy.fips_mode == keymesh_policy::FipsMode::Enabled;
+    bootstrap::ensure_root_tenant(&repo, &params.data_dir, &endpoint, fips).await?;
     let signer = signing::Signer::load_or_create(&repo, &kms, token_params).await?;
 
-    let service = rpc::TokenRpc::new(repo, signer);
+    let service = rpc::TokenRpc::new(repo, signer, fips);
     let routes = Routes::new(TokenServiceServer::new(service));
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.TokenService"], params.shutdown_grace).await?;
     Ok(())

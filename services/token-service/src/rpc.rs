@@ -14,12 +14,14 @@ use crate::{error::TokenError, secrets, signing::Signer};
 pub struct TokenRpc {
     repo: TokenRepository,
     signer: Arc<Signer>,
+    /// FIPS mode: the decoy hash takes the form new secrets get.
+    fips: bool,
 }
 
 impl TokenRpc {
     /// Wires the service.
-    pub fn new(repo: TokenRepository, signer: Signer) -> Self {
-        Self { repo, signer: Arc::new(signer) }
+    pub fn new(repo: TokenRepository, signer: Signer, fips: bool) -> Self {
+        Self { repo, signer: Arc::new(signer), fips }
     }
 
     async fn client_credentials(&self, client_id: &str, secret: String) -> Result<pb::IssueTokenResponse, TokenError> {
@@ -32,7 +34,8 @@ impl TokenRpc {
         let app = self.repo.application(client_id).await?;
         let now_ms = keymesh_store::now_millis();
         let app_for_check = app.clone();
-        // Argon2id takes tens of milliseconds of CPU: keep it off the async workers.
+        // Argon2id and PBKDF2 take tens of milliseconds of CPU: keep them off the async workers.
+        let fips = self.fips;
         let valid = tokio::task::spawn_blocking(move || match &app_for_check {
             Some(app) => {
                 secrets::verify_secret(&secret, &app.secret_hash)
@@ -40,7 +43,7 @@ impl TokenRpc {
                         && app.previous_secret_hash.as_deref().is_some_and(|h| secrets::verify_secret(&secret, h)))
             }
             None => {
-                let _ = secrets::verify_secret(&secret, secrets::decoy_hash());
+                let _ = secrets::verify_secret(&secret, secrets::decoy_hash(fips));
                 false
             }
         })

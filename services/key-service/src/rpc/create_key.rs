@@ -2,7 +2,6 @@
 //! stored only wrapped by the KEK, bound to tenant/key/version/algorithm.
 
 use keymesh_crypto::KeyAlgorithm;
-use keymesh_policy::CompiledPolicy;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     StoreError,
@@ -153,16 +152,15 @@ impl KeyRpc {
             record.key.primary_version = 0;
         }
         lifecycle::validate_policy(&record, &policy)?;
+        record.key.policy = policy.encode_to_vec();
         // FIPS mode and the tenant's (and the key's own) algorithm policy decide whether the key may exist,
         // before any material is made.
-        let compiled = CompiledPolicy::compile("key", &policy)?;
-        let warnings = self.policy.check_new_key(tenant_id, Some(&compiled), algorithm)?;
+        let warnings = self.admit_new_material(&record)?;
         audit.policy_warnings(&warnings);
         if !external {
             let first = self.store.generate_version(&record, 1).await?;
             record.versions.push(first);
         }
-        record.key.policy = policy.encode_to_vec();
         lifecycle::refresh_maintenance(&mut record, now);
         audit.resource(&key_id, record.key.primary_version as u32, algorithm.to_proto() as i32);
         match self.store.repo().create(&record).await {

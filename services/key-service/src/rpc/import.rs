@@ -202,6 +202,8 @@ impl KeyRpc {
                 algorithm.check_material(&material).map_err(invalid)?;
                 material
             };
+            let warnings = self.admit_new_material(&locked.record)?;
+            audit.policy_warnings(&warnings);
             let number = locked.record.next_version();
             let version =
                 self.store.wrap_version(&locked.record, number, algorithm, &material, pb::KeyOrigin::External).await?;

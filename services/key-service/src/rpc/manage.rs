@@ -78,6 +78,9 @@ impl KeyRpc {
         let key = request.into_inner().key;
         let result = async {
             require_key(&key)?;
+            let (current, _) = self.store.record(&claims.tenant, &key).await?;
+            let warnings = self.admit_new_material(&current)?;
+            audit.policy_warnings(&warnings);
             let record = self
                 .store
                 .rotate_if(KeyLookup::InTenant { tenant_id: &claims.tenant, name_or_id: &key }, |_| true)

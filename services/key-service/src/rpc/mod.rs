@@ -9,11 +9,12 @@ mod manage;
 mod rewrap;
 mod watch;
 
-use keymesh_policy::PolicyEngine;
 use std::sync::Arc;
 
 use keymesh_audit::{AuditScope, AuditSink};
+use keymesh_crypto::KeyAlgorithm;
 use keymesh_mesh::auth::{AccessClaims, Role, TokenVerifier};
+use keymesh_policy::{CompiledPolicy, PolicyEngine};
 use keymesh_proto::v1::{self as pb, key_service_server::KeyService};
 use keymesh_store::keys::{KeyLookup, KeyRecord};
 use tonic::{Request, Response, Status};
@@ -55,6 +56,16 @@ impl KeyRpc {
         policy: Arc<PolicyEngine>,
     ) -> Self {
         Self { store, verifier, audit, limits, policy }
+    }
+
+    /// FIPS mode and the tenant's and the key's algorithm policies on new material for `record` (a new key,
+    /// a rotation, an import): the warnings to report, or the refusal.
+    fn admit_new_material(&self, record: &KeyRecord) -> Result<Vec<String>, KeyError> {
+        let algorithm = KeyAlgorithm::from_i32(record.key.algorithm).ok_or_else(|| {
+            KeyError::FailedPrecondition(format!("key {:?} has an algorithm this build lacks", record.key.name))
+        })?;
+        let policy = CompiledPolicy::compile("key", &lifecycle::policy(record))?;
+        Ok(self.policy.check_new_key(&record.key.tenant_id, Some(&policy), algorithm)?)
     }
 
     /// Verifies the caller's access token.
