@@ -108,6 +108,24 @@ async fn cel_rules_and_tenant_algorithm_policy_warn_then_enforce() {
     assert!(refused.message().contains("rule \"typo\" does not compile"), "{refused:?}");
     assert_eq!(decrypt(&admin, &sealed.ciphertext).await.unwrap().warnings.len(), 1, "the WARN policy still holds");
 
+    // Handing out a public key is a use too: a rule can hold it back.
+    let mut signer = key("signer", pb::KeyPurpose::Sign, pb::Algorithm::Ed25519);
+    signer.policy = Some(pb::KeyPolicy {
+        rules: vec![pb::PolicyRule {
+            name: "no-export".into(),
+            expression: "false".into(),
+            operations: vec![pb::Operation::GetPublicKey as i32],
+        }],
+        ..Default::default()
+    });
+    create(&admin, signer).await.unwrap();
+    let request = pb::GetPublicKeyRequest { key: "signer".into(), version: 0 };
+    let refused = refusal(admin.key_service().get_public_key(admin.authorized(request).await.unwrap()).await);
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (Code::PermissionDenied, "denied by key policy rule \"no-export\"")
+    );
+
     // A key created before the tenant's policy existed.
     create(&admin, key("legacy", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes128Gcm)).await.unwrap();
 

@@ -179,8 +179,10 @@ mod tests {
         let aes = KeyAlgorithm::Symmetric(SymmetricAlgorithm::Aes128Gcm);
         assert!(aes.check_material(&SecretKey::from_bytes(vec![0; 32])).is_err());
         let hmac = KeyAlgorithm::Mac(MacAlgorithm::HmacSha256);
-        assert!(hmac.check_material(&SecretKey::from_bytes(vec![0; 8])).is_err());
+        assert!(hmac.check_material(&SecretKey::from_bytes(vec![0; 16])).is_err(), "shorter than SHA-256's output");
         assert!(hmac.check_material(&SecretKey::from_bytes(vec![0; 48])).is_ok());
+        let hmac512 = KeyAlgorithm::Mac(MacAlgorithm::HmacSha512);
+        assert!(hmac512.check_material(&SecretKey::from_bytes(vec![0; 32])).is_err(), "policies count 512 bits");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub const MAX_MEMORY_KIB: u64 = 256 * 1024;
 pub const ARGON2_MAX_ITERATIONS: u32 = 64;
 /// Most Argon2id lanes.
 pub const ARGON2_MAX_LANES: u32 = 16;
+/// Most scrypt parallelism (computed sequentially, so it multiplies the CPU time).
+pub const SCRYPT_MAX_P: u32 = 16;
 
 fn check_output(len: usize) -> Result<(), CryptoError> {
     if len == 0 || len > MAX_OUTPUT {

@@ -88,6 +88,11 @@ pub fn operation_name(op: pb::Operation) -> &'static str {
 }
 
 impl AccessClaims {
+    /// The roles' names as tokens and policy rules write them (`"admin"`, `"developer"`, …).
+    pub fn role_names(&self) -> Vec<String> {
+        self.roles.iter().map(|r| format!("{r:?}").to_ascii_lowercase()).collect()
+    }
+
     /// Whether the token holds any of `roles`.
     pub fn has_any_role(&self, roles: &[Role]) -> bool {
         self.roles.iter().any(|r| roles.contains(r))

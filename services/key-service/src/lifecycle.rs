@@ -41,6 +41,20 @@ pub fn policy(record: &KeyRecord) -> pb::KeyPolicy {
     pb::KeyPolicy::decode(record.key.policy.as_slice()).unwrap_or_default()
 }
 
+/// The key's labels for enforcement (policy rules see them): unreadable ones refuse rather than read as none.
+pub fn enforced_labels(record: &KeyRecord) -> Result<std::collections::HashMap<String, String>, KeyError> {
+    serde_json::from_str(&record.key.labels)
+        .map_err(|_| precondition(format!("the stored labels of key {:?} cannot be read", record.key.name)))
+}
+
+/// The key's stored policy for enforcement: a policy that cannot be read refuses rather than reading as
+/// "no rules" (fail closed).
+pub fn enforced_policy(record: &KeyRecord) -> Result<pb::KeyPolicy, KeyError> {
+    pb::KeyPolicy::decode(record.key.policy.as_slice()).map_err(|_| {
+        precondition(format!("the stored policy of key {:?} cannot be read; set it again", record.key.name))
+    })
+}
+
 fn duration_ms(duration: Option<&prost_types::Duration>) -> Option<i64> {
     duration.map(|d| d.seconds.saturating_mul(1000).saturating_add(i64::from(d.nanos) / 1_000_000))
 }

@@ -59,7 +59,7 @@ impl CryptoRpc {
         let attributes = Attributes {
             identity: &claims.sub,
             tenant: &claims.tenant,
-            roles: claims.roles.iter().map(|r| format!("{r:?}").to_ascii_lowercase()).collect(),
+            roles: claims.role_names(),
             operation,
             key_id: &dek.key_id,
             key_name: &dek.key_name,

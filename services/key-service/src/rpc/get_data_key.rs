@@ -60,11 +60,12 @@ impl KeyRpc {
         let encrypting = matches!(operation, pb::Operation::Encrypt | pb::Operation::GenerateDataKey);
         // Only symmetric keys have a safe bound on encryptions (nonce collisions); encrypting to a public
         // key uses no nonce of this key and is never counted.
-        let counted =
-            encrypting && matches!(KeyAlgorithm::from_i32(record.key.algorithm), Some(KeyAlgorithm::Symmetric(_)));
+        let kind = KeyAlgorithm::from_i32(record.key.algorithm);
+        let counted = encrypting && matches!(kind, Some(KeyAlgorithm::Symmetric(_)));
+        let uncounted = encrypting && matches!(kind, Some(KeyAlgorithm::Asymmetric(_)));
         // Encryptions are granted in blocks and counted per version; the fetch whose block crosses the
         // threshold rotates the key first (once, whichever replica gets there) and is served by the new version.
-        let mut budget = if encrypting && !counted { u64::MAX } else { 0 };
+        let mut budget = if uncounted { u64::MAX } else { 0 };
         if counted && request.version == 0 {
             for _ in 0..2 {
                 let version = lifecycle::usable_version(&record, 0, operation)?;
@@ -101,6 +102,9 @@ impl KeyRpc {
         let version = lifecycle::usable_version(&record, request.version, operation)?;
         audit.resource(&record.key.id, version.version as u32, version.algorithm);
         let algorithm = key_store::algorithm(&record, version)?;
+        // Policies see the labels: unreadable ones refuse rather than read as none.
+        let policy = lifecycle::enforced_policy(&record)?;
+        let labels = lifecycle::enforced_labels(&record)?;
         let (dek, _) = self.store.material(&record, version).await?;
         Ok(pb::GetDataKeyResponse {
             key_id: record.key.id.clone(),
@@ -111,9 +115,9 @@ impl KeyRpc {
             key_material: dek.expose_secret().to_vec(),
             min_decryption_version: record.key.min_decryption_version as u32,
             cache_ttl_seconds: CACHE_TTL_SECONDS,
-            labels: serde_json::from_str(&record.key.labels).unwrap_or_default(),
+            labels,
             encryption_budget: budget,
-            policy: Some(lifecycle::policy(&record)),
+            policy: Some(policy),
         })
     }
 }

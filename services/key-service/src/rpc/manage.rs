@@ -9,6 +9,8 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{KeyRpc, MANAGERS, READERS, require_key};
+use keymesh_policy::CompiledPolicy;
+
 use crate::{convert, error::KeyError, key_store, lifecycle};
 
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -217,6 +219,24 @@ impl KeyRpc {
             let version = lifecycle::usable_version(&record, request.version, pb::Operation::GetPublicKey)?;
             audit.resource(&record.key.id, version.version as u32, version.algorithm);
             let algorithm = key_store::algorithm(&record, version)?;
+            // Handing out a public key is a use of the key: FIPS mode (an HPKE key's public half would only
+            // collect ciphertexts nobody may open) and the key's rules decide, as in crypto-service.
+            let labels = lifecycle::enforced_labels(&record)?;
+            let attributes = keymesh_policy::Attributes {
+                identity: &claims.sub,
+                tenant: &claims.tenant,
+                roles: claims.role_names(),
+                operation: pb::Operation::GetPublicKey,
+                key_id: &record.key.id,
+                key_name: &record.key.name,
+                labels: &labels,
+                algorithm,
+                version: version.version as u32,
+                time: chrono::Utc::now(),
+            };
+            let policy = CompiledPolicy::compile("key", &lifecycle::enforced_policy(&record)?)?;
+            let warnings = self.policy.check_use(Some(&policy), &attributes)?;
+            audit.policy_warnings(&warnings);
             let (material, _) = self.store.material(&record, version).await?;
             let public = algorithm.public_key(&material)?;
             Ok(pb::GetPublicKeyResponse {

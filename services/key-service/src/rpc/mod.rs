@@ -64,7 +64,7 @@ impl KeyRpc {
         let algorithm = KeyAlgorithm::from_i32(record.key.algorithm).ok_or_else(|| {
             KeyError::FailedPrecondition(format!("key {:?} has an algorithm this build lacks", record.key.name))
         })?;
-        let policy = CompiledPolicy::compile("key", &lifecycle::policy(record))?;
+        let policy = CompiledPolicy::compile("key", &lifecycle::enforced_policy(record)?)?;
         Ok(self.policy.check_new_key(&record.key.tenant_id, Some(&policy), algorithm)?)
     }
 
