@@ -442,6 +442,28 @@ fn python_script(name: &str, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
+/// A CreateKey request for a generated key of `purpose` and `algorithm`.
+pub fn key_request(
+    name: &str,
+    purpose: keymesh_proto::v1::KeyPurpose,
+    algorithm: keymesh_proto::v1::Algorithm,
+) -> keymesh_proto::v1::CreateKeyRequest {
+    keymesh_proto::v1::CreateKeyRequest {
+        name: name.into(),
+        purpose: purpose as i32,
+        algorithm: algorithm as i32,
+        ..Default::default()
+    }
+}
+
+/// CreateKey as `admin`.
+pub async fn create_key(
+    admin: &KeymeshClient,
+    request: keymesh_proto::v1::CreateKeyRequest,
+) -> Result<keymesh_proto::v1::CreateKeyResponse, tonic::Status> {
+    Ok(admin.key_service().create_key(admin.authorized(request).await.unwrap()).await?.into_inner())
+}
+
 /// Imports `material` into the EXTERNAL key `name` as a customer would: GetWrappingKey (RSA-3072), the material
 /// wrapped outside keymesh by `scripts/byok.py` with `wrapping`, then ImportKeyVersion.
 pub async fn import_material(

@@ -8,7 +8,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use integration_tests::{Mesh, asym, hex, import_material, unhex};
+use integration_tests::{Mesh, asym, hex, import_material, key_request, unhex};
 use keymesh_client::KeymeshClient;
 use keymesh_proto::v1::{self as pb, sign_request, verify_request};
 use tonic::Code;
@@ -46,15 +46,23 @@ async fn create_key(
     algorithm: pb::Algorithm,
     origin: pb::KeyOrigin,
 ) -> Result<pb::Key, tonic::Status> {
-    let request = pb::CreateKeyRequest {
-        name: name.into(),
-        purpose: purpose as i32,
-        algorithm: algorithm as i32,
-        origin: origin as i32,
-        ..Default::default()
-    };
-    let response = admin.key_service().create_key(admin.authorized(request).await.unwrap()).await?;
-    Ok(response.into_inner().key.unwrap())
+    let request = pb::CreateKeyRequest { origin: origin as i32, ..key_request(name, purpose, algorithm) };
+    Ok(integration_tests::create_key(admin, request).await?.key.unwrap())
+}
+
+/// What a sender outside keymesh makes with the exported public key (`scripts/asym.py encrypt`).
+fn outside_encrypt(pem: &std::path::Path, alg: &str, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    unhex(&asym(&[
+        "encrypt",
+        "--public-key",
+        pem.to_str().unwrap(),
+        "--algorithm",
+        alg,
+        "--plaintext-hex",
+        &hex(plaintext),
+        "--aad-hex",
+        &hex(aad),
+    ]))
 }
 
 /// Imports `material` (PKCS#8 DER, or raw key bytes) into the EXTERNAL key `name`, wrapped as AWS KMS users
@@ -286,17 +294,7 @@ async fn python_encrypts_to_exported_public_keys_and_keymesh_decrypts() {
         let pem = pem_file(&public);
         let secret = b"a data key: 0123456789abcdef0123456789abcdef";
         for aad in [&b""[..], b"order=8812"] {
-            let ciphertext = unhex(&asym(&[
-                "encrypt",
-                "--public-key",
-                pem.path().to_str().unwrap(),
-                "--algorithm",
-                alg,
-                "--plaintext-hex",
-                &hex(secret),
-                "--aad-hex",
-                &hex(aad),
-            ]));
+            let ciphertext = outside_encrypt(pem.path(), alg, secret, aad);
             let opened = decrypt(&admin, &name, 1, ciphertext.clone(), aad).await.unwrap();
             assert_eq!((opened.plaintext.as_slice(), opened.key_version), (&secret[..], 1), "{alg}");
             assert_eq!(opened.algorithm, algorithm as i32);
@@ -312,15 +310,7 @@ async fn python_encrypts_to_exported_public_keys_and_keymesh_decrypts() {
             );
         }
         // Without the key named, a ciphertext that is not keymesh's cannot be opened.
-        let ciphertext = unhex(&asym(&[
-            "encrypt",
-            "--public-key",
-            pem.path().to_str().unwrap(),
-            "--algorithm",
-            alg,
-            "--plaintext-hex",
-            &hex(secret),
-        ]));
+        let ciphertext = outside_encrypt(pem.path(), alg, secret, b"");
         let request = pb::DecryptRequest { ciphertext: ciphertext.clone(), ..Default::default() };
         let refused = admin.crypto_service().decrypt(admin.authorized(request).await.unwrap()).await.err().unwrap();
         assert_eq!(refused.message(), "decryption failed");
@@ -354,14 +344,8 @@ async fn python_encrypts_to_exported_public_keys_and_keymesh_decrypts() {
     let v1 = pem_file(&public_key(&admin, name, 1).await.unwrap());
     let request = pb::RotateKeyRequest { key: name.into() };
     admin.key_service().rotate_key(admin.authorized(request).await.unwrap()).await.unwrap();
-    let args = [
-        "encrypt",
-        "--public-key",
-        v1.path().to_str().unwrap(),
-        "--algorithm",
-        script_name(pb::Algorithm::HpkeX25519Sha256Aes256Gcm),
-    ];
-    let ciphertext = unhex(&asym(&[&args[..], &["--plaintext-hex", "00ff"]].concat()));
+    let hpke = script_name(pb::Algorithm::HpkeX25519Sha256Aes256Gcm);
+    let ciphertext = outside_encrypt(v1.path(), hpke, &[0x00, 0xff], b"");
     assert_eq!(decrypt(&admin, name, 1, ciphertext.clone(), b"").await.unwrap().plaintext, [0x00, 0xff]);
     assert_eq!(decrypt(&admin, name, 0, ciphertext, b"").await.err().unwrap().message(), "decryption failed");
 

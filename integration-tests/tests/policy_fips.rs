@@ -8,24 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::Mesh;
+use integration_tests::{Mesh, create_key, key_request};
 use keymesh_client::KeymeshClient;
 use keymesh_mesh::ServiceName;
 use keymesh_proto::v1::{self as pb, sign_request, verify_request};
 use tonic::Code;
-
-async fn create(admin: &KeymeshClient, request: pb::CreateKeyRequest) -> Result<pb::CreateKeyResponse, tonic::Status> {
-    Ok(admin.key_service().create_key(admin.authorized(request).await.unwrap()).await?.into_inner())
-}
-
-fn key(name: &str, purpose: pb::KeyPurpose, algorithm: pb::Algorithm) -> pb::CreateKeyRequest {
-    pb::CreateKeyRequest {
-        name: name.into(),
-        purpose: purpose as i32,
-        algorithm: algorithm as i32,
-        ..Default::default()
-    }
-}
 
 async fn encrypt(admin: &KeymeshClient, key: &str) -> Result<pb::EncryptResponse, tonic::Status> {
     let request = pb::EncryptRequest { key: key.into(), plaintext: b"payload".to_vec(), ..Default::default() };
@@ -78,10 +65,10 @@ async fn cel_rules_and_tenant_algorithm_policy_warn_then_enforce() {
         expression: r#"!("pii" in key.labels) || identity.id == "pii-batch-reader""#.into(),
         operations: vec![pb::Operation::Decrypt as i32],
     };
-    let mut records = key("records", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes256Gcm);
+    let mut records = key_request("records", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes256Gcm);
     records.labels = [("pii".to_owned(), "true".to_owned())].into();
     records.policy = Some(pb::KeyPolicy { rules: vec![rule.clone()], ..Default::default() });
-    let created = create(&admin, records).await.unwrap();
+    let created = create_key(&admin, records).await.unwrap();
     let tenant = created.key.unwrap().tenant_id;
     let sealed = encrypt(&admin, "records").await.expect("Encrypt is not covered by the rule");
     assert!(sealed.warnings.is_empty());
@@ -109,7 +96,7 @@ async fn cel_rules_and_tenant_algorithm_policy_warn_then_enforce() {
     assert_eq!(decrypt(&admin, &sealed.ciphertext).await.unwrap().warnings.len(), 1, "the WARN policy still holds");
 
     // Handing out a public key is a use too: a rule can hold it back.
-    let mut signer = key("signer", pb::KeyPurpose::Sign, pb::Algorithm::Ed25519);
+    let mut signer = key_request("signer", pb::KeyPurpose::Sign, pb::Algorithm::Ed25519);
     signer.policy = Some(pb::KeyPolicy {
         rules: vec![pb::PolicyRule {
             name: "no-export".into(),
@@ -118,7 +105,7 @@ async fn cel_rules_and_tenant_algorithm_policy_warn_then_enforce() {
         }],
         ..Default::default()
     });
-    create(&admin, signer).await.unwrap();
+    create_key(&admin, signer).await.unwrap();
     let request = pb::GetPublicKeyRequest { key: "signer".into(), version: 0 };
     let refused = refusal(admin.key_service().get_public_key(admin.authorized(request).await.unwrap()).await);
     assert_eq!(
@@ -127,7 +114,7 @@ async fn cel_rules_and_tenant_algorithm_policy_warn_then_enforce() {
     );
 
     // A key created before the tenant's policy existed.
-    create(&admin, key("legacy", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes128Gcm)).await.unwrap();
+    create_key(&admin, key_request("legacy", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes128Gcm)).await.unwrap();
 
     // The tenant's policy in WARN: 128-bit keys are reported, not refused.
     let tenant_env = |enforcement: &'static str| {
@@ -149,7 +136,8 @@ async fn cel_rules_and_tenant_algorithm_policy_warn_then_enforce() {
         ["the tenant policy requires keys of at least 256 bits; ALGORITHM_AES_128_GCM has 128"],
         "a WARN policy reports the violation"
     );
-    let created = create(&admin, key("legacy-2", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes128Gcm)).await.unwrap();
+    let created =
+        create_key(&admin, key_request("legacy-2", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes128Gcm)).await.unwrap();
     assert_eq!(created.warnings.len(), 1, "{:?}", created.warnings);
 
     // The same policy enforced: refused at creation and at use, saying why.
@@ -162,7 +150,8 @@ async fn cel_rules_and_tenant_algorithm_policy_warn_then_enforce() {
     let refused = refusal(encrypt(&admin, "legacy").await);
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("requires keys of at least 256 bits"), "{refused:?}");
-    let refused = refusal(create(&admin, key("legacy-3", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes128Gcm)).await);
+    let refused =
+        refusal(create_key(&admin, key_request("legacy-3", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes128Gcm)).await);
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     let fine = encrypt(&admin, "records").await.unwrap();
     assert!(fine.warnings.is_empty(), "AES-256 satisfies the tenant policy: {:?}", fine.warnings);
@@ -192,7 +181,8 @@ async fn fips_enabled_refuses_every_non_approved_algorithm_and_serves_every_appr
         (pb::Algorithm::Aes256GcmSiv, "AES-256-GCM-SIV"),
         (pb::Algorithm::HpkeX25519Sha256Aes256Gcm, "HPKE-X25519-SHA256-AES-256-GCM"),
     ] {
-        let refused = refusal(create(&admin, key(&format!("no-{name}"), pb::KeyPurpose::Encrypt, algorithm)).await);
+        let refused =
+            refusal(create_key(&admin, key_request(&format!("no-{name}"), pb::KeyPurpose::Encrypt, algorithm)).await);
         assert_eq!(refused.code(), Code::FailedPrecondition, "{name}: {refused:?}");
         assert!(
             refused.message().contains(&format!("FIPS mode is enabled and {name} is not FIPS-approved")),
@@ -225,7 +215,7 @@ async fn fips_enabled_refuses_every_non_approved_algorithm_and_serves_every_appr
         pb::Algorithm::RsaOaep4096Sha256,
     ] {
         let name = format!("ok-{}", algorithm.as_str_name().to_ascii_lowercase());
-        let created = create(&admin, key(&name, pb::KeyPurpose::Encrypt, algorithm)).await.unwrap();
+        let created = create_key(&admin, key_request(&name, pb::KeyPurpose::Encrypt, algorithm)).await.unwrap();
         assert!(created.warnings.is_empty());
         let sealed = encrypt(&admin, &name).await.unwrap_or_else(|e| panic!("{name}: {e:?}"));
         let request = pb::DecryptRequest { key: name.clone(), ciphertext: sealed.ciphertext, ..Default::default() };
@@ -241,7 +231,7 @@ async fn fips_enabled_refuses_every_non_approved_algorithm_and_serves_every_appr
         pb::Algorithm::RsaPss4096Sha256,
     ] {
         let name = format!("ok-{}", algorithm.as_str_name().to_ascii_lowercase());
-        create(&admin, key(&name, pb::KeyPurpose::Sign, algorithm)).await.unwrap();
+        create_key(&admin, key_request(&name, pb::KeyPurpose::Sign, algorithm)).await.unwrap();
         let request = pb::SignRequest { key: name.clone(), input: Some(sign_request::Input::Message(b"m".to_vec())) };
         let signed = admin.crypto_service().sign(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
         let request = pb::VerifyRequest {
@@ -255,7 +245,7 @@ async fn fips_enabled_refuses_every_non_approved_algorithm_and_serves_every_appr
     }
     for algorithm in [pb::Algorithm::HmacSha256, pb::Algorithm::HmacSha512] {
         let name = format!("ok-{}", algorithm.as_str_name().to_ascii_lowercase());
-        create(&admin, key(&name, pb::KeyPurpose::Mac, algorithm)).await.unwrap();
+        create_key(&admin, key_request(&name, pb::KeyPurpose::Mac, algorithm)).await.unwrap();
         let request = pb::GenerateMacRequest { key: name.clone(), message: b"m".to_vec() };
         let tag = admin.crypto_service().generate_mac(admin.authorized(request).await.unwrap()).await.unwrap();
         assert_eq!(tag.into_inner().mac.len(), if algorithm == pb::Algorithm::HmacSha256 { 32 } else { 64 });
@@ -279,7 +269,7 @@ async fn fips_enabled_refuses_every_non_approved_algorithm_and_serves_every_appr
     drop(mesh);
     let mut mesh = Mesh::start(&[], &[]).await;
     let admin = mesh.admin_client();
-    create(&admin, key("chacha", pb::KeyPurpose::Encrypt, pb::Algorithm::Chacha20Poly1305)).await.unwrap();
+    create_key(&admin, key_request("chacha", pb::KeyPurpose::Encrypt, pb::Algorithm::Chacha20Poly1305)).await.unwrap();
     assert!(encrypt(&admin, "chacha").await.is_ok());
     mesh.restart(ServiceName::CryptoService, &[("KEYMESH_POLICY__FIPS_MODE", "enabled")]).await;
     let admin = mesh.admin_client();
@@ -292,14 +282,16 @@ async fn fips_enabled_refuses_every_non_approved_algorithm_and_serves_every_appr
 async fn fips_preferred_allows_non_approved_algorithms_with_a_warning() {
     let mesh = Mesh::start(&[("KEYMESH_POLICY__FIPS_MODE", "preferred")], &[]).await;
     let admin = mesh.admin_client();
-    let created = create(&admin, key("siv", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes256GcmSiv)).await.unwrap();
+    let created =
+        create_key(&admin, key_request("siv", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes256GcmSiv)).await.unwrap();
     assert_eq!(created.warnings, ["AES-256-GCM-SIV is not FIPS-approved (FIPS mode is preferred)"]);
     let sealed = encrypt(&admin, "siv").await.unwrap();
     assert_eq!(sealed.warnings, ["AES-256-GCM-SIV is not FIPS-approved (FIPS mode is preferred)"]);
     let opened = decrypt(&admin, &sealed.ciphertext).await.unwrap();
     assert_eq!(opened.plaintext, b"payload");
     assert_eq!(opened.warnings.len(), 1);
-    let approved = create(&admin, key("gcm", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes256Gcm)).await.unwrap();
+    let approved =
+        create_key(&admin, key_request("gcm", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes256Gcm)).await.unwrap();
     assert!(approved.warnings.is_empty());
     let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
     assert_eq!(health(&mesh, ServiceName::CryptoService, "keymesh.fips.preferred").await.unwrap(), serving);
