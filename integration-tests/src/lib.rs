@@ -19,6 +19,7 @@ use std::{
 
 use keymesh_client::{Credentials, Endpoints, KeymeshClient};
 use keymesh_mesh::{ServiceName, client::mtls_channel, pki::TlsMaterial, run::dev_client_tls};
+use keymesh_proto::v1 as pb;
 use tokio::process::{Child, Command};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -345,8 +346,9 @@ impl Drop for RedisServer {
     }
 }
 
-/// Adds a second tenant with an admin application straight into token-service's database (CreateTenant is
-/// not served yet), returning its client id and secret.
+/// Adds a second top-level tenant with an admin application straight into token-service's database (the API
+/// nests every new tenant below its creator's, so an unrelated one only comes this way), returning its client
+/// id and secret.
 pub async fn second_tenant(mesh: &Mesh) -> (String, String) {
     use argon2::{
         Argon2, PasswordHasher,
@@ -363,7 +365,7 @@ pub async fn second_tenant(mesh: &Mesh) -> (String, String) {
         Argon2::default().hash_password(secret.as_bytes(), &SaltString::generate(&mut OsRng)).unwrap().to_string();
     let tenant_id = "t_second".to_owned();
     repo.create_tenant_with_application(
-        tenant::Model { id: tenant_id.clone(), name: "second".into(), created_at: 0 },
+        tenant::Model { id: tenant_id.clone(), name: "second".into(), created_at: 0, parent_id: None },
         application::Model {
             client_id: "app_second".into(),
             tenant_id,
@@ -512,4 +514,66 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Bytes from hex.
 pub fn unhex(hex: &str) -> Vec<u8> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+/// `message` with an `authorization: Bearer` header.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// token-service's current signing key, unwrapped as token-service does it: a test can then sign whatever
+/// claims a token-service with another clock or a bug would sign. Returns the `kid` and the key.
+pub async fn genuine_signing_key(mesh: &Mesh) -> (String, jsonwebtoken::EncodingKey) {
+    use keymesh_kms::{KeyEncryptionBackend, LocalKms, LocalKmsConfig, WrapContext, WrappedKey};
+    use keymesh_store::entity::signing_key;
+    use sea_orm::{EntityTrait, QueryOrder};
+    let url = format!("sqlite://{}?mode=rwc", mesh.dir.path().join("token-service.db").display());
+    let db = keymesh_store::connect_and_migrate(&url).await.unwrap();
+    let key = signing_key::Entity::find()
+        .order_by_desc(signing_key::Column::CreatedAt)
+        .one(&db)
+        .await
+        .unwrap()
+        .expect("token-service has a signing key");
+    let kms = LocalKms::open(&LocalKmsConfig::resolve(mesh.dir.path().to_path_buf(), None, None)).unwrap();
+    let wrapped = WrappedKey {
+        backend: key.kek_backend.clone(),
+        kek_id: key.kek_id.clone(),
+        ciphertext: key.wrapped_private_key,
+    };
+    let context =
+        WrapContext { tenant_id: "_system".into(), key_id: key.kid.clone(), version: 1, algorithm: "EdDSA".into() };
+    let private = kms.unwrap(&wrapped, &context).await.unwrap();
+    (key.kid, jsonwebtoken::EncodingKey::from_ed_der(private.expose_secret()))
+}
+
+/// Creates an application in the caller's tenant (or `tenant_id`) through TokenService, returning its client
+/// id and secret.
+pub async fn create_application(
+    mesh: &Mesh,
+    token: &str,
+    tenant_id: &str,
+    name: &str,
+    roles: &[pb::Role],
+    permissions: &[(&str, &[pb::Operation])],
+) -> Result<(String, String), tonic::Status> {
+    let request = pb::CreateApplicationRequest {
+        name: name.into(),
+        tenant_id: tenant_id.into(),
+        roles: roles.iter().map(|r| *r as i32).collect(),
+        permissions: permissions
+            .iter()
+            .map(|(pattern, ops)| pb::KeyPermission {
+                key_pattern: (*pattern).into(),
+                operations: ops.iter().map(|o| *o as i32).collect(),
+            })
+            .collect(),
+    };
+    let response = pb::token_service_client::TokenServiceClient::new(mesh.channel(ServiceName::TokenService))
+        .create_application(with_token(request, token))
+        .await?
+        .into_inner();
+    Ok((response.application.unwrap().client_id, response.client_secret))
 }

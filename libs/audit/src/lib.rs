@@ -88,6 +88,12 @@ impl AuditScope {
         self.event.algorithm = algorithm;
     }
 
+    /// What happened, in words, for a call whose operation and outcome do not say it all (which token family
+    /// a refresh continued, what a revocation covered). A failure's status message replaces it.
+    pub fn detail(&mut self, text: &str) {
+        self.event.reason = bounded(text);
+    }
+
     /// The policy decision's warnings (enforcement WARN, FIPS mode preferred).
     pub fn policy_warnings(&mut self, warnings: &[String]) {
         self.event.policy_warnings = warnings.iter().take(16).map(|w| bounded(w)).collect();

@@ -4,9 +4,16 @@
 //! (EdDSA signature, `exp`, `nbf`, `aud`, `iss`) and then cached under its SHA-256 until it expires; the JWKS is
 //! cached and refetched only when a token names an unknown `kid` (at most once per few seconds, so garbage
 //! tokens cannot hammer token-service).
+//!
+//! Revocation is polled, not pushed: every verifier asks token-service for the revocations in force three
+//! times per configured bound, and refuses every token once its last successful poll began a whole bound
+//! ago. That makes the bound a guarantee rather than a typical delay (a revocation committed at R is in every
+//! poll begun after R, and no token is accepted at R + bound on a poll begun before R), with no subscriber
+//! state in token-service, nothing to replay after a reconnect, and replicas of token-service
+//! interchangeable. A push stream would shave the typical delay but still need this poll to bound it.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -67,6 +74,10 @@ pub struct AccessClaims {
     pub roles: Vec<Role>,
     /// Key permissions.
     pub perms: Vec<KeyPermissionClaim>,
+    /// The refresh-token family (session) the token was issued from, if any: revoking the family revokes
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// An operation name as used in permissions and audit events.
@@ -157,11 +168,65 @@ pub struct PublicJwk {
     pub x: String,
 }
 
-/// Where the verifier gets the JWKS from: token-service over mTLS, or token-service's own store.
+/// What a verifier asks of the issuer: token-service over mTLS, or token-service's own store.
 #[async_trait::async_trait]
-pub trait JwksSource: Send + Sync {
+pub trait TokenAuthority: Send + Sync {
     /// The current public keys.
-    async fn fetch(&self) -> Result<Vec<PublicJwk>, String>;
+    async fn jwks(&self) -> Result<Vec<PublicJwk>, String>;
+    /// The revocations in force.
+    async fn revocations(&self) -> Result<Vec<pb::Revocation>, String>;
+}
+
+/// The revocations in force, indexed for the checks every call makes.
+#[derive(Debug, Default)]
+pub struct RevocationSet {
+    tokens: HashSet<String>,
+    /// Client id → tokens issued at or before this second are revoked.
+    applications: HashMap<String, u64>,
+    sessions: HashSet<String>,
+}
+
+impl RevocationSet {
+    /// Indexes a list from token-service.
+    pub fn from_list(list: Vec<pb::Revocation>) -> Self {
+        let mut set = Self::default();
+        for r in list {
+            match pb::RevocationScope::try_from(r.scope) {
+                Ok(pb::RevocationScope::Token) => {
+                    set.tokens.insert(r.value);
+                }
+                Ok(pb::RevocationScope::Application) => {
+                    let at = r.revoke_time.map(|t| t.seconds.max(0) as u64).unwrap_or(u64::MAX);
+                    let entry = set.applications.entry(r.value).or_insert(at);
+                    *entry = (*entry).max(at);
+                }
+                Ok(pb::RevocationScope::Session) => {
+                    set.sessions.insert(r.value);
+                }
+                // A scope this build does not know: token-service is newer. Refusing every token over it
+                // would be an outage; the scopes that exist are all enforced.
+                _ => tracing::warn!(scope = r.scope, "ignoring a revocation of an unknown scope"),
+            }
+        }
+        set
+    }
+
+    /// Whether `claims` is revoked.
+    pub fn revokes(&self, claims: &AccessClaims) -> bool {
+        self.tokens.contains(&claims.jti)
+            || self.applications.get(&claims.sub).is_some_and(|at| claims.iat <= *at)
+            || claims.sid.as_ref().is_some_and(|sid| self.sessions.contains(sid))
+    }
+
+    /// Number of revocations held.
+    pub fn len(&self) -> usize {
+        self.tokens.len() + self.applications.len() + self.sessions.len()
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Why a token was refused. Shown to the caller as UNAUTHENTICATED.
@@ -176,15 +241,24 @@ pub enum AuthError {
     /// Expired.
     #[error("access token expired; request a new one")]
     Expired,
+    /// `nbf` is in the future (beyond the tolerated clock skew).
+    #[error("access token not yet valid (nbf is in the future): check the clocks of the issuer and this host")]
+    NotYetValid,
+    /// Revoked, or its application disabled, or its refresh-token family revoked.
+    #[error("access token revoked; request a new one")]
+    Revoked,
     /// The JWKS could not be fetched.
     #[error("cannot verify access tokens right now: token-service is unreachable")]
     JwksUnavailable,
+    /// Revocations could not be polled for a whole bound: no token is accepted until they can.
+    #[error("cannot confirm that access tokens are not revoked: token-service unreachable for {0} s")]
+    RevocationsStale(u64),
 }
 
 impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::JwksUnavailable => Status::unavailable(e.to_string()),
+            AuthError::JwksUnavailable | AuthError::RevocationsStale(_) => Status::unavailable(e.to_string()),
             _ => Status::unauthenticated(e.to_string()),
         }
     }
@@ -205,18 +279,28 @@ pub fn unix_now() -> u64 {
 
 const JWKS_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Verifies access tokens with a cached JWKS and a cache of verified tokens.
+/// The revocations a verifier holds, and when the poll that fetched them began.
+struct HeldRevocations {
+    set: Arc<RevocationSet>,
+    polled_at: Option<Instant>,
+}
+
+/// Verifies access tokens with a cached JWKS, a cache of verified tokens and the polled revocations.
 pub struct TokenVerifier {
-    source: Arc<dyn JwksSource>,
+    source: Arc<dyn TokenAuthority>,
     keys: RwLock<HashMap<String, DecodingKey>>,
     last_refresh: Mutex<Option<Instant>>,
     verified: Cache<[u8; 32], Arc<AccessClaims>>,
     validation: Validation,
+    revocations: std::sync::RwLock<HeldRevocations>,
+    /// Serializes polls, and holds when the last attempt began.
+    last_poll: Mutex<Option<Instant>>,
+    revocation_bound: Duration,
 }
 
 impl TokenVerifier {
     /// A verifier for tokens of the configured issuer and audience.
-    pub fn new(source: Arc<dyn JwksSource>, params: &crate::config::TokenParams) -> Self {
+    pub fn new(source: Arc<dyn TokenAuthority>, params: &crate::config::TokenParams) -> Self {
         let (issuer, audience) = (params.issuer.as_str(), params.audience.as_str());
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
@@ -230,7 +314,68 @@ impl TokenVerifier {
             last_refresh: Mutex::new(None),
             verified: Cache::builder().max_capacity(100_000).expire_after(UntilExpiry).build(),
             validation,
+            revocations: std::sync::RwLock::new(HeldRevocations { set: Arc::default(), polled_at: None }),
+            last_poll: Mutex::new(None),
+            revocation_bound: params.revocation_bound,
         }
+    }
+
+    /// Polls revocations three times per bound for as long as the verifier lives.
+    pub fn start_revocation_poll(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let verifier = Arc::downgrade(self);
+        let period = self.revocation_bound / 3;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(verifier) = verifier.upgrade() else { return };
+                if let Err(reason) = verifier.poll_revocations(Duration::ZERO).await {
+                    tracing::warn!(%reason, "cannot poll token revocations");
+                }
+            }
+        })
+    }
+
+    /// Fetches the revocations unless another poll began less than `min_interval` ago.
+    async fn poll_revocations(&self, min_interval: Duration) -> Result<(), String> {
+        let mut last = self.last_poll.lock().await;
+        if last.is_some_and(|t| t.elapsed() < min_interval) {
+            return Ok(());
+        }
+        let began = Instant::now();
+        *last = Some(began);
+        let set = Arc::new(RevocationSet::from_list(self.source.revocations().await?));
+        if let Ok(mut held) = self.revocations.write() {
+            *held = HeldRevocations { set, polled_at: Some(began) };
+        }
+        Ok(())
+    }
+
+    /// Refuses revoked tokens, and every token when revocations are a whole bound old.
+    async fn check_revocation(&self, claims: &AccessClaims) -> Result<(), AuthError> {
+        let fresh = |verifier: &Self| -> Option<Arc<RevocationSet>> {
+            let held = verifier.revocations.read().ok()?;
+            held.polled_at.filter(|t| t.elapsed() < verifier.revocation_bound).map(|_| held.set.clone())
+        };
+        let set = match fresh(self) {
+            Some(set) => set,
+            None => {
+                // Stale (or never polled: a fresh start). One caller polls; the others wait on the lock and
+                // then find the result.
+                if let Err(reason) = self.poll_revocations(Duration::from_secs(1)).await {
+                    tracing::warn!(%reason, "cannot poll token revocations");
+                }
+                match fresh(self) {
+                    Some(set) => set,
+                    None => {
+                        let age = self.revocations.read().ok().and_then(|h| h.polled_at).map(|t| t.elapsed());
+                        return Err(AuthError::RevocationsStale(age.unwrap_or_default().as_secs()));
+                    }
+                }
+            }
+        };
+        if set.revokes(claims) { Err(AuthError::Revoked) } else { Ok(()) }
     }
 
     /// Verifies the bearer token in a request's metadata.
@@ -244,10 +389,11 @@ impl TokenVerifier {
         // Cached by digest: the map compares digests, so lookups reveal nothing about the token's bytes.
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(claims) = self.verified.get(&digest) {
-            if claims.exp + self.validation.leeway > unix_now() {
-                return Ok(claims);
+            if claims.exp + self.validation.leeway <= unix_now() {
+                return Err(AuthError::Expired);
             }
-            return Err(AuthError::Expired);
+            self.check_revocation(&claims).await?;
+            return Ok(claims);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
         let kid = header.kid.ok_or(AuthError::Invalid)?;
@@ -260,9 +406,12 @@ impl TokenVerifier {
         };
         let data = jsonwebtoken::decode::<AccessClaims>(token, &key, &self.validation).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             _ => AuthError::Invalid,
         })?;
         let claims = Arc::new(data.claims);
+        self.check_revocation(&claims).await?;
+        // Cached only once valid now: a token refused as not yet valid is looked at afresh next time.
         self.verified.insert(digest, claims.clone());
         Ok(claims)
     }
@@ -280,7 +429,7 @@ impl TokenVerifier {
         // Counted as an attempt whether or not it succeeds: an unreachable token-service must not be asked
         // again for every token with an unknown kid.
         *last = Some(Instant::now());
-        let jwks = self.source.fetch().await.map_err(|reason| {
+        let jwks = self.source.jwks().await.map_err(|reason| {
             tracing::warn!(%reason, "cannot fetch the JWKS");
             AuthError::JwksUnavailable
         })?;
@@ -332,10 +481,47 @@ mod tests {
             tenant: "t".into(),
             roles: vec![Role::Developer],
             perms: vec![KeyPermissionClaim { key: "pii-*".into(), ops: vec!["encrypt".into()] }],
+            sid: None,
         };
         assert!(claims.require_key_operation("pii-users", pb::Operation::Encrypt).is_ok());
         assert!(claims.require_key_operation("pii-users", pb::Operation::Decrypt).is_err());
         assert!(claims.require_key_operation("billing", pb::Operation::Encrypt).is_err());
         assert!(claims.require_role(&[Role::Admin], "CreateKey").is_err());
+    }
+
+    #[test]
+    fn revocations_match_token_application_and_session() {
+        let claims = |jti: &str, sub: &str, iat: u64, sid: Option<&str>| AccessClaims {
+            iss: "keymesh".into(),
+            sub: sub.into(),
+            aud: "keymesh".into(),
+            exp: iat + 3600,
+            iat,
+            nbf: iat,
+            jti: jti.into(),
+            tenant: "t".into(),
+            roles: vec![],
+            perms: vec![],
+            sid: sid.map(Into::into),
+        };
+        let revocation = |scope: pb::RevocationScope, value: &str, at: i64| pb::Revocation {
+            scope: scope as i32,
+            value: value.into(),
+            revoke_time: Some(prost_types::Timestamp { seconds: at, nanos: 0 }),
+            expire_time: None,
+        };
+        let set = RevocationSet::from_list(vec![
+            revocation(pb::RevocationScope::Token, "j1", 100),
+            revocation(pb::RevocationScope::Application, "app_a", 100),
+            revocation(pb::RevocationScope::Session, "s1", 100),
+            revocation(pb::RevocationScope::Unspecified, "j2", 100),
+        ]);
+        assert_eq!(set.len(), 3);
+        assert!(set.revokes(&claims("j1", "app_b", 50, None)));
+        assert!(!set.revokes(&claims("j2", "app_b", 50, None)), "unknown scopes match nothing");
+        assert!(set.revokes(&claims("j3", "app_a", 100, None)), "issued in the second of the revocation");
+        assert!(!set.revokes(&claims("j3", "app_a", 101, None)), "issued after it");
+        assert!(set.revokes(&claims("j3", "app_b", 200, Some("s1"))));
+        assert!(!set.revokes(&claims("j3", "app_b", 200, Some("s2"))));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use keymesh_proto::v1::{GetJwksRequest, token_service_client::TokenServiceClient};
+use keymesh_proto::v1::{self as pb, GetJwksRequest, token_service_client::TokenServiceClient};
 use tonic::{
     Request, Status,
     service::{Interceptor, interceptor::InterceptedService},
@@ -21,7 +21,7 @@ use rustls::{
 
 use crate::{
     MeshError, ServiceName,
-    auth::{JwksSource, PublicJwk},
+    auth::{PublicJwk, TokenAuthority},
     identity::spiffe_id_from_der,
     pki::TlsMaterial,
     telemetry,
@@ -123,23 +123,25 @@ pub fn traced_channel(endpoint: &str, tls: &TlsMaterial, service: ServiceName) -
     Ok(InterceptedService::new(mtls_channel(endpoint, tls, service)?, TraceContextInjector))
 }
 
-/// The access-token verifier of a service: JWKS from token-service over mTLS, issuer and audience from
-/// `[tokens]`.
+/// The access-token verifier of a service: JWKS and revocations from token-service over mTLS, issuer and
+/// audience from `[tokens]`; revocations are polled from now on.
 pub fn token_verifier(
     params: &crate::config::MeshParams,
     tls: &TlsMaterial,
     tokens: &crate::config::TokenParams,
-) -> Result<crate::auth::TokenVerifier, MeshError> {
+) -> Result<Arc<crate::auth::TokenVerifier>, MeshError> {
     let channel = traced_channel(&params.endpoints.token_service, tls, ServiceName::TokenService)?;
-    Ok(crate::auth::TokenVerifier::new(Arc::new(RemoteJwks::new(channel)), tokens))
+    let verifier = Arc::new(crate::auth::TokenVerifier::new(Arc::new(RemoteAuthority::new(channel)), tokens));
+    verifier.start_revocation_poll();
+    Ok(verifier)
 }
 
-/// The JWKS from token-service over mTLS.
-pub struct RemoteJwks {
+/// token-service over mTLS.
+pub struct RemoteAuthority {
     client: TokenServiceClient<MeshChannel>,
 }
 
-impl RemoteJwks {
+impl RemoteAuthority {
     /// Uses `channel` to token-service.
     pub fn new(channel: MeshChannel) -> Self {
         Self { client: TokenServiceClient::new(channel) }
@@ -147,8 +149,17 @@ impl RemoteJwks {
 }
 
 #[async_trait::async_trait]
-impl JwksSource for RemoteJwks {
-    async fn fetch(&self) -> Result<Vec<PublicJwk>, String> {
+impl TokenAuthority for RemoteAuthority {
+    async fn revocations(&self) -> Result<Vec<pb::Revocation>, String> {
+        let mut client = self.client.clone();
+        let response = client
+            .list_revocations(pb::ListRevocationsRequest {})
+            .await
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        Ok(response.into_inner().revocations)
+    }
+
+    async fn jwks(&self) -> Result<Vec<PublicJwk>, String> {
         let mut client = self.client.clone();
         let response =
             client.get_jwks(GetJwksRequest {}).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;

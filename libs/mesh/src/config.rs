@@ -173,6 +173,15 @@ pub struct RawTokens {
     pub access_token_ttl_seconds: Option<u64>,
     /// Clock skew tolerated when checking `exp`/`nbf`, in seconds (0..=300; default 30).
     pub clock_skew_seconds: Option<u64>,
+    /// Longest a revoked token can still be accepted anywhere in the mesh, in seconds (2..=3600; default
+    /// 30). Verifiers poll revocations three times per bound and refuse every token when they have not
+    /// heard from token-service for a whole bound.
+    pub revocation_bound_seconds: Option<u64>,
+    /// Lifetime of a refresh token in seconds (60..=7776000; default 2592000, 30 days).
+    pub refresh_token_ttl_seconds: Option<u64>,
+    /// How long a rotated client secret keeps working when RotateClientSecret names no grace period, in
+    /// seconds (0..=2592000; default 86400).
+    pub secret_grace_seconds: Option<u64>,
 }
 
 /// `[dek_cache]`.
@@ -456,6 +465,12 @@ pub struct TokenParams {
     pub access_token_ttl: Duration,
     /// Tolerated clock skew.
     pub clock_skew: Duration,
+    /// Longest a revoked token stays accepted.
+    pub revocation_bound: Duration,
+    /// Refresh token lifetime.
+    pub refresh_token_ttl: Duration,
+    /// Default grace period of a rotated client secret.
+    pub secret_grace: Duration,
 }
 
 impl TokenParams {
@@ -475,11 +490,31 @@ impl TokenParams {
                 reason: format!("{skew} is over 300"),
             });
         }
+        let ranged = |field: &'static str, value: Option<u64>, default: u64, range: std::ops::RangeInclusive<u64>| {
+            let value = value.unwrap_or(default);
+            if range.contains(&value) {
+                Ok(Duration::from_secs(value))
+            } else {
+                Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("{value} is outside {}..={}", range.start(), range.end()),
+                })
+            }
+        };
+        let t = &raw.tokens;
         Ok(Self {
-            issuer: raw.tokens.issuer.clone().unwrap_or_else(|| "keymesh".into()),
-            audience: raw.tokens.audience.clone().unwrap_or_else(|| "keymesh".into()),
+            issuer: t.issuer.clone().unwrap_or_else(|| "keymesh".into()),
+            audience: t.audience.clone().unwrap_or_else(|| "keymesh".into()),
             access_token_ttl: Duration::from_secs(ttl),
             clock_skew: Duration::from_secs(skew),
+            revocation_bound: ranged("tokens.revocation_bound_seconds", t.revocation_bound_seconds, 30, 2..=3600)?,
+            refresh_token_ttl: ranged(
+                "tokens.refresh_token_ttl_seconds",
+                t.refresh_token_ttl_seconds,
+                30 * 86_400,
+                60..=90 * 86_400,
+            )?,
+            secret_grace: ranged("tokens.secret_grace_seconds", t.secret_grace_seconds, 86_400, 0..=30 * 86_400)?,
         })
     }
 }

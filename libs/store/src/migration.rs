@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_key_lifecycle::Migration),
             Box::new(m20261123_000003_keyring::Migration),
             Box::new(m20261123_000004_signing_key_wraps::Migration),
+            Box::new(m20261124_000005_identity::Migration),
         ]
     }
 }
@@ -316,6 +317,75 @@ mod m20261123_000004_signing_key_wraps {
 
         async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
             manager.alter_table(Table::alter().table("signing_keys").drop_column("extra_wraps").to_owned()).await
+        }
+    }
+}
+
+/// Identity: tenants below tenants, refresh tokens (SHA-256 digests only) in rotation families, and the
+/// revocations every verifying service polls.
+mod m20261124_000005_identity {
+    use sea_orm_migration::{prelude::*, schema::*};
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261124_000005_identity"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .alter_table(Table::alter().table("tenants").add_column(string_null("parent_id")).to_owned())
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table("refresh_tokens")
+                        .if_not_exists()
+                        .col(string("token_hash").primary_key())
+                        .col(string("family_id"))
+                        .col(string("client_id"))
+                        .col(string("tenant_id"))
+                        .col(big_integer("created_at"))
+                        .col(big_integer("expires_at"))
+                        .col(big_integer_null("spent_at"))
+                        .col(big_integer_null("revoked_at"))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table("revocations")
+                        .if_not_exists()
+                        .col(string("id").primary_key())
+                        .col(integer("scope"))
+                        .col(string("value"))
+                        .col(big_integer("revoked_at"))
+                        .col(big_integer("expires_at"))
+                        .to_owned(),
+                )
+                .await?;
+            for (name, table, column) in [
+                ("ix_refresh_tokens_family_id", "refresh_tokens", "family_id"),
+                ("ix_refresh_tokens_client_id", "refresh_tokens", "client_id"),
+                ("ix_revocations_expires_at", "revocations", "expires_at"),
+            ] {
+                manager
+                    .create_index(Index::create().if_not_exists().name(name).table(table).col(column).to_owned())
+                    .await?;
+            }
+            Ok(())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            for table in ["revocations", "refresh_tokens"] {
+                manager.drop_table(Table::drop().table(table).to_owned()).await?;
+            }
+            manager.alter_table(Table::alter().table("tenants").drop_column("parent_id").to_owned()).await
         }
     }
 }

@@ -1,14 +1,35 @@
-//! Tenants, applications and token-signing keys.
+//! Tenants, applications, refresh tokens, revocations and token-signing keys.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
-    QueryOrder, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, OnConflict},
 };
 
 use crate::{
     StoreError,
-    entity::{application, signing_key, tenant},
+    entity::{application, refresh_token, revocation, signing_key, tenant},
 };
+
+/// What presenting a refresh token came to.
+#[derive(Debug)]
+pub enum RefreshOutcome {
+    /// It was live: it is spent now, and the successor stored.
+    Rotated(refresh_token::Model),
+    /// No such token.
+    Unknown,
+    /// Expired.
+    Expired,
+    /// Already spent or revoked: a replay. The whole family is revoked now (`family_id`).
+    Replayed {
+        /// The family revoked.
+        family_id: String,
+        /// Its application.
+        client_id: String,
+        /// The application's tenant.
+        tenant_id: String,
+    },
+}
 
 /// Repository of identities.
 #[derive(Clone)]
@@ -41,6 +62,181 @@ impl TokenRepository {
         Ok(())
     }
 
+    /// A tenant by id.
+    pub async fn tenant(&self, id: &str) -> Result<Option<tenant::Model>, StoreError> {
+        Ok(tenant::Entity::find_by_id(id.to_owned()).one(&self.db).await?)
+    }
+
+    /// Stores a new tenant; a taken name is [`StoreError::AlreadyExists`].
+    pub async fn create_tenant(&self, tenant: tenant::Model) -> Result<(), StoreError> {
+        tenant.into_active_model().insert(&self.db).await.map_err(|e| StoreError::from_insert("tenant", e))?;
+        Ok(())
+    }
+
+    /// Stores a new application; a name taken in its tenant is [`StoreError::AlreadyExists`].
+    pub async fn create_application(&self, application: application::Model) -> Result<(), StoreError> {
+        application
+            .into_active_model()
+            .insert(&self.db)
+            .await
+            .map_err(|e| StoreError::from_insert("application", e))?;
+        Ok(())
+    }
+
+    /// A page of a tenant's applications in client-id order, after `after`.
+    pub async fn list_applications(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<application::Model>, StoreError> {
+        let mut query = application::Entity::find().filter(application::Column::TenantId.eq(tenant_id));
+        if let Some(after) = after {
+            query = query.filter(application::Column::ClientId.gt(after));
+        }
+        Ok(query.order_by_asc(application::Column::ClientId).limit(limit).all(&self.db).await?)
+    }
+
+    /// Replaces an application's secret hash, keeping the old one valid until `previous_expires_at`.
+    pub async fn rotate_secret(
+        &self,
+        client_id: &str,
+        new_hash: String,
+        previous_hash: String,
+        previous_expires_at: i64,
+    ) -> Result<(), StoreError> {
+        application::Entity::update_many()
+            .col_expr(application::Column::SecretHash, Expr::value(new_hash))
+            .col_expr(application::Column::PreviousSecretHash, Expr::value(previous_hash))
+            .col_expr(application::Column::PreviousSecretExpiresAt, Expr::value(previous_expires_at))
+            .filter(application::Column::ClientId.eq(client_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Disables an application for good, in one transaction: the flag, its refresh tokens, and a
+    /// revocation of every access token it holds.
+    pub async fn disable_application(&self, client_id: &str, revocation: revocation::Model) -> Result<(), StoreError> {
+        let now = revocation.revoked_at;
+        let txn = self.db.begin().await?;
+        application::Entity::update_many()
+            .col_expr(application::Column::Disabled, Expr::value(true))
+            .filter(application::Column::ClientId.eq(client_id))
+            .exec(&txn)
+            .await?;
+        refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::RevokedAt, Expr::value(now))
+            .filter(refresh_token::Column::ClientId.eq(client_id))
+            .filter(refresh_token::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        upsert_revocation(&txn, revocation).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Stores the first refresh token of a new family.
+    pub async fn insert_refresh_token(&self, token: refresh_token::Model) -> Result<(), StoreError> {
+        token.into_active_model().insert(&self.db).await.map_err(|e| StoreError::from_insert("refresh token", e))?;
+        Ok(())
+    }
+
+    /// Presents the refresh token hashed `token_hash`: spends it and stores `successor` (whose family is set
+    /// here) when it is live; revokes its family (tokens, and `session_revocation` for the access tokens)
+    /// when it is spent or revoked. One transaction, and the spend is conditional, so of two concurrent uses
+    /// of one token exactly one rotates and the other is a replay.
+    pub async fn use_refresh_token(
+        &self,
+        token_hash: &str,
+        mut successor: refresh_token::Model,
+        session_revocation: impl FnOnce(&str) -> revocation::Model,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let now = successor.created_at;
+        let txn = self.db.begin().await?;
+        let Some(current) = refresh_token::Entity::find_by_id(token_hash.to_owned()).one(&txn).await? else {
+            return Ok(RefreshOutcome::Unknown);
+        };
+        let spent = refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::SpentAt, Expr::value(now))
+            .filter(refresh_token::Column::TokenHash.eq(token_hash))
+            .filter(refresh_token::Column::SpentAt.is_null())
+            .filter(refresh_token::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?
+            .rows_affected
+            == 1;
+        if !spent {
+            refresh_token::Entity::update_many()
+                .col_expr(refresh_token::Column::RevokedAt, Expr::value(now))
+                .filter(refresh_token::Column::FamilyId.eq(&current.family_id))
+                .filter(refresh_token::Column::RevokedAt.is_null())
+                .exec(&txn)
+                .await?;
+            upsert_revocation(&txn, session_revocation(&current.family_id)).await?;
+            txn.commit().await?;
+            return Ok(RefreshOutcome::Replayed {
+                family_id: current.family_id,
+                client_id: current.client_id,
+                tenant_id: current.tenant_id,
+            });
+        }
+        if current.expires_at <= now {
+            // Leave it unspent: the transaction is dropped.
+            return Ok(RefreshOutcome::Expired);
+        }
+        successor.family_id = current.family_id.clone();
+        successor.client_id = current.client_id.clone();
+        successor.tenant_id = current.tenant_id.clone();
+        successor.clone().into_active_model().insert(&txn).await?;
+        txn.commit().await?;
+        Ok(RefreshOutcome::Rotated(successor))
+    }
+
+    /// Revokes the family of the refresh token hashed `token_hash`, if there is one; returns the token.
+    pub async fn revoke_refresh_family(
+        &self,
+        token_hash: &str,
+        session_revocation: impl FnOnce(&str) -> revocation::Model,
+    ) -> Result<Option<refresh_token::Model>, StoreError> {
+        let txn = self.db.begin().await?;
+        let Some(token) = refresh_token::Entity::find_by_id(token_hash.to_owned()).one(&txn).await? else {
+            return Ok(None);
+        };
+        let revocation = session_revocation(&token.family_id);
+        refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::RevokedAt, Expr::value(revocation.revoked_at))
+            .filter(refresh_token::Column::FamilyId.eq(&token.family_id))
+            .filter(refresh_token::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        upsert_revocation(&txn, revocation).await?;
+        txn.commit().await?;
+        Ok(Some(token))
+    }
+
+    /// Records a revocation (again: the later time and expiry win).
+    pub async fn revoke(&self, revocation: revocation::Model) -> Result<(), StoreError> {
+        upsert_revocation(&self.db, revocation).await
+    }
+
+    /// The revocations still in force at `now`.
+    pub async fn revocations_in_force(&self, now: i64) -> Result<Vec<revocation::Model>, StoreError> {
+        Ok(revocation::Entity::find().filter(revocation::Column::ExpiresAt.gt(now)).all(&self.db).await?)
+    }
+
+    /// Deletes revocations and refresh tokens that can no longer matter at `now`: the tokens they match
+    /// have expired. Returns how many rows went.
+    pub async fn prune_expired(&self, now: i64) -> Result<u64, StoreError> {
+        let revocations =
+            revocation::Entity::delete_many().filter(revocation::Column::ExpiresAt.lte(now)).exec(&self.db).await?;
+        let tokens = refresh_token::Entity::delete_many()
+            .filter(refresh_token::Column::ExpiresAt.lte(now))
+            .exec(&self.db)
+            .await?;
+        Ok(revocations.rows_affected + tokens.rows_affected)
+    }
+
     /// An application by client id.
     pub async fn application(&self, client_id: &str) -> Result<Option<application::Model>, StoreError> {
         Ok(application::Entity::find_by_id(client_id.to_owned()).one(&self.db).await?)
@@ -54,7 +250,6 @@ impl TokenRepository {
 
     /// Replaces a signing key's wraps (after a keyring change), from `key`'s wrap columns.
     pub async fn rewrap_signing_key(&self, key: &signing_key::Model) -> Result<(), StoreError> {
-        use sea_orm::sea_query::Expr;
         signing_key::Entity::update_many()
             .col_expr(signing_key::Column::WrappedPrivateKey, Expr::value(key.wrapped_private_key.clone()))
             .col_expr(signing_key::Column::KekBackend, Expr::value(key.kek_backend.clone()))
@@ -73,5 +268,94 @@ impl TokenRepository {
             .order_by_desc(signing_key::Column::CreatedAt)
             .all(&self.db)
             .await?)
+    }
+}
+
+async fn upsert_revocation(db: &impl ConnectionTrait, revocation: revocation::Model) -> Result<(), StoreError> {
+    revocation::Entity::insert(revocation.into_active_model())
+        .on_conflict(
+            OnConflict::column(revocation::Column::Id)
+                .update_columns([revocation::Column::RevokedAt, revocation::Column::ExpiresAt])
+                .to_owned(),
+        )
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connect_and_migrate;
+
+    fn token(hash: &str, family: &str, now: i64) -> refresh_token::Model {
+        refresh_token::Model {
+            token_hash: hash.into(),
+            family_id: family.into(),
+            client_id: "app_a".into(),
+            tenant_id: "t1".into(),
+            created_at: now,
+            expires_at: now + 1000,
+            spent_at: None,
+            revoked_at: None,
+        }
+    }
+
+    fn session(family: &str, now: i64) -> revocation::Model {
+        revocation::Model {
+            id: format!("3:{family}"),
+            scope: 3,
+            value: family.into(),
+            revoked_at: now,
+            expires_at: now + 500,
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_tokens_rotate_once_and_a_replay_revokes_the_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("tokens.db").display());
+        let repo = TokenRepository::new(connect_and_migrate(&url).await.unwrap());
+        repo.insert_refresh_token(token("h1", "f1", 100)).await.unwrap();
+        repo.insert_refresh_token(token("x1", "f2", 100)).await.unwrap();
+
+        let outcome = repo.use_refresh_token("h1", token("h2", "ignored", 200), |f| session(f, 200)).await.unwrap();
+        let RefreshOutcome::Rotated(next) = outcome else { panic!("{outcome:?}") };
+        assert_eq!((next.family_id.as_str(), next.client_id.as_str()), ("f1", "app_a"), "the family carries on");
+        assert!(repo.revocations_in_force(200).await.unwrap().is_empty());
+
+        // The spent one again: a replay, and its successor dies with the family.
+        let outcome = repo.use_refresh_token("h1", token("h3", "", 300), |f| session(f, 300)).await.unwrap();
+        assert!(matches!(outcome, RefreshOutcome::Replayed { ref family_id, .. } if family_id == "f1"), "{outcome:?}");
+        let outcome = repo.use_refresh_token("h2", token("h4", "", 301), |f| session(f, 301)).await.unwrap();
+        assert!(matches!(outcome, RefreshOutcome::Replayed { .. }), "{outcome:?}");
+        let in_force = repo.revocations_in_force(301).await.unwrap();
+        assert_eq!(in_force.len(), 1, "one row per family however often it is revoked");
+        assert_eq!((in_force[0].value.as_str(), in_force[0].revoked_at), ("f1", 301));
+
+        // Other families are untouched; unknown and expired tokens change nothing.
+        assert!(matches!(
+            repo.use_refresh_token("nope", token("h5", "", 302), |f| session(f, 302)).await.unwrap(),
+            RefreshOutcome::Unknown
+        ));
+        assert!(matches!(
+            repo.use_refresh_token("x1", token("x2", "", 1100), |f| session(f, 1100)).await.unwrap(),
+            RefreshOutcome::Expired
+        ));
+        // Refusing an expired token spent nothing: at a time it was live, it still rotates.
+        let outcome = repo.use_refresh_token("x1", token("x2", "", 1099), |f| session(f, 1099)).await.unwrap();
+        assert!(matches!(outcome, RefreshOutcome::Rotated(_)), "{outcome:?}");
+        repo.insert_refresh_token(token("y1", "f3", 100)).await.unwrap();
+        assert!(matches!(
+            repo.use_refresh_token("y1", token("y2", "", 900), |f| session(f, 900)).await.unwrap(),
+            RefreshOutcome::Rotated(_)
+        ));
+
+        // Revoked families and expired rows are pruned once nothing they match can be valid.
+        assert_eq!(repo.revoke_refresh_family("y2", |f| session(f, 950)).await.unwrap().unwrap().family_id, "f3");
+        assert_eq!(repo.revocations_in_force(800).await.unwrap().len(), 2);
+        assert_eq!(repo.revocations_in_force(950).await.unwrap().len(), 1, "f1's has run out");
+        assert!(repo.prune_expired(5000).await.unwrap() >= 2);
+        assert!(repo.revocations_in_force(0).await.unwrap().is_empty());
     }
 }

@@ -41,7 +41,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
         traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
         fips.to_proto(),
     );
-    let service = rpc::CryptoRpc::new(Arc::new(verifier), deks, audit.clone(), limits.unary_limit, policy);
+    let service = rpc::CryptoRpc::new(verifier, deks, audit.clone(), limits.unary_limit, policy);
     let max_message = limits.max_message_size();
     let server =
         CryptoServiceServer::new(service).max_decoding_message_size(max_message).max_encoding_message_size(max_message);

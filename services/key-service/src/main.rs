@@ -112,7 +112,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
         encryption_block: key_params.encryption_block,
         rotate_after_encryptions: key_params.rotate_after_encryptions,
     };
-    let service = rpc::KeyRpc::new(store, Arc::new(verifier), audit.clone(), limits, policy);
+    let service = rpc::KeyRpc::new(store, verifier, audit.clone(), limits, policy);
     let routes = Routes::new(KeyServiceServer::new(service));
     let health = ["keymesh.v1.KeyService", fips.health_name()];
     server::serve_until_signal(listener, &tls, routes, &health, params.shutdown_grace).await?;

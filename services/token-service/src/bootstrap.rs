@@ -71,7 +71,7 @@ pub async fn ensure_root_tenant(
     let permissions =
         serde_json::to_string(&[KeyPermissionClaim { key: "*".into(), ops: vec!["*".into()] }]).unwrap_or_default();
     repo.create_tenant_with_application(
-        tenant::Model { id: tenant_id.clone(), name: ROOT_TENANT.into(), created_at: now },
+        tenant::Model { id: tenant_id.clone(), name: ROOT_TENANT.into(), created_at: now, parent_id: None },
         application::Model {
             client_id: client_id.clone(),
             tenant_id,

@@ -1,5 +1,6 @@
 //! token-service's errors and their one mapping to gRPC status.
 
+use keymesh_mesh::auth::AuthError;
 use tonic::Status;
 
 /// What can go wrong in token-service.
@@ -9,6 +10,15 @@ pub enum TokenError {
     /// which.
     #[error("invalid client credentials")]
     InvalidClient,
+    /// A refresh token that is unknown, expired, revoked or already spent; one message for the first three.
+    #[error("{0}")]
+    InvalidGrant(&'static str),
+    /// The caller's access token was refused.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The caller is authenticated but may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A request field is missing or malformed.
     #[error("{field}: {reason}")]
     InvalidArgument {
@@ -17,6 +27,12 @@ pub enum TokenError {
         /// What is wrong.
         reason: String,
     },
+    /// No such tenant or application.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is valid but the state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The method or grant exists in the API but is not available yet.
     #[error("{0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -33,9 +49,18 @@ pub enum TokenError {
 
 impl From<TokenError> for Status {
     fn from(e: TokenError) -> Self {
+        let e = match e {
+            TokenError::Auth(auth) => return auth.into(),
+            e => e,
+        };
         match &e {
-            TokenError::InvalidClient => Status::unauthenticated(e.to_string()),
+            TokenError::InvalidClient | TokenError::InvalidGrant(_) => Status::unauthenticated(e.to_string()),
+            TokenError::Auth(_) => Status::unauthenticated(e.to_string()),
+            TokenError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
             TokenError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            TokenError::NotFound(_) => Status::not_found(e.to_string()),
+            TokenError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            TokenError::Store(keymesh_store::StoreError::AlreadyExists { .. }) => Status::already_exists(e.to_string()),
             TokenError::Unimplemented(_) => Status::unimplemented(e.to_string()),
             TokenError::Kms(keymesh_kms::KmsError::Unavailable { backend, .. }) => {
                 tracing::error!(error = %e, "KMS backend unavailable");

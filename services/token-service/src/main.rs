@@ -1,16 +1,21 @@
 //! token-service: tenants, applications and their credentials, and the EdDSA access tokens every other
 //! service verifies. This file only wires the pieces together.
 
+mod applications;
 mod bootstrap;
 mod error;
+mod revocations;
 mod rpc;
 mod secrets;
 mod signing;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
+use keymesh_audit::AuditSink;
 use keymesh_mesh::{
     ServiceName,
+    auth::TokenVerifier,
+    client::traced_channel,
     config::{KmsParams, TokenParams},
     run::{self, BoxError, Startup},
     server,
@@ -34,12 +39,26 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let repo = TokenRepository::new(db);
     let endpoint = params.endpoints.token_service.clone();
     // FIPS mode (enabled) hashes client secrets with PBKDF2 instead of Argon2id.
-    let fips = raw.policy.fips_mode == keymesh_policy::FipsMode::Enabled;
+    let fips_mode = raw.policy.fips_mode;
+    let fips = fips_mode == keymesh_policy::FipsMode::Enabled;
     bootstrap::ensure_root_tenant(&repo, &params.data_dir, &endpoint, fips).await?;
-    let signer = signing::Signer::load_or_create(&repo, &kms, token_params).await?;
+    let signer = Arc::new(signing::Signer::load_or_create(&repo, &kms, token_params.clone()).await?);
 
-    let service = rpc::TokenRpc::new(repo, signer, fips);
+    // token-service verifies its admin callers like every other service, from its own store.
+    let authority = revocations::LocalAuthority { repo: repo.clone(), signer: signer.clone() };
+    let verifier = Arc::new(TokenVerifier::new(Arc::new(authority), &token_params));
+    let poll = verifier.start_revocation_poll();
+    let pruner = revocations::spawn_pruner(repo.clone(), Duration::from_secs(600));
+    let audit = AuditSink::start(
+        traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
+        fips_mode.to_proto(),
+    );
+
+    let service = rpc::TokenRpc::new(repo, signer, verifier, audit.clone(), fips);
     let routes = Routes::new(TokenServiceServer::new(service));
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.TokenService"], params.shutdown_grace).await?;
+    poll.abort();
+    pruner.abort();
+    audit.flush(Duration::from_secs(5)).await;
     Ok(())
 }

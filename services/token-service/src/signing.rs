@@ -2,7 +2,9 @@
 //! public halves are served as a JWKS. A fresh database gets its first key on first start.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use std::collections::HashMap;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use keymesh_crypto::SecretKey;
 use keymesh_kms::{Keyring, KmsError, WrapContext, WrapSet, WrappedKey};
 use keymesh_mesh::{auth::AccessClaims, config::TokenParams};
@@ -21,6 +23,8 @@ pub struct Signer {
     kid: String,
     key: EncodingKey,
     jwks: Vec<pb::Jwk>,
+    /// The public halves, for RevokeToken's check that a token is ours.
+    decoding: HashMap<String, DecodingKey>,
     /// Token settings.
     pub params: TokenParams,
 }
@@ -56,8 +60,12 @@ impl Signer {
                 alg: ALGORITHM.into(),
                 r#use: "sig".into(),
             })
+            .collect::<Vec<_>>();
+        let decoding = jwks
+            .iter()
+            .filter_map(|k| DecodingKey::from_ed_components(&k.x).ok().map(|d| (k.kid.clone(), d)))
             .collect();
-        Ok(Self { kid: newest.kid.clone(), key, jwks, params })
+        Ok(Self { kid: newest.kid.clone(), key, jwks, decoding, params })
     }
 
     /// Signs `claims` with the current key.
@@ -70,6 +78,18 @@ impl Signer {
     /// The public keys.
     pub fn jwks(&self) -> &[pb::Jwk] {
         &self.jwks
+    }
+
+    /// The claims of a token this issuer signed, expired or not; `None` for anything else.
+    pub fn claims_of_own_token(&self, token: &str) -> Option<AccessClaims> {
+        let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
+        let key = self.decoding.get(&kid)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&self.params.issuer]);
+        validation.set_audience(&[&self.params.audience]);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        jsonwebtoken::decode::<AccessClaims>(token, key, &validation).ok().map(|d| d.claims)
     }
 }
 

@@ -5,6 +5,8 @@ pub mod application;
 pub mod audit_record;
 pub mod key;
 pub mod key_version;
+pub mod refresh_token;
+pub mod revocation;
 pub mod rewrap_job;
 pub mod signing_key;
 pub mod tenant;

@@ -1,0 +1,233 @@
+//! Tenants and applications: creation, listing, secret rotation and disabling. Every method acts in the
+//! caller's tenant, or as an owner in a tenant below it; nothing crosses into another tenant.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use keymesh_audit::AuditScope;
+use keymesh_mesh::auth::{AccessClaims, Role};
+use keymesh_proto::v1 as pb;
+use keymesh_store::{
+    entity::{application, tenant},
+    now_millis,
+};
+
+use super::{MANAGERS, READERS, TokenRpc};
+use crate::{
+    applications::{self, permissions_from_proto, roles_from_proto, timestamp},
+    error::TokenError,
+    revocations::{self, SESSION_REVOCATION_LIFETIME_MS},
+    secrets,
+};
+
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
+/// Longest grace period of a rotated secret.
+const MAX_GRACE_SECONDS: i64 = 30 * 86_400;
+
+impl TokenRpc {
+    async fn hash_secret(&self, secret: &zeroize::Zeroizing<String>) -> Result<String, TokenError> {
+        let (secret, fips) = (secret.clone(), self.fips);
+        tokio::task::spawn_blocking(move || secrets::hash_secret(&secret, fips))
+            .await
+            .map_err(|e| TokenError::Internal(e.to_string()))?
+    }
+
+    /// An application the caller may manage (or, with `allow_self`, the caller itself).
+    async fn managed_application(
+        &self,
+        claims: &AccessClaims,
+        client_id: &str,
+        method: &str,
+        allow_self: bool,
+    ) -> Result<application::Model, TokenError> {
+        if client_id.is_empty() {
+            return Err(TokenError::InvalidArgument { field: "client_id", reason: "name the application".into() });
+        }
+        let app = self
+            .repo
+            .application(client_id)
+            .await?
+            .ok_or_else(|| TokenError::NotFound(format!("no application {client_id:?}")))?;
+        if !(allow_self && app.client_id == claims.sub) {
+            self.acting_tenant(claims, &app.tenant_id, MANAGERS, method).await?;
+        }
+        Ok(app)
+    }
+
+    pub(super) async fn create_tenant(
+        &self,
+        claims: &AccessClaims,
+        request: pb::CreateTenantRequest,
+    ) -> Result<pb::CreateTenantResponse, TokenError> {
+        if !claims.has_any_role(&[Role::Owner]) {
+            return Err(TokenError::PermissionDenied(format!(
+                "CreateTenant needs ROLE_OWNER; application {} has {:?}",
+                claims.sub, claims.roles
+            )));
+        }
+        applications::validate_name(
+            "name",
+            &request.name,
+            |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-',
+            "1 to 64 of [a-z0-9-]",
+        )?;
+        let row = tenant::Model {
+            id: format!("t_{}", uuid::Uuid::new_v4().simple()),
+            name: request.name,
+            created_at: now_millis(),
+            parent_id: Some(claims.tenant.clone()),
+        };
+        self.repo.create_tenant(row.clone()).await?;
+        tracing::info!(tenant = %row.id, name = %row.name, parent = %claims.tenant, "created a tenant");
+        Ok(pb::CreateTenantResponse {
+            tenant: Some(pb::Tenant {
+                tenant_id: row.id,
+                name: row.name,
+                create_time: Some(timestamp(row.created_at)),
+                parent_tenant_id: claims.tenant.clone(),
+            }),
+        })
+    }
+
+    pub(super) async fn create_application(
+        &self,
+        claims: &AccessClaims,
+        request: pb::CreateApplicationRequest,
+        audit: &mut AuditScope,
+    ) -> Result<pb::CreateApplicationResponse, TokenError> {
+        let tenant_id = self.acting_tenant(claims, &request.tenant_id, MANAGERS, "CreateApplication").await?;
+        applications::validate_application_name(&request.name)?;
+        let roles = roles_from_proto(&request.roles)?;
+        if roles.contains(&Role::Owner) && !claims.has_any_role(&[Role::Owner]) {
+            return Err(TokenError::PermissionDenied("only an owner can grant ROLE_OWNER".into()));
+        }
+        let permissions = permissions_from_proto(&request.permissions)?;
+        let secret = secrets::generate_secret()?;
+        let serialize = |v: Result<String, serde_json::Error>| v.map_err(|e| TokenError::Internal(e.to_string()));
+        let row = application::Model {
+            client_id: format!("app_{}", uuid::Uuid::new_v4().simple()),
+            tenant_id,
+            name: request.name,
+            roles: serialize(serde_json::to_string(&roles))?,
+            permissions: serialize(serde_json::to_string(&permissions))?,
+            secret_hash: self.hash_secret(&secret).await?,
+            previous_secret_hash: None,
+            previous_secret_expires_at: None,
+            disabled: false,
+            created_at: now_millis(),
+        };
+        audit.resource(&row.client_id, 0, 0);
+        self.repo.create_application(row.clone()).await?;
+        tracing::info!(client_id = %row.client_id, tenant = %row.tenant_id, "created an application");
+        Ok(pb::CreateApplicationResponse {
+            application: Some(applications::to_proto(&row)?),
+            client_secret: secret.to_string(),
+        })
+    }
+
+    pub(super) async fn list_applications(
+        &self,
+        claims: &AccessClaims,
+        request: pb::ListApplicationsRequest,
+    ) -> Result<pb::ListApplicationsResponse, TokenError> {
+        let tenant_id = self.acting_tenant(claims, &request.tenant_id, READERS, "ListApplications").await?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE,
+            n if n <= MAX_PAGE => n,
+            n => {
+                return Err(TokenError::InvalidArgument {
+                    field: "page_size",
+                    reason: format!("{n} is over {MAX_PAGE}"),
+                });
+            }
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            let bad = || TokenError::InvalidArgument {
+                field: "page_token",
+                reason: "not a page token ListApplications returned".into(),
+            };
+            let bytes = URL_SAFE_NO_PAD.decode(&request.page_token).map_err(|_| bad())?;
+            Some(String::from_utf8(bytes).map_err(|_| bad())?)
+        };
+        // One more than asked: whether it exists says if there is a next page.
+        let mut rows = self.repo.list_applications(&tenant_id, after.as_deref(), u64::from(page_size) + 1).await?;
+        let next_page_token = if rows.len() > page_size as usize {
+            rows.truncate(page_size as usize);
+            rows.last().map(|r| URL_SAFE_NO_PAD.encode(&r.client_id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListApplicationsResponse {
+            applications: rows.iter().map(applications::to_proto).collect::<Result<_, _>>()?,
+            next_page_token,
+        })
+    }
+
+    pub(super) async fn rotate_client_secret(
+        &self,
+        claims: &AccessClaims,
+        request: pb::RotateClientSecretRequest,
+        audit: &mut AuditScope,
+    ) -> Result<pb::RotateClientSecretResponse, TokenError> {
+        let grace_ms = match request.grace_period {
+            None => self.signer.params.secret_grace.as_millis() as i64,
+            Some(d) if d.seconds == 0 && d.nanos == 0 => self.signer.params.secret_grace.as_millis() as i64,
+            Some(d) if d.seconds < 0 || d.nanos < 0 || d.seconds > MAX_GRACE_SECONDS => {
+                return Err(TokenError::InvalidArgument {
+                    field: "grace_period",
+                    reason: format!("must be between 0 and {MAX_GRACE_SECONDS} seconds (0: the configured default)"),
+                });
+            }
+            Some(d) => d.seconds * 1000 + i64::from(d.nanos) / 1_000_000,
+        };
+        let app = self.managed_application(claims, &request.client_id, "RotateClientSecret", true).await?;
+        audit.resource(&app.client_id, 0, 0);
+        if app.disabled {
+            return Err(TokenError::FailedPrecondition(format!(
+                "application {} is disabled; it gets no new secret",
+                app.client_id
+            )));
+        }
+        let secret = secrets::generate_secret()?;
+        let previous_expires_at = now_millis() + grace_ms;
+        self.repo
+            .rotate_secret(&app.client_id, self.hash_secret(&secret).await?, app.secret_hash, previous_expires_at)
+            .await?;
+        audit.detail(&format!("previous secret valid for {} s more", grace_ms / 1000));
+        tracing::info!(client_id = %app.client_id, grace_ms, "rotated a client secret");
+        Ok(pb::RotateClientSecretResponse {
+            client_secret: secret.to_string(),
+            previous_secret_expire_time: Some(timestamp(previous_expires_at)),
+        })
+    }
+
+    pub(super) async fn disable_application(
+        &self,
+        claims: &AccessClaims,
+        request: pb::DisableApplicationRequest,
+        audit: &mut AuditScope,
+    ) -> Result<pb::DisableApplicationResponse, TokenError> {
+        let mut app = self.managed_application(claims, &request.client_id, "DisableApplication", false).await?;
+        audit.resource(&app.client_id, 0, 0);
+        if app.client_id == claims.sub {
+            return Err(TokenError::FailedPrecondition(
+                "an application cannot disable itself; ask another admin of the tenant".into(),
+            ));
+        }
+        if !app.disabled {
+            let now = now_millis();
+            let revocation = revocations::revocation(
+                pb::RevocationScope::Application,
+                &app.client_id,
+                now,
+                now + SESSION_REVOCATION_LIFETIME_MS,
+            );
+            self.repo.disable_application(&app.client_id, revocation).await?;
+            app.disabled = true;
+            audit.detail("disabled; its access and refresh tokens are revoked");
+            tracing::info!(client_id = %app.client_id, "disabled an application");
+        }
+        Ok(pb::DisableApplicationResponse { application: Some(applications::to_proto(&app)?) })
+    }
+}

@@ -1,0 +1,270 @@
+//! The TokenService gRPC methods: identity administration in `admin`, the token grants in `grants`, and
+//! revocation here. Every call is audited: tokens issued, refused, refreshed and revoked, and every change to
+//! tenants and applications.
+
+mod admin;
+mod grants;
+
+use std::sync::Arc;
+
+use keymesh_audit::{AuditScope, AuditSink};
+use keymesh_mesh::{
+    auth::{AccessClaims, Role, TokenVerifier},
+    identity::PeerIdentity,
+};
+use keymesh_proto::v1::{self as pb, token_service_server::TokenService};
+use keymesh_store::{now_millis, tokens::TokenRepository};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    error::TokenError,
+    revocations::{self, SESSION_REVOCATION_LIFETIME_MS},
+    signing::Signer,
+};
+
+const SERVICE: &str = "token-service";
+/// Roles that manage a tenant's applications.
+const MANAGERS: &[Role] = &[Role::Admin, Role::Owner];
+/// Roles that read a tenant's applications.
+const READERS: &[Role] = &[Role::Viewer, Role::Admin, Role::Owner, Role::Auditor];
+/// Tenants nest at most this deep; a longer parent chain is corrupt data, not a deeper tenant.
+const MAX_TENANT_DEPTH: usize = 16;
+/// Prefix of refresh tokens: tells them from access tokens at a glance (and to secret scanners).
+const REFRESH_TOKEN_PREFIX: &str = "kmrt_";
+
+/// The TokenService implementation.
+pub struct TokenRpc {
+    repo: TokenRepository,
+    signer: Arc<Signer>,
+    verifier: Arc<TokenVerifier>,
+    audit: AuditSink,
+    /// FIPS mode: new secrets are hashed with PBKDF2, and the decoy hash takes that form.
+    fips: bool,
+}
+
+impl TokenRpc {
+    /// Wires the service.
+    pub fn new(
+        repo: TokenRepository,
+        signer: Arc<Signer>,
+        verifier: Arc<TokenVerifier>,
+        audit: AuditSink,
+        fips: bool,
+    ) -> Self {
+        Self { repo, signer, verifier, audit, fips }
+    }
+
+    /// Verifies the caller's access token; the audit scope of the call starts with it.
+    async fn caller<T>(
+        &self,
+        request: &Request<T>,
+        operation: &str,
+    ) -> Result<(Arc<AccessClaims>, AuditScope), Status> {
+        let mut audit = AuditScope::start(SERVICE, operation);
+        match self.verifier.verify_request(request).await {
+            Ok(claims) => {
+                audit.caller(&claims.tenant, &claims.sub);
+                Ok((claims, audit))
+            }
+            Err(e) => Err(audit.deny(&self.audit, e.into())),
+        }
+    }
+
+    /// The tenant a call acts on (`requested`, or the caller's when empty), once the caller may act there: in
+    /// its own tenant with one of `roles`, in a tenant below its own as an owner. Any other tenant, existing
+    /// or not, is refused alike.
+    async fn acting_tenant(
+        &self,
+        claims: &AccessClaims,
+        requested: &str,
+        roles: &[Role],
+        method: &str,
+    ) -> Result<String, TokenError> {
+        let denied = |why: String| TokenError::PermissionDenied(format!("{method}: {why}"));
+        if requested.is_empty() || requested == claims.tenant {
+            if !claims.has_any_role(roles) {
+                return Err(denied(format!(
+                    "needs one of the roles {roles:?}; application {} has {:?}",
+                    claims.sub, claims.roles
+                )));
+            }
+            return Ok(claims.tenant.clone());
+        }
+        let foreign = || denied(format!("tenant {requested} is neither the caller's nor below it"));
+        if !claims.has_any_role(&[Role::Owner]) {
+            return Err(foreign());
+        }
+        let mut current = self.repo.tenant(requested).await?.ok_or_else(foreign)?;
+        for _ in 0..MAX_TENANT_DEPTH {
+            match current.parent_id {
+                Some(parent) if parent == claims.tenant => return Ok(requested.to_owned()),
+                Some(parent) => current = self.repo.tenant(&parent).await?.ok_or_else(foreign)?,
+                None => break,
+            }
+        }
+        Err(foreign())
+    }
+
+    /// RFC 7009: revokes what the token is, and says nothing about tokens that are not ours.
+    async fn revoke(&self, token: &str, audit: &mut AuditScope) -> Result<(), TokenError> {
+        let now = now_millis();
+        if let Some(rest) = token.strip_prefix(REFRESH_TOKEN_PREFIX) {
+            let hash = grants::refresh_token_hash(REFRESH_TOKEN_PREFIX, rest);
+            let session = |family: &str| {
+                revocations::revocation(pb::RevocationScope::Session, family, now, now + SESSION_REVOCATION_LIFETIME_MS)
+            };
+            match self.repo.revoke_refresh_family(&hash, session).await? {
+                Some(token) => {
+                    audit.caller(&token.tenant_id, &token.client_id);
+                    audit.resource(&token.family_id, 0, 0);
+                    audit.detail("refresh token family revoked, with the access tokens issued from it");
+                    tracing::info!(client_id = %token.client_id, family = %token.family_id, "revoked a refresh token family");
+                }
+                None => audit.detail("not a refresh token of this issuer; nothing revoked"),
+            }
+            return Ok(());
+        }
+        let Some(claims) = self.signer.claims_of_own_token(token) else {
+            audit.detail("not an access token of this issuer; nothing revoked");
+            return Ok(());
+        };
+        audit.caller(&claims.tenant, &claims.sub);
+        audit.resource(&claims.jti, 0, 0);
+        let skew_ms = self.signer.params.clock_skew.as_millis() as i64;
+        let expires_at = (claims.exp as i64).saturating_mul(1000).saturating_add(skew_ms);
+        if expires_at <= now {
+            audit.detail("access token already expired; nothing to revoke");
+            return Ok(());
+        }
+        self.repo.revoke(revocations::revocation(pb::RevocationScope::Token, &claims.jti, now, expires_at)).await?;
+        audit.detail("access token revoked");
+        tracing::info!(client_id = %claims.sub, jti = %claims.jti, "revoked an access token");
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenRpc {
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        let (claims, audit) = self.caller(&request, "CreateTenant").await?;
+        let result = self.create_tenant(&claims, request.into_inner()).await.map(Response::new).map_err(Status::from);
+        audit.finish(&self.audit, result)
+    }
+
+    async fn create_application(
+        &self,
+        request: Request<pb::CreateApplicationRequest>,
+    ) -> Result<Response<pb::CreateApplicationResponse>, Status> {
+        let (claims, mut audit) = self.caller(&request, "CreateApplication").await?;
+        let result = self
+            .create_application(&claims, request.into_inner(), &mut audit)
+            .await
+            .map(Response::new)
+            .map_err(Status::from);
+        audit.finish(&self.audit, result)
+    }
+
+    async fn list_applications(
+        &self,
+        request: Request<pb::ListApplicationsRequest>,
+    ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
+        let (claims, audit) = self.caller(&request, "ListApplications").await?;
+        let result =
+            self.list_applications(&claims, request.into_inner()).await.map(Response::new).map_err(Status::from);
+        audit.finish(&self.audit, result)
+    }
+
+    async fn rotate_client_secret(
+        &self,
+        request: Request<pb::RotateClientSecretRequest>,
+    ) -> Result<Response<pb::RotateClientSecretResponse>, Status> {
+        let (claims, mut audit) = self.caller(&request, "RotateClientSecret").await?;
+        let result = self
+            .rotate_client_secret(&claims, request.into_inner(), &mut audit)
+            .await
+            .map(Response::new)
+            .map_err(Status::from);
+        audit.finish(&self.audit, result)
+    }
+
+    async fn disable_application(
+        &self,
+        request: Request<pb::DisableApplicationRequest>,
+    ) -> Result<Response<pb::DisableApplicationResponse>, Status> {
+        let (claims, mut audit) = self.caller(&request, "DisableApplication").await?;
+        let result = self
+            .disable_application(&claims, request.into_inner(), &mut audit)
+            .await
+            .map(Response::new)
+            .map_err(Status::from);
+        audit.finish(&self.audit, result)
+    }
+
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let request = request.into_inner();
+        let grant = pb::GrantType::try_from(request.grant_type).unwrap_or(pb::GrantType::Unspecified);
+        let mut audit = AuditScope::start(SERVICE, grants::operation(grant));
+        let result = match grant {
+            pb::GrantType::ClientCredentials => {
+                self.client_credentials(&request.client_id, request.client_secret, &mut audit).await
+            }
+            pb::GrantType::RefreshToken => self.refresh(&request.refresh_token, &mut audit).await,
+            pb::GrantType::TokenExchange => {
+                Err(TokenError::Unimplemented("TokenService.IssueToken with GRANT_TYPE_TOKEN_EXCHANGE"))
+            }
+            pb::GrantType::Unspecified => Err(TokenError::InvalidArgument {
+                field: "grant_type",
+                reason: "set GRANT_TYPE_CLIENT_CREDENTIALS, GRANT_TYPE_REFRESH_TOKEN or GRANT_TYPE_TOKEN_EXCHANGE"
+                    .into(),
+            }),
+        };
+        audit.finish(&self.audit, result.map(Response::new).map_err(Status::from))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let token = request.into_inner().token;
+        let mut audit = AuditScope::start(SERVICE, "RevokeToken");
+        let result = if token.is_empty() {
+            Err(TokenError::InvalidArgument {
+                field: "token",
+                reason: "give the access or refresh token to revoke".into(),
+            })
+        } else {
+            self.revoke(token.trim(), &mut audit).await
+        };
+        audit.finish(&self.audit, result.map(|()| Response::new(pb::RevokeTokenResponse {})).map_err(Status::from))
+    }
+
+    async fn get_jwks(&self, _: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(pb::GetJwksResponse {
+            keys: self.signer.jwks().to_vec(),
+            issuer: self.signer.params.issuer.clone(),
+            audience: self.signer.params.audience.clone(),
+        }))
+    }
+
+    async fn list_revocations(
+        &self,
+        request: Request<pb::ListRevocationsRequest>,
+    ) -> Result<Response<pb::ListRevocationsResponse>, Status> {
+        let peer = PeerIdentity::from_request(&request)?;
+        if peer.mesh_service().is_none() {
+            return Err(Status::permission_denied(format!(
+                "ListRevocations is only for mesh services; this connection's certificate is {peer}"
+            )));
+        }
+        let rows = self.repo.revocations_in_force(now_millis()).await.map_err(TokenError::from)?;
+        Ok(Response::new(pb::ListRevocationsResponse {
+            revocations: rows.into_iter().map(revocations::to_proto).collect(),
+        }))
+    }
+}
