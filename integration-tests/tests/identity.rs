@@ -80,7 +80,7 @@ async fn refused_everywhere(mesh: &Mesh, token: &str, reason: &str, what: &str) 
 #[tokio::test]
 async fn identity_and_access() {
     let bound = BOUND.as_secs().to_string();
-    let mesh = Mesh::start(&[("KEYMESH_TOKENS__REVOCATION_BOUND_SECONDS", &bound)], &[]).await;
+    let mut mesh = Mesh::start(&[("KEYMESH_TOKENS__REVOCATION_BOUND_SECONDS", &bound)], &[]).await;
     let admin = mesh.admin_client();
     let admin_token = admin.access_token().await.unwrap().to_string();
     for name in ["pii-users", "billing"] {
@@ -205,7 +205,7 @@ async fn identity_and_access() {
             who,
         );
     }
-    let rotate = pb::RotateClientSecretRequest { client_id: dev_id.clone(), grace_period: None };
+    let rotate = pb::RotateClientSecretRequest { client_id: dev_id.clone(), ..Default::default() };
     assert_code(
         tokens(&mesh).rotate_client_secret(with_token(rotate, &child_admin)).await,
         Code::PermissionDenied,
@@ -303,7 +303,11 @@ async fn identity_and_access() {
     let grace = prost_types::Duration { seconds: 2, nanos: 0 };
     let rotated = tokens(&mesh)
         .rotate_client_secret(with_token(
-            pb::RotateClientSecretRequest { client_id: viewer_id.clone(), grace_period: Some(grace) },
+            pb::RotateClientSecretRequest {
+                client_id: viewer_id.clone(),
+                grace_period: Some(grace),
+                ..Default::default()
+            },
             &admin_token,
         ))
         .await
@@ -318,12 +322,20 @@ async fn identity_and_access() {
         "invalid client credentials",
         "the old secret after its grace",
     );
-    let own = pb::RotateClientSecretRequest { client_id: viewer_id.clone(), grace_period: None };
+    let own = pb::RotateClientSecretRequest { client_id: viewer_id.clone(), ..Default::default() };
     let own = tokens(&mesh).rotate_client_secret(with_token(own, &viewer.access_token)).await;
-    assert!(own.is_ok(), "an application rotates its own secret: {:?}", own.err());
+    let own = own.map_err(|e| e.to_string()).expect("an application rotates its own secret").into_inner();
+    assert!(issue(&mesh, &viewer_id, &rotated.client_secret).await.is_ok(), "the default grace is a day");
+    // A leaked secret is cut off at once.
+    let now =
+        pb::RotateClientSecretRequest { client_id: viewer_id.clone(), expire_previous_now: true, ..Default::default() };
+    let latest = tokens(&mesh).rotate_client_secret(with_token(now, &admin_token)).await.unwrap().into_inner();
+    assert_code(issue(&mesh, &viewer_id, &own.client_secret).await, Code::Unauthenticated, "invalid client", "cut off");
+    assert!(issue(&mesh, &viewer_id, &latest.client_secret).await.is_ok());
     let negative = pb::RotateClientSecretRequest {
         client_id: viewer_id.clone(),
         grace_period: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+        ..Default::default()
     };
     assert_code(
         tokens(&mesh).rotate_client_secret(with_token(negative, &admin_token)).await,
@@ -384,6 +396,27 @@ async fn identity_and_access() {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "token events missing from the audit trail: {missing:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Fail closed: with token-service gone for a whole bound no token is accepted (revocations cannot be
+    // confirmed), and service resumes when it is back.
+    let live = issue(&mesh, &viewer_id, &latest.client_secret).await.unwrap().access_token;
+    assert!(get_key(&mesh, &live, "pii-users").await.is_ok());
+    mesh.child(ServiceName::TokenService).kill().await.unwrap();
+    tokio::time::sleep(BOUND + Duration::from_secs(1)).await;
+    for _ in 0..2 {
+        assert_code(
+            get_key(&mesh, &live, "pii-users").await,
+            Code::Unavailable,
+            "cannot confirm",
+            "token-service gone",
+        );
+    }
+    mesh.restart(ServiceName::TokenService, &[]).await;
+    let deadline = tokio::time::Instant::now() + BOUND * 2;
+    while get_key(&mesh, &live, "pii-users").await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "service did not resume after token-service came back");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -104,6 +104,9 @@ pub struct RawConfig {
     /// FIPS mode and tenants' default policies (key-service and crypto-service).
     #[serde(default)]
     pub policy: keymesh_policy::PolicyConfig,
+    /// Rate limits and quotas (crypto-service and key-service).
+    #[serde(default)]
+    pub limits: keymesh_limits::LimitsConfig,
     /// Seconds to let in-flight requests finish after SIGTERM.
     pub shutdown_grace_seconds: Option<u64>,
 }

@@ -41,7 +41,9 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
         traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
         fips.to_proto(),
     );
-    let service = rpc::CryptoRpc::new(verifier, deks, audit.clone(), limits.unary_limit, policy);
+    let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&raw.limits)?);
+    let forgetter = keymesh_limits::Limiter::spawn_forgetter(&rate_limits);
+    let service = rpc::CryptoRpc::new(verifier, deks, audit.clone(), limits.unary_limit, policy, rate_limits);
     let max_message = limits.max_message_size();
     let server =
         CryptoServiceServer::new(service).max_decoding_message_size(max_message).max_encoding_message_size(max_message);
@@ -49,6 +51,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let health = ["keymesh.v1.CryptoService", fips.health_name()];
     server::serve_until_signal(listener, &tls, routes, &health, params.shutdown_grace).await?;
     watcher.abort();
+    forgetter.abort();
     // The server and its clones of the sink are gone: ship what the last requests recorded.
     audit.flush(std::time::Duration::from_secs(5)).await;
     Ok(())

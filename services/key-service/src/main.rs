@@ -95,6 +95,7 @@ async fn rewrap_all(startup: Startup) -> Result<(), BoxError> {
 async fn serve(startup: Startup) -> Result<(), BoxError> {
     let token_params = TokenParams::from_raw(&startup.raw)?;
     let policy = Arc::new(PolicyEngine::from_config(&startup.raw.policy)?);
+    let startup_limits = startup.raw.limits.clone();
     tracing::info!(fips_mode = policy.fips_mode().name(), "policy engine ready");
     let listener = server::bind(startup.params.listen_addr).await?;
     let (store, key_params) = open_store(&startup).await?;
@@ -112,12 +113,15 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
         encryption_block: key_params.encryption_block,
         rotate_after_encryptions: key_params.rotate_after_encryptions,
     };
-    let service = rpc::KeyRpc::new(store, verifier, audit.clone(), limits, policy);
+    let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&startup_limits)?);
+    let forgetter = keymesh_limits::Limiter::spawn_forgetter(&rate_limits);
+    let service = rpc::KeyRpc::new(store, verifier, audit.clone(), limits, policy, rate_limits);
     let routes = Routes::new(KeyServiceServer::new(service));
     let health = ["keymesh.v1.KeyService", fips.health_name()];
     server::serve_until_signal(listener, &tls, routes, &health, params.shutdown_grace).await?;
     poller.abort();
     sweeper.abort();
+    forgetter.abort();
     // The server and its clones of the sink are gone: ship what the last requests recorded.
     audit.flush(std::time::Duration::from_secs(5)).await;
     Ok(())

@@ -154,6 +154,7 @@ impl CryptoRpc {
             .await?;
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
         claims.require_key_operation(&dek.key_name, item.permission)?;
+        self.admit_plaintext(claims, &dek.key_id, item.permission)?;
         let warnings = self.decide(claims, audit, &dek, item.permission)?;
         let algorithm = match dek.algorithm {
             KeyAlgorithm::Symmetric(algorithm) => algorithm,

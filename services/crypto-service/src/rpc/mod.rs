@@ -12,6 +12,7 @@ mod utility;
 use std::{collections::BTreeMap, sync::Arc};
 
 use keymesh_audit::{AuditScope, AuditSink};
+use keymesh_limits::Limiter;
 use keymesh_mesh::auth::{AccessClaims, TokenVerifier};
 use keymesh_policy::{Attributes, PolicyEngine};
 use keymesh_proto::v1::{self as pb, crypto_service_server::CryptoService};
@@ -33,6 +34,7 @@ pub struct CryptoRpc {
     /// EncryptStream/DecryptStream.
     unary_limit: usize,
     policy: Arc<PolicyEngine>,
+    limits: Arc<Limiter>,
 }
 
 impl CryptoRpc {
@@ -43,8 +45,20 @@ impl CryptoRpc {
         audit: AuditSink,
         unary_limit: usize,
         policy: Arc<PolicyEngine>,
+        limits: Arc<Limiter>,
     ) -> Self {
-        Self { verifier, deks, audit, unary_limit, policy }
+        Self { verifier, deks, audit, unary_limit, policy, limits }
+    }
+
+    /// The quotas on plaintext leaving the mesh (Decrypt, data keys) for one use of `key_id`; other
+    /// operations are not counted.
+    fn admit_plaintext(&self, claims: &AccessClaims, key_id: &str, permission: pb::Operation) -> Result<(), Status> {
+        match permission {
+            pb::Operation::Decrypt | pb::Operation::GenerateDataKey => {
+                Ok(self.limits.admit_plaintext(&claims.sub, key_id)?)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// FIPS mode, the tenant's and the key's policy on one use of a key: the warnings to return, or the
@@ -73,8 +87,13 @@ impl CryptoRpc {
         Ok(warnings)
     }
 
+    /// Verifies the caller's token and admits the call under its application's and tenant's rate limits.
     async fn caller<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Status> {
-        Ok(self.verifier.verify_request(request).await?)
+        let claims = self.verifier.verify_request(request).await?;
+        // Not audited: a flood of refusals would become a flood of audit events. Quotas, which guard
+        // plaintext, are refused inside the call and audited.
+        self.limits.admit_call(&claims.tenant, &claims.sub)?;
+        Ok(claims)
     }
 
     /// The material for one use of a named key, audited, authorized twice (by the name the caller gave
@@ -103,6 +122,7 @@ impl CryptoRpc {
             .await?;
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
         claims.require_key_operation(&dek.key_name, permission)?;
+        self.admit_plaintext(claims, &dek.key_id, permission)?;
         let warnings = self.decide(claims, audit, &dek, permission)?;
         Ok((dek, warnings))
     }

@@ -44,6 +44,7 @@ pub struct KeyRpc {
     audit: AuditSink,
     limits: UsageLimits,
     policy: Arc<PolicyEngine>,
+    rate_limits: Arc<keymesh_limits::Limiter>,
 }
 
 impl KeyRpc {
@@ -54,8 +55,9 @@ impl KeyRpc {
         audit: AuditSink,
         limits: UsageLimits,
         policy: Arc<PolicyEngine>,
+        rate_limits: Arc<keymesh_limits::Limiter>,
     ) -> Self {
-        Self { store, verifier, audit, limits, policy }
+        Self { store, verifier, audit, limits, policy, rate_limits }
     }
 
     /// FIPS mode and the tenant's and the key's algorithm policies on new material for `record` (a new key,
@@ -68,9 +70,12 @@ impl KeyRpc {
         Ok(self.policy.check_new_key(&record.key.tenant_id, Some(&policy), algorithm)?)
     }
 
-    /// Verifies the caller's access token.
+    /// Verifies the caller's access token and admits the call under its application's and tenant's rate
+    /// limits (refusals not audited: a flood of them would flood the trail).
     async fn caller<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Status> {
-        Ok(self.verifier.verify_request(request).await?)
+        let claims = self.verifier.verify_request(request).await?;
+        self.rate_limits.admit_call(&claims.tenant, &claims.sub)?;
+        Ok(claims)
     }
 
     /// Verifies the caller and checks its roles; the refusal is audited.

@@ -171,6 +171,13 @@ impl TokenRpc {
         audit: &mut AuditScope,
     ) -> Result<pb::RotateClientSecretResponse, TokenError> {
         let grace_ms = match request.grace_period {
+            Some(_) if request.expire_previous_now => {
+                return Err(TokenError::InvalidArgument {
+                    field: "grace_period",
+                    reason: "leave it unset with expire_previous_now".into(),
+                });
+            }
+            None if request.expire_previous_now => 0,
             None => self.signer.params.secret_grace.as_millis() as i64,
             Some(d) if d.seconds == 0 && d.nanos == 0 => self.signer.params.secret_grace.as_millis() as i64,
             Some(d) if d.seconds < 0 || d.nanos < 0 || d.seconds > MAX_GRACE_SECONDS => {

@@ -1,0 +1,357 @@
+//! Rate limits and quotas, so that one application cannot starve the others and a stolen credential
+//! cannot drain a key.
+//!
+//! Two controls, both answered with RESOURCE_EXHAUSTED and a `google.rpc.RetryInfo` saying when to retry:
+//! - **rate limits** on every authenticated call, per application and per tenant, with per-application and
+//!   per-tenant overrides;
+//! - **quotas** on the calls that hand out plaintext (Decrypt, DecryptStream, data keys), per
+//!   application and per key, in two windows at once: per second (a burst cap) and per day (a volume cap).
+//!   A client that may legitimately decrypt a few thousand records a day then cannot decrypt the whole table
+//!   in an afternoon, whatever its permissions say.
+//!
+//! Limits are GCRA cells (the `governor` crate): one atomic word per key, no timers, so a check costs a map
+//! lookup and a compare-and-swap. They are held per process: with N replicas behind a load balancer the mesh
+//! admits up to N times each figure, so configure figures per replica. Idle keys are forgotten by
+//! [`Limiter::forget_idle`], which a service calls periodically.
+
+use std::{collections::BTreeMap, num::NonZeroU32, time::Duration};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
+use serde::Deserialize;
+
+/// `[limits]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Calls per second one application may make (default 20000; 0 turns the limit off).
+    pub application_per_second: Option<u32>,
+    /// Calls per second all of a tenant's applications together may make (default 100000; 0: off).
+    pub tenant_per_second: Option<u32>,
+    /// Overrides by client id.
+    #[serde(default)]
+    pub applications: BTreeMap<String, RateOverride>,
+    /// Overrides by tenant id.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, RateOverride>,
+    /// Quotas on Decrypt and data keys.
+    #[serde(default)]
+    pub quotas: QuotaConfig,
+}
+
+/// A rate for one application or tenant.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateOverride {
+    /// Calls per second (0: unlimited).
+    pub per_second: u32,
+    /// Calls admitted at once after a quiet spell (default: one second's worth).
+    pub burst: Option<u32>,
+}
+
+/// `[limits.quotas]`: each figure absent or 0 means no quota in that window.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Decrypts and data keys per second per application.
+    pub application_per_second: Option<u32>,
+    /// … per day per application.
+    pub application_per_day: Option<u32>,
+    /// Decrypts and data keys per second per key (all applications together).
+    pub key_per_second: Option<u32>,
+    /// … per day per key.
+    pub key_per_day: Option<u32>,
+    /// Per-application overrides of the two application figures.
+    #[serde(default)]
+    pub applications: BTreeMap<String, QuotaOverride>,
+}
+
+/// Quotas for one application.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaOverride {
+    /// Per second (absent or 0: none).
+    pub per_second: Option<u32>,
+    /// Per day (absent or 0: none).
+    pub per_day: Option<u32>,
+}
+
+/// A call refused by a limit: which one, and when to retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{scope} is over its limit of {limit}; retry in {:.3} s", retry_after.as_secs_f64())]
+pub struct Exceeded {
+    /// What is limited, e.g. `application app_1`.
+    pub scope: String,
+    /// The limit, e.g. `50 calls per second`.
+    pub limit: String,
+    /// When the next call can be admitted.
+    pub retry_after: Duration,
+}
+
+impl From<Exceeded> for tonic::Status {
+    fn from(e: Exceeded) -> Self {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let details = ErrorDetails::with_retry_info(Some(e.retry_after));
+        let mut status = tonic::Status::with_error_details(tonic::Code::ResourceExhausted, e.to_string(), details);
+        // Clients without google.rpc details support can still back off.
+        let seconds = e.retry_after.as_secs() + u64::from(e.retry_after.subsec_nanos() > 0);
+        if let Ok(value) = seconds.max(1).to_string().parse() {
+            status.metadata_mut().insert("retry-after", value);
+        }
+        status
+    }
+}
+
+/// A bad figure in `[limits]`.
+#[derive(Debug, thiserror::Error)]
+#[error("config field `limits.{field}`: {reason}")]
+pub struct LimitsError {
+    field: String,
+    reason: String,
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// One keyed GCRA cell set with a description for refusals.
+struct Window {
+    limiter: DefaultKeyedRateLimiter<String>,
+    what: String,
+}
+
+impl Window {
+    /// `count` per `period` with `burst` at once; none for a count of 0.
+    fn new(count: u32, period: Duration, burst: Option<u32>, what: String) -> Option<Self> {
+        let count = NonZeroU32::new(count)?;
+        let burst = burst.and_then(NonZeroU32::new).unwrap_or(count);
+        let quota = Quota::with_period(period / count.get())?.allow_burst(burst);
+        Some(Self { limiter: RateLimiter::keyed(quota), what })
+    }
+
+    fn check(&self, key: &str, scope: impl FnOnce() -> String) -> Result<(), Exceeded> {
+        // The map is keyed by String: the lookup needs one, and a short allocation is far below a call's cost.
+        match self.limiter.check_key(&key.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => Err(Exceeded {
+                scope: scope(),
+                limit: self.what.clone(),
+                // The limiter's own clock: instants of another clock instance do not compare. At least a
+                // millisecond, so a refusal never says "retry in 0 s".
+                retry_after: not_until.wait_time_from(self.limiter.clock().now()).max(Duration::from_millis(1)),
+            }),
+        }
+    }
+}
+
+/// A default window for every key, with overrides for some.
+struct Scoped {
+    default: Option<Window>,
+    overrides: BTreeMap<String, Option<Window>>,
+}
+
+impl Scoped {
+    fn check(&self, key: &str, scope: impl FnOnce() -> String) -> Result<(), Exceeded> {
+        let window = match self.overrides.get(key) {
+            Some(window) => window.as_ref(),
+            None => self.default.as_ref(),
+        };
+        window.map_or(Ok(()), |w| w.check(key, scope))
+    }
+
+    fn forget_idle(&self) {
+        for window in self.default.iter().chain(self.overrides.values().flatten()) {
+            window.limiter.retain_recent();
+            window.limiter.shrink_to_fit();
+        }
+    }
+}
+
+fn per_second(count: u32) -> String {
+    format!("{count} calls per second")
+}
+
+fn rate(default: Option<u32>, fallback: u32, overrides: &BTreeMap<String, RateOverride>) -> Scoped {
+    Scoped {
+        default: Window::new(
+            default.unwrap_or(fallback),
+            Duration::from_secs(1),
+            None,
+            per_second(default.unwrap_or(fallback)),
+        ),
+        overrides: overrides
+            .iter()
+            .map(|(k, o)| {
+                (k.clone(), Window::new(o.per_second, Duration::from_secs(1), o.burst, per_second(o.per_second)))
+            })
+            .collect(),
+    }
+}
+
+fn quota_window(count: Option<u32>, period: Duration, unit: &str) -> Option<Window> {
+    let count = count.unwrap_or(0);
+    Window::new(count, period, None, format!("{count} decrypts and data keys per {unit}"))
+}
+
+/// The limits of one service process.
+pub struct Limiter {
+    applications: Scoped,
+    tenants: Scoped,
+    app_quota_second: Scoped,
+    app_quota_day: Scoped,
+    key_quota_second: Option<Window>,
+    key_quota_day: Option<Window>,
+}
+
+impl Limiter {
+    /// Builds the limits `[limits]` describes.
+    pub fn from_config(config: &LimitsConfig) -> Result<Self, LimitsError> {
+        for (kind, overrides) in [("applications", &config.applications), ("tenants", &config.tenants)] {
+            for (id, o) in overrides {
+                if o.burst == Some(0) {
+                    return Err(LimitsError {
+                        field: format!("{kind}.{id}.burst"),
+                        reason: "0 would refuse every call; leave it out for one second's worth".into(),
+                    });
+                }
+            }
+        }
+        let q = &config.quotas;
+        let app_quota = |period: Duration, unit: &str, pick: fn(&QuotaOverride) -> Option<u32>, default| Scoped {
+            default: quota_window(default, period, unit),
+            overrides: q.applications.iter().map(|(k, o)| (k.clone(), quota_window(pick(o), period, unit))).collect(),
+        };
+        Ok(Self {
+            applications: rate(config.application_per_second, 20_000, &config.applications),
+            tenants: rate(config.tenant_per_second, 100_000, &config.tenants),
+            app_quota_second: app_quota(Duration::from_secs(1), "second", |o| o.per_second, q.application_per_second),
+            app_quota_day: app_quota(DAY, "day", |o| o.per_day, q.application_per_day),
+            key_quota_second: quota_window(q.key_per_second, Duration::from_secs(1), "second"),
+            key_quota_day: quota_window(q.key_per_day, DAY, "day"),
+        })
+    }
+
+    /// Admits one call of `application` in `tenant`, or says which limit refuses it.
+    pub fn admit_call(&self, tenant: &str, application: &str) -> Result<(), Exceeded> {
+        self.applications.check(application, || format!("application {application}"))?;
+        self.tenants.check(tenant, || format!("tenant {tenant}"))
+    }
+
+    /// Admits one decrypt or data key of `application` with the key `key_id`, in both windows of both
+    /// scopes.
+    pub fn admit_plaintext(&self, application: &str, key_id: &str) -> Result<(), Exceeded> {
+        let app = || format!("application {application}");
+        self.app_quota_second.check(application, app)?;
+        self.app_quota_day.check(application, app)?;
+        let key = || format!("key {key_id}");
+        for window in [&self.key_quota_second, &self.key_quota_day].into_iter().flatten() {
+            window.check(key_id, key)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the state of keys that are back to full allowance (nothing lost: they would start full anyway).
+    pub fn forget_idle(&self) {
+        for scoped in [&self.applications, &self.tenants, &self.app_quota_second, &self.app_quota_day] {
+            scoped.forget_idle();
+        }
+        for window in [&self.key_quota_second, &self.key_quota_day].into_iter().flatten() {
+            window.limiter.retain_recent();
+            window.limiter.shrink_to_fit();
+        }
+    }
+
+    /// Calls [`Limiter::forget_idle`] every minute for as long as the limiter lives.
+    pub fn spawn_forgetter(limiter: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let limiter = std::sync::Arc::downgrade(limiter);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                ticker.tick().await;
+                match limiter.upgrade() {
+                    Some(limiter) => limiter.forget_idle(),
+                    None => return,
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml_like: impl FnOnce(&mut LimitsConfig)) -> Limiter {
+        let mut config = LimitsConfig::default();
+        toml_like(&mut config);
+        Limiter::from_config(&config).unwrap()
+    }
+
+    #[test]
+    fn an_application_over_its_rate_is_refused_alone() {
+        let limiter = config(|c| {
+            c.applications.insert("app_slow".into(), RateOverride { per_second: 5, burst: None });
+        });
+        for _ in 0..5 {
+            limiter.admit_call("t", "app_slow").unwrap();
+        }
+        let refused = limiter.admit_call("t", "app_slow").unwrap_err();
+        assert_eq!(refused.scope, "application app_slow");
+        assert_eq!(refused.limit, "5 calls per second");
+        assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_millis(200));
+        for _ in 0..1000 {
+            limiter.admit_call("t", "app_other").unwrap();
+        }
+        let status = tonic::Status::from(refused);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        use tonic_types::StatusExt;
+        assert!(status.get_details_retry_info().and_then(|r| r.retry_delay).is_some(), "RetryInfo attached");
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "1");
+    }
+
+    #[test]
+    fn a_tenant_limit_covers_all_its_applications_and_zero_means_unlimited() {
+        let limiter = config(|c| {
+            c.tenants.insert("t_small".into(), RateOverride { per_second: 10, burst: None });
+            c.applications.insert("app_free".into(), RateOverride { per_second: 0, burst: None });
+        });
+        for i in 0..10 {
+            limiter.admit_call("t_small", &format!("app_{i}")).unwrap();
+        }
+        assert_eq!(limiter.admit_call("t_small", "app_new").unwrap_err().scope, "tenant t_small");
+        for _ in 0..50_000 {
+            limiter.admit_call("t_big", "app_free").unwrap();
+        }
+    }
+
+    #[test]
+    fn quotas_hold_in_both_windows_per_application_and_per_key() {
+        let limiter = config(|c| {
+            c.quotas.application_per_day = Some(100);
+            c.quotas.application_per_second = Some(1000);
+            c.quotas.key_per_day = Some(150);
+            c.quotas.applications.insert("app_batch".into(), QuotaOverride { per_second: None, per_day: Some(1000) });
+        });
+        for _ in 0..100 {
+            limiter.admit_plaintext("app_a", "k_1").unwrap();
+        }
+        let refused = limiter.admit_plaintext("app_a", "k_1").unwrap_err();
+        assert_eq!(
+            (refused.scope.as_str(), refused.limit.as_str()),
+            ("application app_a", "100 decrypts and data keys per day")
+        );
+        assert!(refused.retry_after > Duration::from_secs(800), "one day's quota refills one call per 864 s");
+        // The key's own daily quota is shared by every application.
+        for _ in 0..50 {
+            limiter.admit_plaintext("app_batch", "k_1").unwrap();
+        }
+        assert_eq!(limiter.admit_plaintext("app_batch", "k_1").unwrap_err().scope, "key k_1");
+        assert!(limiter.admit_plaintext("app_batch", "k_2").is_ok());
+        limiter.forget_idle();
+    }
+
+    #[test]
+    fn a_zero_burst_is_refused_at_start() {
+        let mut config = LimitsConfig::default();
+        config.tenants.insert("t".into(), RateOverride { per_second: 5, burst: Some(0) });
+        let err = Limiter::from_config(&config).err().unwrap();
+        assert!(err.to_string().contains("limits.tenants.t.burst"), "{err}");
+    }
+}
