@@ -8,6 +8,7 @@ pub mod azure_kv_double;
 pub mod gcp_kms_double;
 pub mod k8s_token_review;
 pub mod kms_servers;
+pub mod oidc_issuer;
 
 use std::{
     collections::BTreeMap,

@@ -220,6 +220,15 @@ async fn identity_and_access() {
         "disabling another tenant's application",
     );
     assert_code(encrypt(&mesh, &child_admin, "pii-users").await, Code::NotFound, "", "names are per tenant");
+    let pii_id = get_key(&mesh, &admin_token, "pii-users").await.unwrap().key_id;
+    let root_ciphertext = encrypt(&mesh, &admin_token, "pii-users").await.unwrap().ciphertext;
+    assert_code(get_key(&mesh, &child_admin, &pii_id).await, Code::PermissionDenied, "another tenant", "GetKey by id");
+    assert_code(encrypt(&mesh, &child_admin, &pii_id).await, Code::PermissionDenied, "another tenant", "Encrypt by id");
+    let decrypt = pb::DecryptRequest { ciphertext: root_ciphertext, ..Default::default() };
+    let err = CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService))
+        .decrypt(with_token(decrypt, &child_admin))
+        .await;
+    assert_code(err, Code::PermissionDenied, "another tenant", "decrypting another tenant's ciphertext");
 
     // Listing pages through the tenant.
     let mut seen = Vec::new();

@@ -47,13 +47,20 @@ impl From<std::io::Error> for ClientError {
 /// can be configured with (64 MiB), with room for the rest of the message. The service enforces its own.
 const MAX_CRYPTO_MESSAGE: usize = 2 * 64 * 1024 * 1024 + 64 * 1024;
 
-/// Client credentials of an application.
+/// How an application authenticates: its client id and secret, or a token its platform mints (a projected
+/// Kubernetes service-account token, an OIDC ID token) read afresh from a file at each renewal and exchanged
+/// for an access token, so the workload stores no secret.
 #[derive(Deserialize)]
 pub struct Credentials {
-    /// Client id.
+    /// Client id (empty with `subject_token_file`).
+    #[serde(default)]
     pub client_id: String,
-    /// Client secret.
+    /// Client secret (empty with `subject_token_file`).
+    #[serde(default)]
     pub client_secret: Zeroizing<String>,
+    /// The platform token's file, e.g. `/var/run/secrets/tokens/keymesh`.
+    #[serde(default)]
+    pub subject_token_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -63,6 +70,11 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// Token exchange with the platform token in `path`.
+    pub fn token_exchange(path: impl Into<PathBuf>) -> Self {
+        Self { client_id: String::new(), client_secret: Zeroizing::default(), subject_token_file: Some(path.into()) }
+    }
+
     /// Reads a credentials JSON file (`client_id`, `client_secret`), e.g. the bootstrap credentials.
     pub fn from_file(path: &Path) -> Result<Self, ClientError> {
         let text = Zeroizing::new(
@@ -113,17 +125,25 @@ impl KeymeshClient {
         if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.renew_at) {
             return Ok(token.token.clone());
         }
-        let response = self
-            .tokens
-            .clone()
-            .issue_token(pb::IssueTokenRequest {
+        let request = match &self.credentials.subject_token_file {
+            // Read at every renewal: the platform rotates the file's token.
+            Some(path) => pb::IssueTokenRequest {
+                grant_type: pb::GrantType::TokenExchange as i32,
+                subject_token: std::fs::read_to_string(path)
+                    .map_err(|e| ClientError::Setup(format!("{}: {e}", path.display())))?
+                    .trim()
+                    .to_owned(),
+                subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+                ..Default::default()
+            },
+            None => pb::IssueTokenRequest {
                 grant_type: pb::GrantType::ClientCredentials as i32,
                 client_id: self.credentials.client_id.clone(),
                 client_secret: self.credentials.client_secret.to_string(),
                 ..Default::default()
-            })
-            .await?
-            .into_inner();
+            },
+        };
+        let response = self.tokens.clone().issue_token(request).await?.into_inner();
         let lifetime = Duration::from_secs(u64::from(response.expires_in_seconds));
         let margin = Duration::from_secs(300).min(lifetime / 5);
         let token = Zeroizing::new(response.access_token);

@@ -78,6 +78,18 @@ pub struct AccessClaims {
     /// it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// For a token issued by exchange: the external identity it was exchanged for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext: Option<ExternalSubject>,
+}
+
+/// An identity from a trusted external issuer (a Kubernetes service account, an OIDC subject).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalSubject {
+    /// The issuer's configured name.
+    pub iss: String,
+    /// Its `sub`, e.g. `system:serviceaccount:loaders:machine-1`.
+    pub sub: String,
 }
 
 /// An operation name as used in permissions and audit events.
@@ -102,6 +114,11 @@ impl AccessClaims {
     /// The roles' names as tokens and policy rules write them (`"admin"`, `"developer"`, …).
     pub fn role_names(&self) -> Vec<String> {
         self.roles.iter().map(|r| format!("{r:?}").to_ascii_lowercase()).collect()
+    }
+
+    /// The external issuer and subject a token exchange vouched for; empty strings for other tokens.
+    pub fn external(&self) -> (&str, &str) {
+        self.ext.as_ref().map_or(("", ""), |e| (e.iss.as_str(), e.sub.as_str()))
     }
 
     /// Whether the token holds any of `roles`.
@@ -487,6 +504,7 @@ mod tests {
             roles: vec![Role::Developer],
             perms: vec![KeyPermissionClaim { key: "pii-*".into(), ops: vec!["encrypt".into()] }],
             sid: None,
+            ext: None,
         };
         assert!(claims.require_key_operation("pii-users", pb::Operation::Encrypt).is_ok());
         assert!(claims.require_key_operation("pii-users", pb::Operation::Decrypt).is_err());
@@ -508,6 +526,7 @@ mod tests {
             roles: vec![],
             perms: vec![],
             sid: sid.map(Into::into),
+            ext: None,
         };
         let revocation = |scope: pb::RevocationScope, value: &str, at: i64| pb::Revocation {
             scope: scope as i32,

@@ -185,6 +185,57 @@ pub struct RawTokens {
     /// How long a rotated client secret keeps working when RotateClientSecret names no grace period, in
     /// seconds (0..=2592000; default 86400).
     pub secret_grace_seconds: Option<u64>,
+    /// External identities token-service exchanges for access tokens (token-service).
+    #[serde(default)]
+    pub exchange: RawExchange,
+}
+
+/// `[tokens.exchange]`: the issuers whose tokens IssueToken accepts as GRANT_TYPE_TOKEN_EXCHANGE subjects,
+/// and the rules mapping their subjects to applications. Empty: token exchange is off.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExchange {
+    /// Trusted issuers.
+    #[serde(default)]
+    pub issuers: Vec<RawExchangeIssuer>,
+    /// Mapping rules, first match wins.
+    #[serde(default)]
+    pub rules: Vec<RawExchangeRule>,
+}
+
+/// `[[tokens.exchange.issuers]]`: a Kubernetes cluster's service-account issuer or an OIDC provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExchangeIssuer {
+    /// Name rules refer to, e.g. `prod-cluster`.
+    pub name: String,
+    /// The `iss` its tokens carry, e.g. `https://kubernetes.default.svc.cluster.local`.
+    pub issuer: String,
+    /// The `aud` a token must carry to be exchanged here (e.g. `keymesh`): a token minted for another
+    /// audience is refused.
+    pub audience: String,
+    /// Where the signing keys are; default: `jwks_uri` from `<issuer>/.well-known/openid-configuration`.
+    pub jwks_url: Option<String>,
+    /// PEM bundle to trust for the JWKS (e.g. the cluster CA), beside the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Longest lifetime (`exp - iat`) of a token accepted, in seconds (default 86400): long-lived tokens
+    /// (legacy service-account secrets) are refused.
+    pub max_token_lifetime_seconds: Option<u64>,
+}
+
+/// `[[tokens.exchange.rules]]`: subjects of one issuer that become one application.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExchangeRule {
+    /// The issuer's `name`.
+    pub issuer: String,
+    /// Pattern on `sub` (`*` matches any run), e.g. `system:serviceaccount:loaders:*`.
+    pub subject: String,
+    /// Further claims that must equal these strings (top-level claims, e.g. `email_verified = "true"`).
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// The application the token is issued for.
+    pub client_id: String,
 }
 
 /// `[dek_cache]`.

@@ -20,14 +20,16 @@
 //!
 //! | variable | fields |
 //! |---|---|
-//! | `identity` | `id` (client id), `tenant`, `roles` (list of strings) |
+//! | `identity` | `id` (client id), `tenant`, `roles` (list of strings), `issuer` and `subject` (the external identity a token exchange vouched for, e.g. `system:serviceaccount:loaders:m1`; empty otherwise) |
 //! | `tenant` | the caller's tenant id |
-//! | `request` | `operation` (`"encrypt"`, `"decrypt"`, `"sign"`, …), `time` (timestamp, UTC) |
+//! | `request` | `operation` (`"encrypt"`, `"decrypt"`, `"sign"`, …), `time` (timestamp, UTC), `context` (the encryption context, a map; empty when the call has none) |
 //! | `key` | `id`, `name`, `labels` (map), `algorithm` (e.g. `"AES_256_GCM"`), `purpose`, `version` |
 //! | `algorithm` | the same as `key.algorithm` |
 //!
 //! e.g. `request.operation != "decrypt" || request.time.getHours() in [8, 9, 10, 11, 12, 13, 14, 15, 16, 17]`
-//! or `!("pii" in key.labels) || "pii-reader" in identity.roles`.
+//! or `!("pii" in key.labels) || "pii-reader" in identity.roles`,
+//! or `identity.subject == "system:serviceaccount:loaders:" + request.context.machine` (data of one machine
+//! opens only for that machine's workload).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -218,6 +220,12 @@ pub struct Attributes<'a> {
     pub tenant: &'a str,
     /// The caller's roles.
     pub roles: Vec<String>,
+    /// The external issuer (configured name) a token exchange vouched for; empty for other tokens.
+    pub external_issuer: &'a str,
+    /// The external subject; empty for other tokens.
+    pub external_subject: &'a str,
+    /// The request's encryption context.
+    pub context: &'a HashMap<String, String>,
     /// The operation.
     pub operation: pb::Operation,
     /// Key id.
@@ -242,10 +250,15 @@ impl Attributes<'_> {
             ("id", self.identity.into()),
             ("tenant", self.tenant.into()),
             ("roles", self.roles.clone().into()),
+            ("issuer", self.external_issuer.into()),
+            ("subject", self.external_subject.into()),
         ]);
+        let encryption_context: HashMap<String, cel::Value> =
+            self.context.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect();
         let request: HashMap<&str, cel::Value> = HashMap::from([
             ("operation", operation_name(self.operation).into()),
             ("time", cel::Value::Timestamp(self.time.fixed_offset())),
+            ("context", encryption_context.into()),
         ]);
         let labels: HashMap<String, cel::Value> =
             self.labels.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect();
@@ -467,6 +480,9 @@ mod tests {
             identity: "billing",
             tenant: "acme",
             roles: vec!["app".into()],
+            external_issuer: "",
+            external_subject: "",
+            context: labels,
             operation,
             key_id: "k_1",
             key_name: "user-pii",

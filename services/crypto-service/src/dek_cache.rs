@@ -193,6 +193,7 @@ impl DekCache {
         self.cache.try_get_with(cache_key, self.fetch(&request)).await.map_err(|e: Arc<CryptoServiceError>| {
             match e.as_ref() {
                 CryptoServiceError::KeyNotFound(k) => CryptoServiceError::KeyNotFound(k.clone()),
+                CryptoServiceError::OtherTenant(m) => CryptoServiceError::OtherTenant(m.clone()),
                 CryptoServiceError::FailedPrecondition(m) => CryptoServiceError::FailedPrecondition(m.clone()),
                 CryptoServiceError::KeyServiceUnavailable(m) => CryptoServiceError::KeyServiceUnavailable(m.clone()),
                 other => CryptoServiceError::Internal(other.to_string()),
@@ -213,6 +214,7 @@ impl DekCache {
             .await
             .map_err(|status| match status.code() {
                 tonic::Code::NotFound => CryptoServiceError::KeyNotFound(request.key.to_owned()),
+                tonic::Code::PermissionDenied => CryptoServiceError::OtherTenant(status.message().to_owned()),
                 tonic::Code::FailedPrecondition => CryptoServiceError::FailedPrecondition(status.message().to_owned()),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
                     CryptoServiceError::KeyServiceUnavailable(status.message().to_owned())

@@ -23,6 +23,9 @@ pub enum CryptoServiceError {
     /// The key does not exist in the caller's tenant.
     #[error("key {0:?} not found")]
     KeyNotFound(String),
+    /// The key belongs to another tenant.
+    #[error("{0}")]
+    OtherTenant(String),
     /// key-service refused for a reason the caller can act on (disabled key, retired version, …).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -44,6 +47,7 @@ impl From<CryptoServiceError> for Status {
             | CryptoServiceError::DecryptionFailed
             | CryptoServiceError::ContextMismatch(_) => Status::invalid_argument(e.to_string()),
             CryptoServiceError::KeyNotFound(_) => Status::not_found(e.to_string()),
+            CryptoServiceError::OtherTenant(_) => Status::permission_denied(e.to_string()),
             CryptoServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             CryptoServiceError::KeyServiceUnavailable(_) => Status::unavailable(e.to_string()),
             CryptoServiceError::Policy(keymesh_policy::PolicyError::Denied { .. }) => {

@@ -13,9 +13,13 @@ pub enum KeyError {
         /// What is wrong and how to fix it.
         reason: String,
     },
-    /// No such key in the caller's tenant (another tenant's keys are reported the same way).
+    /// No such key in the caller's tenant.
     #[error("key {0:?} not found")]
     KeyNotFound(String),
+    /// A key id of another tenant: names are per tenant (another tenant's name is simply not found), but an
+    /// id is global, and reaching for another tenant's is refused as such.
+    #[error("key {0:?} belongs to another tenant")]
+    OtherTenant(String),
     /// No such version.
     #[error("key {key:?} has no version {version}")]
     VersionNotFound {
@@ -58,6 +62,7 @@ impl From<KeyError> for Status {
         match &e {
             KeyError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             KeyError::KeyNotFound(_) | KeyError::VersionNotFound { .. } => Status::not_found(e.to_string()),
+            KeyError::OtherTenant(_) => Status::permission_denied(e.to_string()),
             KeyError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             KeyError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             KeyError::Unimplemented(_) => Status::unimplemented(e.to_string()),

@@ -74,11 +74,9 @@ impl KeyStore {
         if let Some((record, tier)) = self.records.get(tenant_id, name_or_id).await {
             return Ok((record, Source::Cache(tier)));
         }
-        let record = self
-            .repo
-            .load(KeyLookup::InTenant { tenant_id, name_or_id })
-            .await?
-            .ok_or_else(|| KeyError::KeyNotFound(name_or_id.to_owned()))?;
+        let Some(record) = self.repo.load(KeyLookup::InTenant { tenant_id, name_or_id }).await? else {
+            return Err(self.not_in_tenant(name_or_id).await);
+        };
         let record = Arc::new(record);
         self.records.put(record.clone()).await;
         Ok((record, Source::Database))
@@ -132,13 +130,27 @@ impl KeyStore {
             .await?)
     }
 
+    /// Why a key reference found nothing in the tenant: a key id that exists elsewhere belongs to another
+    /// tenant; anything else is not found.
+    pub async fn not_in_tenant(&self, name_or_id: &str) -> KeyError {
+        if name_or_id.starts_with(keymesh_store::keys::KEY_ID_PREFIX)
+            && let Ok(Some(_)) = self.repo.load(KeyLookup::ById(name_or_id)).await
+        {
+            return KeyError::OtherTenant(name_or_id.to_owned());
+        }
+        KeyError::KeyNotFound(name_or_id.to_owned())
+    }
+
     /// Locks a key for change.
     pub async fn lock(&self, lookup: KeyLookup<'_>) -> Result<LockedKey, KeyError> {
         let name = match lookup {
             KeyLookup::InTenant { name_or_id, .. } => name_or_id,
             KeyLookup::ById(id) => id,
         };
-        self.repo.lock(lookup).await?.ok_or_else(|| KeyError::KeyNotFound(name.to_owned()))
+        match self.repo.lock(lookup).await? {
+            Some(locked) => Ok(locked),
+            None => Err(self.not_in_tenant(name).await),
+        }
     }
 
     /// Commits a change and makes every cache and watcher forget the old record.

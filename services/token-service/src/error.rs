@@ -13,6 +13,9 @@ pub enum TokenError {
     /// A refresh token that is unknown, expired, revoked or already spent; one message for the first three.
     #[error("{0}")]
     InvalidGrant(&'static str),
+    /// A token exchange failed.
+    #[error(transparent)]
+    Exchange(#[from] crate::exchange::ExchangeError),
     /// The caller's access token was refused.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -55,6 +58,14 @@ impl From<TokenError> for Status {
         };
         match &e {
             TokenError::InvalidClient | TokenError::InvalidGrant(_) => Status::unauthenticated(e.to_string()),
+            TokenError::Exchange(crate::exchange::ExchangeError::Refused(_)) => Status::unauthenticated(e.to_string()),
+            TokenError::Exchange(crate::exchange::ExchangeError::NotConfigured) => {
+                Status::failed_precondition(e.to_string())
+            }
+            TokenError::Exchange(crate::exchange::ExchangeError::Unavailable { .. }) => {
+                tracing::warn!(error = %e, "token exchange issuer unreachable");
+                Status::unavailable(e.to_string())
+            }
             TokenError::Auth(_) => Status::unauthenticated(e.to_string()),
             TokenError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
             TokenError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),

@@ -4,6 +4,7 @@
 mod applications;
 mod bootstrap;
 mod error;
+mod exchange;
 mod revocations;
 mod rpc;
 mod secrets;
@@ -54,7 +55,8 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
         fips_mode.to_proto(),
     );
 
-    let service = rpc::TokenRpc::new(repo, signer, verifier, audit.clone(), fips);
+    let exchanger = exchange::Exchanger::from_config(&raw.tokens.exchange, token_params.clock_skew)?;
+    let service = rpc::TokenRpc::new(repo, signer, verifier, audit.clone(), exchanger, fips);
     let routes = Routes::new(TokenServiceServer::new(service));
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.TokenService"], params.shutdown_grace).await?;
     poll.abort();

@@ -149,7 +149,7 @@ impl CryptoRpc {
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
         claims.require_key_operation(&dek.key_name, item.permission)?;
         self.admit_plaintext(claims, &dek.key_id, item.permission)?;
-        let warnings = self.decide(claims, audit, &dek, item.permission)?;
+        let warnings = self.decide(claims, audit, &dek, item.permission, item.context)?;
         if dek.algorithm != KeyAlgorithm::Symmetric(parsed.algorithm) {
             return Err(CryptoServiceError::DecryptionFailed.into());
         }

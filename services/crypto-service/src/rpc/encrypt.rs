@@ -155,7 +155,7 @@ impl CryptoRpc {
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
         claims.require_key_operation(&dek.key_name, item.permission)?;
         self.admit_plaintext(claims, &dek.key_id, item.permission)?;
-        let warnings = self.decide(claims, audit, &dek, item.permission)?;
+        let warnings = self.decide(claims, audit, &dek, item.permission, item.context)?;
         let algorithm = match dek.algorithm {
             KeyAlgorithm::Symmetric(algorithm) => algorithm,
             KeyAlgorithm::Asymmetric(algorithm) if item.to_public_key => {

@@ -9,7 +9,10 @@ mod sign;
 mod stream;
 mod utility;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use keymesh_audit::{AuditScope, AuditSink};
 use keymesh_limits::Limiter;
@@ -69,11 +72,16 @@ impl CryptoRpc {
         audit: &mut Audited,
         dek: &CachedDek,
         operation: pb::Operation,
+        context: &HashMap<String, String>,
     ) -> Result<Vec<String>, CryptoServiceError> {
+        let (external_issuer, external_subject) = claims.external();
         let attributes = Attributes {
             identity: &claims.sub,
             tenant: &claims.tenant,
             roles: claims.role_names(),
+            external_issuer,
+            external_subject,
+            context,
             operation,
             key_id: &dek.key_id,
             key_name: &dek.key_name,
@@ -123,7 +131,7 @@ impl CryptoRpc {
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
         claims.require_key_operation(&dek.key_name, permission)?;
         self.admit_plaintext(claims, &dek.key_id, permission)?;
-        let warnings = self.decide(claims, audit, &dek, permission)?;
+        let warnings = self.decide(claims, audit, &dek, permission, &HashMap::new())?;
         Ok((dek, warnings))
     }
 }

@@ -6,7 +6,7 @@ use keymesh_store::keys::KeyLookup;
 use tonic::{Request, Response, Status};
 
 use super::{KeyRpc, READERS, require_key};
-use crate::{convert::record_to_proto, error::KeyError};
+use crate::convert::record_to_proto;
 
 impl KeyRpc {
     pub(super) async fn handle_get_key(
@@ -17,12 +17,11 @@ impl KeyRpc {
         let name = request.into_inner().key;
         let result = async {
             require_key(&name)?;
-            let record = self
-                .store
-                .repo()
-                .load(KeyLookup::InTenant { tenant_id: &claims.tenant, name_or_id: &name })
-                .await?
-                .ok_or_else(|| KeyError::KeyNotFound(name.clone()))?;
+            let Some(record) =
+                self.store.repo().load(KeyLookup::InTenant { tenant_id: &claims.tenant, name_or_id: &name }).await?
+            else {
+                return Err(self.store.not_in_tenant(&name).await);
+            };
             audit.resource(&record.key.id, record.key.primary_version as u32, record.key.algorithm);
             Ok(pb::GetKeyResponse { key: Some(record_to_proto(&record)) })
         }

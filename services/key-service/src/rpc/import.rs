@@ -86,12 +86,14 @@ impl KeyRpc {
                     });
                 }
             };
-            let record = self
+            let Some(record) = self
                 .store
                 .repo()
                 .load(KeyLookup::InTenant { tenant_id: &claims.tenant, name_or_id: &request.key })
                 .await?
-                .ok_or_else(|| KeyError::KeyNotFound(request.key.clone()))?;
+            else {
+                return Err(self.store.not_in_tenant(&request.key).await);
+            };
             audit.resource(&record.key.id, 0, record.key.algorithm);
             if !lifecycle::is_external(&record) {
                 return Err(KeyError::FailedPrecondition(format!(

@@ -222,10 +222,15 @@ impl KeyRpc {
             // Handing out a public key is a use of the key: FIPS mode (an HPKE key's public half would only
             // collect ciphertexts nobody may open) and the key's rules decide, as in crypto-service.
             let labels = lifecycle::enforced_labels(&record)?;
+            let (external_issuer, external_subject) = claims.external();
+            let no_context = std::collections::HashMap::new();
             let attributes = keymesh_policy::Attributes {
                 identity: &claims.sub,
                 tenant: &claims.tenant,
                 roles: claims.role_names(),
+                external_issuer,
+                external_subject,
+                context: &no_context,
                 operation: pb::Operation::GetPublicKey,
                 key_id: &record.key.id,
                 key_name: &record.key.name,

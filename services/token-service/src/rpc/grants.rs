@@ -3,7 +3,7 @@
 //! produced.
 
 use keymesh_audit::AuditScope;
-use keymesh_mesh::auth::{AccessClaims, unix_now};
+use keymesh_mesh::auth::{AccessClaims, ExternalSubject, unix_now};
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     entity::{application, refresh_token},
@@ -69,13 +69,25 @@ impl TokenRpc {
         app: &application::Model,
         sid: Option<String>,
     ) -> Result<(String, AccessClaims), TokenError> {
+        self.access_token_until(app, sid, None, u64::MAX)
+    }
+
+    /// An access token for `app` expiring after the configured lifetime or at `not_after`, whichever is
+    /// first.
+    pub(super) fn access_token_until(
+        &self,
+        app: &application::Model,
+        sid: Option<String>,
+        ext: Option<ExternalSubject>,
+        not_after: u64,
+    ) -> Result<(String, AccessClaims), TokenError> {
         let now = unix_now();
         let ttl = self.signer.params.access_token_ttl.as_secs();
         let claims = AccessClaims {
             iss: self.signer.params.issuer.clone(),
             sub: app.client_id.clone(),
             aud: self.signer.params.audience.clone(),
-            exp: now + ttl,
+            exp: (now + ttl).min(not_after),
             iat: now,
             nbf: now,
             jti: uuid::Uuid::new_v4().to_string(),
@@ -83,6 +95,7 @@ impl TokenRpc {
             roles: stored_roles(app)?,
             perms: stored_permissions(app)?,
             sid,
+            ext,
         };
         Ok((self.signer.sign(&claims)?, claims))
     }
@@ -96,7 +109,7 @@ impl TokenRpc {
         pb::IssueTokenResponse {
             access_token,
             token_type: "Bearer".into(),
-            expires_in_seconds: self.signer.params.access_token_ttl.as_secs() as u32,
+            expires_in_seconds: claims.exp.saturating_sub(claims.iat) as u32,
             refresh_token: refresh_token.map(|t| t.to_string()).unwrap_or_default(),
             expire_time: Some(prost_types::Timestamp { seconds: claims.exp as i64, nanos: 0 }),
         }
@@ -202,5 +215,51 @@ impl TokenRpc {
         audit.resource(&claims.jti, 0, 0);
         audit.detail(&format!("refreshed; refresh family {}", row.family_id));
         Ok(self.response(token, &claims, Some(successor_token)))
+    }
+}
+
+/// Subject token types accepted (RFC 8693); empty means a JWT.
+const SUBJECT_TOKEN_TYPES: &[&str] =
+    &["", "urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"];
+
+impl TokenRpc {
+    /// A platform's token for the application a rule maps it to; no refresh token (the platform renews the
+    /// subject token, and the access token never outlives it).
+    pub(super) async fn token_exchange(
+        &self,
+        subject_token: &str,
+        subject_token_type: &str,
+        audit: &mut AuditScope,
+    ) -> Result<pb::IssueTokenResponse, TokenError> {
+        if !SUBJECT_TOKEN_TYPES.contains(&subject_token_type) {
+            return Err(TokenError::InvalidArgument {
+                field: "subject_token_type",
+                reason: format!("{subject_token_type:?}: use {} or {}", SUBJECT_TOKEN_TYPES[1], SUBJECT_TOKEN_TYPES[2]),
+            });
+        }
+        if subject_token.is_empty() {
+            return Err(TokenError::InvalidArgument {
+                field: "subject_token",
+                reason: "give the service-account or ID token to exchange".into(),
+            });
+        }
+        let mapped = self.exchanger.exchange(subject_token).await?;
+        audit.caller("", &mapped.client_id);
+        let app = self.repo.application(&mapped.client_id).await?.ok_or_else(|| {
+            TokenError::FailedPrecondition(format!(
+                "the token-exchange rule for {} maps to application {}, which does not exist",
+                mapped.subject.sub, mapped.client_id
+            ))
+        })?;
+        audit.caller(&app.tenant_id, &app.client_id);
+        if app.disabled {
+            return Err(TokenError::InvalidClient);
+        }
+        let detail = format!("exchanged {} subject {}", mapped.subject.iss, mapped.subject.sub);
+        let (token, claims) = self.access_token_until(&app, None, Some(mapped.subject), mapped.expires_at)?;
+        audit.resource(&claims.jti, 0, 0);
+        audit.detail(&detail);
+        tracing::info!(client_id = %app.client_id, jti = %claims.jti, %detail, "issued access token by exchange");
+        Ok(self.response(token, &claims, None))
     }
 }

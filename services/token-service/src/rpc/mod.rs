@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     error::TokenError,
+    exchange::Exchanger,
     revocations::{self, SESSION_REVOCATION_LIFETIME_MS},
     signing::Signer,
 };
@@ -38,6 +39,7 @@ pub struct TokenRpc {
     signer: Arc<Signer>,
     verifier: Arc<TokenVerifier>,
     audit: AuditSink,
+    exchanger: Exchanger,
     /// FIPS mode: new secrets are hashed with PBKDF2, and the decoy hash takes that form.
     fips: bool,
 }
@@ -49,9 +51,10 @@ impl TokenRpc {
         signer: Arc<Signer>,
         verifier: Arc<TokenVerifier>,
         audit: AuditSink,
+        exchanger: Exchanger,
         fips: bool,
     ) -> Self {
-        Self { repo, signer, verifier, audit, fips }
+        Self { repo, signer, verifier, audit, exchanger, fips }
     }
 
     /// Verifies the caller's access token; the audit scope of the call starts with it.
@@ -216,7 +219,7 @@ impl TokenService for TokenRpc {
             }
             pb::GrantType::RefreshToken => self.refresh(&request.refresh_token, &mut audit).await,
             pb::GrantType::TokenExchange => {
-                Err(TokenError::Unimplemented("TokenService.IssueToken with GRANT_TYPE_TOKEN_EXCHANGE"))
+                self.token_exchange(&request.subject_token, &request.subject_token_type, &mut audit).await
             }
             pb::GrantType::Unspecified => Err(TokenError::InvalidArgument {
                 field: "grant_type",
