@@ -155,6 +155,12 @@ impl Mesh {
         KeymeshClient::new(&self.endpoints, &self.app_tls("test-app"), credentials).expect("client")
     }
 
+    /// A client without a stored secret: it exchanges the platform token in `token_file` at each renewal.
+    pub fn client_exchanging(&self, token_file: &Path) -> KeymeshClient {
+        KeymeshClient::new(&self.endpoints, &self.app_tls("test-app"), Credentials::token_exchange(token_file))
+            .expect("client")
+    }
+
     /// Starts one more process of `service` with the mesh's environment plus `extra`, on a new port, and
     /// waits until it serves; returns its endpoint. Replicas share the data directory (and so the KEK) and
     /// the service's own variables given to [`Mesh::start`].

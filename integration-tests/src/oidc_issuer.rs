@@ -47,8 +47,11 @@ impl TestIssuer {
     pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let shared =
-            Arc::new(Shared { url: url.clone(), keys: Mutex::new(vec![new_key(1)]), jwks_fetches: AtomicUsize::new(0) });
+        let shared = Arc::new(Shared {
+            url: url.clone(),
+            keys: Mutex::new(vec![new_key(1)]),
+            jwks_fetches: AtomicUsize::new(0),
+        });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/openid/v1/jwks", get(jwks))

@@ -103,7 +103,9 @@ pub struct Exchanger {
 fn check_url(field: String, url: &str) -> Result<(), ExchangeConfigError> {
     let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
     let ok = url.starts_with("https://")
-        || loopback.iter().any(|p| url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/'])));
+        || loopback
+            .iter()
+            .any(|p| url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/'])));
     if ok {
         Ok(())
     } else {
@@ -181,7 +183,10 @@ impl Exchanger {
         let refused = |why: &str| ExchangeError::Refused(why.to_owned());
         let header = jsonwebtoken::decode_header(token).map_err(|_| refused("not a JWT"))?;
         if !ALGORITHMS.contains(&header.alg) {
-            return Err(refused(&format!("algorithm {:?} is not accepted; the issuer must sign asymmetrically", header.alg)));
+            return Err(refused(&format!(
+                "algorithm {:?} is not accepted; the issuer must sign asymmetrically",
+                header.alg
+            )));
         }
         // The issuer is read before verification only to choose whose keys verify the token.
         let iss = unverified_issuer(token).ok_or_else(|| refused("no iss claim"))?;
@@ -225,7 +230,8 @@ impl Exchanger {
                 issuer.max_lifetime
             )));
         }
-        let sub = claims.get("sub").and_then(serde_json::Value::as_str).ok_or_else(|| refused("sub is not a string"))?;
+        let sub =
+            claims.get("sub").and_then(serde_json::Value::as_str).ok_or_else(|| refused("sub is not a string"))?;
         let rule = self
             .rules
             .iter()
@@ -247,7 +253,8 @@ impl Exchanger {
 fn claim_equals(value: Option<&serde_json::Value>, want: &str) -> bool {
     match value {
         Some(serde_json::Value::String(s)) => s == want,
-        Some(v @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_))) => v.to_string() == want,
+        Some(serde_json::Value::Bool(b)) => want == if *b { "true" } else { "false" },
+        Some(serde_json::Value::Number(n)) => n.as_f64().is_some_and(|n| want.parse::<f64>().is_ok_and(|w| w == n)),
         _ => false,
     }
 }
@@ -269,9 +276,13 @@ impl Issuer {
             }
         }
         self.refresh().await?;
-        self.keys.read().await.by_kid.get(kid).cloned().ok_or_else(|| {
-            ExchangeError::Refused(format!("issuer {} has no signing key {kid:?}", self.name))
-        })
+        self.keys
+            .read()
+            .await
+            .by_kid
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| ExchangeError::Refused(format!("issuer {} has no signing key {kid:?}", self.name)))
     }
 
     /// Refetches the JWKS, at most once per [`REFETCH_MIN_INTERVAL`] (garbage tokens with made-up `kid`s
@@ -360,5 +371,7 @@ mod tests {
         assert!(claim_equals(Some(&serde_json::json!(true)), "true"));
         assert!(!claim_equals(Some(&serde_json::json!("yes")), "true"));
         assert!(!claim_equals(None, "true"));
+        assert!(claim_equals(Some(&serde_json::json!(42)), "42"));
+        assert!(!claim_equals(Some(&serde_json::json!(42)), "43"));
     }
 }
