@@ -36,9 +36,6 @@ pub enum TokenError {
     /// The request is valid but the state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),
-    /// The method or grant exists in the API but is not available yet.
-    #[error("{0} is not implemented yet")]
-    Unimplemented(&'static str),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] keymesh_store::StoreError),
@@ -72,7 +69,6 @@ impl From<TokenError> for Status {
             TokenError::NotFound(_) => Status::not_found(e.to_string()),
             TokenError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             TokenError::Store(keymesh_store::StoreError::AlreadyExists { .. }) => Status::already_exists(e.to_string()),
-            TokenError::Unimplemented(_) => Status::unimplemented(e.to_string()),
             TokenError::Kms(keymesh_kms::KmsError::Unavailable { backend, .. }) => {
                 tracing::error!(error = %e, "KMS backend unavailable");
                 Status::unavailable(format!("KMS backend {backend} is unavailable; retry later"))
