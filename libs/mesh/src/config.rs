@@ -185,6 +185,8 @@ pub struct RawTokens {
     /// How long a rotated client secret keeps working when RotateClientSecret names no grace period, in
     /// seconds (0..=2592000; default 86400).
     pub secret_grace_seconds: Option<u64>,
+    /// Days a token signing key signs before the next one takes over (1..=365; default 30).
+    pub signing_key_rotation_days: Option<u64>,
     /// External identities token-service exchanges for access tokens (token-service).
     #[serde(default)]
     pub exchange: RawExchange,
@@ -525,6 +527,8 @@ pub struct TokenParams {
     pub refresh_token_ttl: Duration,
     /// Default grace period of a rotated client secret.
     pub secret_grace: Duration,
+    /// How long a signing key signs before the next takes over.
+    pub signing_key_rotation: Duration,
 }
 
 impl TokenParams {
@@ -569,6 +573,12 @@ impl TokenParams {
                 60..=90 * 86_400,
             )?,
             secret_grace: ranged("tokens.secret_grace_seconds", t.secret_grace_seconds, 86_400, 0..=30 * 86_400)?,
+            signing_key_rotation: ranged(
+                "tokens.signing_key_rotation_days",
+                t.signing_key_rotation_days.map(|d| d.saturating_mul(86_400)),
+                30 * 86_400,
+                86_400..=365 * 86_400,
+            )?,
         })
     }
 }

@@ -261,6 +261,16 @@ impl TokenRepository {
         Ok(())
     }
 
+    /// Retires a signing key: it leaves the JWKS.
+    pub async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<(), StoreError> {
+        signing_key::Entity::update_many()
+            .col_expr(signing_key::Column::RetiredAt, Expr::value(at))
+            .filter(signing_key::Column::Kid.eq(kid))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// Signing keys not retired, newest first.
     pub async fn current_signing_keys(&self) -> Result<Vec<signing_key::Model>, StoreError> {
         Ok(signing_key::Entity::find()

@@ -35,7 +35,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let kms_params = KmsParams::from_raw(&raw)?;
     let listener = server::bind(params.listen_addr).await?;
 
-    let kms = kms_params.open_keyring(&params.data_dir).await?;
+    let kms = Arc::new(kms_params.open_keyring(&params.data_dir).await?);
     let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
     let repo = TokenRepository::new(db);
     let endpoint = params.endpoints.token_service.clone();
@@ -50,6 +50,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let verifier = Arc::new(TokenVerifier::new(Arc::new(authority), &token_params));
     let poll = verifier.start_revocation_poll();
     let pruner = revocations::spawn_pruner(repo.clone(), Duration::from_secs(600));
+    let rotation = signer.spawn_maintenance(repo.clone(), kms.clone(), Duration::from_secs(60));
     let audit = AuditSink::start(
         traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
         fips_mode.to_proto(),
@@ -61,6 +62,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.TokenService"], params.shutdown_grace).await?;
     poll.abort();
     pruner.abort();
+    rotation.abort();
     audit.flush(Duration::from_secs(5)).await;
     Ok(())
 }

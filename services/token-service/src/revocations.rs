@@ -44,7 +44,7 @@ pub struct LocalAuthority {
 #[async_trait::async_trait]
 impl TokenAuthority for LocalAuthority {
     async fn jwks(&self) -> Result<Vec<PublicJwk>, String> {
-        Ok(self.signer.jwks().iter().map(|k| PublicJwk { kid: k.kid.clone(), x: k.x.clone() }).collect())
+        Ok(self.signer.jwks().into_iter().map(|k| PublicJwk { kid: k.kid, x: k.x }).collect())
     }
 
     async fn revocations(&self) -> Result<Vec<pb::Revocation>, String> {

@@ -2,7 +2,7 @@
 //! public halves are served as a JWKS. A fresh database gets its first key on first start.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use keymesh_crypto::SecretKey;
@@ -18,13 +18,21 @@ use crate::error::TokenError;
 const SYSTEM_TENANT: &str = "_system";
 const ALGORITHM: &str = "EdDSA";
 
-/// Signs access tokens and publishes the keys that verify them.
-pub struct Signer {
+/// The key that signs now and every public key still published.
+struct SigningState {
     kid: String,
     key: EncodingKey,
     jwks: Vec<pb::Jwk>,
     /// The public halves, for RevokeToken's check that a token is ours.
     decoding: HashMap<String, DecodingKey>,
+}
+
+/// Signs access tokens and publishes the keys that verify them. Keys rotate on a schedule with overlap: a
+/// new key signs from the moment it exists (verifiers fetch the JWKS on an unknown `kid`), and the key it
+/// replaces stays published until every token it signed has expired, then is retired. Every replica runs
+/// the same maintenance against the shared store, so replicas converge on the newest key within a minute.
+pub struct Signer {
+    state: std::sync::RwLock<Arc<SigningState>>,
     /// Token settings.
     pub params: TokenParams,
 }
@@ -34,23 +42,64 @@ fn wrap_context(kid: &str) -> WrapContext {
 }
 
 impl Signer {
-    /// Loads the newest signing key, creating one when there is none.
+    /// Loads the newest signing key, creating one when there is none (or when it is due for rotation).
     pub async fn load_or_create(
         repo: &TokenRepository,
         kms: &Keyring,
         params: TokenParams,
     ) -> Result<Self, TokenError> {
+        let state = Self::maintained_state(repo, kms, &params, true).await?;
+        Ok(Self { state: std::sync::RwLock::new(Arc::new(state)), params })
+    }
+
+    /// Rotates the key when it is due, retires keys whose tokens have all expired, and picks up what other
+    /// replicas did.
+    pub async fn maintain(&self, repo: &TokenRepository, kms: &Keyring) -> Result<(), TokenError> {
+        let state = Arc::new(Self::maintained_state(repo, kms, &self.params, false).await?);
+        let changed = self.current().kid != state.kid;
+        if let Ok(mut current) = self.state.write() {
+            *current = state.clone();
+        }
+        if changed {
+            tracing::info!(kid = %state.kid, "now signing access tokens with a new key");
+        }
+        Ok(())
+    }
+
+    async fn maintained_state(
+        repo: &TokenRepository,
+        kms: &Keyring,
+        params: &TokenParams,
+        starting: bool,
+    ) -> Result<SigningState, TokenError> {
+        let now = now_millis();
         let mut keys = repo.current_signing_keys().await?;
-        if keys.is_empty() {
+        let due = keys.first().is_none_or(|k| now - k.created_at >= params.signing_key_rotation.as_millis() as i64);
+        if due {
             let created = create_key(kms).await?;
+            tracing::info!(kid = %created.kid, "created a token signing key");
             repo.insert_signing_key(created).await?;
             keys = repo.current_signing_keys().await?;
         }
-        bring_up_to_date(repo, kms, &mut keys).await?;
-        let newest = keys.first().ok_or_else(|| TokenError::Internal("no signing key after creating one".into()))?;
+        // Newest first: a key is retired once the key after it has signed for longer than any token lives.
+        let overlap = (params.access_token_ttl + params.clock_skew).as_millis() as i64;
+        let mut kept = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let successor_since = i.checked_sub(1).map(|j| keys[j].created_at);
+            if successor_since.is_some_and(|since| now - since > overlap) {
+                repo.retire_signing_key(&key.kid, now).await?;
+                tracing::info!(kid = %key.kid, "retired a token signing key: every token it signed has expired");
+            } else {
+                kept.push(key.clone());
+            }
+        }
+        if starting {
+            bring_up_to_date(repo, kms, &mut kept).await?;
+        }
+        let newest = kept.first().ok_or_else(|| TokenError::Internal("no signing key after creating one".into()))?;
         let private = kms.unwrap(&wraps_of(newest)?, &wrap_context(&newest.kid)).await?;
         let key = EncodingKey::from_ed_der(private.expose_secret());
-        let jwks = keys
+        let jwks = kept
             .iter()
             .map(|k| pb::Jwk {
                 kty: "OKP".into(),
@@ -65,31 +114,60 @@ impl Signer {
             .iter()
             .filter_map(|k| DecodingKey::from_ed_components(&k.x).ok().map(|d| (k.kid.clone(), d)))
             .collect();
-        Ok(Self { kid: newest.kid.clone(), key, jwks, decoding, params })
+        Ok(SigningState { kid: newest.kid.clone(), key, jwks, decoding })
+    }
+
+    fn current(&self) -> Arc<SigningState> {
+        match self.state.read() {
+            Ok(state) => state.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Signs `claims` with the current key.
     pub fn sign(&self, claims: &AccessClaims) -> Result<String, TokenError> {
+        let state = self.current();
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| TokenError::Internal(format!("signing: {e}")))
+        header.kid = Some(state.kid.clone());
+        jsonwebtoken::encode(&header, claims, &state.key).map_err(|e| TokenError::Internal(format!("signing: {e}")))
     }
 
     /// The public keys.
-    pub fn jwks(&self) -> &[pb::Jwk] {
-        &self.jwks
+    pub fn jwks(&self) -> Vec<pb::Jwk> {
+        self.current().jwks.clone()
     }
 
     /// The claims of a token this issuer signed, expired or not; `None` for anything else.
     pub fn claims_of_own_token(&self, token: &str) -> Option<AccessClaims> {
         let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
-        let key = self.decoding.get(&kid)?;
+        let state = self.current();
+        let key = state.decoding.get(&kid)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&self.params.issuer]);
         validation.set_audience(&[&self.params.audience]);
         validation.validate_exp = false;
         validation.validate_nbf = false;
         jsonwebtoken::decode::<AccessClaims>(token, key, &validation).ok().map(|d| d.claims)
+    }
+
+    /// Runs [`Signer::maintain`] every `period` for as long as the process lives.
+    pub fn spawn_maintenance(
+        self: &Arc<Self>,
+        repo: TokenRepository,
+        kms: Arc<Keyring>,
+        period: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let signer = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                if let Err(e) = signer.maintain(&repo, &kms).await {
+                    tracing::warn!(error = %e, "token signing key maintenance failed; retrying next period");
+                }
+            }
+        })
     }
 }
 
@@ -160,4 +238,74 @@ async fn create_key(kms: &Keyring) -> Result<signing_key::Model, TokenError> {
         created_at: now_millis(),
         retired_at: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use keymesh_mesh::{
+        auth::unix_now,
+        config::{KmsParams, RawConfig},
+    };
+
+    use super::*;
+
+    fn claims() -> AccessClaims {
+        let now = unix_now();
+        AccessClaims {
+            iss: "keymesh".into(),
+            sub: "app_1".into(),
+            aud: "keymesh".into(),
+            exp: now + 1,
+            iat: now,
+            nbf: now,
+            jti: "j".into(),
+            tenant: "t".into(),
+            roles: vec![],
+            perms: vec![],
+            sid: None,
+            ext: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn keys_rotate_with_overlap_and_retire_once_their_tokens_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let repo = TokenRepository::new(keymesh_store::connect_and_migrate(&url).await.unwrap());
+        let kms = KmsParams::from_raw(&RawConfig::default()).unwrap().open_keyring(dir.path()).await.unwrap();
+        let mut params = TokenParams::from_raw(&RawConfig::default()).unwrap();
+        // Seconds instead of days: rotation after 2 s, tokens living 1 s.
+        params.signing_key_rotation = Duration::from_secs(2);
+        params.access_token_ttl = Duration::from_secs(1);
+        params.clock_skew = Duration::ZERO;
+
+        let signer = Signer::load_or_create(&repo, &kms, params.clone()).await.unwrap();
+        let old_token = signer.sign(&claims()).unwrap();
+        let first = signer.jwks()[0].kid.clone();
+        signer.maintain(&repo, &kms).await.unwrap();
+        assert_eq!(signer.jwks().len(), 1, "not due yet");
+
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        signer.maintain(&repo, &kms).await.unwrap();
+        let kids: Vec<String> = signer.jwks().into_iter().map(|k| k.kid).collect();
+        assert_eq!(kids.len(), 2, "the new key and the old one, still published");
+        assert_eq!(kids[1], first);
+        let new_token = signer.sign(&claims()).unwrap();
+        assert_eq!(jsonwebtoken::decode_header(&new_token).unwrap().kid.unwrap(), kids[0], "the new key signs");
+        assert!(signer.claims_of_own_token(&old_token).is_some(), "tokens of the old key still verify");
+
+        // A replica starting now sees the same keys.
+        let replica = Signer::load_or_create(&repo, &kms, params).await.unwrap();
+        assert_eq!(replica.jwks().len(), 2);
+
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        signer.maintain(&repo, &kms).await.unwrap();
+        let kids: Vec<String> = signer.jwks().into_iter().map(|k| k.kid).collect();
+        assert_eq!(kids.len(), 1, "the old key is retired once its tokens have expired: {kids:?}");
+        assert!(signer.claims_of_own_token(&old_token).is_none());
+        assert!(signer.claims_of_own_token(&new_token).is_some());
+        assert_eq!(repo.current_signing_keys().await.unwrap().len(), 1);
+    }
 }

@@ -249,7 +249,7 @@ impl TokenService for TokenRpc {
 
     async fn get_jwks(&self, _: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
         Ok(Response::new(pb::GetJwksResponse {
-            keys: self.signer.jwks().to_vec(),
+            keys: self.signer.jwks(),
             issuer: self.signer.params.issuer.clone(),
             audience: self.signer.params.audience.clone(),
         }))
