@@ -2,8 +2,10 @@
 //! Encrypt and Decrypt of 1 KiB and 64 KiB (operations per second and latency percentiles, from an HDR
 //! histogram, with a fixed number of calls in flight), and EncryptStream/DecryptStream throughput, beside
 //! AES-256-GCM sealing the same sizes in-process on one core; and Sign/Verify per signature algorithm
-//! beside `openssl speed` for the same key type, run in the same process on one core. The load generator
-//! shares the machine with the four services, so the ratios are a floor.
+//! beside `openssl speed` for the same key type, run in the same process on one core; and rate-limit
+//! isolation: one application's Encrypt throughput alone, then while another application floods
+//! crypto-service far over its limit. The load generator shares the machine with the four services, so the
+//! ratios are a floor.
 //!
 //! Run with `make bench` (release build of the binaries and this bench).
 
@@ -11,7 +13,10 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -159,7 +164,7 @@ fn millis(d: Duration) -> String {
 #[tokio::main]
 async fn main() {
     keymesh_mesh::install_crypto_provider();
-    let mesh = Mesh::start(&[], &[]).await;
+    let mut mesh = Mesh::start(&[], &[]).await;
     let client = Arc::new(mesh.admin_client());
     client.create_key("bench").await.unwrap();
 
@@ -228,6 +233,108 @@ async fn main() {
     }
 
     signatures(&client).await;
+    isolation(&mut mesh, &client).await;
+}
+
+/// A quiet application's Encrypt rate alone and beside a flood from an application limited to
+/// `NOISY_LIMIT` calls per second (CONCURRENCY calls in flight each).
+async fn isolation(mesh: &mut Mesh, admin: &Arc<KeymeshClient>) {
+    const NOISY_LIMIT: u32 = 200;
+    let admin_token = admin.access_token().await.unwrap().to_string();
+    let perms: &[(&str, &[pb::Operation])] = &[("bench", &[pb::Operation::Encrypt])];
+    let mut apps = Vec::new();
+    for name in ["bench-quiet", "bench-noisy", "bench-greedy"] {
+        apps.push(
+            integration_tests::create_application(mesh, &admin_token, "", name, &[pb::Role::Developer], perms)
+                .await
+                .unwrap(),
+        );
+    }
+    let limit = (format!("KEYMESH_LIMITS__APPLICATIONS__{}__PER_SECOND", apps[1].0), NOISY_LIMIT.to_string());
+    mesh.restart(keymesh_mesh::ServiceName::CryptoService, &[(limit.0.as_str(), limit.1.as_str())]).await;
+    let quiet = Arc::new(mesh.client_with(&apps[0].0, &apps[0].1));
+    let noisy = Arc::new(mesh.client_with(&apps[1].0, &apps[1].1));
+    let greedy = Arc::new(mesh.client_with(&apps[2].0, &apps[2].1));
+    let measure_quiet = || {
+        let quiet = quiet.clone();
+        load(move || {
+            let quiet = quiet.clone();
+            async move {
+                encrypt(&quiet, vec![3u8; 1024]).await;
+            }
+        })
+    };
+    let alone = measure_quiet().await;
+    let (beside, admitted, refused, flooded_for) = beside_flood(&measure_quiet, &noisy).await;
+    let (unlimited, greedy_admitted, _, greedy_for) = beside_flood(&measure_quiet, &greedy).await;
+    println!();
+    println!("rate-limit isolation: Encrypt 1 KiB by a quiet application, {CONCURRENCY} in flight");
+    println!("{:<36} {:>12} {:>10} {:>10} {:>10}", "", "ops/s", "p50", "p99", "ratio");
+    println!(
+        "{:<36} {:>12.0} {:>10} {:>10} {:>9.3}x",
+        "alone",
+        alone.ops_per_second,
+        millis(alone.p50),
+        millis(alone.p99),
+        1.0
+    );
+    println!(
+        "{:<36} {:>12.0} {:>10} {:>10} {:>9.3}x",
+        format!("beside a flood limited to {NOISY_LIMIT}/s"),
+        beside.ops_per_second,
+        millis(beside.p50),
+        millis(beside.p99),
+        beside.ops_per_second / alone.ops_per_second
+    );
+    println!(
+        "{:<36} {:>12.0} {:>10} {:>10} {:>9.3}x",
+        "beside an unlimited flood",
+        unlimited.ops_per_second,
+        millis(unlimited.p50),
+        millis(unlimited.p99),
+        unlimited.ops_per_second / alone.ops_per_second
+    );
+    println!(
+        "the limited flood: {:.0} admitted/s, {:.0} refused/s with RESOURCE_EXHAUSTED; the unlimited one: {:.0}/s served",
+        admitted as f64 / flooded_for,
+        refused as f64 / flooded_for,
+        greedy_admitted as f64 / greedy_for
+    );
+}
+
+/// Measures the quiet application while `flooder` calls Encrypt from CONCURRENCY tasks without pause (and
+/// without backing off): the quiet result, the flood's admitted and refused calls, and the seconds it ran.
+async fn beside_flood<M, Fut>(measure_quiet: &M, flooder: &Arc<KeymeshClient>) -> (Unary, u64, u64, f64)
+where
+    M: Fn() -> Fut,
+    Fut: Future<Output = Unary>,
+{
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (admitted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let flood: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (flooder, stop, admitted, refused) = (flooder.clone(), stop.clone(), admitted.clone(), refused.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match flooder.encrypt("bench", vec![3u8; 1024], vec![]).await {
+                        Ok(_) => admitted.fetch_add(1, Ordering::Relaxed),
+                        Err(keymesh_client::ClientError::Status(s)) if s.code() == tonic::Code::ResourceExhausted => {
+                            refused.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) => panic!("flood: {e}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let quiet = measure_quiet().await;
+    let ran = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for task in flood {
+        task.await.unwrap();
+    }
+    (quiet, admitted.load(Ordering::Relaxed), refused.load(Ordering::Relaxed), ran)
 }
 
 /// `openssl speed -mr` sign/s and verify/s per algorithm, on one core, for the key type each SIGN algorithm
