@@ -157,7 +157,7 @@ async fn identity_and_access() {
         "billing",
         "a key outside, named by id",
     );
-    create_application(&mesh, &admin_token, "", "admin-makes-owner", &[pb::Role::Owner], &[])
+    let (owner_app_id, _) = create_application(&mesh, &admin_token, "", "admin-makes-owner", &[pb::Role::Owner], &[])
         .await
         .expect("the bootstrap admin is an owner, and owners grant ROLE_OWNER");
 
@@ -246,6 +246,7 @@ async fn identity_and_access() {
     }
     seen.sort();
     assert_eq!(seen, ["admin-makes-owner", "bootstrap-admin", "dashboard", "users-api"]);
+
     let bad = pb::ListApplicationsRequest { page_token: "%%%".into(), ..Default::default() };
     assert_code(
         tokens(&mesh).list_applications(with_token(bad, &admin_token)).await,
@@ -331,16 +332,40 @@ async fn identity_and_access() {
         "invalid client credentials",
         "the old secret after its grace",
     );
+    // Only managers rotate: a token (perhaps stolen, perhaps exchanged) cannot mint itself a lasting secret.
     let own = pb::RotateClientSecretRequest { client_id: viewer_id.clone(), ..Default::default() };
-    let own = tokens(&mesh).rotate_client_secret(with_token(own, &viewer.access_token)).await;
-    let own = own.map_err(|e| e.to_string()).expect("an application rotates its own secret").into_inner();
+    let err = tokens(&mesh).rotate_client_secret(with_token(own.clone(), &viewer.access_token)).await;
+    assert_code(err, Code::PermissionDenied, "roles", "an application rotating its own secret");
+    // An admin that is not an owner cannot take over an owner's application.
+    let (ops_id, ops_secret) =
+        create_application(&mesh, &admin_token, "", "ops-admin", &[pb::Role::Admin], &[]).await.unwrap();
+    let ops = issue(&mesh, &ops_id, &ops_secret).await.unwrap().access_token;
+    let takeover = pb::RotateClientSecretRequest { client_id: owner_app_id.clone(), ..Default::default() };
+    let err = tokens(&mesh).rotate_client_secret(with_token(takeover, &ops)).await;
+    assert_code(err, Code::PermissionDenied, "ROLE_OWNER", "an admin rotating an owner's secret");
+    let err = tokens(&mesh)
+        .disable_application(with_token(pb::DisableApplicationRequest { client_id: owner_app_id.clone() }, &ops))
+        .await;
+    assert_code(err, Code::PermissionDenied, "ROLE_OWNER", "an admin disabling an owner");
+    let second = tokens(&mesh).rotate_client_secret(with_token(own, &ops)).await.unwrap().into_inner();
     assert!(issue(&mesh, &viewer_id, &rotated.client_secret).await.is_ok(), "the default grace is a day");
-    // A leaked secret is cut off at once.
+    // A leaked secret is cut off at once, with what was obtained with it: refresh tokens and access tokens.
+    let leaked = issue(&mesh, &viewer_id, &second.client_secret).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await; // (the cut covers tokens of earlier seconds)
     let now =
         pb::RotateClientSecretRequest { client_id: viewer_id.clone(), expire_previous_now: true, ..Default::default() };
     let latest = tokens(&mesh).rotate_client_secret(with_token(now, &admin_token)).await.unwrap().into_inner();
-    assert_code(issue(&mesh, &viewer_id, &own.client_secret).await, Code::Unauthenticated, "invalid client", "cut off");
-    assert!(issue(&mesh, &viewer_id, &latest.client_secret).await.is_ok());
+    assert_code(
+        issue(&mesh, &viewer_id, &second.client_secret).await,
+        Code::Unauthenticated,
+        "invalid client",
+        "cut off",
+    );
+    assert_code(refresh(&mesh, &leaked.refresh_token).await, Code::Unauthenticated, "revoked", "its refresh token");
+    tokio::time::sleep(BOUND + Duration::from_millis(1100)).await;
+    refused_everywhere(&mesh, &leaked.access_token, "revoked", "an access token of the leaked secret").await;
+    let after = issue(&mesh, &viewer_id, &latest.client_secret).await.unwrap();
+    assert!(get_key(&mesh, &after.access_token, "pii-users").await.is_ok(), "the new secret's tokens live");
     let negative = pb::RotateClientSecretRequest {
         client_id: viewer_id.clone(),
         grace_period: Some(prost_types::Duration { seconds: -1, nanos: 0 }),

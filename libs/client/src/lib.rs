@@ -129,7 +129,8 @@ impl KeymeshClient {
             // Read at every renewal: the platform rotates the file's token.
             Some(path) => pb::IssueTokenRequest {
                 grant_type: pb::GrantType::TokenExchange as i32,
-                subject_token: std::fs::read_to_string(path)
+                subject_token: tokio::fs::read_to_string(path)
+                    .await
                     .map_err(|e| ClientError::Setup(format!("{}: {e}", path.display())))?
                     .trim()
                     .to_owned(),

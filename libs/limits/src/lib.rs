@@ -7,12 +7,14 @@
 //! - **quotas** on the calls that hand out plaintext (Decrypt, DecryptStream, data keys), per
 //!   application and per key, in two windows at once: per second (a burst cap) and per day (a volume cap).
 //!   A client that may legitimately decrypt a few thousand records a day then cannot decrypt the whole table
-//!   in an afternoon, whatever its permissions say.
+//!   in an afternoon, whatever its permissions say. A day's figure N is a rate of N per day with a burst of
+//!   N: a full allowance is spent at once, then it refills evenly, so any 24 hours admit at most 2N.
 //!
 //! Limits are GCRA cells (the `governor` crate): one atomic word per key, no timers, so a check costs a map
 //! lookup and a compare-and-swap. They are held per process: with N replicas behind a load balancer the mesh
-//! admits up to N times each figure, so configure figures per replica. Idle keys are forgotten by
-//! [`Limiter::forget_idle`], which a service calls periodically.
+//! admits up to N times each figure, so configure figures per replica, and a restart refills them. Windows
+//! are checked in turn, so a call one window refuses has already used a unit of the windows before it. Idle
+//! keys are forgotten by [`Limiter::forget_idle`], which a service calls periodically.
 
 use std::{collections::BTreeMap, num::NonZeroU32, time::Duration};
 
@@ -33,6 +35,10 @@ pub struct LimitsConfig {
     /// Overrides by tenant id.
     #[serde(default)]
     pub tenants: BTreeMap<String, RateOverride>,
+    /// Calls per second to token-service's unauthenticated methods (IssueToken, RevokeToken) from one client
+    /// certificate identity (default 100; 0: off): they hash secrets and add revocations every verifier
+    /// downloads, so they are the cheapest way to load the mesh.
+    pub token_requests_per_second: Option<u32>,
     /// Quotas on Decrypt and data keys.
     #[serde(default)]
     pub quotas: QuotaConfig,
@@ -198,6 +204,7 @@ pub struct Limiter {
     app_quota_day: Scoped,
     key_quota_second: Option<Window>,
     key_quota_day: Option<Window>,
+    token_requests: Scoped,
 }
 
 impl Limiter {
@@ -225,6 +232,7 @@ impl Limiter {
             app_quota_day: app_quota(DAY, "day", |o| o.per_day, q.application_per_day),
             key_quota_second: quota_window(q.key_per_second, Duration::from_secs(1), "second"),
             key_quota_day: quota_window(q.key_per_day, DAY, "day"),
+            token_requests: rate(config.token_requests_per_second, 100, &BTreeMap::new()),
         })
     }
 
@@ -232,6 +240,11 @@ impl Limiter {
     pub fn admit_call(&self, tenant: &str, application: &str) -> Result<(), Exceeded> {
         self.applications.check(application, || format!("application {application}"))?;
         self.tenants.check(tenant, || format!("tenant {tenant}"))
+    }
+
+    /// Admits one IssueToken or RevokeToken from the client certificate identity `peer`.
+    pub fn admit_token_request(&self, peer: &str) -> Result<(), Exceeded> {
+        self.token_requests.check(peer, || format!("client certificate {peer}"))
     }
 
     /// Admits one decrypt or data key of `application` with the key `key_id`, in both windows of both
@@ -249,7 +262,9 @@ impl Limiter {
 
     /// Drops the state of keys that are back to full allowance (nothing lost: they would start full anyway).
     pub fn forget_idle(&self) {
-        for scoped in [&self.applications, &self.tenants, &self.app_quota_second, &self.app_quota_day] {
+        for scoped in
+            [&self.applications, &self.tenants, &self.app_quota_second, &self.app_quota_day, &self.token_requests]
+        {
             scoped.forget_idle();
         }
         for window in [&self.key_quota_second, &self.key_quota_day].into_iter().flatten() {

@@ -295,6 +295,7 @@ pub fn unix_now() -> u64 {
 }
 
 const JWKS_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(5);
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The revocations a verifier holds, and when the poll that fetched them began.
 struct HeldRevocations {
@@ -361,12 +362,13 @@ impl TokenVerifier {
             return Ok(());
         }
         let began = Instant::now();
-        *last = Some(began);
         // A token-service that hangs must not hold callers for the channel's whole timeout: a poll gets a
         // third of the bound, like the period between polls.
-        let list = tokio::time::timeout(self.revocation_bound / 3, self.source.revocations())
-            .await
-            .map_err(|_| format!("no answer within {:?}", self.revocation_bound / 3))??;
+        let list = tokio::time::timeout(self.revocation_bound / 3, self.source.revocations()).await;
+        // When the attempt ended, not began: callers queued behind a slow attempt take its outcome instead of
+        // each starting another.
+        *last = Some(Instant::now());
+        let list = list.map_err(|_| format!("no answer within {:?}", self.revocation_bound / 3))??;
         let set = Arc::new(RevocationSet::from_list(list));
         if let Ok(mut held) = self.revocations.write() {
             *held = HeldRevocations { set, polled_at: Some(began) };
@@ -448,10 +450,11 @@ impl TokenVerifier {
         if last.is_some_and(|t| t.elapsed() < JWKS_REFRESH_MIN_INTERVAL) {
             return Ok(());
         }
-        // Counted as an attempt whether or not it succeeds: an unreachable token-service must not be asked
-        // again for every token with an unknown kid.
+        // Counted as an attempt whether or not it succeeds, from when it ended: an unreachable token-service
+        // must not be asked again for every token with an unknown kid, nor by every caller queued behind it.
+        let jwks = tokio::time::timeout(JWKS_FETCH_TIMEOUT, self.source.jwks()).await;
         *last = Some(Instant::now());
-        let jwks = self.source.jwks().await.map_err(|reason| {
+        let jwks = jwks.map_err(|_| "no answer in time".to_owned()).and_then(|r| r).map_err(|reason| {
             tracing::warn!(%reason, "cannot fetch the JWKS");
             AuthError::JwksUnavailable
         })?;

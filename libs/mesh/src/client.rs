@@ -144,7 +144,8 @@ pub struct RemoteAuthority {
 impl RemoteAuthority {
     /// Uses `channel` to token-service.
     pub fn new(channel: MeshChannel) -> Self {
-        Self { client: TokenServiceClient::new(channel) }
+        // The revocation list is one message: allow it to grow well past tonic's 4 MiB default.
+        Self { client: TokenServiceClient::new(channel).max_decoding_message_size(64 << 20) }
     }
 }
 

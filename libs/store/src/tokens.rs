@@ -97,41 +97,47 @@ impl TokenRepository {
         Ok(query.order_by_asc(application::Column::ClientId).limit(limit).all(&self.db).await?)
     }
 
-    /// Replaces an application's secret hash, keeping the old one valid until `previous_expires_at`.
+    /// Replaces an application's secret hash if it is still `previous_hash` (false: another rotation won),
+    /// keeping the old one valid until `previous_expires_at`; with `cut_off`, also revokes the application's
+    /// refresh tokens and records the revocation of its access tokens, in the same transaction.
     pub async fn rotate_secret(
         &self,
         client_id: &str,
         new_hash: String,
-        previous_hash: String,
+        previous_hash: &str,
         previous_expires_at: i64,
-    ) -> Result<(), StoreError> {
-        application::Entity::update_many()
+        cut_off: Option<revocation::Model>,
+    ) -> Result<bool, StoreError> {
+        let txn = self.db.begin().await?;
+        let updated = application::Entity::update_many()
             .col_expr(application::Column::SecretHash, Expr::value(new_hash))
-            .col_expr(application::Column::PreviousSecretHash, Expr::value(previous_hash))
+            .col_expr(application::Column::PreviousSecretHash, Expr::value(previous_hash.to_owned()))
             .col_expr(application::Column::PreviousSecretExpiresAt, Expr::value(previous_expires_at))
             .filter(application::Column::ClientId.eq(client_id))
-            .exec(&self.db)
-            .await?;
-        Ok(())
+            .filter(application::Column::SecretHash.eq(previous_hash))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if updated != 1 {
+            return Ok(false);
+        }
+        if let Some(revocation) = cut_off {
+            revoke_application_tokens(&txn, client_id, revocation).await?;
+        }
+        txn.commit().await?;
+        Ok(true)
     }
 
     /// Disables an application for good, in one transaction: the flag, its refresh tokens, and a
     /// revocation of every access token it holds.
     pub async fn disable_application(&self, client_id: &str, revocation: revocation::Model) -> Result<(), StoreError> {
-        let now = revocation.revoked_at;
         let txn = self.db.begin().await?;
         application::Entity::update_many()
             .col_expr(application::Column::Disabled, Expr::value(true))
             .filter(application::Column::ClientId.eq(client_id))
             .exec(&txn)
             .await?;
-        refresh_token::Entity::update_many()
-            .col_expr(refresh_token::Column::RevokedAt, Expr::value(now))
-            .filter(refresh_token::Column::ClientId.eq(client_id))
-            .filter(refresh_token::Column::RevokedAt.is_null())
-            .exec(&txn)
-            .await?;
-        upsert_revocation(&txn, revocation).await?;
+        revoke_application_tokens(&txn, client_id, revocation).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -144,8 +150,9 @@ impl TokenRepository {
 
     /// Presents the refresh token hashed `token_hash`: spends it and stores `successor` (whose family is set
     /// here) when it is live; revokes its family (tokens, and `session_revocation` for the access tokens)
-    /// when it is spent or revoked. One transaction, and the spend is conditional, so of two concurrent uses
-    /// of one token exactly one rotates and the other is a replay.
+    /// when it is spent or revoked, or when the family's session revocation exists (a successor stored in a
+    /// race with the family's revocation is refused at its first use). One transaction, and the spend is
+    /// conditional, so of two concurrent uses of one token exactly one rotates and the other is a replay.
     pub async fn use_refresh_token(
         &self,
         token_hash: &str,
@@ -157,6 +164,7 @@ impl TokenRepository {
         let Some(current) = refresh_token::Entity::find_by_id(token_hash.to_owned()).one(&txn).await? else {
             return Ok(RefreshOutcome::Unknown);
         };
+        let session = session_revocation(&current.family_id);
         let spent = refresh_token::Entity::update_many()
             .col_expr(refresh_token::Column::SpentAt, Expr::value(now))
             .filter(refresh_token::Column::TokenHash.eq(token_hash))
@@ -166,14 +174,15 @@ impl TokenRepository {
             .await?
             .rows_affected
             == 1;
-        if !spent {
+        let session_revoked = revocation::Entity::find_by_id(session.id.clone()).one(&txn).await?.is_some();
+        if !spent || session_revoked {
             refresh_token::Entity::update_many()
                 .col_expr(refresh_token::Column::RevokedAt, Expr::value(now))
                 .filter(refresh_token::Column::FamilyId.eq(&current.family_id))
                 .filter(refresh_token::Column::RevokedAt.is_null())
                 .exec(&txn)
                 .await?;
-            upsert_revocation(&txn, session_revocation(&current.family_id)).await?;
+            upsert_revocation(&txn, session).await?;
             txn.commit().await?;
             return Ok(RefreshOutcome::Replayed {
                 family_id: current.family_id,
@@ -215,7 +224,7 @@ impl TokenRepository {
         Ok(Some(token))
     }
 
-    /// Records a revocation (again: the later time and expiry win).
+    /// Records a revocation; recording one again replaces its time and expiry (the latest call wins).
     pub async fn revoke(&self, revocation: revocation::Model) -> Result<(), StoreError> {
         upsert_revocation(&self.db, revocation).await
     }
@@ -279,6 +288,21 @@ impl TokenRepository {
             .all(&self.db)
             .await?)
     }
+}
+
+/// Revokes every refresh token of an application and records `revocation` for its access tokens.
+async fn revoke_application_tokens(
+    db: &impl ConnectionTrait,
+    client_id: &str,
+    revocation: revocation::Model,
+) -> Result<(), StoreError> {
+    refresh_token::Entity::update_many()
+        .col_expr(refresh_token::Column::RevokedAt, Expr::value(crate::now_millis()))
+        .filter(refresh_token::Column::ClientId.eq(client_id))
+        .filter(refresh_token::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    upsert_revocation(db, revocation).await
 }
 
 async fn upsert_revocation(db: &impl ConnectionTrait, revocation: revocation::Model) -> Result<(), StoreError> {

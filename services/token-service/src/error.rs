@@ -33,6 +33,9 @@ pub enum TokenError {
     /// No such tenant or application.
     #[error("{0}")]
     NotFound(String),
+    /// A concurrent change won; the caller may retry.
+    #[error("{0}")]
+    Aborted(String),
     /// The request is valid but the state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -68,6 +71,7 @@ impl From<TokenError> for Status {
             TokenError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             TokenError::NotFound(_) => Status::not_found(e.to_string()),
             TokenError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            TokenError::Aborted(_) => Status::aborted(e.to_string()),
             TokenError::Store(keymesh_store::StoreError::AlreadyExists { .. }) => Status::already_exists(e.to_string()),
             TokenError::Kms(keymesh_kms::KmsError::Unavailable { backend, .. }) => {
                 tracing::error!(error = %e, "KMS backend unavailable");

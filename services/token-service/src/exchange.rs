@@ -222,8 +222,14 @@ impl Exchanger {
             .claims;
         let number = |name: &str| claims.get(name).and_then(serde_json::Value::as_u64);
         let exp = number("exp").ok_or_else(|| refused("exp is not a number"))?;
-        let issued = number("iat").unwrap_or_else(unix_now);
-        if exp.saturating_sub(issued) > issuer.max_lifetime {
+        // The lifetime is exp - iat, so iat is required and may not lie in the future (beyond the skew); and
+        // what is left must fit the maximum too, whatever iat says.
+        let issued = number("iat").ok_or_else(|| refused("iat is required (and a number)"))?;
+        let now = unix_now();
+        if issued > now + self.leeway {
+            return Err(refused("iat is in the future"));
+        }
+        if exp.saturating_sub(issued) > issuer.max_lifetime || exp.saturating_sub(now) > issuer.max_lifetime {
             return Err(ExchangeError::Refused(format!(
                 "lives {} s, over the {} s this issuer is allowed; use a short-lived (projected) token",
                 exp.saturating_sub(issued),
@@ -292,7 +298,16 @@ impl Issuer {
         if last.is_some_and(|t| t.elapsed() < REFETCH_MIN_INTERVAL) {
             return Ok(());
         }
+        let fetched = self.fetch_keys().await;
+        // When the attempt ended: requests queued behind a slow issuer take this outcome, not a fetch each.
         *last = Some(Instant::now());
+        let by_kid = fetched?;
+        tracing::info!(issuer = %self.name, keys = by_kid.len(), "fetched the signing keys of a token-exchange issuer");
+        *self.keys.write().await = Keys { by_kid, fetched: Some(Instant::now()) };
+        Ok(())
+    }
+
+    async fn fetch_keys(&self) -> Result<HashMap<String, DecodingKey>, ExchangeError> {
         let unavailable = |reason: String| ExchangeError::Unavailable { issuer: self.name.clone(), reason };
         let url = match &self.jwks_url {
             Some(url) => url.clone(),
@@ -309,14 +324,11 @@ impl Issuer {
             }
         };
         let set: JwkSet = self.get_json(&url).await.map_err(unavailable)?;
-        let by_kid: HashMap<String, DecodingKey> = set
+        Ok(set
             .keys
             .iter()
             .filter_map(|jwk| Some((jwk.common.key_id.clone()?, DecodingKey::from_jwk(jwk).ok()?)))
-            .collect();
-        tracing::info!(issuer = %self.name, keys = by_kid.len(), "fetched the signing keys of a token-exchange issuer");
-        *self.keys.write().await = Keys { by_kid, fetched: Some(Instant::now()) };
-        Ok(())
+            .collect())
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
@@ -324,9 +336,19 @@ impl Issuer {
         if !response.status().is_success() {
             return Err(format!("{url}: HTTP {}", response.status()));
         }
-        let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-        if body.len() > MAX_DOCUMENT {
-            return Err(format!("{url}: document over {MAX_DOCUMENT} bytes"));
+        // Read chunk by chunk and stop past the cap: a misbehaving issuer cannot make token-service buffer
+        // an unbounded body.
+        let too_large = || format!("{url}: document over {MAX_DOCUMENT} bytes");
+        if response.content_length().is_some_and(|n| n > MAX_DOCUMENT as u64) {
+            return Err(too_large());
+        }
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+            if body.len() + chunk.len() > MAX_DOCUMENT {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
         serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
     }

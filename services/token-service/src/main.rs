@@ -50,19 +50,22 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let verifier = Arc::new(TokenVerifier::new(Arc::new(authority), &token_params));
     let poll = verifier.start_revocation_poll();
     let pruner = revocations::spawn_pruner(repo.clone(), Duration::from_secs(600));
-    let rotation = signer.spawn_maintenance(repo.clone(), kms.clone(), Duration::from_secs(60));
+    let rotation = signer.spawn_maintenance(repo.clone(), kms.clone(), signing::MAINTENANCE_PERIOD);
     let audit = AuditSink::start(
         traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
         fips_mode.to_proto(),
     );
 
     let exchanger = exchange::Exchanger::from_config(&raw.tokens.exchange, token_params.clock_skew)?;
-    let service = rpc::TokenRpc::new(repo, signer, verifier, audit.clone(), exchanger, fips);
+    let limits = Arc::new(keymesh_limits::Limiter::from_config(&raw.limits)?);
+    let forgetter = keymesh_limits::Limiter::spawn_forgetter(&limits);
+    let service = rpc::TokenRpc::new(repo, signer, verifier, audit.clone(), exchanger, limits, fips);
     let routes = Routes::new(TokenServiceServer::new(service));
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.TokenService"], params.shutdown_grace).await?;
     poll.abort();
     pruner.abort();
     rotation.abort();
+    forgetter.abort();
     audit.flush(Duration::from_secs(5)).await;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! public halves are served as a JWKS. A fresh database gets its first key on first start.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use keymesh_crypto::SecretKey;
@@ -27,40 +27,58 @@ struct SigningState {
     decoding: HashMap<String, DecodingKey>,
 }
 
-/// Signs access tokens and publishes the keys that verify them. Keys rotate on a schedule with overlap: a
-/// new key signs from the moment it exists (verifiers fetch the JWKS on an unknown `kid`), and the key it
-/// replaces stays published until every token it signed has expired, then is retired. Every replica runs
-/// the same maintenance against the shared store, so replicas converge on the newest key within a minute.
+/// Signs access tokens and publishes the keys that verify them. Keys rotate on a schedule with overlap, and
+/// are published before they sign: a new key enters the JWKS of every replica (each maintains against the
+/// shared store every minute) before any replica signs with it, so no verifier meets a `kid` a replica cannot
+/// show it. The key it replaces stays published until every token it signed has expired, then is retired.
 pub struct Signer {
     state: std::sync::RwLock<Arc<SigningState>>,
+    /// How long a new key is published before it signs.
+    publish_ahead: Duration,
     /// Token settings.
     pub params: TokenParams,
 }
+
+/// The maintenance period of every replica.
+pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
+/// Publication ahead of use: three maintenance periods, so every replica has published a key before any
+/// signs with it.
+const PUBLISH_AHEAD: Duration = Duration::from_secs(180);
 
 fn wrap_context(kid: &str) -> WrapContext {
     WrapContext { tenant_id: SYSTEM_TENANT.into(), key_id: kid.into(), version: 1, algorithm: ALGORITHM.into() }
 }
 
 impl Signer {
-    /// Loads the newest signing key, creating one when there is none (or when it is due for rotation).
+    /// Loads the signing keys, creating one when there is none (or when the newest is due for rotation).
     pub async fn load_or_create(
         repo: &TokenRepository,
         kms: &Keyring,
         params: TokenParams,
     ) -> Result<Self, TokenError> {
-        let state = Self::maintained_state(repo, kms, &params, true).await?;
-        Ok(Self { state: std::sync::RwLock::new(Arc::new(state)), params })
+        Self::load_with(repo, kms, params, PUBLISH_AHEAD).await
+    }
+
+    async fn load_with(
+        repo: &TokenRepository,
+        kms: &Keyring,
+        params: TokenParams,
+        publish_ahead: Duration,
+    ) -> Result<Self, TokenError> {
+        let state = Self::maintained_state(repo, kms, &params, publish_ahead, None).await?;
+        Ok(Self { state: std::sync::RwLock::new(Arc::new(state)), publish_ahead, params })
     }
 
     /// Rotates the key when it is due, retires keys whose tokens have all expired, and picks up what other
     /// replicas did.
     pub async fn maintain(&self, repo: &TokenRepository, kms: &Keyring) -> Result<(), TokenError> {
-        let state = Arc::new(Self::maintained_state(repo, kms, &self.params, false).await?);
-        let changed = self.current().kid != state.kid;
+        let previous = self.current();
+        let state =
+            Arc::new(Self::maintained_state(repo, kms, &self.params, self.publish_ahead, Some(&previous)).await?);
         if let Ok(mut current) = self.state.write() {
             *current = state.clone();
         }
-        if changed {
+        if previous.kid != state.kid {
             tracing::info!(kid = %state.kid, "now signing access tokens with a new key");
         }
         Ok(())
@@ -70,35 +88,53 @@ impl Signer {
         repo: &TokenRepository,
         kms: &Keyring,
         params: &TokenParams,
-        starting: bool,
+        publish_ahead: Duration,
+        previous: Option<&SigningState>,
     ) -> Result<SigningState, TokenError> {
         let now = now_millis();
+        let ahead = publish_ahead.as_millis() as i64;
         let mut keys = repo.current_signing_keys().await?;
         let due = keys.first().is_none_or(|k| now - k.created_at >= params.signing_key_rotation.as_millis() as i64);
         if due {
             let created = create_key(kms).await?;
-            tracing::info!(kid = %created.kid, "created a token signing key");
+            tracing::info!(kid = %created.kid, "created a token signing key; it signs once published everywhere");
             repo.insert_signing_key(created).await?;
             keys = repo.current_signing_keys().await?;
         }
-        // Newest first: a key is retired once the key after it has signed for longer than any token lives.
-        let overlap = (params.access_token_ttl + params.clock_skew).as_millis() as i64;
+        // Newest first. A key starts signing `ahead` after its creation (at once when it is the only key);
+        // the key before it is retired once that successor has signed for longer than any token lives, plus a
+        // maintenance period for replicas that switched late.
+        let signs_from =
+            |key: &signing_key::Model, only: bool| if only { key.created_at } else { key.created_at + ahead };
+        // (The publication lead is three maintenance periods; one of them covers the late switchers.)
+        let overlap = (params.access_token_ttl + params.clock_skew + publish_ahead / 3).as_millis() as i64;
         let mut kept = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            let successor_since = i.checked_sub(1).map(|j| keys[j].created_at);
-            if successor_since.is_some_and(|since| now - since > overlap) {
+            let successor_signs_from = i.checked_sub(1).map(|j| signs_from(&keys[j], false));
+            if successor_signs_from.is_some_and(|since| now - since > overlap) {
                 repo.retire_signing_key(&key.kid, now).await?;
                 tracing::info!(kid = %key.kid, "retired a token signing key: every token it signed has expired");
             } else {
                 kept.push(key.clone());
             }
         }
-        if starting {
+        if previous.is_none() {
             bring_up_to_date(repo, kms, &mut kept).await?;
         }
-        let newest = kept.first().ok_or_else(|| TokenError::Internal("no signing key after creating one".into()))?;
-        let private = kms.unwrap(&wraps_of(newest)?, &wrap_context(&newest.kid)).await?;
-        let key = EncodingKey::from_ed_der(private.expose_secret());
+        let only = kept.len() == 1;
+        let signing = kept
+            .iter()
+            .find(|k| signs_from(k, only) <= now)
+            .or_else(|| kept.last())
+            .ok_or_else(|| TokenError::Internal("no signing key after creating one".into()))?;
+        // Unwrapped only when the signing key changes: maintenance runs every minute.
+        let key = match previous {
+            Some(previous) if previous.kid == signing.kid => previous.key.clone(),
+            _ => {
+                let private = kms.unwrap(&wraps_of(signing)?, &wrap_context(&signing.kid)).await?;
+                EncodingKey::from_ed_der(private.expose_secret())
+            }
+        };
         let jwks = kept
             .iter()
             .map(|k| pb::Jwk {
@@ -114,7 +150,7 @@ impl Signer {
             .iter()
             .filter_map(|k| DecodingKey::from_ed_components(&k.x).ok().map(|d| (k.kid.clone(), d)))
             .collect();
-        Ok(SigningState { kid: newest.kid.clone(), key, jwks, decoding })
+        Ok(SigningState { kid: signing.kid.clone(), key, jwks, decoding })
     }
 
     fn current(&self) -> Arc<SigningState> {
@@ -155,7 +191,7 @@ impl Signer {
         self: &Arc<Self>,
         repo: TokenRepository,
         kms: Arc<Keyring>,
-        period: std::time::Duration,
+        period: Duration,
     ) -> tokio::task::JoinHandle<()> {
         let signer = self.clone();
         tokio::spawn(async move {
@@ -270,40 +306,47 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn keys_rotate_with_overlap_and_retire_once_their_tokens_expired() {
+    async fn keys_are_published_before_they_sign_and_retired_once_their_tokens_expired() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let repo = TokenRepository::new(keymesh_store::connect_and_migrate(&url).await.unwrap());
         let kms = KmsParams::from_raw(&RawConfig::default()).unwrap().open_keyring(dir.path()).await.unwrap();
         let mut params = TokenParams::from_raw(&RawConfig::default()).unwrap();
-        // Seconds instead of days: rotation after 2 s, tokens living 1 s.
-        params.signing_key_rotation = Duration::from_secs(2);
+        // Seconds instead of days: rotation after 3 s, publication 1 s ahead, tokens living 1 s.
+        params.signing_key_rotation = Duration::from_secs(3);
         params.access_token_ttl = Duration::from_secs(1);
         params.clock_skew = Duration::ZERO;
+        let ahead = Duration::from_secs(1);
 
-        let signer = Signer::load_or_create(&repo, &kms, params.clone()).await.unwrap();
+        let signer = Signer::load_with(&repo, &kms, params.clone(), ahead).await.unwrap();
         let old_token = signer.sign(&claims()).unwrap();
         let first = signer.jwks()[0].kid.clone();
+        assert_eq!(jsonwebtoken::decode_header(&old_token).unwrap().kid.unwrap(), first, "a lone key signs at once");
         signer.maintain(&repo, &kms).await.unwrap();
         assert_eq!(signer.jwks().len(), 1, "not due yet");
 
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        tokio::time::sleep(Duration::from_millis(3100)).await;
         signer.maintain(&repo, &kms).await.unwrap();
         let kids: Vec<String> = signer.jwks().into_iter().map(|k| k.kid).collect();
-        assert_eq!(kids.len(), 2, "the new key and the old one, still published");
+        assert_eq!(kids.len(), 2, "the new key is published beside the old one");
         assert_eq!(kids[1], first);
-        let new_token = signer.sign(&claims()).unwrap();
-        assert_eq!(jsonwebtoken::decode_header(&new_token).unwrap().kid.unwrap(), kids[0], "the new key signs");
-        assert!(signer.claims_of_own_token(&old_token).is_some(), "tokens of the old key still verify");
-
-        // A replica starting now sees the same keys.
-        let replica = Signer::load_or_create(&repo, &kms, params).await.unwrap();
+        let kid_of = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+        assert_eq!(kid_of(&signer.sign(&claims()).unwrap()), first, "the old key signs while the new one spreads");
+        // A replica starting now publishes both as well.
+        let replica = Signer::load_with(&repo, &kms, params.clone(), ahead).await.unwrap();
         assert_eq!(replica.jwks().len(), 2);
 
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        signer.maintain(&repo, &kms).await.unwrap();
+        let new_token = signer.sign(&claims()).unwrap();
+        assert_eq!(kid_of(&new_token), kids[0], "published long enough: the new key signs");
+        assert!(signer.claims_of_own_token(&old_token).is_some(), "tokens of the old key still verify");
+        assert_eq!(signer.jwks().len(), 2, "the old key stays until its tokens have expired");
+
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         signer.maintain(&repo, &kms).await.unwrap();
         let kids: Vec<String> = signer.jwks().into_iter().map(|k| k.kid).collect();
-        assert_eq!(kids.len(), 1, "the old key is retired once its tokens have expired: {kids:?}");
+        assert_eq!(kids.len(), 1, "then it is retired: {kids:?}");
         assert!(signer.claims_of_own_token(&old_token).is_none());
         assert!(signer.claims_of_own_token(&new_token).is_some());
         assert_eq!(repo.current_signing_keys().await.unwrap().len(), 1);

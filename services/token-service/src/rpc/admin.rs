@@ -31,13 +31,13 @@ impl TokenRpc {
             .map_err(|e| TokenError::Internal(e.to_string()))?
     }
 
-    /// An application the caller may manage (or, with `allow_self`, the caller itself).
+    /// An application the caller may manage: in its tenant (or, as an owner, below it), and holding no role
+    /// above the caller's: an admin may not take over an owner's application by rotating its secret.
     async fn managed_application(
         &self,
         claims: &AccessClaims,
         client_id: &str,
         method: &str,
-        allow_self: bool,
     ) -> Result<application::Model, TokenError> {
         if client_id.is_empty() {
             return Err(TokenError::InvalidArgument { field: "client_id", reason: "name the application".into() });
@@ -47,8 +47,12 @@ impl TokenRpc {
             .application(client_id)
             .await?
             .ok_or_else(|| TokenError::NotFound(format!("no application {client_id:?}")))?;
-        if !(allow_self && app.client_id == claims.sub) {
-            self.acting_tenant(claims, &app.tenant_id, MANAGERS, method).await?;
+        self.acting_tenant(claims, &app.tenant_id, MANAGERS, method).await?;
+        if applications::stored_roles(&app)?.contains(&Role::Owner) && !claims.has_any_role(&[Role::Owner]) {
+            return Err(TokenError::PermissionDenied(format!(
+                "{method}: application {} holds ROLE_OWNER; only an owner manages it",
+                app.client_id
+            )));
         }
         Ok(app)
     }
@@ -70,6 +74,19 @@ impl TokenRpc {
             |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-',
             "1 to 64 of [a-z0-9-]",
         )?;
+        // Owners act up to MAX_TENANT_DEPTH levels down: a deeper tenant would have nobody above it.
+        let mut depth = 1;
+        let mut current = self.repo.tenant(&claims.tenant).await?;
+        while let Some(parent) = current.and_then(|t| t.parent_id) {
+            depth += 1;
+            if depth >= super::MAX_TENANT_DEPTH {
+                return Err(TokenError::FailedPrecondition(format!(
+                    "tenants nest at most {} levels deep",
+                    super::MAX_TENANT_DEPTH
+                )));
+            }
+            current = self.repo.tenant(&parent).await?;
+        }
         let row = tenant::Model {
             id: format!("t_{}", uuid::Uuid::new_v4().simple()),
             name: request.name,
@@ -180,7 +197,7 @@ impl TokenRpc {
             None if request.expire_previous_now => 0,
             None => self.signer.params.secret_grace.as_millis() as i64,
             Some(d) if d.seconds == 0 && d.nanos == 0 => self.signer.params.secret_grace.as_millis() as i64,
-            Some(d) if d.seconds < 0 || d.nanos < 0 || d.seconds > MAX_GRACE_SECONDS => {
+            Some(d) if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) || d.seconds > MAX_GRACE_SECONDS => {
                 return Err(TokenError::InvalidArgument {
                     field: "grace_period",
                     reason: format!("must be between 0 and {MAX_GRACE_SECONDS} seconds (0: the configured default)"),
@@ -188,7 +205,7 @@ impl TokenRpc {
             }
             Some(d) => d.seconds * 1000 + i64::from(d.nanos) / 1_000_000,
         };
-        let app = self.managed_application(claims, &request.client_id, "RotateClientSecret", true).await?;
+        let app = self.managed_application(claims, &request.client_id, "RotateClientSecret").await?;
         audit.resource(&app.client_id, 0, 0);
         if app.disabled {
             return Err(TokenError::FailedPrecondition(format!(
@@ -197,11 +214,42 @@ impl TokenRpc {
             )));
         }
         let secret = secrets::generate_secret()?;
-        let previous_expires_at = now_millis() + grace_ms;
-        self.repo
-            .rotate_secret(&app.client_id, self.hash_secret(&secret).await?, app.secret_hash, previous_expires_at)
+        let now = now_millis();
+        let previous_expires_at = now + grace_ms;
+        // A leaked secret: what was obtained with it goes too (refresh families, access tokens issued so far).
+        // Tokens carry whole seconds (`iat`), so the revocation covers those issued before the current second:
+        // tokens the new secret gets a moment later must live, at the price of at most one second of tokens
+        // issued just before the cut.
+        let cut_off = request.expire_previous_now.then(|| {
+            let before_this_second = (now.div_euclid(1000) - 1) * 1000;
+            revocations::revocation(
+                pb::RevocationScope::Application,
+                &app.client_id,
+                before_this_second,
+                now + SESSION_REVOCATION_LIFETIME_MS,
+            )
+        });
+        let rotated = self
+            .repo
+            .rotate_secret(
+                &app.client_id,
+                self.hash_secret(&secret).await?,
+                &app.secret_hash,
+                previous_expires_at,
+                cut_off,
+            )
             .await?;
-        audit.detail(&format!("previous secret valid for {} s more", grace_ms / 1000));
+        if !rotated {
+            return Err(TokenError::Aborted(format!(
+                "the secret of {} was rotated concurrently; retry if a new one is still needed",
+                app.client_id
+            )));
+        }
+        audit.detail(&if request.expire_previous_now {
+            "previous secret, refresh tokens and access tokens revoked now".to_owned()
+        } else {
+            format!("previous secret valid for {} s more", grace_ms / 1000)
+        });
         tracing::info!(client_id = %app.client_id, grace_ms, "rotated a client secret");
         Ok(pb::RotateClientSecretResponse {
             client_secret: secret.to_string(),
@@ -215,7 +263,7 @@ impl TokenRpc {
         request: pb::DisableApplicationRequest,
         audit: &mut AuditScope,
     ) -> Result<pb::DisableApplicationResponse, TokenError> {
-        let mut app = self.managed_application(claims, &request.client_id, "DisableApplication", false).await?;
+        let mut app = self.managed_application(claims, &request.client_id, "DisableApplication").await?;
         audit.resource(&app.client_id, 0, 0);
         if app.client_id == claims.sub {
             return Err(TokenError::FailedPrecondition(
@@ -223,13 +271,11 @@ impl TokenRpc {
             ));
         }
         if !app.disabled {
+            // Revoked "as of" the revocation's own expiry: every token of the application matches, including
+            // one issued in a race with this call (its check of `disabled` read the row before the commit).
             let now = now_millis();
-            let revocation = revocations::revocation(
-                pb::RevocationScope::Application,
-                &app.client_id,
-                now,
-                now + SESSION_REVOCATION_LIFETIME_MS,
-            );
+            let until = now + SESSION_REVOCATION_LIFETIME_MS;
+            let revocation = revocations::revocation(pb::RevocationScope::Application, &app.client_id, until, until);
             self.repo.disable_application(&app.client_id, revocation).await?;
             app.disabled = true;
             audit.detail("disabled; its access and refresh tokens are revoked");

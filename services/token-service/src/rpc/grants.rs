@@ -17,7 +17,6 @@ use super::{REFRESH_TOKEN_PREFIX, TokenRpc};
 use crate::{
     applications::{stored_permissions, stored_roles},
     error::TokenError,
-    revocations::{self, SESSION_REVOCATION_LIFETIME_MS},
     secrets,
 };
 
@@ -185,10 +184,7 @@ impl TokenRpc {
         let hash = refresh_token_hash(REFRESH_TOKEN_PREFIX, rest);
         let (successor_token, successor) = new_refresh_token(None, "", self.refresh_ttl_ms())?;
         let now = successor.created_at;
-        let session = |family: &str| {
-            revocations::revocation(pb::RevocationScope::Session, family, now, now + SESSION_REVOCATION_LIFETIME_MS)
-        };
-        let row = match self.repo.use_refresh_token(&hash, successor, session).await? {
+        let row = match self.repo.use_refresh_token(&hash, successor, |f| self.session_revocation(f, now)).await? {
             RefreshOutcome::Rotated(row) => row,
             RefreshOutcome::Unknown => return Err(TokenError::InvalidGrant("unknown refresh token")),
             RefreshOutcome::Expired => {

@@ -40,6 +40,7 @@ pub struct TokenRpc {
     verifier: Arc<TokenVerifier>,
     audit: AuditSink,
     exchanger: Exchanger,
+    limits: Arc<keymesh_limits::Limiter>,
     /// FIPS mode: new secrets are hashed with PBKDF2, and the decoy hash takes that form.
     fips: bool,
 }
@@ -52,9 +53,16 @@ impl TokenRpc {
         verifier: Arc<TokenVerifier>,
         audit: AuditSink,
         exchanger: Exchanger,
+        limits: Arc<keymesh_limits::Limiter>,
         fips: bool,
     ) -> Self {
-        Self { repo, signer, verifier, audit, exchanger, fips }
+        Self { repo, signer, verifier, audit, exchanger, limits, fips }
+    }
+
+    /// Admits an unauthenticated call under the rate limit of its client certificate's identity.
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let peer = PeerIdentity::from_request(request)?;
+        Ok(self.limits.admit_token_request(peer.as_str())?)
     }
 
     /// Verifies the caller's access token; the audit scope of the call starts with it.
@@ -106,6 +114,18 @@ impl TokenRpc {
             }
         }
         Err(foreign())
+    }
+
+    /// The revocation of a refresh-token family: it outlives the family's refresh tokens (a successor stored
+    /// in a race with it is refused at first use) and every access token issued from them.
+    fn session_revocation(&self, family: &str, now: i64) -> keymesh_store::entity::revocation::Model {
+        let refresh_ms = self.signer.params.refresh_token_ttl.as_millis() as i64;
+        revocations::revocation(
+            pb::RevocationScope::Session,
+            family,
+            now,
+            now + refresh_ms + SESSION_REVOCATION_LIFETIME_MS,
+        )
     }
 
     /// RFC 7009: revokes what the token is, and says nothing about tokens that are not ours.
@@ -210,6 +230,7 @@ impl TokenService for TokenRpc {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let grant = pb::GrantType::try_from(request.grant_type).unwrap_or(pb::GrantType::Unspecified);
         let mut audit = AuditScope::start(SERVICE, grants::operation(grant));
@@ -234,9 +255,10 @@ impl TokenService for TokenRpc {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.admit(&request)?;
         let token = request.into_inner().token;
         let mut audit = AuditScope::start(SERVICE, "RevokeToken");
-        let result = if token.is_empty() {
+        let result = if token.trim().is_empty() {
             Err(TokenError::InvalidArgument {
                 field: "token",
                 reason: "give the access or refresh token to revoke".into(),
