@@ -296,6 +296,10 @@ pub fn unix_now() -> u64 {
 
 const JWKS_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(5);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// A call that finds the revocations stale polls at once unless an attempt ended this recently: short enough
+/// that a token-service back from a restart is noticed by the next call, long enough that a burst of calls
+/// during an outage makes a few polls, not one each.
+const INLINE_POLL_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The revocations a verifier holds, and when the poll that fetched them began.
 struct HeldRevocations {
@@ -343,14 +347,18 @@ impl TokenVerifier {
         let verifier = Arc::downgrade(self);
         let period = self.revocation_bound / 3;
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(period);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticker.tick().await;
-                let Some(verifier) = verifier.upgrade() else { return };
-                if let Err(reason) = verifier.poll_revocations(Duration::ZERO).await {
-                    tracing::warn!(%reason, "cannot poll token revocations");
-                }
+                let Some(this) = verifier.upgrade() else { return };
+                // After a failure, try again within a second: token-service may only have been restarting.
+                let wait = match this.poll_revocations(Duration::ZERO).await {
+                    Ok(()) => period,
+                    Err(reason) => {
+                        tracing::warn!(%reason, "cannot poll token revocations");
+                        period.min(Duration::from_secs(1))
+                    }
+                };
+                drop(this);
+                tokio::time::sleep(wait).await;
             }
         })
     }
@@ -387,7 +395,7 @@ impl TokenVerifier {
             None => {
                 // Stale (or never polled: a fresh start). One caller polls; the others wait on the lock and
                 // then find the result.
-                if let Err(reason) = self.poll_revocations(Duration::from_secs(1)).await {
+                if let Err(reason) = self.poll_revocations(INLINE_POLL_MIN_INTERVAL).await {
                     tracing::warn!(%reason, "cannot poll token revocations");
                 }
                 match fresh(self) {
