@@ -41,10 +41,15 @@ pub fn bin_dir() -> PathBuf {
 /// A free loopback port below the kernel's ephemeral range (32768 and up on Linux), so that a service
 /// restarted on its port by `Mesh::restart` cannot find it taken as the source port of some outgoing
 /// connection in the meantime.
+/// Never the same port twice in one process: tests of one binary run in parallel, and a port handed to one
+/// mesh is free until its service binds it.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     for _ in 0..1000 {
         let port = 20_000 + (rand_u16() % 12_000);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
             return port;
         }
     }
