@@ -59,6 +59,18 @@ impl TokenRpc {
         Self { repo, signer, verifier, audit, exchanger, limits, fips }
     }
 
+    /// An administration call: the caller verified, `run`, and the audit event recorded whatever the outcome.
+    async fn admin_call<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        operation: &str,
+        run: impl AsyncFnOnce(&AccessClaims, Req, &mut AuditScope) -> Result<Resp, TokenError>,
+    ) -> Result<Response<Resp>, Status> {
+        let (claims, mut audit) = self.caller(&request, operation).await?;
+        let result = run(&claims, request.into_inner(), &mut audit).await.map(Response::new).map_err(Status::from);
+        audit.finish(&self.audit, result)
+    }
+
     /// Admits an unauthenticated call under the rate limit of its client certificate's identity.
     fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let peer = PeerIdentity::from_request(request)?;
@@ -172,58 +184,48 @@ impl TokenService for TokenRpc {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
-        let (claims, audit) = self.caller(&request, "CreateTenant").await?;
-        let result = self.create_tenant(&claims, request.into_inner()).await.map(Response::new).map_err(Status::from);
-        audit.finish(&self.audit, result)
+        self.admin_call(request, "CreateTenant", async |claims, request, _| self.create_tenant(claims, request).await)
+            .await
     }
 
     async fn create_application(
         &self,
         request: Request<pb::CreateApplicationRequest>,
     ) -> Result<Response<pb::CreateApplicationResponse>, Status> {
-        let (claims, mut audit) = self.caller(&request, "CreateApplication").await?;
-        let result = self
-            .create_application(&claims, request.into_inner(), &mut audit)
-            .await
-            .map(Response::new)
-            .map_err(Status::from);
-        audit.finish(&self.audit, result)
+        self.admin_call(request, "CreateApplication", async |claims, request, audit| {
+            self.create_application(claims, request, audit).await
+        })
+        .await
     }
 
     async fn list_applications(
         &self,
         request: Request<pb::ListApplicationsRequest>,
     ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
-        let (claims, audit) = self.caller(&request, "ListApplications").await?;
-        let result =
-            self.list_applications(&claims, request.into_inner()).await.map(Response::new).map_err(Status::from);
-        audit.finish(&self.audit, result)
+        self.admin_call(request, "ListApplications", async |claims, request, _| {
+            self.list_applications(claims, request).await
+        })
+        .await
     }
 
     async fn rotate_client_secret(
         &self,
         request: Request<pb::RotateClientSecretRequest>,
     ) -> Result<Response<pb::RotateClientSecretResponse>, Status> {
-        let (claims, mut audit) = self.caller(&request, "RotateClientSecret").await?;
-        let result = self
-            .rotate_client_secret(&claims, request.into_inner(), &mut audit)
-            .await
-            .map(Response::new)
-            .map_err(Status::from);
-        audit.finish(&self.audit, result)
+        self.admin_call(request, "RotateClientSecret", async |claims, request, audit| {
+            self.rotate_client_secret(claims, request, audit).await
+        })
+        .await
     }
 
     async fn disable_application(
         &self,
         request: Request<pb::DisableApplicationRequest>,
     ) -> Result<Response<pb::DisableApplicationResponse>, Status> {
-        let (claims, mut audit) = self.caller(&request, "DisableApplication").await?;
-        let result = self
-            .disable_application(&claims, request.into_inner(), &mut audit)
-            .await
-            .map(Response::new)
-            .map_err(Status::from);
-        audit.finish(&self.audit, result)
+        self.admin_call(request, "DisableApplication", async |claims, request, audit| {
+            self.disable_application(claims, request, audit).await
+        })
+        .await
     }
 
     async fn issue_token(
