@@ -13,8 +13,10 @@
 //! Limits are GCRA cells (the `governor` crate): one atomic word per key, no timers, so a check costs a map
 //! lookup and a compare-and-swap. They are held per process: with N replicas behind a load balancer the mesh
 //! admits up to N times each figure, so configure figures per replica, and a restart refills them. Windows
-//! are checked in turn, so a call one window refuses has already used a unit of the windows before it. Idle
-//! keys are forgotten by [`Limiter::forget_idle`], which a service calls periodically.
+//! are checked in turn, and a call one window refuses has already used a unit of the windows before it; so
+//! the caller's own windows come first and the shared ones (its tenant's, the key's) last: a refused call
+//! costs only the caller's own allowance, never another application's. Idle keys are forgotten by
+//! [`Limiter::forget_idle`], which a service calls periodically.
 
 use std::{collections::BTreeMap, num::NonZeroU32, time::Duration};
 
@@ -357,6 +359,7 @@ mod tests {
         for _ in 0..50 {
             limiter.admit_plaintext("app_batch", "k_1").unwrap();
         }
+        // app_a's refused call above did not touch the key's allowance: 100 + 50 fill it exactly.
         assert_eq!(limiter.admit_plaintext("app_batch", "k_1").unwrap_err().scope, "key k_1");
         assert!(limiter.admit_plaintext("app_batch", "k_2").is_ok());
         limiter.forget_idle();

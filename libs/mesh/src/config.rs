@@ -180,7 +180,8 @@ pub struct RawTokens {
     /// 30). Verifiers poll revocations three times per bound and refuse every token when they have not
     /// heard from token-service for a whole bound.
     pub revocation_bound_seconds: Option<u64>,
-    /// Lifetime of a refresh token in seconds (60..=7776000; default 2592000, 30 days).
+    /// Lifetime of a refresh-token family from its grant, in seconds (60..=7776000; default 2592000, 30 days):
+    /// rotation renews the token, not the grant.
     pub refresh_token_ttl_seconds: Option<u64>,
     /// How long a rotated client secret keeps working when RotateClientSecret names no grace period, in
     /// seconds (0..=2592000; default 86400).

@@ -148,8 +148,8 @@ impl TokenRepository {
         Ok(())
     }
 
-    /// Presents the refresh token hashed `token_hash`: spends it and stores `successor` (whose family is set
-    /// here) when it is live; revokes its family (tokens, and `session_revocation` for the access tokens)
+    /// Presents the refresh token hashed `token_hash`: spends it and stores `successor` (whose family,
+    /// application and expiry, the family's, are set here) when it is live; revokes its family (tokens, and `session_revocation` for the access tokens)
     /// when it is spent or revoked, or when the family's session revocation exists (a successor stored in a
     /// race with the family's revocation is refused at its first use). One transaction, and the spend is
     /// conditional, so of two concurrent uses of one token exactly one rotates and the other is a replay.
@@ -195,6 +195,8 @@ impl TokenRepository {
             return Ok(RefreshOutcome::Expired);
         }
         successor.family_id = current.family_id.clone();
+        // The family's lifetime is absolute: rotation renews the token, not the grant.
+        successor.expires_at = current.expires_at;
         successor.client_id = current.client_id.clone();
         successor.tenant_id = current.tenant_id.clone();
         successor.clone().into_active_model().insert(&txn).await?;
@@ -356,6 +358,7 @@ mod tests {
         let outcome = repo.use_refresh_token("h1", token("h2", "ignored", 200), |f| session(f, 200)).await.unwrap();
         let RefreshOutcome::Rotated(next) = outcome else { panic!("{outcome:?}") };
         assert_eq!((next.family_id.as_str(), next.client_id.as_str()), ("f1", "app_a"), "the family carries on");
+        assert_eq!(next.expires_at, 1100, "and ends when its first token does, however often it rotates");
         assert!(repo.revocations_in_force(200).await.unwrap().is_empty());
 
         // The spent one again: a replay, and its successor dies with the family.
