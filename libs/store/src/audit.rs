@@ -70,6 +70,21 @@ impl AuditRepository {
         Ok(())
     }
 
+    /// Records of every tenant after `after_sequence`, oldest first: the chain as stored, for verification.
+    pub async fn chain_after(&self, after_sequence: i64, limit: u64) -> Result<Vec<audit_record::Model>, StoreError> {
+        Ok(audit_record::Entity::find()
+            .filter(audit_record::Column::Sequence.gt(after_sequence))
+            .order_by_asc(audit_record::Column::Sequence)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The record at `sequence`.
+    pub async fn record(&self, sequence: i64) -> Result<Option<audit_record::Model>, StoreError> {
+        Ok(audit_record::Entity::find_by_id(sequence).one(&self.db).await?)
+    }
+
     /// A tenant's records after `after_sequence`, oldest first.
     pub async fn query(
         &self,

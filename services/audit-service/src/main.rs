@@ -3,6 +3,7 @@
 
 mod chain;
 mod rpc;
+mod verify;
 
 use std::process::ExitCode;
 

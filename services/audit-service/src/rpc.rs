@@ -12,7 +12,10 @@ use prost::Message;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::chain::{ChainWriter, timestamp_millis};
+use crate::{
+    chain::{ChainWriter, timestamp_millis},
+    verify,
+};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -155,9 +158,39 @@ impl AuditService for AuditRpc {
 
     async fn verify_chain(
         &self,
-        _: Request<pb::VerifyChainRequest>,
+        request: Request<pb::VerifyChainRequest>,
     ) -> Result<Response<pb::VerifyChainResponse>, Status> {
-        Err(Status::unimplemented("AuditService.VerifyChain is not implemented yet"))
+        let claims = self.verifier.verify_request(&request).await?;
+        // The chain spans every tenant; verifying it reveals only counts and positions, never a record.
+        claims.require_role(&[Role::Auditor, Role::Owner], "AuditService.VerifyChain")?;
+        let request = request.into_inner();
+        let sequence = |n: u64, field: &str| {
+            i64::try_from(n).map_err(|_| Status::invalid_argument(format!("{field} {n} is out of range")))
+        };
+        let from = sequence(request.from_sequence, "from_sequence")?;
+        let to = match request.to_sequence {
+            0 => None,
+            n if n < request.from_sequence => {
+                return Err(Status::invalid_argument(format!(
+                    "to_sequence {n} is before from_sequence {}; 0 means up to the newest record",
+                    request.from_sequence
+                )));
+            }
+            n => Some(sequence(n, "to_sequence")?),
+        };
+        let verdict = verify::verify(self.writer.repo(), from, to).await.map_err(|e| {
+            tracing::error!(error = %e, "audit chain verification failed");
+            Status::unavailable("audit store unavailable")
+        })?;
+        if let Some((at, reason)) = &verdict.broken {
+            tracing::error!(sequence = at, %reason, "the audit chain is broken");
+        }
+        Ok(Response::new(pb::VerifyChainResponse {
+            valid: verdict.broken.is_none(),
+            verified_records: verdict.verified,
+            first_invalid_sequence: verdict.broken.as_ref().map_or(0, |(at, _)| *at as u64),
+            message: verdict.broken.map_or_else(|| "the chain holds".to_owned(), |(_, reason)| reason),
+        }))
     }
 }
 
