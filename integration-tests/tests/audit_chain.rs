@@ -127,3 +127,63 @@ async fn tampering_with_the_stored_chain_is_found_where_it_happened() {
     let dev = mesh.client_with(&dev_id, &dev_secret).access_token().await.unwrap();
     assert_eq!(verify(&mesh, &dev, 0, 0).await.unwrap_err().code(), Code::PermissionDenied);
 }
+
+/// Two audit-service replicas on one Postgres, each fed by a different service under load at once: one
+/// chain, in one order, that verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_appending_at_once_keep_one_chain() {
+    let url = fresh_postgres_database().await;
+    let mut mesh = Mesh::start(&[], &[(ServiceName::AuditService, "KEYMESH_DATABASE__URL", &url)]).await;
+    let replica = mesh.spawn_replica(ServiceName::AuditService, &[]).await;
+    // key-service ships to the replica, crypto-service to the first process.
+    mesh.restart(ServiceName::KeyService, &[("KEYMESH_ENDPOINTS__AUDIT_SERVICE", &replica)]).await;
+    let admin = std::sync::Arc::new(mesh.admin_client());
+    let token = admin.access_token().await.unwrap().to_string();
+    admin.create_key("busy").await.unwrap();
+
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let admin = admin.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut calls = 0u64;
+            while tokio::time::Instant::now() < until {
+                if worker % 2 == 0 {
+                    admin.encrypt("busy", b"x".to_vec(), vec![]).await.unwrap();
+                } else {
+                    admin.get_key("busy").await.unwrap();
+                }
+                calls += 1;
+            }
+            calls
+        }));
+    }
+    let mut calls = 0;
+    for task in tasks {
+        calls += task.await.unwrap();
+    }
+
+    let db = Database::connect(url.as_str()).await.unwrap();
+    let count = |service: &'static str| {
+        let db = db.clone();
+        async move {
+            integration_tests::count(&db, &format!("SELECT count(*) FROM audit_records WHERE service = '{service}'"))
+                .await
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (crypto, keys) = (count("crypto-service").await, count("key-service").await);
+        // Every call is one event of one of the two services (plus key-service's CreateKey).
+        if (crypto + keys) as u64 > calls {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "events missing: {crypto} + {keys} of {calls} calls");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(count("crypto-service").await > 0 && count("key-service").await > 0, "both replicas appended");
+    let verdict = verify(&mesh, &token, 0, 0).await.unwrap();
+    assert!(verdict.valid, "{}", verdict.message);
+    let total = integration_tests::count(&db, "SELECT count(*) FROM audit_records").await;
+    assert_eq!(verdict.verified_records, total as u64, "one chain through every record");
+}

@@ -1,9 +1,9 @@
-//! The audit trail's rows. Sequence numbers are assigned by the single writer in audit-service; event ids
-//! are unique so a re-sent batch is recognised and not stored twice.
+//! The audit trail's rows. Sequence numbers are assigned by whichever audit-service replica holds the append
+//! lock; event ids are unique so a re-sent batch is recognised and not stored twice.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, IntoActiveModel,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use crate::{StoreError, entity::audit_record};
@@ -37,37 +37,43 @@ impl AuditRepository {
         Self { db }
     }
 
-    /// The newest record's sequence and hash, if any.
-    pub async fn head(&self) -> Result<Option<(i64, String)>, StoreError> {
-        Ok(audit_record::Entity::find()
-            .order_by_desc(audit_record::Column::Sequence)
-            .one(&self.db)
-            .await?
-            .map(|r| (r.sequence, r.hash)))
-    }
-
-    /// Which of these event ids are already stored.
-    pub async fn existing_event_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-        if ids.is_empty() {
-            return Ok(vec![]);
-        }
-        Ok(audit_record::Entity::find()
-            .filter(audit_record::Column::EventId.is_in(ids.iter().cloned()))
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(|r| r.event_id)
-            .collect())
-    }
-
-    /// Stores records in one transaction: all of them or none.
-    pub async fn insert_all(&self, records: Vec<audit_record::Model>) -> Result<(), StoreError> {
+    /// Appends to the chain in one transaction, all or none: on Postgres under a transaction-scoped advisory
+    /// lock, so replicas of audit-service sharing the database append one at a time and each starts from the
+    /// head the previous one committed (SQLite has one writer anyway). `build` gets the head (sequence and
+    /// hash; none for an empty chain) and which of the batch's event ids are stored already, and returns the
+    /// records to insert.
+    pub async fn append_chain(
+        &self,
+        event_ids: &[String],
+        build: impl FnOnce(Option<(i64, String)>, Vec<String>) -> Vec<audit_record::Model>,
+    ) -> Result<usize, StoreError> {
         let txn = self.db.begin().await?;
+        if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(7401740174017402)").await?;
+        }
+        let head = audit_record::Entity::find()
+            .order_by_desc(audit_record::Column::Sequence)
+            .one(&txn)
+            .await?
+            .map(|r| (r.sequence, r.hash));
+        let existing = if event_ids.is_empty() {
+            vec![]
+        } else {
+            audit_record::Entity::find()
+                .filter(audit_record::Column::EventId.is_in(event_ids.iter().cloned()))
+                .all(&txn)
+                .await?
+                .into_iter()
+                .map(|r| r.event_id)
+                .collect()
+        };
+        let records = build(head, existing);
+        let stored = records.len();
         for record in records {
             record.into_active_model().insert(&txn).await.map_err(|e| StoreError::from_insert("audit event", e))?;
         }
         txn.commit().await?;
-        Ok(())
+        Ok(stored)
     }
 
     /// Records of every tenant after `after_sequence`, oldest first: the chain as stored, for verification.

@@ -1,12 +1,11 @@
-//! The single writer of the audit trail: assigns sequence numbers, links each record to the previous one by
+//! The writer of the audit trail: assigns sequence numbers, links each record to the previous one by
 //! SHA-256, drops events already stored (same event id), and commits each batch atomically before it is
-//! acknowledged.
+//! acknowledged. Replicas on one Postgres take turns under an advisory lock, so the chain stays one chain.
 
 use keymesh_proto::v1 as pb;
 use keymesh_store::{StoreError, audit::AuditRepository, entity::audit_record, now_millis};
 use prost::Message;
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
 
 /// Milliseconds since the epoch of a timestamp, or `None` when it does not fit.
 pub fn timestamp_millis(t: &prost_types::Timestamp) -> Option<i64> {
@@ -22,15 +21,10 @@ pub fn record_hash(previous_hash: &str, sequence: i64, event: &[u8]) -> String {
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-struct Head {
-    sequence: i64,
-    hash: String,
-}
-
-/// Appends to the chain. One per process; replicas of audit-service would need a database lock here.
+/// Appends to the chain. Replicas may share one database: each batch is linked to the head read under the
+/// database's append lock, never to a head remembered in memory.
 pub struct ChainWriter {
     repo: AuditRepository,
-    head: Mutex<Head>,
 }
 
 /// The result of appending a batch.
@@ -42,10 +36,9 @@ pub struct Appended {
 }
 
 impl ChainWriter {
-    /// Continues the chain stored in `repo`.
+    /// Appends to the chain stored in `repo`.
     pub async fn open(repo: AuditRepository) -> Result<Self, StoreError> {
-        let head = repo.head().await?.map(|(sequence, hash)| Head { sequence, hash });
-        Ok(Self { repo, head: Mutex::new(head.unwrap_or(Head { sequence: 0, hash: String::new() })) })
+        Ok(Self { repo })
     }
 
     /// The repository, for reads.
@@ -55,54 +48,43 @@ impl ChainWriter {
 
     /// Stores the events not stored yet, in order, all or none.
     pub async fn append(&self, events: Vec<pb::AuditEvent>) -> Result<Appended, StoreError> {
-        let mut head = self.head.lock().await;
         let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
-        let existing = self.repo.existing_event_ids(&ids).await?;
-        let mut seen: std::collections::HashSet<String> = existing.into_iter().collect();
-        let (mut sequence, mut previous) = (head.sequence, head.hash.clone());
-        let mut records = Vec::new();
-        let mut duplicates = 0;
+        let total = events.len() as u32;
         let received_at = now_millis();
-        for event in events {
-            if !seen.insert(event.event_id.clone()) {
-                duplicates += 1;
-                continue;
-            }
-            sequence += 1;
-            let bytes = event.encode_to_vec();
-            let hash = record_hash(&previous, sequence, &bytes);
-            let time = event.time.as_ref().and_then(timestamp_millis).unwrap_or(received_at);
-            records.push(audit_record::Model {
-                sequence,
-                event_id: event.event_id,
-                tenant_id: event.tenant_id,
-                time,
-                service: event.service,
-                identity: event.identity,
-                operation: event.operation,
-                resource: event.resource,
-                outcome: event.outcome,
-                event: bytes,
-                received_at,
-                previous_hash: previous.clone(),
-                hash: hash.clone(),
-            });
-            previous = hash;
-        }
-        let accepted = records.len() as u32;
-        if !records.is_empty() {
-            if let Err(e) = self.repo.insert_all(records).await {
-                // The commit may have happened even though its answer was lost: start again from what is
-                // really stored, or every later batch would reuse taken sequence numbers.
-                if let Ok(stored) = self.repo.head().await {
-                    *head = stored
-                        .map(|(sequence, hash)| Head { sequence, hash })
-                        .unwrap_or(Head { sequence: 0, hash: String::new() });
+        let accepted = self
+            .repo
+            .append_chain(&ids, |head, existing| {
+                let (mut sequence, mut previous) = head.unwrap_or((0, String::new()));
+                let mut seen: std::collections::HashSet<String> = existing.into_iter().collect();
+                let mut records = Vec::new();
+                for event in events {
+                    if !seen.insert(event.event_id.clone()) {
+                        continue;
+                    }
+                    sequence += 1;
+                    let bytes = event.encode_to_vec();
+                    let hash = record_hash(&previous, sequence, &bytes);
+                    let time = event.time.as_ref().and_then(timestamp_millis).unwrap_or(received_at);
+                    records.push(audit_record::Model {
+                        sequence,
+                        event_id: event.event_id,
+                        tenant_id: event.tenant_id,
+                        time,
+                        service: event.service,
+                        identity: event.identity,
+                        operation: event.operation,
+                        resource: event.resource,
+                        outcome: event.outcome,
+                        event: bytes,
+                        received_at,
+                        previous_hash: previous.clone(),
+                        hash: hash.clone(),
+                    });
+                    previous = hash;
                 }
-                return Err(e);
-            }
-            *head = Head { sequence, hash: previous };
-        }
-        Ok(Appended { accepted, duplicates })
+                records
+            })
+            .await? as u32;
+        Ok(Appended { accepted, duplicates: total - accepted })
     }
 }
