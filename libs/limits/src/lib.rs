@@ -156,6 +156,11 @@ struct Scoped {
 }
 
 impl Scoped {
+    /// The same window for every key.
+    fn uniform(default: Option<Window>) -> Self {
+        Self { default, overrides: BTreeMap::new() }
+    }
+
     fn check(&self, key: &str, scope: impl FnOnce() -> String) -> Result<(), Exceeded> {
         let window = match self.overrides.get(key) {
             Some(window) => window.as_ref(),
@@ -204,8 +209,8 @@ pub struct Limiter {
     tenants: Scoped,
     app_quota_second: Scoped,
     app_quota_day: Scoped,
-    key_quota_second: Option<Window>,
-    key_quota_day: Option<Window>,
+    key_quota_second: Scoped,
+    key_quota_day: Scoped,
     token_requests: Scoped,
 }
 
@@ -232,8 +237,8 @@ impl Limiter {
             tenants: rate(config.tenant_per_second, 100_000, &config.tenants),
             app_quota_second: app_quota(Duration::from_secs(1), "second", |o| o.per_second, q.application_per_second),
             app_quota_day: app_quota(DAY, "day", |o| o.per_day, q.application_per_day),
-            key_quota_second: quota_window(q.key_per_second, Duration::from_secs(1), "second"),
-            key_quota_day: quota_window(q.key_per_day, DAY, "day"),
+            key_quota_second: Scoped::uniform(quota_window(q.key_per_second, Duration::from_secs(1), "second")),
+            key_quota_day: Scoped::uniform(quota_window(q.key_per_day, DAY, "day")),
             token_requests: rate(config.token_requests_per_second, 100, &BTreeMap::new()),
         })
     }
@@ -256,22 +261,22 @@ impl Limiter {
         self.app_quota_second.check(application, app)?;
         self.app_quota_day.check(application, app)?;
         let key = || format!("key {key_id}");
-        for window in [&self.key_quota_second, &self.key_quota_day].into_iter().flatten() {
-            window.check(key_id, key)?;
-        }
-        Ok(())
+        self.key_quota_second.check(key_id, key)?;
+        self.key_quota_day.check(key_id, key)
     }
 
     /// Drops the state of keys that are back to full allowance (nothing lost: they would start full anyway).
     pub fn forget_idle(&self) {
-        for scoped in
-            [&self.applications, &self.tenants, &self.app_quota_second, &self.app_quota_day, &self.token_requests]
-        {
+        for scoped in [
+            &self.applications,
+            &self.tenants,
+            &self.app_quota_second,
+            &self.app_quota_day,
+            &self.key_quota_second,
+            &self.key_quota_day,
+            &self.token_requests,
+        ] {
             scoped.forget_idle();
-        }
-        for window in [&self.key_quota_second, &self.key_quota_day].into_iter().flatten() {
-            window.limiter.retain_recent();
-            window.limiter.shrink_to_fit();
         }
     }
 

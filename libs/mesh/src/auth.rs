@@ -234,16 +234,6 @@ impl RevocationSet {
             || self.applications.get(&claims.sub).is_some_and(|at| claims.iat <= *at)
             || claims.sid.as_ref().is_some_and(|sid| self.sessions.contains(sid))
     }
-
-    /// Number of revocations held.
-    pub fn len(&self) -> usize {
-        self.tokens.len() + self.applications.len() + self.sessions.len()
-    }
-
-    /// Whether none are held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Why a token was refused. Shown to the caller as UNAUTHENTICATED.
@@ -551,7 +541,6 @@ mod tests {
             revocation(pb::RevocationScope::Session, "s1", 100),
             revocation(pb::RevocationScope::Unspecified, "j2", 100),
         ]);
-        assert_eq!(set.len(), 3);
         assert!(set.revokes(&claims("j1", "app_b", 50, None)));
         assert!(!set.revokes(&claims("j2", "app_b", 50, None)), "unknown scopes match nothing");
         assert!(set.revokes(&claims("j3", "app_a", 100, None)), "issued in the second of the revocation");

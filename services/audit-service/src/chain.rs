@@ -37,8 +37,8 @@ pub struct Appended {
 
 impl ChainWriter {
     /// Appends to the chain stored in `repo`.
-    pub async fn open(repo: AuditRepository) -> Result<Self, StoreError> {
-        Ok(Self { repo })
+    pub fn new(repo: AuditRepository) -> Self {
+        Self { repo }
     }
 
     /// The repository, for reads.

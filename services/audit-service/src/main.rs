@@ -28,7 +28,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let listener = server::bind(params.listen_addr).await?;
     let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
     let verifier = token_verifier(&params, &tls, &token_params)?;
-    let writer = chain::ChainWriter::open(AuditRepository::new(db)).await?;
+    let writer = chain::ChainWriter::new(AuditRepository::new(db));
     let service = rpc::AuditRpc::new(writer, verifier);
     let routes = Routes::new(AuditServiceServer::new(service));
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.AuditService"], params.shutdown_grace).await?;

@@ -10,9 +10,10 @@ use keymesh_store::{entity::revocation, now_millis, tokens::TokenRepository};
 
 use crate::{applications::timestamp, signing::Signer};
 
-/// How long a revocation of an application or a session stays in force: until every access token it can
-/// match has expired, whatever lifetime they were issued with (at most a day, plus the largest skew).
-pub const SESSION_REVOCATION_LIFETIME_MS: i64 = (86_400 + 300) * 1000;
+/// How long a revocation must stay in force to cover every access token it can match, whatever lifetime
+/// they were issued with (at most a day, plus the largest skew). Session revocations add the refresh-token
+/// lifetime on top.
+pub const ACCESS_TOKEN_REVOCATION_LIFETIME_MS: i64 = (86_400 + 300) * 1000;
 
 /// A revocation row.
 pub fn revocation(scope: pb::RevocationScope, value: &str, revoked_at: i64, expires_at: i64) -> revocation::Model {

@@ -14,7 +14,7 @@ use super::{MANAGERS, READERS, TokenRpc};
 use crate::{
     applications::{self, permissions_from_proto, roles_from_proto, timestamp},
     error::TokenError,
-    revocations::{self, SESSION_REVOCATION_LIFETIME_MS},
+    revocations::{self, ACCESS_TOKEN_REVOCATION_LIFETIME_MS},
     secrets,
 };
 
@@ -226,7 +226,7 @@ impl TokenRpc {
                 pb::RevocationScope::Application,
                 &app.client_id,
                 before_this_second,
-                now + SESSION_REVOCATION_LIFETIME_MS,
+                now + ACCESS_TOKEN_REVOCATION_LIFETIME_MS,
             )
         });
         let rotated = self
@@ -274,7 +274,7 @@ impl TokenRpc {
             // Revoked "as of" the revocation's own expiry: every token of the application matches, including
             // one issued in a race with this call (its check of `disabled` read the row before the commit).
             let now = now_millis();
-            let until = now + SESSION_REVOCATION_LIFETIME_MS;
+            let until = now + ACCESS_TOKEN_REVOCATION_LIFETIME_MS;
             let revocation = revocations::revocation(pb::RevocationScope::Application, &app.client_id, until, until);
             self.repo.disable_application(&app.client_id, revocation).await?;
             app.disabled = true;

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     error::TokenError,
     exchange::Exchanger,
-    revocations::{self, SESSION_REVOCATION_LIFETIME_MS},
+    revocations::{self, ACCESS_TOKEN_REVOCATION_LIFETIME_MS},
     signing::Signer,
 };
 
@@ -136,7 +136,7 @@ impl TokenRpc {
             pb::RevocationScope::Session,
             family,
             now,
-            now + refresh_ms + SESSION_REVOCATION_LIFETIME_MS,
+            now + refresh_ms + ACCESS_TOKEN_REVOCATION_LIFETIME_MS,
         )
     }
 
@@ -146,7 +146,12 @@ impl TokenRpc {
         if let Some(rest) = token.strip_prefix(REFRESH_TOKEN_PREFIX) {
             let hash = grants::refresh_token_hash(REFRESH_TOKEN_PREFIX, rest);
             let session = |family: &str| {
-                revocations::revocation(pb::RevocationScope::Session, family, now, now + SESSION_REVOCATION_LIFETIME_MS)
+                revocations::revocation(
+                    pb::RevocationScope::Session,
+                    family,
+                    now,
+                    now + ACCESS_TOKEN_REVOCATION_LIFETIME_MS,
+                )
             };
             match self.repo.revoke_refresh_family(&hash, session).await? {
                 Some(token) => {
