@@ -168,10 +168,13 @@ impl Mesh {
 
     /// Starts one more process of `service` with the mesh's environment plus `extra`, on a new port, and
     /// waits until it serves; returns its endpoint. Replicas share the data directory (and so the KEK) and
-    /// the service's own variables given to [`Mesh::start`].
+    /// the service's own variables given to [`Mesh::start`]; each has its own audit spool, as every process
+    /// must.
     pub async fn spawn_replica(&mut self, service: ServiceName, extra: &[(&str, &str)]) -> String {
         let endpoint = format!("127.0.0.1:{}", free_port());
         let mut command = self.command(service);
+        let spool = self.dir.path().join("audit-spool").join(format!("{service}-{}", endpoint.replace(':', "-")));
+        command.env("KEYMESH_AUDIT__SPOOL_DIR", spool);
         for (k, v) in extra {
             command.env(k, v);
         }
@@ -213,10 +216,21 @@ impl Mesh {
     /// Stops `service` (SIGKILL: a crash, not a shutdown) and starts it again on its port with the mesh's
     /// environment plus `extra`, waiting until it serves.
     pub async fn restart(&mut self, service: ServiceName, extra: &[(&str, &str)]) {
+        self.kill(service).await;
+        self.resume(service, extra).await;
+    }
+
+    /// Kills `service` with SIGKILL (a crash: nothing is flushed) and waits until the process is gone.
+    pub async fn kill(&mut self, service: ServiceName) {
         if let Some(index) = self.children.iter().position(|(s, _)| *s == service) {
             let (_, mut child) = self.children.remove(index);
             child.kill().await.expect("kill");
         }
+    }
+
+    /// Starts `service` again on its port, after [`Mesh::kill`], with the mesh's environment plus `extra`,
+    /// waiting until it serves.
+    pub async fn resume(&mut self, service: ServiceName, extra: &[(&str, &str)]) {
         let mut command = self.command(service);
         for (k, v) in extra {
             command.env(k, v);

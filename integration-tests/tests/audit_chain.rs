@@ -187,3 +187,121 @@ async fn two_replicas_appending_at_once_keep_one_chain() {
     let total = integration_tests::count(&db, "SELECT count(*) FROM audit_records").await;
     assert_eq!(verdict.verified_records, total as u64, "one chain through every record");
 }
+
+/// Retention deletes the records past the retention period up to a signed checkpoint, which stays as the
+/// anchor: the remaining chain verifies from it, the checkpoints verify with the published key, and
+/// tampering after pruning is still found (a record deleted at the new start, a rewritten checkpoint).
+#[tokio::test]
+async fn a_pruned_chain_verifies_from_its_signed_anchor() {
+    let url = fresh_postgres_database().await;
+    let audit_env = [
+        (ServiceName::AuditService, "KEYMESH_DATABASE__URL", url.as_str()),
+        (ServiceName::AuditService, "KEYMESH_AUDIT__CHECKPOINT_INTERVAL_SECONDS", "1"),
+    ];
+    let mut mesh = Mesh::start(&[], &audit_env).await;
+    let admin = mesh.admin_client();
+    let token = admin.access_token().await.unwrap().to_string();
+    admin.create_key("kept").await.unwrap();
+    let db = Database::connect(url.as_str()).await.unwrap();
+    let scalar = |sql: &'static str| {
+        let db = db.clone();
+        async move { integration_tests::count(&db, sql).await }
+    };
+    let wait_for = |what: &'static str, sql: &'static str, at_least: i64| {
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let value = scalar(sql).await;
+                if value >= at_least {
+                    return value;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{what}: {value}, expected {at_least}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    for i in 0..20 {
+        admin.encrypt("kept", format!("old {i}").into_bytes(), vec![]).await.unwrap();
+    }
+    let records = wait_for("records", "SELECT count(*) FROM audit_records", 21).await;
+    let anchor = wait_for("checkpoint", "SELECT coalesce(max(sequence), 0) FROM audit_checkpoints", records).await;
+    for i in 0..10 {
+        admin.encrypt("kept", format!("new {i}").into_bytes(), vec![]).await.unwrap();
+    }
+    wait_for("records", "SELECT count(*) FROM audit_records", anchor + 10).await;
+
+    // Everything up to the anchor was received 91 days ago, as far as the database knows.
+    let aged = format!("UPDATE audit_records SET received_at = received_at - 7862400000 WHERE sequence <= {anchor}");
+    sea_orm::ConnectionTrait::execute_unprepared(&db, &aged).await.unwrap();
+    mesh.restart(ServiceName::AuditService, &[]).await;
+    wait_for("pruned", "SELECT coalesce(min(sequence), 0) FROM audit_records", anchor + 1).await;
+    let kept = scalar("SELECT count(*) FROM audit_records").await;
+    assert!(kept >= 10, "records younger than the retention period stay");
+
+    let verdict = verify(&mesh, &token, 0, 0).await.unwrap();
+    assert!(verdict.valid, "{}", verdict.message);
+    assert_eq!(verdict.verified_records, kept as u64, "the whole remaining chain verifies");
+    let ranged = verify(&mesh, &token, anchor as u64 + 2, 0).await.unwrap();
+    assert!(ranged.valid, "{}", ranged.message);
+
+    // The checkpoints verify with the published key, outside keymesh.
+    let listed = AuditServiceClient::new(mesh.channel(ServiceName::AuditService))
+        .list_checkpoints(with_token(pb::ListCheckpointsRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.checkpoints[0].sequence, anchor as u64, "the anchor is the oldest checkpoint kept");
+    for checkpoint in &listed.checkpoints {
+        let key = listed.keys.iter().find(|k| k.kid == checkpoint.kid).expect("the signing key is published");
+        let public =
+            openssl::pkey::PKey::public_key_from_raw_bytes(&key.public_key, openssl::pkey::Id::ED25519).unwrap();
+        let signed_at = checkpoint.signed_at.unwrap();
+        let millis = signed_at.seconds * 1000 + i64::from(signed_at.nanos) / 1_000_000;
+        let statement =
+            format!("keymesh-audit-checkpoint/v1\n{}\n{}\n{millis}\n", checkpoint.sequence, checkpoint.hash);
+        let mut verifier = openssl::sign::Verifier::new_without_digest(&public).unwrap();
+        assert!(verifier.verify_oneshot(&checkpoint.signature, statement.as_bytes()).unwrap());
+    }
+
+    // Export: one JSON line per record of the tenant (the records Query shows), each checkable on its own.
+    let mut audit = AuditServiceClient::new(mesh.channel(ServiceName::AuditService));
+    let mut stream = audit.export(with_token(pb::ExportRequest::default(), &token)).await.unwrap().into_inner();
+    let mut lines = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        lines.extend(String::from_utf8(chunk.json_lines).unwrap().lines().map(str::to_owned));
+    }
+    let query = pb::QueryRequest { limit: 10_000, ..Default::default() };
+    let mut queried = audit.query(with_token(query, &token)).await.unwrap().into_inner();
+    let mut sequences = Vec::new();
+    while let Some(response) = queried.message().await.unwrap() {
+        sequences.push(response.record.unwrap().sequence);
+    }
+    assert!(!lines.is_empty());
+    assert_eq!(lines.len(), sequences.len(), "Export and Query show the same records");
+    for (line, sequence) in lines.iter().zip(&sequences) {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(record["sequence"].as_u64(), Some(*sequence));
+        use base64::Engine;
+        let event =
+            base64::engine::general_purpose::STANDARD.decode(record["event_protobuf"].as_str().unwrap()).unwrap();
+        let mut covered = record["previous_hash"].as_str().unwrap().as_bytes().to_vec();
+        covered.extend_from_slice(&(*sequence as i64).to_be_bytes());
+        covered.extend_from_slice(&event);
+        assert_eq!(integration_tests::hex(&openssl::sha::sha256(&covered)), record["hash"].as_str().unwrap());
+    }
+
+    // Deleting the first remaining record is not pruning: no checkpoint vouches for it.
+    let first = audit_record::Entity::find_by_id(anchor + 1).one(&db).await.unwrap().unwrap();
+    audit_record::Entity::delete_by_id(anchor + 1).exec(&db).await.unwrap();
+    let (at, why) = broken_at(&mesh, &token).await;
+    assert_eq!(at, anchor as u64 + 1, "{why}");
+    first.into_active_model().insert(&db).await.unwrap();
+    assert!(verify(&mesh, &token, 0, 0).await.unwrap().valid);
+
+    // A checkpoint rewritten to match a rewritten chain no longer carries a valid signature.
+    let rewrite = format!("UPDATE audit_checkpoints SET hash = repeat('0', 64) WHERE sequence = {anchor}");
+    sea_orm::ConnectionTrait::execute_unprepared(&db, &rewrite).await.unwrap();
+    let (at, why) = broken_at(&mesh, &token).await;
+    assert_eq!(at, anchor as u64, "{why}");
+    assert!(why.contains("signature"), "{why}");
+}

@@ -1,9 +1,14 @@
-//! The audit event every service records and the shipper that streams events to audit-service.
+//! The audit event every service records, the durable spool it is written to before the call is answered,
+//! and the shipper that streams spooled events to audit-service.
 //!
-//! Recording never blocks a request: events go into a bounded queue and a background task ships them in
-//! batches over one `Append` stream, keeping each batch until audit-service acknowledges it and re-sending
-//! it after a reconnect (audit-service drops duplicates by event id). The durable on-disk spool that
-//! survives a crash of the sending process is the next step (issue: audit trail that loses nothing).
+//! A call's event is committed to the local spool (fsynced, in group commits) before the call returns; in
+//! strict mode, the default, a call whose event cannot be spooled fails instead of being answered. A
+//! background task reads the spool and ships it in batches over one `Append` stream, moving the spool's
+//! cursor only when audit-service acknowledges a batch; after a reconnect or a restart it re-sends from the
+//! cursor and audit-service drops what it already stored (by event id). So an outage of audit-service, or
+//! a crash of the emitting process, loses no acknowledged call's event and stores none twice.
+
+pub mod spool;
 
 use std::{
     sync::{
@@ -13,15 +18,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keymesh_mesh::client::MeshChannel;
+use keymesh_mesh::{
+    client::MeshChannel,
+    config::{AuditMode, AuditParams},
+};
 use keymesh_proto::v1::{self as pb, audit_service_client::AuditServiceClient};
 use tokio::sync::mpsc;
 
-/// Events waiting to be shipped, at most.
-const QUEUE_CAPACITY: usize = 50_000;
+pub use spool::SpoolError;
+use spool::{SpoolReader, SpoolWriter};
+
 /// Events per `Append` batch, at most.
 const BATCH_MAX: usize = 256;
-/// How long a batch waits for more events before it is sent.
+/// How long a small batch waits for more events before it is sent.
 const BATCH_LINGER: Duration = Duration::from_millis(20);
 /// How long to wait for an acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,118 +108,164 @@ impl AuditScope {
         self.event.policy_warnings = warnings.iter().take(16).map(|w| bounded(w)).collect();
     }
 
-    /// Records an authorization refusal and hands it back.
-    pub fn deny(mut self, sink: &AuditSink, status: tonic::Status) -> tonic::Status {
-        let result: Result<(), tonic::Status> = Err(status);
-        set_outcome(&mut self.event, &result, self.started);
-        sink.record(self.event);
-        result.err().unwrap_or_else(|| tonic::Status::internal("audit: refusal without a status"))
+    /// Records an authorization refusal and hands it back (the refusal stands whether or not its event
+    /// could be stored).
+    pub async fn deny(mut self, sink: &AuditSink, status: tonic::Status) -> tonic::Status {
+        set_outcome(&mut self.event, &Err::<(), _>(status.clone()), self.started);
+        let _ = sink.record(self.event).await;
+        status
     }
 
-    /// Records the outcome and hands the result back.
-    pub fn finish<T>(mut self, sink: &AuditSink, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
+    /// Records the outcome and hands the result back; in strict mode a call whose event could not be stored
+    /// fails with UNAVAILABLE instead.
+    pub async fn finish<T>(mut self, sink: &AuditSink, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
         set_outcome(&mut self.event, &result, self.started);
-        sink.record(self.event);
+        sink.record(self.event).await?;
         result
     }
 }
 
-/// Where services record events.
+/// Where services record events. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<pb::AuditEvent>,
+    inner: Arc<SinkInner>,
+}
+
+struct SinkInner {
+    mode: AuditMode,
     /// Stamped on every event: the FIPS mode the decision was made under.
     fips_mode: pb::FipsMode,
-    dropped: Arc<AtomicU64>,
-    shipper: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// None when auditing is off.
+    spool: Option<SpoolWriter>,
+    /// Events that could not be spooled.
+    lost: AtomicU64,
+    shipper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl AuditSink {
-    /// Starts the shipper on `channel` to audit-service; every event records `fips_mode`.
-    pub fn start(channel: MeshChannel, fips_mode: pb::FipsMode) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let handle = tokio::spawn(ship(AuditServiceClient::new(channel), rx));
-        Self {
-            tx,
-            fips_mode,
-            dropped: Arc::new(AtomicU64::new(0)),
-            shipper: Arc::new(std::sync::Mutex::new(Some(handle))),
-        }
+    /// Opens the spool `params` names (events an earlier run left there are shipped first) and starts the
+    /// shipper on `channel` to audit-service; every event records `fips_mode`.
+    pub fn start(channel: MeshChannel, fips_mode: pb::FipsMode, params: &AuditParams) -> Result<Self, SpoolError> {
+        let (spool, shipper) = if params.mode == AuditMode::Off {
+            tracing::warn!("audit.mode is off: this service records no audit events");
+            (None, None)
+        } else {
+            let (writer, reader) = spool::open(&spool::SpoolOptions {
+                dir: params.spool_dir.clone(),
+                max_bytes: params.spool_max_bytes,
+                full_wait: params.spool_full_wait,
+            })?;
+            (Some(writer), Some(tokio::spawn(ship(AuditServiceClient::new(channel), reader))))
+        };
+        Ok(Self {
+            inner: Arc::new(SinkInner {
+                mode: params.mode,
+                fips_mode,
+                spool,
+                lost: AtomicU64::new(0),
+                shipper: std::sync::Mutex::new(shipper),
+            }),
+        })
     }
 
-    /// After the server has stopped (every other clone of the sink is gone): ships what is queued, waiting
-    /// at most `deadline`.
+    /// After the server has stopped (every other clone of the sink is gone): ships what is spooled, waiting
+    /// at most `deadline`. What is left stays in the spool and is shipped at the next start.
     pub async fn flush(self, deadline: Duration) {
-        let handle = self.shipper.lock().ok().and_then(|mut h| h.take());
+        let handle = self.inner.shipper.lock().ok().and_then(|mut h| h.take());
         drop(self);
         if let Some(handle) = handle
             && tokio::time::timeout(deadline, handle).await.is_err()
         {
-            tracing::error!("audit events still queued at shutdown could not be shipped in time");
+            tracing::warn!(
+                "audit-service did not take every spooled event before shutdown; the rest ships at the next start"
+            );
         }
     }
 
-    /// Queues an event without waiting.
-    pub fn record(&self, mut event: pb::AuditEvent) {
-        event.fips_mode = self.fips_mode as i32;
-        if self.tx.try_send(event).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                tracing::error!(dropped, "audit queue full or closed: events are being dropped");
-            }
+    /// Stores an event durably in the spool. Fails (strict mode only) when it cannot be stored.
+    pub async fn record(&self, mut event: pb::AuditEvent) -> Result<(), tonic::Status> {
+        let Some(spool) = &self.inner.spool else {
+            return Ok(());
+        };
+        event.fips_mode = self.inner.fips_mode as i32;
+        let Err(error) = spool.append(&event).await else {
+            return Ok(());
+        };
+        let lost = self.inner.lost.fetch_add(1, Ordering::Relaxed) + 1;
+        if lost.is_power_of_two() {
+            tracing::error!(lost, %error, mode = ?self.inner.mode, "audit events could not be spooled");
+        }
+        match self.inner.mode {
+            AuditMode::Strict => Err(tonic::Status::unavailable(format!(
+                "this call was not completed because its audit record could not be stored ({error}); retry later"
+            ))),
+            AuditMode::BestEffort | AuditMode::Off => Ok(()),
         }
     }
 }
 
-async fn ship(client: AuditServiceClient<MeshChannel>, mut rx: mpsc::Receiver<pb::AuditEvent>) {
+/// Ships the spool to audit-service until the spool closes and is drained.
+async fn ship(client: AuditServiceClient<MeshChannel>, mut reader: SpoolReader) {
     let mut batch_id = 0u64;
-    let mut pending: Vec<pb::AuditEvent> = Vec::new();
     let mut backoff = Duration::from_millis(100);
     let mut stream: Option<Connection> = None;
     loop {
-        if pending.is_empty() {
-            match rx.recv().await {
-                Some(event) => pending.push(event),
-                None => return,
+        let mut batch = match reader.read(BATCH_MAX).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the audit spool; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
-            let deadline = tokio::time::Instant::now() + BATCH_LINGER;
-            while pending.len() < BATCH_MAX {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(event)) => pending.push(event),
-                    _ => break,
-                }
-            }
-        }
-        batch_id += 1;
-        let connection = match stream.take() {
-            Some(c) => c,
-            None => match Connection::open(client.clone()).await {
-                Ok(c) => c,
-                Err(reason) => {
-                    tracing::warn!(%reason, pending = pending.len(), "audit-service unreachable; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-            },
         };
-        match connection.send(batch_id, pending.clone()).await {
-            Ok(connection) => {
-                pending.clear();
-                backoff = Duration::from_millis(100);
-                stream = Some(connection);
+        if batch.events.is_empty() {
+            if batch.end > reader.position() {
+                // Only damaged frames, already reported: step over them.
+                reader.acknowledge(batch.end);
+            } else if !reader.wait_for_events().await {
+                return;
             }
-            Err(SendError::Refused(reason)) => {
-                // Retrying cannot help and would block every later event behind this batch.
-                tracing::error!(%reason, dropped = pending.len(), "audit-service refused an audit batch; dropping it");
-                pending.clear();
-            }
-            Err(SendError::Retry(reason)) => {
-                tracing::warn!(%reason, pending = pending.len(), "audit batch not acknowledged; will resend");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+            continue;
+        }
+        if batch.events.len() < BATCH_MAX {
+            tokio::time::sleep(BATCH_LINGER).await;
+            if let Ok(fuller) = reader.read(BATCH_MAX).await {
+                batch = fuller;
             }
         }
+        loop {
+            batch_id += 1;
+            let connection = match stream.take() {
+                Some(c) => c,
+                None => match Connection::open(client.clone()).await {
+                    Ok(c) => c,
+                    Err(reason) => {
+                        tracing::warn!(%reason, waiting_bytes = reader.unshipped(), "audit-service unreachable; events stay spooled");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+            };
+            match connection.send(batch_id, batch.events.clone()).await {
+                Ok(connection) => {
+                    backoff = Duration::from_millis(100);
+                    stream = Some(connection);
+                    break;
+                }
+                Err(SendError::Refused(reason)) => {
+                    // Retrying cannot help and would hold every later event behind this batch.
+                    tracing::error!(%reason, dropped = batch.events.len(), "audit-service refused an audit batch; skipping it");
+                    break;
+                }
+                Err(SendError::Retry(reason)) => {
+                    tracing::warn!(%reason, events = batch.events.len(), "audit batch not acknowledged; will resend");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        reader.acknowledge(batch.end);
     }
 }
 

@@ -6,7 +6,12 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
-use crate::{StoreError, entity::audit_record};
+use sea_orm::sea_query::OnConflict;
+
+use crate::{
+    StoreError,
+    entity::{audit_checkpoint, audit_checkpoint_key, audit_record},
+};
 
 /// Filter of a tenant-scoped audit query.
 #[derive(Debug, Default, Clone)]
@@ -47,10 +52,7 @@ impl AuditRepository {
         event_ids: &[String],
         build: impl FnOnce(Option<(i64, String)>, Vec<String>) -> Vec<audit_record::Model>,
     ) -> Result<usize, StoreError> {
-        let txn = self.db.begin().await?;
-        if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-            txn.execute_unprepared("SELECT pg_advisory_xact_lock(7401740174017402)").await?;
-        }
+        let txn = self.locked().await?;
         let head = audit_record::Entity::find()
             .order_by_desc(audit_record::Column::Sequence)
             .one(&txn)
@@ -74,6 +76,115 @@ impl AuditRepository {
         }
         txn.commit().await?;
         Ok(stored)
+    }
+
+    /// A transaction holding the chain's lock: on Postgres a transaction-scoped advisory lock every replica
+    /// takes before it changes the chain (SQLite has one writer anyway).
+    async fn locked(&self) -> Result<sea_orm::DatabaseTransaction, StoreError> {
+        let txn = self.db.begin().await?;
+        if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(7401740174017402)").await?;
+        }
+        Ok(txn)
+    }
+
+    /// The newest record's sequence and hash.
+    pub async fn head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(audit_record::Entity::find()
+            .order_by_desc(audit_record::Column::Sequence)
+            .one(&self.db)
+            .await?
+            .map(|r| (r.sequence, r.hash)))
+    }
+
+    /// Deletes the records received before `cutoff_millis` up to the newest checkpoint among them, and the
+    /// checkpoints before that one, which stays as the anchor the remaining chain is verified from. Returns
+    /// the anchor's sequence and how many records went; none when no checkpoint is old enough.
+    pub async fn prune(&self, cutoff_millis: i64) -> Result<Option<(i64, u64)>, StoreError> {
+        let txn = self.locked().await?;
+        let Some(newest_old) = audit_record::Entity::find()
+            .filter(audit_record::Column::ReceivedAt.lt(cutoff_millis))
+            .order_by_desc(audit_record::Column::Sequence)
+            .one(&txn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Some(anchor) = audit_checkpoint::Entity::find()
+            .filter(audit_checkpoint::Column::Sequence.lte(newest_old.sequence))
+            .order_by_desc(audit_checkpoint::Column::Sequence)
+            .one(&txn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let deleted = audit_record::Entity::delete_many()
+            .filter(audit_record::Column::Sequence.lte(anchor.sequence))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        audit_checkpoint::Entity::delete_many()
+            .filter(audit_checkpoint::Column::Sequence.lt(anchor.sequence))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(Some((anchor.sequence, deleted)))
+    }
+
+    /// Stores a checkpoint; one another replica stored at the same sequence first is kept instead.
+    pub async fn insert_checkpoint(&self, checkpoint: audit_checkpoint::Model) -> Result<(), StoreError> {
+        audit_checkpoint::Entity::insert(checkpoint.into_active_model())
+            .on_conflict(OnConflict::column(audit_checkpoint::Column::Sequence).do_nothing().to_owned())
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest checkpoint.
+    pub async fn latest_checkpoint(&self) -> Result<Option<audit_checkpoint::Model>, StoreError> {
+        Ok(audit_checkpoint::Entity::find().order_by_desc(audit_checkpoint::Column::Sequence).one(&self.db).await?)
+    }
+
+    /// Checkpoints at sequences `from..=to`, oldest first.
+    pub async fn checkpoints_between(&self, from: i64, to: i64) -> Result<Vec<audit_checkpoint::Model>, StoreError> {
+        Ok(audit_checkpoint::Entity::find()
+            .filter(audit_checkpoint::Column::Sequence.between(from, to))
+            .order_by_asc(audit_checkpoint::Column::Sequence)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Checkpoints after `after_sequence`, oldest first.
+    pub async fn checkpoints_after(
+        &self,
+        after_sequence: i64,
+        limit: u64,
+    ) -> Result<Vec<audit_checkpoint::Model>, StoreError> {
+        Ok(audit_checkpoint::Entity::find()
+            .filter(audit_checkpoint::Column::Sequence.gt(after_sequence))
+            .order_by_asc(audit_checkpoint::Column::Sequence)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The checkpoint at `sequence`.
+    pub async fn checkpoint(&self, sequence: i64) -> Result<Option<audit_checkpoint::Model>, StoreError> {
+        Ok(audit_checkpoint::Entity::find_by_id(sequence).one(&self.db).await?)
+    }
+
+    /// Every checkpoint key, oldest first.
+    pub async fn checkpoint_keys(&self) -> Result<Vec<audit_checkpoint_key::Model>, StoreError> {
+        Ok(audit_checkpoint_key::Entity::find()
+            .order_by_asc(audit_checkpoint_key::Column::CreatedAt)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Stores a new checkpoint key.
+    pub async fn insert_checkpoint_key(&self, key: audit_checkpoint_key::Model) -> Result<(), StoreError> {
+        key.into_active_model().insert(&self.db).await.map_err(|e| StoreError::from_insert("checkpoint key", e))?;
+        Ok(())
     }
 
     /// Records of every tenant after `after_sequence`, oldest first: the chain as stored, for verification.

@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_keyring::Migration),
             Box::new(m20261123_000004_signing_key_wraps::Migration),
             Box::new(m20261124_000005_identity::Migration),
+            Box::new(m20261124_000006_audit_checkpoints::Migration),
         ]
     }
 }
@@ -386,6 +387,62 @@ mod m20261124_000005_identity {
                 manager.drop_table(Table::drop().table(table).to_owned()).await?;
             }
             manager.alter_table(Table::alter().table("tenants").drop_column("parent_id").to_owned()).await
+        }
+    }
+}
+
+/// Signed checkpoints of the audit chain and the keys that sign them (private halves wrapped by the KMS).
+mod m20261124_000006_audit_checkpoints {
+    use sea_orm_migration::{prelude::*, schema::*};
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261124_000006_audit_checkpoints"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table("audit_checkpoint_keys")
+                        .if_not_exists()
+                        .col(string("kid").primary_key())
+                        .col(string("algorithm"))
+                        .col(blob("public_key"))
+                        .col(blob("wrapped_private_key"))
+                        .col(string("kek_backend"))
+                        .col(string("kek_id"))
+                        .col(text_null("extra_wraps"))
+                        .col(big_integer("created_at"))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_table(
+                    Table::create()
+                        .table("audit_checkpoints")
+                        .if_not_exists()
+                        .col(big_integer("sequence").primary_key())
+                        .col(string("hash"))
+                        .col(big_integer("signed_at"))
+                        .col(string("kid"))
+                        .col(blob("signature"))
+                        .to_owned(),
+                )
+                .await?;
+            Ok(())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            for table in ["audit_checkpoints", "audit_checkpoint_keys"] {
+                manager.drop_table(Table::drop().table(table).to_owned()).await?;
+            }
+            Ok(())
         }
     }
 }

@@ -2,15 +2,17 @@
 //! identity); auditors query their tenant's records. This file only wires the pieces together.
 
 mod chain;
+mod checkpoint;
+mod export;
 mod rpc;
 mod verify;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
 
 use keymesh_mesh::{
     ServiceName,
     client::token_verifier,
-    config::TokenParams,
+    config::{AuditParams, KmsParams, TokenParams},
     run::{self, BoxError, Startup},
     server,
 };
@@ -25,12 +27,19 @@ fn main() -> ExitCode {
 async fn serve(startup: Startup) -> Result<(), BoxError> {
     let Startup { params, raw, tls } = startup;
     let token_params = TokenParams::from_raw(&raw)?;
+    let audit_params = AuditParams::from_raw(&raw, &params)?;
+    let kms_params = KmsParams::from_raw(&raw)?;
     let listener = server::bind(params.listen_addr).await?;
     let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
+    let repo = AuditRepository::new(db);
+    // The checkpoint key is held by the KMS: audit-service needs the keyring only to unwrap it at start.
+    let kms = kms_params.open_keyring(&params.data_dir).await?;
+    let checkpointer = Arc::new(checkpoint::Checkpointer::load_or_create(repo.clone(), &kms).await?);
+    let checkpoints = checkpointer.spawn(audit_params.checkpoint_interval, audit_params.retention);
     let verifier = token_verifier(&params, &tls, &token_params)?;
-    let writer = chain::ChainWriter::new(AuditRepository::new(db));
-    let service = rpc::AuditRpc::new(writer, verifier);
+    let service = rpc::AuditRpc::new(chain::ChainWriter::new(repo), verifier);
     let routes = Routes::new(AuditServiceServer::new(service));
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.AuditService"], params.shutdown_grace).await?;
+    checkpoints.abort();
     Ok(())
 }

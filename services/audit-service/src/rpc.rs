@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     chain::{ChainWriter, timestamp_millis},
-    verify,
+    export, verify,
 };
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -33,7 +33,48 @@ impl AuditRpc {
     pub fn new(writer: ChainWriter, verifier: Arc<TokenVerifier>) -> Self {
         Self { writer: Arc::new(writer), verifier }
     }
+
+    /// The caller's tenant and filter of a Query or Export (auditor, admin or owner).
+    async fn tenant_filter<T>(
+        &self,
+        request: &Request<T>,
+        filter: Filter,
+        method: &str,
+    ) -> Result<(String, AuditFilter), Status> {
+        let claims = self.verifier.verify_request(request).await?;
+        claims.require_role(&[Role::Auditor, Role::Admin, Role::Owner], method)?;
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        let filter = AuditFilter {
+            start_millis: millis(&filter.start_time, "start_time")?,
+            end_millis: millis(&filter.end_time, "end_time")?,
+            identity: non_empty(filter.identity),
+            operation: non_empty(filter.operation),
+            resource: non_empty(filter.resource),
+            outcome: (filter.outcome != 0).then_some(filter.outcome),
+        };
+        Ok((claims.tenant.clone(), filter))
+    }
 }
+
+/// The filter fields Query and Export share.
+struct Filter {
+    start_time: Option<prost_types::Timestamp>,
+    end_time: Option<prost_types::Timestamp>,
+    identity: String,
+    operation: String,
+    resource: String,
+    outcome: i32,
+}
+
+fn store_unavailable(what: &str) -> impl Fn(keymesh_store::StoreError) -> Status + '_ {
+    move |e| {
+        tracing::error!(error = %e, "{what} failed");
+        Status::unavailable("audit store unavailable")
+    }
+}
+
+/// Records exported per database read.
+const EXPORT_PAGE: u64 = 1000;
 
 fn validate(batch: &pb::AppendRequest, sender: &str) -> Result<(), Status> {
     if batch.events.len() > MAX_BATCH {
@@ -61,7 +102,7 @@ fn validate(batch: &pb::AppendRequest, sender: &str) -> Result<(), Status> {
     Ok(())
 }
 
-fn timestamp(millis: i64) -> prost_types::Timestamp {
+pub fn timestamp(millis: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
@@ -128,32 +169,112 @@ impl AuditService for AuditRpc {
     type QueryStream = ResponseStream<pb::QueryResponse>;
 
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
-        let claims = self.verifier.verify_request(&request).await?;
-        claims.require_role(&[Role::Auditor, Role::Admin, Role::Owner], "AuditService.Query")?;
+        let r = request.get_ref();
+        let filter = Filter {
+            start_time: r.start_time,
+            end_time: r.end_time,
+            identity: r.identity.clone(),
+            operation: r.operation.clone(),
+            resource: r.resource.clone(),
+            outcome: r.outcome,
+        };
+        let (tenant, filter) = self.tenant_filter(&request, filter, "AuditService.Query").await?;
         let request = request.into_inner();
         let limit = match request.limit {
             0 => 1000,
             n if n <= 10_000 => u64::from(n),
             n => return Err(Status::invalid_argument(format!("limit {n} is over 10000"))),
         };
-        let non_empty = |s: String| (!s.is_empty()).then_some(s);
-        let filter = AuditFilter {
-            start_millis: millis(&request.start_time, "start_time")?,
-            end_millis: millis(&request.end_time, "end_time")?,
-            identity: non_empty(request.identity),
-            operation: non_empty(request.operation),
-            resource: non_empty(request.resource),
-            outcome: (request.outcome != 0).then_some(request.outcome),
-        };
         let after =
             i64::try_from(request.after_sequence).map_err(|_| Status::invalid_argument("after_sequence too large"))?;
-        let rows = self.writer.repo().query(&claims.tenant, &filter, after, limit).await.map_err(|e| {
-            tracing::error!(error = %e, "audit query failed");
-            Status::unavailable("audit store unavailable")
-        })?;
+        let rows =
+            self.writer.repo().query(&tenant, &filter, after, limit).await.map_err(store_unavailable("audit query"))?;
         let stream =
             tokio_stream::iter(rows.into_iter().map(|row| Ok(pb::QueryResponse { record: Some(to_record(row)) })));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type ExportStream = ResponseStream<pb::ExportResponse>;
+
+    async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
+        let r = request.get_ref();
+        let filter = Filter {
+            start_time: r.start_time,
+            end_time: r.end_time,
+            identity: r.identity.clone(),
+            operation: r.operation.clone(),
+            resource: r.resource.clone(),
+            outcome: r.outcome,
+        };
+        let (tenant, filter) = self.tenant_filter(&request, filter, "AuditService.Export").await?;
+        let request = request.into_inner();
+        let mut after =
+            i64::try_from(request.after_sequence).map_err(|_| Status::invalid_argument("after_sequence too large"))?;
+        let mut left = if request.limit == 0 { u64::MAX } else { request.limit };
+        let repo = self.writer.repo().clone();
+        Ok(Response::new(async_stream_like(move |tx| async move {
+            while left > 0 {
+                let rows = match repo.query(&tenant, &filter, after, EXPORT_PAGE.min(left)).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_unavailable("audit export")(e))).await;
+                        return;
+                    }
+                };
+                let Some(last) = rows.last() else { return };
+                after = last.sequence;
+                left -= rows.len() as u64;
+                let full = rows.len() as u64 == EXPORT_PAGE;
+                let mut json_lines = Vec::new();
+                for row in &rows {
+                    json_lines.extend_from_slice(export::json_line(row).as_bytes());
+                    json_lines.push(b'\n');
+                }
+                if tx.send(Ok(pb::ExportResponse { json_lines })).await.is_err() || !full {
+                    return;
+                }
+            }
+        })))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let claims = self.verifier.verify_request(&request).await?;
+        claims.require_role(&[Role::Auditor, Role::Owner], "AuditService.ListCheckpoints")?;
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 1000,
+            n if n <= 10_000 => u64::from(n),
+            n => return Err(Status::invalid_argument(format!("limit {n} is over 10000"))),
+        };
+        let after =
+            i64::try_from(request.after_sequence).map_err(|_| Status::invalid_argument("after_sequence too large"))?;
+        let repo = self.writer.repo();
+        let checkpoints = repo.checkpoints_after(after, limit).await.map_err(store_unavailable("checkpoint list"))?;
+        let keys = repo.checkpoint_keys().await.map_err(store_unavailable("checkpoint key list"))?;
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints: checkpoints
+                .into_iter()
+                .map(|c| pb::Checkpoint {
+                    sequence: c.sequence as u64,
+                    hash: c.hash,
+                    signed_at: Some(timestamp(c.signed_at)),
+                    kid: c.kid,
+                    signature: c.signature,
+                })
+                .collect(),
+            keys: keys
+                .into_iter()
+                .map(|k| pb::CheckpointKey {
+                    kid: k.kid,
+                    algorithm: k.algorithm,
+                    public_key: k.public_key,
+                    created_at: Some(timestamp(k.created_at)),
+                })
+                .collect(),
+        }))
     }
 
     async fn verify_chain(

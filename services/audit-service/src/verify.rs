@@ -5,11 +5,18 @@
 //! what the hashed event says (an edited tenant column would move a record into another tenant's view).
 
 use keymesh_proto::v1 as pb;
-use keymesh_store::{StoreError, audit::AuditRepository, entity::audit_record};
+use keymesh_store::{
+    StoreError,
+    audit::AuditRepository,
+    entity::{audit_checkpoint, audit_checkpoint_key, audit_record},
+};
 use prost::Message;
 use subtle::ConstantTimeEq;
 
-use crate::chain::{record_hash, timestamp_millis};
+use crate::{
+    chain::{record_hash, timestamp_millis},
+    checkpoint,
+};
 
 /// Records read per page.
 const PAGE: u64 = 1000;
@@ -55,28 +62,56 @@ pub fn check_record(expected: i64, previous_hash: &str, row: &audit_record::Mode
     Ok(hash)
 }
 
-/// Verifies records `from..=to` (`to` none: up to the newest). A range that starts after the first record
-/// is anchored on the stored hash of the record before it.
+/// Verifies records `from..=to` (`to` none: up to the newest), and every signed checkpoint among them. A
+/// range that starts after the first record is anchored on the stored hash of the record before it; a chain
+/// whose oldest records were pruned is anchored on the signed checkpoint pruning kept.
 pub async fn verify(repo: &AuditRepository, from: i64, to: Option<i64>) -> Result<Verdict, StoreError> {
-    let from = from.max(1);
-    let mut previous_hash = if from == 1 {
-        String::new()
-    } else {
-        match repo.record(from - 1).await? {
-            Some(anchor) => anchor.hash,
-            None => {
-                return Ok(Verdict {
-                    verified: 0,
-                    broken: Some((from - 1, format!("record {} (the anchor of the range) is missing", from - 1))),
-                });
-            }
-        }
+    let keys = repo.checkpoint_keys().await?;
+    let Some(oldest) = repo.chain_after(0, 1).await?.into_iter().next() else {
+        return Ok(Verdict {
+            verified: 0,
+            broken: to.map(|to| (from.max(1), format!("the chain is empty; record {to} is missing"))),
+        });
+    };
+    let from = from.max(1).max(oldest.sequence);
+    let anchor = match from - 1 {
+        0 => Ok(String::new()),
+        at if at >= oldest.sequence => match repo.record(at).await? {
+            Some(record) => Ok(record.hash),
+            None => Err((at, format!("record {at} (the anchor of the range) is missing"))),
+        },
+        // Pruning deletes records up to a checkpoint and every checkpoint before it: the chain must start
+        // right after the oldest checkpoint kept, and that one must be signed.
+        at => match repo.checkpoints_after(0, 1).await?.pop() {
+            Some(oldest) if oldest.sequence == at && checkpoint::signature_holds(&oldest, &keys) => Ok(oldest.hash),
+            Some(oldest) if oldest.sequence == at => Err((
+                at,
+                format!("the checkpoint at {at}, which the pruned chain starts from, has an invalid signature"),
+            )),
+            _ => Err((
+                at,
+                format!(
+                    "record {at} is missing: records before {from} are gone and no signed checkpoint shows they were \
+                     pruned (deleted?)"
+                ),
+            )),
+        },
+    };
+    let mut previous_hash = match anchor {
+        Ok(hash) => hash,
+        Err(broken) => return Ok(Verdict { verified: 0, broken: Some(broken) }),
     };
     let mut expected = from;
     let mut verified = 0;
     loop {
         let rows = repo.chain_after(expected - 1, PAGE).await?;
         let done = (rows.len() as u64) < PAGE;
+        let mut checkpoints = match (rows.first(), rows.last()) {
+            (Some(first), Some(last)) => repo.checkpoints_between(first.sequence, last.sequence).await?,
+            _ => Vec::new(),
+        }
+        .into_iter()
+        .peekable();
         for row in &rows {
             if to.is_some_and(|to| row.sequence > to) {
                 return Ok(Verdict { verified, broken: None });
@@ -84,6 +119,11 @@ pub async fn verify(repo: &AuditRepository, from: i64, to: Option<i64>) -> Resul
             match check_record(expected, &previous_hash, row) {
                 Ok(hash) => previous_hash = hash,
                 Err(reason) => return Ok(Verdict { verified, broken: Some((expected, reason)) }),
+            }
+            while let Some(checkpoint) = checkpoints.next_if(|c| c.sequence <= row.sequence) {
+                if let Err(reason) = check_checkpoint(&checkpoint, row, &keys) {
+                    return Ok(Verdict { verified, broken: Some((checkpoint.sequence, reason)) });
+                }
             }
             expected += 1;
             verified += 1;
@@ -99,6 +139,22 @@ pub async fn verify(repo: &AuditRepository, from: i64, to: Option<i64>) -> Resul
             return Ok(Verdict { verified, broken: None });
         }
     }
+}
+
+/// A checkpoint holds when it is signed by a published key and names the hash of the record it is at.
+fn check_checkpoint(
+    checkpoint: &audit_checkpoint::Model,
+    row: &audit_record::Model,
+    keys: &[audit_checkpoint_key::Model],
+) -> Result<(), String> {
+    let at = checkpoint.sequence;
+    if !checkpoint::signature_holds(checkpoint, keys) {
+        return Err(format!("the checkpoint at {at} has an invalid signature or an unknown key (forged?)"));
+    }
+    if row.sequence != at || !bool::from(checkpoint.hash.as_bytes().ct_eq(row.hash.as_bytes())) {
+        return Err(format!("record {at} differs from the hash its signed checkpoint holds (chain rewritten?)"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -40,7 +40,8 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let audit = AuditSink::start(
         traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
         fips.to_proto(),
-    );
+        &keymesh_mesh::config::AuditParams::from_raw(&raw, &params)?,
+    )?;
     let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&raw.limits)?);
     let forgetter = keymesh_limits::Limiter::spawn_forgetter(&rate_limits);
     let service = rpc::CryptoRpc::new(verifier, deks, audit.clone(), limits.unary_limit, policy, rate_limits);

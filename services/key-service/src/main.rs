@@ -96,6 +96,7 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let token_params = TokenParams::from_raw(&startup.raw)?;
     let policy = Arc::new(PolicyEngine::from_config(&startup.raw.policy)?);
     let startup_limits = startup.raw.limits.clone();
+    let audit_params = keymesh_mesh::config::AuditParams::from_raw(&startup.raw, &startup.params)?;
     tracing::info!(fips_mode = policy.fips_mode().name(), "policy engine ready");
     let listener = server::bind(startup.params.listen_addr).await?;
     let (store, key_params) = open_store(&startup).await?;
@@ -108,7 +109,8 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let audit = AuditSink::start(
         traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
         fips.to_proto(),
-    );
+        &audit_params,
+    )?;
     let limits = rpc::UsageLimits {
         encryption_block: key_params.encryption_block,
         rotate_after_encryptions: key_params.rotate_after_encryptions,

@@ -54,7 +54,8 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let audit = AuditSink::start(
         traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
         fips_mode.to_proto(),
-    );
+        &keymesh_mesh::config::AuditParams::from_raw(&raw, &params)?,
+    )?;
 
     let exchanger = exchange::Exchanger::from_config(&raw.tokens.exchange, token_params.clock_skew)?;
     let limits = Arc::new(keymesh_limits::Limiter::from_config(&raw.limits)?);

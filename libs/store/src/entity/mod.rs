@@ -2,6 +2,8 @@
 //! enum's number so the database and the API share one vocabulary.
 
 pub mod application;
+pub mod audit_checkpoint;
+pub mod audit_checkpoint_key;
 pub mod audit_record;
 pub mod key;
 pub mod key_version;

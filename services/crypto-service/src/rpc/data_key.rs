@@ -33,7 +33,7 @@ impl CryptoRpc {
                 key_id: sealed.key_id,
                 key_version: sealed.version,
             });
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     pub(super) async fn handle_generate_data_key_without_plaintext(
@@ -51,7 +51,7 @@ impl CryptoRpc {
                 key_id: sealed.key_id,
                 key_version: sealed.version,
             });
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     async fn data_key(

@@ -67,7 +67,7 @@ impl CryptoRpc {
             warnings: opened.warnings,
             batch: vec![],
         });
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     /// Many ciphertexts in one call, each opened (concurrently) and audited on its own, with a plaintext or an
@@ -82,7 +82,7 @@ impl CryptoRpc {
             check_batch(request.batch.len(), total, !request.ciphertext.is_empty(), "ciphertext", self.unary_limit)
         {
             let audit = Audited::start("Decrypt", claims);
-            return audit.finish(&self.audit, Err(e.into()));
+            return audit.finish(&self.audit, Err(e.into())).await;
         }
         let items = request.batch.iter().map(|item| async {
             let mut audit = Audited::start("Decrypt", claims);
@@ -95,7 +95,7 @@ impl CryptoRpc {
                 public_key_version: Some(item.key_version),
             };
             let outcome = self.open_one(claims, &mut audit, opening).await;
-            match audit.finish(&self.audit, outcome).map(Response::into_inner) {
+            match audit.finish(&self.audit, outcome).await.map(Response::into_inner) {
                 Ok(opened) => pb::DecryptItemResult {
                     result: Some(pb::decrypt_item_result::Result::Plaintext(opened.plaintext.to_vec())),
                     key_id: opened.key_id,

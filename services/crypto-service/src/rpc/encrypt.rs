@@ -69,7 +69,7 @@ impl CryptoRpc {
             warnings: sealed.warnings,
             batch: vec![],
         });
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     /// Many items in one call: each is sealed (concurrently) and audited on its own, and gets a ciphertext
@@ -84,7 +84,7 @@ impl CryptoRpc {
             check_batch(request.batch.len(), total, !request.plaintext.is_empty(), "plaintext", self.unary_limit)
         {
             let audit = Audited::start("Encrypt", claims);
-            return audit.finish(&self.audit, Err(e.into()));
+            return audit.finish(&self.audit, Err(e.into())).await;
         }
         let items = request.batch.iter().map(|item| async {
             let mut audit = Audited::start("Encrypt", claims);
@@ -97,7 +97,7 @@ impl CryptoRpc {
                 to_public_key: true,
             };
             let outcome = self.seal_one(claims, &mut audit, sealing).await;
-            match audit.finish(&self.audit, outcome).map(Response::into_inner) {
+            match audit.finish(&self.audit, outcome).await.map(Response::into_inner) {
                 Ok(sealed) => pb::EncryptItemResult {
                     result: Some(pb::encrypt_item_result::Result::Ciphertext(sealed.ciphertext)),
                     key_id: sealed.key_id,

@@ -19,7 +19,7 @@ impl CryptoRpc {
         let request = request.into_inner();
         let mut audit = Audited::start("GenerateMac", &claims);
         let result = self.generate_mac(&claims, &mut audit, &request).await;
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     async fn generate_mac(
@@ -51,7 +51,7 @@ impl CryptoRpc {
         let request = request.into_inner();
         let mut audit = Audited::start("VerifyMac", &claims);
         let result = self.verify_mac(&claims, &mut audit, &request).await;
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     async fn verify_mac(

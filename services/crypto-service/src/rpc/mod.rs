@@ -153,8 +153,8 @@ impl Audited {
         self.0.resource(key_id, version, algorithm);
     }
 
-    fn finish<T>(self, sink: &AuditSink, result: Result<T, Status>) -> Result<Response<T>, Status> {
-        self.0.finish(sink, result).map(Response::new)
+    async fn finish<T>(self, sink: &AuditSink, result: Result<T, Status>) -> Result<Response<T>, Status> {
+        self.0.finish(sink, result).await.map(Response::new)
     }
 }
 

@@ -29,7 +29,7 @@ impl CryptoRpc {
             public_key_version: None,
         };
         let opened = self.open_one(&claims, &mut source_audit, opening).await;
-        let opened = match source_audit.finish(&self.audit, opened) {
+        let opened = match source_audit.finish(&self.audit, opened).await {
             Ok(opened) => opened.into_inner(),
             Err(status) => return Err(status),
         };
@@ -56,6 +56,6 @@ impl CryptoRpc {
                 key_id: sealed.key_id,
                 key_version: sealed.version,
             });
-        destination_audit.finish(&self.audit, result)
+        destination_audit.finish(&self.audit, result).await
     }
 }

@@ -24,7 +24,7 @@ impl CryptoRpc {
         let request = request.into_inner();
         let mut audit = Audited::start("Sign", &claims);
         let result = self.sign(&claims, &mut audit, &request).await;
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     async fn sign(
@@ -58,7 +58,7 @@ impl CryptoRpc {
         let request = request.into_inner();
         let mut audit = Audited::start("Verify", &claims);
         let result = self.verify(&claims, &mut audit, &request).await;
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     async fn verify(

@@ -74,7 +74,7 @@ impl CryptoRpc {
         .await;
         let encryptor = match started {
             Ok(encryptor) => encryptor,
-            Err(status) => return audit.finish(&self.audit, Err(status)),
+            Err(status) => return audit.finish(&self.audit, Err(status)).await,
         };
         let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
         let sink = self.audit.clone();
@@ -84,7 +84,7 @@ impl CryptoRpc {
                 // The client may be gone already; then there is nobody to tell.
                 let _ = tx.send(Err(status.clone())).await;
             }
-            let _ = audit.finish(&sink, result);
+            let _ = audit.finish(&sink, result).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -136,7 +136,7 @@ impl CryptoRpc {
         .await;
         let (decryptor, rest) = match started {
             Ok(started) => started,
-            Err(status) => return audit.finish(&self.audit, Err(status)),
+            Err(status) => return audit.finish(&self.audit, Err(status)).await,
         };
         let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
         let sink = self.audit.clone();
@@ -146,7 +146,7 @@ impl CryptoRpc {
                 // Tells the client to discard what it received: the stream is not whole.
                 let _ = tx.send(Err(status.clone())).await;
             }
-            let _ = audit.finish(&sink, result);
+            let _ = audit.finish(&sink, result).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

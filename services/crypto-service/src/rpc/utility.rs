@@ -56,7 +56,7 @@ impl CryptoRpc {
                 .map_err(|e| CryptoServiceError::Internal(e.to_string()))?;
             Ok(pb::HashResponse { digest })
         })();
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     pub(super) async fn handle_generate_random(
@@ -77,6 +77,6 @@ impl CryptoRpc {
             }
             .into())
         };
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 }

@@ -100,7 +100,7 @@ impl KeyRpc {
         let (claims, mut audit) = self.authorize(&request, "CreateKey", MANAGERS).await?;
         let request = request.into_inner();
         let outcome = self.create_key(&claims.tenant, request, &mut audit).await;
-        audit.finish(&self.audit, outcome)
+        audit.finish(&self.audit, outcome).await
     }
 
     async fn create_key(

@@ -23,7 +23,7 @@ impl KeyRpc {
         // Refused callers are recorded by their certificate only: nothing they sent reaches the trail.
         if let Err(denied) = peer.require(ServiceName::CryptoService, "KeyService.GetDataKey") {
             audit.caller("", peer.as_str());
-            return Err(audit.deny(&self.audit, denied));
+            return Err(audit.deny(&self.audit, denied).await);
         }
         let request = request.into_inner();
         for (field, value) in
@@ -34,7 +34,7 @@ impl KeyRpc {
                     field: "tenant_id/key/on_behalf_of",
                     reason: format!("{field} must be at most 128 printable characters"),
                 });
-                return audit.finish(&self.audit, result);
+                return audit.finish(&self.audit, result).await;
             }
         }
         let identity = if request.on_behalf_of.is_empty() {
@@ -44,7 +44,7 @@ impl KeyRpc {
         };
         audit.caller(&request.tenant_id, &identity);
         let result = self.get_data_key(request, &mut audit).await;
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     async fn get_data_key(

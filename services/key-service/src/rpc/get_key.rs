@@ -26,6 +26,6 @@ impl KeyRpc {
             Ok(pb::GetKeyResponse { key: Some(record_to_proto(&record)) })
         }
         .await;
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 }

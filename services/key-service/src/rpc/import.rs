@@ -125,7 +125,7 @@ impl KeyRpc {
             })
         }
         .await;
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     pub(super) async fn handle_import_key_version(
@@ -217,6 +217,6 @@ impl KeyRpc {
             Ok(pb::ImportKeyVersionResponse { key: Some(convert::record_to_proto(&record)), version: number })
         }
         .await;
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 }

@@ -69,7 +69,7 @@ impl KeyRpc {
             })
         }
         .await;
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     pub(super) async fn handle_rotate_key(
@@ -95,7 +95,7 @@ impl KeyRpc {
             })
         }
         .await;
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     pub(super) async fn handle_update_key_policy(
@@ -154,7 +154,7 @@ impl KeyRpc {
             Ok(pb::UpdateKeyPolicyResponse { key: Some(convert::record_to_proto(&record)) })
         }
         .await;
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     /// EnableKey and DisableKey, which differ only in direction.
@@ -170,7 +170,7 @@ impl KeyRpc {
             .edit(&claims.tenant, &key, &mut audit, |record| lifecycle::set_enabled(record, version, enabled))
             .await
             .map(|(record, ())| convert::record_to_proto(&record));
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     pub(super) async fn handle_schedule_key_deletion(
@@ -189,7 +189,7 @@ impl KeyRpc {
                 key: Some(convert::record_to_proto(&record)),
                 deletion_time: Some(convert::timestamp(deletion_time)),
             });
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     pub(super) async fn handle_cancel_key_deletion(
@@ -204,7 +204,7 @@ impl KeyRpc {
             })
             .await
             .map(|(record, ())| pb::CancelKeyDeletionResponse { key: Some(convert::record_to_proto(&record)) });
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     pub(super) async fn handle_get_public_key(
@@ -253,6 +253,6 @@ impl KeyRpc {
             })
         }
         .await;
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 }

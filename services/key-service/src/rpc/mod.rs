@@ -89,7 +89,7 @@ impl KeyRpc {
         let mut audit = Audited::start(operation);
         audit.caller(&claims.tenant, &claims.sub);
         if let Err(denied) = claims.require_role(roles, operation) {
-            return Err(audit.deny(&self.audit, denied));
+            return Err(audit.deny(&self.audit, denied).await);
         }
         Ok((claims, audit))
     }
@@ -143,12 +143,12 @@ impl Audited {
         self.0.policy_warnings(warnings);
     }
 
-    fn finish<T>(self, sink: &AuditSink, result: Result<T, KeyError>) -> Result<Response<T>, Status> {
-        self.0.finish(sink, result.map_err(Status::from)).map(Response::new)
+    async fn finish<T>(self, sink: &AuditSink, result: Result<T, KeyError>) -> Result<Response<T>, Status> {
+        self.0.finish(sink, result.map_err(Status::from)).await.map(Response::new)
     }
 
-    fn deny(self, sink: &AuditSink, status: Status) -> Status {
-        self.0.deny(sink, status)
+    async fn deny(self, sink: &AuditSink, status: Status) -> Status {
+        self.0.deny(sink, status).await
     }
 }
 

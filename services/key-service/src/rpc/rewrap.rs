@@ -34,7 +34,7 @@ impl KeyRpc {
             })
             .await
             .map(|progress| to_proto(&progress));
-            let _ = sender.send(audit.finish(&sink, result).map(Response::into_inner)).await;
+            let _ = sender.send(audit.finish(&sink, result).await.map(Response::into_inner)).await;
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
     }

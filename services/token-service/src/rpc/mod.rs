@@ -68,7 +68,7 @@ impl TokenRpc {
     ) -> Result<Response<Resp>, Status> {
         let (claims, mut audit) = self.caller(&request, operation).await?;
         let result = run(&claims, request.into_inner(), &mut audit).await.map(Response::new).map_err(Status::from);
-        audit.finish(&self.audit, result)
+        audit.finish(&self.audit, result).await
     }
 
     /// Admits an unauthenticated call under the rate limit of its client certificate's identity.
@@ -89,7 +89,7 @@ impl TokenRpc {
                 audit.caller(&claims.tenant, &claims.sub);
                 Ok((claims, audit))
             }
-            Err(e) => Err(audit.deny(&self.audit, e.into())),
+            Err(e) => Err(audit.deny(&self.audit, e.into()).await),
         }
     }
 
@@ -255,7 +255,7 @@ impl TokenService for TokenRpc {
                     .into(),
             }),
         };
-        audit.finish(&self.audit, result.map(Response::new).map_err(Status::from))
+        audit.finish(&self.audit, result.map(Response::new).map_err(Status::from)).await
     }
 
     async fn revoke_token(
@@ -273,7 +273,9 @@ impl TokenService for TokenRpc {
         } else {
             self.revoke(token.trim(), &mut audit).await
         };
-        audit.finish(&self.audit, result.map(|()| Response::new(pb::RevokeTokenResponse {})).map_err(Status::from))
+        audit
+            .finish(&self.audit, result.map(|()| Response::new(pb::RevokeTokenResponse {})).map_err(Status::from))
+            .await
     }
 
     async fn get_jwks(&self, _: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {

@@ -1,0 +1,197 @@
+//! Nothing acknowledged is lost from the audit trail, and nothing is stored twice: encrypt calls go on while
+//! audit-service is down for 30 s, and crypto-service is killed with SIGKILL right after answering calls;
+//! in the end every acknowledged call has exactly one record, found by the trace id the test gave the call.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use integration_tests::{Mesh, with_token};
+use keymesh_client::KeymeshClient;
+use keymesh_mesh::ServiceName;
+use keymesh_proto::v1::{
+    self as pb, audit_service_client::AuditServiceClient, crypto_service_client::CryptoServiceClient,
+};
+use tokio::time::Instant;
+
+/// A fresh W3C trace id, and the `traceparent` that makes it the call's.
+fn traceparent() -> (String, String) {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let header = format!("00-{trace}-{span}-01");
+    (trace, header)
+}
+
+/// One Encrypt with its own trace id; the trace id if it was acknowledged.
+async fn traced_encrypt(
+    client: &mut CryptoServiceClient<tonic::transport::Channel>,
+    token: &str,
+) -> Result<String, tonic::Status> {
+    let (trace, header) = traceparent();
+    let mut request = with_token(
+        pb::EncryptRequest { key: "audited".into(), plaintext: b"payload".to_vec(), ..Default::default() },
+        token,
+    );
+    request.metadata_mut().insert("traceparent", header.parse().unwrap());
+    client.encrypt(request).await?;
+    Ok(trace)
+}
+
+/// Every crypto-service Encrypt record of the tenant, counted by trace id.
+async fn encrypt_records(mesh: &Mesh, token: &str) -> HashMap<String, usize> {
+    let mut audit = AuditServiceClient::new(mesh.channel(ServiceName::AuditService));
+    let mut counts = HashMap::new();
+    let mut after = 0;
+    loop {
+        let query = pb::QueryRequest {
+            operation: "Encrypt".into(),
+            after_sequence: after,
+            limit: 10_000,
+            ..Default::default()
+        };
+        let mut stream = audit.query(with_token(query, token)).await.unwrap().into_inner();
+        let mut page = 0;
+        while let Some(response) = stream.message().await.unwrap() {
+            let record = response.record.unwrap();
+            after = record.sequence;
+            page += 1;
+            let event = record.event.unwrap();
+            if event.service == "crypto-service" {
+                *counts.entry(event.trace_id).or_default() += 1;
+            }
+        }
+        if page < 10_000 {
+            return counts;
+        }
+    }
+}
+
+/// Waits (up to `patience`) until every acknowledged call has a record, then asserts each has exactly one.
+async fn assert_each_recorded_once(mesh: &Mesh, token: &str, acknowledged: &[String], patience: Duration) {
+    let deadline = Instant::now() + patience;
+    loop {
+        let records = encrypt_records(mesh, token).await;
+        let missing = acknowledged.iter().filter(|t| !records.contains_key(*t)).count();
+        if missing == 0 {
+            let twice: Vec<_> = acknowledged.iter().filter(|t| records[*t] != 1).collect();
+            assert!(
+                twice.is_empty(),
+                "{} acknowledged calls have more than one record, e.g. {:?}",
+                twice.len(),
+                twice.first()
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged calls have no audit record after {patience:?}",
+            acknowledged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn verify_chain(mesh: &Mesh, token: &str) {
+    let verdict = AuditServiceClient::new(mesh.channel(ServiceName::AuditService))
+        .verify_chain(with_token(pb::VerifyChainRequest::default(), token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verdict.valid, "{}", verdict.message);
+}
+
+async fn setup(mesh: &Mesh) -> (KeymeshClient, String) {
+    let admin = mesh.admin_client();
+    let token = admin.access_token().await.unwrap().to_string();
+    admin.create_key("audited").await.unwrap();
+    (admin, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_audit_service_outage_of_30_s_under_load_loses_no_acknowledged_call() {
+    let mut mesh = Mesh::start(&[], &[]).await;
+    let (_admin, token) = setup(&mesh).await;
+
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let mut client = CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService));
+        let (token, acknowledged, failures, stop) =
+            (token.clone(), acknowledged.clone(), failures.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match traced_encrypt(&mut client, &token).await {
+                    Ok(trace) => acknowledged.lock().unwrap().push((Instant::now(), trace)),
+                    Err(status) => failures.lock().unwrap().push(format!("{}: {}", status.code(), status.message())),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    mesh.kill(ServiceName::AuditService).await;
+    let down_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let up_at = Instant::now();
+    mesh.resume(ServiceName::AuditService, &[]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} calls failed while audit-service was down, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let during_outage = acknowledged.iter().filter(|(at, _)| *at > down_at && *at < up_at).count();
+    assert!(during_outage > 500, "the load went on during the outage: {during_outage} calls acknowledged");
+    let traces: Vec<String> = acknowledged.into_iter().map(|(_, t)| t).collect();
+    assert_each_recorded_once(&mesh, &token, &traces, Duration::from_secs(60)).await;
+    verify_chain(&mesh, &token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_answered_just_before_a_sigkill_are_recorded_once_after_the_restart() {
+    let mut mesh = Mesh::start(&[], &[]).await;
+    let (_admin, token) = setup(&mesh).await;
+    let mut acknowledged = Vec::new();
+
+    // Killed while shipping: some of the batch is stored and acknowledged, some stored but not
+    // acknowledged (re-sent after the restart), some still only in the spool.
+    for round in 0..3 {
+        let mut calls = Vec::new();
+        for _ in 0..50 {
+            let mut client = CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService));
+            let token = token.clone();
+            calls.push(tokio::spawn(async move { traced_encrypt(&mut client, &token).await }));
+        }
+        for call in calls {
+            acknowledged.push(call.await.unwrap().unwrap_or_else(|s| panic!("round {round}: {}", s.message())));
+        }
+        mesh.restart(ServiceName::CryptoService, &[]).await;
+    }
+
+    // Killed with audit-service down: the events exist only in the dead process's spool.
+    mesh.kill(ServiceName::AuditService).await;
+    let mut client = CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService));
+    for _ in 0..100 {
+        acknowledged.push(traced_encrypt(&mut client, &token).await.unwrap());
+    }
+    mesh.restart(ServiceName::CryptoService, &[]).await;
+    mesh.resume(ServiceName::AuditService, &[]).await;
+
+    assert_each_recorded_once(&mesh, &token, &acknowledged, Duration::from_secs(30)).await;
+    verify_chain(&mesh, &token).await;
+}
