@@ -4,7 +4,8 @@
 //! AES-256-GCM sealing the same sizes in-process on one core; and Sign/Verify per signature algorithm
 //! beside `openssl speed` for the same key type, run in the same process on one core; and rate-limit
 //! isolation: one application's Encrypt throughput alone, then while another application floods
-//! crypto-service far over its limit. The load generator shares the machine with the four services, so the
+//! crypto-service far over its limit; and the audit spool's cost: Encrypt with every event fsynced to the
+//! spool before the answer, against auditing off. The load generator shares the machine with the four services, so the
 //! ratios are a floor.
 //!
 //! Run with `make bench` (release build of the binaries and this bench).
@@ -233,7 +234,38 @@ async fn main() {
     }
 
     signatures(&client).await;
+    audit_cost(&mut mesh, &client).await;
     isolation(&mut mesh, &client).await;
+}
+
+/// Encrypt 1 KiB with crypto-service's audit spool on (the default: each call's event fsynced before the
+/// answer) and with auditing off, one after the other in this run.
+async fn audit_cost(mesh: &mut Mesh, client: &Arc<KeymeshClient>) {
+    let measure = || {
+        let client = client.clone();
+        load(move || {
+            let client = client.clone();
+            async move {
+                encrypt(&client, vec![3u8; 1024]).await;
+            }
+        })
+    };
+    let spooled = measure().await;
+    mesh.restart(keymesh_mesh::ServiceName::CryptoService, &[("KEYMESH_AUDIT__MODE", "off")]).await;
+    let off = measure().await;
+    println!();
+    println!("audit cost: Encrypt 1 KiB, {CONCURRENCY} in flight");
+    println!("{:<36} {:>12} {:>10} {:>10} {:>10}", "", "ops/s", "p50", "p99", "ratio");
+    for (name, result) in [("audit off", &off), ("spool on (strict, fsync per group)", &spooled)] {
+        println!(
+            "{:<36} {:>12.0} {:>10} {:>10} {:>9.3}x",
+            name,
+            result.ops_per_second,
+            millis(result.p50),
+            millis(result.p99),
+            result.ops_per_second / off.ops_per_second
+        );
+    }
 }
 
 /// A quiet application's Encrypt rate alone and beside a flood from an application limited to

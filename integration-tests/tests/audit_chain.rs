@@ -207,17 +207,15 @@ async fn a_pruned_chain_verifies_from_its_signed_anchor() {
         let db = db.clone();
         async move { integration_tests::count(&db, sql).await }
     };
-    let wait_for = |what: &'static str, sql: &'static str, at_least: i64| {
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                let value = scalar(sql).await;
-                if value >= at_least {
-                    return value;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "{what}: {value}, expected {at_least}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    let wait_for = |what: &'static str, sql: &'static str, at_least: i64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let value = scalar(sql).await;
+            if value >= at_least {
+                return value;
             }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: {value}, expected {at_least}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
     for i in 0..20 {
@@ -296,6 +294,15 @@ async fn a_pruned_chain_verifies_from_its_signed_anchor() {
     let (at, why) = broken_at(&mesh, &token).await;
     assert_eq!(at, anchor as u64 + 1, "{why}");
     first.into_active_model().insert(&db).await.unwrap();
+    assert!(verify(&mesh, &token, 0, 0).await.unwrap().valid);
+
+    // Deleting the newest record is found too: a checkpoint was signed at it.
+    let head = wait_for("a checkpoint at the head", "SELECT CASE WHEN (SELECT max(sequence) FROM audit_checkpoints) = (SELECT max(sequence) FROM audit_records) THEN max(sequence) ELSE 0 END FROM audit_records", 1).await;
+    let newest = audit_record::Entity::find_by_id(head).one(&db).await.unwrap().unwrap();
+    audit_record::Entity::delete_by_id(head).exec(&db).await.unwrap();
+    let (at, why) = broken_at(&mesh, &token).await;
+    assert_eq!(at, head as u64, "{why}");
+    newest.into_active_model().insert(&db).await.unwrap();
     assert!(verify(&mesh, &token, 0, 0).await.unwrap().valid);
 
     // A checkpoint rewritten to match a rewritten chain no longer carries a valid signature.

@@ -250,23 +250,34 @@ async fn stop_gracefully(mesh: &mut Mesh) {
     }
 }
 
+/// Runs a phase of a test under a watchdog: a hang (once seen in CI, never reproduced) fails the test and
+/// names the phase instead of stalling the run.
+async fn phase<T>(what: &str, body: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(180), body)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 180 s"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_end_to_end_on_sqlite() {
-    let mut mesh = Mesh::start(&[], &[]).await;
-    scenario(&mesh).await;
-    stop_gracefully(&mut mesh).await;
+    let mut mesh = phase("start", Mesh::start(&[], &[])).await;
+    phase("the scenario", scenario(&mesh)).await;
+    phase("the graceful stop", stop_gracefully(&mut mesh)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_end_to_end_with_key_service_on_postgres_and_token_expiry() {
-    let url = fresh_postgres_database().await;
+    let url = phase("a fresh Postgres database", fresh_postgres_database()).await;
     // Short-lived tokens and no skew allowance, so expiry can be observed in seconds.
-    let mut mesh = Mesh::start(
-        &[("KEYMESH_TOKENS__ACCESS_TOKEN_TTL_SECONDS", "4"), ("KEYMESH_TOKENS__CLOCK_SKEW_SECONDS", "0")],
-        &[(ServiceName::KeyService, "KEYMESH_DATABASE__URL", &url)],
+    let mut mesh = phase(
+        "start",
+        Mesh::start(
+            &[("KEYMESH_TOKENS__ACCESS_TOKEN_TTL_SECONDS", "4"), ("KEYMESH_TOKENS__CLOCK_SKEW_SECONDS", "0")],
+            &[(ServiceName::KeyService, "KEYMESH_DATABASE__URL", &url)],
+        ),
     )
     .await;
-    scenario(&mesh).await;
+    phase("the scenario", scenario(&mesh)).await;
 
     // The key really lives in Postgres.
     use sea_orm::{ConnectionTrait, Database, Statement};
@@ -288,5 +299,5 @@ async fn mesh_end_to_end_with_key_service_on_postgres_and_token_expiry() {
     let err = crypto.encrypt(with_token(request, &token)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("expired"), "{}", err.message());
-    stop_gracefully(&mut mesh).await;
+    phase("the graceful stop", stop_gracefully(&mut mesh)).await;
 }

@@ -13,7 +13,7 @@ values.yaml.
   meshCallers: mesh services that call it (for NetworkPolicy)
     key-service    <- crypto-service (GetDataKey)
     token-service  <- key-service, crypto-service, audit-service (JWKS for token verification)
-    audit-service  <- key-service, crypto-service (Append)
+    audit-service  <- key-service, crypto-service, token-service (Append)
 */}}
 {{- define "keymesh.topology" -}}
 key-service:
@@ -34,10 +34,11 @@ token-service:
     - audit-service
 audit-service:
   database: true
-  masterKey: false
+  masterKey: true
   meshCallers:
     - key-service
     - crypto-service
+    - token-service
 {{- end -}}
 
 {{- define "keymesh.name" -}}
@@ -138,8 +139,8 @@ Fails the render on settings that cannot work. Renders nothing.
 {{- end -}}
 {{- end -}}
 {{- $audit := index $root.Values.services "audit-service" -}}
-{{- if gt (int $audit.replicas) 1 -}}
-{{- fail "services.audit-service.replicas must be 0 or 1: audit-service is the single writer of the audit chain" -}}
+{{- if and (gt (int $audit.replicas) 1) (not (include "keymesh.databaseSecret" (dict "root" $root "svc" "audit-service"))) -}}
+{{- fail "services.audit-service.replicas above 1 need a shared Postgres (database.existingSecret or services.audit-service.database.existingSecret): replicas take turns appending to one chain under its lock" -}}
 {{- end -}}
 {{- if not (has $root.Values.tls.mode (list "cert-manager" "secrets")) -}}
 {{- fail (printf "tls.mode must be \"cert-manager\" or \"secrets\", not %q" (toString $root.Values.tls.mode)) -}}

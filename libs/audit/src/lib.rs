@@ -56,7 +56,7 @@ fn set_outcome<T>(event: &mut pb::AuditEvent, result: &Result<T, tonic::Status>,
         Ok(_) => event.outcome = pb::Outcome::Success as i32,
         Err(status) => {
             event.status_code = status.code() as i32;
-            event.reason = status.message().chars().take(512).collect();
+            event.reason = bounded_to(status.message(), MAX_REASON);
             event.outcome = match status.code() {
                 tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => pb::Outcome::Denied as i32,
                 _ => pb::Outcome::Failed as i32,
@@ -65,11 +65,26 @@ fn set_outcome<T>(event: &mut pb::AuditEvent, result: &Result<T, tonic::Status>,
     }
 }
 
-/// Longest string field an event carries: events stay small and valid whatever a caller sent.
+/// Longest string field, in bytes, an event carries: events stay small and within what audit-service accepts
+/// (1024 bytes a field) whatever a caller sent, in any script.
 const MAX_FIELD: usize = 256;
+/// Longest reason, in bytes.
+const MAX_REASON: usize = 512;
 
 fn bounded(value: &str) -> String {
-    value.chars().filter(|c| !c.is_control()).take(MAX_FIELD).collect()
+    bounded_to(value, MAX_FIELD)
+}
+
+/// `value` without control characters, cut on a character boundary to at most `max` bytes.
+fn bounded_to(value: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// One audit event filled in while a request runs, recorded when it finishes.
@@ -221,7 +236,7 @@ async fn ship(client: AuditServiceClient<MeshChannel>, mut reader: SpoolReader) 
         if batch.events.is_empty() {
             if batch.end > reader.position() {
                 // Only damaged frames, already reported: step over them.
-                reader.acknowledge(batch.end);
+                reader.acknowledge(batch.end).await;
             } else if !reader.wait_for_events().await {
                 return;
             }
@@ -254,8 +269,18 @@ async fn ship(client: AuditServiceClient<MeshChannel>, mut reader: SpoolReader) 
                     break;
                 }
                 Err(SendError::Refused(reason)) => {
-                    // Retrying cannot help and would hold every later event behind this batch.
-                    tracing::error!(%reason, dropped = batch.events.len(), "audit-service refused an audit batch; skipping it");
+                    // Retrying cannot help and would hold every later event behind this batch: keep it aside,
+                    // for an operator, rather than delete it.
+                    match reader.quarantine(&batch.events).await {
+                        Ok(path) => {
+                            tracing::error!(%reason, events = batch.events.len(), kept = %path.display(), "audit-service refused an audit batch; kept it aside")
+                        }
+                        Err(error) => {
+                            tracing::error!(%reason, %error, "audit-service refused an audit batch that cannot be kept aside; retrying");
+                            tokio::time::sleep(backoff).await;
+                            continue;
+                        }
+                    }
                     break;
                 }
                 Err(SendError::Retry(reason)) => {
@@ -265,7 +290,7 @@ async fn ship(client: AuditServiceClient<MeshChannel>, mut reader: SpoolReader) 
                 }
             }
         }
-        reader.acknowledge(batch.end);
+        reader.acknowledge(batch.end).await;
     }
 }
 
@@ -315,5 +340,22 @@ impl Connection {
                 Ok(Ok(Some(_))) => continue,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_cut_by_bytes_on_a_character_boundary() {
+        let long = "é".repeat(1000);
+        let cut = bounded(&long);
+        assert!(cut.len() <= MAX_FIELD && cut.len() >= MAX_FIELD - 1);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(bounded("a\nb\u{7}c"), "abc");
+        let mut event = pb::AuditEvent::default();
+        set_outcome::<()>(&mut event, &Err(tonic::Status::not_found("🔑".repeat(1000))), Instant::now());
+        assert!(event.reason.len() <= MAX_REASON);
     }
 }

@@ -24,6 +24,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::os::unix::fs::OpenOptionsExt;
+
 use keymesh_proto::v1 as pb;
 use prost::Message;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -35,6 +37,8 @@ const FRAME_HEADER: usize = 8;
 const MAX_FRAME: usize = 1 << 20;
 /// Requests the writer commits at once, at most.
 const GROUP_MAX: usize = 4096;
+/// Bytes the writer commits at once, at most (less in a small spool).
+const GROUP_MAX_BYTES: u64 = 1 << 20;
 /// Calls that may wait for the writer thread before `append` itself waits.
 const QUEUE_CAPACITY: usize = 8192;
 /// Bytes the shipper reads from a segment at a time.
@@ -289,13 +293,15 @@ fn read_cursor(dir: &Path, segments: &BTreeMap<u64, u64>) -> Position {
 
 fn write_cursor(dir: &Path, at: Position) -> std::io::Result<()> {
     let temporary = dir.join(format!("{CURSOR_FILE}.tmp"));
-    fs::write(&temporary, format!("{} {}\n", at.segment, at.offset))?;
+    let mut file = File::create(&temporary)?;
+    file.write_all(format!("{} {}\n", at.segment, at.offset).as_bytes())?;
+    file.sync_data()?;
     fs::rename(&temporary, dir.join(CURSOR_FILE))
 }
 
 fn create_segment(dir: &Path, segment: u64) -> Result<File, SpoolError> {
     let path = segment_path(dir, segment);
-    let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_error(&path, e))?;
+    let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(|e| io_error(&path, e))?;
     // The new name must survive a power cut with the events written into it.
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, e))?;
     Ok(file)
@@ -324,11 +330,23 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut queue: mpsc::Receiver<WriteRequest>) {
-        while let Some(first) = queue.blocking_recv() {
+        // A group fits in the spool many times over, so that a group never waits for space it cannot get.
+        let group_bytes = (self.shared.max_bytes / 4).clamp(1, GROUP_MAX_BYTES);
+        let mut carried: Option<WriteRequest> = None;
+        loop {
+            let Some(first) = carried.take().or_else(|| queue.blocking_recv()) else { break };
+            let mut bytes = first.frame.len() as u64;
             let mut group = vec![first];
             while group.len() < GROUP_MAX {
                 match queue.try_recv() {
-                    Ok(request) => group.push(request),
+                    Ok(request) if bytes + request.frame.len() as u64 > group_bytes => {
+                        carried = Some(request);
+                        break;
+                    }
+                    Ok(request) => {
+                        bytes += request.frame.len() as u64;
+                        group.push(request);
+                    }
                     Err(_) => break,
                 }
             }
@@ -449,7 +467,7 @@ impl SpoolReader {
 
     /// audit-service stored everything up to `end`: move the cursor, delete the segments behind it, and
     /// wake a writer waiting for space.
-    pub fn acknowledge(&mut self, end: Position) {
+    pub async fn acknowledge(&mut self, end: Position) {
         self.next = end;
         let behind: Vec<u64> = {
             let mut state = self.shared.lock();
@@ -461,13 +479,38 @@ impl SpoolReader {
             behind
         };
         self.shared.space.notify_all();
-        if let Err(e) = write_cursor(&self.shared.dir, end) {
-            // Only costs re-sending after a restart.
-            tracing::warn!(dir = %self.shared.dir.display(), error = %e, "cannot record the audit spool cursor");
-        }
-        for number in behind {
-            remove_segment(&self.shared.dir, number);
-        }
+        let shared = self.shared.clone();
+        let persisted = tokio::task::spawn_blocking(move || {
+            if let Err(e) = write_cursor(&shared.dir, end) {
+                // Only costs re-sending (de-duplicated by audit-service) after a restart.
+                tracing::warn!(dir = %shared.dir.display(), error = %e, "cannot record the audit spool cursor");
+            }
+            for number in behind {
+                remove_segment(&shared.dir, number);
+            }
+        });
+        let _ = persisted.await;
+    }
+
+    /// Keeps events audit-service refused (it will refuse them again) in a file beside the spool, so that
+    /// nothing is deleted unseen, and returns its path.
+    pub async fn quarantine(&self, events: &[pb::AuditEvent]) -> Result<PathBuf, SpoolError> {
+        let path = self.shared.dir.join(format!("refused-{}-{}.events", self.next.segment, self.next.offset));
+        let bytes: Vec<u8> = events.iter().flat_map(frame).collect();
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || {
+            OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&target)
+                .and_then(|mut file| file.write_all(&bytes).and_then(|()| file.sync_data()))
+                .map_err(|e| io_error(&target, e))
+        })
+        .await
+        .map_err(|_| SpoolError::Closed)??;
+        Ok(path)
     }
 }
 
@@ -536,7 +579,7 @@ mod tests {
                 return ids;
             }
             ids.extend(batch.events.into_iter().map(|e| e.event_id));
-            reader.acknowledge(batch.end);
+            reader.acknowledge(batch.end).await;
         }
     }
 
@@ -550,7 +593,7 @@ mod tests {
             }
             let batch = reader.read(5).await.unwrap();
             assert_eq!(batch.events.len(), 5);
-            reader.acknowledge(batch.end);
+            reader.acknowledge(batch.end).await;
             // Read but not acknowledged: must come back.
             let _ = reader.read(5).await.unwrap();
         }
@@ -606,7 +649,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         let batch = reader.read(1000).await.unwrap();
-        reader.acknowledge(batch.end);
+        reader.acknowledge(batch.end).await;
         blocked.await.unwrap().unwrap();
     }
 

@@ -53,11 +53,16 @@ impl AuditRepository {
         build: impl FnOnce(Option<(i64, String)>, Vec<String>) -> Vec<audit_record::Model>,
     ) -> Result<usize, StoreError> {
         let txn = self.locked().await?;
-        let head = audit_record::Entity::find()
-            .order_by_desc(audit_record::Column::Sequence)
-            .one(&txn)
-            .await?
-            .map(|r| (r.sequence, r.hash));
+        let head = match audit_record::Entity::find().order_by_desc(audit_record::Column::Sequence).one(&txn).await? {
+            Some(record) => Some((record.sequence, record.hash)),
+            // Pruning keeps the newest record, so an empty table is a fresh chain; should it not be, the chain
+            // goes on from the newest checkpoint rather than starting over at 1.
+            None => audit_checkpoint::Entity::find()
+                .order_by_desc(audit_checkpoint::Column::Sequence)
+                .one(&txn)
+                .await?
+                .map(|c| (c.sequence, c.hash)),
+        };
         let existing = if event_ids.is_empty() {
             vec![]
         } else {
@@ -97,8 +102,9 @@ impl AuditRepository {
             .map(|r| (r.sequence, r.hash)))
     }
 
-    /// Deletes the records received before `cutoff_millis` up to the newest checkpoint among them, and the
-    /// checkpoints before that one, which stays as the anchor the remaining chain is verified from. Returns
+    /// Deletes the records received before `cutoff_millis` up to the newest checkpoint among them (never the
+    /// newest record), and the checkpoints before that one, which stays as the anchor the remaining chain is
+    /// verified from. Returns
     /// the anchor's sequence and how many records went; none when no checkpoint is old enough.
     pub async fn prune(&self, cutoff_millis: i64) -> Result<Option<(i64, u64)>, StoreError> {
         let txn = self.locked().await?;
@@ -110,8 +116,12 @@ impl AuditRepository {
         else {
             return Ok(None);
         };
+        let head = audit_record::Entity::find().order_by_desc(audit_record::Column::Sequence).one(&txn).await?;
+        // Never the newest record: the chain goes on from what is kept.
+        let keep_from = head.map_or(0, |h| h.sequence);
         let Some(anchor) = audit_checkpoint::Entity::find()
             .filter(audit_checkpoint::Column::Sequence.lte(newest_old.sequence))
+            .filter(audit_checkpoint::Column::Sequence.lt(keep_from))
             .order_by_desc(audit_checkpoint::Column::Sequence)
             .one(&txn)
             .await?

@@ -136,6 +136,18 @@ pub async fn verify(repo: &AuditRepository, from: i64, to: Option<i64>) -> Resul
                     broken: Some((expected, format!("record {expected} is missing; the chain ends before {to}"))),
                 });
             }
+            // So is a chain that ends before a checkpoint signed at a later record.
+            if to.is_none()
+                && let Some(signed) = repo.latest_checkpoint().await?.filter(|c| c.sequence >= expected)
+            {
+                return Ok(Verdict {
+                    verified,
+                    broken: Some((
+                        expected,
+                        format!("record {expected} is missing; a checkpoint was signed at record {}", signed.sequence),
+                    )),
+                });
+            }
             return Ok(Verdict { verified, broken: None });
         }
     }

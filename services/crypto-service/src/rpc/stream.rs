@@ -84,7 +84,12 @@ impl CryptoRpc {
                 // The client may be gone already; then there is nobody to tell.
                 let _ = tx.send(Err(status.clone())).await;
             }
-            let _ = audit.finish(&sink, result).await;
+            // Strict mode: a stream whose event cannot be spooled ends in an error even after its last chunk,
+            // and clients discard a stream that does not end cleanly.
+            let answered = result.is_ok();
+            if let (true, Err(status)) = (answered, audit.finish(&sink, result).await) {
+                let _ = tx.send(Err(status)).await;
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -146,7 +151,12 @@ impl CryptoRpc {
                 // Tells the client to discard what it received: the stream is not whole.
                 let _ = tx.send(Err(status.clone())).await;
             }
-            let _ = audit.finish(&sink, result).await;
+            // Strict mode: a stream whose event cannot be spooled ends in an error even after its last chunk,
+            // and clients discard a stream that does not end cleanly.
+            let answered = result.is_ok();
+            if let (true, Err(status)) = (answered, audit.finish(&sink, result).await) {
+                let _ = tx.send(Err(status)).await;
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
