@@ -37,14 +37,24 @@ async fn traced_encrypt(
         token,
     );
     request.metadata_mut().insert("traceparent", header.parse().unwrap());
+    request.metadata_mut().insert("x-request-id", format!("req-{trace}").parse().unwrap());
     client.encrypt(request).await?;
     Ok(trace)
 }
 
 /// Every crypto-service Encrypt record of the tenant, counted by trace id.
 async fn encrypt_records(mesh: &Mesh, token: &str) -> HashMap<String, usize> {
-    let mut audit = AuditServiceClient::new(mesh.channel(ServiceName::AuditService));
     let mut counts = HashMap::new();
+    for event in encrypt_events(mesh, token).await {
+        *counts.entry(event.trace_id).or_default() += 1;
+    }
+    counts
+}
+
+/// Every crypto-service Encrypt event of the tenant.
+async fn encrypt_events(mesh: &Mesh, token: &str) -> Vec<pb::AuditEvent> {
+    let mut audit = AuditServiceClient::new(mesh.channel(ServiceName::AuditService));
+    let mut events = Vec::new();
     let mut after = 0;
     loop {
         let query = pb::QueryRequest {
@@ -61,11 +71,11 @@ async fn encrypt_records(mesh: &Mesh, token: &str) -> HashMap<String, usize> {
             page += 1;
             let event = record.event.unwrap();
             if event.service == "crypto-service" {
-                *counts.entry(event.trace_id).or_default() += 1;
+                events.push(event);
             }
         }
         if page < 10_000 {
-            return counts;
+            return events;
         }
     }
 }
@@ -194,4 +204,8 @@ async fn calls_answered_just_before_a_sigkill_are_recorded_once_after_the_restar
 
     assert_each_recorded_once(&mesh, &token, &acknowledged, Duration::from_secs(30)).await;
     verify_chain(&mesh, &token).await;
+    // Each record carries the request id its caller sent.
+    for event in encrypt_events(&mesh, &token).await {
+        assert_eq!(event.request_id, format!("req-{}", event.trace_id));
+    }
 }

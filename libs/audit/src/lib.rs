@@ -44,6 +44,7 @@ fn event(service: &str, operation: &str) -> pb::AuditEvent {
         service: service.to_owned(),
         operation: operation.to_owned(),
         trace_id: keymesh_mesh::telemetry::current_trace_id().unwrap_or_default(),
+        request_id: keymesh_mesh::request_id::current().unwrap_or_default(),
         fips_mode: pb::FipsMode::Disabled as i32,
         ..Default::default()
     }

@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod identity;
 pub mod pki;
+pub mod request_id;
 pub mod run;
 pub mod server;
 pub mod telemetry;

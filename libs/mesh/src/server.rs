@@ -64,6 +64,7 @@ pub async fn serve(
         .tls_config(tls_config)?
         .trace_fn(telemetry::server_span)
         .timeout(Duration::from_secs(60))
+        .layer(crate::request_id::RequestIdLayer)
         .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection)
