@@ -108,6 +108,19 @@ impl KeyType {
     }
 }
 
+/// A fresh Ed25519 key for the mesh's own signatures (access tokens, audit checkpoints): its key id —
+/// `prefix`, a dash, and the first 8 bytes of the public key's SHA-256 in hex —, the raw 32-byte public key,
+/// and the PKCS#8 private key in a zeroizing buffer, ready to be wrapped by the KMS.
+pub fn service_signing_key(prefix: &str) -> Result<(String, Vec<u8>, SecretKey), CryptoError> {
+    use sha2::Digest;
+    let key = PKey::generate_ed25519()?;
+    let public = key.raw_public_key()?;
+    let private = SecretKey::from_bytes(key.private_key_to_pkcs8()?);
+    let digest = sha2::Sha256::digest(&public);
+    let kid = format!("{prefix}-{}", digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>());
+    Ok((kid, public, private))
+}
+
 /// A private key, checked against the kind its algorithm needs. Never prints its material.
 pub struct PrivateKey {
     key: PKey<Private>,

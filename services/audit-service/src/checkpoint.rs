@@ -11,7 +11,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use keymesh_crypto::SecretKey;
 use keymesh_kms::{Keyring, WrapContext, WrapSet, WrappedKey};
 use keymesh_store::{
     StoreError,
@@ -23,7 +22,6 @@ use openssl::{
     pkey::{Id, PKey, Private},
     sign::{Signer, Verifier},
 };
-use sha2::{Digest, Sha256};
 
 const ALGORITHM: &str = "Ed25519";
 /// How often retention runs.
@@ -150,11 +148,7 @@ impl Checkpointer {
 }
 
 async fn create_key(kms: &Keyring) -> Result<audit_checkpoint_key::Model, CheckpointError> {
-    let pkey = PKey::generate_ed25519().map_err(key_error)?;
-    let public = pkey.raw_public_key().map_err(key_error)?;
-    let private = SecretKey::from_bytes(pkey.private_key_to_pkcs8().map_err(key_error)?);
-    let digest = Sha256::digest(&public);
-    let kid = format!("audit-ed25519-{}", digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>());
+    let (kid, public, private) = keymesh_crypto::keypair::service_signing_key("audit-ed25519").map_err(key_error)?;
     let (first, extra_wraps) = kms.wrap(&private, &wrap_context(&kid)).await?.to_columns();
     Ok(audit_checkpoint_key::Model {
         kid,

@@ -56,6 +56,21 @@ impl AuditRpc {
     }
 }
 
+/// The filter fields of a QueryRequest or an ExportRequest (same names, two messages).
+macro_rules! filter_of {
+    ($r:expr) => {{
+        let r = $r;
+        Filter {
+            start_time: r.start_time,
+            end_time: r.end_time,
+            identity: r.identity.clone(),
+            operation: r.operation.clone(),
+            resource: r.resource.clone(),
+            outcome: r.outcome,
+        }
+    }};
+}
+
 /// The filter fields Query and Export share.
 struct Filter {
     start_time: Option<prost_types::Timestamp>,
@@ -169,15 +184,7 @@ impl AuditService for AuditRpc {
     type QueryStream = ResponseStream<pb::QueryResponse>;
 
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
-        let r = request.get_ref();
-        let filter = Filter {
-            start_time: r.start_time,
-            end_time: r.end_time,
-            identity: r.identity.clone(),
-            operation: r.operation.clone(),
-            resource: r.resource.clone(),
-            outcome: r.outcome,
-        };
+        let filter = filter_of!(request.get_ref());
         let (tenant, filter) = self.tenant_filter(&request, filter, "AuditService.Query").await?;
         let request = request.into_inner();
         let limit = match request.limit {
@@ -197,15 +204,7 @@ impl AuditService for AuditRpc {
     type ExportStream = ResponseStream<pb::ExportResponse>;
 
     async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
-        let r = request.get_ref();
-        let filter = Filter {
-            start_time: r.start_time,
-            end_time: r.end_time,
-            identity: r.identity.clone(),
-            operation: r.operation.clone(),
-            resource: r.resource.clone(),
-            outcome: r.outcome,
-        };
+        let filter = filter_of!(request.get_ref());
         let (tenant, filter) = self.tenant_filter(&request, filter, "AuditService.Export").await?;
         let request = request.into_inner();
         let mut after =

@@ -5,13 +5,10 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use keymesh_crypto::SecretKey;
 use keymesh_kms::{Keyring, KmsError, WrapContext, WrapSet, WrappedKey};
 use keymesh_mesh::{auth::AccessClaims, config::TokenParams};
 use keymesh_proto::v1 as pb;
 use keymesh_store::{entity::signing_key, now_millis, tokens::TokenRepository};
-use openssl::pkey::PKey;
-use sha2::{Digest, Sha256};
 
 use crate::error::TokenError;
 
@@ -255,12 +252,8 @@ async fn bring_up_to_date(
 
 /// The private key is wrapped under the primary and every secondary, like a DEK.
 async fn create_key(kms: &Keyring) -> Result<signing_key::Model, TokenError> {
-    let internal = |e: openssl::error::ErrorStack| TokenError::Internal(format!("openssl: {e}"));
-    let pkey = PKey::generate_ed25519().map_err(internal)?;
-    let public = pkey.raw_public_key().map_err(internal)?;
-    let private = SecretKey::from_bytes(pkey.private_key_to_pkcs8().map_err(internal)?);
-    let digest = Sha256::digest(&public);
-    let kid = format!("ed25519-{}", digest.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>());
+    let (kid, public, private) = keymesh_crypto::keypair::service_signing_key("ed25519")
+        .map_err(|e| TokenError::Internal(format!("cannot generate a signing key: {e}")))?;
     let wraps = kms.wrap(&private, &wrap_context(&kid)).await?;
     let (first, extra_wraps) = wraps.to_columns();
     Ok(signing_key::Model {
