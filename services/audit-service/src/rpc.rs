@@ -88,6 +88,19 @@ fn store_unavailable(what: &str) -> impl Fn(keymesh_store::StoreError) -> Status
     }
 }
 
+/// A page size: 0 means 1000, at most 10000.
+fn page_limit(limit: u32) -> Result<u64, Status> {
+    match limit {
+        0 => Ok(1000),
+        n if n <= 10_000 => Ok(u64::from(n)),
+        n => Err(Status::invalid_argument(format!("limit {n} is over 10000"))),
+    }
+}
+
+fn after_sequence(after: u64) -> Result<i64, Status> {
+    i64::try_from(after).map_err(|_| Status::invalid_argument(format!("after_sequence {after} is out of range")))
+}
+
 /// Records exported per database read.
 const EXPORT_PAGE: u64 = 1000;
 
@@ -187,13 +200,8 @@ impl AuditService for AuditRpc {
         let filter = filter_of!(request.get_ref());
         let (tenant, filter) = self.tenant_filter(&request, filter, "AuditService.Query").await?;
         let request = request.into_inner();
-        let limit = match request.limit {
-            0 => 1000,
-            n if n <= 10_000 => u64::from(n),
-            n => return Err(Status::invalid_argument(format!("limit {n} is over 10000"))),
-        };
-        let after =
-            i64::try_from(request.after_sequence).map_err(|_| Status::invalid_argument("after_sequence too large"))?;
+        let limit = page_limit(request.limit)?;
+        let after = after_sequence(request.after_sequence)?;
         let rows =
             self.writer.repo().query(&tenant, &filter, after, limit).await.map_err(store_unavailable("audit query"))?;
         let stream =
@@ -207,8 +215,7 @@ impl AuditService for AuditRpc {
         let filter = filter_of!(request.get_ref());
         let (tenant, filter) = self.tenant_filter(&request, filter, "AuditService.Export").await?;
         let request = request.into_inner();
-        let mut after =
-            i64::try_from(request.after_sequence).map_err(|_| Status::invalid_argument("after_sequence too large"))?;
+        let mut after = after_sequence(request.after_sequence)?;
         let mut left = if request.limit == 0 { u64::MAX } else { request.limit };
         let repo = self.writer.repo().clone();
         Ok(Response::new(async_stream_like(move |tx| async move {
@@ -243,13 +250,8 @@ impl AuditService for AuditRpc {
         let claims = self.verifier.verify_request(&request).await?;
         claims.require_role(&[Role::Auditor, Role::Owner], "AuditService.ListCheckpoints")?;
         let request = request.into_inner();
-        let limit = match request.limit {
-            0 => 1000,
-            n if n <= 10_000 => u64::from(n),
-            n => return Err(Status::invalid_argument(format!("limit {n} is over 10000"))),
-        };
-        let after =
-            i64::try_from(request.after_sequence).map_err(|_| Status::invalid_argument("after_sequence too large"))?;
+        let limit = page_limit(request.limit)?;
+        let after = after_sequence(request.after_sequence)?;
         let repo = self.writer.repo();
         let checkpoints = repo.checkpoints_after(after, limit).await.map_err(store_unavailable("checkpoint list"))?;
         let keys = repo.checkpoint_keys().await.map_err(store_unavailable("checkpoint key list"))?;
