@@ -30,7 +30,7 @@ use spool::{SpoolReader, SpoolWriter};
 
 /// Events per `Append` batch, at most.
 const BATCH_MAX: usize = 256;
-/// How long a small batch waits for more events before it is sent.
+/// How long the shipper lets events gather after the spool wakes it.
 const BATCH_LINGER: Duration = Duration::from_millis(20);
 /// How long to wait for an acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -226,7 +226,7 @@ async fn ship(client: AuditServiceClient<MeshChannel>, mut reader: SpoolReader) 
     let mut backoff = Duration::from_millis(100);
     let mut stream: Option<Connection> = None;
     loop {
-        let mut batch = match reader.read(BATCH_MAX).await {
+        let batch = match reader.read(BATCH_MAX).await {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::error!(%error, "cannot read the audit spool; retrying");
@@ -240,14 +240,12 @@ async fn ship(client: AuditServiceClient<MeshChannel>, mut reader: SpoolReader) 
                 reader.acknowledge(batch.end).await;
             } else if !reader.wait_for_events().await {
                 return;
+            } else {
+                // Woken by the first commit after a quiet spell: let more gather so that one round trip
+                // carries them. Under load the next batch has gathered while this one was sent.
+                tokio::time::sleep(BATCH_LINGER).await;
             }
             continue;
-        }
-        if batch.events.len() < BATCH_MAX {
-            tokio::time::sleep(BATCH_LINGER).await;
-            if let Ok(fuller) = reader.read(BATCH_MAX).await {
-                batch = fuller;
-            }
         }
         loop {
             batch_id += 1;

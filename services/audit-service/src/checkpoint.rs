@@ -9,7 +9,7 @@
 //! Checkpoints are also what retention prunes to: records older than the retention period are deleted up to
 //! the newest checkpoint among them, which stays as the anchor the rest of the chain is verified from.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use keymesh_kms::{Keyring, WrapContext, WrapSet, WrappedKey};
 use keymesh_store::{
@@ -19,7 +19,7 @@ use keymesh_store::{
     now_millis,
 };
 use openssl::{
-    pkey::{Id, PKey, Private},
+    pkey::{Id, PKey, Private, Public},
     sign::{Signer, Verifier},
 };
 
@@ -54,15 +54,31 @@ fn wrap_context(kid: &str) -> WrapContext {
     WrapContext { tenant_id: "_system".into(), key_id: kid.into(), version: 1, algorithm: ALGORITHM.into() }
 }
 
-/// Whether `checkpoint` is signed by one of `keys`.
-pub fn signature_holds(checkpoint: &audit_checkpoint::Model, keys: &[audit_checkpoint_key::Model]) -> bool {
-    let Some(key) = keys.iter().find(|k| k.kid == checkpoint.kid) else {
-        return false;
-    };
-    let message = statement(checkpoint.sequence, &checkpoint.hash, checkpoint.signed_at);
-    PKey::public_key_from_raw_bytes(&key.public_key, Id::ED25519)
-        .and_then(|public| Verifier::new_without_digest(&public)?.verify_oneshot(&checkpoint.signature, &message))
-        .unwrap_or(false)
+/// The published checkpoint keys, parsed once for a whole verification.
+pub struct VerifyingKeys(HashMap<String, PKey<Public>>);
+
+impl VerifyingKeys {
+    /// Parses the stored public keys; one that does not parse verifies nothing.
+    pub fn new(keys: &[audit_checkpoint_key::Model]) -> Self {
+        Self(
+            keys.iter()
+                .filter_map(|k| {
+                    PKey::public_key_from_raw_bytes(&k.public_key, Id::ED25519).ok().map(|p| (k.kid.clone(), p))
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether `checkpoint` is signed by one of the keys.
+    pub fn signed(&self, checkpoint: &audit_checkpoint::Model) -> bool {
+        let Some(public) = self.0.get(&checkpoint.kid) else {
+            return false;
+        };
+        let message = statement(checkpoint.sequence, &checkpoint.hash, checkpoint.signed_at);
+        Verifier::new_without_digest(public)
+            .and_then(|mut verifier| verifier.verify_oneshot(&checkpoint.signature, &message))
+            .unwrap_or(false)
+    }
 }
 
 /// Signs checkpoints of the chain with this replica's key.

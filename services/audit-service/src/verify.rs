@@ -8,7 +8,7 @@ use keymesh_proto::v1 as pb;
 use keymesh_store::{
     StoreError,
     audit::AuditRepository,
-    entity::{audit_checkpoint, audit_checkpoint_key, audit_record},
+    entity::{audit_checkpoint, audit_record},
 };
 use prost::Message;
 use subtle::ConstantTimeEq;
@@ -66,7 +66,7 @@ pub fn check_record(expected: i64, previous_hash: &str, row: &audit_record::Mode
 /// range that starts after the first record is anchored on the stored hash of the record before it; a chain
 /// whose oldest records were pruned is anchored on the signed checkpoint pruning kept.
 pub async fn verify(repo: &AuditRepository, from: i64, to: Option<i64>) -> Result<Verdict, StoreError> {
-    let keys = repo.checkpoint_keys().await?;
+    let keys = checkpoint::VerifyingKeys::new(&repo.checkpoint_keys().await?);
     let Some(oldest) = repo.chain_after(0, 1).await?.into_iter().next() else {
         return Ok(Verdict {
             verified: 0,
@@ -83,7 +83,7 @@ pub async fn verify(repo: &AuditRepository, from: i64, to: Option<i64>) -> Resul
         // Pruning deletes records up to a checkpoint and every checkpoint before it: the chain must start
         // right after the oldest checkpoint kept, and that one must be signed.
         at => match repo.checkpoints_after(0, 1).await?.pop() {
-            Some(oldest) if oldest.sequence == at && checkpoint::signature_holds(&oldest, &keys) => Ok(oldest.hash),
+            Some(oldest) if oldest.sequence == at && keys.signed(&oldest) => Ok(oldest.hash),
             Some(oldest) if oldest.sequence == at => Err((
                 at,
                 format!("the checkpoint at {at}, which the pruned chain starts from, has an invalid signature"),
@@ -157,10 +157,10 @@ pub async fn verify(repo: &AuditRepository, from: i64, to: Option<i64>) -> Resul
 fn check_checkpoint(
     checkpoint: &audit_checkpoint::Model,
     row: &audit_record::Model,
-    keys: &[audit_checkpoint_key::Model],
+    keys: &checkpoint::VerifyingKeys,
 ) -> Result<(), String> {
     let at = checkpoint.sequence;
-    if !checkpoint::signature_holds(checkpoint, keys) {
+    if !keys.signed(checkpoint) {
         return Err(format!("the checkpoint at {at} has an invalid signature or an unknown key (forged?)"));
     }
     if row.sequence != at || !bool::from(checkpoint.hash.as_bytes().ct_eq(row.hash.as_bytes())) {
