@@ -9,6 +9,7 @@
 use integration_tests::{Mesh, byok, hex, import_material, unhex};
 use keymesh_client::KeymeshClient;
 use keymesh_crypto::SymmetricAlgorithm;
+use keymesh_proto::algorithm::ToProto;
 use keymesh_proto::v1 as pb;
 
 /// Creates an EXTERNAL key of `algorithm` and imports `material` into it over RSA-OAEP-SHA256.

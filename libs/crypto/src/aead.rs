@@ -97,26 +97,6 @@ impl SymmetricAlgorithm {
         Self::ALL.into_iter().find(|a| a.name() == name)
     }
 
-    /// From the API's algorithm enum; `None` for algorithms that are not symmetric AEADs available here.
-    pub fn from_proto(algorithm: keymesh_proto::v1::Algorithm) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.to_proto() == algorithm)
-    }
-
-    /// The API's algorithm enum.
-    pub fn to_proto(self) -> keymesh_proto::v1::Algorithm {
-        use keymesh_proto::v1::Algorithm as A;
-        match self {
-            Self::Aes128Gcm => A::Aes128Gcm,
-            Self::Aes256Gcm => A::Aes256Gcm,
-            Self::ChaCha20Poly1305 => A::Chacha20Poly1305,
-            Self::XChaCha20Poly1305 => A::Xchacha20Poly1305,
-            Self::Aes256GcmSiv => A::Aes256GcmSiv,
-            Self::Aes256CbcHmacSha256 => A::Aes256CbcHmacSha256,
-            Self::Aes256CtrHmacSha256 => A::Aes256CtrHmacSha256,
-            Self::Aes256Ccm => A::Aes256Ccm,
-        }
-    }
-
     /// Whether FIPS 140-3 approves it (ChaCha20 and GCM-SIV are RFCs, not NIST modes).
     pub fn fips_approved(self) -> bool {
         !matches!(self, Self::ChaCha20Poly1305 | Self::XChaCha20Poly1305 | Self::Aes256GcmSiv)
@@ -408,7 +388,6 @@ mod tests {
                 }
             }
             assert_eq!(SymmetricAlgorithm::from_name(alg.name()), Some(alg));
-            assert_eq!(SymmetricAlgorithm::from_proto(alg.to_proto()), Some(alg));
         }
     }
 

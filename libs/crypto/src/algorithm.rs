@@ -3,8 +3,6 @@
 //! checked on import, its strength, and whether FIPS 140-3 approves it. key-service decides with it what
 //! to create and import; crypto-service decides with it what an operation may do.
 
-use keymesh_proto::v1 as pb;
-
 use crate::{
     CryptoError, SecretKey, SymmetricAlgorithm,
     asymmetric::AsymmetricEncryption,
@@ -12,6 +10,17 @@ use crate::{
     mac::MacAlgorithm,
     signature::SignatureAlgorithm,
 };
+
+/// What a key is for; every algorithm serves exactly one purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// Encryption, symmetric or to a public key.
+    Encrypt,
+    /// Signatures.
+    Sign,
+    /// MACs.
+    Mac,
+}
 
 /// The algorithm of a key version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,26 +46,6 @@ impl KeyAlgorithm {
             .chain(MacAlgorithm::ALL.into_iter().map(Self::Mac))
     }
 
-    /// From the API's enum; `None` for algorithms not available in this build (ML-DSA, ML-KEM).
-    pub fn from_proto(algorithm: pb::Algorithm) -> Option<Self> {
-        Self::all().find(|a| a.to_proto() == algorithm)
-    }
-
-    /// From the API's enum as stored (an `i32`).
-    pub fn from_i32(algorithm: i32) -> Option<Self> {
-        pb::Algorithm::try_from(algorithm).ok().and_then(Self::from_proto)
-    }
-
-    /// The API's enum.
-    pub fn to_proto(self) -> pb::Algorithm {
-        match self {
-            Self::Symmetric(a) => a.to_proto(),
-            Self::Asymmetric(a) => a.to_proto(),
-            Self::Signature(a) => a.to_proto(),
-            Self::Mac(a) => a.to_proto(),
-        }
-    }
-
     /// Name, as bound into wrapped material and shown in messages.
     pub fn name(self) -> &'static str {
         match self {
@@ -68,23 +57,20 @@ impl KeyAlgorithm {
     }
 
     /// The purpose a key with this algorithm has.
-    pub fn purpose(self) -> pb::KeyPurpose {
+    pub fn purpose(self) -> Purpose {
         match self {
-            Self::Symmetric(_) | Self::Asymmetric(_) => pb::KeyPurpose::Encrypt,
-            Self::Signature(_) => pb::KeyPurpose::Sign,
-            Self::Mac(_) => pb::KeyPurpose::Mac,
+            Self::Symmetric(_) | Self::Asymmetric(_) => Purpose::Encrypt,
+            Self::Signature(_) => Purpose::Sign,
+            Self::Mac(_) => Purpose::Mac,
         }
     }
 
     /// The algorithm a key of `purpose` gets when the request names none.
-    pub fn default_for(purpose: pb::KeyPurpose) -> Option<Self> {
+    pub fn default_for(purpose: Purpose) -> Self {
         match purpose {
-            pb::KeyPurpose::Encrypt | pb::KeyPurpose::Unspecified => {
-                Some(Self::Symmetric(SymmetricAlgorithm::Aes256Gcm))
-            }
-            pb::KeyPurpose::Sign => Some(Self::Signature(SignatureAlgorithm::EcdsaP256Sha256)),
-            pb::KeyPurpose::Mac => Some(Self::Mac(MacAlgorithm::HmacSha256)),
-            pb::KeyPurpose::Kem => None,
+            Purpose::Encrypt => Self::Symmetric(SymmetricAlgorithm::Aes256Gcm),
+            Purpose::Sign => Self::Signature(SignatureAlgorithm::EcdsaP256Sha256),
+            Purpose::Mac => Self::Mac(MacAlgorithm::HmacSha256),
         }
     }
 
@@ -158,17 +144,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_algorithm_maps_both_ways_and_generates_material_it_accepts() {
+    fn every_algorithm_has_a_unique_name_and_generates_material_it_accepts() {
         let mut names = std::collections::HashSet::new();
         for alg in KeyAlgorithm::all() {
-            assert_eq!(KeyAlgorithm::from_proto(alg.to_proto()), Some(alg));
             assert!(names.insert(alg.name()), "duplicate name {}", alg.name());
             let material = alg.generate().unwrap();
             alg.check_material(&material).unwrap();
             assert_eq!(alg.is_asymmetric(), alg.public_key(&material).is_ok(), "{alg:?}");
         }
         assert_eq!(names.len(), 20);
-        assert_eq!(KeyAlgorithm::from_proto(pb::Algorithm::MlDsa65), None);
     }
 
     #[test]

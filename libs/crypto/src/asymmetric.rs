@@ -55,17 +55,6 @@ impl AsymmetricEncryption {
         }
     }
 
-    /// The API's algorithm enum.
-    pub fn to_proto(self) -> keymesh_proto::v1::Algorithm {
-        use keymesh_proto::v1::Algorithm as A;
-        match self {
-            Self::HpkeX25519Sha256Aes256Gcm => A::HpkeX25519Sha256Aes256Gcm,
-            Self::RsaOaep2048Sha256 => A::RsaOaep2048Sha256,
-            Self::RsaOaep3072Sha256 => A::RsaOaep3072Sha256,
-            Self::RsaOaep4096Sha256 => A::RsaOaep4096Sha256,
-        }
-    }
-
     /// The kind of key it needs.
     pub fn key_type(self) -> KeyType {
         match self {

@@ -32,14 +32,6 @@ impl MacAlgorithm {
         }
     }
 
-    /// The API's algorithm enum.
-    pub fn to_proto(self) -> keymesh_proto::v1::Algorithm {
-        match self {
-            Self::HmacSha256 => keymesh_proto::v1::Algorithm::HmacSha256,
-            Self::HmacSha512 => keymesh_proto::v1::Algorithm::HmacSha512,
-        }
-    }
-
     fn hash(self) -> Hash {
         match self {
             Self::HmacSha256 => Hash::Sha256,

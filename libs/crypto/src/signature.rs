@@ -72,19 +72,6 @@ impl SignatureAlgorithm {
         }
     }
 
-    /// The API's algorithm enum.
-    pub fn to_proto(self) -> keymesh_proto::v1::Algorithm {
-        use keymesh_proto::v1::Algorithm as A;
-        match self {
-            Self::Ed25519 => A::Ed25519,
-            Self::EcdsaP256Sha256 => A::EcdsaP256Sha256,
-            Self::EcdsaP384Sha384 => A::EcdsaP384Sha384,
-            Self::RsaPss2048Sha256 => A::RsaPss2048Sha256,
-            Self::RsaPss3072Sha256 => A::RsaPss3072Sha256,
-            Self::RsaPss4096Sha256 => A::RsaPss4096Sha256,
-        }
-    }
-
     /// The kind of key it needs.
     pub fn key_type(self) -> KeyType {
         match self {

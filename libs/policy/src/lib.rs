@@ -31,6 +31,7 @@
 //! or `identity.subject == "system:serviceaccount:loaders:" + request.context.machine` (data of one machine
 //! opens only for that machine's workload).
 
+use keymesh_proto::algorithm::ToProto;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
@@ -262,7 +263,8 @@ impl Attributes<'_> {
         ]);
         let labels: HashMap<String, cel::Value> =
             self.labels.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect();
-        let purpose = self.algorithm.purpose().as_str_name().trim_start_matches("KEY_PURPOSE_").to_owned();
+        let purpose =
+            pb::KeyPurpose::from(self.algorithm.purpose()).as_str_name().trim_start_matches("KEY_PURPOSE_").to_owned();
         let key: HashMap<&str, cel::Value> = HashMap::from([
             ("id", self.key_id.into()),
             ("name", self.key_name.into()),

@@ -1,11 +1,13 @@
-//! The generated `keymesh.v1` API: prost messages and tonic clients and servers, nothing else.
+//! The generated `keymesh.v1` API (prost messages and tonic clients and servers), and the conversions
+//! between its algorithm enums and keymesh-crypto's types.
 //!
 //! The `.proto` files under `proto/` are the one source of truth; this crate exists so every service, the
 //! SDK and the tests share one compiled copy.
 
-#![allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod algorithm;
 
 /// The `keymesh.v1` package.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("keymesh.v1");
 }

@@ -6,6 +6,7 @@
 //! with it, which is how key-service counts a version's use towards its safe bound without hearing of
 //! every encryption.
 
+use keymesh_proto::algorithm::FromProto;
 use std::{
     sync::{
         Arc,

@@ -3,6 +3,7 @@
 //! invalidate every cache and tell watching crypto-services. Unwrapped DEKs are kept briefly in memory so a
 //! burst of GetDataKey calls costs one KMS unwrap.
 
+use keymesh_proto::algorithm::{FromProto, ToProto};
 use std::{sync::Arc, time::Duration};
 
 use keymesh_crypto::{KeyAlgorithm, SecretKey};

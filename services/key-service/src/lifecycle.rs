@@ -5,6 +5,7 @@
 
 use keymesh_crypto::KeyAlgorithm;
 use keymesh_policy::CompiledPolicy;
+use keymesh_proto::algorithm::FromProto;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{entity::key_version, keys::KeyRecord};
 use prost::Message;

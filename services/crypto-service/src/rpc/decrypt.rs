@@ -3,6 +3,7 @@
 //! same "decryption failed", except the documented context mismatch. A ciphertext that is not in keymesh's
 //! format, addressed to an HPKE or RSA-OAEP key the request names, is opened with that key's private half.
 
+use keymesh_proto::algorithm::ToProto;
 use std::collections::HashMap;
 
 use keymesh_crypto::{

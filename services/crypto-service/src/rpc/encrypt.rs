@@ -2,6 +2,7 @@
 //! format, with key commitment and the caller's AAD and encryption context bound; or, with an HPKE or
 //! RSA-OAEP key, encrypts to its public key exactly as a sender holding the exported public key would.
 
+use keymesh_proto::algorithm::ToProto;
 use std::collections::HashMap;
 
 use keymesh_crypto::{

@@ -4,6 +4,7 @@
 
 use keymesh_crypto::{KeyAlgorithm, mac::MacAlgorithm};
 use keymesh_mesh::auth::AccessClaims;
+use keymesh_proto::algorithm::ToProto;
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 

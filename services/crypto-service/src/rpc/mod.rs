@@ -9,6 +9,7 @@ mod sign;
 mod stream;
 mod utility;
 
+use keymesh_proto::algorithm::ToProto;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,

@@ -9,6 +9,7 @@ use keymesh_crypto::{
     signature::{SignInput, SignatureAlgorithm},
 };
 use keymesh_mesh::auth::AccessClaims;
+use keymesh_proto::algorithm::ToProto;
 use keymesh_proto::v1::{self as pb, sign_request, verify_request};
 use tonic::{Request, Response, Status};
 

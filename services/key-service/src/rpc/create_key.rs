@@ -2,6 +2,7 @@
 //! stored only wrapped by the KEK, bound to tenant/key/version/algorithm.
 
 use keymesh_crypto::KeyAlgorithm;
+use keymesh_proto::algorithm::{FromProto, ToProto, purpose_from_proto};
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     StoreError,
@@ -64,26 +65,28 @@ pub(super) fn choose_algorithm(purpose: pb::KeyPurpose, requested: i32) -> Resul
         reason: format!("unknown algorithm {requested}"),
     })?;
     let serving = |purpose: pb::KeyPurpose| -> String {
-        let names: Vec<&str> =
-            KeyAlgorithm::all().filter(|a| a.purpose() == purpose).map(|a| a.to_proto().as_str_name()).collect();
+        let names: Vec<&str> = KeyAlgorithm::all()
+            .filter(|a| pb::KeyPurpose::from(a.purpose()) == purpose)
+            .map(|a| a.to_proto().as_str_name())
+            .collect();
         names.join(", ")
     };
     if requested == pb::Algorithm::Unspecified {
-        return KeyAlgorithm::default_for(purpose).ok_or_else(|| {
+        return purpose_from_proto(purpose).map(KeyAlgorithm::default_for).ok_or_else(|| {
             KeyError::Unimplemented(format!("CreateKey with purpose {} (ML-KEM keys)", purpose.as_str_name()))
         });
     }
     let Some(algorithm) = KeyAlgorithm::from_proto(requested) else {
         return Err(KeyError::Unimplemented(format!("CreateKey with algorithm {}", requested.as_str_name())));
     };
-    if purpose != pb::KeyPurpose::Unspecified && algorithm.purpose() != purpose {
+    if purpose != pb::KeyPurpose::Unspecified && pb::KeyPurpose::from(algorithm.purpose()) != purpose {
         return Err(KeyError::InvalidArgument {
             field: "algorithm",
             reason: format!(
                 "{} does not serve purpose {} (it serves {}); for {} choose one of: {}",
                 requested.as_str_name(),
                 purpose.as_str_name(),
-                algorithm.purpose().as_str_name(),
+                pb::KeyPurpose::from(algorithm.purpose()).as_str_name(),
                 purpose.as_str_name(),
                 serving(purpose)
             ),
@@ -137,7 +140,7 @@ impl KeyRpc {
                     &key_id,
                     tenant_id,
                     &request.name,
-                    algorithm.purpose() as i32,
+                    pb::KeyPurpose::from(algorithm.purpose()) as i32,
                     algorithm.to_proto() as i32,
                     pb::KeyState::Enabled as i32,
                     now,
@@ -185,7 +188,7 @@ mod tests {
         assert_eq!(pick(P::Unspecified, A::Unspecified).unwrap().to_proto(), A::Aes256Gcm);
         assert_eq!(pick(P::Sign, A::Unspecified).unwrap().to_proto(), A::EcdsaP256Sha256);
         assert_eq!(pick(P::Mac, A::Unspecified).unwrap().to_proto(), A::HmacSha256);
-        assert_eq!(pick(P::Unspecified, A::Ed25519).unwrap().purpose(), P::Sign);
+        assert_eq!(P::from(pick(P::Unspecified, A::Ed25519).unwrap().purpose()), P::Sign);
         assert_eq!(pick(P::Encrypt, A::RsaOaep3072Sha256).unwrap().to_proto(), A::RsaOaep3072Sha256);
         let err = pick(P::Sign, A::Aes256Gcm).unwrap_err().to_string();
         assert!(err.contains("ALGORITHM_ED25519") && err.contains("does not serve purpose KEY_PURPOSE_SIGN"), "{err}");

@@ -3,6 +3,7 @@
 
 use keymesh_crypto::KeyAlgorithm;
 use keymesh_mesh::{PeerIdentity, ServiceName};
+use keymesh_proto::algorithm::{FromProto, ToProto};
 use keymesh_proto::v1 as pb;
 use keymesh_store::keys::KeyLookup;
 use tonic::{Request, Response, Status};

@@ -13,6 +13,7 @@ use keymesh_crypto::{
     key_import::{self, ImportWrapping},
 };
 use keymesh_kms::{WrapContext, WrapSet, WrappedKey};
+use keymesh_proto::algorithm::FromProto;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{keys::KeyLookup, now_millis};
 use serde::{Deserialize, Serialize};

@@ -3,6 +3,7 @@
 //! `lifecycle.rs` and commits; the key store then invalidates every cache.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use keymesh_proto::algorithm::ToProto;
 use keymesh_proto::v1 as pb;
 use keymesh_store::keys::{KEY_ID_PREFIX, KeyFilter, KeyLookup};
 use prost::Message;

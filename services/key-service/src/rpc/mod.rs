@@ -9,6 +9,7 @@ mod manage;
 mod rewrap;
 mod watch;
 
+use keymesh_proto::algorithm::FromProto;
 use std::sync::Arc;
 
 use keymesh_audit::{AuditScope, AuditSink};
