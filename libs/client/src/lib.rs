@@ -10,7 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keymesh_mesh::{ServiceName, client::mtls_channel, pki::TlsMaterial};
+use keymesh_mtls::mtls_channel;
+pub use keymesh_mtls::{Endpoints, ServiceName, TlsMaterial};
 use keymesh_proto::v1::{
     self as pb, crypto_service_client::CryptoServiceClient, key_service_client::KeyServiceClient,
     token_service_client::TokenServiceClient,
@@ -83,9 +84,6 @@ impl Credentials {
         serde_json::from_str(&text).map_err(|e| ClientError::Setup(format!("{}: {e}", path.display())))
     }
 }
-
-/// Where the services are (the mesh's own endpoint list).
-pub use keymesh_mesh::config::Endpoints;
 
 struct CachedToken {
     token: Zeroizing<String>,

@@ -474,30 +474,7 @@ pub struct MeshParams {
     pub shutdown_grace: Duration,
 }
 
-/// host:port of every service.
-#[derive(Debug, Clone)]
-pub struct Endpoints {
-    /// key-service.
-    pub key_service: String,
-    /// crypto-service.
-    pub crypto_service: String,
-    /// token-service.
-    pub token_service: String,
-    /// audit-service.
-    pub audit_service: String,
-}
-
-impl Endpoints {
-    /// The endpoint of `service`.
-    pub fn of(&self, service: ServiceName) -> &str {
-        match service {
-            ServiceName::KeyService => &self.key_service,
-            ServiceName::CryptoService => &self.crypto_service,
-            ServiceName::TokenService => &self.token_service,
-            ServiceName::AuditService => &self.audit_service,
-        }
-    }
-}
+pub use keymesh_mtls::Endpoints;
 
 /// Certificate files.
 #[derive(Debug, Clone)]

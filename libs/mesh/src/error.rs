@@ -38,3 +38,12 @@ pub enum MeshError {
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> MeshError + '_ {
     move |source| MeshError::Io { path: path.display().to_string(), source }
 }
+
+impl From<keymesh_mtls::TlsError> for MeshError {
+    fn from(e: keymesh_mtls::TlsError) -> Self {
+        match e {
+            keymesh_mtls::TlsError::Transport(e) => Self::Serve(e),
+            other => Self::Tls(other.to_string()),
+        }
+    }
+}

@@ -17,36 +17,9 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
 
-use crate::{MeshError, config::TlsFiles, error::io_err};
+use crate::{MeshError, error::io_err};
 
-/// PEM material of one identity: the CA to trust, its certificate chain and its private key.
-#[derive(Clone)]
-pub struct TlsMaterial {
-    /// CA certificate(s) to trust.
-    pub ca_pem: String,
-    /// Certificate chain.
-    pub cert_pem: String,
-    /// Private key (PKCS#8 PEM).
-    pub key_pem: Zeroizing<String>,
-}
-
-impl std::fmt::Debug for TlsMaterial {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsMaterial").field("key_pem", &"<redacted>").finish_non_exhaustive()
-    }
-}
-
-impl TlsMaterial {
-    /// Reads configured PEM files.
-    pub fn from_files(files: &TlsFiles) -> Result<Self, MeshError> {
-        let read = |p: &Path| fs::read_to_string(p).map_err(io_err(p));
-        Ok(Self {
-            ca_pem: read(&files.ca_cert)?,
-            cert_pem: read(&files.cert)?,
-            key_pem: Zeroizing::new(read(&files.key)?),
-        })
-    }
-}
+pub use keymesh_mtls::TlsMaterial;
 
 /// An identity the development CA issues certificates for.
 #[derive(Debug, Clone)]

@@ -108,7 +108,7 @@ fn config_file_from_args(mut args: impl Iterator<Item = String>) -> Result<Optio
 /// The service's TLS material: configured files, or the development PKI.
 pub fn service_tls(params: &MeshParams) -> Result<TlsMaterial, MeshError> {
     match &params.tls_files {
-        Some(files) => TlsMaterial::from_files(files),
+        Some(files) => Ok(TlsMaterial::from_files(&files.ca_cert, &files.cert, &files.key)?),
         None => pki::ensure_dev_identity(
             &params.data_dir,
             &DevIdentity { name: params.service.as_str().into(), spiffe_id: params.service.spiffe_id(), server: true },

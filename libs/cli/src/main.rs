@@ -236,12 +236,10 @@ fn connection(cli: &Cli) -> Result<(MeshParams, Endpoints, TlsMaterial), ClientE
         MeshParams::from_raw(ServiceName::CryptoService, &raw).map_err(|e| ClientError::Setup(e.to_string()))?;
     let endpoints = params.endpoints.clone();
     let tls = match (&cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
-        (Some(cert), Some(key), Some(ca)) => {
-            TlsMaterial::from_files(&config::TlsFiles { ca_cert: ca.clone(), cert: cert.clone(), key: key.clone() })
-        }
-        _ => dev_client_tls(&params.data_dir, "cli"),
+        (Some(cert), Some(key), Some(ca)) => TlsMaterial::from_files(ca, cert, key).map_err(|e| e.to_string()),
+        _ => dev_client_tls(&params.data_dir, "cli").map_err(|e| e.to_string()),
     }
-    .map_err(|e| ClientError::Setup(e.to_string()))?;
+    .map_err(ClientError::Setup)?;
     Ok((params, endpoints, tls))
 }
 

@@ -1,0 +1,89 @@
+//! Who is who on keymesh's wire, and nothing more: the four service names and their SPIFFE identities, an
+//! identity's PEM material, where the services are, and a lazily connecting mTLS channel that checks the
+//! server's SPIFFE identity as well as the CA.
+//!
+//! It is its own crate so that the application SDK can speak to the mesh exactly as the services speak to
+//! each other without compiling the services' floor (configuration, telemetry exporters, the development
+//! CA, token verification).
+
+mod channel;
+mod identity;
+
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+pub use channel::mtls_channel;
+pub use identity::{ServiceName, TRUST_DOMAIN, app_spiffe_id, spiffe_id_from_der};
+
+/// Certificates or keys that could not be read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The material is unusable (a bad CA certificate, a bad endpoint).
+    #[error("{0}")]
+    Invalid(String),
+    /// tonic refused the TLS configuration.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// PEM material of one identity: the CA to trust, its certificate chain and its private key.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// CA certificate(s) to trust.
+    pub ca_pem: String,
+    /// Certificate chain.
+    pub cert_pem: String,
+    /// Private key (PKCS#8 PEM).
+    pub key_pem: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial").field("key_pem", &"<redacted>").finish_non_exhaustive()
+    }
+}
+
+impl TlsMaterial {
+    /// Reads PEM files: the CA bundle, the certificate chain and the private key.
+    pub fn from_files(ca_cert: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| TlsError::Read { path: p.display().to_string(), source })
+        };
+        Ok(Self { ca_pem: read(ca_cert)?, cert_pem: read(cert)?, key_pem: Zeroizing::new(read(key)?) })
+    }
+}
+
+/// host:port of every service.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// key-service.
+    pub key_service: String,
+    /// crypto-service.
+    pub crypto_service: String,
+    /// token-service.
+    pub token_service: String,
+    /// audit-service.
+    pub audit_service: String,
+}
+
+impl Endpoints {
+    /// The endpoint of `service`.
+    pub fn of(&self, service: ServiceName) -> &str {
+        match service {
+            ServiceName::KeyService => &self.key_service,
+            ServiceName::CryptoService => &self.crypto_service,
+            ServiceName::TokenService => &self.token_service,
+            ServiceName::AuditService => &self.audit_service,
+        }
+    }
+}
