@@ -8,6 +8,7 @@
 //! cursor and audit-service drops what it already stored (by event id). So an outage of audit-service, or
 //! a crash of the emitting process, loses no acknowledged call's event and stores none twice.
 
+pub mod config;
 pub mod spool;
 
 use std::{
@@ -18,10 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keymesh_mesh::{
-    client::MeshChannel,
-    config::{AuditMode, AuditParams},
-};
+pub use config::{AuditMode, AuditParams, RawAudit};
+use keymesh_mesh::client::MeshChannel;
 use keymesh_proto::v1::{self as pb, audit_service_client::AuditServiceClient};
 use tokio::sync::mpsc;
 

@@ -15,12 +15,8 @@ use keymesh_client::{
     envelope::Associated,
     streaming::{StreamOptions, Via},
 };
-use keymesh_mesh::{
-    ServiceName,
-    config::{self, KmsParams, MeshParams},
-    pki::TlsMaterial,
-    run::dev_client_tls,
-};
+use keymesh_config::KeymeshConfig;
+use keymesh_mesh::{ServiceName, config::MeshParams, pki::TlsMaterial, run::ServiceConfig, run::dev_client_tls};
 use keymesh_proto::v1 as pb;
 
 #[derive(Parser)]
@@ -231,9 +227,9 @@ fn key_json(key: &pb::Key) -> serde_json::Value {
 /// The endpoints and client TLS material from the configuration and flags.
 fn connection(cli: &Cli) -> Result<(MeshParams, Endpoints, TlsMaterial), ClientError> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let raw = config::load(cli.config.as_deref(), &env).map_err(|e| ClientError::Setup(e.to_string()))?;
-    let params =
-        MeshParams::from_raw(ServiceName::CryptoService, &raw).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let file = KeymeshConfig::load(cli.config.as_deref(), &env).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let params = MeshParams::from_raw(ServiceName::CryptoService, file.transport())
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
     let endpoints = params.endpoints.clone();
     let tls = match (&cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
         (Some(cert), Some(key), Some(ca)) => TlsMaterial::from_files(ca, cert, key).map_err(|e| e.to_string()),
@@ -275,11 +271,11 @@ async fn health(cli: &Cli, wait: u64) -> Result<(), ClientError> {
 /// `keymesh kms check`.
 async fn kms_check(cli: &Cli) -> Result<(), ClientError> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let raw = config::load(cli.config.as_deref(), &env).map_err(|e| ClientError::Setup(e.to_string()))?;
-    let params = MeshParams::from_raw(ServiceName::KeyService, &raw).map_err(|e| ClientError::Setup(e.to_string()))?;
-    let kms = KmsParams::from_raw(&raw).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let file = KeymeshConfig::load(cli.config.as_deref(), &env).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let params = MeshParams::from_raw(ServiceName::KeyService, file.transport())
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
+    let kms = file.kms().map_err(|e| ClientError::Setup(e.to_string()))?;
     let keyrings = kms
-        .config
         .open_all(&params.data_dir)
         .await
         .map_err(|e| ClientError::Setup(format!("the keyring cannot be opened: {e}")))?;

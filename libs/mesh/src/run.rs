@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, error::Error, future::Future, path::PathBuf, pr
 
 use crate::{
     MeshError, ServiceName,
-    config::{self, ConfigError, MeshParams, RawConfig},
+    config::{ConfigError, ConfigSource, MeshParams, RawTransport},
     identity::app_spiffe_id,
     pki::{self, DevIdentity, TlsMaterial},
     telemetry,
@@ -15,12 +15,21 @@ use crate::{
 /// A boxed error a service's start-up can fail with.
 pub type BoxError = Box<dyn Error + Send + Sync>;
 
+/// The whole configuration a service reads, composed above this crate from every owner's section.
+pub trait ServiceConfig: Sized {
+    /// Reads every section from the file and variables; a mistake names its field.
+    fn from_source(source: &ConfigSource) -> Result<Self, ConfigError>;
+
+    /// The transport settings among them.
+    fn transport(&self) -> &RawTransport;
+}
+
 /// What a service gets to build itself from.
-pub struct Startup {
+pub struct Startup<C> {
     /// Validated shared settings.
     pub params: MeshParams,
-    /// The raw configuration, for the service's own sections.
-    pub raw: RawConfig,
+    /// The configuration, for the sections the service reads.
+    pub config: C,
     /// This service's certificate, key and CA.
     pub tls: TlsMaterial,
 }
@@ -29,9 +38,10 @@ pub struct Startup {
 pub const EXIT_CONFIG: u8 = 64;
 
 /// Runs a service. `body` builds it from [`Startup`] and serves until shutdown.
-pub fn main<F, Fut>(service: ServiceName, body: F) -> ExitCode
+pub fn main<C, F, Fut>(service: ServiceName, body: F) -> ExitCode
 where
-    F: FnOnce(Startup) -> Fut,
+    C: ServiceConfig,
+    F: FnOnce(Startup<C>) -> Fut,
     Fut: Future<Output = Result<(), BoxError>>,
 {
     main_with_args(service, std::env::args().skip(1), body)
@@ -39,14 +49,15 @@ where
 
 /// [`main`] for a service command that has already taken its own words off the command line (such as
 /// `key-service rewrap`); `args` are what is left (`--config FILE`).
-pub fn main_with_args<F, Fut>(service: ServiceName, args: impl Iterator<Item = String>, body: F) -> ExitCode
+pub fn main_with_args<C, F, Fut>(service: ServiceName, args: impl Iterator<Item = String>, body: F) -> ExitCode
 where
-    F: FnOnce(Startup) -> Fut,
+    C: ServiceConfig,
+    F: FnOnce(Startup<C>) -> Fut,
     Fut: Future<Output = Result<(), BoxError>>,
 {
     crate::install_crypto_provider();
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let (params, raw) = match load_config(service, args, &env) {
+    let (params, config) = match load_config::<C>(service, args, &env) {
         Ok(loaded) => loaded,
         Err(e) => return fail(service, &e, EXIT_CONFIG),
     };
@@ -57,7 +68,7 @@ where
     let result: Result<(), BoxError> = runtime.block_on(async {
         let telemetry = telemetry::init(&params)?;
         let tls = service_tls(&params)?;
-        let outcome = body(Startup { params, raw, tls }).await;
+        let outcome = body(Startup { params, config, tls }).await;
         telemetry.shutdown();
         outcome
     });
@@ -68,15 +79,15 @@ where
     }
 }
 
-fn load_config(
+fn load_config<C: ServiceConfig>(
     service: ServiceName,
     args: impl Iterator<Item = String>,
     env: &BTreeMap<String, String>,
-) -> Result<(MeshParams, RawConfig), ConfigError> {
+) -> Result<(MeshParams, C), ConfigError> {
     let file = config_file_from_args(args)?.or_else(|| env.get("KEYMESH_CONFIG").map(PathBuf::from));
-    let raw = config::load(file.as_deref(), env)?;
-    let params = MeshParams::from_raw(service, &raw)?;
-    Ok((params, raw))
+    let config = C::from_source(&ConfigSource::load(file.as_deref(), env)?)?;
+    let params = MeshParams::from_raw(service, config.transport())?;
+    Ok((params, config))
 }
 
 fn config_file_from_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>, ConfigError> {
@@ -84,18 +95,17 @@ fn config_file_from_args(mut args: impl Iterator<Item = String>) -> Result<Optio
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--config" | "-c" => {
-                file =
-                    Some(PathBuf::from(args.next().ok_or_else(|| ConfigError::Invalid {
-                        field: "--config",
-                        reason: "needs a file path".into(),
-                    })?))
+                file = Some(PathBuf::from(args.next().ok_or_else(|| ConfigError::Invalid {
+                    field: "--config".into(),
+                    reason: "needs a file path".into(),
+                })?))
             }
             other => {
                 if let Some(path) = other.strip_prefix("--config=") {
                     file = Some(PathBuf::from(path));
                 } else {
                     return Err(ConfigError::Invalid {
-                        field: "command line",
+                        field: "command line".into(),
                         reason: format!("unknown argument {other:?}; usage: [--config FILE] (or KEYMESH_CONFIG)"),
                     });
                 }

@@ -2,6 +2,7 @@
 //! always take the tenant they act for. Runs on SQLite (the embedded default) and on Postgres.
 
 pub mod audit;
+pub mod config;
 pub mod entity;
 mod error;
 pub mod keys;

@@ -9,10 +9,11 @@ mod verify;
 
 use std::{process::ExitCode, sync::Arc};
 
+use keymesh_config::KeymeshConfig;
 use keymesh_mesh::{
     ServiceName,
     client::token_verifier,
-    config::{AuditParams, KmsParams, TokenParams},
+    config::TokenParams,
     run::{self, BoxError, Startup},
     server,
 };
@@ -24,16 +25,16 @@ fn main() -> ExitCode {
     run::main(ServiceName::AuditService, serve)
 }
 
-async fn serve(startup: Startup) -> Result<(), BoxError> {
-    let Startup { params, raw, tls } = startup;
-    let token_params = TokenParams::from_raw(&raw)?;
-    let audit_params = AuditParams::from_raw(&raw, &params)?;
-    let kms_params = KmsParams::from_raw(&raw)?;
+async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
+    let Startup { params, config: file, tls } = startup;
+    let token_params = TokenParams::from_raw(&file.tokens)?;
+    let audit_params = file.audit(&params)?;
+    let kms = file.kms()?;
     let listener = server::bind(params.listen_addr).await?;
-    let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
+    let db = keymesh_store::connect_and_migrate(&file.database_url(&params)).await?;
     let repo = AuditRepository::new(db);
     // The checkpoint key is held by the KMS: audit-service needs the keyring only to unwrap it at start.
-    let kms = kms_params.open_keyring(&params.data_dir).await?;
+    let kms = keymesh_config::open_keyring(&kms, &params.data_dir).await?;
     let checkpointer = Arc::new(checkpoint::Checkpointer::load_or_create(repo.clone(), &kms).await?);
     let checkpoints = checkpointer.spawn(audit_params.checkpoint_interval, audit_params.retention);
     let verifier = token_verifier(&params, &tls, &token_params)?;

@@ -19,7 +19,9 @@ use keymesh_crypto::{
     KeyAlgorithm, SecretKey,
     keypair::{PrivateKey, PublicKey},
 };
-use keymesh_mesh::{client::MeshChannel, config::DekCacheParams};
+use keymesh_mesh::client::MeshChannel;
+
+use crate::config::DekCacheParams;
 use keymesh_policy::CompiledPolicy;
 use keymesh_proto::v1::{self as pb, key_service_client::KeyServiceClient};
 use moka::future::Cache;

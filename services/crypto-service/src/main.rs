@@ -1,6 +1,7 @@
 //! crypto-service: the data plane. Encrypt and Decrypt run against DEKs cached in memory, so the steady
 //! state touches neither the network nor the KMS. This file only wires the pieces together.
 
+mod config;
 mod dek_cache;
 mod error;
 mod rpc;
@@ -8,10 +9,10 @@ mod rpc;
 use std::{process::ExitCode, sync::Arc};
 
 use keymesh_audit::AuditSink;
+use keymesh_config::KeymeshConfig;
 use keymesh_mesh::{
     ServiceName,
     client::{token_verifier, traced_channel},
-    config::{CryptoServiceParams, DekCacheParams, TokenParams},
     run::{self, BoxError, Startup},
     server,
 };
@@ -23,12 +24,12 @@ fn main() -> ExitCode {
     run::main(ServiceName::CryptoService, serve)
 }
 
-async fn serve(startup: Startup) -> Result<(), BoxError> {
-    let Startup { params, raw, tls } = startup;
-    let token_params = TokenParams::from_raw(&raw)?;
-    let cache_params = DekCacheParams::from_raw(&raw)?;
-    let limits = CryptoServiceParams::from_raw(&raw)?;
-    let policy = Arc::new(PolicyEngine::from_config(&raw.policy)?);
+async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
+    let Startup { params, config: file, tls } = startup;
+    let config::CryptoConfig { tokens: token_params, dek_cache: cache_params, limits } =
+        config::CryptoConfig::from_file(&file)?;
+    let audit_params = file.audit(&params)?;
+    let policy = Arc::new(PolicyEngine::from_config(&file.policy)?);
     tracing::info!(fips_mode = policy.fips_mode().name(), "policy engine ready");
     let listener = server::bind(params.listen_addr).await?;
 
@@ -40,9 +41,9 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
     let audit = AuditSink::start(
         traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
         fips.to_proto(),
-        &keymesh_mesh::config::AuditParams::from_raw(&raw, &params)?,
+        &audit_params,
     )?;
-    let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&raw.limits)?);
+    let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits)?);
     let forgetter = keymesh_limits::Limiter::spawn_forgetter(&rate_limits);
     let service = rpc::CryptoRpc::new(verifier, deks, audit.clone(), limits.unary_limit, policy, rate_limits);
     let max_message = limits.max_message_size();

@@ -2,6 +2,7 @@
 //! can measure them directly.
 
 pub mod changes;
+pub mod config;
 pub mod convert;
 pub mod error;
 pub mod key_store;

@@ -5,15 +5,16 @@
 //! of every tenant's keys under the configured KMS keyring, with progress, and exits (non-zero when a
 //! version could not be re-wrapped or the run stopped early; running it again resumes).
 
-use key_service::{changes, key_store, maintenance, record_cache, rewrap, rpc};
+use key_service::{changes, config::KeyConfig, key_store, maintenance, record_cache, rewrap, rpc};
 
 use std::{process::ExitCode, sync::Arc};
 
 use keymesh_audit::AuditSink;
+use keymesh_config::KeymeshConfig;
 use keymesh_mesh::{
     ServiceName,
     client::{token_verifier, traced_channel},
-    config::{KeyServiceParams, KmsParams, TokenParams},
+    config::MeshParams,
     run::{self, BoxError, Startup},
     server,
 };
@@ -32,12 +33,14 @@ fn main() -> ExitCode {
 }
 
 /// The key store as configured: database, record cache and KMS keyring.
-async fn open_store(startup: &Startup) -> Result<(key_store::KeyStore, KeyServiceParams), BoxError> {
-    let Startup { params, raw, .. } = startup;
-    let kms_params = KmsParams::from_raw(raw)?;
-    let key_params = KeyServiceParams::from_raw(raw)?;
-    let keyring = kms_params.open_keyrings(&params.data_dir).await?;
-    let db = keymesh_store::connect_and_migrate(&params.database_url(raw)).await?;
+async fn open_store(
+    params: &MeshParams,
+    file: &KeymeshConfig,
+    config: &KeyConfig,
+) -> Result<key_store::KeyStore, BoxError> {
+    let key_params = &config.key_service;
+    let keyring = keymesh_config::open_keyrings(&config.kms, &params.data_dir).await?;
+    let db = keymesh_store::connect_and_migrate(&file.database_url(params)).await?;
     let records = match &key_params.redis_url {
         Some(url) => {
             let cache = record_cache::RecordCache::redis(url, key_params.redis_timeout, key_params.record_cache_ttl)
@@ -47,13 +50,13 @@ async fn open_store(startup: &Startup) -> Result<(key_store::KeyStore, KeyServic
         }
         None => record_cache::RecordCache::in_memory(key_params.record_cache_ttl),
     };
-    let store = key_store::KeyStore::new(KeyRepository::new(db), records, keyring, changes::ChangeFeed::new());
-    Ok((store, key_params))
+    Ok(key_store::KeyStore::new(KeyRepository::new(db), records, keyring, changes::ChangeFeed::new()))
 }
 
 /// `key-service rewrap`: every tenant's keys, with a progress bar on a terminal and log lines otherwise.
-async fn rewrap_all(startup: Startup) -> Result<(), BoxError> {
-    let (store, _) = open_store(&startup).await?;
+async fn rewrap_all(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
+    let config = KeyConfig::from_file(&startup.config)?;
+    let store = open_store(&startup.params, &startup.config, &config).await?;
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("re-wrap {bar:40} {pos}/{len} keys ({eta} left) {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -92,19 +95,20 @@ async fn rewrap_all(startup: Startup) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn serve(startup: Startup) -> Result<(), BoxError> {
-    let token_params = TokenParams::from_raw(&startup.raw)?;
-    let policy = Arc::new(PolicyEngine::from_config(&startup.raw.policy)?);
-    let startup_limits = startup.raw.limits.clone();
-    let audit_params = keymesh_mesh::config::AuditParams::from_raw(&startup.raw, &startup.params)?;
+async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
+    let Startup { params, config: file, tls } = startup;
+    let config = KeyConfig::from_file(&file)?;
+    let policy = Arc::new(PolicyEngine::from_config(&file.policy)?);
+    let audit_params = file.audit(&params)?;
+    let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits)?);
     tracing::info!(fips_mode = policy.fips_mode().name(), "policy engine ready");
-    let listener = server::bind(startup.params.listen_addr).await?;
-    let (store, key_params) = open_store(&startup).await?;
-    let Startup { params, tls, .. } = startup;
+    let listener = server::bind(params.listen_addr).await?;
+    let store = open_store(&params, &file, &config).await?;
+    let (token_params, key_params) = (&config.tokens, &config.key_service);
     let poller = changes::spawn_poller(store.clone(), key_params.change_poll);
     let sweeper = maintenance::spawn(store.clone(), key_params.maintenance_interval);
 
-    let verifier = token_verifier(&params, &tls, &token_params)?;
+    let verifier = token_verifier(&params, &tls, token_params)?;
     let fips = policy.fips_mode();
     let audit = AuditSink::start(
         traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
@@ -115,7 +119,6 @@ async fn serve(startup: Startup) -> Result<(), BoxError> {
         encryption_block: key_params.encryption_block,
         rotate_after_encryptions: key_params.rotate_after_encryptions,
     };
-    let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&startup_limits)?);
     let forgetter = keymesh_limits::Limiter::spawn_forgetter(&rate_limits);
     let service = rpc::KeyRpc::new(store, verifier, audit.clone(), limits, policy, rate_limits);
     let routes = Routes::new(KeyServiceServer::new(service));

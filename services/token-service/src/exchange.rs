@@ -15,11 +15,10 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
-use keymesh_mesh::{
-    auth::{ExternalSubject, glob_match, unix_now},
-    config::{RawExchange, RawExchangeRule},
-};
+use keymesh_mesh::auth::{ExternalSubject, glob_match, unix_now};
 use tokio::sync::{Mutex, RwLock};
+
+use crate::config::{RawExchange, RawExchangeRule};
 
 /// Why a subject token was refused; the caller sees it (nothing here is secret).
 #[derive(Debug, thiserror::Error)]
@@ -356,7 +355,7 @@ impl Issuer {
 
 #[cfg(test)]
 mod tests {
-    use keymesh_mesh::config::RawExchangeIssuer;
+    use crate::config::RawExchangeIssuer;
 
     use super::*;
 

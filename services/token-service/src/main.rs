@@ -3,6 +3,7 @@
 
 mod applications;
 mod bootstrap;
+mod config;
 mod error;
 mod exchange;
 mod revocations;
@@ -13,11 +14,11 @@ mod signing;
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use keymesh_audit::AuditSink;
+use keymesh_config::KeymeshConfig;
 use keymesh_mesh::{
     ServiceName,
     auth::TokenVerifier,
     client::traced_channel,
-    config::{KmsParams, TokenParams},
     run::{self, BoxError, Startup},
     server,
 };
@@ -29,36 +30,36 @@ fn main() -> ExitCode {
     run::main(ServiceName::TokenService, serve)
 }
 
-async fn serve(startup: Startup) -> Result<(), BoxError> {
-    let Startup { params, raw, tls } = startup;
-    let token_params = TokenParams::from_raw(&raw)?;
-    let kms_params = KmsParams::from_raw(&raw)?;
+async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
+    let Startup { params, config: file, tls } = startup;
+    let config::TokenConfig { tokens: token_params, exchange, kms } = config::TokenConfig::from_file(&file)?;
+    let audit_params = file.audit(&params)?;
+    let exchanger = exchange::Exchanger::from_config(&exchange, token_params.verify.clock_skew)?;
+    let limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits)?);
     let listener = server::bind(params.listen_addr).await?;
 
-    let kms = Arc::new(kms_params.open_keyring(&params.data_dir).await?);
-    let db = keymesh_store::connect_and_migrate(&params.database_url(&raw)).await?;
+    let kms = Arc::new(keymesh_config::open_keyring(&kms, &params.data_dir).await?);
+    let db = keymesh_store::connect_and_migrate(&file.database_url(&params)).await?;
     let repo = TokenRepository::new(db);
     let endpoint = params.endpoints.token_service.clone();
     // FIPS mode (enabled) hashes client secrets with PBKDF2 instead of Argon2id.
-    let fips_mode = raw.policy.fips_mode;
+    let fips_mode = file.policy.fips_mode;
     let fips = fips_mode == keymesh_policy::FipsMode::Enabled;
     bootstrap::ensure_root_tenant(&repo, &params.data_dir, &endpoint, fips).await?;
     let signer = Arc::new(signing::Signer::load_or_create(&repo, &kms, token_params.clone()).await?);
 
     // token-service verifies its admin callers like every other service, from its own store.
     let authority = revocations::LocalAuthority { repo: repo.clone(), signer: signer.clone() };
-    let verifier = Arc::new(TokenVerifier::new(Arc::new(authority), &token_params));
+    let verifier = Arc::new(TokenVerifier::new(Arc::new(authority), &token_params.verify));
     let poll = verifier.start_revocation_poll();
     let pruner = revocations::spawn_pruner(repo.clone(), Duration::from_secs(600));
     let rotation = signer.spawn_maintenance(repo.clone(), kms.clone(), signing::MAINTENANCE_PERIOD);
     let audit = AuditSink::start(
         traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
         fips_mode.to_proto(),
-        &keymesh_mesh::config::AuditParams::from_raw(&raw, &params)?,
+        &audit_params,
     )?;
 
-    let exchanger = exchange::Exchanger::from_config(&raw.tokens.exchange, token_params.clock_skew)?;
-    let limits = Arc::new(keymesh_limits::Limiter::from_config(&raw.limits)?);
     let forgetter = keymesh_limits::Limiter::spawn_forgetter(&limits);
     let service = rpc::TokenRpc::new(repo, signer, verifier, audit.clone(), exchanger, limits, fips);
     let routes = Routes::new(TokenServiceServer::new(service));

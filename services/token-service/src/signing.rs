@@ -6,7 +6,9 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use keymesh_kms::{Keyring, KmsError, WrapContext, WrapSet, WrappedKey};
-use keymesh_mesh::{auth::AccessClaims, config::TokenParams};
+use keymesh_mesh::auth::AccessClaims;
+
+use crate::config::TokenParams;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{entity::signing_key, now_millis, tokens::TokenRepository};
 
@@ -104,7 +106,7 @@ impl Signer {
         let signs_from =
             |key: &signing_key::Model, only: bool| if only { key.created_at } else { key.created_at + ahead };
         // (The publication lead is three maintenance periods; one of them covers the late switchers.)
-        let overlap = (params.access_token_ttl + params.clock_skew + publish_ahead / 3).as_millis() as i64;
+        let overlap = (params.access_token_ttl + params.verify.clock_skew + publish_ahead / 3).as_millis() as i64;
         let mut kept = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let successor_signs_from = i.checked_sub(1).map(|j| signs_from(&keys[j], false));
@@ -176,8 +178,8 @@ impl Signer {
         let state = self.current();
         let key = state.decoding.get(&kid)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[&self.params.issuer]);
-        validation.set_audience(&[&self.params.audience]);
+        validation.set_issuer(&[&self.params.verify.issuer]);
+        validation.set_audience(&[&self.params.verify.audience]);
         validation.validate_exp = false;
         validation.validate_nbf = false;
         jsonwebtoken::decode::<AccessClaims>(token, key, &validation).ok().map(|d| d.claims)
@@ -273,10 +275,8 @@ async fn create_key(kms: &Keyring) -> Result<signing_key::Model, TokenError> {
 mod tests {
     use std::time::Duration;
 
-    use keymesh_mesh::{
-        auth::unix_now,
-        config::{KmsParams, RawConfig},
-    };
+    use keymesh_config::KeymeshConfig;
+    use keymesh_mesh::auth::unix_now;
 
     use super::*;
 
@@ -303,12 +303,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let repo = TokenRepository::new(keymesh_store::connect_and_migrate(&url).await.unwrap());
-        let kms = KmsParams::from_raw(&RawConfig::default()).unwrap().open_keyring(dir.path()).await.unwrap();
-        let mut params = TokenParams::from_raw(&RawConfig::default()).unwrap();
+        let file = KeymeshConfig::default();
+        let kms = keymesh_config::open_keyring(&file.kms().unwrap(), dir.path()).await.unwrap();
+        let mut params = crate::config::TokenConfig::from_file(&file).unwrap().tokens;
         // Seconds instead of days: rotation after 3 s, publication 1 s ahead, tokens living 1 s.
         params.signing_key_rotation = Duration::from_secs(3);
         params.access_token_ttl = Duration::from_secs(1);
-        params.clock_skew = Duration::ZERO;
+        params.verify.clock_skew = Duration::ZERO;
         let ahead = Duration::from_secs(1);
 
         let signer = Signer::load_with(&repo, &kms, params.clone(), ahead).await.unwrap();

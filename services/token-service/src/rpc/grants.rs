@@ -83,9 +83,9 @@ impl TokenRpc {
         let now = unix_now();
         let ttl = self.signer.params.access_token_ttl.as_secs();
         let claims = AccessClaims {
-            iss: self.signer.params.issuer.clone(),
+            iss: self.signer.params.verify.issuer.clone(),
             sub: app.client_id.clone(),
-            aud: self.signer.params.audience.clone(),
+            aud: self.signer.params.verify.audience.clone(),
             exp: (now + ttl).min(not_after),
             iat: now,
             nbf: now,

@@ -170,7 +170,7 @@ impl TokenRpc {
         };
         audit.caller(&claims.tenant, &claims.sub);
         audit.resource(&claims.jti, 0, 0);
-        let skew_ms = self.signer.params.clock_skew.as_millis() as i64;
+        let skew_ms = self.signer.params.verify.clock_skew.as_millis() as i64;
         let expires_at = (claims.exp as i64).saturating_mul(1000).saturating_add(skew_ms);
         if expires_at <= now {
             audit.detail("access token already expired; nothing to revoke");
@@ -281,8 +281,8 @@ impl TokenService for TokenRpc {
     async fn get_jwks(&self, _: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
         Ok(Response::new(pb::GetJwksResponse {
             keys: self.signer.jwks(),
-            issuer: self.signer.params.issuer.clone(),
-            audience: self.signer.params.audience.clone(),
+            issuer: self.signer.params.verify.issuer.clone(),
+            audience: self.signer.params.verify.audience.clone(),
         }))
     }
 

@@ -1,0 +1,218 @@
+//! The one configuration file of the mesh (TOML, overlaid by `KEYMESH_*` variables), composed from the
+//! sections their owners define and validate: transport and token verification in keymesh-mesh, `[kms]` in
+//! keymesh-kms, `[policy]` in keymesh-policy, `[limits]` in keymesh-limits, `[audit]` in keymesh-audit,
+//! `[database]` in keymesh-store, and each service's own sections in the service.
+//!
+//! It sits above those crates so that none of them reads another's settings; what it adds is the file as a
+//! whole: every top-level key must belong to an owner (a typo stops every service at start), and the few
+//! settings that combine two sections (FIPS mode choosing the local KMS's KDF) are joined here.
+
+use std::{collections::BTreeMap, path::Path};
+
+use keymesh_audit::{AuditParams, RawAudit};
+use keymesh_kms::KmsConfig;
+use keymesh_limits::LimitsConfig;
+use keymesh_mesh::{
+    config::{ConfigError, ConfigSource, MeshParams, RawTokens, RawTransport, deserialize_value},
+    run::ServiceConfig,
+};
+use keymesh_policy::{FipsMode, PolicyConfig};
+use keymesh_store::config::RawDatabase;
+use serde::de::DeserializeOwned;
+
+/// Sections owned by one service each, read (strictly) by that service alone: `[dek_cache]` and
+/// `[crypto_service]` by crypto-service, `[key_service]` by key-service.
+const SERVICE_SECTIONS: &[&str] = &["dek_cache", "crypto_service", "key_service"];
+
+/// Sections owned by the library crates, read here.
+const LIBRARY_SECTIONS: &[&str] = &["tokens", "database", "kms", "policy", "limits", "audit"];
+
+/// The whole file, each section as its owner defines it.
+#[derive(Default)]
+pub struct KeymeshConfig {
+    /// Addresses, certificates, telemetry and shutdown (keymesh-mesh).
+    pub transport: RawTransport,
+    /// `[tokens]`: verification (keymesh-mesh); the issuing part is token-service's.
+    pub tokens: RawTokens,
+    /// `[database]` (keymesh-store).
+    pub database: RawDatabase,
+    /// `[kms]` (keymesh-kms), as written.
+    pub kms: KmsConfig,
+    /// `[policy]` (keymesh-policy).
+    pub policy: PolicyConfig,
+    /// `[limits]` (keymesh-limits).
+    pub limits: LimitsConfig,
+    /// `[audit]` (keymesh-audit).
+    pub audit: RawAudit,
+    /// The services' own sections, unread.
+    services: BTreeMap<String, toml::Value>,
+}
+
+impl std::fmt::Debug for KeymeshConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The services' sections are unread here and may hold credentials (a Redis URL): names only.
+        f.debug_struct("KeymeshConfig")
+            .field("transport", &self.transport)
+            .field("database", &self.database)
+            .field("kms", &self.kms)
+            .field("policy", &self.policy)
+            .field("limits", &self.limits)
+            .field("audit", &self.audit)
+            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceConfig for KeymeshConfig {
+    fn from_source(source: &ConfigSource) -> Result<Self, ConfigError> {
+        let known = || RawTransport::KEYS.iter().chain(LIBRARY_SECTIONS).chain(SERVICE_SECTIONS);
+        if let Some(unknown) = source.keys().find(|k| !known().any(|known| known == k)) {
+            let expected: Vec<&str> = known().copied().collect();
+            return Err(ConfigError::Field {
+                field: unknown.to_owned(),
+                reason: format!("unknown field `{unknown}`, expected one of {}", expected.join(", ")),
+            });
+        }
+        let mut services = BTreeMap::new();
+        for key in SERVICE_SECTIONS {
+            let section: Option<toml::Value> = source.section(key)?;
+            if let Some(section) = section {
+                services.insert((*key).to_owned(), section);
+            }
+        }
+        Ok(Self {
+            transport: source.top_level(RawTransport::KEYS)?,
+            tokens: source.section("tokens")?,
+            database: source.section("database")?,
+            kms: source.section("kms")?,
+            policy: source.section("policy")?,
+            limits: source.section("limits")?,
+            audit: source.section("audit")?,
+            services,
+        })
+    }
+
+    fn transport(&self) -> &RawTransport {
+        &self.transport
+    }
+}
+
+impl KeymeshConfig {
+    /// Reads the file (if any) and the `KEYMESH_*` variables of `env`.
+    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_source(&ConfigSource::load(file, env)?)
+    }
+
+    /// A service's own section (its default when absent), read strictly with errors naming `key.<field>`.
+    pub fn service_section<T: DeserializeOwned + Default>(&self, key: &str) -> Result<T, ConfigError> {
+        match self.services.get(key) {
+            None => Ok(T::default()),
+            Some(value) => deserialize_value(value.clone(), key),
+        }
+    }
+
+    /// `[kms]` checked (the default keyring and every tenant's, so a mistake stops the service at start
+    /// with the field named), with FIPS mode choosing the local backend's KDF.
+    pub fn kms(&self) -> Result<KmsConfig, ConfigError> {
+        self.kms.keyrings().map_err(|p| ConfigError::Field { field: p.field, reason: p.reason })?;
+        Ok(KmsConfig { fips_kdf: self.policy.fips_mode == FipsMode::Enabled, ..self.kms.clone() })
+    }
+
+    /// The database URL of the service `params` describes: configured, or a SQLite file of its own.
+    pub fn database_url(&self, params: &MeshParams) -> String {
+        self.database.url_or_sqlite(&params.data_dir, params.service.as_str())
+    }
+
+    /// `[audit]` validated for the service `params` describes.
+    pub fn audit(&self, params: &MeshParams) -> Result<AuditParams, ConfigError> {
+        AuditParams::from_raw(&self.audit, params)
+    }
+}
+
+/// Opens every backend of the default keyring of `kms` (validated by [`KeymeshConfig::kms`]).
+pub async fn open_keyring(kms: &KmsConfig, data_dir: &Path) -> Result<keymesh_kms::Keyring, keymesh_kms::KmsError> {
+    let keyring = kms.open(data_dir).await?;
+    tracing::info!(keyring = %keyring.summary(), "KMS keyring ready");
+    Ok(keyring)
+}
+
+/// Opens the default keyring and every tenant's.
+pub async fn open_keyrings(kms: &KmsConfig, data_dir: &Path) -> Result<keymesh_kms::Keyrings, keymesh_kms::KmsError> {
+    let keyrings = kms.open_all(data_dir).await?;
+    tracing::info!(keyrings = %keyrings.summary(), "KMS keyrings ready");
+    Ok(keyrings)
+}
+
+#[cfg(test)]
+mod tests {
+    use keymesh_mesh::ServiceName;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn the_embedded_default_composes() {
+        let config = KeymeshConfig::load(None, &BTreeMap::new()).unwrap();
+        let params = MeshParams::from_raw(ServiceName::CryptoService, config.transport()).unwrap();
+        assert_eq!(config.database_url(&params), "sqlite://.keymesh/crypto-service.db?mode=rwc");
+        assert!(!config.kms().unwrap().fips_kdf);
+        assert!(config.audit(&params).is_ok());
+    }
+
+    #[test]
+    fn every_section_has_an_owner_and_errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[dek_cahce]\nttl_seconds = 5\n").unwrap();
+        let err = KeymeshConfig::load(Some(&file), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("dek_cahce") && err.contains("dek_cache"), "{err}");
+        std::fs::write(&file, "[telemetry]\nlog_formt = \"json\"\n").unwrap();
+        let err = KeymeshConfig::load(Some(&file), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("log_formt"), "{err}");
+        std::fs::write(&file, "[limits]\napplication_per_second = \"many\"\n").unwrap();
+        let err = KeymeshConfig::load(Some(&file), &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("limits.application_per_second"), "{err}");
+
+        let config = KeymeshConfig::load(None, &env(&[("KEYMESH_KMS__PRIMARY", "hsm")])).unwrap();
+        assert!(config.kms().unwrap_err().to_string().contains("kms.primary"));
+        let config = KeymeshConfig::load(
+            None,
+            &env(&[("KEYMESH_KMS__RETIRED", r#"["old"]"#), ("KEYMESH_KMS__PRIMARY", "local")]),
+        )
+        .unwrap();
+        assert_eq!(config.kms.retired, ["old"]);
+        // Master secrets of further local backends are not configuration fields.
+        assert!(KeymeshConfig::load(None, &env(&[("KEYMESH_MASTER_KEY_2027", "s3cret")])).is_ok());
+    }
+
+    #[test]
+    fn fips_mode_picks_the_local_kdf() {
+        let config = KeymeshConfig::load(None, &env(&[("KEYMESH_POLICY__FIPS_MODE", "enabled")])).unwrap();
+        assert!(config.kms().unwrap().fips_kdf);
+    }
+
+    #[test]
+    fn a_service_section_is_read_by_its_owner_with_the_field_named() {
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct DekCache {
+            ttl_seconds: Option<u64>,
+        }
+        let config = KeymeshConfig::load(None, &env(&[("KEYMESH_DEK_CACHE__TTL_SECONDS", "60")])).unwrap();
+        assert_eq!(config.service_section::<DekCache>("dek_cache").unwrap().ttl_seconds, Some(60));
+        assert!(config.service_section::<DekCache>("key_service").unwrap().ttl_seconds.is_none());
+        let config = KeymeshConfig::load(None, &env(&[("KEYMESH_DEK_CACHE__TTL_SECONDZ", "60")])).unwrap();
+        let err = config.service_section::<DekCache>("dek_cache").unwrap_err().to_string();
+        assert!(err.contains("dek_cache") && err.contains("ttl_secondz"), "{err}");
+    }
+
+    #[test]
+    fn database_password_never_prints() {
+        let config =
+            KeymeshConfig::load(None, &env(&[("KEYMESH_DATABASE__URL", "postgres://app:hunter2@db/keymesh")])).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

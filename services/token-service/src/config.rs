@@ -1,0 +1,170 @@
+//! token-service's part of the configuration file: the issuing half of `[tokens]` (lifetimes, secret
+//! grace, signing-key rotation, token exchange), beside the verifying half every service reads.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use keymesh_config::KeymeshConfig;
+use keymesh_kms::KmsConfig;
+use keymesh_mesh::config::{self as mesh_config, ConfigError, deserialize_value};
+use serde::Deserialize;
+
+/// Everything token-service reads from the file, validated.
+pub struct TokenConfig {
+    /// Token issuance (and verification).
+    pub tokens: TokenParams,
+    /// `[tokens.exchange]`, as written (the exchanger validates it).
+    pub exchange: RawExchange,
+    /// The KMS keyring that wraps signing keys.
+    pub kms: KmsConfig,
+}
+
+impl TokenConfig {
+    /// Validates token-service's sections.
+    pub fn from_file(config: &KeymeshConfig) -> Result<Self, ConfigError> {
+        let issuance: RawIssuance = deserialize_value(toml::Value::Table(config.tokens.issuance.clone()), "tokens")?;
+        Ok(Self {
+            tokens: TokenParams::from_raw(mesh_config::TokenParams::from_raw(&config.tokens)?, &issuance)?,
+            exchange: issuance.exchange,
+            kms: config.kms()?,
+        })
+    }
+}
+
+/// The issuing half of `[tokens]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuance {
+    /// Lifetime of access tokens in seconds (1..=86400; default 3600).
+    pub access_token_ttl_seconds: Option<u64>,
+    /// Lifetime of a refresh-token family from its grant, in seconds (60..=7776000; default 2592000, 30 days):
+    /// rotation renews the token, not the grant.
+    pub refresh_token_ttl_seconds: Option<u64>,
+    /// How long a rotated client secret keeps working when RotateClientSecret names no grace period, in
+    /// seconds (0..=2592000; default 86400).
+    pub secret_grace_seconds: Option<u64>,
+    /// Days a token signing key signs before the next one takes over (1..=365; default 30).
+    pub signing_key_rotation_days: Option<u64>,
+    /// External identities token-service exchanges for access tokens.
+    #[serde(default)]
+    pub exchange: RawExchange,
+}
+
+/// Validated token settings: what every verifier checks, and what token-service issues.
+#[derive(Debug, Clone)]
+pub struct TokenParams {
+    /// `iss`, `aud`, clock skew and the revocation bound, as every verifier reads them.
+    pub verify: mesh_config::TokenParams,
+    /// Access token lifetime.
+    pub access_token_ttl: Duration,
+    /// Refresh token lifetime.
+    pub refresh_token_ttl: Duration,
+    /// Default grace period of a rotated client secret.
+    pub secret_grace: Duration,
+    /// How long a signing key signs before the next takes over.
+    pub signing_key_rotation: Duration,
+}
+
+impl TokenParams {
+    /// Validates the issuing half of `[tokens]`.
+    pub fn from_raw(verify: mesh_config::TokenParams, t: &RawIssuance) -> Result<Self, ConfigError> {
+        let seconds = |field: &'static str, value: Option<u64>, default: u64, range| {
+            mesh_config::bounded(field, value, default, range).map(Duration::from_secs)
+        };
+        Ok(Self {
+            verify,
+            access_token_ttl: seconds("tokens.access_token_ttl_seconds", t.access_token_ttl_seconds, 3600, 1..=86_400)?,
+            refresh_token_ttl: seconds(
+                "tokens.refresh_token_ttl_seconds",
+                t.refresh_token_ttl_seconds,
+                30 * 86_400,
+                60..=90 * 86_400,
+            )?,
+            secret_grace: seconds("tokens.secret_grace_seconds", t.secret_grace_seconds, 86_400, 0..=30 * 86_400)?,
+            signing_key_rotation: seconds(
+                "tokens.signing_key_rotation_days",
+                t.signing_key_rotation_days.map(|d| d.saturating_mul(86_400)),
+                30 * 86_400,
+                86_400..=365 * 86_400,
+            )?,
+        })
+    }
+}
+
+/// `[tokens.exchange]`: the issuers whose tokens IssueToken accepts as GRANT_TYPE_TOKEN_EXCHANGE subjects,
+/// and the rules mapping their subjects to applications. Empty: token exchange is off.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExchange {
+    /// Trusted issuers.
+    #[serde(default)]
+    pub issuers: Vec<RawExchangeIssuer>,
+    /// Mapping rules, first match wins.
+    #[serde(default)]
+    pub rules: Vec<RawExchangeRule>,
+}
+
+/// `[[tokens.exchange.issuers]]`: a Kubernetes cluster's service-account issuer or an OIDC provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExchangeIssuer {
+    /// Name rules refer to, e.g. `prod-cluster`.
+    pub name: String,
+    /// The `iss` its tokens carry, e.g. `https://kubernetes.default.svc.cluster.local`.
+    pub issuer: String,
+    /// The `aud` a token must carry to be exchanged here (e.g. `keymesh`): a token minted for another
+    /// audience is refused.
+    pub audience: String,
+    /// Where the signing keys are; default: `jwks_uri` from `<issuer>/.well-known/openid-configuration`.
+    pub jwks_url: Option<String>,
+    /// PEM bundle to trust for the JWKS (e.g. the cluster CA), beside the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Longest lifetime (`exp - iat`) of a token accepted, in seconds (default 86400): long-lived tokens
+    /// (legacy service-account secrets) are refused.
+    pub max_token_lifetime_seconds: Option<u64>,
+}
+
+/// `[[tokens.exchange.rules]]`: subjects of one issuer that become one application.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExchangeRule {
+    /// The issuer's `name`.
+    pub issuer: String,
+    /// Pattern on `sub` (`*` matches any run), e.g. `system:serviceaccount:loaders:*`.
+    pub subject: String,
+    /// Further claims that must equal these strings (top-level claims, e.g. `email_verified = "true"`).
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// The application the token is issued for.
+    pub client_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_of(file: Option<&str>, pairs: &[(&str, &str)]) -> Result<TokenConfig, ConfigError> {
+        let dir = tempfile::tempdir().map_err(|e| ConfigError::Field { field: "tmp".into(), reason: e.to_string() })?;
+        let path = dir.path().join("keymesh.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text)
+                .map_err(|e| ConfigError::Field { field: "tmp".into(), reason: e.to_string() })?;
+        }
+        let env: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        TokenConfig::from_file(&KeymeshConfig::load(file.map(|_| path.as_path()), &env)?)
+    }
+
+    #[test]
+    fn defaults_and_errors_name_the_field() {
+        let c = config_of(None, &[]).unwrap();
+        assert_eq!(c.tokens.access_token_ttl, Duration::from_secs(3600));
+        assert_eq!(c.tokens.verify.issuer, "keymesh");
+        let err = config_of(Some("[tokens]\naccess_token_ttl_seconds = \"soon\"\n"), &[]).err().unwrap().to_string();
+        assert!(err.contains("tokens.access_token_ttl_seconds"), "{err}");
+        let err = config_of(None, &[("KEYMESH_TOKENS__ACCESS_TOKEN_TTL_SECONDS", "0")]).err().unwrap().to_string();
+        assert!(err.contains("tokens.access_token_ttl_seconds"), "{err}");
+        let err = config_of(None, &[("KEYMESH_TOKENS__ISSUR", "x")]).err().unwrap().to_string();
+        assert!(err.contains("issur"), "{err}");
+        let err = config_of(Some("[[tokens.exchange.issuers]]\nname = \"k8s\"\n"), &[]).err().unwrap().to_string();
+        assert!(err.contains("tokens.exchange.issuers"), "{err}");
+    }
+}
