@@ -9,6 +9,7 @@
 //! a crash of the emitting process, loses no acknowledged call's event and stores none twice.
 
 pub mod config;
+mod refusals;
 pub mod spool;
 
 use std::{
@@ -155,6 +156,8 @@ struct SinkInner {
     /// Events that could not be spooled.
     lost: AtomicU64,
     shipper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Refused authentications, counted per source and method.
+    refusals: refusals::RefusalWindows,
 }
 
 impl AuditSink {
@@ -172,20 +175,38 @@ impl AuditSink {
             })?;
             (Some(writer), Some(tokio::spawn(ship(AuditServiceClient::new(channel), reader))))
         };
-        Ok(Self {
+        let sink = Self {
             inner: Arc::new(SinkInner {
                 mode: params.mode,
                 fips_mode,
                 spool,
                 lost: AtomicU64::new(0),
                 shipper: std::sync::Mutex::new(shipper),
+                refusals: refusals::RefusalWindows::new(params.refused_auth_window),
             }),
-        })
+        };
+        if params.mode != AuditMode::Off {
+            tokio::spawn(record_ended_refusal_windows(Arc::downgrade(&sink.inner)));
+        }
+        Ok(sink)
+    }
+
+    /// Records a refused authentication (a missing or invalid token) of `operation` by the peer `identity`:
+    /// the first of a window at once, the rest of the window as one event with their count (see
+    /// [`refusals`]). The refusal stands whether or not its event could be stored.
+    pub async fn refused_authentication(&self, service: &str, operation: &str, identity: &str, status: &tonic::Status) {
+        let refusal = refusals::Refusal { service, operation, identity, status };
+        for event in self.inner.refusals.note(&refusal, Instant::now()) {
+            let _ = self.record(event).await;
+        }
     }
 
     /// After the server has stopped (every other clone of the sink is gone): ships what is spooled, waiting
     /// at most `deadline`. What is left stays in the spool and is shipped at the next start.
     pub async fn flush(self, deadline: Duration) {
+        for summary in self.inner.refusals.sweep(Instant::now(), true) {
+            let _ = self.record(summary).await;
+        }
         let handle = self.inner.shipper.lock().ok().and_then(|mut h| h.take());
         drop(self);
         if let Some(handle) = handle
@@ -215,6 +236,20 @@ impl AuditSink {
                 "this call was not completed because its audit record could not be stored ({error}); retry later"
             ))),
             AuditMode::BestEffort | AuditMode::Off => Ok(()),
+        }
+    }
+}
+
+/// Records the counts of refusal windows as they end, for as long as the sink lives (a weak reference, so
+/// that it never keeps the spool open past [`AuditSink::flush`]).
+async fn record_ended_refusal_windows(inner: std::sync::Weak<SinkInner>) {
+    let Some(tick) = inner.upgrade().map(|i| i.refusals.tick()) else { return };
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let sink = AuditSink { inner };
+        for summary in sink.inner.refusals.sweep(Instant::now(), false) {
+            let _ = sink.record(summary).await;
         }
     }
 }

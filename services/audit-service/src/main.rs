@@ -38,7 +38,9 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let checkpointer = Arc::new(checkpoint::Checkpointer::load_or_create(repo.clone(), &kms).await?);
     let checkpoints = checkpointer.spawn(audit_params.checkpoint_interval, audit_params.retention);
     let verifier = token_verifier(&params, &tls, &token_params)?;
-    let service = rpc::AuditRpc::new(chain::ChainWriter::new(repo), verifier);
+    // audit-service is the trail: its gate authenticates and authorizes, and records nothing.
+    let gate = keymesh_gate::Gate::new("audit-service", verifier, None, None);
+    let service = rpc::AuditRpc::new(chain::ChainWriter::new(repo), gate);
     let routes = Routes::new(AuditServiceServer::new(service));
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.AuditService"], params.shutdown_grace).await?;
     checkpoints.abort();

@@ -2,10 +2,8 @@
 
 use std::{pin::Pin, sync::Arc};
 
-use keymesh_mesh::{
-    PeerIdentity,
-    auth::{Role, TokenVerifier},
-};
+use keymesh_gate::Gate;
+use keymesh_mesh::{PeerIdentity, auth::Role};
 use keymesh_proto::v1::{self as pb, audit_service_server::AuditService};
 use keymesh_store::{audit::AuditFilter, entity::audit_record};
 use prost::Message;
@@ -25,13 +23,13 @@ const MAX_BATCH: usize = 1000;
 /// The AuditService implementation.
 pub struct AuditRpc {
     writer: Arc<ChainWriter>,
-    verifier: Arc<TokenVerifier>,
+    gate: Gate,
 }
 
 impl AuditRpc {
     /// Wires the service.
-    pub fn new(writer: ChainWriter, verifier: Arc<TokenVerifier>) -> Self {
-        Self { writer: Arc::new(writer), verifier }
+    pub fn new(writer: ChainWriter, gate: Gate) -> Self {
+        Self { writer: Arc::new(writer), gate }
     }
 
     /// The caller's tenant and filter of a Query or Export (auditor, admin or owner).
@@ -41,8 +39,8 @@ impl AuditRpc {
         filter: Filter,
         method: &str,
     ) -> Result<(String, AuditFilter), Status> {
-        let claims = self.verifier.verify_request(request).await?;
-        claims.require_role(&[Role::Auditor, Role::Admin, Role::Owner], method)?;
+        let claims =
+            self.gate.admit_with_role(request, method, &[Role::Auditor, Role::Admin, Role::Owner]).await?.claims;
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
         let filter = AuditFilter {
             start_millis: millis(&filter.start_time, "start_time")?,
@@ -247,8 +245,7 @@ impl AuditService for AuditRpc {
         &self,
         request: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
-        let claims = self.verifier.verify_request(&request).await?;
-        claims.require_role(&[Role::Auditor, Role::Owner], "AuditService.ListCheckpoints")?;
+        self.gate.admit_with_role(&request, "AuditService.ListCheckpoints", &[Role::Auditor, Role::Owner]).await?;
         let request = request.into_inner();
         let limit = page_limit(request.limit)?;
         let after = after_sequence(request.after_sequence)?;
@@ -282,9 +279,8 @@ impl AuditService for AuditRpc {
         &self,
         request: Request<pb::VerifyChainRequest>,
     ) -> Result<Response<pb::VerifyChainResponse>, Status> {
-        let claims = self.verifier.verify_request(&request).await?;
         // The chain spans every tenant; verifying it reveals only counts and positions, never a record.
-        claims.require_role(&[Role::Auditor, Role::Owner], "AuditService.VerifyChain")?;
+        self.gate.admit_with_role(&request, "AuditService.VerifyChain", &[Role::Auditor, Role::Owner]).await?;
         let request = request.into_inner();
         let sequence = |n: u64, field: &str| {
             i64::try_from(n).map_err(|_| Status::invalid_argument(format!("{field} {n} is out of range")))

@@ -45,7 +45,8 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     )?;
     let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits)?);
     let forgetter = keymesh_limits::Limiter::spawn_forgetter(&rate_limits);
-    let service = rpc::CryptoRpc::new(verifier, deks, audit.clone(), limits.unary_limit, policy, rate_limits);
+    let gate = keymesh_gate::Gate::new("crypto-service", verifier, Some(rate_limits.clone()), Some(audit.clone()));
+    let service = rpc::CryptoRpc::new(gate, deks, audit.clone(), limits.unary_limit, policy, rate_limits);
     let max_message = limits.max_message_size();
     let server =
         CryptoServiceServer::new(service).max_decoding_message_size(max_message).max_encoding_message_size(max_message);

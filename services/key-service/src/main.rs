@@ -120,7 +120,8 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
         rotate_after_encryptions: key_params.rotate_after_encryptions,
     };
     let forgetter = keymesh_limits::Limiter::spawn_forgetter(&rate_limits);
-    let service = rpc::KeyRpc::new(store, verifier, audit.clone(), limits, policy, rate_limits);
+    let gate = keymesh_gate::Gate::new("key-service", verifier, Some(rate_limits), Some(audit.clone()));
+    let service = rpc::KeyRpc::new(store, gate, audit.clone(), limits, policy);
     let routes = Routes::new(KeyServiceServer::new(service));
     let health = ["keymesh.v1.KeyService", fips.health_name()];
     server::serve_until_signal(listener, &tls, routes, &health, params.shutdown_grace).await?;

@@ -61,7 +61,8 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     )?;
 
     let forgetter = keymesh_limits::Limiter::spawn_forgetter(&limits);
-    let service = rpc::TokenRpc::new(repo, signer, verifier, audit.clone(), exchanger, limits, fips);
+    let gate = keymesh_gate::Gate::new("token-service", verifier, Some(limits.clone()), Some(audit.clone()));
+    let service = rpc::TokenRpc::new(repo, signer, gate, audit.clone(), exchanger, limits, fips);
     let routes = Routes::new(TokenServiceServer::new(service));
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.TokenService"], params.shutdown_grace).await?;
     poll.abort();

@@ -21,8 +21,7 @@ impl CryptoRpc {
         &self,
         request: Request<pb::GenerateDataKeyRequest>,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        let claims = self.caller(&request).await?;
-        let mut audit = Audited::start("GenerateDataKey", &claims);
+        let (claims, mut audit) = self.admit(&request, "GenerateDataKey").await?;
         let request = request.into_inner();
         let result = self
             .data_key(&claims, &mut audit, &request.key, request.key_spec, &request.aad, &request.encryption_context)
@@ -40,8 +39,7 @@ impl CryptoRpc {
         &self,
         request: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        let claims = self.caller(&request).await?;
-        let mut audit = Audited::start("GenerateDataKeyWithoutPlaintext", &claims);
+        let (claims, mut audit) = self.admit(&request, "GenerateDataKeyWithoutPlaintext").await?;
         let request = request.into_inner();
         let result = self
             .data_key(&claims, &mut audit, &request.key, request.key_spec, &request.aad, &request.encryption_context)

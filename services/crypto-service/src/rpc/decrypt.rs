@@ -15,8 +15,10 @@ use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
-use super::{Audited, CryptoRpc, check_batch, context_of, encrypt::no_context_for_public_key, item_error};
-use crate::{dek_cache::DekRequest, error::CryptoServiceError};
+use super::{
+    Audited, CryptoRpc, KeyUse, NO_CONTEXT, check_batch, context_of, encrypt::no_context_for_public_key, item_error,
+};
+use crate::error::CryptoServiceError;
 
 /// One ciphertext to open.
 pub(super) struct Opening<'a> {
@@ -46,12 +48,11 @@ impl CryptoRpc {
         &self,
         request: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
-        let claims = self.caller(&request).await?;
+        let (claims, mut audit) = self.admit(&request, "Decrypt").await?;
         let request = request.into_inner();
         if !request.batch.is_empty() {
             return self.decrypt_batch(&claims, request).await;
         }
-        let mut audit = Audited::start("Decrypt", &claims);
         let opening = Opening {
             permission: pb::Operation::Decrypt,
             ciphertext: &request.ciphertext,
@@ -82,11 +83,11 @@ impl CryptoRpc {
         if let Err(e) =
             check_batch(request.batch.len(), total, !request.ciphertext.is_empty(), "ciphertext", self.unary_limit)
         {
-            let audit = Audited::start("Decrypt", claims);
+            let audit = self.audited("Decrypt", claims);
             return audit.finish(&self.audit, Err(e.into())).await;
         }
         let items = request.batch.iter().map(|item| async {
-            let mut audit = Audited::start("Decrypt", claims);
+            let mut audit = self.audited("Decrypt", claims);
             let opening = Opening {
                 permission: pb::Operation::Decrypt,
                 ciphertext: &item.ciphertext,
@@ -129,28 +130,19 @@ impl CryptoRpc {
             CryptoError::ContextMismatch { .. } => CryptoServiceError::ContextMismatch(e.to_string()),
             _ => CryptoServiceError::DecryptionFailed,
         })?;
-        // Authorize on the name the header claims before any key material moves; the stored name is checked
-        // again below (the header is authenticated only once the ciphertext opens).
-        claims.require_key_operation(&parsed.key_name, item.permission)?;
-        let dek = self
-            .deks
-            .get(DekRequest {
-                tenant_id: &claims.tenant,
-                key: &parsed.key_ref.key_id,
-                version: parsed.key_ref.version,
-                operation: pb::Operation::Decrypt,
-                on_behalf_of: &claims.sub,
-            })
-            .await
-            .map_err(|e| match e {
-                // Unknown key ids (tampered, or another tenant's) look like any other bad ciphertext.
-                CryptoServiceError::KeyNotFound(_) => CryptoServiceError::DecryptionFailed,
-                other => other,
-            })?;
-        audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
-        claims.require_key_operation(&dek.key_name, item.permission)?;
-        self.admit_plaintext(claims, &dek.key_id, item.permission)?;
-        let warnings = self.decide(claims, audit, &dek, item.permission, item.context)?;
+        // The header's claims (key name and id) are authenticated only once the ciphertext opens: the name it
+        // claims is authorized before any material moves, the stored name once the key is found.
+        let key = KeyUse {
+            key: &parsed.key_ref.key_id,
+            claimed_name: Some(&parsed.key_name),
+            version: parsed.key_ref.version,
+            fetch: pb::Operation::Decrypt,
+            permission: item.permission,
+            context: item.context,
+            from_ciphertext: true,
+            missing: "the ciphertext names no key",
+        };
+        let (dek, warnings) = self.key_use(claims, audit, key).await?;
         if dek.algorithm != KeyAlgorithm::Symmetric(parsed.algorithm) {
             return Err(CryptoServiceError::DecryptionFailed.into());
         }
@@ -169,8 +161,9 @@ impl CryptoRpc {
         item: &Opening<'_>,
         version: u32,
     ) -> Result<Opened, Status> {
-        let (dek, warnings) =
-            self.key_for_use(claims, audit, item.key, version, pb::Operation::Decrypt, item.permission).await?;
+        let key =
+            KeyUse { fetch: pb::Operation::Decrypt, ..KeyUse::named(item.key, version, item.permission, &NO_CONTEXT) };
+        let (dek, warnings) = self.key_use(claims, audit, key).await?;
         let (KeyAlgorithm::Asymmetric(algorithm), Some((private, _))) = (dek.algorithm, dek.key_pair.as_ref()) else {
             // A symmetric key named with a ciphertext that is not keymesh's: just a bad ciphertext.
             return Err(CryptoServiceError::DecryptionFailed.into());

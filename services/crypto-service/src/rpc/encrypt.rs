@@ -14,11 +14,8 @@ use keymesh_mesh::auth::AccessClaims;
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{Audited, CryptoRpc, check_batch, context_of, item_error};
-use crate::{
-    dek_cache::{CachedDek, DekRequest},
-    error::CryptoServiceError,
-};
+use super::{Audited, CryptoRpc, KeyUse, check_batch, context_of, item_error};
+use crate::{dek_cache::CachedDek, error::CryptoServiceError};
 
 /// One plaintext to seal.
 pub(super) struct Sealing<'a> {
@@ -48,12 +45,11 @@ impl CryptoRpc {
         &self,
         request: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
-        let claims = self.caller(&request).await?;
+        let (claims, mut audit) = self.admit(&request, "Encrypt").await?;
         let request = request.into_inner();
         if !request.batch.is_empty() {
             return self.encrypt_batch(&claims, request).await;
         }
-        let mut audit = Audited::start("Encrypt", &claims);
         let sealing = Sealing {
             permission: pb::Operation::Encrypt,
             key: &request.key,
@@ -84,11 +80,11 @@ impl CryptoRpc {
         if let Err(e) =
             check_batch(request.batch.len(), total, !request.plaintext.is_empty(), "plaintext", self.unary_limit)
         {
-            let audit = Audited::start("Encrypt", claims);
+            let audit = self.audited("Encrypt", claims);
             return audit.finish(&self.audit, Err(e.into())).await;
         }
         let items = request.batch.iter().map(|item| async {
-            let mut audit = Audited::start("Encrypt", claims);
+            let mut audit = self.audited("Encrypt", claims);
             let sealing = Sealing {
                 permission: pb::Operation::Encrypt,
                 key: if item.key.is_empty() { &request.key } else { &item.key },
@@ -120,13 +116,6 @@ impl CryptoRpc {
         audit: &mut Audited,
         item: Sealing<'_>,
     ) -> Result<Sealed, Status> {
-        if item.key.is_empty() {
-            return Err(CryptoServiceError::InvalidArgument {
-                field: "key",
-                reason: "name the key to encrypt with".into(),
-            }
-            .into());
-        }
         if item.plaintext.len() > self.unary_limit {
             return Err(CryptoServiceError::InvalidArgument {
                 field: "plaintext",
@@ -138,25 +127,12 @@ impl CryptoRpc {
             }
             .into());
         }
-        // Authorize before any key material moves (by name here; by the stored name below when the request
-        // gave a key id).
-        if !item.key.starts_with(super::KEY_ID_PREFIX) {
-            claims.require_key_operation(item.key, item.permission)?;
-        }
-        let dek = self
-            .deks
-            .get_for_encryption(DekRequest {
-                tenant_id: &claims.tenant,
-                key: item.key,
-                version: 0,
-                operation: pb::Operation::Encrypt,
-                on_behalf_of: &claims.sub,
-            })
-            .await?;
-        audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
-        claims.require_key_operation(&dek.key_name, item.permission)?;
-        self.admit_plaintext(claims, &dek.key_id, item.permission)?;
-        let warnings = self.decide(claims, audit, &dek, item.permission, item.context)?;
+        let key = KeyUse {
+            fetch: pb::Operation::Encrypt,
+            missing: "name the key to encrypt with",
+            ..KeyUse::named(item.key, 0, item.permission, item.context)
+        };
+        let (dek, warnings) = self.key_use(claims, audit, key).await?;
         let algorithm = match dek.algorithm {
             KeyAlgorithm::Symmetric(algorithm) => algorithm,
             KeyAlgorithm::Asymmetric(algorithm) if item.to_public_key => {

@@ -8,7 +8,7 @@ use keymesh_proto::algorithm::ToProto;
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{Audited, CryptoRpc};
+use super::{Audited, CryptoRpc, KeyUse, NO_CONTEXT};
 use crate::{dek_cache::CachedDek, error::CryptoServiceError};
 
 impl CryptoRpc {
@@ -16,9 +16,8 @@ impl CryptoRpc {
         &self,
         request: Request<pb::GenerateMacRequest>,
     ) -> Result<Response<pb::GenerateMacResponse>, Status> {
-        let claims = self.caller(&request).await?;
+        let (claims, mut audit) = self.admit(&request, "GenerateMac").await?;
         let request = request.into_inner();
-        let mut audit = Audited::start("GenerateMac", &claims);
         let result = self.generate_mac(&claims, &mut audit, &request).await;
         audit.finish(&self.audit, result).await
     }
@@ -31,7 +30,7 @@ impl CryptoRpc {
     ) -> Result<pb::GenerateMacResponse, Status> {
         self.check_mac_message(&request.message)?;
         let op = pb::Operation::GenerateMac;
-        let (dek, warnings) = self.key_for_use(claims, audit, &request.key, 0, op, op).await?;
+        let (dek, warnings) = self.key_use(claims, audit, KeyUse::named(&request.key, 0, op, &NO_CONTEXT)).await?;
         let mac = mac_algorithm(&dek)?
             .compute(&dek.material, &request.message)
             .map_err(|e| CryptoServiceError::Internal(e.to_string()))?;
@@ -48,9 +47,8 @@ impl CryptoRpc {
         &self,
         request: Request<pb::VerifyMacRequest>,
     ) -> Result<Response<pb::VerifyMacResponse>, Status> {
-        let claims = self.caller(&request).await?;
+        let (claims, mut audit) = self.admit(&request, "VerifyMac").await?;
         let request = request.into_inner();
-        let mut audit = Audited::start("VerifyMac", &claims);
         let result = self.verify_mac(&claims, &mut audit, &request).await;
         audit.finish(&self.audit, result).await
     }
@@ -63,7 +61,8 @@ impl CryptoRpc {
     ) -> Result<pb::VerifyMacResponse, Status> {
         self.check_mac_message(&request.message)?;
         let op = pb::Operation::VerifyMac;
-        let (dek, warnings) = self.key_for_use(claims, audit, &request.key, request.key_version, op, op).await?;
+        let key = KeyUse::named(&request.key, request.key_version, op, &NO_CONTEXT);
+        let (dek, warnings) = self.key_use(claims, audit, key).await?;
         let valid = mac_algorithm(&dek)?
             .verify(&dek.material, &request.message, &request.mac)
             .map_err(|e| CryptoServiceError::Internal(e.to_string()))?;

@@ -16,8 +16,9 @@ use std::{
 };
 
 use keymesh_audit::{AuditScope, AuditSink};
+use keymesh_gate::Gate;
 use keymesh_limits::Limiter;
-use keymesh_mesh::auth::{AccessClaims, TokenVerifier};
+use keymesh_mesh::auth::AccessClaims;
 use keymesh_policy::{Attributes, PolicyEngine};
 use keymesh_proto::v1::{self as pb, crypto_service_server::CryptoService};
 use tonic::{Request, Response, Status, Streaming};
@@ -27,11 +28,9 @@ use crate::{
     error::CryptoServiceError,
 };
 
-const SERVICE: &str = "crypto-service";
-
 /// The CryptoService implementation.
 pub struct CryptoRpc {
-    verifier: Arc<TokenVerifier>,
+    gate: Gate,
     deks: Arc<DekCache>,
     audit: AuditSink,
     /// Largest unary plaintext or ciphertext (batch items summed); larger data goes through
@@ -42,16 +41,17 @@ pub struct CryptoRpc {
 }
 
 impl CryptoRpc {
-    /// Wires the service.
+    /// Wires the service. `gate` admits callers; `audit` is the sink it records into; `limits` also
+    /// holds the plaintext quotas checked on each use of a key.
     pub fn new(
-        verifier: Arc<TokenVerifier>,
+        gate: Gate,
         deks: Arc<DekCache>,
         audit: AuditSink,
         unary_limit: usize,
         policy: Arc<PolicyEngine>,
         limits: Arc<Limiter>,
     ) -> Self {
-        Self { verifier, deks, audit, unary_limit, policy, limits }
+        Self { gate, deks, audit, unary_limit, policy, limits }
     }
 
     /// The quotas on plaintext leaving the mesh (Decrypt, data keys) for one use of `key_id`; other
@@ -96,60 +96,111 @@ impl CryptoRpc {
         Ok(warnings)
     }
 
-    /// Verifies the caller's token and admits the call under its application's and tenant's rate limits.
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Status> {
-        let claims = self.verifier.verify_request(request).await?;
-        // Not audited: a flood of refusals would become a flood of audit events. Quotas, which guard
-        // plaintext, are refused inside the call and audited.
-        self.limits.admit_call(&claims.tenant, &claims.sub)?;
-        Ok(claims)
+    /// The gate: the caller authenticated and admitted under its rate limits, and the call's audit event.
+    async fn admit<T>(&self, request: &Request<T>, operation: &str) -> Result<(Arc<AccessClaims>, Audited), Status> {
+        let admitted = self.gate.admit(request, operation).await?;
+        Ok((admitted.claims, Audited(admitted.audit)))
     }
 
-    /// The material for one use of a named key, audited, authorized twice (by the name the caller gave
-    /// before any material moves, and by the stored name: the request may have named the key by id), and
-    /// decided by policy, with the policy's warnings.
-    async fn key_for_use(
+    /// A further audit event of an admitted caller (a batch item, the second side of a ReEncrypt).
+    fn audited(&self, operation: &str, claims: &AccessClaims) -> Audited {
+        Audited(self.gate.scope(operation, claims))
+    }
+
+    /// One use of a key, the same steps for every operation (unary, batch item, stream, both sides of a
+    /// ReEncrypt, data keys, public-key decryption, sign, MAC): authorize by the name the request or the
+    /// ciphertext gives before any material moves, fetch the material, name the key in the audit event,
+    /// authorize again by the stored name (the request may have named the key by id, and a ciphertext's
+    /// header is authenticated only once it opens), count the plaintext quotas, and decide by policy. The
+    /// key and the policy's warnings.
+    pub(super) async fn key_use(
         &self,
         claims: &AccessClaims,
         audit: &mut Audited,
-        key: &str,
-        version: u32,
-        operation: pb::Operation,
-        permission: pb::Operation,
+        key: KeyUse<'_>,
     ) -> Result<(Arc<CachedDek>, Vec<String>), Status> {
-        if key.is_empty() {
-            return Err(
-                CryptoServiceError::InvalidArgument { field: "key", reason: "name the key to use".into() }.into()
-            );
+        if key.key.is_empty() {
+            return Err(match key.from_ciphertext {
+                true => CryptoServiceError::DecryptionFailed,
+                false => CryptoServiceError::InvalidArgument { field: "key", reason: key.missing.into() },
+            }
+            .into());
         }
-        if !key.starts_with(KEY_ID_PREFIX) {
-            claims.require_key_operation(key, permission)?;
+        if let Some(name) = key.claimed_name {
+            claims.require_key_operation(name, key.permission)?;
         }
-        let dek = self
-            .deks
-            .get(DekRequest { tenant_id: &claims.tenant, key, version, operation, on_behalf_of: &claims.sub })
-            .await?;
+        let request = DekRequest {
+            tenant_id: &claims.tenant,
+            key: key.key,
+            version: key.version,
+            operation: key.fetch,
+            on_behalf_of: &claims.sub,
+        };
+        let fetched = if key.fetch == pb::Operation::Encrypt {
+            self.deks.get_for_encryption(request).await
+        } else {
+            self.deks.get(request).await
+        };
+        let dek = fetched.map_err(|e| match e {
+            // An unknown key id a ciphertext names (tampered, or another tenant's) is any other bad ciphertext.
+            CryptoServiceError::KeyNotFound(_) if key.from_ciphertext => CryptoServiceError::DecryptionFailed,
+            other => other,
+        })?;
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
-        claims.require_key_operation(&dek.key_name, permission)?;
-        self.admit_plaintext(claims, &dek.key_id, permission)?;
-        let warnings = self.decide(claims, audit, &dek, permission, &HashMap::new())?;
+        claims.require_key_operation(&dek.key_name, key.permission)?;
+        self.admit_plaintext(claims, &dek.key_id, key.permission)?;
+        let warnings = self.decide(claims, audit, &dek, key.permission, key.context)?;
         Ok((dek, warnings))
     }
 }
+
+/// What one use of a key names.
+pub(super) struct KeyUse<'a> {
+    /// The key: a name or an id (`k_…`), from the request or a ciphertext's header.
+    pub key: &'a str,
+    /// The name to authorize before the key is fetched: the request's name, or the name a ciphertext's
+    /// header claims; `None` when only an id is known.
+    pub claimed_name: Option<&'a str>,
+    /// The version (0: the primary; ignored when sealing, which uses the ACTIVE one).
+    pub version: u32,
+    /// What the material is fetched for: ENCRYPT takes a grant of encryptions with the ACTIVE version.
+    pub fetch: pb::Operation,
+    /// The operation the caller must be allowed on the key.
+    pub permission: pb::Operation,
+    /// The encryption context the policy sees.
+    pub context: &'a HashMap<String, String>,
+    /// The key reference came from a ciphertext: an unknown key is "decryption failed".
+    pub from_ciphertext: bool,
+    /// What to tell a caller who named no key.
+    pub missing: &'static str,
+}
+
+impl<'a> KeyUse<'a> {
+    /// A key the request names (a name, authorized before the fetch, or an id, authorized after it).
+    pub fn named(key: &'a str, version: u32, permission: pb::Operation, context: &'a HashMap<String, String>) -> Self {
+        Self {
+            key,
+            claimed_name: (!key.starts_with(KEY_ID_PREFIX)).then_some(key),
+            version,
+            fetch: permission,
+            permission,
+            context,
+            from_ciphertext: false,
+            missing: "name the key to use",
+        }
+    }
+}
+
+/// No encryption context (signatures, MACs, public-key decryption).
+static NO_CONTEXT: std::sync::LazyLock<HashMap<String, String>> = std::sync::LazyLock::new(HashMap::new);
 
 /// How key ids begin (names never do).
 const KEY_ID_PREFIX: &str = "k_";
 
 /// The audit event of one call by an application.
-struct Audited(AuditScope);
+pub(super) struct Audited(AuditScope);
 
 impl Audited {
-    fn start(operation: &str, claims: &AccessClaims) -> Self {
-        let mut scope = AuditScope::start(SERVICE, operation);
-        scope.caller(&claims.tenant, &claims.sub);
-        Self(scope)
-    }
-
     fn resource(&mut self, key_id: &str, version: u32, algorithm: i32) {
         self.0.resource(key_id, version, algorithm);
     }

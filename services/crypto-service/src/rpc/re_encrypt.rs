@@ -7,17 +7,16 @@
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{Audited, CryptoRpc, decrypt::Opening, encrypt::Sealing};
+use super::{CryptoRpc, decrypt::Opening, encrypt::Sealing};
 
 impl CryptoRpc {
     pub(super) async fn handle_re_encrypt(
         &self,
         request: Request<pb::ReEncryptRequest>,
     ) -> Result<Response<pb::ReEncryptResponse>, Status> {
-        let claims = self.caller(&request).await?;
+        let (claims, mut source_audit) = self.admit(&request, "ReEncrypt").await?;
         let request = request.into_inner();
         // Two events, so the trail names both keys: the source opened, the destination sealed.
-        let mut source_audit = Audited::start("ReEncrypt", &claims);
         // No size check here: the gRPC message limit bounds the ciphertext, and sealing checks the plaintext
         // against the unary limit with a message that points to streaming.
         let opening = Opening {
@@ -38,7 +37,7 @@ impl CryptoRpc {
         } else {
             (&request.source_aad, &request.source_encryption_context)
         };
-        let mut destination_audit = Audited::start("ReEncrypt", &claims);
+        let mut destination_audit = self.audited("ReEncrypt", &claims);
         let sealing = Sealing {
             permission: pb::Operation::Reencrypt,
             // By id when no destination is named: the same key, whatever its name, at its ACTIVE version.

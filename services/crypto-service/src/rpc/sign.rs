@@ -13,7 +13,7 @@ use keymesh_proto::algorithm::ToProto;
 use keymesh_proto::v1::{self as pb, sign_request, verify_request};
 use tonic::{Request, Response, Status};
 
-use super::{Audited, CryptoRpc};
+use super::{Audited, CryptoRpc, KeyUse, NO_CONTEXT};
 use crate::{dek_cache::CachedDek, error::CryptoServiceError};
 
 impl CryptoRpc {
@@ -21,9 +21,8 @@ impl CryptoRpc {
         &self,
         request: Request<pb::SignRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
-        let claims = self.caller(&request).await?;
+        let (claims, mut audit) = self.admit(&request, "Sign").await?;
         let request = request.into_inner();
-        let mut audit = Audited::start("Sign", &claims);
         let result = self.sign(&claims, &mut audit, &request).await;
         audit.finish(&self.audit, result).await
     }
@@ -38,8 +37,8 @@ impl CryptoRpc {
             sign_request::Input::Message(m) => SignInput::Message(m),
             sign_request::Input::Digest(d) => SignInput::Digest(d),
         }))?;
-        let (dek, warnings) =
-            self.key_for_use(claims, audit, &request.key, 0, pb::Operation::Sign, pb::Operation::Sign).await?;
+        let key = KeyUse::named(&request.key, 0, pb::Operation::Sign, &NO_CONTEXT);
+        let (dek, warnings) = self.key_use(claims, audit, key).await?;
         let (algorithm, private) = signing_key(&dek)?;
         let signature = algorithm.sign(private, input).map_err(refused)?;
         Ok(pb::SignResponse {
@@ -55,9 +54,8 @@ impl CryptoRpc {
         &self,
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        let claims = self.caller(&request).await?;
+        let (claims, mut audit) = self.admit(&request, "Verify").await?;
         let request = request.into_inner();
-        let mut audit = Audited::start("Verify", &claims);
         let result = self.verify(&claims, &mut audit, &request).await;
         audit.finish(&self.audit, result).await
     }
@@ -72,9 +70,8 @@ impl CryptoRpc {
             verify_request::Input::Message(m) => SignInput::Message(m),
             verify_request::Input::Digest(d) => SignInput::Digest(d),
         }))?;
-        let (dek, warnings) = self
-            .key_for_use(claims, audit, &request.key, request.key_version, pb::Operation::Verify, pb::Operation::Verify)
-            .await?;
+        let key = KeyUse::named(&request.key, request.key_version, pb::Operation::Verify, &NO_CONTEXT);
+        let (dek, warnings) = self.key_use(claims, audit, key).await?;
         let (algorithm, private) = signing_key(&dek)?;
         let valid = algorithm.verify_with_private(private, input, &request.signature).map_err(refused)?;
         Ok(pb::VerifyResponse { valid, key_id: dek.key_id.clone(), key_version: dek.version, warnings })

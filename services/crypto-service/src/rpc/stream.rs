@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Audited, CryptoRpc, ResponseStream, context_of, decrypt::Opening, encrypt::Sealing};
+use super::{CryptoRpc, ResponseStream, context_of, decrypt::Opening, encrypt::Sealing};
 use crate::error::CryptoServiceError;
 
 /// Response messages queued ahead of the client: enough to keep the pipe full, few enough to bound memory.
@@ -46,9 +46,8 @@ impl CryptoRpc {
         &self,
         request: Request<Streaming<pb::EncryptStreamRequest>>,
     ) -> Result<Response<ResponseStream<pb::EncryptStreamResponse>>, Status> {
-        let claims = self.caller(&request).await?;
+        let (claims, mut audit) = self.admit(&request, "EncryptStream").await?;
         let mut inbound = request.into_inner();
-        let mut audit = Audited::start("EncryptStream", &claims);
         let started = async {
             let init = match inbound.message().await? {
                 Some(pb::EncryptStreamRequest { message: Some(encrypt_stream_request::Message::Init(init)) }) => init,
@@ -98,9 +97,8 @@ impl CryptoRpc {
         &self,
         request: Request<Streaming<pb::DecryptStreamRequest>>,
     ) -> Result<Response<ResponseStream<pb::DecryptStreamResponse>>, Status> {
-        let claims = self.caller(&request).await?;
+        let (claims, mut audit) = self.admit(&request, "DecryptStream").await?;
         let mut inbound = request.into_inner();
-        let mut audit = Audited::start("DecryptStream", &claims);
         let started = async {
             let init = match inbound.message().await? {
                 Some(pb::DecryptStreamRequest { message: Some(decrypt_stream_request::Message::Init(init)) }) => init,

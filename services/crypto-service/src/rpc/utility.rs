@@ -5,7 +5,7 @@ use keymesh_crypto::primitives::{self, DigestAlgorithm};
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{Audited, CryptoRpc};
+use super::CryptoRpc;
 use crate::error::CryptoServiceError;
 
 /// Most random bytes one GenerateRandom call returns.
@@ -16,8 +16,7 @@ impl CryptoRpc {
         &self,
         request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        let claims = self.caller(&request).await?;
-        let mut audit = Audited::start("Hash", &claims);
+        let (_, mut audit) = self.admit(&request, "Hash").await?;
         let request = request.into_inner();
         let result = (|| {
             let algorithm = match pb::HashAlgorithm::try_from(request.algorithm) {
@@ -63,8 +62,7 @@ impl CryptoRpc {
         &self,
         request: Request<pb::GenerateRandomRequest>,
     ) -> Result<Response<pb::GenerateRandomResponse>, Status> {
-        let claims = self.caller(&request).await?;
-        let audit = Audited::start("GenerateRandom", &claims);
+        let (_, audit) = self.admit(&request, "GenerateRandom").await?;
         let wanted = request.into_inner().num_bytes;
         let result = if (1..=MAX_RANDOM).contains(&wanted) {
             keymesh_crypto::random::random_bytes(wanted as usize)

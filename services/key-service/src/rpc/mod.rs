@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use keymesh_audit::{AuditScope, AuditSink};
 use keymesh_crypto::KeyAlgorithm;
-use keymesh_mesh::auth::{AccessClaims, Role, TokenVerifier};
+use keymesh_gate::Gate;
+use keymesh_mesh::auth::{AccessClaims, Role};
 use keymesh_policy::{CompiledPolicy, PolicyEngine};
 use keymesh_proto::v1::{self as pb, key_service_server::KeyService};
 use keymesh_store::keys::{KeyLookup, KeyRecord};
@@ -41,24 +42,16 @@ pub struct UsageLimits {
 /// The KeyService implementation.
 pub struct KeyRpc {
     store: KeyStore,
-    verifier: Arc<TokenVerifier>,
+    gate: Gate,
     audit: AuditSink,
     limits: UsageLimits,
     policy: Arc<PolicyEngine>,
-    rate_limits: Arc<keymesh_limits::Limiter>,
 }
 
 impl KeyRpc {
-    /// Wires the service.
-    pub fn new(
-        store: KeyStore,
-        verifier: Arc<TokenVerifier>,
-        audit: AuditSink,
-        limits: UsageLimits,
-        policy: Arc<PolicyEngine>,
-        rate_limits: Arc<keymesh_limits::Limiter>,
-    ) -> Self {
-        Self { store, verifier, audit, limits, policy, rate_limits }
+    /// Wires the service: `gate` admits callers, `audit` is the sink it records into.
+    pub fn new(store: KeyStore, gate: Gate, audit: AuditSink, limits: UsageLimits, policy: Arc<PolicyEngine>) -> Self {
+        Self { store, gate, audit, limits, policy }
     }
 
     /// FIPS mode and the tenant's and the key's algorithm policies on new material for `record` (a new key,
@@ -71,28 +64,16 @@ impl KeyRpc {
         Ok(self.policy.check_new_key(&record.key.tenant_id, Some(&policy), algorithm)?)
     }
 
-    /// Verifies the caller's access token and admits the call under its application's and tenant's rate
-    /// limits (refusals not audited: a flood of them would flood the trail).
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Status> {
-        let claims = self.verifier.verify_request(request).await?;
-        self.rate_limits.admit_call(&claims.tenant, &claims.sub)?;
-        Ok(claims)
-    }
-
-    /// Verifies the caller and checks its roles; the refusal is audited.
+    /// The gate, for a method that needs one of `roles`: the caller authenticated and admitted under its rate
+    /// limits, a caller without the role refused (and audited), and the call's audit event.
     async fn authorize<T>(
         &self,
         request: &Request<T>,
         operation: &str,
         roles: &[Role],
     ) -> Result<(Arc<AccessClaims>, Audited), Status> {
-        let claims = self.caller(request).await?;
-        let mut audit = Audited::start(operation);
-        audit.caller(&claims.tenant, &claims.sub);
-        if let Err(denied) = claims.require_role(roles, operation) {
-            return Err(audit.deny(&self.audit, denied).await);
-        }
-        Ok((claims, audit))
+        let admitted = self.gate.admit_with_role(request, operation, roles).await?;
+        Ok((admitted.claims, Audited(admitted.audit)))
     }
 
     /// Locks the tenant's key, applies `change`, reschedules its maintenance and commits.

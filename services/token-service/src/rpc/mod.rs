@@ -8,8 +8,9 @@ mod grants;
 use std::sync::Arc;
 
 use keymesh_audit::{AuditScope, AuditSink};
+use keymesh_gate::{Admitted, Gate};
 use keymesh_mesh::{
-    auth::{AccessClaims, Role, TokenVerifier},
+    auth::{AccessClaims, Role},
     identity::PeerIdentity,
 };
 use keymesh_proto::v1::{self as pb, token_service_server::TokenService};
@@ -37,7 +38,7 @@ const REFRESH_TOKEN_PREFIX: &str = "kmrt_";
 pub struct TokenRpc {
     repo: TokenRepository,
     signer: Arc<Signer>,
-    verifier: Arc<TokenVerifier>,
+    gate: Gate,
     audit: AuditSink,
     exchanger: Exchanger,
     limits: Arc<keymesh_limits::Limiter>,
@@ -50,13 +51,13 @@ impl TokenRpc {
     pub fn new(
         repo: TokenRepository,
         signer: Arc<Signer>,
-        verifier: Arc<TokenVerifier>,
+        gate: Gate,
         audit: AuditSink,
         exchanger: Exchanger,
         limits: Arc<keymesh_limits::Limiter>,
         fips: bool,
     ) -> Self {
-        Self { repo, signer, verifier, audit, exchanger, limits, fips }
+        Self { repo, signer, gate, audit, exchanger, limits, fips }
     }
 
     /// An administration call: the caller verified, `run`, and the audit event recorded whatever the outcome.
@@ -66,7 +67,7 @@ impl TokenRpc {
         operation: &str,
         run: impl AsyncFnOnce(&AccessClaims, Req, &mut AuditScope) -> Result<Resp, TokenError>,
     ) -> Result<Response<Resp>, Status> {
-        let (claims, mut audit) = self.caller(&request, operation).await?;
+        let Admitted { claims, mut audit } = self.gate.admit(&request, operation).await?;
         let result = run(&claims, request.into_inner(), &mut audit).await.map(Response::new).map_err(Status::from);
         audit.finish(&self.audit, result).await
     }
@@ -75,22 +76,6 @@ impl TokenRpc {
     fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let peer = PeerIdentity::from_request(request)?;
         Ok(self.limits.admit_token_request(peer.as_str())?)
-    }
-
-    /// Verifies the caller's access token; the audit scope of the call starts with it.
-    async fn caller<T>(
-        &self,
-        request: &Request<T>,
-        operation: &str,
-    ) -> Result<(Arc<AccessClaims>, AuditScope), Status> {
-        let mut audit = AuditScope::start(SERVICE, operation);
-        match self.verifier.verify_request(request).await {
-            Ok(claims) => {
-                audit.caller(&claims.tenant, &claims.sub);
-                Ok((claims, audit))
-            }
-            Err(e) => Err(audit.deny(&self.audit, e.into()).await),
-        }
     }
 
     /// The tenant a call acts on (`requested`, or the caller's when empty), once the caller may act there: in
