@@ -138,28 +138,28 @@ async fn a_refused_authentication_is_audited_alike_by_crypto_key_and_token_servi
     let err = CryptoServiceClient::new(channel_as(&mesh, ServiceName::CryptoService, APP))
         .encrypt(with_token(encrypt_request(), &bad("crypto")))
         .await
-        .err()
-        .expect("crypto-service accepted a garbage token");
+        .map(|_| ())
+        .expect_err("crypto-service accepted a garbage token");
     assert_eq!(err.code(), Code::Unauthenticated, "crypto-service Encrypt: {}", err.message());
     let err = KeyServiceClient::new(channel_as(&mesh, ServiceName::KeyService, APP))
         .get_key(with_token(pb::GetKeyRequest { key: "any-key".into() }, &bad("key")))
         .await
-        .err()
-        .expect("key-service accepted a garbage token");
+        .map(|_| ())
+        .expect_err("key-service accepted a garbage token");
     assert_eq!(err.code(), Code::Unauthenticated, "key-service GetKey: {}", err.message());
     let err = TokenServiceClient::new(channel_as(&mesh, ServiceName::TokenService, APP))
         .list_applications(with_token(pb::ListApplicationsRequest::default(), &bad("token")))
         .await
-        .err()
-        .expect("token-service accepted a garbage token");
+        .map(|_| ())
+        .expect_err("token-service accepted a garbage token");
     assert_eq!(err.code(), Code::Unauthenticated, "token-service ListApplications: {}", err.message());
     // A missing token is a refused authentication too.
     let decrypt = pb::DecryptRequest { ciphertext: b"not a ciphertext".to_vec(), ..Default::default() };
     let err = CryptoServiceClient::new(channel_as(&mesh, ServiceName::CryptoService, APP))
         .decrypt(tonic::Request::new(decrypt))
         .await
-        .err()
-        .expect("crypto-service accepted a call without a token");
+        .map(|_| ())
+        .expect_err("crypto-service accepted a call without a token");
     assert_eq!(err.code(), Code::Unauthenticated, "crypto-service Decrypt without a token: {}", err.message());
 
     let expected = [
@@ -326,4 +326,59 @@ async fn ten_thousand_bad_tokens_in_a_minute_make_a_bounded_number_of_records_th
         .unwrap()
         .into_inner();
     assert!(verdict.valid, "{}", verdict.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_still_pending_at_a_graceful_shutdown_are_recorded() {
+    const APP: &str = "shutdown-probe";
+    const CALLS: u64 = 25;
+    keymesh_mesh::install_crypto_provider();
+    // An hour-long window: only the shutdown can record the count.
+    let mut mesh = Mesh::start(&[("KEYMESH_AUDIT__REFUSED_AUTH_WINDOW_SECONDS", "3600")], &[]).await;
+    let mut client = CryptoServiceClient::new(channel_as(&mesh, ServiceName::CryptoService, APP));
+    for i in 0..CALLS {
+        let err = client.encrypt(with_token(encrypt_request(), &format!("bad-{i}"))).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    }
+    // SIGTERM: crypto-service drains, records the pending count and ships its spool.
+    let pid = mesh.child(ServiceName::CryptoService).id().expect("crypto-service runs");
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    assert!(status.success(), "cannot signal crypto-service");
+    let exited = tokio::time::timeout(Duration::from_secs(30), mesh.child(ServiceName::CryptoService).wait())
+        .await
+        .expect("crypto-service did not stop within 30 s of SIGTERM")
+        .expect("wait");
+    assert!(exited.success(), "crypto-service stopped with {exited}");
+    // Started again, it ships whatever the shutdown could not.
+    mesh.kill(ServiceName::CryptoService).await;
+    mesh.resume(ServiceName::CryptoService, &[]).await;
+
+    let db = audit_db(&mesh).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let records: Vec<_> = match stored(&db).await {
+            Ok(all) => all.into_iter().filter(|(_, e)| refused_auth(e, "crypto-service", "Encrypt")).collect(),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot read audit-service's database: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        let counts: Vec<u64> = records.iter().map(|(_, e)| e.count).collect();
+        if counts.iter().sum::<u64>() == CALLS {
+            assert_eq!(
+                counts,
+                [1, CALLS - 1],
+                "the first refusal at once, the rest at shutdown:\n  {}",
+                describe(&records)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "20 s after the shutdown the refused Encrypts add up to {counts:?}, not {CALLS}:\n  {}",
+            describe(&records)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

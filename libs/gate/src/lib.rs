@@ -1,9 +1,10 @@
 //! The request gate: what every call from an application passes before its handler runs, in every service.
 //!
-//! 1. **Authenticate**: the connection's client certificate (its SPIFFE identity; mTLS already verified the
-//!    chain) and the Bearer access token (signature, lifetime, issuer, audience, revocation).
-//! 2. **Refused authentication is audited**, the same way in every service, and counted rather than recorded
-//!    call by call (see `AuditSink::refused_authentication`), so a flood of bad tokens cannot flood the trail.
+//! 1. **Authenticate**: the connection's client certificate (verified by the mTLS handshake against the mesh
+//!    CA) and the Bearer access token (signature, lifetime, issuer, audience, revocation).
+//! 2. **Refused authentication is audited**, the same way in every service, under the certificate's SPIFFE
+//!    identity, and counted rather than recorded call by call (see `AuditSink::refused_authentication`), so a
+//!    flood of bad tokens cannot flood the trail.
 //! 3. **Rate limits** of the application and its tenant (refusals are RESOURCE_EXHAUSTED and not audited, for
 //!    the same reason; quotas on plaintext, which guard data, are checked and audited inside the call).
 //! 4. **The audit scope** of the call opens with the caller in it, and a role the method needs is checked with
@@ -90,21 +91,21 @@ impl Gate {
         }
     }
 
-    /// Verifies the token of a call from an application; a refusal is audited under the identity of the
-    /// connection's certificate (the token's claims are not to be believed).
+    /// Verifies the token of a call from an application. The connection's certificate was verified by the
+    /// TLS handshake (the server requires one from the mesh CA); its SPIFFE identity names the source of a
+    /// refused authentication, whose token claims are not to be believed. It is read only then: parsing the
+    /// certificate on every call would tax the hot path for nothing.
     async fn authenticate<T>(&self, request: &Request<T>, operation: &str) -> Result<Arc<AccessClaims>, Status> {
-        let peer = PeerIdentity::from_request(request);
-        let refused = match (&peer, self.verifier.verify_request(request).await) {
-            (Ok(_), Ok(claims)) => return Ok(claims),
-            (Err(status), _) => status.clone(),
-            (Ok(_), Err(error)) => Status::from(error),
+        let refused = match self.verifier.verify_request(request).await {
+            Ok(claims) => return Ok(claims),
+            Err(error) => Status::from(error),
         };
-        // Only refusals of the token or certificate are counted here; a verifier that cannot reach
-        // token-service (UNAVAILABLE) is not the caller's doing.
+        // Only refusals of the token are counted here; a verifier that cannot reach token-service
+        // (UNAVAILABLE) is not the caller's doing.
         if refused.code() == tonic::Code::Unauthenticated
             && let Some(sink) = &self.audit
         {
-            let source = match &peer {
+            let source = match PeerIdentity::from_request(request) {
                 Ok(peer) => peer.as_str().to_owned(),
                 Err(_) => request.remote_addr().map_or_else(|| "(unknown peer)".to_owned(), |a| a.ip().to_string()),
             };

@@ -1,6 +1,7 @@
 //! key-service's pieces as a library, so the binary (`main.rs`) only wires them together and benchmarks
 //! can measure them directly.
 
+pub mod change_poll;
 pub mod changes;
 pub mod config;
 pub mod convert;

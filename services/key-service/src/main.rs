@@ -5,7 +5,7 @@
 //! of every tenant's keys under the configured KMS keyring, with progress, and exits (non-zero when a
 //! version could not be re-wrapped or the run stopped early; running it again resumes).
 
-use key_service::{changes, config::KeyConfig, key_store, maintenance, record_cache, rewrap, rpc};
+use key_service::{change_poll, changes, config::KeyConfig, key_store, maintenance, record_cache, rewrap, rpc};
 
 use std::{process::ExitCode, sync::Arc};
 
@@ -105,7 +105,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let listener = server::bind(params.listen_addr).await?;
     let store = open_store(&params, &file, &config).await?;
     let (token_params, key_params) = (&config.tokens, &config.key_service);
-    let poller = changes::spawn_poller(store.clone(), key_params.change_poll);
+    let poller = change_poll::spawn_poller(store.clone(), key_params.change_poll);
     let sweeper = maintenance::spawn(store.clone(), key_params.maintenance_interval);
 
     let verifier = token_verifier(&params, &tls, token_params)?;
