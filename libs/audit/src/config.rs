@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use keymesh_mesh::config::{ConfigError, MeshParams, bounded};
+use keymesh_mesh::config::{ConfigError, MeshParams, bounded, bounded_millis, bounded_seconds};
 use serde::Deserialize;
 
 /// `[audit]`.
@@ -67,34 +67,38 @@ impl AuditParams {
             Some("off") => AuditMode::Off,
             Some(other) => {
                 return Err(ConfigError::Invalid {
-                    field: "audit.mode".into(),
+                    field: "audit.mode",
                     reason: format!("{other:?} is not one of \"strict\", \"best_effort\", \"off\""),
                 });
             }
         };
         let spool_dir = match &a.spool_dir {
             Some(dir) if dir.as_os_str().is_empty() => {
-                return Err(ConfigError::Invalid {
-                    field: "audit.spool_dir".into(),
-                    reason: "must not be empty".into(),
-                });
+                return Err(ConfigError::Invalid { field: "audit.spool_dir", reason: "must not be empty".into() });
             }
             Some(dir) => dir.clone(),
             None => params.data_dir.join("audit-spool").join(params.service.as_str()),
         };
         let mib = bounded("audit.spool_max_mib", a.spool_max_mib, 256, 1..=65536)?;
-        let wait = bounded("audit.spool_full_wait_ms", a.spool_full_wait_ms, 2000, 0..=60_000)?;
         let days = bounded("audit.retention_days", a.retention_days, 90, 1..=36_500)?;
-        let checkpoint = bounded("audit.checkpoint_interval_seconds", a.checkpoint_interval_seconds, 60, 1..=86_400)?;
-        let refused_auth = bounded("audit.refused_auth_window_seconds", a.refused_auth_window_seconds, 60, 1..=3600)?;
         Ok(Self {
             mode,
             spool_dir,
             spool_max_bytes: mib * 1024 * 1024,
-            spool_full_wait: Duration::from_millis(wait),
+            spool_full_wait: bounded_millis("audit.spool_full_wait_ms", a.spool_full_wait_ms, 2000, 0..=60_000)?,
             retention: Duration::from_secs(days * 86_400),
-            checkpoint_interval: Duration::from_secs(checkpoint),
-            refused_auth_window: Duration::from_secs(refused_auth),
+            checkpoint_interval: bounded_seconds(
+                "audit.checkpoint_interval_seconds",
+                a.checkpoint_interval_seconds,
+                60,
+                1..=86_400,
+            )?,
+            refused_auth_window: bounded_seconds(
+                "audit.refused_auth_window_seconds",
+                a.refused_auth_window_seconds,
+                60,
+                1..=3600,
+            )?,
         })
     }
 }

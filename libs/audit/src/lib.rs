@@ -191,10 +191,14 @@ impl AuditSink {
         Ok(sink)
     }
 
-    /// Records a refused authentication (a missing or invalid token) of `operation` by the peer `identity`:
-    /// the first of a window at once, the rest of the window as one event with their count (see
-    /// [`refusals`]). The refusal stands whether or not its event could be stored.
+    /// Records a refused authentication of `operation` by the peer `identity` (a missing or invalid token,
+    /// or a verifier that cannot hear from token-service): the first of a window at once, the rest of the
+    /// window as one event with their count (see [`refusals`]). The refusal stands whether or not its
+    /// event could be stored; a summary that cannot be is counted among the lost events.
     pub async fn refused_authentication(&self, service: &str, operation: &str, identity: &str, status: &tonic::Status) {
+        if self.inner.spool.is_none() {
+            return;
+        }
         let refusal = refusals::Refusal { service, operation, identity, status };
         for event in self.inner.refusals.note(&refusal, Instant::now()) {
             let _ = self.record(event).await;

@@ -2,14 +2,14 @@
 //!
 //! A call whose token is missing or does not verify costs the caller nothing, so a broken or hostile client
 //! can send thousands a second; one audit event each would let it flood the trail (and the spool's disk).
-//! Each source (the caller's certificate identity) and method gets a window instead: its first refusal is
+//! Each source (the caller's certificate identity), method and status code gets a window instead: its first refusal is
 //! recorded at once, so a single bad call is in the trail as soon as it is answered, and the refusals after it
 //! are counted and recorded as one event carrying their count when the window ends. A flood of any size is
 //! thus at most two events per source, method and window, and the counts add up to every refusal.
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -27,14 +27,15 @@ struct Source {
     service: String,
     operation: String,
     identity: String,
+    /// UNAUTHENTICATED (the caller's token) or UNAVAILABLE (the verifier could not hear from token-service).
+    code: i32,
 }
 
 struct Window {
     opened: Instant,
     /// Refusals after the first.
     further: u64,
-    /// The last refusal's status.
-    code: i32,
+    /// The last refusal's message.
     reason: String,
 }
 
@@ -65,20 +66,20 @@ impl RefusalWindows {
     /// Counts a refusal. What to record now: nothing while its window is open; when it opens a window, its
     /// own event (count 1), after the summary of the source's previous window if that ended unswept.
     pub(crate) fn note(&self, refusal: &Refusal<'_>, now: Instant) -> Vec<pb::AuditEvent> {
-        let Ok(mut open) = self.open.lock() else { return vec![] };
+        // A panic elsewhere while the lock was held leaves the map as consistent as any other moment.
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let mut source = Source {
             service: refusal.service.to_owned(),
             operation: refusal.operation.to_owned(),
             identity: refusal.identity.to_owned(),
+            code: refusal.status.code() as i32,
         };
         if !open.contains_key(&source) && open.len() >= MAX_OPEN {
             source.identity = OTHER_SOURCES.to_owned();
         }
-        let code = refusal.status.code() as i32;
         match open.get_mut(&source) {
             Some(window) if now.duration_since(window.opened) < self.window => {
                 window.further += 1;
-                window.code = code;
                 window.reason = refusal.status.message().to_owned();
                 vec![]
             }
@@ -86,11 +87,11 @@ impl RefusalWindows {
             _ => {
                 let ended = open.insert(
                     source.clone(),
-                    Window { opened: now, further: 0, code, reason: refusal.status.message().to_owned() },
+                    Window { opened: now, further: 0, reason: refusal.status.message().to_owned() },
                 );
                 let mut events: Vec<_> =
                     ended.filter(|w| w.further > 0).map(|w| summary(&source, &w, self.window)).into_iter().collect();
-                events.push(event_of(&source, 1, code, refusal.status.message()));
+                events.push(event_of(&source, 1, refusal.status.message()));
                 events
             }
         }
@@ -98,7 +99,7 @@ impl RefusalWindows {
 
     /// The summaries of the windows that ended by `now` (every window, with `all`), which are closed.
     pub(crate) fn sweep(&self, now: Instant, all: bool) -> Vec<pb::AuditEvent> {
-        let Ok(mut open) = self.open.lock() else { return vec![] };
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let mut summaries = Vec::new();
         open.retain(|source, window| {
             let ended = all || now.duration_since(window.opened) >= self.window;
@@ -112,11 +113,14 @@ impl RefusalWindows {
 }
 
 /// The event of refusals from one source to one method.
-fn event_of(source: &Source, count: u64, code: i32, reason: &str) -> pb::AuditEvent {
+fn event_of(source: &Source, count: u64, reason: &str) -> pb::AuditEvent {
     let mut event = crate::event(&source.service, &source.operation);
     event.identity = crate::bounded(&source.identity);
-    event.outcome = pb::Outcome::Denied as i32;
-    event.status_code = code;
+    event.outcome = match tonic::Code::from_i32(source.code) {
+        tonic::Code::Unauthenticated => pb::Outcome::Denied as i32,
+        _ => pb::Outcome::Failed as i32,
+    };
+    event.status_code = source.code;
     event.reason = crate::bounded_to(reason, crate::MAX_REASON);
     event.count = count;
     event
@@ -129,7 +133,11 @@ fn summary(source: &Source, window: &Window, length: Duration) -> pb::AuditEvent
         length.as_secs(),
         window.reason
     );
-    event_of(source, window.further, window.code, &reason)
+    let mut event = event_of(source, window.further, &reason);
+    // Many calls, recorded outside any of them: no one call's trace or request id.
+    event.trace_id.clear();
+    event.request_id.clear();
+    event
 }
 
 #[cfg(test)]

@@ -274,7 +274,7 @@ async fn kms_check(cli: &Cli) -> Result<(), ClientError> {
     let file = KeymeshConfig::load(cli.config.as_deref(), &env).map_err(|e| ClientError::Setup(e.to_string()))?;
     let params = MeshParams::from_raw(ServiceName::KeyService, file.transport())
         .map_err(|e| ClientError::Setup(e.to_string()))?;
-    let kms = file.kms().map_err(|e| ClientError::Setup(e.to_string()))?;
+    let kms = file.kms_checked().map_err(|e| ClientError::Setup(e.to_string()))?;
     let keyrings = kms
         .open_all(&params.data_dir)
         .await

@@ -27,6 +27,22 @@ const SERVICE_SECTIONS: &[&str] = &["dek_cache", "crypto_service", "key_service"
 /// Sections owned by the library crates, read here.
 const LIBRARY_SECTIONS: &[&str] = &["tokens", "database", "kms", "policy", "limits", "audit"];
 
+/// The issuing half of `[tokens]`, read (strictly) by token-service alone; every service refuses any other
+/// name there, so a misspelt verifier field cannot fall back to its default unnoticed.
+const ISSUANCE_FIELDS: &[&str] = &[
+    "access_token_ttl_seconds",
+    "refresh_token_ttl_seconds",
+    "secret_grace_seconds",
+    "signing_key_rotation_days",
+    "exchange",
+];
+
+/// "unknown field `x`, expected one of `a`, `b`", as serde words it for the other fields.
+fn unknown_field(field: String, name: &str, expected: &[&str]) -> ConfigError {
+    let expected: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+    ConfigError::Field { field, reason: format!("unknown field `{name}`, expected one of {}", expected.join(", ")) }
+}
+
 /// The whole file, each section as its owner defines it.
 #[derive(Default)]
 pub struct KeymeshConfig {
@@ -36,13 +52,13 @@ pub struct KeymeshConfig {
     pub tokens: RawTokens,
     /// `[database]` (keymesh-store).
     pub database: RawDatabase,
-    /// `[kms]` (keymesh-kms), as written.
+    /// `[kms]` (keymesh-kms), as written; services open [`KeymeshConfig::kms_checked`].
     pub kms: KmsConfig,
     /// `[policy]` (keymesh-policy).
     pub policy: PolicyConfig,
     /// `[limits]` (keymesh-limits).
     pub limits: LimitsConfig,
-    /// `[audit]` (keymesh-audit).
+    /// `[audit]` (keymesh-audit), as written; services use [`KeymeshConfig::audit_params`].
     pub audit: RawAudit,
     /// The services' own sections, unread.
     services: BTreeMap<String, toml::Value>,
@@ -67,11 +83,12 @@ impl ServiceConfig for KeymeshConfig {
     fn from_source(source: &ConfigSource) -> Result<Self, ConfigError> {
         let known = || RawTransport::KEYS.iter().chain(LIBRARY_SECTIONS).chain(SERVICE_SECTIONS);
         if let Some(unknown) = source.keys().find(|k| !known().any(|known| known == k)) {
-            let expected: Vec<&str> = known().copied().collect();
-            return Err(ConfigError::Field {
-                field: unknown.to_owned(),
-                reason: format!("unknown field `{unknown}`, expected one of {}", expected.join(", ")),
-            });
+            return Err(unknown_field(unknown.to_owned(), unknown, &known().copied().collect::<Vec<_>>()));
+        }
+        let tokens: RawTokens = source.section("tokens")?;
+        if let Some(unknown) = tokens.issuance.keys().find(|k| !ISSUANCE_FIELDS.contains(&k.as_str())) {
+            let expected: Vec<&str> = RawTokens::VERIFY_FIELDS.iter().chain(ISSUANCE_FIELDS).copied().collect();
+            return Err(unknown_field(format!("tokens.{unknown}"), unknown, &expected));
         }
         let mut services = BTreeMap::new();
         for key in SERVICE_SECTIONS {
@@ -82,7 +99,7 @@ impl ServiceConfig for KeymeshConfig {
         }
         Ok(Self {
             transport: source.top_level(RawTransport::KEYS)?,
-            tokens: source.section("tokens")?,
+            tokens,
             database: source.section("database")?,
             kms: source.section("kms")?,
             policy: source.section("policy")?,
@@ -103,6 +120,11 @@ impl KeymeshConfig {
         Self::from_source(&ConfigSource::load(file, env)?)
     }
 
+    /// No file, and these `KEYMESH_*` variables (for tests and tools that set a few fields).
+    pub fn from_variables(pairs: &[(&str, &str)]) -> Result<Self, ConfigError> {
+        Self::load(None, &pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    }
+
     /// A service's own section (its default when absent), read strictly with errors naming `key.<field>`.
     pub fn service_section<T: DeserializeOwned + Default>(&self, key: &str) -> Result<T, ConfigError> {
         match self.services.get(key) {
@@ -113,7 +135,7 @@ impl KeymeshConfig {
 
     /// `[kms]` checked (the default keyring and every tenant's, so a mistake stops the service at start
     /// with the field named), with FIPS mode choosing the local backend's KDF.
-    pub fn kms(&self) -> Result<KmsConfig, ConfigError> {
+    pub fn kms_checked(&self) -> Result<KmsConfig, ConfigError> {
         self.kms.keyrings().map_err(|p| ConfigError::Field { field: p.field, reason: p.reason })?;
         Ok(KmsConfig { fips_kdf: self.policy.fips_mode == FipsMode::Enabled, ..self.kms.clone() })
     }
@@ -124,12 +146,12 @@ impl KeymeshConfig {
     }
 
     /// `[audit]` validated for the service `params` describes.
-    pub fn audit(&self, params: &MeshParams) -> Result<AuditParams, ConfigError> {
+    pub fn audit_params(&self, params: &MeshParams) -> Result<AuditParams, ConfigError> {
         AuditParams::from_raw(&self.audit, params)
     }
 }
 
-/// Opens every backend of the default keyring of `kms` (validated by [`KeymeshConfig::kms`]).
+/// Opens every backend of the default keyring of `kms` (checked by [`KeymeshConfig::kms_checked`]).
 pub async fn open_keyring(kms: &KmsConfig, data_dir: &Path) -> Result<keymesh_kms::Keyring, keymesh_kms::KmsError> {
     let keyring = kms.open(data_dir).await?;
     tracing::info!(keyring = %keyring.summary(), "KMS keyring ready");
@@ -158,8 +180,8 @@ mod tests {
         let config = KeymeshConfig::load(None, &BTreeMap::new()).unwrap();
         let params = MeshParams::from_raw(ServiceName::CryptoService, config.transport()).unwrap();
         assert_eq!(config.database_url(&params), "sqlite://.keymesh/crypto-service.db?mode=rwc");
-        assert!(!config.kms().unwrap().fips_kdf);
-        assert!(config.audit(&params).is_ok());
+        assert!(!config.kms_checked().unwrap().fips_kdf);
+        assert!(config.audit_params(&params).is_ok());
     }
 
     #[test]
@@ -177,7 +199,7 @@ mod tests {
         assert!(err.contains("limits.application_per_second"), "{err}");
 
         let config = KeymeshConfig::load(None, &env(&[("KEYMESH_KMS__PRIMARY", "hsm")])).unwrap();
-        assert!(config.kms().unwrap_err().to_string().contains("kms.primary"));
+        assert!(config.kms_checked().unwrap_err().to_string().contains("kms.primary"));
         let config = KeymeshConfig::load(
             None,
             &env(&[("KEYMESH_KMS__RETIRED", r#"["old"]"#), ("KEYMESH_KMS__PRIMARY", "local")]),
@@ -189,9 +211,22 @@ mod tests {
     }
 
     #[test]
+    fn every_field_of_tokens_has_an_owner() {
+        let config = KeymeshConfig::from_variables(&[
+            ("KEYMESH_TOKENS__ISSUER", "keymesh-prod"),
+            ("KEYMESH_TOKENS__ACCESS_TOKEN_TTL_SECONDS", "600"),
+        ])
+        .unwrap();
+        assert_eq!(config.tokens.issuer.as_deref(), Some("keymesh-prod"));
+        let err = KeymeshConfig::from_variables(&[("KEYMESH_TOKENS__REVOCATION_BOUND_SECOND", "10")]).unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("tokens.revocation_bound_second") && err.contains("`revocation_bound_seconds`"), "{err}");
+    }
+
+    #[test]
     fn fips_mode_picks_the_local_kdf() {
         let config = KeymeshConfig::load(None, &env(&[("KEYMESH_POLICY__FIPS_MODE", "enabled")])).unwrap();
-        assert!(config.kms().unwrap().fips_kdf);
+        assert!(config.kms_checked().unwrap().fips_kdf);
     }
 
     #[test]

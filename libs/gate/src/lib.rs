@@ -3,16 +3,17 @@
 //! 1. **Authenticate**: the connection's client certificate (verified by the mTLS handshake against the mesh
 //!    CA) and the Bearer access token (signature, lifetime, issuer, audience, revocation).
 //! 2. **Refused authentication is audited**, the same way in every service, under the certificate's SPIFFE
-//!    identity, and counted rather than recorded call by call (see `AuditSink::refused_authentication`), so a
-//!    flood of bad tokens cannot flood the trail.
+//!    identity (the peer's address for a certificate without one), and counted rather than recorded call by
+//!    call (see `AuditSink::refused_authentication`), so a flood of bad tokens cannot flood the trail. A
+//!    verifier that cannot hear from token-service (UNAVAILABLE) is counted the same way, apart.
 //! 3. **Rate limits** of the application and its tenant (refusals are RESOURCE_EXHAUSTED and not audited, for
 //!    the same reason; quotas on plaintext, which guard data, are checked and audited inside the call).
 //! 4. **The audit scope** of the call opens with the caller in it, and a role the method needs is checked with
 //!    the refusal audited.
 //!
-//! The handler receives an [`Admitted`] call: an authenticated caller and its open audit scope. Services
-//! that answer other services (GetDataKey, Append, ListRevocations) authorize by certificate identity alone
-//! and do not come through here.
+//! The handler receives an [`Admitted`] call: an authenticated caller and its open audit scope. Methods
+//! that answer other services (GetDataKey, WatchKeyChanges, Append, ListRevocations) authorize by
+//! certificate identity alone and do not come through here.
 
 use std::sync::Arc;
 
@@ -100,11 +101,7 @@ impl Gate {
             Ok(claims) => return Ok(claims),
             Err(error) => Status::from(error),
         };
-        // Only refusals of the token are counted here; a verifier that cannot reach token-service
-        // (UNAVAILABLE) is not the caller's doing.
-        if refused.code() == tonic::Code::Unauthenticated
-            && let Some(sink) = &self.audit
-        {
+        if let Some(sink) = &self.audit {
             let source = match PeerIdentity::from_request(request) {
                 Ok(peer) => peer.as_str().to_owned(),
                 Err(_) => request.remote_addr().map_or_else(|| "(unknown peer)".to_owned(), |a| a.ip().to_string()),

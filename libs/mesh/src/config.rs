@@ -67,7 +67,7 @@ pub enum ConfigError {
     #[error("config field `{field}` is invalid: {reason}")]
     Invalid {
         /// Dotted path of the field.
-        field: std::borrow::Cow<'static, str>,
+        field: &'static str,
         /// What is wrong and what would be right.
         reason: String,
     },
@@ -158,11 +158,28 @@ pub fn bounded(
     if range.contains(&value) {
         Ok(value)
     } else {
-        Err(ConfigError::Invalid {
-            field: field.into(),
-            reason: format!("{value} is outside {}..={}", range.start(), range.end()),
-        })
+        Err(ConfigError::Invalid { field, reason: format!("{value} is outside {}..={}", range.start(), range.end()) })
     }
+}
+
+/// [`bounded`] as a number of seconds.
+pub fn bounded_seconds(
+    field: &'static str,
+    value: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    bounded(field, value, default, range).map(Duration::from_secs)
+}
+
+/// [`bounded`] as a number of milliseconds.
+pub fn bounded_millis(
+    field: &'static str,
+    value: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    bounded(field, value, default, range).map(Duration::from_millis)
 }
 
 /// The transport settings at the top of the file, as written.
@@ -245,6 +262,11 @@ pub struct RawTokens {
     /// The section's other fields: token-service's.
     #[serde(flatten)]
     pub issuance: toml::Table,
+}
+
+impl RawTokens {
+    /// The fields verifiers read.
+    pub const VERIFY_FIELDS: &[&str] = &["issuer", "audience", "clock_skew_seconds", "revocation_bound_seconds"];
 }
 
 /// Numbers and booleans in the environment are typed like TOML literals; everything else is a string.
@@ -331,7 +353,7 @@ impl MeshParams {
             let value = value.clone().unwrap_or_else(|| default_of(s));
             match value.rsplit_once(':') {
                 Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(value),
-                _ => Err(ConfigError::Invalid { field: field.into(), reason: format!("{value:?} is not host:port") }),
+                _ => Err(ConfigError::Invalid { field, reason: format!("{value:?} is not host:port") }),
             }
         };
         let endpoints = Endpoints {
@@ -355,19 +377,19 @@ impl MeshParams {
         let listen = raw.listen_addr.clone().unwrap_or_else(|| endpoints.of(service).to_owned());
         let listen_field = if raw.listen_addr.is_some() { "listen_addr" } else { service.endpoint_field() };
         let listen_addr: SocketAddr = listen.parse().map_err(|_| ConfigError::Invalid {
-            field: listen_field.into(),
+            field: listen_field,
             reason: format!("{listen:?} is not an IP:port to listen on (e.g. 0.0.0.0:7401)"),
         })?;
         let data_dir = raw.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         if data_dir.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid { field: "data_dir".into(), reason: "must not be empty".into() });
+            return Err(ConfigError::Invalid { field: "data_dir", reason: "must not be empty".into() });
         }
         let json_logs = match raw.telemetry.log_format.as_deref() {
             None | Some("text") => false,
             Some("json") => true,
             Some(other) => {
                 return Err(ConfigError::Invalid {
-                    field: "telemetry.log_format".into(),
+                    field: "telemetry.log_format",
                     reason: format!("{other:?} is neither \"text\" nor \"json\""),
                 });
             }
@@ -376,7 +398,7 @@ impl MeshParams {
             && !(otlp.starts_with("http://") || otlp.starts_with("https://"))
         {
             return Err(ConfigError::Invalid {
-                field: "telemetry.otlp_endpoint".into(),
+                field: "telemetry.otlp_endpoint",
                 reason: format!("{otlp:?} must be an http:// or https:// URL"),
             });
         }
@@ -418,7 +440,7 @@ impl TokenParams {
         let skew = raw.clock_skew_seconds.unwrap_or(30);
         if skew > 300 {
             return Err(ConfigError::Invalid {
-                field: "tokens.clock_skew_seconds".into(),
+                field: "tokens.clock_skew_seconds",
                 reason: format!("{skew} is over 300"),
             });
         }
@@ -426,12 +448,12 @@ impl TokenParams {
             issuer: raw.issuer.clone().unwrap_or_else(|| "keymesh".into()),
             audience: raw.audience.clone().unwrap_or_else(|| "keymesh".into()),
             clock_skew: Duration::from_secs(skew),
-            revocation_bound: Duration::from_secs(bounded(
+            revocation_bound: bounded_seconds(
                 "tokens.revocation_bound_seconds",
                 raw.revocation_bound_seconds,
                 30,
                 2..=3600,
-            )?),
+            )?,
         })
     }
 }

@@ -42,8 +42,9 @@ pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> M
 impl From<keymesh_mtls::TlsError> for MeshError {
     fn from(e: keymesh_mtls::TlsError) -> Self {
         match e {
+            keymesh_mtls::TlsError::Read { path, source } => Self::Io { path, source },
+            keymesh_mtls::TlsError::Invalid(reason) => Self::Tls(reason),
             keymesh_mtls::TlsError::Transport(e) => Self::Serve(e),
-            other => Self::Tls(other.to_string()),
         }
     }
 }

@@ -95,17 +95,18 @@ fn config_file_from_args(mut args: impl Iterator<Item = String>) -> Result<Optio
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--config" | "-c" => {
-                file = Some(PathBuf::from(args.next().ok_or_else(|| ConfigError::Invalid {
-                    field: "--config".into(),
-                    reason: "needs a file path".into(),
-                })?))
+                file =
+                    Some(PathBuf::from(args.next().ok_or_else(|| ConfigError::Invalid {
+                        field: "--config",
+                        reason: "needs a file path".into(),
+                    })?))
             }
             other => {
                 if let Some(path) = other.strip_prefix("--config=") {
                     file = Some(PathBuf::from(path));
                 } else {
                     return Err(ConfigError::Invalid {
-                        field: "command line".into(),
+                        field: "command line",
                         reason: format!("unknown argument {other:?}; usage: [--config FILE] (or KEYMESH_CONFIG)"),
                     });
                 }

@@ -29,7 +29,7 @@ pub enum TlsError {
         source: std::io::Error,
     },
     /// The material is unusable (a bad CA certificate, a bad endpoint).
-    #[error("{0}")]
+    #[error("TLS: {0}")]
     Invalid(String),
     /// tonic refused the TLS configuration.
     #[error(transparent)]

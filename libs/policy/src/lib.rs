@@ -31,11 +31,11 @@
 //! or `identity.subject == "system:serviceaccount:loaders:" + request.context.machine` (data of one machine
 //! opens only for that machine's workload).
 
-use keymesh_proto::algorithm::ToProto;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use keymesh_crypto::KeyAlgorithm;
+use keymesh_proto::algorithm::ToProto;
 use keymesh_proto::v1 as pb;
 use serde::Deserialize;
 

@@ -40,6 +40,7 @@ pub fn json_line(row: &audit_record::Model) -> String {
         "request_id": event.request_id,
         "fips_mode": enum_name(event.fips_mode, pb::FipsMode::as_str_name),
         "policy_warnings": event.policy_warnings,
+        "count": event.count,
         "previous_hash": row.previous_hash,
         "hash": row.hash,
         "event_protobuf": STANDARD.encode(&row.event),

@@ -28,8 +28,8 @@ fn main() -> ExitCode {
 async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let Startup { params, config: file, tls } = startup;
     let token_params = TokenParams::from_raw(&file.tokens)?;
-    let audit_params = file.audit(&params)?;
-    let kms = file.kms()?;
+    let audit_params = file.audit_params(&params)?;
+    let kms = file.kms_checked()?;
     let listener = server::bind(params.listen_addr).await?;
     let db = keymesh_store::connect_and_migrate(&file.database_url(&params)).await?;
     let repo = AuditRepository::new(db);
@@ -39,7 +39,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let checkpoints = checkpointer.spawn(audit_params.checkpoint_interval, audit_params.retention);
     let verifier = token_verifier(&params, &tls, &token_params)?;
     // audit-service is the trail: its gate authenticates and authorizes, and records nothing.
-    let gate = keymesh_gate::Gate::new("audit-service", verifier, None, None);
+    let gate = keymesh_gate::Gate::new(params.service.as_str(), verifier, None, None);
     let service = rpc::AuditRpc::new(chain::ChainWriter::new(repo), gate);
     let routes = Routes::new(AuditServiceServer::new(service));
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.AuditService"], params.shutdown_grace).await?;

@@ -2,7 +2,7 @@
 //! everything it reads from the file, validated before anything binds.
 
 use keymesh_config::KeymeshConfig;
-use keymesh_mesh::config::{ConfigError, TokenParams, bounded};
+use keymesh_mesh::config::{ConfigError, TokenParams, bounded, bounded_seconds};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -58,21 +58,12 @@ pub struct DekCacheParams {
 impl DekCacheParams {
     /// Validates `[dek_cache]`.
     pub fn from_raw(raw: &RawDekCache) -> Result<Self, ConfigError> {
-        let ttl = raw.ttl_seconds.unwrap_or(300);
-        if !(1..=3600).contains(&ttl) {
-            return Err(ConfigError::Invalid {
-                field: "dek_cache.ttl_seconds".into(),
-                reason: format!("{ttl} is outside 1..=3600"),
-            });
-        }
+        let ttl = bounded_seconds("dek_cache.ttl_seconds", raw.ttl_seconds, 300, 1..=3600)?;
         let max_entries = raw.max_entries.unwrap_or(10_000);
         if max_entries == 0 {
-            return Err(ConfigError::Invalid {
-                field: "dek_cache.max_entries".into(),
-                reason: "must be at least 1".into(),
-            });
+            return Err(ConfigError::Invalid { field: "dek_cache.max_entries", reason: "must be at least 1".into() });
         }
-        Ok(Self { max_entries, ttl: Duration::from_secs(ttl) })
+        Ok(Self { max_entries, ttl })
     }
 }
 
@@ -109,13 +100,10 @@ impl CryptoServiceParams {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn config(pairs: &[(&str, &str)]) -> Result<CryptoConfig, ConfigError> {
-        let env: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        CryptoConfig::from_file(&KeymeshConfig::load(None, &env)?)
+        CryptoConfig::from_file(&KeymeshConfig::from_variables(pairs)?)
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! with it, which is how key-service counts a version's use towards its safe bound without hearing of
 //! every encryption.
 
-use keymesh_proto::algorithm::FromProto;
 use std::{
     sync::{
         Arc,
@@ -20,6 +19,7 @@ use keymesh_crypto::{
     keypair::{PrivateKey, PublicKey},
 };
 use keymesh_mesh::client::MeshChannel;
+use keymesh_proto::algorithm::FromProto;
 
 use crate::config::DekCacheParams;
 use keymesh_policy::CompiledPolicy;

@@ -28,7 +28,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let Startup { params, config: file, tls } = startup;
     let config::CryptoConfig { tokens: token_params, dek_cache: cache_params, limits } =
         config::CryptoConfig::from_file(&file)?;
-    let audit_params = file.audit(&params)?;
+    let audit_params = file.audit_params(&params)?;
     let policy = Arc::new(PolicyEngine::from_config(&file.policy)?);
     tracing::info!(fips_mode = policy.fips_mode().name(), "policy engine ready");
     let listener = server::bind(params.listen_addr).await?;
@@ -45,7 +45,8 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     )?;
     let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits)?);
     let forgetter = keymesh_limits::Limiter::spawn_forgetter(&rate_limits);
-    let gate = keymesh_gate::Gate::new("crypto-service", verifier, Some(rate_limits.clone()), Some(audit.clone()));
+    let gate =
+        keymesh_gate::Gate::new(params.service.as_str(), verifier, Some(rate_limits.clone()), Some(audit.clone()));
     let service = rpc::CryptoRpc::new(gate, deks, audit.clone(), limits.unary_limit, policy, rate_limits);
     let max_message = limits.max_message_size();
     let server =

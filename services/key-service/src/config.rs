@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use keymesh_config::KeymeshConfig;
 use keymesh_kms::KmsConfig;
-use keymesh_mesh::config::{ConfigError, TokenParams, bounded};
+use keymesh_mesh::config::{ConfigError, TokenParams, bounded, bounded_millis, bounded_seconds};
 use serde::Deserialize;
 
 /// Everything key-service reads from the file, validated.
@@ -23,7 +23,7 @@ impl KeyConfig {
     pub fn from_file(config: &KeymeshConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             tokens: TokenParams::from_raw(&config.tokens)?,
-            kms: config.kms()?,
+            kms: config.kms_checked()?,
             key_service: KeyServiceParams::from_raw(&config.service_section("key_service")?)?,
         })
     }
@@ -101,7 +101,7 @@ impl KeyServiceParams {
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
             return Err(ConfigError::Invalid {
-                field: "key_service.redis_url".into(),
+                field: "key_service.redis_url",
                 reason: "must start with redis:// or rediss://".into(),
             });
         }
@@ -110,36 +110,26 @@ impl KeyServiceParams {
             bounded("key_service.rotate_after_encryptions", k.rotate_after_encryptions, 1 << 31, 1..=1 << 32)?;
         if rotate_after_encryptions < encryption_block {
             return Err(ConfigError::Invalid {
-                field: "key_service.rotate_after_encryptions".into(),
+                field: "key_service.rotate_after_encryptions",
                 reason: "must be at least key_service.encryption_block".into(),
             });
         }
         Ok(Self {
             redis_url: k.redis_url.clone().filter(|u| !u.is_empty()),
-            redis_timeout: Duration::from_millis(bounded(
-                "key_service.redis_timeout_ms",
-                k.redis_timeout_ms,
-                50,
-                1..=5000,
-            )?),
-            record_cache_ttl: Duration::from_secs(bounded(
+            redis_timeout: bounded_millis("key_service.redis_timeout_ms", k.redis_timeout_ms, 50, 1..=5000)?,
+            record_cache_ttl: bounded_seconds(
                 "key_service.record_cache_ttl_seconds",
                 k.record_cache_ttl_seconds,
                 300,
                 1..=86_400,
-            )?),
-            maintenance_interval: Duration::from_secs(bounded(
+            )?,
+            maintenance_interval: bounded_seconds(
                 "key_service.maintenance_interval_seconds",
                 k.maintenance_interval_seconds,
                 60,
                 1..=3600,
-            )?),
-            change_poll: Duration::from_millis(bounded(
-                "key_service.change_poll_ms",
-                k.change_poll_ms,
-                1000,
-                100..=60_000,
-            )?),
+            )?,
+            change_poll: bounded_millis("key_service.change_poll_ms", k.change_poll_ms, 1000, 100..=60_000)?,
             encryption_block,
             rotate_after_encryptions,
         })
@@ -148,13 +138,10 @@ impl KeyServiceParams {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn config(pairs: &[(&str, &str)]) -> Result<KeyConfig, ConfigError> {
-        let env: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        KeyConfig::from_file(&KeymeshConfig::load(None, &env)?)
+        KeyConfig::from_file(&KeymeshConfig::from_variables(pairs)?)
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! invalidate every cache and tell watching crypto-services. Unwrapped DEKs are kept briefly in memory so a
 //! burst of GetDataKey calls costs one KMS unwrap.
 
-use keymesh_proto::algorithm::{FromProto, ToProto};
 use std::{sync::Arc, time::Duration};
 
 use keymesh_crypto::{KeyAlgorithm, SecretKey};
 use keymesh_kms::{Keyrings, WrapContext, WrapSet, WrappedKey};
+use keymesh_proto::algorithm::{FromProto, ToProto};
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     entity::key_version,

@@ -99,7 +99,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let Startup { params, config: file, tls } = startup;
     let config = KeyConfig::from_file(&file)?;
     let policy = Arc::new(PolicyEngine::from_config(&file.policy)?);
-    let audit_params = file.audit(&params)?;
+    let audit_params = file.audit_params(&params)?;
     let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits)?);
     tracing::info!(fips_mode = policy.fips_mode().name(), "policy engine ready");
     let listener = server::bind(params.listen_addr).await?;
@@ -120,7 +120,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
         rotate_after_encryptions: key_params.rotate_after_encryptions,
     };
     let forgetter = keymesh_limits::Limiter::spawn_forgetter(&rate_limits);
-    let gate = keymesh_gate::Gate::new("key-service", verifier, Some(rate_limits), Some(audit.clone()));
+    let gate = keymesh_gate::Gate::new(params.service.as_str(), verifier, Some(rate_limits), Some(audit.clone()));
     let service = rpc::KeyRpc::new(store, gate, audit.clone(), limits, policy);
     let routes = Routes::new(KeyServiceServer::new(service));
     let health = ["keymesh.v1.KeyService", fips.health_name()];

@@ -11,7 +11,7 @@ use serde::Deserialize;
 /// Everything token-service reads from the file, validated.
 pub struct TokenConfig {
     /// Token issuance (and verification).
-    pub tokens: TokenParams,
+    pub tokens: IssuanceParams,
     /// `[tokens.exchange]`, as written (the exchanger validates it).
     pub exchange: RawExchange,
     /// The KMS keyring that wraps signing keys.
@@ -23,9 +23,9 @@ impl TokenConfig {
     pub fn from_file(config: &KeymeshConfig) -> Result<Self, ConfigError> {
         let issuance: RawIssuance = deserialize_value(toml::Value::Table(config.tokens.issuance.clone()), "tokens")?;
         Ok(Self {
-            tokens: TokenParams::from_raw(mesh_config::TokenParams::from_raw(&config.tokens)?, &issuance)?,
+            tokens: IssuanceParams::from_raw(mesh_config::TokenParams::from_raw(&config.tokens)?, &issuance)?,
             exchange: issuance.exchange,
-            kms: config.kms()?,
+            kms: config.kms_checked()?,
         })
     }
 }
@@ -51,7 +51,7 @@ pub struct RawIssuance {
 
 /// Validated token settings: what every verifier checks, and what token-service issues.
 #[derive(Debug, Clone)]
-pub struct TokenParams {
+pub struct IssuanceParams {
     /// `iss`, `aud`, clock skew and the revocation bound, as every verifier reads them.
     pub verify: mesh_config::TokenParams,
     /// Access token lifetime.
@@ -64,12 +64,10 @@ pub struct TokenParams {
     pub signing_key_rotation: Duration,
 }
 
-impl TokenParams {
+impl IssuanceParams {
     /// Validates the issuing half of `[tokens]`.
     pub fn from_raw(verify: mesh_config::TokenParams, t: &RawIssuance) -> Result<Self, ConfigError> {
-        let seconds = |field: &'static str, value: Option<u64>, default: u64, range| {
-            mesh_config::bounded(field, value, default, range).map(Duration::from_secs)
-        };
+        let seconds = mesh_config::bounded_seconds;
         Ok(Self {
             verify,
             access_token_ttl: seconds("tokens.access_token_ttl_seconds", t.access_token_ttl_seconds, 3600, 1..=86_400)?,

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let Startup { params, config: file, tls } = startup;
     let config::TokenConfig { tokens: token_params, exchange, kms } = config::TokenConfig::from_file(&file)?;
-    let audit_params = file.audit(&params)?;
+    let audit_params = file.audit_params(&params)?;
     let exchanger = exchange::Exchanger::from_config(&exchange, token_params.verify.clock_skew)?;
     let limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits)?);
     let listener = server::bind(params.listen_addr).await?;
@@ -61,7 +61,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     )?;
 
     let forgetter = keymesh_limits::Limiter::spawn_forgetter(&limits);
-    let gate = keymesh_gate::Gate::new("token-service", verifier, Some(limits.clone()), Some(audit.clone()));
+    let gate = keymesh_gate::Gate::new(params.service.as_str(), verifier, Some(limits.clone()), Some(audit.clone()));
     let service = rpc::TokenRpc::new(repo, signer, gate, audit.clone(), exchanger, limits, fips);
     let routes = Routes::new(TokenServiceServer::new(service));
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.TokenService"], params.shutdown_grace).await?;

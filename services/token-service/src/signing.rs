@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use keymesh_kms::{Keyring, KmsError, WrapContext, WrapSet, WrappedKey};
 use keymesh_mesh::auth::AccessClaims;
 
-use crate::config::TokenParams;
+use crate::config::IssuanceParams;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{entity::signing_key, now_millis, tokens::TokenRepository};
 
@@ -35,7 +35,7 @@ pub struct Signer {
     /// How long a new key is published before it signs.
     publish_ahead: Duration,
     /// Token settings.
-    pub params: TokenParams,
+    pub params: IssuanceParams,
 }
 
 /// The maintenance period of every replica.
@@ -53,7 +53,7 @@ impl Signer {
     pub async fn load_or_create(
         repo: &TokenRepository,
         kms: &Keyring,
-        params: TokenParams,
+        params: IssuanceParams,
     ) -> Result<Self, TokenError> {
         Self::load_with(repo, kms, params, PUBLISH_AHEAD).await
     }
@@ -61,7 +61,7 @@ impl Signer {
     async fn load_with(
         repo: &TokenRepository,
         kms: &Keyring,
-        params: TokenParams,
+        params: IssuanceParams,
         publish_ahead: Duration,
     ) -> Result<Self, TokenError> {
         let state = Self::maintained_state(repo, kms, &params, publish_ahead, None).await?;
@@ -86,7 +86,7 @@ impl Signer {
     async fn maintained_state(
         repo: &TokenRepository,
         kms: &Keyring,
-        params: &TokenParams,
+        params: &IssuanceParams,
         publish_ahead: Duration,
         previous: Option<&SigningState>,
     ) -> Result<SigningState, TokenError> {
@@ -304,7 +304,7 @@ mod tests {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let repo = TokenRepository::new(keymesh_store::connect_and_migrate(&url).await.unwrap());
         let file = KeymeshConfig::default();
-        let kms = keymesh_config::open_keyring(&file.kms().unwrap(), dir.path()).await.unwrap();
+        let kms = keymesh_config::open_keyring(&file.kms_checked().unwrap(), dir.path()).await.unwrap();
         let mut params = crate::config::TokenConfig::from_file(&file).unwrap().tokens;
         // Seconds instead of days: rotation after 3 s, publication 1 s ahead, tokens living 1 s.
         params.signing_key_rotation = Duration::from_secs(3);

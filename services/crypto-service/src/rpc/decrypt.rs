@@ -3,7 +3,6 @@
 //! same "decryption failed", except the documented context mismatch. A ciphertext that is not in keymesh's
 //! format, addressed to an HPKE or RSA-OAEP key the request names, is opened with that key's private half.
 
-use keymesh_proto::algorithm::ToProto;
 use std::collections::HashMap;
 
 use keymesh_crypto::{
@@ -11,6 +10,7 @@ use keymesh_crypto::{
     ciphertext::{self, Binding},
 };
 use keymesh_mesh::auth::AccessClaims;
+use keymesh_proto::algorithm::ToProto;
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
@@ -140,7 +140,6 @@ impl CryptoRpc {
             permission: item.permission,
             context: item.context,
             from_ciphertext: true,
-            missing: "the ciphertext names no key",
         };
         let (dek, warnings) = self.key_use(claims, audit, key).await?;
         if dek.algorithm != KeyAlgorithm::Symmetric(parsed.algorithm) {

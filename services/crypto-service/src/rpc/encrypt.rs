@@ -2,7 +2,6 @@
 //! format, with key commitment and the caller's AAD and encryption context bound; or, with an HPKE or
 //! RSA-OAEP key, encrypts to its public key exactly as a sender holding the exported public key would.
 
-use keymesh_proto::algorithm::ToProto;
 use std::collections::HashMap;
 
 use keymesh_crypto::{
@@ -11,6 +10,7 @@ use keymesh_crypto::{
     ciphertext::{self, Binding, KeyRef, SealRequest},
 };
 use keymesh_mesh::auth::AccessClaims;
+use keymesh_proto::algorithm::ToProto;
 use keymesh_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -116,6 +116,13 @@ impl CryptoRpc {
         audit: &mut Audited,
         item: Sealing<'_>,
     ) -> Result<Sealed, Status> {
+        if item.key.is_empty() {
+            return Err(CryptoServiceError::InvalidArgument {
+                field: "key",
+                reason: "name the key to encrypt with".into(),
+            }
+            .into());
+        }
         if item.plaintext.len() > self.unary_limit {
             return Err(CryptoServiceError::InvalidArgument {
                 field: "plaintext",
@@ -127,11 +134,7 @@ impl CryptoRpc {
             }
             .into());
         }
-        let key = KeyUse {
-            fetch: pb::Operation::Encrypt,
-            missing: "name the key to encrypt with",
-            ..KeyUse::named(item.key, 0, item.permission, item.context)
-        };
+        let key = KeyUse { fetch: pb::Operation::Encrypt, ..KeyUse::named(item.key, 0, item.permission, item.context) };
         let (dek, warnings) = self.key_use(claims, audit, key).await?;
         let algorithm = match dek.algorithm {
             KeyAlgorithm::Symmetric(algorithm) => algorithm,

@@ -9,7 +9,6 @@ mod sign;
 mod stream;
 mod utility;
 
-use keymesh_proto::algorithm::ToProto;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -20,6 +19,7 @@ use keymesh_gate::Gate;
 use keymesh_limits::Limiter;
 use keymesh_mesh::auth::AccessClaims;
 use keymesh_policy::{Attributes, PolicyEngine};
+use keymesh_proto::algorithm::ToProto;
 use keymesh_proto::v1::{self as pb, crypto_service_server::CryptoService};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -120,11 +120,10 @@ impl CryptoRpc {
         key: KeyUse<'_>,
     ) -> Result<(Arc<CachedDek>, Vec<String>), Status> {
         if key.key.is_empty() {
-            return Err(match key.from_ciphertext {
-                true => CryptoServiceError::DecryptionFailed,
-                false => CryptoServiceError::InvalidArgument { field: "key", reason: key.missing.into() },
-            }
-            .into());
+            // A ciphertext's header always names a key (the parser refuses one that does not).
+            return Err(
+                CryptoServiceError::InvalidArgument { field: "key", reason: "name the key to use".into() }.into()
+            );
         }
         if let Some(name) = key.claimed_name {
             claims.require_key_operation(name, key.permission)?;
@@ -171,8 +170,6 @@ pub(super) struct KeyUse<'a> {
     pub context: &'a HashMap<String, String>,
     /// The key reference came from a ciphertext: an unknown key is "decryption failed".
     pub from_ciphertext: bool,
-    /// What to tell a caller who named no key.
-    pub missing: &'static str,
 }
 
 impl<'a> KeyUse<'a> {
@@ -186,7 +183,6 @@ impl<'a> KeyUse<'a> {
             permission,
             context,
             from_ciphertext: false,
-            missing: "name the key to use",
         }
     }
 }

@@ -9,7 +9,6 @@ mod manage;
 mod rewrap;
 mod watch;
 
-use keymesh_proto::algorithm::FromProto;
 use std::sync::Arc;
 
 use keymesh_audit::{AuditScope, AuditSink};
@@ -17,6 +16,7 @@ use keymesh_crypto::KeyAlgorithm;
 use keymesh_gate::Gate;
 use keymesh_mesh::auth::{AccessClaims, Role};
 use keymesh_policy::{CompiledPolicy, PolicyEngine};
+use keymesh_proto::algorithm::FromProto;
 use keymesh_proto::v1::{self as pb, key_service_server::KeyService};
 use keymesh_store::keys::{KeyLookup, KeyRecord};
 use tonic::{Request, Response, Status};

@@ -60,7 +60,8 @@ impl TokenRpc {
         Self { repo, signer, gate, audit, exchanger, limits, fips }
     }
 
-    /// An administration call: the caller verified, `run`, and the audit event recorded whatever the outcome.
+    /// An administration call: through the gate (token, rate limits; a refused authentication is counted
+    /// there), then `run`, and the call's audit event recorded whatever the outcome.
     async fn admin_call<Req, Resp>(
         &self,
         request: Request<Req>,
