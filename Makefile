@@ -46,6 +46,8 @@ test-deps:
 lint: buf-lint
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	@command -v cargo-machete >/dev/null || cargo install cargo-machete --locked
+	cargo machete
 
 $(BUF):
 	npm install --silent --prefix $(HOME)/.cache/keymesh/node @bufbuild/buf
