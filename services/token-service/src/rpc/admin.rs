@@ -207,6 +207,15 @@ impl TokenRpc {
         };
         let app = self.managed_application(claims, &request.client_id, "RotateClientSecret").await?;
         audit.resource(&app.client_id, 0, 0);
+        // Whatever its roles: a token (stolen, or exchanged from a platform identity) must not turn into a
+        // lasting secret, nor lock the holder of the current secret out. Another admin or owner rotates it.
+        if app.client_id == claims.sub {
+            return Err(TokenError::PermissionDenied(format!(
+                "RotateClientSecret: application {} cannot rotate its own secret; another admin or owner of the \
+                 tenant (or an owner above it) rotates it",
+                app.client_id
+            )));
+        }
         if app.disabled {
             return Err(TokenError::FailedPrecondition(format!(
                 "application {} is disabled; it gets no new secret",
