@@ -48,6 +48,7 @@ lint: buf-lint
 	cargo clippy --workspace --all-targets -- -D warnings
 	@command -v cargo-machete >/dev/null || cargo install cargo-machete --locked
 	cargo machete
+	deploy/dev/check-layering.sh
 
 $(BUF):
 	npm install --silent --prefix $(HOME)/.cache/keymesh/node @bufbuild/buf

@@ -205,3 +205,25 @@ async fn over_the_limit_is_refused_and_others_are_unaffected() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// token-service's administration methods pass the same gate as every other service: an application over its
+/// per-second limit is refused with RESOURCE_EXHAUSTED and a retry delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_service_administration_passes_the_application_limit() {
+    keymesh_mesh::install_crypto_provider();
+    let mesh = Mesh::start(&[("KEYMESH_LIMITS__APPLICATION_PER_SECOND", "5")], &[]).await;
+    let admin = mesh.admin_client().access_token().await.unwrap().to_string();
+    let calls = (0..40).map(|_| {
+        let mut tokens = TokenServiceClient::new(mesh.channel(ServiceName::TokenService));
+        let request = with_token(pb::ListApplicationsRequest::default(), &admin);
+        async move { tokens.list_applications(request).await.map(|_| ()) }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let refused: Vec<&tonic::Status> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(!refused.is_empty(), "40 ListApplications at once under a limit of 5/s were all admitted");
+    assert!(answers.iter().any(Result::is_ok), "the burst is admitted");
+    for status in refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.get_details_retry_info().is_some(), "a retry delay: {status:?}");
+    }
+}

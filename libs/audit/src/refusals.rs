@@ -174,6 +174,28 @@ mod tests {
     }
 
     #[test]
+    fn a_verifier_that_cannot_reach_token_service_is_counted_apart_as_failed() {
+        let windows = RefusalWindows::new(Duration::from_secs(60));
+        let start = Instant::now();
+        let identity = "spiffe://keymesh/app/a";
+        let bad = tonic::Status::unauthenticated("the access token is invalid");
+        let stale = tonic::Status::unavailable("revocations are stale");
+        let note = |status: &tonic::Status| {
+            windows.note(&Refusal { service: "key-service", operation: "GetKey", identity, status }, start)
+        };
+        let first_bad = note(&bad);
+        let first_stale = note(&stale);
+        assert_eq!((first_bad.len(), first_stale.len()), (1, 1), "each status opens a window of its own");
+        assert_eq!((first_bad[0].outcome, first_bad[0].status_code), (pb::Outcome::Denied as i32, 16));
+        assert_eq!((first_stale[0].outcome, first_stale[0].status_code), (pb::Outcome::Failed as i32, 14));
+        assert!(note(&stale).is_empty());
+        let summaries = windows.sweep(start, true);
+        assert_eq!(summaries.len(), 1);
+        assert_eq!((summaries[0].status_code, summaries[0].count), (14, 1));
+        assert!(summaries[0].trace_id.is_empty() && summaries[0].request_id.is_empty(), "no one call's ids");
+    }
+
+    #[test]
     fn an_ended_window_is_summarised_when_the_next_refusal_reopens_it_and_sources_are_bounded() {
         let windows = RefusalWindows::new(Duration::from_secs(1));
         let start = Instant::now();

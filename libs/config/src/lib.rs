@@ -13,7 +13,7 @@ use keymesh_audit::{AuditParams, RawAudit};
 use keymesh_kms::KmsConfig;
 use keymesh_limits::LimitsConfig;
 use keymesh_mesh::{
-    config::{ConfigError, ConfigSource, MeshParams, RawTokens, RawTransport, deserialize_value},
+    config::{ConfigError, ConfigSource, MeshParams, RawTokens, RawTransport},
     run::ServiceConfig,
 };
 use keymesh_policy::{FipsMode, PolicyConfig};
@@ -61,7 +61,7 @@ pub struct KeymeshConfig {
     /// `[audit]` (keymesh-audit), as written; services use [`KeymeshConfig::audit_params`].
     pub audit: RawAudit,
     /// The services' own sections, unread.
-    services: BTreeMap<String, toml::Value>,
+    services: ConfigSource,
 }
 
 impl std::fmt::Debug for KeymeshConfig {
@@ -90,13 +90,6 @@ impl ServiceConfig for KeymeshConfig {
             let expected: Vec<&str> = RawTokens::VERIFY_FIELDS.iter().chain(ISSUANCE_FIELDS).copied().collect();
             return Err(unknown_field(format!("tokens.{unknown}"), unknown, &expected));
         }
-        let mut services = BTreeMap::new();
-        for key in SERVICE_SECTIONS {
-            let section: Option<toml::Value> = source.section(key)?;
-            if let Some(section) = section {
-                services.insert((*key).to_owned(), section);
-            }
-        }
         Ok(Self {
             transport: source.top_level(RawTransport::KEYS)?,
             tokens,
@@ -105,7 +98,7 @@ impl ServiceConfig for KeymeshConfig {
             policy: source.section("policy")?,
             limits: source.section("limits")?,
             audit: source.section("audit")?,
-            services,
+            services: source.only(SERVICE_SECTIONS),
         })
     }
 
@@ -127,10 +120,7 @@ impl KeymeshConfig {
 
     /// A service's own section (its default when absent), read strictly with errors naming `key.<field>`.
     pub fn service_section<T: DeserializeOwned + Default>(&self, key: &str) -> Result<T, ConfigError> {
-        match self.services.get(key) {
-            None => Ok(T::default()),
-            Some(value) => deserialize_value(value.clone(), key),
-        }
+        self.services.section(key)
     }
 
     /// `[kms]` checked (the default keyring and every tenant's, so a mistake stops the service at start

@@ -120,15 +120,20 @@ impl ConfigSource {
         }
     }
 
-    /// The top-level fields `keys` as one struct (fields a section's owner keeps at the top of the file).
-    pub fn top_level<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<T, ConfigError> {
-        let table: toml::Table = self
+    /// The part of the file under the top-level `keys` only (what one owner reads).
+    pub fn only(&self, keys: &[&str]) -> ConfigSource {
+        let table = self
             .table
             .iter()
             .filter(|(k, _)| keys.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        deserialize_value(toml::Value::Table(table), "")
+        ConfigSource { table }
+    }
+
+    /// The top-level fields `keys` as one struct (fields a section's owner keeps at the top of the file).
+    pub fn top_level<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<T, ConfigError> {
+        deserialize_value(toml::Value::Table(self.only(keys).table), "")
     }
 }
 

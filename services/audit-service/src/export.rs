@@ -61,6 +61,7 @@ mod tests {
             operation: "Encrypt".into(),
             outcome: pb::Outcome::Denied as i32,
             reason: "line\nbreak \"quoted\"".into(),
+            count: 42,
             ..Default::default()
         };
         let bytes = event.encode_to_vec();
@@ -85,6 +86,7 @@ mod tests {
         assert_eq!(value["outcome"], "OUTCOME_DENIED");
         assert_eq!(value["time"], "2023-11-14T22:13:20.123Z");
         assert_eq!(value["reason"], "line\nbreak \"quoted\"");
+        assert_eq!(value["count"], 42, "refusals counted into one event say how many");
         let covered = STANDARD.decode(value["event_protobuf"].as_str().unwrap()).unwrap();
         assert_eq!(record_hash(value["previous_hash"].as_str().unwrap(), 3, &covered), value["hash"].as_str().unwrap());
     }

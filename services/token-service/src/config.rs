@@ -141,14 +141,25 @@ mod tests {
     use super::*;
 
     fn config_of(file: Option<&str>, pairs: &[(&str, &str)]) -> Result<TokenConfig, ConfigError> {
-        let dir = tempfile::tempdir().map_err(|e| ConfigError::Field { field: "tmp".into(), reason: e.to_string() })?;
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keymesh.toml");
         if let Some(text) = file {
-            std::fs::write(&path, text)
-                .map_err(|e| ConfigError::Field { field: "tmp".into(), reason: e.to_string() })?;
+            std::fs::write(&path, text).unwrap();
         }
         let env: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
         TokenConfig::from_file(&KeymeshConfig::load(file.map(|_| path.as_path()), &env)?)
+    }
+
+    #[test]
+    fn every_issuance_field_is_known_to_the_file_every_service_reads() {
+        // keymesh-config refuses a [tokens] field it does not know of in every service; this file sets
+        // every field token-service reads, so a field added here and not there fails at once.
+        let file = "[tokens]\nissuer = \"i\"\naudience = \"a\"\nclock_skew_seconds = 5\nrevocation_bound_seconds = 10\n\
+                    access_token_ttl_seconds = 60\nrefresh_token_ttl_seconds = 600\nsecret_grace_seconds = 0\n\
+                    signing_key_rotation_days = 2\n[tokens.exchange]\nissuers = []\nrules = []\n";
+        let c = config_of(Some(file), &[]).unwrap();
+        assert_eq!(c.tokens.signing_key_rotation, Duration::from_secs(2 * 86_400));
+        assert_eq!(c.tokens.verify.revocation_bound, Duration::from_secs(10));
     }
 
     #[test]

@@ -143,16 +143,13 @@ impl CryptoRpc {
         };
         let (dek, warnings) = self.key_use(claims, audit, key).await?;
         // keymesh writes the sealing key's own name into the header (v2, v3), and key names never change:
-        // a header naming another key than the one that opens it was written by someone else, who knew this
-        // key's material (an imported key, say) and wants the ciphertext taken for the other key's.
+        // a header naming another key than the one its key id opens was written by someone else, who knew
+        // this key's material (an imported key, say) and wants the ciphertext taken for the other key's.
+        // Once the header names the opening key, the pin checked against the header above holds against
+        // the key that opens the ciphertext, by its name or its id.
         let names_opening_key = parsed.key_name == dek.key_name || (parsed.version == 1 && parsed.key_name.is_empty());
         if !names_opening_key || dek.algorithm != KeyAlgorithm::Symmetric(parsed.algorithm) {
             return Err(CryptoServiceError::DecryptionFailed.into());
-        }
-        // The pin holds against the key that opens the ciphertext (by id or name), not against the header.
-        if !item.key.is_empty() && item.key != dek.key_id && item.key != dek.key_name {
-            let mismatch = CryptoError::ContextMismatch { expected: item.key.to_owned(), actual: dek.key_name.clone() };
-            return Err(CryptoServiceError::ContextMismatch(mismatch.to_string()).into());
         }
         let context = context_of(item.context);
         let plaintext = parsed
