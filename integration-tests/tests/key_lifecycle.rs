@@ -388,16 +388,16 @@ async fn every_method_state_and_refusal_on_postgres_and_redis() {
     })
     .await;
 
-    // Another tenant sees none of this: names are per tenant, and ids of another tenant's keys are refused.
+    // Another tenant sees none of this: names are per tenant, and another tenant's key ids are not found.
     let (id, secret) = second_tenant(&mesh).await;
     let other = mesh.client_with(&id, &secret);
     let other_keys = Keys(&other);
     assert_eq!(refused(other.get_key("orders").await).0, Code::NotFound);
-    assert_eq!(refused(other.get_key(&orders.key_id).await).0, Code::PermissionDenied);
-    assert_eq!(status(other_keys.rotate(&orders.key_id).await).0, Code::PermissionDenied);
+    assert_eq!(refused(other.get_key(&orders.key_id).await).0, Code::NotFound);
+    assert_eq!(status(other_keys.rotate(&orders.key_id).await).0, Code::NotFound);
     assert_eq!(other_keys.enable("orders", 0, false).await.unwrap_err().code(), Code::NotFound);
     assert!(other_keys.list(pb::ListKeysRequest::default()).await.unwrap().into_inner().keys.is_empty());
-    assert_eq!(decrypt_code(&other, &c1).await, Some(Code::PermissionDenied), "another tenant's ciphertext");
+    assert_eq!(decrypt_code(&other, &c1).await, Some(Code::InvalidArgument), "another tenant's ciphertext");
 
     // GetPublicKey on a symmetric key says why there is none.
     let request = admin.authorized(pb::GetPublicKeyRequest { key: "orders".into(), version: 0 }).await.unwrap();

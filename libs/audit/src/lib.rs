@@ -124,6 +124,28 @@ impl AuditScope {
         self.event.policy_warnings = warnings.iter().take(16).map(|w| bounded(w)).collect();
     }
 
+    /// Records, in the trail of the tenant that owns `resource` (a key or an application, by id), that this
+    /// call (of another tenant) reached for it. The caller's own event says only NOT_FOUND, as for an id that
+    /// does not exist: the caller's auditors must not learn from it that the id is real, while the owner's
+    /// learn who tried.
+    pub async fn cross_tenant_attempt(&self, sink: &AuditSink, owner_tenant: &str, resource: &str) {
+        let mut event = self.event.clone();
+        event.event_id = uuid::Uuid::now_v7().to_string();
+        event.reason = bounded_to(
+            &format!(
+                "cross-tenant attempt: a caller of tenant {} named this by its id; it was answered NOT_FOUND",
+                event.tenant_id
+            ),
+            MAX_REASON,
+        );
+        event.tenant_id = bounded(owner_tenant);
+        event.resource = bounded(resource);
+        event.outcome = pb::Outcome::Denied as i32;
+        event.status_code = tonic::Code::NotFound as i32;
+        event.latency_micros = self.started.elapsed().as_micros() as u64;
+        let _ = sink.record(event).await;
+    }
+
     /// Records an authorization refusal and hands it back (the refusal stands whether or not its event
     /// could be stored).
     pub async fn deny(mut self, sink: &AuditSink, status: tonic::Status) -> tonic::Status {

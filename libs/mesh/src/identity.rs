@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-pub use keymesh_mtls::{ServiceName, TRUST_DOMAIN, app_spiffe_id, spiffe_id_from_der};
+pub use keymesh_mtls::{ServiceName, SvidError, TRUST_DOMAIN, app_spiffe_id, spiffe_id_from_der};
 use tonic::{Request, Status};
 
 /// The verified identity of the peer of a connection.
@@ -18,11 +18,11 @@ impl PeerIdentity {
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("no client certificate on this connection; connect with mTLS"))?;
         let leaf = certs.first().ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-        spiffe_id_from_der(leaf.as_ref()).map(Self).ok_or_else(|| {
-            Status::unauthenticated(format!(
-                "the client certificate carries no spiffe://{TRUST_DOMAIN}/ URI SAN; issue it from the mesh CA"
-            ))
-        })
+        // The handshake already refused anything but an X.509-SVID of the trust domain; this repeats the
+        // check so that no handler ever reads an identity from a certificate that says more than one thing.
+        spiffe_id_from_der(leaf.as_ref())
+            .map(Self)
+            .map_err(|e| Status::unauthenticated(format!("{e}; issue the client certificate from the mesh CA")))
     }
 
     /// The SPIFFE URI.

@@ -148,7 +148,7 @@ mod tests {
         let mode = fs::metadata(dir.path().join("pki/ca-key.pem")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let der = rustls_pemfile_first(&first.cert_pem);
-        assert_eq!(spiffe_id_from_der(&der).as_deref(), Some("spiffe://keymesh/key-service"));
+        assert_eq!(spiffe_id_from_der(&der).as_deref(), Ok("spiffe://keymesh/key-service"));
         assert!(!format!("{first:?}").contains("PRIVATE KEY"));
     }
 

@@ -1,14 +1,17 @@
-//! The gRPC server every service runs: mTLS with mandatory client certificates, health and reflection,
-//! a server span per request continuing the caller's trace, and graceful shutdown that drains in-flight
-//! calls.
+//! The gRPC server every service runs: mTLS with mandatory client certificates that must be X.509-SVIDs
+//! of the trust domain, health and reflection, a server span per request continuing the caller's trace, and
+//! graceful shutdown that drains in-flight calls.
+//!
+//! TLS is terminated here rather than by tonic's `ServerTlsConfig`, which cannot take a certificate
+//! verifier of our own: the SVID check must refuse a certificate during the handshake, before any handler
+//! could read an identity from it.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
-use tonic::{
-    service::Routes,
-    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
-};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{service::Routes, transport::Server};
 use tonic_health::ServingStatus;
 
 use crate::{MeshError, pki::TlsMaterial, telemetry};
@@ -28,9 +31,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), MeshError> {
-    let tls_config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.as_bytes()))
-        .client_ca_root(Certificate::from_pem(&tls.ca_pem));
+    let acceptor = TlsAcceptor::from(Arc::new(keymesh_mtls::server_config(tls)?));
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in service_names {
         health.set_service_status(*name, ServingStatus::Serving).await;
@@ -59,9 +60,8 @@ pub async fn serve(
         let _ = drained_tx.send(());
     };
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tls_incoming(listener, acceptor);
     let server = Server::builder()
-        .tls_config(tls_config)?
         .trace_fn(telemetry::server_span)
         .timeout(Duration::from_secs(60))
         .layer(crate::request_id::RequestIdLayer)
@@ -77,6 +77,52 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// How long a client has to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connections that completed the mTLS handshake. Each handshake runs in its own task, so a slow or
+/// silent client never holds up the next one; a refused one is logged with rustls' reason (which names
+/// what is wrong with the certificate) and never reaches the server. The accept loop ends when the server
+/// stops reading, which frees the port.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause rather than spin.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let (tx, acceptor) = (tx.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                        Some(refused) => tracing::warn!(%peer, reason = %refused, "refused a TLS connection"),
+                        // A probe that connects and hangs up, a reset: nothing about the peer's identity.
+                        None => tracing::debug!(%peer, error = %e, "TLS handshake did not complete"),
+                    },
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// Serves one gRPC service until SIGTERM or SIGINT: what every service's `main` does. `health_names` are

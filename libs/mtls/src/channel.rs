@@ -3,16 +3,16 @@
 use std::{sync::Arc, time::Duration};
 
 use rustls::{
-    DigitallySignedStruct, RootCertStore, SignatureScheme,
+    DigitallySignedStruct, SignatureScheme,
     client::{
         WebPkiServerVerifier,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     },
-    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
+    pki_types::{CertificateDer, ServerName, UnixTime},
 };
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::{ServiceName, TlsError, TlsMaterial, spiffe_id_from_der};
+use crate::{ServiceName, TlsError, TlsMaterial, acceptor::root_store, spiffe_id_from_der};
 
 /// Checks the server's certificate against the mesh CA *and* its SPIFFE identity: every mesh certificate
 /// is valid for loopback names, so the CA alone would accept any service in place of any other.
@@ -33,12 +33,11 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
         match spiffe_id_from_der(end_entity.as_ref()) {
-            Some(id) if id == self.expected => Ok(verified),
-            other => Err(rustls::Error::General(format!(
-                "the server is {}, not the expected {}",
-                other.as_deref().unwrap_or("a certificate without a SPIFFE id"),
-                self.expected
-            ))),
+            Ok(id) if id == self.expected => Ok(verified),
+            Ok(other) => {
+                Err(rustls::Error::General(format!("the server is {other}, not the expected {}", self.expected)))
+            }
+            Err(e) => Err(rustls::Error::General(format!("the server's certificate is refused: {e}"))),
         }
     }
 
@@ -69,12 +68,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// service's SPIFFE identity. Lazy, so services may start in any order; the first call connects.
 pub fn mtls_channel(endpoint: &str, tls: &TlsMaterial, service: ServiceName) -> Result<Channel, TlsError> {
     let host = endpoint.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or(endpoint);
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
-        let cert = cert.map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
-        roots.add(cert).map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
-    }
-    let inner = WebPkiServerVerifier::builder(Arc::new(roots))
+    let inner = WebPkiServerVerifier::builder(Arc::new(root_store(tls)?))
         .build()
         .map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
     let verifier = Arc::new(SpiffeServerVerifier { inner, expected: service.spiffe_id() });

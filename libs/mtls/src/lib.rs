@@ -1,11 +1,13 @@
 //! Who is who on keymesh's wire, and nothing more: the four service names and their SPIFFE identities, an
-//! identity's PEM material, where the services are, and a lazily connecting mTLS channel that checks the
-//! server's SPIFFE identity as well as the CA.
+//! identity's PEM material, where the services are, a lazily connecting mTLS channel that checks the
+//! server's SPIFFE identity as well as the CA, and the servers' TLS configuration that admits only
+//! X.509-SVIDs of the trust domain.
 //!
 //! It is its own crate so that the application SDK can speak to the mesh exactly as the services speak to
 //! each other without compiling the services' floor (configuration, telemetry exporters, the development
 //! CA, token verification).
 
+mod acceptor;
 mod channel;
 mod identity;
 
@@ -13,8 +15,9 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
+pub use acceptor::server_config;
 pub use channel::mtls_channel;
-pub use identity::{ServiceName, TRUST_DOMAIN, app_spiffe_id, spiffe_id_from_der};
+pub use identity::{ServiceName, SvidError, TRUST_DOMAIN, app_spiffe_id, spiffe_id_from_der};
 
 /// Certificates or keys that could not be read or used.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,11 @@
-//! The generated `keymesh.v1` API (prost messages and tonic clients and servers), and the conversions
-//! between its algorithm enums and keymesh-crypto's types.
+//! The generated `keymesh.v1` API (prost messages and tonic clients and servers), the conversions
+//! between its algorithm enums and keymesh-crypto's types, and what its identifiers may hold.
 //!
 //! The `.proto` files under `proto/` are the one source of truth; this crate exists so every service, the
 //! SDK and the tests share one compiled copy.
 
 pub mod algorithm;
+pub mod identifiers;
 
 /// The `keymesh.v1` package.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

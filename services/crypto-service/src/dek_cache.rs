@@ -196,7 +196,10 @@ impl DekCache {
         self.cache.try_get_with(cache_key, self.fetch(&request)).await.map_err(|e: Arc<CryptoServiceError>| {
             match e.as_ref() {
                 CryptoServiceError::KeyNotFound(k) => CryptoServiceError::KeyNotFound(k.clone()),
-                CryptoServiceError::OtherTenant(m) => CryptoServiceError::OtherTenant(m.clone()),
+                CryptoServiceError::Denied(m) => CryptoServiceError::Denied(m.clone()),
+                CryptoServiceError::InvalidArgument { field, reason } => {
+                    CryptoServiceError::InvalidArgument { field, reason: reason.clone() }
+                }
                 CryptoServiceError::FailedPrecondition(m) => CryptoServiceError::FailedPrecondition(m.clone()),
                 CryptoServiceError::KeyServiceUnavailable(m) => CryptoServiceError::KeyServiceUnavailable(m.clone()),
                 other => CryptoServiceError::Internal(other.to_string()),
@@ -217,7 +220,13 @@ impl DekCache {
             .await
             .map_err(|status| match status.code() {
                 tonic::Code::NotFound => CryptoServiceError::KeyNotFound(request.key.to_owned()),
-                tonic::Code::PermissionDenied => CryptoServiceError::OtherTenant(status.message().to_owned()),
+                tonic::Code::PermissionDenied => CryptoServiceError::Denied(status.message().to_owned()),
+                // key_use checks every reference first, so this is a rule of key-service's that this one does
+                // not know yet: the caller's mistake all the same, never an internal error.
+                tonic::Code::InvalidArgument => CryptoServiceError::InvalidArgument {
+                    field: "key",
+                    reason: format!("key-service refused the key reference: {}", status.message()),
+                },
                 tonic::Code::FailedPrecondition => CryptoServiceError::FailedPrecondition(status.message().to_owned()),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
                     CryptoServiceError::KeyServiceUnavailable(status.message().to_owned())

@@ -23,9 +23,9 @@ pub enum CryptoServiceError {
     /// The key does not exist in the caller's tenant.
     #[error("key {0:?} not found")]
     KeyNotFound(String),
-    /// The key belongs to another tenant.
+    /// key-service refused the caller (a policy's denial).
     #[error("{0}")]
-    OtherTenant(String),
+    Denied(String),
     /// key-service refused for a reason the caller can act on (disabled key, retired version, …).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -40,6 +40,12 @@ pub enum CryptoServiceError {
     Internal(String),
 }
 
+impl From<keymesh_proto::identifiers::InvalidIdentifier> for CryptoServiceError {
+    fn from(e: keymesh_proto::identifiers::InvalidIdentifier) -> Self {
+        Self::InvalidArgument { field: e.field, reason: e.rule.to_owned() }
+    }
+}
+
 impl From<CryptoServiceError> for Status {
     fn from(e: CryptoServiceError) -> Self {
         match &e {
@@ -47,7 +53,7 @@ impl From<CryptoServiceError> for Status {
             | CryptoServiceError::DecryptionFailed
             | CryptoServiceError::ContextMismatch(_) => Status::invalid_argument(e.to_string()),
             CryptoServiceError::KeyNotFound(_) => Status::not_found(e.to_string()),
-            CryptoServiceError::OtherTenant(_) => Status::permission_denied(e.to_string()),
+            CryptoServiceError::Denied(_) => Status::permission_denied(e.to_string()),
             CryptoServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             CryptoServiceError::KeyServiceUnavailable(_) => Status::unavailable(e.to_string()),
             CryptoServiceError::Policy(keymesh_policy::PolicyError::Denied { .. }) => {

@@ -16,10 +16,15 @@ pub enum KeyError {
     /// No such key in the caller's tenant.
     #[error("key {0:?} not found")]
     KeyNotFound(String),
-    /// A key id of another tenant: names are per tenant (another tenant's name is simply not found), but an
-    /// id is global, and reaching for another tenant's is refused as such.
-    #[error("key {0:?} belongs to another tenant")]
-    OtherTenant(String),
+    /// A key id of another tenant. The caller is told exactly what an unknown id tells it (NOT_FOUND, the
+    /// same words), so ids cannot be probed across tenants; the owner's audit trail records the attempt.
+    #[error("key {key:?} not found")]
+    OtherTenant {
+        /// The id the caller gave.
+        key: String,
+        /// The tenant that owns it.
+        owner: String,
+    },
     /// No such version.
     #[error("key {key:?} has no version {version}")]
     VersionNotFound {
@@ -51,6 +56,12 @@ pub enum KeyError {
     Policy(#[from] keymesh_policy::PolicyError),
 }
 
+impl From<keymesh_proto::identifiers::InvalidIdentifier> for KeyError {
+    fn from(e: keymesh_proto::identifiers::InvalidIdentifier) -> Self {
+        Self::InvalidArgument { field: e.field, reason: e.rule.to_owned() }
+    }
+}
+
 impl From<keymesh_store::StoreError> for KeyError {
     fn from(e: keymesh_store::StoreError) -> Self {
         Self::Store(e)
@@ -61,8 +72,9 @@ impl From<KeyError> for Status {
     fn from(e: KeyError) -> Self {
         match &e {
             KeyError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            KeyError::KeyNotFound(_) | KeyError::VersionNotFound { .. } => Status::not_found(e.to_string()),
-            KeyError::OtherTenant(_) => Status::permission_denied(e.to_string()),
+            KeyError::KeyNotFound(_) | KeyError::OtherTenant { .. } | KeyError::VersionNotFound { .. } => {
+                Status::not_found(e.to_string())
+            }
             KeyError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             KeyError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             KeyError::Unimplemented(_) => Status::unimplemented(e.to_string()),

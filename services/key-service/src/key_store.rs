@@ -131,13 +131,13 @@ impl KeyStore {
             .await?)
     }
 
-    /// Why a key reference found nothing in the tenant: a key id that exists elsewhere belongs to another
-    /// tenant; anything else is not found.
+    /// Why a key reference found nothing in the tenant: a key id that exists in another tenant is told apart
+    /// (for the owner's audit trail), though the caller hears the same NOT_FOUND as for an unknown id.
     pub async fn not_in_tenant(&self, name_or_id: &str) -> KeyError {
         if name_or_id.starts_with(keymesh_store::keys::KEY_ID_PREFIX)
-            && let Ok(Some(_)) = self.repo.load(KeyLookup::ById(name_or_id)).await
+            && let Ok(Some(record)) = self.repo.load(KeyLookup::ById(name_or_id)).await
         {
-            return KeyError::OtherTenant(name_or_id.to_owned());
+            return KeyError::OtherTenant { key: name_or_id.to_owned(), owner: record.key.tenant_id };
         }
         KeyError::KeyNotFound(name_or_id.to_owned())
     }

@@ -33,6 +33,15 @@ pub enum TokenError {
     /// No such tenant or application.
     #[error("{0}")]
     NotFound(String),
+    /// An application of a tenant the caller may not act in. Answered exactly as an unknown client id, so ids
+    /// cannot be probed across tenants; the owner's audit trail records the attempt.
+    #[error("no application {client_id:?}")]
+    ForeignApplication {
+        /// The id the caller gave.
+        client_id: String,
+        /// The tenant that owns it.
+        owner: String,
+    },
     /// A concurrent change won; the caller may retry.
     #[error("{0}")]
     Aborted(String),
@@ -48,6 +57,12 @@ pub enum TokenError {
     /// Anything else that is not the caller's fault.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<keymesh_proto::identifiers::InvalidIdentifier> for TokenError {
+    fn from(e: keymesh_proto::identifiers::InvalidIdentifier) -> Self {
+        Self::InvalidArgument { field: e.field, reason: e.rule.to_owned() }
+    }
 }
 
 impl From<TokenError> for Status {
@@ -69,7 +84,7 @@ impl From<TokenError> for Status {
             TokenError::Auth(_) => Status::unauthenticated(e.to_string()),
             TokenError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
             TokenError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            TokenError::NotFound(_) => Status::not_found(e.to_string()),
+            TokenError::NotFound(_) | TokenError::ForeignApplication { .. } => Status::not_found(e.to_string()),
             TokenError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             TokenError::Aborted(_) => Status::aborted(e.to_string()),
             TokenError::Store(keymesh_store::StoreError::AlreadyExists { .. }) => Status::already_exists(e.to_string()),

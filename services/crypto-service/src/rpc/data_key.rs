@@ -77,6 +77,7 @@ impl CryptoRpc {
         let sealing = Sealing {
             permission: pb::Operation::GenerateDataKey,
             key,
+            field: "key",
             plaintext: &plaintext,
             aad,
             context,

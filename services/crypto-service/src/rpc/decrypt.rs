@@ -134,6 +134,7 @@ impl CryptoRpc {
         // claims is authorized before any material moves, the stored name once the key is found.
         let key = KeyUse {
             key: &parsed.key_ref.key_id,
+            field: "ciphertext",
             claimed_name: Some(&parsed.key_name),
             version: parsed.key_ref.version,
             fetch: pb::Operation::Decrypt,

@@ -22,6 +22,8 @@ pub(super) struct Sealing<'a> {
     /// The operation the caller must be allowed on the key (Encrypt, or ReEncrypt).
     pub permission: pb::Operation,
     pub key: &'a str,
+    /// The request field naming the key.
+    pub field: &'static str,
     pub plaintext: &'a [u8],
     pub aad: &'a [u8],
     pub context: &'a HashMap<String, String>,
@@ -53,6 +55,7 @@ impl CryptoRpc {
         let sealing = Sealing {
             permission: pb::Operation::Encrypt,
             key: &request.key,
+            field: "key",
             plaintext: &request.plaintext,
             aad: &request.aad,
             context: &request.encryption_context,
@@ -88,6 +91,7 @@ impl CryptoRpc {
             let sealing = Sealing {
                 permission: pb::Operation::Encrypt,
                 key: if item.key.is_empty() { &request.key } else { &item.key },
+                field: "key",
                 plaintext: &item.plaintext,
                 aad: &item.aad,
                 context: &item.encryption_context,
@@ -134,7 +138,11 @@ impl CryptoRpc {
             }
             .into());
         }
-        let key = KeyUse { fetch: pb::Operation::Encrypt, ..KeyUse::named(item.key, 0, item.permission, item.context) };
+        let key = KeyUse {
+            fetch: pb::Operation::Encrypt,
+            field: item.field,
+            ..KeyUse::named(item.key, 0, item.permission, item.context)
+        };
         let (dek, warnings) = self.key_use(claims, audit, key).await?;
         let algorithm = match dek.algorithm {
             KeyAlgorithm::Symmetric(algorithm) => algorithm,

@@ -20,6 +20,7 @@ use keymesh_limits::Limiter;
 use keymesh_mesh::auth::AccessClaims;
 use keymesh_policy::{Attributes, PolicyEngine};
 use keymesh_proto::algorithm::ToProto;
+use keymesh_proto::identifiers::{self, KEY_ID_PREFIX};
 use keymesh_proto::v1::{self as pb, crypto_service_server::CryptoService};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -119,11 +120,18 @@ impl CryptoRpc {
         audit: &mut Audited,
         key: KeyUse<'_>,
     ) -> Result<(Arc<CachedDek>, Vec<String>), Status> {
-        if key.key.is_empty() {
-            // A ciphertext's header always names a key (the parser refuses one that does not).
-            return Err(
-                CryptoServiceError::InvalidArgument { field: "key", reason: "name the key to use".into() }.into()
-            );
+        // A reference key-service would refuse is refused here, naming the field; one from a ciphertext's
+        // header (which keymesh never writes malformed) is any other bad ciphertext.
+        let invalid = |e: identifiers::InvalidIdentifier| -> Status {
+            if key.from_ciphertext {
+                CryptoServiceError::DecryptionFailed.into()
+            } else {
+                CryptoServiceError::from(e).into()
+            }
+        };
+        identifiers::key_reference(key.field, key.key).map_err(invalid)?;
+        if let Some(name) = key.claimed_name {
+            identifiers::key_name(key.field, name).map_err(invalid)?;
         }
         if let Some(name) = key.claimed_name {
             claims.require_key_operation(name, key.permission)?;
@@ -142,7 +150,9 @@ impl CryptoRpc {
         };
         let dek = fetched.map_err(|e| match e {
             // An unknown key id a ciphertext names (tampered, or another tenant's) is any other bad ciphertext.
-            CryptoServiceError::KeyNotFound(_) if key.from_ciphertext => CryptoServiceError::DecryptionFailed,
+            CryptoServiceError::KeyNotFound(_) | CryptoServiceError::InvalidArgument { .. } if key.from_ciphertext => {
+                CryptoServiceError::DecryptionFailed
+            }
             other => other,
         })?;
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
@@ -157,6 +167,8 @@ impl CryptoRpc {
 pub(super) struct KeyUse<'a> {
     /// The key: a name or an id (`k_…`), from the request or a ciphertext's header.
     pub key: &'a str,
+    /// The request field that names it, for INVALID_ARGUMENT.
+    pub field: &'static str,
     /// The name to authorize before the key is fetched: the request's name, or the name a ciphertext's
     /// header claims; `None` when only an id is known.
     pub claimed_name: Option<&'a str>,
@@ -177,6 +189,7 @@ impl<'a> KeyUse<'a> {
     pub fn named(key: &'a str, version: u32, permission: pb::Operation, context: &'a HashMap<String, String>) -> Self {
         Self {
             key,
+            field: "key",
             claimed_name: (!key.starts_with(KEY_ID_PREFIX)).then_some(key),
             version,
             fetch: permission,
@@ -189,9 +202,6 @@ impl<'a> KeyUse<'a> {
 
 /// No encryption context (signatures, MACs, public-key decryption).
 static NO_CONTEXT: std::sync::LazyLock<HashMap<String, String>> = std::sync::LazyLock::new(HashMap::new);
-
-/// How key ids begin (names never do).
-const KEY_ID_PREFIX: &str = "k_";
 
 /// The audit event of one call by an application.
 pub(super) struct Audited(AuditScope);

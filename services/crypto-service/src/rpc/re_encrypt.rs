@@ -42,6 +42,7 @@ impl CryptoRpc {
             permission: pb::Operation::Reencrypt,
             // By id when no destination is named: the same key, whatever its name, at its ACTIVE version.
             key: if request.destination_key.is_empty() { &opened.key_id } else { &request.destination_key },
+            field: "destination_key",
             plaintext: &opened.plaintext,
             aad,
             context,

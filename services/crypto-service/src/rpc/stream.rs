@@ -60,6 +60,7 @@ impl CryptoRpc {
             let sealing = Sealing {
                 permission: pb::Operation::Encrypt,
                 key: &init.key,
+                field: "init.key",
                 plaintext: data_key.expose_secret(),
                 aad: &init.aad,
                 context: &init.encryption_context,

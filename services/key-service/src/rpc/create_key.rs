@@ -3,6 +3,7 @@
 
 use keymesh_crypto::KeyAlgorithm;
 use keymesh_proto::algorithm::{FromProto, ToProto, purpose_from_proto};
+use keymesh_proto::identifiers;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     StoreError,
@@ -17,23 +18,6 @@ use super::{Audited, KeyRpc, MANAGERS};
 use crate::{convert::record_to_proto, error::KeyError, lifecycle};
 
 const MAX_LABELS: usize = 64;
-
-/// Key names: 1–128 of `[A-Za-z0-9._-]`, starting with a letter or digit, never with the id prefix.
-pub fn validate_key_name(name: &str) -> Result<(), KeyError> {
-    let invalid = |reason: &str| KeyError::InvalidArgument { field: "name", reason: reason.to_owned() };
-    if name.is_empty() || name.len() > 128 {
-        return Err(invalid("must be 1 to 128 characters"));
-    }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        || !name.starts_with(|c: char| c.is_ascii_alphanumeric())
-    {
-        return Err(invalid("use letters, digits, '.', '_' and '-', starting with a letter or digit"));
-    }
-    if name.starts_with(KEY_ID_PREFIX) {
-        return Err(invalid(&format!("must not start with {KEY_ID_PREFIX:?}, which marks key ids")));
-    }
-    Ok(())
-}
 
 pub(super) fn validate_labels(labels: &std::collections::HashMap<String, String>) -> Result<(), KeyError> {
     if labels.len() > MAX_LABELS {
@@ -112,7 +96,7 @@ impl KeyRpc {
         request: pb::CreateKeyRequest,
         audit: &mut Audited,
     ) -> Result<pb::CreateKeyResponse, KeyError> {
-        validate_key_name(&request.name)?;
+        identifiers::key_name("name", &request.name)?;
         validate_labels(&request.labels)?;
         validate_description(&request.description)?;
         let purpose = pb::KeyPurpose::try_from(request.purpose).map_err(|_| KeyError::InvalidArgument {
@@ -195,14 +179,5 @@ mod tests {
         assert!(matches!(pick(P::Kem, A::Unspecified), Err(KeyError::Unimplemented(_))));
         assert!(matches!(pick(P::Sign, A::MlDsa65), Err(KeyError::Unimplemented(_))));
         assert!(matches!(choose_algorithm(P::Sign, 999), Err(KeyError::InvalidArgument { .. })));
-    }
-
-    #[test]
-    fn key_names() {
-        assert!(validate_key_name("user-pii").is_ok());
-        assert!(validate_key_name("a.b_c-1").is_ok());
-        for bad in ["", "-x", "k_123", "sp ace", "slash/y", &"x".repeat(129)] {
-            assert!(validate_key_name(bad).is_err(), "{bad:?}");
-        }
     }
 }

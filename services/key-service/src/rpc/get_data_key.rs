@@ -4,6 +4,7 @@
 use keymesh_crypto::KeyAlgorithm;
 use keymesh_mesh::{PeerIdentity, ServiceName};
 use keymesh_proto::algorithm::{FromProto, ToProto};
+use keymesh_proto::identifiers;
 use keymesh_proto::v1 as pb;
 use keymesh_store::keys::KeyLookup;
 use tonic::{Request, Response, Status};
@@ -27,16 +28,20 @@ impl KeyRpc {
             return Err(audit.deny(&self.audit, denied).await);
         }
         let request = request.into_inner();
-        for (field, value) in
-            [("tenant_id", &request.tenant_id), ("key", &request.key), ("on_behalf_of", &request.on_behalf_of)]
-        {
-            if value.len() > 128 || value.chars().any(char::is_control) {
-                let result: Result<pb::GetDataKeyResponse, KeyError> = Err(KeyError::InvalidArgument {
-                    field: "tenant_id/key/on_behalf_of",
-                    reason: format!("{field} must be at most 128 printable characters"),
-                });
-                return audit.finish(&self.audit, result).await;
-            }
+        let checked = identifiers::opaque_id("tenant_id", &request.tenant_id)
+            .and_then(|()| identifiers::key_reference("key", &request.key).map(drop))
+            .map_err(KeyError::from)
+            .and_then(|()| {
+                if request.on_behalf_of.len() > 128 || request.on_behalf_of.chars().any(char::is_control) {
+                    return Err(KeyError::InvalidArgument {
+                        field: "on_behalf_of",
+                        reason: "at most 128 printable characters".into(),
+                    });
+                }
+                Ok(())
+            });
+        if let Err(invalid) = checked {
+            return audit.finish(&self.audit, Err::<pb::GetDataKeyResponse, _>(invalid)).await;
         }
         let identity = if request.on_behalf_of.is_empty() {
             peer.to_string()
@@ -53,9 +58,6 @@ impl KeyRpc {
         request: pb::GetDataKeyRequest,
         audit: &mut Audited,
     ) -> Result<pb::GetDataKeyResponse, KeyError> {
-        if request.tenant_id.is_empty() || request.key.is_empty() {
-            return Err(KeyError::InvalidArgument { field: "tenant_id/key", reason: "both are required".into() });
-        }
         let operation = pb::Operation::try_from(request.operation).unwrap_or(pb::Operation::Unspecified);
         let (mut record, _) = self.store.record(&request.tenant_id, &request.key).await?;
         let encrypting = matches!(operation, pb::Operation::Encrypt | pb::Operation::GenerateDataKey);

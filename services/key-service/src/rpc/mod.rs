@@ -17,6 +17,7 @@ use keymesh_gate::Gate;
 use keymesh_mesh::auth::{AccessClaims, Role};
 use keymesh_policy::{CompiledPolicy, PolicyEngine};
 use keymesh_proto::algorithm::FromProto;
+use keymesh_proto::identifiers;
 use keymesh_proto::v1::{self as pb, key_service_server::KeyService};
 use keymesh_store::keys::{KeyLookup, KeyRecord};
 use tonic::{Request, Response, Status};
@@ -94,14 +95,9 @@ impl KeyRpc {
     }
 }
 
-/// Refuses an empty key reference.
+/// Refuses a `key` field that is neither a key name nor a key id.
 fn require_key(key: &str) -> Result<(), KeyError> {
-    if key.is_empty() || key.len() > 160 {
-        return Err(KeyError::InvalidArgument {
-            field: "key",
-            reason: "give a key name or id (at most 160 characters)".into(),
-        });
-    }
+    identifiers::key_reference("key", key)?;
     Ok(())
 }
 
@@ -126,6 +122,9 @@ impl Audited {
     }
 
     async fn finish<T>(self, sink: &AuditSink, result: Result<T, KeyError>) -> Result<Response<T>, Status> {
+        if let Err(KeyError::OtherTenant { key, owner }) = &result {
+            self.0.cross_tenant_attempt(sink, owner, key).await;
+        }
         self.0.finish(sink, result.map_err(Status::from)).await.map(Response::new)
     }
 

@@ -3,6 +3,7 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use keymesh_audit::AuditScope;
+use keymesh_proto::identifiers;
 use keymesh_mesh::auth::{AccessClaims, Role};
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
@@ -39,15 +40,20 @@ impl TokenRpc {
         client_id: &str,
         method: &str,
     ) -> Result<application::Model, TokenError> {
-        if client_id.is_empty() {
-            return Err(TokenError::InvalidArgument { field: "client_id", reason: "name the application".into() });
-        }
+        identifiers::opaque_id("client_id", client_id)?;
         let app = self
             .repo
             .application(client_id)
             .await?
             .ok_or_else(|| TokenError::NotFound(format!("no application {client_id:?}")))?;
-        self.acting_tenant(claims, &app.tenant_id, MANAGERS, method).await?;
+        match self.acting_tenant(claims, &app.tenant_id, MANAGERS, method).await {
+            // In its own tenant the caller may know the application exists; elsewhere it is told what an
+            // unknown id tells it.
+            Err(TokenError::PermissionDenied(_)) if app.tenant_id != claims.tenant => {
+                return Err(TokenError::ForeignApplication { client_id: app.client_id, owner: app.tenant_id });
+            }
+            other => other?,
+        };
         if applications::stored_roles(&app)?.contains(&Role::Owner) && !claims.has_any_role(&[Role::Owner]) {
             return Err(TokenError::PermissionDenied(format!(
                 "{method}: application {} holds ROLE_OWNER; only an owner manages it",

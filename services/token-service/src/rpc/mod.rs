@@ -69,8 +69,11 @@ impl TokenRpc {
         run: impl AsyncFnOnce(&AccessClaims, Req, &mut AuditScope) -> Result<Resp, TokenError>,
     ) -> Result<Response<Resp>, Status> {
         let Admitted { claims, mut audit } = self.gate.admit(&request, operation).await?;
-        let result = run(&claims, request.into_inner(), &mut audit).await.map(Response::new).map_err(Status::from);
-        audit.finish(&self.audit, result).await
+        let result = run(&claims, request.into_inner(), &mut audit).await;
+        if let Err(TokenError::ForeignApplication { client_id, owner }) = &result {
+            audit.cross_tenant_attempt(&self.audit, owner, client_id).await;
+        }
+        audit.finish(&self.audit, result.map(Response::new).map_err(Status::from)).await
     }
 
     /// Admits an unauthenticated call under the rate limit of its client certificate's identity.
