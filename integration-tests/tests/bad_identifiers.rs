@@ -37,7 +37,11 @@ fn malformed_references() -> Vec<String> {
 fn assert_names_field(result: Result<impl Sized, tonic::Status>, field: &str, what: &str) {
     let Err(status) = result else { panic!("{what}: accepted") };
     assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
-    assert!(status.message().starts_with(&format!("{field}: ")), "{what}: {:?} does not name {field}", status.message());
+    assert!(
+        status.message().starts_with(&format!("{field}: ")),
+        "{what}: {:?} does not name {field}",
+        status.message()
+    );
 }
 
 async fn authorized<T>(admin: &KeymeshClient, message: T) -> tonic::Request<T> {
@@ -63,16 +67,12 @@ async fn malformed_key_references_in_requests_name_the_field() {
             "key",
             &what("GenerateDataKey"),
         );
-        let mac = pb::GenerateMacRequest { key: bad.clone(), message: b"m".to_vec(), ..Default::default() };
+        let mac = pb::GenerateMacRequest { key: bad.clone(), message: b"m".to_vec() };
         assert_names_field(crypto.generate_mac(authorized(&admin, mac).await).await, "key", &what("GenerateMac"));
-        let sign =
-            pb::SignRequest { key: bad.clone(), input: Some(pb::sign_request::Input::Message(b"m".to_vec())) };
+        let sign = pb::SignRequest { key: bad.clone(), input: Some(pb::sign_request::Input::Message(b"m".to_vec())) };
         assert_names_field(crypto.sign(authorized(&admin, sign).await).await, "key", &what("Sign"));
-        let re_encrypt = pb::ReEncryptRequest {
-            ciphertext: sealed.clone(),
-            destination_key: bad.clone(),
-            ..Default::default()
-        };
+        let re_encrypt =
+            pb::ReEncryptRequest { ciphertext: sealed.clone(), destination_key: bad.clone(), ..Default::default() };
         assert_names_field(
             crypto.re_encrypt(authorized(&admin, re_encrypt).await).await,
             "destination_key",

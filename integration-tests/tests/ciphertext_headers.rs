@@ -185,11 +185,8 @@ fn any_header_edit_opens_to_the_original_or_fails_opaquely() {
     });
 
     let config = ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() };
-    let strategy = edits(
-        fixture.other.name.clone(),
-        format!("{}:v1", fixture.other.key_id),
-        format!("{}:v1", fixture.own.key_id),
-    );
+    let strategy =
+        edits(fixture.other.name.clone(), format!("{}:v1", fixture.other.key_id), format!("{}:v1", fixture.own.key_id));
     let result = TestRunner::new(config).run(&strategy, |edits| {
         let ciphertext = edited(&fixture.ciphertext, &edits);
         runtime.block_on(holds(&fixture, ciphertext)).map_err(TestCaseError::fail)

@@ -9,11 +9,11 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::{Mesh, create_application, second_tenant, with_token};
-use keymesh_proto::v1::{
-    self as pb, crypto_service_client::CryptoServiceClient,
-    key_service_client::KeyServiceClient, token_service_client::TokenServiceClient,
-};
 use keymesh_mesh::ServiceName;
+use keymesh_proto::v1::{
+    self as pb, crypto_service_client::CryptoServiceClient, key_service_client::KeyServiceClient,
+    token_service_client::TokenServiceClient,
+};
 use tonic::{Code, Status};
 
 /// The (code, message) of a refusal, with the id replaced so that two ids compare alike.
@@ -73,8 +73,11 @@ async fn key_rpcs(mesh: &Mesh, token: &str, key: &str) -> Vec<(&'static str, (Co
         (
             "UpdateKeyPolicy",
             shape(
-                keys.update_key_policy(with_token(pb::UpdateKeyPolicyRequest { key: k(), ..Default::default() }, token))
-                    .await,
+                keys.update_key_policy(with_token(
+                    pb::UpdateKeyPolicyRequest { key: k(), ..Default::default() },
+                    token,
+                ))
+                .await,
                 key,
                 "UpdateKeyPolicy",
             ),

@@ -97,3 +97,59 @@ async fn a_pin_holds_against_the_key_that_opens_the_ciphertext() {
     let refused = admin.crypto_service().re_encrypt(admin.authorized(re_encrypt).await.unwrap()).await.unwrap_err();
     assert_eq!(refused.message(), "decryption failed");
 }
+
+/// A version-1 ciphertext as its writers made it: `{"v":1,"ctx":…,"kid":…,"alg":…,"nonce":…}`, sealed over
+/// the length prefix, the header and an empty binding.
+fn legacy_v1(key_name: &str, key_ref: &KeyRef, plaintext: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let nonce = [5u8; 12];
+    let header = format!(
+        r#"{{"v":1,"ctx":"{key_name}","kid":"{}","alg":"AES-256-GCM","nonce":"{}"}}"#,
+        key_ref.to_kid(),
+        base64::engine::general_purpose::STANDARD.encode(nonce)
+    );
+    let mut ciphertext = (header.len() as u16).to_be_bytes().to_vec();
+    ciphertext.extend_from_slice(header.as_bytes());
+    // The empty binding: an 8-byte AAD length and a 4-byte context count, both zero.
+    let mut associated = ciphertext.clone();
+    associated.extend_from_slice(&[0u8; 12]);
+    let body = SymmetricAlgorithm::Aes256Gcm
+        .seal(&SecretKey::from_bytes(MATERIAL.to_vec()), &nonce, &associated, plaintext)
+        .unwrap();
+    ciphertext.extend_from_slice(&body);
+    ciphertext
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_ciphertext_that_names_no_key_opens_by_its_key_id() {
+    keymesh_mesh::install_crypto_provider();
+    let mesh = Mesh::start(&[], &[]).await;
+    let admin = mesh.admin_client();
+    let legacy = pb::CreateKeyRequest {
+        name: "legacy".into(),
+        purpose: pb::KeyPurpose::Encrypt as i32,
+        origin: pb::KeyOrigin::External as i32,
+        algorithm: pb::Algorithm::Aes256Gcm as i32,
+        ..Default::default()
+    };
+    create_key(&admin, legacy).await.unwrap();
+    let imported = import_material(&admin, "legacy", &MATERIAL, pb::WrappingAlgorithm::RsaOaepSha256).await.unwrap();
+    let key = imported.key.unwrap();
+    let key_ref = KeyRef { key_id: key.key_id.clone(), version: key.primary_version };
+    for name in ["legacy", ""] {
+        let sealed = legacy_v1(name, &key_ref, b"from v1");
+        for pin in ["", "legacy", key.key_id.as_str()] {
+            let opened = decrypt(&admin, &sealed, pin).await;
+            assert_eq!(opened.as_deref().ok(), Some(&b"from v1"[..]), "ctx {name:?}, pin {pin:?}: {opened:?}");
+        }
+    }
+    // The pin of a v1 ciphertext that names no key holds against the key its id opens.
+    create_key(&admin, key_request("payments", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes256Gcm)).await.unwrap();
+    let mismatch = decrypt(&admin, &legacy_v1("", &key_ref, b"x"), "payments").await.unwrap_err();
+    assert_eq!(mismatch.code(), Code::InvalidArgument);
+    assert!(mismatch.message().starts_with("context mismatch"), "{mismatch:?}");
+    assert_decryption_failed(
+        decrypt(&admin, &legacy_v1("payments", &key_ref, b"x"), "").await,
+        "v1 naming another key",
+    );
+}

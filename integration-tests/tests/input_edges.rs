@@ -319,8 +319,7 @@ async fn baselines(mesh: &Mesh) -> Baselines {
     b.add(
         &format!("{c}EncryptStream"),
         vec![
-            pb::EncryptStreamRequest { message: Some(pb::encrypt_stream_request::Message::Init(init)) }
-                .encode_to_vec(),
+            pb::EncryptStreamRequest { message: Some(pb::encrypt_stream_request::Message::Init(init)) }.encode_to_vec(),
             pb::EncryptStreamRequest { message: Some(pb::encrypt_stream_request::Message::Chunk(b"data".to_vec())) }
                 .encode_to_vec(),
         ],
@@ -329,8 +328,7 @@ async fn baselines(mesh: &Mesh) -> Baselines {
     b.add(
         &format!("{c}DecryptStream"),
         vec![
-            pb::DecryptStreamRequest { message: Some(pb::decrypt_stream_request::Message::Init(init)) }
-                .encode_to_vec(),
+            pb::DecryptStreamRequest { message: Some(pb::decrypt_stream_request::Message::Init(init)) }.encode_to_vec(),
             pb::DecryptStreamRequest { message: Some(pb::decrypt_stream_request::Message::Chunk(b"data".to_vec())) }
                 .encode_to_vec(),
         ],
@@ -375,7 +373,7 @@ async fn baselines(mesh: &Mesh) -> Baselines {
         },
     );
     b.one(&format!("{t}RevokeToken"), pb::RevokeTokenRequest { token: issued.refresh_token });
-    b.one(&format!("{t}CreateTenant"), pb::CreateTenantRequest { name: "fuzz-tenant".into(), ..Default::default() });
+    b.one(&format!("{t}CreateTenant"), pb::CreateTenantRequest { name: "fuzz-tenant".into() });
     b.one(
         &format!("{t}CreateApplication"),
         pb::CreateApplicationRequest {

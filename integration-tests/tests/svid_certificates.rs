@@ -80,11 +80,7 @@ async fn only_svids_of_the_trust_domain_complete_a_handshake() {
     // Control: a certificate issued the same way with one URI SAN of the trust domain is served.
     let svid = issue(&mesh, &["spiffe://keymesh/app/svid-test"]);
     for service in ServiceName::ALL {
-        assert_eq!(
-            health(mesh.endpoint(service), service, &svid).await.unwrap(),
-            1,
-            "{service} serves an X.509-SVID"
-        );
+        assert_eq!(health(mesh.endpoint(service), service, &svid).await.unwrap(), 1, "{service} serves an X.509-SVID");
     }
 
     for (what, uris) in NOT_SVIDS {

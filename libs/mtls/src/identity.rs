@@ -147,10 +147,7 @@ mod tests {
             "https://keymesh/crypto-service",
             "spiffe://keymesh/a?b",
         ] {
-            assert!(
-                matches!(spiffe_id_from_der(&cert_with(&[foreign])), Err(SvidError::ForeignUri(_))),
-                "{foreign}"
-            );
+            assert!(matches!(spiffe_id_from_der(&cert_with(&[foreign])), Err(SvidError::ForeignUri(_))), "{foreign}");
         }
         assert_eq!(spiffe_id_from_der(b"not a certificate"), Err(SvidError::Unparsable));
     }

@@ -62,7 +62,9 @@ fn is_key_name(value: &str) -> bool {
 
 fn is_key_id(value: &str) -> bool {
     value.strip_prefix(KEY_ID_PREFIX).is_some_and(|rest| {
-        !rest.is_empty() && rest.len() <= MAX_KEY_ID - KEY_ID_PREFIX.len() && rest.chars().all(|c| c.is_ascii_alphanumeric())
+        !rest.is_empty()
+            && rest.len() <= MAX_KEY_ID - KEY_ID_PREFIX.len()
+            && rest.chars().all(|c| c.is_ascii_alphanumeric())
     })
 }
 
@@ -123,8 +125,8 @@ mod tests {
             "ключ".into(),
         ] {
             let refused = key_reference("key", &bad).unwrap_err();
-            assert_eq!(refused.field, "key");
-            assert!(!refused.to_string().contains(&bad) || bad.is_empty(), "the value is not echoed");
+            // The message is the field and the rule, nothing the caller sent.
+            assert_eq!(refused.to_string(), format!("key: {}", refused.rule), "{bad:?}");
         }
     }
 

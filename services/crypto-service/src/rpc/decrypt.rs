@@ -126,16 +126,22 @@ impl CryptoRpc {
             }
             (Err(_), _) => return Err(CryptoServiceError::DecryptionFailed.into()),
         };
-        parsed.expect_key(item.key).map_err(|e| match e {
+        let mismatch = |e: CryptoError| match e {
             CryptoError::ContextMismatch { .. } => CryptoServiceError::ContextMismatch(e.to_string()),
             _ => CryptoServiceError::DecryptionFailed,
-        })?;
+        };
+        // A v1 header that names no key is pinned once its key id has found the key (below).
+        let names_no_key = parsed.version == 1 && parsed.key_name.is_empty();
+        if !names_no_key {
+            parsed.expect_key(item.key).map_err(mismatch)?;
+        }
         // The header's claims (key name and id) are authenticated only once the ciphertext opens: the name it
         // claims is authorized before any material moves, the stored name once the key is found.
         let key = KeyUse {
             key: &parsed.key_ref.key_id,
             field: "ciphertext",
-            claimed_name: Some(&parsed.key_name),
+            // A v1 header may name no key (its key id alone says which); the stored name is authorized then.
+            claimed_name: (!parsed.key_name.is_empty()).then_some(parsed.key_name.as_str()),
             version: parsed.key_ref.version,
             fetch: pb::Operation::Decrypt,
             permission: item.permission,
@@ -148,9 +154,16 @@ impl CryptoRpc {
         // this key's material (an imported key, say) and wants the ciphertext taken for the other key's.
         // Once the header names the opening key, the pin checked against the header above holds against
         // the key that opens the ciphertext, by its name or its id.
-        let names_opening_key = parsed.key_name == dek.key_name || (parsed.version == 1 && parsed.key_name.is_empty());
+        let names_opening_key = parsed.key_name == dek.key_name || names_no_key;
         if !names_opening_key || dek.algorithm != KeyAlgorithm::Symmetric(parsed.algorithm) {
             return Err(CryptoServiceError::DecryptionFailed.into());
+        }
+        if names_no_key && !item.key.is_empty() && item.key != dek.key_name && item.key != dek.key_id {
+            return Err(mismatch(CryptoError::ContextMismatch {
+                expected: item.key.to_owned(),
+                actual: dek.key_name.clone(),
+            })
+            .into());
         }
         let context = context_of(item.context);
         let plaintext = parsed

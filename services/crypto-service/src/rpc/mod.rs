@@ -132,8 +132,6 @@ impl CryptoRpc {
         identifiers::key_reference(key.field, key.key).map_err(invalid)?;
         if let Some(name) = key.claimed_name {
             identifiers::key_name(key.field, name).map_err(invalid)?;
-        }
-        if let Some(name) = key.claimed_name {
             claims.require_key_operation(name, key.permission)?;
         }
         let request = DekRequest {

@@ -180,4 +180,11 @@ mod tests {
         assert!(matches!(pick(P::Sign, A::MlDsa65), Err(KeyError::Unimplemented(_))));
         assert!(matches!(choose_algorithm(P::Sign, 999), Err(KeyError::InvalidArgument { .. })));
     }
+
+    #[test]
+    fn the_ids_create_key_makes_pass_the_shared_validator() {
+        assert_eq!(KEY_ID_PREFIX, identifiers::KEY_ID_PREFIX, "the store and the API tell ids from names alike");
+        let id = format!("{KEY_ID_PREFIX}{}", uuid::Uuid::now_v7().simple());
+        assert_eq!(identifiers::key_reference("key", &id), Ok(identifiers::KeyReference::Id(&id)));
+    }
 }

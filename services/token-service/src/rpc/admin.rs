@@ -3,8 +3,8 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use keymesh_audit::AuditScope;
-use keymesh_proto::identifiers;
 use keymesh_mesh::auth::{AccessClaims, Role};
+use keymesh_proto::identifiers;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     entity::{application, tenant},
