@@ -93,6 +93,9 @@ impl TokenRpc {
         method: &str,
     ) -> Result<String, TokenError> {
         let denied = |why: String| TokenError::PermissionDenied(format!("{method}: {why}"));
+        if !requested.is_empty() {
+            keymesh_proto::identifiers::opaque_id("tenant_id", requested)?;
+        }
         if requested.is_empty() || requested == claims.tenant {
             if !claims.has_any_role(roles) {
                 return Err(denied(format!(
