@@ -33,6 +33,12 @@ if [ "${1:-build}" = test ]; then
   python3 -c "import moto.server, flask" 2>/dev/null || { echo "installing: moto[server]"; pip_install 'moto[server]'; }
 fi
 
+# The telemetry tests run a real OTLP receiver (integration-tests/scripts/otlp_receiver.py).
+if [ "${1:-build}" = test ] && ! python3 -c "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2" 2>/dev/null; then
+  echo "installing: grpcio opentelemetry-proto"
+  pip_install grpcio opentelemetry-proto
+fi
+
 # The import test wraps key material outside keymesh with Python's `cryptography` package.
 if [ "${1:-build}" = test ] && ! python3 -c "import cryptography" 2>/dev/null; then
   echo "installing: python cryptography"

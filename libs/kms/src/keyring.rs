@@ -164,7 +164,7 @@ impl Keyring {
     /// wrap per row.
     pub async fn wrap_primary(&self, dek: &SecretKey, context: &WrapContext) -> Result<WrappedKey, KmsError> {
         let member = self.primary();
-        Ok(label(member, member.backend.wrap(dek, context).await?))
+        Ok(label(member, traced(member, "wrap", member.backend.wrap(dek, context)).await?))
     }
 
     /// Wraps under the primary and every secondary. The primary must succeed; a secondary that fails is
@@ -172,7 +172,7 @@ impl Keyring {
     pub async fn wrap(&self, dek: &SecretKey, context: &WrapContext) -> Result<WrapSet, KmsError> {
         let mut wraps = vec![self.wrap_primary(dek, context).await?];
         for member in self.members.iter().filter(|m| m.role == Role::Secondary) {
-            match member.backend.wrap(dek, context).await.map(|w| label(member, w)) {
+            match traced(member, "wrap", member.backend.wrap(dek, context)).await.map(|w| label(member, w)) {
                 Ok(wrapped) => wraps.push(wrapped),
                 Err(e) => tracing::warn!(
                     backend = %member.name,
@@ -193,7 +193,7 @@ impl Keyring {
         let mut worst: Option<KmsError> = None;
         for member in &self.members {
             for wrapped in set.0.iter().filter(|w| w.backend == member.name) {
-                match member.backend.unwrap(wrapped, context).await {
+                match traced(member, "unwrap", member.backend.unwrap(wrapped, context)).await {
                     Ok(dek) => return Ok(dek),
                     Err(e) => {
                         tracing::debug!(backend = %member.name, error = %e, "unwrap failed; trying the next backend");
@@ -329,6 +329,32 @@ fn current_wrap<'a>(member: &Member, set: &'a WrapSet) -> Option<&'a WrappedKey>
 }
 
 /// Stamps a backend's wrap with the member's name.
+/// One call to a member's backend as a client span (`kms.wrap`, `kms.unwrap`) naming the member and its
+/// backend, with an error status when it fails: the KMS leg of a request's trace. The backends' own SDKs add
+/// their HTTP spans below it where they emit any.
+async fn traced<T>(
+    member: &Member,
+    operation: &'static str,
+    call: impl Future<Output = Result<T, KmsError>>,
+) -> Result<T, KmsError> {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "kms",
+        otel.name = %format_args!("kms.{operation}"),
+        otel.kind = "client",
+        kms.member = %member.name,
+        kms.backend = %member.backend.describe().backend,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    let outcome = call.instrument(span.clone()).await;
+    if let Err(e) = &outcome {
+        span.record("otel.status_code", "error");
+        span.record("otel.status_description", tracing::field::display(e));
+    }
+    outcome
+}
+
 fn label(member: &Member, mut wrapped: WrappedKey) -> WrappedKey {
     wrapped.backend = member.name.clone();
     wrapped

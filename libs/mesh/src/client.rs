@@ -1,14 +1,10 @@
-//! Outgoing calls: mTLS channels to other services, with the W3C trace context of the current span
-//! injected into every request.
+//! Outgoing calls: mTLS channels to other services, each call with its client span and the W3C trace
+//! context of that span injected into its request.
 
 use std::sync::Arc;
 
 use keymesh_proto::v1::{self as pb, GetJwksRequest, token_service_client::TokenServiceClient};
-use tonic::{
-    Request, Status,
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
+use tonic::transport::Channel;
 
 pub use keymesh_mtls::mtls_channel;
 
@@ -16,26 +12,15 @@ use crate::{
     MeshError, ServiceName,
     auth::{PublicJwk, TokenAuthority},
     pki::TlsMaterial,
-    telemetry,
+    rpc_telemetry::ClientSpans,
 };
 
-/// A channel whose requests carry the caller's trace context.
-pub type MeshChannel = InterceptedService<Channel, TraceContextInjector>;
+/// A channel to another service whose calls each get a client span, whose context they carry as `traceparent`.
+pub type MeshChannel = ClientSpans<Channel>;
 
-/// Injects `traceparent`/`tracestate` of the current span into outgoing metadata.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TraceContextInjector;
-
-impl Interceptor for TraceContextInjector {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        telemetry::inject_current_context(request.metadata_mut().as_mut());
-        Ok(request)
-    }
-}
-
-/// [`mtls_channel`] with trace-context propagation.
+/// [`mtls_channel`] with a client span per call and trace-context propagation.
 pub fn traced_channel(endpoint: &str, tls: &TlsMaterial, service: ServiceName) -> Result<MeshChannel, MeshError> {
-    Ok(InterceptedService::new(mtls_channel(endpoint, tls, service)?, TraceContextInjector))
+    Ok(ClientSpans::new(mtls_channel(endpoint, tls, service)?, endpoint))
 }
 
 /// The access-token verifier of a service: JWKS and revocations from token-service over mTLS, issuer and

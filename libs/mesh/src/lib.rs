@@ -10,6 +10,7 @@ mod error;
 pub mod identity;
 pub mod pki;
 pub mod request_id;
+pub mod rpc_telemetry;
 pub mod run;
 pub mod server;
 pub mod telemetry;

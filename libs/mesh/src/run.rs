@@ -61,12 +61,17 @@ where
         Ok(loaded) => loaded,
         Err(e) => return fail(service, &e, EXIT_CONFIG),
     };
+    // A bad OTEL_* variable is a configuration error like a bad field: it stops the service before it starts.
+    let traces = match telemetry::trace_settings(&params, &|name| env.get(name).cloned()) {
+        Ok(traces) => traces,
+        Err(e) => return fail(service, &e, EXIT_CONFIG),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(service, &e, 1),
     };
     let result: Result<(), BoxError> = runtime.block_on(async {
-        let telemetry = telemetry::init(&params)?;
+        let telemetry = telemetry::init(&params, &traces)?;
         let tls = service_tls(&params)?;
         let outcome = body(Startup { params, config, tls }).await;
         telemetry.shutdown();

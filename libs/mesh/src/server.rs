@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{service::Routes, transport::Server};
 use tonic_health::ServingStatus;
 
-use crate::{MeshError, pki::TlsMaterial, telemetry};
+use crate::{MeshError, pki::TlsMaterial};
 
 /// Binds the listen address first, so a taken port is reported before anything else starts.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MeshError> {
@@ -62,9 +62,9 @@ pub async fn serve(
 
     let incoming = tls_incoming(listener, acceptor);
     let server = Server::builder()
-        .trace_fn(telemetry::server_span)
         .timeout(Duration::from_secs(60))
         .layer(crate::request_id::RequestIdLayer)
+        .layer(crate::rpc_telemetry::ServerSpanLayer)
         .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection)

@@ -1,16 +1,30 @@
 //! Logs and traces. Spans always get real trace ids (an SDK tracer provider runs even without an exporter),
-//! so audit events and logs can carry the trace id; spans are exported over OTLP/gRPC only when an endpoint
-//! is configured. Trace context crosses every hop as W3C `traceparent`.
+//! so audit events and logs can carry the trace id; spans are exported over OTLP when an endpoint is
+//! configured, by `telemetry.otlp_endpoint` or the standard `OTEL_*` variables (gRPC or HTTP/protobuf, plain
+//! or TLS with a custom CA, extra headers, a sampler). Trace context crosses every hop as W3C `traceparent`.
+//! JSON log lines carry the trace and span ids of the span they were written in.
+
+use std::{io::IsTerminal, time::Duration};
 
 use opentelemetry::{
-    global,
+    KeyValue, global,
     propagation::{Extractor, Injector},
     trace::{TraceContextExt, TracerProvider as _},
 };
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::{
+    Resource,
+    propagation::TraceContextPropagator,
+    trace::{Sampler, SdkTracerProvider},
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer as _,
+    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
+    layer::SubscriberExt,
+    registry::LookupSpan,
+    util::SubscriberInitExt,
+};
 
 use crate::{MeshError, config::MeshParams};
 
@@ -26,20 +40,288 @@ impl Telemetry {
     }
 }
 
-/// Sets up logging to stderr and tracing. Must run inside the tokio runtime (the OTLP exporter connects
-/// lazily through tonic).
-pub fn init(params: &MeshParams) -> Result<Telemetry, MeshError> {
-    global::set_text_map_propagator(TraceContextPropagator::new());
-    let resource = Resource::builder().with_service_name(params.service.as_str()).build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if let Some(endpoint) = &params.otlp_endpoint {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(std::time::Duration::from_secs(5))
+/// How spans leave the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (the default).
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies.
+    HttpProtobuf,
+}
+
+/// Where and how spans are exported, from `telemetry.otlp_endpoint` and the `OTEL_EXPORTER_OTLP_*`
+/// variables (a signal's own variable before the general one, as the OpenTelemetry specification says).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanExport {
+    /// The full URL spans are sent to (for HTTP, with its `/v1/traces` path).
+    pub endpoint: String,
+    /// gRPC or HTTP/protobuf.
+    pub protocol: Protocol,
+    /// Extra request headers (an API key, a tenant header).
+    pub headers: Vec<(String, String)>,
+    /// PEM of the CA that signs the collector's certificate, when it is not a public one.
+    pub ca_pem: Option<Vec<u8>>,
+    /// How long one export may take.
+    pub timeout: Duration,
+}
+
+/// What the `OTEL_*` variables and the configuration ask of tracing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    /// None: nothing is exported (no endpoint, or `OTEL_SDK_DISABLED=true`).
+    pub export: Option<SpanExport>,
+    /// `OTEL_TRACES_SAMPLER[_ARG]`; parent-based always-on by default.
+    pub sampler: SamplerChoice,
+    /// `OTEL_SERVICE_NAME`, else the service's own name.
+    pub service_name: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES`.
+    pub resource_attributes: Vec<(String, String)>,
+}
+
+/// A sampler the specification names.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerChoice {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio` with its ratio.
+    Ratio(f64),
+    /// `parentbased_always_on` (the default).
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`.
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio` with its ratio.
+    ParentBasedRatio(f64),
+}
+
+impl SamplerChoice {
+    fn sampler(self) -> Sampler {
+        match self {
+            Self::AlwaysOn => Sampler::AlwaysOn,
+            Self::AlwaysOff => Sampler::AlwaysOff,
+            Self::Ratio(r) => Sampler::TraceIdRatioBased(r),
+            Self::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            Self::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            Self::ParentBasedRatio(r) => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r))),
+        }
+    }
+}
+
+/// A variable's value that cannot be used: the one-line error names the variable.
+fn bad(variable: &str, reason: impl std::fmt::Display) -> MeshError {
+    MeshError::Telemetry(format!("{variable}: {reason}"))
+}
+
+/// The first of `names` that is set (and not blank), with its name.
+fn first_set(env: &dyn Fn(&str) -> Option<String>, names: &[&'static str]) -> Option<(&'static str, String)> {
+    names.iter().find_map(|name| env(name).filter(|v| !v.trim().is_empty()).map(|v| (*name, v.trim().to_owned())))
+}
+
+/// `key=value` pairs separated by commas, values percent-decoded (the W3C Baggage format the specification
+/// uses for headers and resource attributes).
+fn key_values(variable: &str, value: &str) -> Result<Vec<(String, String)>, MeshError> {
+    let mut out = Vec::new();
+    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(bad(variable, format!("{pair:?} is not key=value")));
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad(variable, format!("{key:?} is not a valid key")));
+        }
+        let decoded =
+            percent_decode(value.trim()).ok_or_else(|| bad(variable, format!("bad percent-encoding in {key}")))?;
+        out.push((key.to_owned(), decoded));
+    }
+    Ok(out)
+}
+
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = value.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn ratio(variable: &str, arg: Option<&str>) -> Result<f64, MeshError> {
+    let Some(arg) = arg else { return Ok(1.0) };
+    match arg.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(bad(variable, format!("{arg:?} is not a ratio between 0 and 1"))),
+    }
+}
+
+/// Reads the tracing settings from `params` and the environment (`env`, a lookup, so tests need not touch
+/// the process's variables).
+pub fn trace_settings(params: &MeshParams, env: &dyn Fn(&str) -> Option<String>) -> Result<TraceSettings, MeshError> {
+    let disabled = match first_set(env, &["OTEL_SDK_DISABLED"]) {
+        None => false,
+        Some((_, v)) if v.eq_ignore_ascii_case("true") => true,
+        Some((_, v)) if v.eq_ignore_ascii_case("false") => false,
+        Some((name, v)) => return Err(bad(name, format!("{v:?} is neither true nor false"))),
+    };
+    let arg = first_set(env, &["OTEL_TRACES_SAMPLER_ARG"]).map(|(_, v)| v);
+    let sampler = match first_set(env, &["OTEL_TRACES_SAMPLER"]) {
+        None => SamplerChoice::ParentBasedAlwaysOn,
+        Some((name, v)) => match v.as_str() {
+            "always_on" => SamplerChoice::AlwaysOn,
+            "always_off" => SamplerChoice::AlwaysOff,
+            "traceidratio" => SamplerChoice::Ratio(ratio("OTEL_TRACES_SAMPLER_ARG", arg.as_deref())?),
+            "parentbased_always_on" => SamplerChoice::ParentBasedAlwaysOn,
+            "parentbased_always_off" => SamplerChoice::ParentBasedAlwaysOff,
+            "parentbased_traceidratio" => {
+                SamplerChoice::ParentBasedRatio(ratio("OTEL_TRACES_SAMPLER_ARG", arg.as_deref())?)
+            }
+            other => {
+                return Err(bad(
+                    name,
+                    format!(
+                        "{other:?} is not one of always_on, always_off, traceidratio, parentbased_always_on, \
+                         parentbased_always_off, parentbased_traceidratio"
+                    ),
+                ));
+            }
+        },
+    };
+    let service_name =
+        first_set(env, &["OTEL_SERVICE_NAME"]).map_or_else(|| params.service.as_str().to_owned(), |(_, v)| v);
+    let resource_attributes = match first_set(env, &["OTEL_RESOURCE_ATTRIBUTES"]) {
+        Some((name, v)) => key_values(name, &v)?,
+        None => Vec::new(),
+    };
+
+    let protocol = match first_set(env, &["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]) {
+        None => Protocol::Grpc,
+        Some((_, v)) if v == "grpc" => Protocol::Grpc,
+        Some((_, v)) if v == "http/protobuf" => Protocol::HttpProtobuf,
+        Some((name, v)) => return Err(bad(name, format!("{v:?} is not supported; use grpc or http/protobuf"))),
+    };
+    // The configuration file names the endpoint exactly; the general variable names a collector, to which
+    // HTTP adds the signal's path.
+    let endpoint = match (&params.otlp_endpoint, first_set(env, &["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])) {
+        (Some(configured), _) => Some(("telemetry.otlp_endpoint", configured.clone())),
+        (None, Some(signal)) => Some(signal),
+        (None, None) => first_set(env, &["OTEL_EXPORTER_OTLP_ENDPOINT"]).map(|(name, base)| {
+            let url = match protocol {
+                Protocol::Grpc => base,
+                Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+            };
+            (name, url)
+        }),
+    };
+    let headers = match first_set(env, &["OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"]) {
+        Some((name, v)) => key_values(name, &v)?,
+        None => Vec::new(),
+    };
+    let ca_pem = match first_set(env, &["OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"]) {
+        Some((name, path)) => {
+            let pem = std::fs::read(&path).map_err(|e| bad(name, format!("cannot read {path}: {e}")))?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(bad(name, format!("{path} holds no PEM certificate")));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let timeout = match first_set(env, &["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]) {
+        Some((name, v)) => match v.parse::<u64>() {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => return Err(bad(name, format!("{v:?} is not a positive number of milliseconds"))),
+        },
+        None => Duration::from_secs(10),
+    };
+    let export = match endpoint {
+        _ if disabled => None,
+        None => None,
+        Some((name, url)) => {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.parse::<http::Uri>().map_or(true, |u| u.host().is_none()) {
+                return Err(bad(name, format!("{url:?} is not an http:// or https:// URL")));
+            }
+            Some(SpanExport { endpoint: url, protocol, headers, ca_pem, timeout })
+        }
+    };
+    Ok(TraceSettings { export, sampler, service_name, resource_attributes })
+}
+
+fn span_exporter(export: &SpanExport) -> Result<opentelemetry_otlp::SpanExporter, MeshError> {
+    let failed = |e: &dyn std::fmt::Display| MeshError::Telemetry(format!("OTLP exporter to {}: {e}", export.endpoint));
+    match export.protocol {
+        Protocol::Grpc => {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            for (key, value) in &export.headers {
+                let key = tonic::metadata::MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
+                    .map_err(|e| failed(&e))?;
+                metadata.insert(key, value.parse().map_err(|e| failed(&e))?);
+            }
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(&export.endpoint)
+                .with_timeout(export.timeout)
+                .with_metadata(metadata);
+            if export.endpoint.starts_with("https://") {
+                let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+                if let Some(pem) = &export.ca_pem {
+                    tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                }
+                builder = builder.with_tls_config(tls);
+            }
+            builder.build().map_err(|e| failed(&e))
+        }
+        Protocol::HttpProtobuf => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(&export.endpoint)
+                .with_timeout(export.timeout)
+                .with_headers(export.headers.iter().cloned().collect());
+            if let Some(pem) = export.ca_pem.clone() {
+                builder = builder.with_http_client(http_client_trusting(pem, export.timeout)?);
+            }
+            builder.build().map_err(|e| failed(&e))
+        }
+    }
+}
+
+/// A blocking HTTP client (what the SDK's batch exporter thread needs) that also trusts `ca_pem`. Built on a
+/// thread of its own: a blocking client cannot be made inside the async runtime.
+fn http_client_trusting(ca_pem: Vec<u8>, timeout: Duration) -> Result<reqwest::blocking::Client, MeshError> {
+    let failed = |e: String| bad("OTEL_EXPORTER_OTLP_CERTIFICATE", e);
+    std::thread::spawn(move || {
+        let ca = reqwest::Certificate::from_pem(&ca_pem).map_err(|e| e.to_string())?;
+        reqwest::blocking::Client::builder()
+            .add_root_certificate(ca)
+            .timeout(timeout)
             .build()
-            .map_err(|e| MeshError::Telemetry(e.to_string()))?;
-        builder = builder.with_batch_exporter(exporter);
+            .map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| failed("building the HTTP client failed".into()))?
+    .map_err(failed)
+}
+
+/// Sets up logging to stderr and tracing as `settings` (from [`trace_settings`]) say. Must run inside the
+/// tokio runtime (the OTLP/gRPC exporter connects lazily through tonic).
+pub fn init(params: &MeshParams, settings: &TraceSettings) -> Result<Telemetry, MeshError> {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let resource = Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .with_attributes(settings.resource_attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource).with_sampler(settings.sampler.sampler());
+    if let Some(export) = &settings.export {
+        builder = builder.with_batch_exporter(span_exporter(export)?);
     }
     let provider = builder.build();
     global::set_tracer_provider(provider.clone());
@@ -54,15 +336,66 @@ pub fn init(params: &MeshParams) -> Result<Telemetry, MeshError> {
         .or_else(|| EnvFilter::try_new(quiet_sdks(&params.log_level)).ok())
         .unwrap_or_else(|| EnvFilter::new(quiet_sdks("info")));
     let registry = tracing_subscriber::registry().with(otel);
+    // Colour codes only for a person at a terminal: a file or a log collector gets plain text.
+    let ansi = std::io::stderr().is_terminal();
     let result = if params.json_logs {
+        let json = tracing_subscriber::fmt::format().json();
         registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(filter))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(WithTraceIds(json))
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter)).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).with_filter(filter))
+            .try_init()
     };
     result.map_err(|e| MeshError::Telemetry(e.to_string()))?;
     Ok(Telemetry { provider })
+}
+
+/// The JSON log format with the current span's `trace_id` and `span_id` first, so a log line leads to its
+/// trace. The OpenTelemetry layer makes a span's context current while the span is entered.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let cx = opentelemetry::Context::current();
+        let span = cx.span();
+        let span_context = span.span_context();
+        if !span_context.is_valid() {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => {
+                let separator = if rest.starts_with('}') { "" } else { "," };
+                write!(
+                    writer,
+                    "{{\"trace_id\":\"{}\",\"span_id\":\"{}\"{separator}{rest}",
+                    span_context.trace_id(),
+                    span_context.span_id()
+                )
+            }
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 /// The Vault client logs every refused or failed request at ERROR level, in its own words; keymesh logs the
@@ -80,7 +413,8 @@ fn quiet_sdks(filter: &str) -> String {
     filter
 }
 
-struct HeaderExtractor<'a>(&'a http::HeaderMap);
+/// Reads W3C trace context from request headers.
+pub(crate) struct HeaderExtractor<'a>(pub(crate) &'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
@@ -110,15 +444,6 @@ pub fn inject_current_context(headers: &mut http::HeaderMap) {
     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
 }
 
-/// The server span of an incoming request, parented on the caller's `traceparent` when present.
-pub fn server_span(request: &http::Request<()>) -> tracing::Span {
-    let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
-    let span = tracing::info_span!("grpc.request", otel.kind = "server", rpc.method = %request.uri().path());
-    // Fails only if the span is disabled by the filter; then there is nothing to parent.
-    let _ = span.set_parent(parent);
-    span
-}
-
 /// The current trace id (32 hex digits), if the current span is traced.
 pub fn current_trace_id() -> Option<String> {
     let cx = tracing::Span::current().context();
@@ -128,7 +453,114 @@ pub fn current_trace_id() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::quiet_sdks;
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{ServiceName, config::ConfigSource};
+
+    fn params(otlp_endpoint: Option<&str>) -> MeshParams {
+        let source = ConfigSource::load(None, &BTreeMap::new()).unwrap();
+        let raw = source.top_level(crate::config::RawTransport::KEYS).unwrap();
+        let mut params = MeshParams::from_raw(ServiceName::CryptoService, &raw).unwrap();
+        params.otlp_endpoint = otlp_endpoint.map(str::to_owned);
+        params
+    }
+
+    fn settings(otlp_endpoint: Option<&str>, vars: &[(&str, &str)]) -> Result<TraceSettings, String> {
+        let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        trace_settings(&params(otlp_endpoint), &|name| vars.get(name).cloned()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn nothing_is_exported_without_an_endpoint() {
+        let s = settings(None, &[]).unwrap();
+        assert_eq!(s.export, None);
+        assert_eq!(s.sampler, SamplerChoice::ParentBasedAlwaysOn);
+        assert_eq!(s.service_name, "crypto-service");
+    }
+
+    #[test]
+    fn the_standard_variables_choose_endpoint_protocol_and_headers() {
+        let grpc = settings(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]).unwrap();
+        let export = grpc.export.unwrap();
+        assert_eq!((export.endpoint.as_str(), export.protocol), ("http://collector:4317", Protocol::Grpc));
+
+        let http = settings(
+            None,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=abc%20def, x-tenant=ops"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ],
+        )
+        .unwrap()
+        .export
+        .unwrap();
+        assert_eq!(http.endpoint, "http://collector:4318/v1/traces", "the general variable gets the signal's path");
+        assert_eq!(http.protocol, Protocol::HttpProtobuf);
+        assert_eq!(http.headers, vec![("api-key".into(), "abc def".into()), ("x-tenant".into(), "ops".into())]);
+        assert_eq!(http.timeout, Duration::from_millis(2500));
+
+        // A signal's own variable is used as it is, and wins over the general one; the file wins over both.
+        let signal = settings(
+            None,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:4318/custom"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(signal.export.unwrap().endpoint, "http://b:4318/custom");
+        let file = settings(Some("http://c:4317"), &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:4317")]).unwrap();
+        assert_eq!(file.export.unwrap().endpoint, "http://c:4317");
+
+        let off = settings(Some("http://c:4317"), &[("OTEL_SDK_DISABLED", "TRUE")]).unwrap();
+        assert_eq!(off.export, None);
+    }
+
+    #[test]
+    fn sampler_service_name_and_resource() {
+        let s = settings(
+            None,
+            &[
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+                ("OTEL_SERVICE_NAME", "crypto-eu-1"),
+                ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,k8s.namespace.name=keymesh"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.sampler, SamplerChoice::ParentBasedRatio(0.01));
+        assert_eq!(s.service_name, "crypto-eu-1");
+        assert_eq!(s.resource_attributes.len(), 2);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        for (vars, variable) in [
+            (vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")], "OTEL_EXPORTER_OTLP_PROTOCOL"),
+            (vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")], "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x"), ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")],
+                "OTEL_EXPORTER_OTLP_HEADERS",
+            ),
+            (vec![("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")], "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+            (vec![("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")], "OTEL_EXPORTER_OTLP_TIMEOUT"),
+            (vec![("OTEL_TRACES_SAMPLER", "sometimes")], "OTEL_TRACES_SAMPLER"),
+            (
+                vec![("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")],
+                "OTEL_TRACES_SAMPLER_ARG",
+            ),
+            (vec![("OTEL_SDK_DISABLED", "yes")], "OTEL_SDK_DISABLED"),
+            (vec![("OTEL_RESOURCE_ATTRIBUTES", "=x")], "OTEL_RESOURCE_ATTRIBUTES"),
+        ] {
+            let error = settings(None, &vars).unwrap_err();
+            assert!(error.contains(variable), "{vars:?}: {error}");
+            assert!(!error.contains('\n'), "one line: {error}");
+        }
+    }
 
     #[test]
     fn sdk_logs_are_off_unless_asked_for() {

@@ -1,0 +1,316 @@
+//! What every gRPC call leaves behind for the people who run the mesh: a span named and attributed by the
+//! OpenTelemetry RPC conventions, on both sides of every hop. A server span is named after the method
+//! (`keymesh.v1.CryptoService/Encrypt`) and carries `rpc.system`, `rpc.service`, `rpc.method`,
+//! `server.address`/`server.port`, the peer's address and, once the call ends, `rpc.grpc.status_code` and an
+//! ERROR status for anything but OK. Calls to other services get the matching client span, whose context is
+//! the `traceparent` the callee continues.
+//!
+//! The status of a gRPC call is known only at its very end (the `grpc-status` trailer, or the header of a
+//! trailers-only answer), so both sides watch the response body to its end rather than the handler's return.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, LazyLock},
+    task::{Context, Poll},
+};
+
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::global;
+use prost::Message;
+use tonic::{
+    Code, Status,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
+use tracing::{Instrument, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::telemetry::{HeaderExtractor, inject_current_context};
+
+/// What the mesh's spans call a method nobody declared: a bounded name, whatever path a caller sent.
+const OTHER: &str = "_OTHER";
+
+/// Every method the services serve, as `/package.Service/Method`: keymesh's API, health and reflection.
+static KNOWN_METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
+    let mut known = HashSet::new();
+    for set in [
+        keymesh_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ] {
+        // The sets are compiled in; one that does not decode only leaves its methods unnamed.
+        let Ok(set) = prost_types::FileDescriptorSet::decode(set) else { continue };
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    known.insert(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
+                }
+            }
+        }
+    }
+    known
+});
+
+/// The service and method of a request path; a path no service declares is `_OTHER`, so that span names
+/// and (later) metric labels stay bounded whatever a caller sends.
+pub fn rpc_name(path: &str) -> (&str, &str) {
+    if KNOWN_METHODS.contains(path)
+        && let Some((service, method)) = path.trim_start_matches('/').split_once('/')
+    {
+        return (service, method);
+    }
+    (OTHER, OTHER)
+}
+
+/// The end of one call: records its status on its span when the response is over, however it ends.
+struct CallEnd {
+    span: tracing::Span,
+    /// The status of a trailers-only answer, read from its headers.
+    early: Option<Status>,
+}
+
+impl CallEnd {
+    fn finish(self, status: Option<Status>) {
+        let status = status.or(self.early.clone());
+        let (code, message) = match &status {
+            Some(status) => (status.code(), status.message().to_owned()),
+            // A body that ended without a status: the stream broke.
+            None => (Code::Unknown, "the call ended without a gRPC status".to_owned()),
+        };
+        self.span.record("rpc.grpc.status_code", code as i32);
+        if code != Code::Ok {
+            self.span.record("otel.status_code", "error");
+            self.span.record("otel.status_description", format!("{code:?}: {message}"));
+        }
+    }
+}
+
+/// A response body that reports the call's status when it ends (trailers, end of stream, or drop: a
+/// cancelled call).
+pub struct ObservedBody<B> {
+    inner: B,
+    end: Option<CallEnd>,
+}
+
+impl<B> ObservedBody<B> {
+    fn finish(&mut self, status: Option<Status>) {
+        if let Some(end) = self.end.take() {
+            end.finish(status);
+        }
+    }
+}
+
+impl<B> Drop for ObservedBody<B> {
+    fn drop(&mut self) {
+        // A trailers-only answer (most refusals) is complete in its headers, and hyper may drop its empty body
+        // unpolled. Anything else dropped before its end lost the other side: a cancelled call, a reset stream.
+        let early = self.end.as_ref().and_then(|end| end.early.clone());
+        self.finish(Some(early.unwrap_or_else(|| Status::cancelled("the call was cancelled before it ended"))));
+    }
+}
+
+impl<B> Body for ObservedBody<B>
+where
+    B: Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let status = Status::from_header_map(trailers);
+                    self.finish(status);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.finish(Some(Status::unknown("the response stream failed")));
+            }
+            Poll::Ready(None) => {
+                let early = self.end.as_ref().and_then(|end| end.early.clone());
+                self.finish(early);
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Wraps a service's routes so that every call it serves has its server span.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerSpanLayer;
+
+impl<S> tower::Layer<S> for ServerSpanLayer {
+    type Service = ServerSpans<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerSpans { inner }
+    }
+}
+
+/// See [`ServerSpanLayer`].
+#[derive(Debug, Clone)]
+pub struct ServerSpans<S> {
+    inner: S,
+}
+
+/// The server span of an incoming request, parented on the caller's `traceparent` when it sent one.
+fn server_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let (service, method) = rpc_name(request.uri().path());
+    let name = if service == OTHER { OTHER.to_owned() } else { format!("{service}/{method}") };
+    let connection = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().map(|info| info.get_ref());
+    let local = connection.and_then(TcpConnectInfo::local_addr);
+    let remote = connection.and_then(TcpConnectInfo::remote_addr);
+    let span = tracing::info_span!(
+        "rpc.server",
+        otel.name = %name,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        server.address = local.map(|a| a.ip().to_string()),
+        server.port = local.map(|a| i64::from(a.port())),
+        network.peer.address = remote.map(|a| a.ip().to_string()),
+        network.peer.port = remote.map(|a| i64::from(a.port())),
+        rpc.grpc.status_code = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    );
+    let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    // Fails only if the span is disabled by the filter; then there is nothing to parent.
+    let _ = span.set_parent(parent);
+    span
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for ServerSpans<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let span = server_span(&request);
+        let response = self.inner.call(request).instrument(span.clone());
+        Box::pin(async move {
+            let response = response.await?;
+            let early = Status::from_header_map(response.headers());
+            let end = CallEnd { span, early };
+            Ok(response.map(|inner| ObservedBody { inner, end: Some(end) }))
+        })
+    }
+}
+
+/// A channel to another service whose calls each get a client span, and carry its context as `traceparent`.
+#[derive(Debug, Clone)]
+pub struct ClientSpans<S> {
+    inner: S,
+    /// The callee, as `server.address` and `server.port`.
+    server: Arc<(String, Option<u16>)>,
+}
+
+impl<S> ClientSpans<S> {
+    /// Wraps `inner`, a channel to `endpoint` (`host:port`).
+    pub fn new(inner: S, endpoint: &str) -> Self {
+        let server = match endpoint.parse::<SocketAddr>() {
+            Ok(addr) => (addr.ip().to_string(), Some(addr.port())),
+            Err(_) => match endpoint.rsplit_once(':') {
+                Some((host, port)) => (host.trim_matches(['[', ']']).to_owned(), port.parse().ok()),
+                None => (endpoint.to_owned(), None),
+            },
+        };
+        Self { inner, server: Arc::new(server) }
+    }
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for ClientSpans<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let (service, method) = rpc_name(request.uri().path());
+        let name = if service == OTHER { OTHER.to_owned() } else { format!("{service}/{method}") };
+        let (address, port) = &*self.server;
+        let span = tracing::info_span!(
+            "rpc.client",
+            otel.name = %name,
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            server.address = %address,
+            server.port = port.map(i64::from),
+            rpc.grpc.status_code = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        );
+        span.in_scope(|| inject_current_context(request.headers_mut()));
+        let response = self.inner.call(request).instrument(span.clone());
+        Box::pin(async move {
+            match response.await {
+                Ok(response) => {
+                    let early = Status::from_header_map(response.headers());
+                    let end = CallEnd { span, early };
+                    Ok(response.map(|inner| ObservedBody { inner, end: Some(end) }))
+                }
+                Err(e) => {
+                    CallEnd { span, early: None }
+                        .finish(Some(Status::unavailable("the call did not reach the service")));
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_declared_methods_are_named() {
+        assert_eq!(rpc_name("/keymesh.v1.CryptoService/Encrypt"), ("keymesh.v1.CryptoService", "Encrypt"));
+        assert_eq!(rpc_name("/grpc.health.v1.Health/Check"), ("grpc.health.v1.Health", "Check"));
+        assert_eq!(
+            rpc_name("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo")
+        );
+        for unknown in ["/keymesh.v1.CryptoService/Encrypt2", "/x/y", "/", "", "/keymesh.v1.CryptoService/"] {
+            assert_eq!(rpc_name(unknown), (OTHER, OTHER), "{unknown:?}");
+        }
+    }
+}
