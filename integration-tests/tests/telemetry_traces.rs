@@ -292,12 +292,16 @@ async fn spans_arrive_over_tls_with_a_custom_ca_and_over_http() {
 
     let http = Receiver::start(false, true, None).await;
     let endpoint = format!("http://127.0.0.1:{}", http.http_port.unwrap());
-    spans_arrive(
-        &http,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
-        "http",
-    )
-    .await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci,team=platform%20sre"),
+    ];
+    spans_arrive(&http, &env, "http").await;
+    for span in http.spans() {
+        assert_eq!(span["resource"]["deployment.environment"], "ci", "{span:#}");
+        assert_eq!(span["resource"]["team"], "platform sre", "{span:#}");
+    }
 }
 
 #[test]
