@@ -34,9 +34,10 @@ if [ "${1:-build}" = test ]; then
 fi
 
 # The telemetry tests run a real OTLP receiver (integration-tests/scripts/otlp_receiver.py).
-if [ "${1:-build}" = test ] && ! python3 -c "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2" 2>/dev/null; then
-  echo "installing: grpcio opentelemetry-proto"
-  pip_install grpcio opentelemetry-proto
+# They parse /metrics with the Prometheus client's own text parser.
+if [ "${1:-build}" = test ] && ! python3 -c "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2, prometheus_client.parser" 2>/dev/null; then
+  echo "installing: grpcio opentelemetry-proto prometheus-client"
+  pip_install grpcio opentelemetry-proto prometheus-client
 fi
 
 # The import test wraps key material outside keymesh with Python's `cryptography` package.

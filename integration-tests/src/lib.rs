@@ -92,6 +92,9 @@ impl Mesh {
         env.insert("KEYMESH_ENDPOINTS__TOKEN_SERVICE".to_owned(), endpoints.token_service.clone());
         env.insert("KEYMESH_ENDPOINTS__AUDIT_SERVICE".to_owned(), endpoints.audit_service.clone());
         env.insert("KEYMESH_LOG".to_owned(), "warn".to_owned());
+        // Meshes run side by side: each service's Prometheus endpoint on a port of its own choosing, unless a
+        // test names one.
+        env.insert("KEYMESH_TELEMETRY__METRICS_ADDR".to_owned(), "127.0.0.1:0".to_owned());
         for (k, v) in common {
             env.insert((*k).to_owned(), (*v).to_owned());
         }

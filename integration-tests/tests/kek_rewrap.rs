@@ -35,9 +35,13 @@ fn next_keyring(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'
 async fn rewrap_moves_every_dek_to_a_new_kek_online_and_resumes_after_a_crash() {
     let url = fresh_postgres_database().await;
     let redis = RedisServer::start();
+    // key-service's metrics port is fixed, so `key-service rewrap` (same configuration) would fail to start if
+    // it tried to serve metrics too while the service runs.
+    let metrics_addr = format!("127.0.0.1:{}", integration_tests::free_port());
     let mut mesh = Mesh::start(
         &[],
         &[
+            (ServiceName::KeyService, "KEYMESH_TELEMETRY__METRICS_ADDR", &metrics_addr),
             (ServiceName::KeyService, "KEYMESH_DATABASE__URL", &url),
             (ServiceName::KeyService, "KEYMESH_KEY_SERVICE__REDIS_URL", &redis.url),
             (ServiceName::KeyService, "KEYMESH_KEY_SERVICE__CHANGE_POLL_MS", "200"),

@@ -23,6 +23,14 @@ use serde::{Deserialize, de::DeserializeOwned};
 
 use crate::ServiceName;
 
+/// Default Prometheus endpoints of the embedded mesh: beside each service's port, 7401 → 9401.
+pub const DEFAULT_METRICS_ADDRS: [(ServiceName, &str); 4] = [
+    (ServiceName::KeyService, "127.0.0.1:9401"),
+    (ServiceName::CryptoService, "127.0.0.1:9402"),
+    (ServiceName::TokenService, "127.0.0.1:9403"),
+    (ServiceName::AuditService, "127.0.0.1:9404"),
+];
+
 /// Environment variables with the prefix that are not config fields.
 const RESERVED_ENV: &[&str] = &["KEYMESH_CONFIG", "KEYMESH_MASTER_KEY", "KEYMESH_LOG"];
 
@@ -248,6 +256,8 @@ pub struct RawTelemetry {
     pub log_format: Option<String>,
     /// tracing filter directive, e.g. `info` or `keymesh=debug`.
     pub log_level: Option<String>,
+    /// `IP:port` of the plain-HTTP Prometheus endpoint (`/metrics`), or `off`.
+    pub metrics_addr: Option<String>,
 }
 
 /// `[tokens]`: what every verifier of access tokens reads. token-service, which issues them, owns the rest
@@ -328,6 +338,8 @@ pub struct MeshParams {
     pub json_logs: bool,
     /// Log filter.
     pub log_level: String,
+    /// Where `/metrics` is served (plain HTTP, loopback by default); None: not served.
+    pub metrics_addr: Option<SocketAddr>,
     /// Drain period after a shutdown signal.
     pub shutdown_grace: Duration,
 }
@@ -407,6 +419,14 @@ impl MeshParams {
                 reason: format!("{otlp:?} must be an http:// or https:// URL"),
             });
         }
+        let metrics_addr = match raw.telemetry.metrics_addr.as_deref() {
+            Some("off") => None,
+            Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+                field: "telemetry.metrics_addr",
+                reason: format!("{addr:?} is neither an IP:port to listen on (e.g. 127.0.0.1:9401) nor \"off\""),
+            })?),
+            None => DEFAULT_METRICS_ADDRS.iter().find(|(s, _)| *s == service).and_then(|(_, a)| a.parse().ok()),
+        };
         let shutdown_grace = Duration::from_secs(raw.shutdown_grace_seconds.unwrap_or(20));
         Ok(Self {
             service,
@@ -419,6 +439,7 @@ impl MeshParams {
                 key: t.key.clone(),
             }),
             otlp_endpoint: raw.telemetry.otlp_endpoint.clone(),
+            metrics_addr,
             json_logs,
             log_level: raw.telemetry.log_level.clone().unwrap_or_else(|| "info".into()),
             shutdown_grace,
@@ -473,6 +494,20 @@ mod tests {
 
     fn transport(source: &ConfigSource) -> RawTransport {
         source.top_level(RawTransport::KEYS).unwrap()
+    }
+
+    #[test]
+    fn metrics_are_served_beside_each_service_unless_off() {
+        let source = ConfigSource::load(None, &BTreeMap::new()).unwrap();
+        let key = MeshParams::from_raw(ServiceName::KeyService, &transport(&source)).unwrap();
+        let audit = MeshParams::from_raw(ServiceName::AuditService, &transport(&source)).unwrap();
+        assert_eq!(key.metrics_addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9401"));
+        assert_eq!(audit.metrics_addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9404"));
+        let off = ConfigSource::load(None, &env(&[("KEYMESH_TELEMETRY__METRICS_ADDR", "off")])).unwrap();
+        assert_eq!(MeshParams::from_raw(ServiceName::KeyService, &transport(&off)).unwrap().metrics_addr, None);
+        let bad = ConfigSource::load(None, &env(&[("KEYMESH_TELEMETRY__METRICS_ADDR", "metrics:9401")])).unwrap();
+        let error = MeshParams::from_raw(ServiceName::KeyService, &transport(&bad)).unwrap_err().to_string();
+        assert!(error.contains("telemetry.metrics_addr"), "{error}");
     }
 
     #[test]

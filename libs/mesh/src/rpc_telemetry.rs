@@ -3,7 +3,8 @@
 //! (`keymesh.v1.CryptoService/Encrypt`) and carries `rpc.system`, `rpc.service`, `rpc.method`,
 //! `server.address`/`server.port`, the peer's address and, once the call ends, `rpc.grpc.status_code` and an
 //! ERROR status for anything but OK. Calls to other services get the matching client span, whose context is
-//! the `traceparent` the callee continues.
+//! the `traceparent` the callee continues. Each side also records the call's duration in
+//! `rpc.server.duration` or `rpc.client.duration`.
 //!
 //! The status of a gRPC call is known only at its very end (the `grpc-status` trailer, or the header of a
 //! trailers-only answer), so both sides watch the response body to its end rather than the handler's return.
@@ -14,10 +15,11 @@ use std::{
     pin::Pin,
     sync::{Arc, LazyLock},
     task::{Context, Poll},
+    time::Instant,
 };
 
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::global;
+use opentelemetry::{KeyValue, global, metrics::Histogram};
 use prost::Message;
 use tonic::{
     Code, Status,
@@ -55,18 +57,57 @@ static KNOWN_METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
 
 /// The service and method of a request path; a path no service declares is `_OTHER`, so that span names
 /// and (later) metric labels stay bounded whatever a caller sends.
-pub fn rpc_name(path: &str) -> (&str, &str) {
-    if KNOWN_METHODS.contains(path)
-        && let Some((service, method)) = path.trim_start_matches('/').split_once('/')
+pub fn rpc_name(path: &str) -> (&'static str, &'static str) {
+    if let Some(known) = KNOWN_METHODS.get(path)
+        && let Some((service, method)) = known.trim_start_matches('/').split_once('/')
     {
         return (service, method);
     }
     (OTHER, OTHER)
 }
 
+/// Which side of a call is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// `rpc.server.duration` and `rpc.client.duration` (milliseconds, by the OpenTelemetry RPC conventions the
+/// issue tracker and today's dashboards use), labelled by service, method and gRPC code only: bounded, and
+/// never anything a caller chose.
+struct RpcDurations {
+    server: Histogram<f64>,
+    client: Histogram<f64>,
+}
+
+/// Boundaries in milliseconds: the hot path lives under 10 ms, a cold key or a KMS call in the hundreds.
+const DURATION_BOUNDARIES_MS: [f64; 15] =
+    [0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+
+static DURATIONS: LazyLock<RpcDurations> = LazyLock::new(|| {
+    let meter = global::meter("keymesh");
+    let histogram = |name: &'static str, description: &'static str| {
+        meter
+            .f64_histogram(name)
+            .with_unit("ms")
+            .with_description(description)
+            .with_boundaries(DURATION_BOUNDARIES_MS.to_vec())
+            .build()
+    };
+    RpcDurations {
+        server: histogram("rpc.server.duration", "Duration of the gRPC calls this service served"),
+        client: histogram("rpc.client.duration", "Duration of the gRPC calls this service made to another"),
+    }
+});
+
 /// The end of one call: records its status on its span when the response is over, however it ends.
 struct CallEnd {
     span: tracing::Span,
+    side: Side,
+    service: &'static str,
+    method: &'static str,
+    started: Instant,
     /// The status of a trailers-only answer, read from its headers.
     early: Option<Status>,
 }
@@ -80,6 +121,19 @@ impl CallEnd {
             None => (Code::Unknown, "the call ended without a gRPC status".to_owned()),
         };
         self.span.record("rpc.grpc.status_code", code as i32);
+        let histogram = match self.side {
+            Side::Server => &DURATIONS.server,
+            Side::Client => &DURATIONS.client,
+        };
+        histogram.record(
+            self.started.elapsed().as_secs_f64() * 1000.0,
+            &[
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", self.service),
+                KeyValue::new("rpc.method", self.method),
+                KeyValue::new("rpc.grpc.status_code", code as i64),
+            ],
+        );
         if code != Code::Ok {
             self.span.record("otel.status_code", "error");
             self.span.record("otel.status_description", format!("{code:?}: {message}"));
@@ -170,8 +224,7 @@ pub struct ServerSpans<S> {
 }
 
 /// The server span of an incoming request, parented on the caller's `traceparent` when it sent one.
-fn server_span<B>(request: &http::Request<B>) -> tracing::Span {
-    let (service, method) = rpc_name(request.uri().path());
+fn server_span<B>(request: &http::Request<B>, service: &str, method: &str) -> tracing::Span {
     let name = if service == OTHER { OTHER.to_owned() } else { format!("{service}/{method}") };
     let connection = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().map(|info| info.get_ref());
     let local = connection.and_then(TcpConnectInfo::local_addr);
@@ -213,12 +266,14 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let span = server_span(&request);
+        let started = Instant::now();
+        let (service, method) = rpc_name(request.uri().path());
+        let span = server_span(&request, service, method);
         let response = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
             let response = response.await?;
             let early = Status::from_header_map(response.headers());
-            let end = CallEnd { span, early };
+            let end = CallEnd { span, side: Side::Server, service, method, started, early };
             Ok(response.map(|inner| ObservedBody { inner, end: Some(end) }))
         })
     }
@@ -262,6 +317,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let started = Instant::now();
         let (service, method) = rpc_name(request.uri().path());
         let name = if service == OTHER { OTHER.to_owned() } else { format!("{service}/{method}") };
         let (address, port) = &*self.server;
@@ -284,11 +340,11 @@ where
             match response.await {
                 Ok(response) => {
                     let early = Status::from_header_map(response.headers());
-                    let end = CallEnd { span, early };
+                    let end = CallEnd { span, side: Side::Client, service, method, started, early };
                     Ok(response.map(|inner| ObservedBody { inner, end: Some(end) }))
                 }
                 Err(e) => {
-                    CallEnd { span, early: None }
+                    CallEnd { span, side: Side::Client, service, method, started, early: None }
                         .finish(Some(Status::unavailable("the call did not reach the service")));
                     Err(e)
                 }

@@ -47,9 +47,36 @@ where
     main_with_args(service, std::env::args().skip(1), body)
 }
 
-/// [`main`] for a service command that has already taken its own words off the command line (such as
-/// `key-service rewrap`); `args` are what is left (`--config FILE`).
+/// [`main`] for a service whose binary has already taken its own words off the command line; `args` are what
+/// is left (`--config FILE`).
 pub fn main_with_args<C, F, Fut>(service: ServiceName, args: impl Iterator<Item = String>, body: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(Startup<C>) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>>,
+{
+    run(service, args, body, Role::Server)
+}
+
+/// A one-shot command of a service's binary (such as `key-service rewrap`): the service's configuration and
+/// telemetry, but no metrics endpoint, whose port belongs to the running service.
+pub fn command_with_args<C, F, Fut>(service: ServiceName, args: impl Iterator<Item = String>, body: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(Startup<C>) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>>,
+{
+    run(service, args, body, Role::Command)
+}
+
+/// Whether the process serves (and so exposes its metrics) or runs a command and exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Server,
+    Command,
+}
+
+fn run<C, F, Fut>(service: ServiceName, args: impl Iterator<Item = String>, body: F, role: Role) -> ExitCode
 where
     C: ServiceConfig,
     F: FnOnce(Startup<C>) -> Fut,
@@ -62,8 +89,8 @@ where
         Err(e) => return fail(service, &e, EXIT_CONFIG),
     };
     // A bad OTEL_* variable is a configuration error like a bad field: it stops the service before it starts.
-    let traces = match telemetry::trace_settings(&params, &|name| env.get(name).cloned()) {
-        Ok(traces) => traces,
+    let telemetry_settings = match telemetry::settings(&params, &|name| env.get(name).cloned()) {
+        Ok(settings) => settings,
         Err(e) => return fail(service, &e, EXIT_CONFIG),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -71,7 +98,10 @@ where
         Err(e) => return fail(service, &e, 1),
     };
     let result: Result<(), BoxError> = runtime.block_on(async {
-        let telemetry = telemetry::init(&params, &traces)?;
+        let telemetry = telemetry::init(&params, &telemetry_settings)?;
+        if let (Some(addr), Role::Server) = (params.metrics_addr, role) {
+            telemetry.serve_metrics(addr).await?;
+        }
         let tls = service_tls(&params)?;
         let outcome = body(Startup { params, config, tls }).await;
         telemetry.shutdown();

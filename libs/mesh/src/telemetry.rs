@@ -4,7 +4,7 @@
 //! or TLS with a custom CA, extra headers, a sampler). Trace context crosses every hop as W3C `traceparent`.
 //! JSON log lines carry the trace and span ids of the span they were written in.
 
-use std::{io::IsTerminal, time::Duration};
+use std::{io::IsTerminal, net::SocketAddr, time::Duration};
 
 use opentelemetry::{
     KeyValue, global,
@@ -14,6 +14,7 @@ use opentelemetry::{
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::{
     Resource,
+    metrics::{PeriodicReader, SdkMeterProvider},
     propagation::TraceContextPropagator,
     trace::{Sampler, SdkTracerProvider},
 };
@@ -28,15 +29,54 @@ use tracing_subscriber::{
 
 use crate::{MeshError, config::MeshParams};
 
-/// Keeps the tracer provider alive; flushes spans when dropped via [`Telemetry::shutdown`].
+/// Keeps the tracer and meter providers alive (flushed by [`Telemetry::shutdown`]) and holds the registry the
+/// Prometheus endpoint reads.
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    tracer: SdkTracerProvider,
+    meter: SdkMeterProvider,
+    registry: prometheus::Registry,
 }
 
 impl Telemetry {
     /// Flushes and stops exporting.
     pub fn shutdown(self) {
-        let _ = self.provider.shutdown();
+        let _ = self.tracer.shutdown();
+        let _ = self.meter.shutdown();
+    }
+
+    /// Serves the metrics in the Prometheus text format at `http://<addr>/metrics`, plain HTTP off the mTLS
+    /// port (the Linkerd and Vault convention: a scraper needs no client certificate). Returns the bound
+    /// address; a taken port is an error naming it.
+    pub async fn serve_metrics(&self, addr: SocketAddr) -> Result<SocketAddr, MeshError> {
+        let listener = crate::server::bind(addr).await?;
+        let bound = listener.local_addr().map_err(|source| MeshError::Bind { addr, source })?;
+        let registry = self.registry.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move { prometheus_text(&registry) }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
+        tracing::debug!(%bound, "metrics on http://{bound}/metrics");
+        Ok(bound)
+    }
+}
+
+/// The registry's metrics in the Prometheus text format (0.0.4).
+fn prometheus_text(registry: &prometheus::Registry) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use prometheus::Encoder;
+    let encoder = prometheus::TextEncoder::new();
+    let mut body = Vec::new();
+    match encoder.encode(&registry.gather(), &mut body) {
+        Ok(()) => ([(http::header::CONTENT_TYPE, encoder.format_type().to_owned())], body).into_response(),
+        Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {e}")).into_response(),
     }
 }
 
@@ -49,11 +89,50 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
-/// Where and how spans are exported, from `telemetry.otlp_endpoint` and the `OTEL_EXPORTER_OTLP_*`
+/// The two signals keymesh exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Spans.
+    Traces,
+    /// Metric points.
+    Metrics,
+}
+
+impl Signal {
+    /// The signal's path on an OTLP/HTTP collector.
+    fn http_path(self) -> &'static str {
+        match self {
+            Self::Traces => "/v1/traces",
+            Self::Metrics => "/v1/metrics",
+        }
+    }
+
+    /// The signal's own variable for `what` (ENDPOINT, PROTOCOL, …), then the general one.
+    fn variables(self, what: &str) -> [&'static str; 2] {
+        match (self, what) {
+            (Self::Traces, "ENDPOINT") => ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"],
+            (Self::Traces, "PROTOCOL") => ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"],
+            (Self::Traces, "HEADERS") => ["OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"],
+            (Self::Traces, "CERTIFICATE") => {
+                ["OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"]
+            }
+            (Self::Traces, _) => ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"],
+            (Self::Metrics, "ENDPOINT") => ["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"],
+            (Self::Metrics, "PROTOCOL") => ["OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"],
+            (Self::Metrics, "HEADERS") => ["OTEL_EXPORTER_OTLP_METRICS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"],
+            (Self::Metrics, "CERTIFICATE") => {
+                ["OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"]
+            }
+            (Self::Metrics, _) => ["OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"],
+        }
+    }
+}
+
+/// Where and how one signal is exported, from `telemetry.otlp_endpoint` and the `OTEL_EXPORTER_OTLP_*`
 /// variables (a signal's own variable before the general one, as the OpenTelemetry specification says).
 #[derive(Debug, Clone, PartialEq)]
-pub struct SpanExport {
-    /// The full URL spans are sent to (for HTTP, with its `/v1/traces` path).
+pub struct OtlpExport {
+    /// The full URL the signal is sent to (for HTTP, with its `/v1/<signal>` path).
     pub endpoint: String,
     /// gRPC or HTTP/protobuf.
     pub protocol: Protocol,
@@ -65,11 +144,15 @@ pub struct SpanExport {
     pub timeout: Duration,
 }
 
-/// What the `OTEL_*` variables and the configuration ask of tracing.
+/// What the `OTEL_*` variables and the configuration ask of traces and metrics.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TraceSettings {
-    /// None: nothing is exported (no endpoint, or `OTEL_SDK_DISABLED=true`).
-    pub export: Option<SpanExport>,
+pub struct TelemetrySettings {
+    /// Where spans go; None: nowhere (no endpoint, or `OTEL_SDK_DISABLED=true`).
+    pub traces: Option<OtlpExport>,
+    /// Where metric points are pushed; None: only the Prometheus endpoint has them.
+    pub metrics: Option<OtlpExport>,
+    /// `OTEL_METRIC_EXPORT_INTERVAL`: how often metrics are pushed (default 60 s).
+    pub metric_interval: Duration,
     /// `OTEL_TRACES_SAMPLER[_ARG]`; parent-based always-on by default.
     pub sampler: SamplerChoice,
     /// `OTEL_SERVICE_NAME`, else the service's own name.
@@ -162,9 +245,9 @@ fn ratio(variable: &str, arg: Option<&str>) -> Result<f64, MeshError> {
     }
 }
 
-/// Reads the tracing settings from `params` and the environment (`env`, a lookup, so tests need not touch
+/// Reads the telemetry settings from `params` and the environment (`env`, a lookup, so tests need not touch
 /// the process's variables).
-pub fn trace_settings(params: &MeshParams, env: &dyn Fn(&str) -> Option<String>) -> Result<TraceSettings, MeshError> {
+pub fn settings(params: &MeshParams, env: &dyn Fn(&str) -> Option<String>) -> Result<TelemetrySettings, MeshError> {
     let disabled = match first_set(env, &["OTEL_SDK_DISABLED"]) {
         None => false,
         Some((_, v)) if v.eq_ignore_ascii_case("true") => true,
@@ -201,30 +284,49 @@ pub fn trace_settings(params: &MeshParams, env: &dyn Fn(&str) -> Option<String>)
         None => Vec::new(),
     };
 
-    let protocol = match first_set(env, &["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]) {
+    let metric_interval = match first_set(env, &["OTEL_METRIC_EXPORT_INTERVAL"]) {
+        Some((name, v)) => match v.parse::<u64>() {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => return Err(bad(name, format!("{v:?} is not a positive number of milliseconds"))),
+        },
+        None => Duration::from_secs(60),
+    };
+    let traces = otlp_export(params, env, Signal::Traces)?.filter(|_| !disabled);
+    let metrics = otlp_export(params, env, Signal::Metrics)?.filter(|_| !disabled);
+    Ok(TelemetrySettings { traces, metrics, metric_interval, sampler, service_name, resource_attributes })
+}
+
+/// Where `signal` goes, if anywhere. The configuration file's `telemetry.otlp_endpoint` and the general
+/// variable name a collector, to which HTTP adds the signal's path; the signal's own variable is used as it is.
+fn otlp_export(
+    params: &MeshParams,
+    env: &dyn Fn(&str) -> Option<String>,
+    signal: Signal,
+) -> Result<Option<OtlpExport>, MeshError> {
+    let [own, general] = signal.variables("PROTOCOL");
+    let protocol = match first_set(env, &[own, general]) {
         None => Protocol::Grpc,
         Some((_, v)) if v == "grpc" => Protocol::Grpc,
         Some((_, v)) if v == "http/protobuf" => Protocol::HttpProtobuf,
         Some((name, v)) => return Err(bad(name, format!("{v:?} is not supported; use grpc or http/protobuf"))),
     };
-    // The configuration file names the endpoint exactly; the general variable names a collector, to which
-    // HTTP adds the signal's path.
-    let endpoint = match (&params.otlp_endpoint, first_set(env, &["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])) {
-        (Some(configured), _) => Some(("telemetry.otlp_endpoint", configured.clone())),
-        (None, Some(signal)) => Some(signal),
-        (None, None) => first_set(env, &["OTEL_EXPORTER_OTLP_ENDPOINT"]).map(|(name, base)| {
-            let url = match protocol {
-                Protocol::Grpc => base,
-                Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
-            };
-            (name, url)
-        }),
+    let with_path = |base: String| match protocol {
+        Protocol::Grpc => base,
+        Protocol::HttpProtobuf => format!("{}{}", base.trim_end_matches('/'), signal.http_path()),
     };
-    let headers = match first_set(env, &["OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"]) {
+    let [own, general] = signal.variables("ENDPOINT");
+    let endpoint = match (&params.otlp_endpoint, first_set(env, &[own])) {
+        (Some(configured), _) => Some(("telemetry.otlp_endpoint", with_path(configured.clone()))),
+        (None, Some(signal_own)) => Some(signal_own),
+        (None, None) => first_set(env, &[general]).map(|(name, base)| (name, with_path(base))),
+    };
+    let [own, general] = signal.variables("HEADERS");
+    let headers = match first_set(env, &[own, general]) {
         Some((name, v)) => key_values(name, &v)?,
         None => Vec::new(),
     };
-    let ca_pem = match first_set(env, &["OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"]) {
+    let [own, general] = signal.variables("CERTIFICATE");
+    let ca_pem = match first_set(env, &[own, general]) {
         Some((name, path)) => {
             let pem = std::fs::read(&path).map_err(|e| bad(name, format!("cannot read {path}: {e}")))?;
             if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
@@ -234,64 +336,73 @@ pub fn trace_settings(params: &MeshParams, env: &dyn Fn(&str) -> Option<String>)
         }
         None => None,
     };
-    let timeout = match first_set(env, &["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]) {
+    let [own, general] = signal.variables("TIMEOUT");
+    let timeout = match first_set(env, &[own, general]) {
         Some((name, v)) => match v.parse::<u64>() {
             Ok(ms) if ms > 0 => Duration::from_millis(ms),
             _ => return Err(bad(name, format!("{v:?} is not a positive number of milliseconds"))),
         },
         None => Duration::from_secs(10),
     };
-    let export = match endpoint {
-        _ if disabled => None,
-        None => None,
-        Some((name, url)) => {
-            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-            if !scheme_ok || url.parse::<http::Uri>().map_or(true, |u| u.host().is_none()) {
-                return Err(bad(name, format!("{url:?} is not an http:// or https:// URL")));
-            }
-            Some(SpanExport { endpoint: url, protocol, headers, ca_pem, timeout })
-        }
-    };
-    Ok(TraceSettings { export, sampler, service_name, resource_attributes })
+    let Some((name, url)) = endpoint else { return Ok(None) };
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    if !scheme_ok || url.parse::<http::Uri>().map_or(true, |u| u.host().is_none()) {
+        return Err(bad(name, format!("{url:?} is not an http:// or https:// URL")));
+    }
+    Ok(Some(OtlpExport { endpoint: url, protocol, headers, ca_pem, timeout }))
 }
 
-fn span_exporter(export: &SpanExport) -> Result<opentelemetry_otlp::SpanExporter, MeshError> {
-    let failed = |e: &dyn std::fmt::Display| MeshError::Telemetry(format!("OTLP exporter to {}: {e}", export.endpoint));
-    match export.protocol {
-        Protocol::Grpc => {
-            let mut metadata = tonic::metadata::MetadataMap::new();
-            for (key, value) in &export.headers {
-                let key = tonic::metadata::MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
-                    .map_err(|e| failed(&e))?;
-                metadata.insert(key, value.parse().map_err(|e| failed(&e))?);
-            }
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(&export.endpoint)
-                .with_timeout(export.timeout)
-                .with_metadata(metadata);
-            if export.endpoint.starts_with("https://") {
-                let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
-                if let Some(pem) = &export.ca_pem {
-                    tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
-                }
-                builder = builder.with_tls_config(tls);
-            }
-            builder.build().map_err(|e| failed(&e))
-        }
-        Protocol::HttpProtobuf => {
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(&export.endpoint)
-                .with_timeout(export.timeout)
-                .with_headers(export.headers.iter().cloned().collect());
-            if let Some(pem) = export.ca_pem.clone() {
-                builder = builder.with_http_client(http_client_trusting(pem, export.timeout)?);
-            }
-            builder.build().map_err(|e| failed(&e))
-        }
+fn export_failed(export: &OtlpExport, e: &dyn std::fmt::Display) -> MeshError {
+    MeshError::Telemetry(format!("OTLP exporter to {}: {e}", export.endpoint))
+}
+
+/// An OTLP/gRPC exporter builder set up as `export` says: endpoint, timeout, headers, and TLS (public roots and
+/// the configured CA) for `https://`.
+fn over_grpc<B: WithExportConfig + WithTonicConfig>(builder: B, export: &OtlpExport) -> Result<B, MeshError> {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    for (key, value) in &export.headers {
+        let key = tonic::metadata::MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
+            .map_err(|e| export_failed(export, &e))?;
+        metadata.insert(key, value.parse().map_err(|e| export_failed(export, &e))?);
     }
+    let mut builder = builder.with_endpoint(&export.endpoint).with_timeout(export.timeout).with_metadata(metadata);
+    if export.endpoint.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+        if let Some(pem) = &export.ca_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        builder = builder.with_tls_config(tls);
+    }
+    Ok(builder)
+}
+
+/// An OTLP/HTTP (protobuf) exporter builder set up as `export` says.
+fn over_http<B: WithExportConfig + WithHttpConfig>(builder: B, export: &OtlpExport) -> Result<B, MeshError> {
+    let mut builder = builder
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(&export.endpoint)
+        .with_timeout(export.timeout)
+        .with_headers(export.headers.iter().cloned().collect());
+    if let Some(pem) = export.ca_pem.clone() {
+        builder = builder.with_http_client(http_client_trusting(pem, export.timeout)?);
+    }
+    Ok(builder)
+}
+
+fn span_exporter(export: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, MeshError> {
+    let built = match export.protocol {
+        Protocol::Grpc => over_grpc(opentelemetry_otlp::SpanExporter::builder().with_tonic(), export)?.build(),
+        Protocol::HttpProtobuf => over_http(opentelemetry_otlp::SpanExporter::builder().with_http(), export)?.build(),
+    };
+    built.map_err(|e| export_failed(export, &e))
+}
+
+fn metric_exporter(export: &OtlpExport) -> Result<opentelemetry_otlp::MetricExporter, MeshError> {
+    let built = match export.protocol {
+        Protocol::Grpc => over_grpc(opentelemetry_otlp::MetricExporter::builder().with_tonic(), export)?.build(),
+        Protocol::HttpProtobuf => over_http(opentelemetry_otlp::MetricExporter::builder().with_http(), export)?.build(),
+    };
+    built.map_err(|e| export_failed(export, &e))
 }
 
 /// A blocking HTTP client (what the SDK's batch exporter thread needs) that also trusts `ca_pem`. Built on a
@@ -311,19 +422,34 @@ fn http_client_trusting(ca_pem: Vec<u8>, timeout: Duration) -> Result<reqwest::b
     .map_err(failed)
 }
 
-/// Sets up logging to stderr and tracing as `settings` (from [`trace_settings`]) say. Must run inside the
+/// Sets up logging to stderr, tracing and metrics as `settings` (from [`settings`]) say. Must run inside the
 /// tokio runtime (the OTLP/gRPC exporter connects lazily through tonic).
-pub fn init(params: &MeshParams, settings: &TraceSettings) -> Result<Telemetry, MeshError> {
+pub fn init(params: &MeshParams, settings: &TelemetrySettings) -> Result<Telemetry, MeshError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let resource = Resource::builder()
         .with_service_name(settings.service_name.clone())
         .with_attributes(settings.resource_attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
         .build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource).with_sampler(settings.sampler.sampler());
-    if let Some(export) = &settings.export {
+    let mut builder =
+        SdkTracerProvider::builder().with_resource(resource.clone()).with_sampler(settings.sampler.sampler());
+    if let Some(export) = &settings.traces {
         builder = builder.with_batch_exporter(span_exporter(export)?);
     }
     let provider = builder.build();
+    // Metrics: always readable by Prometheus, pushed over OTLP too when a collector is configured.
+    let registry = prometheus::Registry::new();
+    let prometheus = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .scope_info_enabled(false)
+        .build()
+        .map_err(|e| MeshError::Telemetry(format!("Prometheus exporter: {e}")))?;
+    let mut meters = SdkMeterProvider::builder().with_resource(resource).with_reader(prometheus);
+    if let Some(export) = &settings.metrics {
+        let reader = PeriodicReader::builder(metric_exporter(export)?).with_interval(settings.metric_interval).build();
+        meters = meters.with_reader(reader);
+    }
+    let meter = meters.build();
+    global::set_meter_provider(meter.clone());
     global::set_tracer_provider(provider.clone());
     // Spans are traced whatever the log level, so trace ids (in audit events, in propagation) never depend
     // on how verbose the logs are.
@@ -335,12 +461,12 @@ pub fn init(params: &MeshParams, settings: &TraceSettings) -> Result<Telemetry, 
         .and_then(|f| EnvFilter::try_new(quiet_sdks(&f)).ok())
         .or_else(|| EnvFilter::try_new(quiet_sdks(&params.log_level)).ok())
         .unwrap_or_else(|| EnvFilter::new(quiet_sdks("info")));
-    let registry = tracing_subscriber::registry().with(otel);
+    let subscriber = tracing_subscriber::registry().with(otel);
     // Colour codes only for a person at a terminal: a file or a log collector gets plain text.
     let ansi = std::io::stderr().is_terminal();
     let result = if params.json_logs {
         let json = tracing_subscriber::fmt::format().json();
-        registry
+        subscriber
             .with(
                 tracing_subscriber::fmt::layer()
                     .event_format(WithTraceIds(json))
@@ -351,12 +477,12 @@ pub fn init(params: &MeshParams, settings: &TraceSettings) -> Result<Telemetry, 
             )
             .try_init()
     } else {
-        registry
+        subscriber
             .with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).with_filter(filter))
             .try_init()
     };
     result.map_err(|e| MeshError::Telemetry(e.to_string()))?;
-    Ok(Telemetry { provider })
+    Ok(Telemetry { tracer: provider, meter, registry })
 }
 
 /// The JSON log format with the current span's `trace_id` and `span_id` first, so a log line leads to its
@@ -466,15 +592,15 @@ mod tests {
         params
     }
 
-    fn settings(otlp_endpoint: Option<&str>, vars: &[(&str, &str)]) -> Result<TraceSettings, String> {
+    fn settings(otlp_endpoint: Option<&str>, vars: &[(&str, &str)]) -> Result<TelemetrySettings, String> {
         let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        trace_settings(&params(otlp_endpoint), &|name| vars.get(name).cloned()).map_err(|e| e.to_string())
+        super::settings(&params(otlp_endpoint), &|name| vars.get(name).cloned()).map_err(|e| e.to_string())
     }
 
     #[test]
     fn nothing_is_exported_without_an_endpoint() {
         let s = settings(None, &[]).unwrap();
-        assert_eq!(s.export, None);
+        assert_eq!(s.traces, None);
         assert_eq!(s.sampler, SamplerChoice::ParentBasedAlwaysOn);
         assert_eq!(s.service_name, "crypto-service");
     }
@@ -482,7 +608,7 @@ mod tests {
     #[test]
     fn the_standard_variables_choose_endpoint_protocol_and_headers() {
         let grpc = settings(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]).unwrap();
-        let export = grpc.export.unwrap();
+        let export = grpc.traces.unwrap();
         assert_eq!((export.endpoint.as_str(), export.protocol), ("http://collector:4317", Protocol::Grpc));
 
         let http = settings(
@@ -494,9 +620,13 @@ mod tests {
                 ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             ],
         )
-        .unwrap()
-        .export
         .unwrap();
+        assert_eq!(
+            http.metrics.as_ref().map(|m| m.endpoint.as_str()),
+            Some("http://collector:4318/v1/metrics"),
+            "each signal gets its own path"
+        );
+        let http = http.traces.unwrap();
         assert_eq!(http.endpoint, "http://collector:4318/v1/traces", "the general variable gets the signal's path");
         assert_eq!(http.protocol, Protocol::HttpProtobuf);
         assert_eq!(http.headers, vec![("api-key".into(), "abc def".into()), ("x-tenant".into(), "ops".into())]);
@@ -512,12 +642,15 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(signal.export.unwrap().endpoint, "http://b:4318/custom");
+        assert_eq!(signal.traces.unwrap().endpoint, "http://b:4318/custom");
         let file = settings(Some("http://c:4317"), &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:4317")]).unwrap();
-        assert_eq!(file.export.unwrap().endpoint, "http://c:4317");
+        assert_eq!(file.traces.unwrap().endpoint, "http://c:4317");
+        let file_http = settings(Some("http://c:4318"), &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).unwrap();
+        assert_eq!(file_http.traces.unwrap().endpoint, "http://c:4318/v1/traces", "the file names a collector");
+        assert_eq!(file_http.metrics.unwrap().endpoint, "http://c:4318/v1/metrics");
 
         let off = settings(Some("http://c:4317"), &[("OTEL_SDK_DISABLED", "TRUE")]).unwrap();
-        assert_eq!(off.export, None);
+        assert_eq!(off.traces, None);
     }
 
     #[test]

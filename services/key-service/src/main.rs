@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("rewrap") {
         args.next();
-        return run::main_with_args(ServiceName::KeyService, args, rewrap_all);
+        return run::command_with_args(ServiceName::KeyService, args, rewrap_all);
     }
     run::main_with_args(ServiceName::KeyService, args, serve)
 }

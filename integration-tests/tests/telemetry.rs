@@ -389,3 +389,148 @@ async fn json_log_lines_carry_the_trace_and_span_of_their_request() {
     assert!(!line.contains('\u{1b}'), "no colour codes in a log that is not a terminal: {line}");
     child.kill().await.unwrap();
 }
+
+/// `GET /metrics` on `addr`, over plain HTTP/1.1.
+async fn scrape(addr: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{addr}: {e}"));
+    stream
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (head.to_owned(), body.to_owned())
+}
+
+/// One sample of a Prometheus family: its name and labels.
+type Sample = (String, HashMap<String, String>);
+
+/// The families and samples of a Prometheus text exposition, as the official client's parser reads it.
+fn parse_prometheus(text: &str) -> HashMap<String, Vec<Sample>> {
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    out[family.name] = [[s.name, s.labels] for s in family.samples]
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus-client (pip install prometheus-client)");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the Prometheus parser refused the text: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_durations_reach_the_collector_and_the_prometheus_endpoint() {
+    keymesh_mesh::install_crypto_provider();
+    let receiver = Receiver::start(true, false, None).await;
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port.unwrap());
+    let metrics: Vec<(ServiceName, String)> =
+        ServiceName::ALL.into_iter().map(|s| (s, format!("127.0.0.1:{}", integration_tests::free_port()))).collect();
+    let per_service: Vec<(ServiceName, &str, &str)> =
+        metrics.iter().map(|(s, addr)| (*s, "KEYMESH_TELEMETRY__METRICS_ADDR", addr.as_str())).collect();
+    let mesh = Mesh::start(
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_METRIC_EXPORT_INTERVAL", "500"), FAST_EXPORT],
+        &per_service,
+    )
+    .await;
+    let admin = mesh.admin_client();
+    create_key(&admin, key_request("measured", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes256Gcm)).await.unwrap();
+    let sealed = admin.encrypt("measured", b"x".to_vec(), Vec::new()).await.unwrap();
+    admin.decrypt(sealed, Vec::new()).await.unwrap();
+    let mut refused = tonic::Request::new(pb::EncryptRequest { key: "measured".into(), ..Default::default() });
+    refused.metadata_mut().insert("authorization", "Bearer not-a-token".parse().unwrap());
+    let status = CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService)).encrypt(refused).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // Over OTLP: crypto-service's rpc.server.duration has a point per method and code, and its
+    // rpc.client.duration one for the fetch from key-service.
+    let has_point = |metric: &Value, method: &str, code: i64| {
+        metric["points"].as_array().unwrap().iter().any(|p| {
+            p["attributes"]["rpc.service"] == "keymesh.v1.CryptoService"
+                && p["attributes"]["rpc.method"] == method
+                && p["attributes"]["rpc.grpc.status_code"] == code
+                && p["attributes"]["rpc.system"] == "grpc"
+                && p["count"].as_u64().unwrap_or(0) >= 1
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let received = receiver.received();
+        let crypto_metric = |name: &str| -> Vec<Value> {
+            received
+                .iter()
+                .filter(|r| r["signal"] == "metric" && r["service_name"] == "crypto-service" && r["name"] == name)
+                .cloned()
+                .collect()
+        };
+        let server = crypto_metric("rpc.server.duration");
+        let client = crypto_metric("rpc.client.duration");
+        let done = server.iter().any(|m| has_point(m, "Encrypt", 0))
+            && server.iter().any(|m| has_point(m, "Decrypt", 0))
+            && server.iter().any(|m| has_point(m, "Encrypt", 16))
+            && client.iter().any(|m| {
+                m["points"].as_array().unwrap().iter().any(|p| {
+                    p["attributes"]["rpc.service"] == "keymesh.v1.KeyService"
+                        && p["attributes"]["rpc.method"] == "GetDataKey"
+                })
+            });
+        if done {
+            assert!(server.iter().all(|m| m["unit"] == "ms" && m["type"] == "histogram"), "{server:#?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "metrics not received within 30 s: {server:#?} {client:#?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Over Prometheus: every service's /metrics parses with the official parser and has the histogram.
+    for (service, addr) in &metrics {
+        let (head, body) = scrape(addr).await;
+        assert!(head.to_ascii_lowercase().contains("content-type: text/plain"), "{service}: {head}");
+        let families = parse_prometheus(&body);
+        let samples = families
+            .get("rpc_server_duration_milliseconds")
+            .unwrap_or_else(|| panic!("{service}: no rpc_server_duration_milliseconds in {:?}", families.keys()));
+        assert!(
+            samples.iter().any(|(name, labels)| name == "rpc_server_duration_milliseconds_bucket"
+                && labels.get("rpc_method").is_some()
+                && labels.get("rpc_grpc_status_code").is_some()
+                && labels.contains_key("le")),
+            "{service}: {samples:?}"
+        );
+        for (_, labels) in samples {
+            for key in labels.keys() {
+                assert!(
+                    ["rpc_system", "rpc_service", "rpc_method", "rpc_grpc_status_code", "le", "otel_scope_name"]
+                        .contains(&key.as_str())
+                        || key.starts_with("otel_scope"),
+                    "{service}: an unexpected label {key}"
+                );
+            }
+        }
+    }
+    let (_, crypto) = scrape(&metrics.iter().find(|(s, _)| *s == ServiceName::CryptoService).unwrap().1).await;
+    let families = parse_prometheus(&crypto);
+    assert!(
+        families["rpc_server_duration_milliseconds"]
+            .iter()
+            .any(|(_, l)| l.get("rpc_method").map(String::as_str) == Some("Encrypt")
+                && l.get("rpc_grpc_status_code").map(String::as_str) == Some("16")),
+        "the refused Encrypt is counted with its code"
+    );
+}
