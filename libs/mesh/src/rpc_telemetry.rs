@@ -73,9 +73,8 @@ enum Side {
     Client,
 }
 
-/// `rpc.server.duration` and `rpc.client.duration` (milliseconds, by the OpenTelemetry RPC conventions the
-/// issue tracker and today's dashboards use), labelled by service, method and gRPC code only: bounded, and
-/// never anything a caller chose.
+/// `rpc.server.duration` and `rpc.client.duration` in milliseconds (the semconv 1.37 names), labelled by
+/// service, method and gRPC code only: bounded, and never anything a caller chose.
 struct RpcDurations {
     server: Histogram<f64>,
     client: Histogram<f64>,
