@@ -606,3 +606,48 @@ pub async fn create_application(
         .into_inner();
     Ok((response.application.unwrap().client_id, response.client_secret))
 }
+
+/// `GET /metrics` on `addr`, over plain HTTP/1.1: the response head and body.
+pub async fn scrape_metrics(addr: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{addr}: {e}"));
+    stream
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (head.to_owned(), body.to_owned())
+}
+
+/// One sample of a Prometheus family: its name and labels.
+pub type Sample = (String, std::collections::HashMap<String, String>);
+
+/// The families and samples of a Prometheus text exposition, as the official client's parser reads it.
+pub fn parse_prometheus(text: &str) -> std::collections::HashMap<String, Vec<Sample>> {
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    out[family.name] = [[s.name, s.labels] for s in family.samples]
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus-client (pip install prometheus-client)");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the Prometheus parser refused the text: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}

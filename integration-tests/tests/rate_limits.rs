@@ -211,7 +211,12 @@ async fn over_the_limit_is_refused_and_others_are_unaffected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_service_administration_passes_the_application_limit() {
     keymesh_mesh::install_crypto_provider();
-    let mesh = Mesh::start(&[("KEYMESH_LIMITS__APPLICATION_PER_SECOND", "5")], &[]).await;
+    let metrics = format!("127.0.0.1:{}", integration_tests::free_port());
+    let mesh = Mesh::start(
+        &[("KEYMESH_LIMITS__APPLICATION_PER_SECOND", "5")],
+        &[(ServiceName::TokenService, "KEYMESH_TELEMETRY__METRICS_ADDR", &metrics)],
+    )
+    .await;
     let admin = mesh.admin_client().access_token().await.unwrap().to_string();
     let calls = (0..40).map(|_| {
         let mut tokens = TokenServiceClient::new(mesh.channel(ServiceName::TokenService));
@@ -226,4 +231,13 @@ async fn token_service_administration_passes_the_application_limit() {
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         assert!(status.get_details_retry_info().is_some(), "a retry delay: {status:?}");
     }
+    // Counted by kind of limit, never by who was refused.
+    let families = integration_tests::parse_prometheus(&integration_tests::scrape_metrics(&metrics).await.1);
+    let refusals = families.get("keymesh_limits_refusals").unwrap_or_else(|| panic!("{:?}", families.keys()));
+    assert!(
+        refusals.iter().any(|(name, labels)| name == "keymesh_limits_refusals_total"
+            && labels.get("limit").map(String::as_str) == Some("application_rate")),
+        "{refusals:?}"
+    );
+    assert!(refusals.iter().all(|(_, labels)| labels.keys().all(|k| k == "limit" || k.starts_with("otel_"))));
 }

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{Mesh, bin_dir, create_key, key_request};
+use integration_tests::{Mesh, bin_dir, create_key, key_request, parse_prometheus, scrape_metrics};
 use keymesh_mesh::ServiceName;
 use keymesh_proto::v1::{self as pb, crypto_service_client::CryptoServiceClient};
 use serde_json::Value;
@@ -390,51 +390,6 @@ async fn json_log_lines_carry_the_trace_and_span_of_their_request() {
     child.kill().await.unwrap();
 }
 
-/// `GET /metrics` on `addr`, over plain HTTP/1.1.
-async fn scrape(addr: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{addr}: {e}"));
-    stream
-        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    (head.to_owned(), body.to_owned())
-}
-
-/// One sample of a Prometheus family: its name and labels.
-type Sample = (String, HashMap<String, String>);
-
-/// The families and samples of a Prometheus text exposition, as the official client's parser reads it.
-fn parse_prometheus(text: &str) -> HashMap<String, Vec<Sample>> {
-    let script = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-out = {}
-for family in text_string_to_metric_families(sys.stdin.read()):
-    out[family.name] = [[s.name, s.labels] for s in family.samples]
-print(json.dumps(out))
-"#;
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 with prometheus-client (pip install prometheus-client)");
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "the Prometheus parser refused the text: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_durations_reach_the_collector_and_the_prometheus_endpoint() {
     keymesh_mesh::install_crypto_provider();
@@ -452,6 +407,8 @@ async fn rpc_durations_reach_the_collector_and_the_prometheus_endpoint() {
     let admin = mesh.admin_client();
     create_key(&admin, key_request("measured", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes256Gcm)).await.unwrap();
     let sealed = admin.encrypt("measured", b"x".to_vec(), Vec::new()).await.unwrap();
+    // The first Encrypt fetched the key (a miss), the second finds it in memory (a hit).
+    admin.encrypt("measured", b"y".to_vec(), Vec::new()).await.unwrap();
     admin.decrypt(sealed, Vec::new()).await.unwrap();
     let mut refused = tonic::Request::new(pb::EncryptRequest { key: "measured".into(), ..Default::default() });
     refused.metadata_mut().insert("authorization", "Bearer not-a-token".parse().unwrap());
@@ -500,7 +457,7 @@ async fn rpc_durations_reach_the_collector_and_the_prometheus_endpoint() {
 
     // Over Prometheus: every service's /metrics parses with the official parser and has the histogram.
     for (service, addr) in &metrics {
-        let (head, body) = scrape(addr).await;
+        let (head, body) = scrape_metrics(addr).await;
         assert!(head.to_ascii_lowercase().contains("content-type: text/plain"), "{service}: {head}");
         let families = parse_prometheus(&body);
         let samples = families
@@ -524,8 +481,30 @@ async fn rpc_durations_reach_the_collector_and_the_prometheus_endpoint() {
             }
         }
     }
-    let (_, crypto) = scrape(&metrics.iter().find(|(s, _)| *s == ServiceName::CryptoService).unwrap().1).await;
-    let families = parse_prometheus(&crypto);
+    let scrape_of = |service: ServiceName| {
+        let addr = metrics.iter().find(|(s, _)| *s == service).unwrap().1.clone();
+        async move { parse_prometheus(&scrape_metrics(&addr).await.1) }
+    };
+    let value_of =
+        |families: &HashMap<String, Vec<integration_tests::Sample>>, family: &str, labels: &[(&str, &str)]| {
+            families.get(family).is_some_and(|samples| {
+                samples.iter().any(|(_, l)| labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            })
+        };
+    // The services' own metrics: crypto-service's DEK cache, token-service's issuance, every emitter's spool.
+    let families = scrape_of(ServiceName::CryptoService).await;
+    for result in ["hit", "miss"] {
+        assert!(value_of(&families, "keymesh_dek_cache_lookups", &[("result", result)]), "{result}: {families:?}");
+    }
+    let tokens = scrape_of(ServiceName::TokenService).await;
+    assert!(
+        value_of(&tokens, "keymesh_tokens_requests", &[("grant", "client_credentials"), ("outcome", "issued")]),
+        "{tokens:?}"
+    );
+    for service in [ServiceName::CryptoService, ServiceName::KeyService, ServiceName::TokenService] {
+        let families = scrape_of(service).await;
+        assert!(families.contains_key("keymesh_audit_spool_unshipped_bytes"), "{service}: {:?}", families.keys());
+    }
     assert!(
         families["rpc_server_duration_milliseconds"]
             .iter()

@@ -180,6 +180,19 @@ struct SinkInner {
     shipper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Refused authentications, counted per source and method.
     refusals: refusals::RefusalWindows,
+    /// `keymesh.audit.spool.unshipped` (bytes), observed while the sink lives.
+    _spool_gauge: Option<opentelemetry::metrics::ObservableGauge<u64>>,
+}
+
+/// `keymesh.audit.spool.unshipped` (bytes): the events this process answered for but audit-service has not yet
+/// acknowledged. It grows while audit-service is away and falls back to zero once shipping catches up.
+fn spool_gauge(probe: spool::SpoolProbe) -> opentelemetry::metrics::ObservableGauge<u64> {
+    opentelemetry::global::meter("keymesh")
+        .u64_observable_gauge("keymesh.audit.spool.unshipped")
+        .with_unit("By")
+        .with_description("Bytes of audit events spooled but not yet acknowledged by audit-service")
+        .with_callback(move |observer| observer.observe(probe.unshipped(), &[]))
+        .build()
 }
 
 impl AuditSink {
@@ -195,7 +208,12 @@ impl AuditSink {
                 max_bytes: params.spool_max_bytes,
                 full_wait: params.spool_full_wait,
             })?;
-            (Some(writer), Some(tokio::spawn(ship(AuditServiceClient::new(channel), reader))))
+            let probe = reader.probe();
+            (Some(writer), Some((tokio::spawn(ship(AuditServiceClient::new(channel), reader)), probe)))
+        };
+        let (shipper, spool_gauge) = match shipper {
+            Some((task, probe)) => (Some(task), Some(spool_gauge(probe))),
+            None => (None, None),
         };
         let sink = Self {
             inner: Arc::new(SinkInner {
@@ -205,6 +223,7 @@ impl AuditSink {
                 lost: AtomicU64::new(0),
                 shipper: std::sync::Mutex::new(shipper),
                 refusals: refusals::RefusalWindows::new(params.refused_auth_window),
+                _spool_gauge: spool_gauge,
             }),
         };
         if params.mode != AuditMode::Off {

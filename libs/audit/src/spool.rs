@@ -120,6 +120,17 @@ impl State {
     }
 }
 
+/// See [`SpoolReader::probe`].
+#[derive(Clone)]
+pub struct SpoolProbe(Arc<Shared>);
+
+impl SpoolProbe {
+    /// Bytes committed but not yet acknowledged by audit-service.
+    pub fn unshipped(&self) -> u64 {
+        self.0.lock().unshipped()
+    }
+}
+
 struct Shared {
     dir: PathBuf,
     max_bytes: u64,
@@ -463,6 +474,12 @@ impl SpoolReader {
     /// Bytes committed but not yet acknowledged.
     pub fn unshipped(&self) -> u64 {
         self.shared.lock().unshipped()
+    }
+
+    /// A handle that reads [`SpoolReader::unshipped`] from elsewhere (a metrics callback) while the reader
+    /// itself belongs to the shipper.
+    pub fn probe(&self) -> SpoolProbe {
+        SpoolProbe(self.shared.clone())
     }
 
     /// audit-service stored everything up to `end`: move the cursor, delete the segments behind it, and

@@ -212,6 +212,9 @@ pub struct Limiter {
     key_quota_second: Scoped,
     key_quota_day: Scoped,
     token_requests: Scoped,
+    /// `keymesh.limits.refusals` by `limit`: which kind of limit refused, never who was refused (an
+    /// application or key id would make the label unbounded).
+    refusals: opentelemetry::metrics::Counter<u64>,
 }
 
 impl Limiter {
@@ -240,29 +243,44 @@ impl Limiter {
             key_quota_second: Scoped::uniform(quota_window(q.key_per_second, Duration::from_secs(1), "second")),
             key_quota_day: Scoped::uniform(quota_window(q.key_per_day, DAY, "day")),
             token_requests: rate(config.token_requests_per_second, 100, &BTreeMap::new()),
+            refusals: opentelemetry::global::meter("keymesh")
+                .u64_counter("keymesh.limits.refusals")
+                .with_description("Calls refused by a rate limit or quota, by kind of limit")
+                .build(),
         })
     }
 
     /// Admits one call of `application` in `tenant`, or says which limit refuses it.
     pub fn admit_call(&self, tenant: &str, application: &str) -> Result<(), Exceeded> {
-        self.applications.check(application, || format!("application {application}"))?;
-        self.tenants.check(tenant, || format!("tenant {tenant}"))
+        self.counted(
+            "application_rate",
+            self.applications.check(application, || format!("application {application}")),
+        )?;
+        self.counted("tenant_rate", self.tenants.check(tenant, || format!("tenant {tenant}")))
     }
 
     /// Admits one IssueToken or RevokeToken from the client certificate identity `peer`.
     pub fn admit_token_request(&self, peer: &str) -> Result<(), Exceeded> {
-        self.token_requests.check(peer, || format!("client certificate {peer}"))
+        self.counted("token_requests", self.token_requests.check(peer, || format!("client certificate {peer}")))
     }
 
     /// Admits one decrypt or data key of `application` with the key `key_id`, in both windows of both
     /// scopes.
     pub fn admit_plaintext(&self, application: &str, key_id: &str) -> Result<(), Exceeded> {
         let app = || format!("application {application}");
-        self.app_quota_second.check(application, app)?;
-        self.app_quota_day.check(application, app)?;
+        self.counted("application_quota", self.app_quota_second.check(application, app))?;
+        self.counted("application_quota", self.app_quota_day.check(application, app))?;
         let key = || format!("key {key_id}");
-        self.key_quota_second.check(key_id, key)?;
-        self.key_quota_day.check(key_id, key)
+        self.counted("key_quota", self.key_quota_second.check(key_id, key))?;
+        self.counted("key_quota", self.key_quota_day.check(key_id, key))
+    }
+
+    /// Counts a refusal under `limit`, and hands the outcome back.
+    fn counted(&self, limit: &'static str, outcome: Result<(), Exceeded>) -> Result<(), Exceeded> {
+        if outcome.is_err() {
+            self.refusals.add(1, &[opentelemetry::KeyValue::new("limit", limit)]);
+        }
+        outcome
     }
 
     /// Drops the state of keys that are back to full allowance (nothing lost: they would start full anyway).

@@ -20,6 +20,7 @@ use keymesh_crypto::{
 };
 use keymesh_mesh::client::MeshChannel;
 use keymesh_proto::algorithm::FromProto;
+use opentelemetry::KeyValue;
 
 use crate::config::DekCacheParams;
 use keymesh_policy::CompiledPolicy;
@@ -27,6 +28,15 @@ use keymesh_proto::v1::{self as pb, key_service_client::KeyServiceClient};
 use moka::future::Cache;
 
 use crate::error::CryptoServiceError;
+
+/// `keymesh.dek_cache.lookups` by `result` (hit or miss): how often a data key came from memory rather than
+/// from key-service.
+static LOOKUPS: std::sync::LazyLock<opentelemetry::metrics::Counter<u64>> = std::sync::LazyLock::new(|| {
+    opentelemetry::global::meter("keymesh")
+        .u64_counter("keymesh.dek_cache.lookups")
+        .with_description("Data-key lookups in crypto-service's cache, by result (hit or miss)")
+        .build()
+});
 
 /// A DEK with what crypto-service needs to know about it.
 pub struct CachedDek {
@@ -193,17 +203,25 @@ impl DekCache {
             version: request.version,
             operation: request.operation as i32,
         };
-        self.cache.try_get_with(cache_key, self.fetch(&request)).await.map_err(|e: Arc<CryptoServiceError>| {
-            match e.as_ref() {
-                CryptoServiceError::KeyNotFound(k) => CryptoServiceError::KeyNotFound(k.clone()),
-                CryptoServiceError::Denied(m) => CryptoServiceError::Denied(m.clone()),
-                CryptoServiceError::InvalidArgument { field, reason } => {
-                    CryptoServiceError::InvalidArgument { field, reason: reason.clone() }
-                }
-                CryptoServiceError::FailedPrecondition(m) => CryptoServiceError::FailedPrecondition(m.clone()),
-                CryptoServiceError::KeyServiceUnavailable(m) => CryptoServiceError::KeyServiceUnavailable(m.clone()),
-                other => CryptoServiceError::Internal(other.to_string()),
+        // A lookup that runs the fetch is a miss; one served from memory, or by a concurrent lookup's fetch,
+        // is a hit.
+        let fetched = std::sync::atomic::AtomicBool::new(false);
+        let fetch = async {
+            fetched.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.fetch(&request).await
+        };
+        let result = self.cache.try_get_with(cache_key, fetch).await;
+        let outcome = if fetched.load(std::sync::atomic::Ordering::Relaxed) { "miss" } else { "hit" };
+        LOOKUPS.add(1, &[KeyValue::new("result", outcome)]);
+        result.map_err(|e: Arc<CryptoServiceError>| match e.as_ref() {
+            CryptoServiceError::KeyNotFound(k) => CryptoServiceError::KeyNotFound(k.clone()),
+            CryptoServiceError::Denied(m) => CryptoServiceError::Denied(m.clone()),
+            CryptoServiceError::InvalidArgument { field, reason } => {
+                CryptoServiceError::InvalidArgument { field, reason: reason.clone() }
             }
+            CryptoServiceError::FailedPrecondition(m) => CryptoServiceError::FailedPrecondition(m.clone()),
+            CryptoServiceError::KeyServiceUnavailable(m) => CryptoServiceError::KeyServiceUnavailable(m.clone()),
+            other => CryptoServiceError::Internal(other.to_string()),
         })
     }
 

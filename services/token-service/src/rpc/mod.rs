@@ -15,6 +15,7 @@ use keymesh_mesh::{
 };
 use keymesh_proto::v1::{self as pb, token_service_server::TokenService};
 use keymesh_store::{now_millis, tokens::TokenRepository};
+use opentelemetry::KeyValue;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -25,6 +26,25 @@ use crate::{
 };
 
 const SERVICE: &str = "token-service";
+
+/// `keymesh.tokens.requests` by `grant` and `outcome` (issued or refused).
+static ISSUANCE: std::sync::LazyLock<opentelemetry::metrics::Counter<u64>> = std::sync::LazyLock::new(|| {
+    opentelemetry::global::meter("keymesh")
+        .u64_counter("keymesh.tokens.requests")
+        .with_description("IssueToken requests, by grant and outcome (issued or refused)")
+        .build()
+});
+
+/// The label of a grant: one of four words, whatever number a caller sent.
+fn grant_label(grant: pb::GrantType) -> &'static str {
+    match grant {
+        pb::GrantType::ClientCredentials => "client_credentials",
+        pb::GrantType::RefreshToken => "refresh_token",
+        pb::GrantType::TokenExchange => "token_exchange",
+        pb::GrantType::Unspecified => "unspecified",
+    }
+}
+
 /// Roles that manage a tenant's applications.
 const MANAGERS: &[Role] = &[Role::Admin, Role::Owner];
 /// Roles that read a tenant's applications.
@@ -247,6 +267,8 @@ impl TokenService for TokenRpc {
                     .into(),
             }),
         };
+        let outcome = if result.is_ok() { "issued" } else { "refused" };
+        ISSUANCE.add(1, &[KeyValue::new("grant", grant_label(grant)), KeyValue::new("outcome", outcome)]);
         audit.finish(&self.audit, result.map(Response::new).map_err(Status::from)).await
     }
 
