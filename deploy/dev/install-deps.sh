@@ -15,6 +15,8 @@ if [ "${1:-build}" = test ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
   command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+  # The telemetry tests lint every service's /metrics with Prometheus's own promtool.
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

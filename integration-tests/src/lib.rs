@@ -651,3 +651,18 @@ print(json.dumps(out))
     );
     serde_json::from_slice(&output.stdout).unwrap()
 }
+
+/// `promtool check metrics` on a Prometheus text exposition: its findings (empty when clean).
+pub fn promtool_check_metrics(text: &str) -> String {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; `make test-deps` installs it)");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let findings = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    if output.status.success() { findings.trim().to_owned() } else { format!("exit {}: {findings}", output.status) }
+}

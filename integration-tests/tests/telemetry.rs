@@ -18,7 +18,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{Mesh, bin_dir, create_key, key_request, parse_prometheus, scrape_metrics};
+use integration_tests::{
+    Mesh, bin_dir, create_key, key_request, parse_prometheus, promtool_check_metrics, scrape_metrics,
+};
 use keymesh_mesh::ServiceName;
 use keymesh_proto::v1::{self as pb, crypto_service_client::CryptoServiceClient};
 use serde_json::Value;
@@ -448,7 +450,7 @@ async fn rpc_durations_reach_the_collector_and_the_prometheus_endpoint() {
                 })
             });
         if done {
-            assert!(server.iter().all(|m| m["unit"] == "ms" && m["type"] == "histogram"), "{server:#?}");
+            assert!(server.iter().all(|m| m["unit"] == "s" && m["type"] == "histogram"), "{server:#?}");
             break;
         }
         assert!(Instant::now() < deadline, "metrics not received within 30 s: {server:#?} {client:#?}");
@@ -459,12 +461,14 @@ async fn rpc_durations_reach_the_collector_and_the_prometheus_endpoint() {
     for (service, addr) in &metrics {
         let (head, body) = scrape_metrics(addr).await;
         assert!(head.to_ascii_lowercase().contains("content-type: text/plain"), "{service}: {head}");
+        let findings = promtool_check_metrics(&body);
+        assert!(findings.is_empty(), "{service}: promtool check metrics: {findings}");
         let families = parse_prometheus(&body);
         let samples = families
-            .get("rpc_server_duration_milliseconds")
-            .unwrap_or_else(|| panic!("{service}: no rpc_server_duration_milliseconds in {:?}", families.keys()));
+            .get("rpc_server_duration_seconds")
+            .unwrap_or_else(|| panic!("{service}: no rpc_server_duration_seconds in {:?}", families.keys()));
         assert!(
-            samples.iter().any(|(name, labels)| name == "rpc_server_duration_milliseconds_bucket"
+            samples.iter().any(|(name, labels)| name == "rpc_server_duration_seconds_bucket"
                 && labels.get("rpc_method").is_some()
                 && labels.get("rpc_grpc_status_code").is_some()
                 && labels.contains_key("le")),
@@ -506,7 +510,7 @@ async fn rpc_durations_reach_the_collector_and_the_prometheus_endpoint() {
         assert!(families.contains_key("keymesh_audit_spool_unshipped_bytes"), "{service}: {:?}", families.keys());
     }
     assert!(
-        families["rpc_server_duration_milliseconds"]
+        families["rpc_server_duration_seconds"]
             .iter()
             .any(|(_, l)| l.get("rpc_method").map(String::as_str) == Some("Encrypt")
                 && l.get("rpc_grpc_status_code").map(String::as_str) == Some("16")),

@@ -73,25 +73,26 @@ enum Side {
     Client,
 }
 
-/// `rpc.server.duration` and `rpc.client.duration` in milliseconds (the semconv 1.37 names), labelled by
-/// service, method and gRPC code only: bounded, and never anything a caller chose.
+/// `rpc.server.duration` and `rpc.client.duration` (the semconv 1.37 names) in seconds, labelled by service,
+/// method and gRPC code only: bounded, and never anything a caller chose. Seconds, not 1.37's milliseconds:
+/// Prometheus's base unit (promtool refuses `_milliseconds`), and what semconv itself moved to in 1.39.
 struct RpcDurations {
     server: Histogram<f64>,
     client: Histogram<f64>,
 }
 
-/// Boundaries in milliseconds: the hot path lives under 10 ms, a cold key or a KMS call in the hundreds.
-const DURATION_BOUNDARIES_MS: [f64; 15] =
-    [0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+/// Boundaries in seconds: the hot path lives under 10 ms, a cold key or a KMS call in the hundreds.
+const DURATION_BOUNDARIES: [f64; 15] =
+    [0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 static DURATIONS: LazyLock<RpcDurations> = LazyLock::new(|| {
     let meter = global::meter("keymesh");
     let histogram = |name: &'static str, description: &'static str| {
         meter
             .f64_histogram(name)
-            .with_unit("ms")
+            .with_unit("s")
             .with_description(description)
-            .with_boundaries(DURATION_BOUNDARIES_MS.to_vec())
+            .with_boundaries(DURATION_BOUNDARIES.to_vec())
             .build()
     };
     RpcDurations {
@@ -125,7 +126,7 @@ impl CallEnd {
             Side::Client => &DURATIONS.client,
         };
         histogram.record(
-            self.started.elapsed().as_secs_f64() * 1000.0,
+            self.started.elapsed().as_secs_f64(),
             &[
                 KeyValue::new("rpc.system", "grpc"),
                 KeyValue::new("rpc.service", self.service),
