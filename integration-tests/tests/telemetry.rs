@@ -517,3 +517,39 @@ async fn rpc_durations_reach_the_collector_and_the_prometheus_endpoint() {
         "the refused Encrypt is counted with its code"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_carries_the_applications_trace_context() {
+    use opentelemetry::{
+        Context,
+        context::FutureExt,
+        trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState},
+    };
+    keymesh_mesh::install_crypto_provider();
+    // What an application with OpenTelemetry does: install the W3C propagator, and call inside its span.
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    let receiver = Receiver::start(true, false, None).await;
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port.unwrap());
+    let mesh = Mesh::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), FAST_EXPORT], &[]).await;
+    let admin = mesh.admin_client();
+    admin.create_key("sdk-traced").await.unwrap();
+    let (trace_id, span_id, _) = caller_context();
+    let application_span = SpanContext::new(
+        TraceId::from_hex(&trace_id).unwrap(),
+        SpanId::from_hex(&span_id).unwrap(),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    let cx = Context::new().with_remote_span_context(application_span);
+    admin.encrypt("sdk-traced", b"x".to_vec(), Vec::new()).with_context(cx).await.unwrap();
+
+    let spans = receiver
+        .wait_for("the SDK's Encrypt in the application's trace", |spans| {
+            spans.iter().any(|s| s["trace_id"] == trace_id && s["name"] == "keymesh.v1.CryptoService/Encrypt")
+        })
+        .await;
+    let trace = by_id(&spans, &trace_id);
+    let server = named(&trace, "crypto-service", "keymesh.v1.CryptoService/Encrypt", "SERVER")[0];
+    assert_eq!(server["parent_span_id"], span_id, "crypto-service continues the application's span");
+}

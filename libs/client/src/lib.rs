@@ -150,7 +150,10 @@ impl KeymeshClient {
         Ok(token)
     }
 
-    /// Wraps a message with the bearer token.
+    /// Wraps a message with the bearer token, and the caller's trace context when it has one: the application's
+    /// current OpenTelemetry context, written by the propagator it installed globally (W3C `traceparent` with
+    /// the SDK's `TraceContextPropagator`), so keymesh's spans join the application's trace. An application
+    /// without OpenTelemetry sends nothing extra.
     pub async fn authorized<T>(&self, message: T) -> Result<Request<T>, ClientError> {
         let token = self.access_token().await?;
         let mut request = Request::new(message);
@@ -158,6 +161,10 @@ impl KeymeshClient {
             .parse()
             .map_err(|_| ClientError::Setup("access token is not valid metadata".into()))?;
         request.metadata_mut().insert("authorization", value);
+        let context = opentelemetry::Context::current();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
+        });
         Ok(request)
     }
 
@@ -221,4 +228,17 @@ impl KeymeshClient {
 /// The default path of the bootstrap credentials in a data directory.
 pub fn bootstrap_credentials_path(data_dir: &Path) -> PathBuf {
     data_dir.join("bootstrap-credentials.json")
+}
+
+/// Writes trace-context fields into gRPC metadata (a value that is not valid metadata is left out).
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) =
+            (tonic::metadata::MetadataKey::from_bytes(key.as_bytes()), tonic::metadata::MetadataValue::try_from(&value))
+        {
+            self.0.insert(key, value);
+        }
+    }
 }
