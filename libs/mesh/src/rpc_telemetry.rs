@@ -66,6 +66,11 @@ pub fn rpc_name(path: &str) -> (&'static str, &'static str) {
     (OTHER, OTHER)
 }
 
+/// A span's name: `keymesh.v1.CryptoService/Encrypt`, or `_OTHER`.
+fn span_name(service: &str, method: &str) -> String {
+    if service == OTHER { OTHER.to_owned() } else { format!("{service}/{method}") }
+}
+
 /// Which side of a call is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -225,7 +230,7 @@ pub struct ServerSpans<S> {
 
 /// The server span of an incoming request, parented on the caller's `traceparent` when it sent one.
 fn server_span<B>(request: &http::Request<B>, service: &str, method: &str) -> tracing::Span {
-    let name = if service == OTHER { OTHER.to_owned() } else { format!("{service}/{method}") };
+    let name = span_name(service, method);
     let connection = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().map(|info| info.get_ref());
     let local = connection.and_then(TcpConnectInfo::local_addr);
     let remote = connection.and_then(TcpConnectInfo::remote_addr);
@@ -319,7 +324,7 @@ where
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let (service, method) = rpc_name(request.uri().path());
-        let name = if service == OTHER { OTHER.to_owned() } else { format!("{service}/{method}") };
+        let name = span_name(service, method);
         let (address, port) = &*self.server;
         let span = tracing::info_span!(
             "rpc.client",
