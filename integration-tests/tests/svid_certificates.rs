@@ -150,6 +150,8 @@ async fn a_refused_handshake_is_logged_with_its_reason() {
         .await
         .unwrap_or_else(|_| panic!("no log line names the reason {reason:?}"));
         assert!(!found.contains("PRIVATE KEY"), "{found}");
+        // Text logs to a pipe carry no colour codes (a terminal would get them).
+        assert!(!found.contains('\u{1b}'), "colour codes in a log that is not a terminal: {found:?}");
     }
     child.kill().await.unwrap();
 }

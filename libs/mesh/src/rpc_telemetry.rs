@@ -118,13 +118,11 @@ struct CallEnd {
 }
 
 impl CallEnd {
-    fn finish(self, status: Option<Status>) {
-        let status = status.or(self.early.clone());
-        let (code, message) = match &status {
-            Some(status) => (status.code(), status.message().to_owned()),
-            // A body that ended without a status: the stream broke.
-            None => (Code::Unknown, "the call ended without a gRPC status".to_owned()),
-        };
+    /// Ends the call with the trailers' status, else the trailers-only header's, else UNKNOWN (a body that
+    /// ended without a status: the stream broke).
+    fn finish(self, trailers: Option<Status>) {
+        let status = trailers.or(self.early);
+        let code = status.as_ref().map_or(Code::Unknown, Status::code);
         self.span.record("rpc.grpc.status_code", code as i32);
         let histogram = match self.side {
             Side::Server => &DURATIONS.server,
@@ -140,6 +138,7 @@ impl CallEnd {
             ],
         );
         if code != Code::Ok {
+            let message = status.as_ref().map_or("the call ended without a gRPC status", Status::message);
             self.span.record("otel.status_code", "error");
             self.span.record("otel.status_description", format!("{code:?}: {message}"));
         }
@@ -165,8 +164,8 @@ impl<B> Drop for ObservedBody<B> {
     fn drop(&mut self) {
         // A trailers-only answer (most refusals) is complete in its headers, and hyper may drop its empty body
         // unpolled. Anything else dropped before its end lost the other side: a cancelled call, a reset stream.
-        let early = self.end.as_ref().and_then(|end| end.early.clone());
-        self.finish(Some(early.unwrap_or_else(|| Status::cancelled("the call was cancelled before it ended"))));
+        let unfinished = self.end.as_ref().is_some_and(|end| end.early.is_none());
+        self.finish(unfinished.then(|| Status::cancelled("the call was cancelled before it ended")));
     }
 }
 
@@ -192,10 +191,7 @@ where
             Poll::Ready(Some(Err(_))) => {
                 self.finish(Some(Status::unknown("the response stream failed")));
             }
-            Poll::Ready(None) => {
-                let early = self.end.as_ref().and_then(|end| end.early.clone());
-                self.finish(early);
-            }
+            Poll::Ready(None) => self.finish(None),
             Poll::Pending => {}
         }
         polled

@@ -1,8 +1,9 @@
-//! Logs and traces. Spans always get real trace ids (an SDK tracer provider runs even without an exporter),
+//! Logs, traces and metrics. Spans always get real trace ids (an SDK tracer provider runs even without an exporter),
 //! so audit events and logs can carry the trace id; spans are exported over OTLP when an endpoint is
 //! configured, by `telemetry.otlp_endpoint` or the standard `OTEL_*` variables (gRPC or HTTP/protobuf, plain
 //! or TLS with a custom CA, extra headers, a sampler). Trace context crosses every hop as W3C `traceparent`.
-//! JSON log lines carry the trace and span ids of the span they were written in.
+//! JSON log lines carry the trace and span ids of the span they were written in. Metrics are served in the
+//! Prometheus text format and pushed over OTLP by the same variables.
 
 use std::{io::IsTerminal, net::SocketAddr, time::Duration};
 
@@ -130,7 +131,8 @@ impl Signal {
 
 /// Where and how one signal is exported, from `telemetry.otlp_endpoint` and the `OTEL_EXPORTER_OTLP_*`
 /// variables (a signal's own variable before the general one, as the OpenTelemetry specification says).
-#[derive(Debug, Clone, PartialEq)]
+/// Its `Debug` shows header names only: their values are often API keys.
+#[derive(Clone, PartialEq)]
 pub struct OtlpExport {
     /// The full URL the signal is sent to (for HTTP, with its `/v1/<signal>` path).
     pub endpoint: String,
@@ -142,6 +144,18 @@ pub struct OtlpExport {
     pub ca_pem: Option<Vec<u8>>,
     /// How long one export may take.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for OtlpExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpExport")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &self.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<PEM>"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// What the `OTEL_*` variables and the configuration ask of traces and metrics.
@@ -202,39 +216,25 @@ fn first_set(env: &dyn Fn(&str) -> Option<String>, names: &[&'static str]) -> Op
 }
 
 /// `key=value` pairs separated by commas, values percent-decoded (the W3C Baggage format the specification
-/// uses for headers and resource attributes).
+/// uses for headers and resource attributes). An error names the entry by its position, never its text: a
+/// header's value is often an API key.
 fn key_values(variable: &str, value: &str) -> Result<Vec<(String, String)>, MeshError> {
     let mut out = Vec::new();
-    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for (n, pair) in value.split(',').map(str::trim).filter(|p| !p.is_empty()).enumerate() {
+        let entry = n + 1;
         let Some((key, value)) = pair.split_once('=') else {
-            return Err(bad(variable, format!("{pair:?} is not key=value")));
+            return Err(bad(variable, format!("entry {entry} is not key=value")));
         };
         let key = key.trim();
         if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(bad(variable, format!("{key:?} is not a valid key")));
+            return Err(bad(variable, format!("entry {entry} has no valid key")));
         }
-        let decoded =
-            percent_decode(value.trim()).ok_or_else(|| bad(variable, format!("bad percent-encoding in {key}")))?;
-        out.push((key.to_owned(), decoded));
+        let decoded = percent_encoding::percent_decode_str(value.trim())
+            .decode_utf8()
+            .map_err(|_| bad(variable, format!("the value of {key} is not UTF-8 once percent-decoded")))?;
+        out.push((key.to_owned(), decoded.into_owned()));
     }
     Ok(out)
-}
-
-fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = value.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn ratio(variable: &str, arg: Option<&str>) -> Result<f64, MeshError> {
@@ -668,6 +668,26 @@ mod tests {
         assert_eq!(s.sampler, SamplerChoice::ParentBasedRatio(0.01));
         assert_eq!(s.service_name, "crypto-eu-1");
         assert_eq!(s.resource_attributes.len(), 2);
+    }
+
+    #[test]
+    fn header_values_stay_out_of_errors_and_debug_output() {
+        let error = settings(
+            None,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4317"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "authorization: s3cr3t"),
+            ],
+        )
+        .unwrap_err();
+        assert!(error.contains("OTEL_EXPORTER_OTLP_HEADERS") && !error.contains("s3cr3t"), "{error}");
+        let ok = settings(
+            None,
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4317"), ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cr3t")],
+        )
+        .unwrap();
+        let printed = format!("{ok:?}");
+        assert!(printed.contains("api-key") && !printed.contains("s3cr3t"), "{printed}");
     }
 
     #[test]

@@ -120,13 +120,6 @@ impl CryptoRpc {
         audit: &mut Audited,
         item: Sealing<'_>,
     ) -> Result<Sealed, Status> {
-        if item.key.is_empty() {
-            return Err(CryptoServiceError::InvalidArgument {
-                field: "key",
-                reason: "name the key to encrypt with".into(),
-            }
-            .into());
-        }
         if item.plaintext.len() > self.unary_limit {
             return Err(CryptoServiceError::InvalidArgument {
                 field: "plaintext",

@@ -4,8 +4,9 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use keymesh_proto::algorithm::ToProto;
+use keymesh_proto::identifiers;
 use keymesh_proto::v1 as pb;
-use keymesh_store::keys::{KEY_ID_PREFIX, KeyFilter, KeyLookup};
+use keymesh_store::keys::{KeyFilter, KeyLookup};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -27,9 +28,7 @@ fn page_after(token: &str) -> Result<Option<String>, KeyError> {
     };
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let id = String::from_utf8(bytes).map_err(|_| invalid())?;
-    if !id.starts_with(KEY_ID_PREFIX) || id.len() > 64 {
-        return Err(invalid());
-    }
+    identifiers::key_id("page_token", &id).map_err(|_| invalid())?;
     Ok(Some(id))
 }
 

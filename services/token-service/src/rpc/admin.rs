@@ -171,7 +171,9 @@ impl TokenRpc {
                 reason: "not a page token ListApplications returned".into(),
             };
             let bytes = URL_SAFE_NO_PAD.decode(&request.page_token).map_err(|_| bad())?;
-            Some(String::from_utf8(bytes).map_err(|_| bad())?)
+            let client_id = String::from_utf8(bytes).map_err(|_| bad())?;
+            identifiers::opaque_id("page_token", &client_id).map_err(|_| bad())?;
+            Some(client_id)
         };
         // One more than asked: whether it exists says if there is a next page.
         let mut rows = self.repo.list_applications(&tenant_id, after.as_deref(), u64::from(page_size) + 1).await?;

@@ -4,6 +4,7 @@
 
 use keymesh_audit::AuditScope;
 use keymesh_mesh::auth::{AccessClaims, ExternalSubject, unix_now};
+use keymesh_proto::identifiers;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
     entity::{application, refresh_token},
@@ -131,6 +132,8 @@ impl TokenRpc {
                 reason: "both are required for GRANT_TYPE_CLIENT_CREDENTIALS".into(),
             });
         }
+        // A malformed id is no client: refused before it reaches the database.
+        identifiers::opaque_id("client_id", client_id)?;
         audit.caller("", client_id);
         let app = self.repo.application(client_id).await?;
         let now_ms = now_millis();
