@@ -180,19 +180,41 @@ struct SinkInner {
     shipper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Refused authentications, counted per source and method.
     refusals: refusals::RefusalWindows,
-    /// `keymesh.audit.spool.unshipped` (bytes), observed while the sink lives.
-    _spool_gauge: Option<opentelemetry::metrics::ObservableGauge<u64>>,
+    /// The spool's gauges, observed while the sink lives.
+    _spool_gauges: Option<SpoolGauges>,
 }
 
-/// `keymesh.audit.spool.unshipped` (bytes): the events this process answered for but audit-service has not yet
-/// acknowledged. It grows while audit-service is away and falls back to zero once shipping catches up.
-fn spool_gauge(probe: spool::SpoolProbe) -> opentelemetry::metrics::ObservableGauge<u64> {
-    opentelemetry::global::meter("keymesh")
-        .u64_observable_gauge("keymesh.audit.spool.unshipped")
-        .with_unit("By")
-        .with_description("Bytes of audit events spooled but not yet acknowledged by audit-service")
-        .with_callback(move |observer| observer.observe(probe.unshipped(), &[]))
-        .build()
+/// What this process answered for but audit-service has not yet acknowledged: `keymesh.audit.spool.unshipped`
+/// (bytes), `keymesh.audit.spool.events` and `keymesh.audit.spool.oldest_age` (seconds). They grow while
+/// audit-service is away and fall back to zero once shipping catches up.
+struct SpoolGauges {
+    _bytes: opentelemetry::metrics::ObservableGauge<u64>,
+    _events: opentelemetry::metrics::ObservableGauge<u64>,
+    _oldest_age: opentelemetry::metrics::ObservableGauge<f64>,
+}
+
+fn spool_gauges(probe: spool::SpoolProbe) -> SpoolGauges {
+    let meter = opentelemetry::global::meter("keymesh");
+    let (bytes, events, oldest) = (probe.clone(), probe.clone(), probe);
+    SpoolGauges {
+        _bytes: meter
+            .u64_observable_gauge("keymesh.audit.spool.unshipped")
+            .with_unit("By")
+            .with_description("Bytes of audit events spooled but not yet acknowledged by audit-service")
+            .with_callback(move |observer| observer.observe(bytes.unshipped(), &[]))
+            .build(),
+        _events: meter
+            .u64_observable_gauge("keymesh.audit.spool.events")
+            .with_description("Audit events spooled but not yet acknowledged by audit-service")
+            .with_callback(move |observer| observer.observe(events.unshipped_events(), &[]))
+            .build(),
+        _oldest_age: meter
+            .f64_observable_gauge("keymesh.audit.spool.oldest_age")
+            .with_unit("s")
+            .with_description("How long the oldest audit event not yet acknowledged by audit-service has waited")
+            .with_callback(move |observer| observer.observe(oldest.oldest_unshipped_age().as_secs_f64(), &[]))
+            .build(),
+    }
 }
 
 impl AuditSink {
@@ -211,8 +233,8 @@ impl AuditSink {
             let probe = reader.probe();
             (Some(writer), Some((tokio::spawn(ship(AuditServiceClient::new(channel), reader)), probe)))
         };
-        let (shipper, spool_gauge) = match shipper {
-            Some((task, probe)) => (Some(task), Some(spool_gauge(probe))),
+        let (shipper, gauges) = match shipper {
+            Some((task, probe)) => (Some(task), Some(spool_gauges(probe))),
             None => (None, None),
         };
         let sink = Self {
@@ -223,7 +245,7 @@ impl AuditSink {
                 lost: AtomicU64::new(0),
                 shipper: std::sync::Mutex::new(shipper),
                 refusals: refusals::RefusalWindows::new(params.refused_auth_window),
-                _spool_gauge: spool_gauge,
+                _spool_gauges: gauges,
             }),
         };
         if params.mode != AuditMode::Off {

@@ -16,7 +16,7 @@
 //! only means re-sending events, which audit-service recognises by id and stores once.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     fs::{self, File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
@@ -111,12 +111,32 @@ struct State {
     acked: Position,
     /// The writer has stopped; nothing more will be committed.
     closed: bool,
+    /// The committed groups not yet wholly acknowledged, oldest first: what the event count and the age of
+    /// the oldest unshipped event are read from.
+    groups: VecDeque<Group>,
+}
+
+/// Events committed together (one fsync), or those a segment held when the spool was opened.
+struct Group {
+    /// The position just after its last event.
+    end: Position,
+    events: u64,
+    /// When it was committed (for recovered events: when their segment was last written, so their age is
+    /// never overstated).
+    committed_at: Instant,
 }
 
 impl State {
     fn unshipped(&self) -> u64 {
         let total: u64 = self.segments.range(self.acked.segment..).map(|(_, len)| len).sum();
         total.saturating_sub(self.acked.offset)
+    }
+
+    /// Forgets the groups that `acked` covers.
+    fn drop_acknowledged_groups(&mut self) {
+        while self.groups.front().is_some_and(|group| group.end <= self.acked) {
+            self.groups.pop_front();
+        }
     }
 }
 
@@ -128,6 +148,17 @@ impl SpoolProbe {
     /// Bytes committed but not yet acknowledged by audit-service.
     pub fn unshipped(&self) -> u64 {
         self.0.lock().unshipped()
+    }
+
+    /// Events committed but not yet acknowledged (a group that audit-service acknowledged in part is counted
+    /// whole until the rest follows).
+    pub fn unshipped_events(&self) -> u64 {
+        self.0.lock().groups.iter().map(|group| group.events).sum()
+    }
+
+    /// How long the oldest unacknowledged event has waited; zero when everything is shipped.
+    pub fn oldest_unshipped_age(&self) -> Duration {
+        self.0.lock().groups.front().map_or(Duration::ZERO, |group| group.committed_at.elapsed())
     }
 }
 
@@ -220,15 +251,31 @@ pub fn open(options: &SpoolOptions) -> Result<(SpoolWriter, SpoolReader), SpoolE
     lock.try_lock().map_err(|_| SpoolError::Locked { path: dir.display().to_string() })?;
 
     let mut segments = BTreeMap::new();
+    let mut recovered_frames = BTreeMap::new();
     for entry in fs::read_dir(&dir).map_err(|e| io_error(&dir, e))? {
         let name = entry.map_err(|e| io_error(&dir, e))?.file_name();
         let Some(number) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)).and_then(|n| n.parse().ok())
         else {
             continue;
         };
-        segments.insert(number, recover_segment(&segment_path(&dir, number))?);
+        let recovered = recover_segment(&segment_path(&dir, number))?;
+        segments.insert(number, recovered.len);
+        recovered_frames.insert(number, recovered);
     }
     let acked = read_cursor(&dir, &segments);
+    let groups = recovered_frames
+        .into_iter()
+        .filter(|(number, _)| *number >= acked.segment)
+        .filter_map(|(number, recovered)| {
+            let after = if number == acked.segment { acked.offset } else { 0 };
+            let events = recovered.frame_ends.iter().filter(|end| **end > after).count() as u64;
+            (events > 0).then(|| Group {
+                end: Position { segment: number, offset: recovered.len },
+                events,
+                committed_at: recovered.written_at,
+            })
+        })
+        .collect();
     // Segments before the cursor were acknowledged; a crash may have come between the cursor and the delete.
     for number in segments.range(..acked.segment).map(|(n, _)| *n).collect::<Vec<_>>() {
         remove_segment(&dir, number);
@@ -237,7 +284,7 @@ pub fn open(options: &SpoolOptions) -> Result<(SpoolWriter, SpoolReader), SpoolE
     let current = segments.last_key_value().map_or(1, |(n, _)| n + 1);
     let file = create_segment(&dir, current)?;
     segments.insert(current, 0);
-    let state = State { segments, acked, closed: false };
+    let state = State { segments, acked, closed: false, groups };
     if state.unshipped() > 0 {
         tracing::info!(bytes = state.unshipped(), dir = %dir.display(), "audit events of an earlier run are waiting to be shipped");
     }
@@ -265,10 +312,27 @@ pub fn open(options: &SpoolOptions) -> Result<(SpoolWriter, SpoolReader), SpoolE
     Ok((SpoolWriter { requests }, SpoolReader { shared, next: acked }))
 }
 
-/// The length of a segment's whole frames; a torn or damaged tail (a crash mid-write) is cut off.
-fn recover_segment(path: &Path) -> Result<u64, SpoolError> {
+/// What a segment holds when the spool is opened.
+struct RecoveredSegment {
+    /// The length of its whole frames.
+    len: u64,
+    /// Where each frame ends.
+    frame_ends: Vec<u64>,
+    /// When it was last written, as an instant of this process.
+    written_at: Instant,
+}
+
+/// A segment's whole frames; a torn or damaged tail (a crash mid-write) is cut off.
+fn recover_segment(path: &Path) -> Result<RecoveredSegment, SpoolError> {
     let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
-    let whole = frames(&bytes).last().map_or(0, |(_, end)| end);
+    let frame_ends: Vec<u64> = frames(&bytes).map(|(_, end)| end as u64).collect();
+    let whole = frame_ends.last().map_or(0, |end| *end as usize);
+    let since_written = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|modified| modified.elapsed().ok())
+        .unwrap_or_default();
+    let written_at = Instant::now().checked_sub(since_written).unwrap_or_else(Instant::now);
     if whole < bytes.len() {
         tracing::warn!(
             segment = %path.display(),
@@ -278,7 +342,7 @@ fn recover_segment(path: &Path) -> Result<u64, SpoolError> {
         let file = OpenOptions::new().write(true).open(path).map_err(|e| io_error(path, e))?;
         file.set_len(whole as u64).and_then(|()| file.sync_all()).map_err(|e| io_error(path, e))?;
     }
-    Ok(whole as u64)
+    Ok(RecoveredSegment { len: whole as u64, frame_ends, written_at })
 }
 
 /// Where the last run's acknowledgements reached. A missing or unreadable cursor, or one that points
@@ -326,6 +390,15 @@ fn remove_segment(dir: &Path, segment: u64) {
         tracing::warn!(segment = %path.display(), error = %e, "cannot delete a shipped audit spool segment");
     }
 }
+
+/// `keymesh.audit.spool.fsync.duration`: one write and `fdatasync` of a group of events, which every audited
+/// call waits for.
+static FSYNC_DURATION: std::sync::LazyLock<opentelemetry::metrics::Histogram<f64>> = std::sync::LazyLock::new(|| {
+    keymesh_mesh::rpc_telemetry::seconds_histogram(
+        "keymesh.audit.spool.fsync.duration",
+        "Write and fdatasync of one group of audit events in the spool",
+    )
+});
 
 /// The writer thread's side.
 struct Writer {
@@ -386,7 +459,10 @@ impl Writer {
             buffer.extend_from_slice(&request.frame);
         }
         let path = self.shared.segment_path(self.segment);
-        if let Err(e) = self.file.write_all(&buffer).and_then(|()| self.file.sync_data()) {
+        let started = Instant::now();
+        let written = self.file.write_all(&buffer).and_then(|()| self.file.sync_data());
+        FSYNC_DURATION.record(started.elapsed().as_secs_f64(), &[]);
+        if let Err(e) = written {
             // Undo a partial write so later frames follow whole ones; if even that fails, stop taking events
             // rather than append after garbage.
             if self.file.set_len(self.len).and_then(|()| self.file.sync_data()).is_err() {
@@ -396,7 +472,15 @@ impl Writer {
             return Err(io_error(&path, e));
         }
         self.len += bytes;
-        self.shared.lock().segments.insert(self.segment, self.len);
+        {
+            let mut state = self.shared.lock();
+            state.segments.insert(self.segment, self.len);
+            state.groups.push_back(Group {
+                end: Position { segment: self.segment, offset: self.len },
+                events: group.len() as u64,
+                committed_at: started,
+            });
+        }
         self.shared.committed.notify_one();
         Ok(())
     }
@@ -489,6 +573,7 @@ impl SpoolReader {
         let behind: Vec<u64> = {
             let mut state = self.shared.lock();
             state.acked = end;
+            state.drop_acknowledged_groups();
             let behind = state.segments.range(..end.segment).map(|(n, _)| *n).collect::<Vec<_>>();
             for number in &behind {
                 state.segments.remove(number);

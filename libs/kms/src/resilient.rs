@@ -8,9 +8,14 @@
 //! `open_for`; then one probe call is let through (half-open): success closes it, failure opens it again.
 
 use std::{
-    sync::Mutex,
+    sync::{
+        Arc, LazyLock, Mutex, Weak,
+        atomic::{AtomicU8, Ordering},
+    },
     time::{Duration, Instant},
 };
+
+use opentelemetry::{KeyValue, metrics::ObservableGauge};
 
 use keymesh_crypto::SecretKey;
 use rand::Rng;
@@ -63,18 +68,73 @@ enum Breaker {
     },
 }
 
+impl Breaker {
+    /// The value `keymesh.kms.breaker.state` reports.
+    fn gauge_value(&self) -> u8 {
+        match self {
+            Breaker::Closed { .. } => 0,
+            Breaker::HalfOpen { .. } => 1,
+            Breaker::Open { .. } => 2,
+        }
+    }
+}
+
+/// Every live breaker of the process, by backend name and type, for `keymesh.kms.breaker.state`.
+static BREAKERS: Mutex<Vec<(String, String, Weak<AtomicU8>)>> = Mutex::new(Vec::new());
+
+/// `keymesh.kms.breaker.state` by `kms.member` and `kms.backend`: 0 closed, 1 half-open, 2 open. Built with the
+/// first remote backend, so after the service installed its meter provider.
+static BREAKER_GAUGE: LazyLock<ObservableGauge<u64>> = LazyLock::new(|| {
+    opentelemetry::global::meter("keymesh")
+        .u64_observable_gauge("keymesh.kms.breaker.state")
+        .with_description("Circuit breaker of each remote KMS backend: 0 closed, 1 half-open, 2 open")
+        .with_callback(|observer| {
+            let mut breakers = BREAKERS.lock().unwrap_or_else(|p| p.into_inner());
+            breakers.retain(|(_, _, state)| state.strong_count() > 0);
+            for (member, backend, state) in breakers.iter() {
+                if let Some(state) = state.upgrade() {
+                    observer.observe(
+                        u64::from(state.load(Ordering::Relaxed)),
+                        &[KeyValue::new("kms.member", member.clone()), KeyValue::new("kms.backend", backend.clone())],
+                    );
+                }
+            }
+        })
+        .build()
+});
+
 /// A backend with deadlines, retries and a circuit breaker.
 pub struct Resilient<B> {
     inner: B,
     name: String,
     policy: ResiliencePolicy,
     breaker: Mutex<Breaker>,
+    /// The breaker's state as the gauge reads it, kept in step with `breaker`.
+    reported: Arc<AtomicU8>,
 }
 
 impl<B: KeyEncryptionBackend> Resilient<B> {
-    /// Wraps `inner`; `name` appears in errors and logs.
+    /// Wraps `inner`; `name` appears in errors, logs and the breaker's gauge.
     pub fn new(inner: B, name: &str, policy: ResiliencePolicy) -> Self {
-        Self { inner, name: name.to_owned(), policy, breaker: Mutex::new(Breaker::Closed { consecutive_failures: 0 }) }
+        let reported = Arc::new(AtomicU8::new(0));
+        LazyLock::force(&BREAKER_GAUGE);
+        BREAKERS.lock().unwrap_or_else(|p| p.into_inner()).push((
+            name.to_owned(),
+            inner.describe().backend,
+            Arc::downgrade(&reported),
+        ));
+        Self {
+            inner,
+            name: name.to_owned(),
+            policy,
+            breaker: Mutex::new(Breaker::Closed { consecutive_failures: 0 }),
+            reported,
+        }
+    }
+
+    fn set(&self, breaker: &mut Breaker, next: Breaker) {
+        self.reported.store(next.gauge_value(), Ordering::Relaxed);
+        *breaker = next;
     }
 
     fn unavailable(&self, reason: String) -> KmsError {
@@ -94,7 +154,7 @@ impl<B: KeyEncryptionBackend> Resilient<B> {
                 Err(self.unavailable("circuit half-open; a probe call is under way".into()))
             }
             Breaker::Open { .. } | Breaker::HalfOpen { .. } => {
-                *breaker = Breaker::HalfOpen { probe_started: Instant::now() };
+                self.set(&mut breaker, Breaker::HalfOpen { probe_started: Instant::now() });
                 Ok(())
             }
         }
@@ -114,7 +174,7 @@ impl<B: KeyEncryptionBackend> Resilient<B> {
                 Breaker::Open { until: Instant::now() + self.policy.open_for }
             }
         };
-        *breaker = next;
+        self.set(&mut breaker, next);
     }
 
     fn backoff(&self, retry: u32) -> Duration {

@@ -308,7 +308,32 @@ pub struct TokenVerifier {
     /// Serializes polls, and holds when the last attempt began.
     last_poll: Mutex<Option<Instant>>,
     revocation_bound: Duration,
+    created_at: Instant,
 }
+
+/// `keymesh.tokens.revocation_poll.age` (seconds): a token revoked longer ago than this may not be known here yet.
+/// It stays under the revocation bound while polls succeed; past it, every token is refused.
+fn revocation_age_gauge(verifier: std::sync::Weak<TokenVerifier>) -> opentelemetry::metrics::ObservableGauge<f64> {
+    opentelemetry::global::meter("keymesh")
+        .f64_observable_gauge("keymesh.tokens.revocation_poll.age")
+        .with_unit("s")
+        .with_description("Age of the token revocations this service holds")
+        .with_callback(move |observer| {
+            if let Some(verifier) = verifier.upgrade() {
+                observer.observe(verifier.revocations_age().as_secs_f64(), &[]);
+            }
+        })
+        .build()
+}
+
+/// `keymesh.token_cache.lookups` by `result`: a `hit` skips the signature check of a token seen before.
+static TOKEN_CACHE_LOOKUPS: std::sync::LazyLock<opentelemetry::metrics::Counter<u64>> =
+    std::sync::LazyLock::new(|| {
+        opentelemetry::global::meter("keymesh")
+            .u64_counter("keymesh.token_cache.lookups")
+            .with_description("Access-token verifications, by whether the verified-token cache answered")
+            .build()
+    });
 
 impl TokenVerifier {
     /// A verifier for tokens of the configured issuer and audience.
@@ -329,14 +354,18 @@ impl TokenVerifier {
             revocations: std::sync::RwLock::new(HeldRevocations { set: Arc::default(), polled_at: None }),
             last_poll: Mutex::new(None),
             revocation_bound: params.revocation_bound,
+            created_at: Instant::now(),
         }
     }
 
-    /// Polls revocations three times per bound for as long as the verifier lives.
+    /// Polls revocations three times per bound for as long as the verifier lives, and reports the age of the
+    /// revocations held as `keymesh.tokens.revocation_poll.age` while it does.
     pub fn start_revocation_poll(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let verifier = Arc::downgrade(self);
         let period = self.revocation_bound / 3;
+        let age_gauge = revocation_age_gauge(Arc::downgrade(self));
         tokio::spawn(async move {
+            let _age_gauge = age_gauge;
             loop {
                 let Some(this) = verifier.upgrade() else { return };
                 // After a failure, try again within a second: token-service may only have been restarting.
@@ -351,6 +380,13 @@ impl TokenVerifier {
                 tokio::time::sleep(wait).await;
             }
         })
+    }
+
+    /// How old the revocations held are: since the last successful poll began, or since the verifier was made
+    /// when no poll has succeeded yet.
+    fn revocations_age(&self) -> Duration {
+        let polled_at = self.revocations.read().ok().and_then(|held| held.polled_at);
+        polled_at.unwrap_or(self.created_at).elapsed()
     }
 
     /// Fetches the revocations unless another poll began less than `min_interval` ago.
@@ -410,7 +446,10 @@ impl TokenVerifier {
     pub async fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, AuthError> {
         // Cached by digest: the map compares digests, so lookups reveal nothing about the token's bytes.
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(claims) = self.verified.get(&digest) {
+        let cached = self.verified.get(&digest);
+        TOKEN_CACHE_LOOKUPS
+            .add(1, &[opentelemetry::KeyValue::new("result", if cached.is_some() { "hit" } else { "miss" })]);
+        if let Some(claims) = cached {
             if claims.exp + self.validation.leeway <= unix_now() {
                 return Err(AuthError::Expired);
             }

@@ -90,16 +90,19 @@ struct RpcDurations {
 const DURATION_BOUNDARIES: [f64; 15] =
     [0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// A histogram of durations in seconds with the boundaries of the RPC durations, so that every keymesh
+/// latency (an RPC, a cache tier, an fsync) can be read on the same scale.
+pub fn seconds_histogram(name: &'static str, description: &'static str) -> Histogram<f64> {
+    global::meter("keymesh")
+        .f64_histogram(name)
+        .with_unit("s")
+        .with_description(description)
+        .with_boundaries(DURATION_BOUNDARIES.to_vec())
+        .build()
+}
+
 static DURATIONS: LazyLock<RpcDurations> = LazyLock::new(|| {
-    let meter = global::meter("keymesh");
-    let histogram = |name: &'static str, description: &'static str| {
-        meter
-            .f64_histogram(name)
-            .with_unit("s")
-            .with_description(description)
-            .with_boundaries(DURATION_BOUNDARIES.to_vec())
-            .build()
-    };
+    let histogram = seconds_histogram;
     RpcDurations {
         server: histogram("rpc.server.duration", "Duration of the gRPC calls this service served"),
         client: histogram("rpc.client.duration", "Duration of the gRPC calls this service made to another"),

@@ -64,6 +64,14 @@ impl TlsMaterial {
         };
         Ok(Self { ca_pem: read(ca_cert)?, cert_pem: read(cert)?, key_pem: Zeroizing::new(read(key)?) })
     }
+
+    /// When the leaf certificate (the first of the chain) expires, in seconds since the Unix epoch.
+    pub fn not_after(&self) -> Result<i64, TlsError> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes())
+            .map_err(|e| TlsError::Invalid(format!("certificate PEM: {e}")))?;
+        let cert = pem.parse_x509().map_err(|e| TlsError::Invalid(format!("certificate: {e}")))?;
+        Ok(cert.validity().not_after.timestamp())
+    }
 }
 
 /// host:port of every service.

@@ -334,6 +334,18 @@ impl KeyRepository {
         Ok(query.count(&self.db).await?)
     }
 
+    /// How many keys are in each state (the `key.state` column, a `KeyState` number), over every tenant.
+    pub async fn count_by_state(&self) -> Result<Vec<(i32, i64)>, StoreError> {
+        Ok(key::Entity::find()
+            .select_only()
+            .column(key::Column::State)
+            .column_as(key::Column::Id.count(), "keys")
+            .group_by(key::Column::State)
+            .into_tuple::<(i32, i64)>()
+            .all(&self.db)
+            .await?)
+    }
+
     /// The re-wrap job of a scope.
     pub async fn rewrap_job(&self, scope: &str) -> Result<Option<rewrap_job::Model>, StoreError> {
         Ok(rewrap_job::Entity::find_by_id(scope.to_owned()).one(&self.db).await?)

@@ -2,10 +2,12 @@
 //! SHA-256, drops events already stored (same event id), and commits each batch atomically before it is
 //! acknowledged. Replicas on one Postgres take turns under an advisory lock, so the chain stays one chain.
 
+use crate::metrics::ChainMetrics;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{StoreError, audit::AuditRepository, entity::audit_record, now_millis};
 use prost::Message;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// Milliseconds since the epoch of a timestamp, or `None` when it does not fit.
 pub fn timestamp_millis(t: &prost_types::Timestamp) -> Option<i64> {
@@ -25,6 +27,7 @@ pub fn record_hash(previous_hash: &str, sequence: i64, event: &[u8]) -> String {
 /// database's append lock, never to a head remembered in memory.
 pub struct ChainWriter {
     repo: AuditRepository,
+    metrics: Arc<ChainMetrics>,
 }
 
 /// The result of appending a batch.
@@ -37,8 +40,8 @@ pub struct Appended {
 
 impl ChainWriter {
     /// Appends to the chain stored in `repo`.
-    pub fn new(repo: AuditRepository) -> Self {
-        Self { repo }
+    pub fn new(repo: AuditRepository, metrics: Arc<ChainMetrics>) -> Self {
+        Self { repo, metrics }
     }
 
     /// The repository, for reads.
@@ -51,6 +54,7 @@ impl ChainWriter {
         let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
         let total = events.len() as u32;
         let received_at = now_millis();
+        let mut last_sequence = None;
         let accepted = self
             .repo
             .append_chain(&ids, |head, existing| {
@@ -82,9 +86,11 @@ impl ChainWriter {
                     });
                     previous = hash;
                 }
+                last_sequence = records.last().map(|record| record.sequence);
                 records
             })
             .await? as u32;
+        self.metrics.appended(accepted, last_sequence);
         Ok(Appended { accepted, duplicates: total - accepted })
     }
 }

@@ -23,6 +23,8 @@ use openssl::{
     sign::{Signer, Verifier},
 };
 
+use crate::metrics::ChainMetrics;
+
 const ALGORITHM: &str = "Ed25519";
 /// How often retention runs.
 const PRUNE_PERIOD: Duration = Duration::from_secs(3600);
@@ -86,11 +88,16 @@ pub struct Checkpointer {
     repo: AuditRepository,
     kid: String,
     key: PKey<Private>,
+    metrics: Arc<ChainMetrics>,
 }
 
 impl Checkpointer {
     /// Uses the newest checkpoint key, creating (and wrapping) one on a fresh database.
-    pub async fn load_or_create(repo: AuditRepository, kms: &Keyring) -> Result<Self, CheckpointError> {
+    pub async fn load_or_create(
+        repo: AuditRepository,
+        kms: &Keyring,
+        metrics: Arc<ChainMetrics>,
+    ) -> Result<Self, CheckpointError> {
         let newest = match repo.checkpoint_keys().await?.pop() {
             Some(key) => key,
             None => {
@@ -108,7 +115,7 @@ impl Checkpointer {
         let wraps = WrapSet::from_columns(first, newest.extra_wraps.as_deref()).map_err(key_error)?;
         let pkcs8 = kms.unwrap(&wraps, &wrap_context(&newest.kid)).await?;
         let key = PKey::private_key_from_pkcs8(pkcs8.expose_secret()).map_err(key_error)?;
-        Ok(Self { repo, kid: newest.kid, key })
+        Ok(Self { repo, kid: newest.kid, key, metrics })
     }
 
     /// Signs the head of the chain when it moved since the last checkpoint; returns the new checkpoint.
@@ -116,7 +123,9 @@ impl Checkpointer {
         let Some((sequence, hash)) = self.repo.head().await? else {
             return Ok(None);
         };
-        if self.repo.latest_checkpoint().await?.is_some_and(|c| c.sequence >= sequence) {
+        let latest = self.repo.latest_checkpoint().await?;
+        self.metrics.observed(Some(sequence), latest.as_ref().map(|c| c.signed_at));
+        if latest.is_some_and(|c| c.sequence >= sequence) {
             return Ok(None);
         }
         let signed_at = now_millis();
@@ -125,6 +134,7 @@ impl Checkpointer {
             .map_err(key_error)?;
         let checkpoint = audit_checkpoint::Model { sequence, hash, signed_at, kid: self.kid.clone(), signature };
         self.repo.insert_checkpoint(checkpoint.clone()).await?;
+        self.metrics.observed(None, Some(signed_at));
         Ok(Some(checkpoint))
     }
 

@@ -4,6 +4,7 @@
 mod chain;
 mod checkpoint;
 mod export;
+mod metrics;
 mod rpc;
 mod verify;
 
@@ -35,12 +36,15 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let repo = AuditRepository::new(db);
     // The checkpoint key is held by the KMS: audit-service needs the keyring only to unwrap it at start.
     let kms = keymesh_config::open_keyring(&kms, &params.data_dir).await?;
-    let checkpointer = Arc::new(checkpoint::Checkpointer::load_or_create(repo.clone(), &kms).await?);
+    let chain_metrics = metrics::ChainMetrics::new();
+    let _chain_gauges = chain_metrics.gauges();
+    let checkpointer =
+        Arc::new(checkpoint::Checkpointer::load_or_create(repo.clone(), &kms, chain_metrics.clone()).await?);
     let checkpoints = checkpointer.spawn(audit_params.checkpoint_interval, audit_params.retention);
     let verifier = token_verifier(&params, &tls, &token_params)?;
     // audit-service is the trail: its gate authenticates and authorizes, and records nothing.
     let gate = keymesh_gate::Gate::new(params.service.as_str(), verifier, None, None);
-    let service = rpc::AuditRpc::new(chain::ChainWriter::new(repo), gate);
+    let service = rpc::AuditRpc::new(chain::ChainWriter::new(repo, chain_metrics), gate);
     let routes = Routes::new(AuditServiceServer::new(service));
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.AuditService"], params.shutdown_grace).await?;
     checkpoints.abort();

@@ -38,6 +38,26 @@ static LOOKUPS: std::sync::LazyLock<opentelemetry::metrics::Counter<u64>> = std:
         .build()
 });
 
+/// `keymesh.dek_cache.evictions` by `cause`: `expired` (TTL), `size` (the cache was full), `invalidated` (a key
+/// change, a used-up encryption block, a lost change stream) and `replaced`.
+static EVICTIONS: std::sync::LazyLock<opentelemetry::metrics::Counter<u64>> = std::sync::LazyLock::new(|| {
+    opentelemetry::global::meter("keymesh")
+        .u64_counter("keymesh.dek_cache.evictions")
+        .with_description("Data keys that left crypto-service's cache, by cause")
+        .build()
+});
+
+fn count_eviction(cause: moka::notification::RemovalCause) {
+    use moka::notification::RemovalCause;
+    let cause = match cause {
+        RemovalCause::Expired => "expired",
+        RemovalCause::Size => "size",
+        RemovalCause::Explicit => "invalidated",
+        RemovalCause::Replaced => "replaced",
+    };
+    EVICTIONS.add(1, &[KeyValue::new("cause", cause)]);
+}
+
 /// A DEK with what crypto-service needs to know about it.
 pub struct CachedDek {
     /// Key id.
@@ -125,6 +145,7 @@ impl DekCache {
                 .max_capacity(params.max_entries)
                 .expire_after(PerEntryTtl)
                 .support_invalidation_closures()
+                .eviction_listener(|_, _, cause| count_eviction(cause))
                 .build(),
             max_ttl: params.ttl,
         }

@@ -20,6 +20,7 @@ use crate::{
     changes::ChangeFeed,
     error::KeyError,
     lifecycle,
+    metrics::{self, RotationReason},
     record_cache::{RecordCache, Tier},
 };
 
@@ -72,12 +73,16 @@ impl KeyStore {
 
     /// The tenant's key, from a cache or the database.
     pub async fn record(&self, tenant_id: &str, name_or_id: &str) -> Result<(Arc<KeyRecord>, Source), KeyError> {
+        let started = std::time::Instant::now();
         if let Some((record, tier)) = self.records.get(tenant_id, name_or_id).await {
+            metrics::record_lookup(Source::Cache(tier), started.elapsed().as_secs_f64());
             return Ok((record, Source::Cache(tier)));
         }
         let Some(record) = self.repo.load(KeyLookup::InTenant { tenant_id, name_or_id }).await? else {
             return Err(self.not_in_tenant(name_or_id).await);
         };
+        // The database's time includes the cache tiers that missed before it, as the caller waited for both.
+        metrics::record_lookup(Source::Database, started.elapsed().as_secs_f64());
         let record = Arc::new(record);
         self.records.put(record.clone()).await;
         Ok((record, Source::Database))
@@ -224,6 +229,7 @@ impl KeyStore {
     pub async fn rotate_if(
         &self,
         lookup: KeyLookup<'_>,
+        reason: RotationReason,
         still_wanted: impl FnOnce(&KeyRecord) -> bool,
     ) -> Result<Option<KeyRecord>, KeyError> {
         let mut locked = self.lock(lookup).await?;
@@ -235,6 +241,7 @@ impl KeyStore {
         let version = self.generate_version(&locked.record, next).await?;
         lifecycle::rotate(&mut locked.record, version, now_millis())?;
         let record = self.commit(locked).await?;
+        metrics::rotated(reason);
         tracing::info!(key_id = %record.key.id, version = next, "rotated key");
         Ok(Some(record))
     }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod key_store;
 pub mod lifecycle;
 pub mod maintenance;
+pub mod metrics;
 pub mod record_cache;
 pub mod rewrap;
 pub mod rpc;

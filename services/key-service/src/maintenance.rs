@@ -11,20 +11,32 @@ use keymesh_store::{
     now_millis,
 };
 
-use crate::{error::KeyError, key_store::KeyStore, lifecycle};
+use crate::{
+    error::KeyError,
+    key_store::KeyStore,
+    lifecycle,
+    metrics::{self, KeysByState},
+};
 
 /// Keys handled per sweep; the next sweep takes the rest.
 const BATCH: u64 = 500;
 
-/// Sweeps until the process ends.
+/// Sweeps until the process ends, and counts the keys by state after each sweep for `keymesh.keys`.
 pub fn spawn(store: KeyStore, period: Duration) -> tokio::task::JoinHandle<()> {
+    let keys_by_state = KeysByState::default();
+    let gauge = keys_by_state.gauge();
     tokio::spawn(async move {
+        let _gauge = gauge;
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             if let Err(error) = sweep(&store).await {
                 tracing::error!(%error, "maintenance sweep failed; retrying next period");
+            }
+            match store.repo().count_by_state().await {
+                Ok(counts) => keys_by_state.set(counts),
+                Err(error) => tracing::warn!(%error, "cannot count keys by state"),
             }
         }
     })
@@ -60,8 +72,12 @@ async fn maintain(store: &KeyStore, key_id: &str, now: i64) -> Result<(), KeyErr
         let version = store.generate_version(&locked.record, next).await?;
         lifecycle::rotate(&mut locked.record, version, now)?;
     }
+    let rotated = due.rotate;
     lifecycle::refresh_maintenance(&mut locked.record, now);
     let record = store.commit(locked).await?;
+    if rotated {
+        metrics::rotated(metrics::RotationReason::Scheduled);
+    }
     if !destroyed.is_empty() {
         tracing::info!(%key_id, versions = ?destroyed, "destroyed key material");
     }

@@ -21,6 +21,8 @@ use keymesh_store::keys::{KEY_ID_PREFIX, KeyRecord};
 use moka::future::Cache;
 use redis::aio::ConnectionManager;
 
+use crate::metrics::{self, RedisFailure};
+
 /// Where a record came from, for metrics and the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
@@ -64,11 +66,11 @@ impl RedisTier {
                 Some(value)
             }
             Ok(Err(error)) => {
-                self.failed(&format!("{:?}", error.kind()));
+                self.failed(RedisFailure::Error, &format!("{:?}", error.kind()));
                 None
             }
             Err(_) => {
-                self.failed(&format!("no answer within {} ms", self.timeout.as_millis()));
+                self.failed(RedisFailure::Timeout, &format!("no answer within {} ms", self.timeout.as_millis()));
                 None
             }
         }
@@ -84,7 +86,8 @@ impl RedisTier {
         self.guarded(pipe.query_async::<T>(&mut connection)).await
     }
 
-    fn failed(&self, reason: &str) {
+    fn failed(&self, failure: RedisFailure, reason: &str) {
+        metrics::redis_failed(failure);
         let retry_at = self.epoch.elapsed() + REDIS_RETRY_AFTER;
         self.retry_at_ms.store(retry_at.as_millis() as u64, Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
@@ -124,6 +127,7 @@ impl RecordCache {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let connection = client.get_connection_manager_lazy(config)?;
+        metrics::redis_configured();
         let mut cache = Self::in_memory(ttl);
         // Records are not held in process memory when Redis is there: every replica must see an
         // invalidation at once. Aliases (immutable) still are.

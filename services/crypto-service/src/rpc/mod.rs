@@ -160,8 +160,42 @@ impl CryptoRpc {
         claims.require_key_operation(&dek.key_name, key.permission)?;
         self.admit_plaintext(claims, &dek.key_id, key.permission)?;
         let warnings = self.decide(claims, audit, &dek, key.permission, key.context)?;
+        count_operation(key.permission, &dek);
         Ok((dek, warnings))
     }
+}
+
+/// `keymesh.crypto.operations` by `operation` and `algorithm`: every admitted use of a key (a batch item, each
+/// side of a ReEncrypt, a stream), counted once it passed authorization, quotas and policy. Both labels come
+/// from closed lists (the API's operations, keymesh's algorithms), never from the caller.
+static OPERATIONS: std::sync::LazyLock<opentelemetry::metrics::Counter<u64>> = std::sync::LazyLock::new(|| {
+    opentelemetry::global::meter("keymesh")
+        .u64_counter("keymesh.crypto.operations")
+        .with_description("Admitted uses of a key, by operation and algorithm")
+        .build()
+});
+
+fn count_operation(operation: pb::Operation, dek: &CachedDek) {
+    // The proto's names without their prefix, lower case, with no allocation on the hot path.
+    let operation = match operation {
+        pb::Operation::Encrypt => "encrypt",
+        pb::Operation::Decrypt => "decrypt",
+        pb::Operation::Reencrypt => "reencrypt",
+        pb::Operation::GenerateDataKey => "generate_data_key",
+        pb::Operation::Sign => "sign",
+        pb::Operation::Verify => "verify",
+        pb::Operation::GenerateMac => "generate_mac",
+        pb::Operation::VerifyMac => "verify_mac",
+        pb::Operation::GetPublicKey => "get_public_key",
+        pb::Operation::Describe | pb::Operation::Manage | pb::Operation::Unspecified => "other",
+    };
+    OPERATIONS.add(
+        1,
+        &[
+            opentelemetry::KeyValue::new("operation", operation),
+            opentelemetry::KeyValue::new("algorithm", dek.algorithm.name()),
+        ],
+    );
 }
 
 /// What one use of a key names.

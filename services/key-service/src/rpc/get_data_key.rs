@@ -10,7 +10,7 @@ use keymesh_store::keys::KeyLookup;
 use tonic::{Request, Response, Status};
 
 use super::{Audited, KeyRpc};
-use crate::{error::KeyError, key_store, lifecycle};
+use crate::{error::KeyError, key_store, lifecycle, metrics::RotationReason};
 
 /// How long crypto-service may keep the material.
 const CACHE_TTL_SECONDS: u32 = 300;
@@ -88,7 +88,9 @@ impl KeyRpc {
                 let primary = version.version;
                 let rotated = self
                     .store
-                    .rotate_if(KeyLookup::ById(&record.key.id), |current| current.key.primary_version == primary)
+                    .rotate_if(KeyLookup::ById(&record.key.id), RotationReason::Usage, |current| {
+                        current.key.primary_version == primary
+                    })
                     .await?;
                 if rotated.is_some() {
                     tracing::info!(key_id = %record.key.id, "rotated key: encryption count reached its bound");

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::{KeyRpc, MANAGERS, READERS, require_key};
 use keymesh_policy::CompiledPolicy;
 
-use crate::{convert, error::KeyError, key_store, lifecycle};
+use crate::{convert, error::KeyError, key_store, lifecycle, metrics::RotationReason};
 
 const MAX_PAGE_SIZE: u32 = 1000;
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -85,7 +85,11 @@ impl KeyRpc {
             audit.policy_warnings(&warnings);
             let record = self
                 .store
-                .rotate_if(KeyLookup::InTenant { tenant_id: &claims.tenant, name_or_id: &key }, |_| true)
+                .rotate_if(
+                    KeyLookup::InTenant { tenant_id: &claims.tenant, name_or_id: &key },
+                    RotationReason::Manual,
+                    |_| true,
+                )
                 .await?
                 .ok_or_else(|| KeyError::KeyNotFound(key.clone()))?;
             audit.resource(&record.key.id, record.key.primary_version as u32, record.key.algorithm);
