@@ -622,8 +622,23 @@ pub async fn scrape_metrics(addr: &str) -> (String, String) {
     (head.to_owned(), body.to_owned())
 }
 
-/// One sample of a Prometheus family: its name and labels.
-pub type Sample = (String, std::collections::HashMap<String, String>);
+/// One sample of a Prometheus family.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Sample {
+    /// The sample's name (`…_total`, `…_bucket`, …).
+    pub name: String,
+    /// Its labels.
+    pub labels: std::collections::HashMap<String, String>,
+    /// Its value.
+    pub value: f64,
+}
+
+impl Sample {
+    /// Whether every one of `labels` is on the sample with that value.
+    pub fn has(&self, labels: &[(&str, &str)]) -> bool {
+        labels.iter().all(|(k, v)| self.labels.get(*k).map(String::as_str) == Some(*v))
+    }
+}
 
 /// The families and samples of a Prometheus text exposition, as the official client's parser reads it.
 pub fn parse_prometheus(text: &str) -> std::collections::HashMap<String, Vec<Sample>> {
@@ -632,7 +647,7 @@ import json, sys
 from prometheus_client.parser import text_string_to_metric_families
 out = {}
 for family in text_string_to_metric_families(sys.stdin.read()):
-    out[family.name] = [[s.name, s.labels] for s in family.samples]
+    out[family.name] = [{"name": s.name, "labels": s.labels, "value": s.value} for s in family.samples]
 print(json.dumps(out))
 "#;
     let mut child = std::process::Command::new("python3")

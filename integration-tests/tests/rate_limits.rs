@@ -235,9 +235,10 @@ async fn token_service_administration_passes_the_application_limit() {
     let families = integration_tests::parse_prometheus(&integration_tests::scrape_metrics(&metrics).await.1);
     let refusals = families.get("keymesh_limits_refusals").unwrap_or_else(|| panic!("{:?}", families.keys()));
     assert!(
-        refusals.iter().any(|(name, labels)| name == "keymesh_limits_refusals_total"
-            && labels.get("limit").map(String::as_str) == Some("application_rate")),
+        refusals.iter().any(|s| s.name == "keymesh_limits_refusals_total"
+            && s.has(&[("limit", "application_rate")])
+            && s.value >= 1.0),
         "{refusals:?}"
     );
-    assert!(refusals.iter().all(|(_, labels)| labels.keys().all(|k| k == "limit" || k.starts_with("otel_"))));
+    assert!(refusals.iter().all(|s| s.labels.keys().all(|k| k == "limit" || k.starts_with("otel_"))));
 }

@@ -269,7 +269,7 @@ pub fn open(options: &SpoolOptions) -> Result<(SpoolWriter, SpoolReader), SpoolE
         .filter_map(|(number, recovered)| {
             let after = if number == acked.segment { acked.offset } else { 0 };
             let events = recovered.frame_ends.iter().filter(|end| **end > after).count() as u64;
-            (events > 0).then(|| Group {
+            (events > 0).then_some(Group {
                 end: Position { segment: number, offset: recovered.len },
                 events,
                 committed_at: recovered.written_at,
@@ -696,13 +696,18 @@ mod tests {
             let batch = reader.read(5).await.unwrap();
             assert_eq!(batch.events.len(), 5);
             reader.acknowledge(batch.end).await;
+            assert_eq!(reader.probe().unshipped_events(), 15, "the gauge counts what is not acknowledged");
             // Read but not acknowledged: must come back.
             let _ = reader.read(5).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (_writer, mut reader) = open(&options(dir.path())).unwrap();
+        let probe = reader.probe();
+        assert_eq!(probe.unshipped_events(), 15, "events of the earlier run are counted");
+        assert!(probe.oldest_unshipped_age() >= Duration::from_millis(40), "{:?}", probe.oldest_unshipped_age());
         let ids = drain(&mut reader).await;
         assert_eq!(ids, (5..20).map(|n| format!("e{n}")).collect::<Vec<_>>());
+        assert_eq!((probe.unshipped_events(), probe.oldest_unshipped_age()), (0, Duration::ZERO));
     }
 
     #[tokio::test]

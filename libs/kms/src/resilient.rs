@@ -355,12 +355,15 @@ mod tests {
             let _ = backend.wrap(&dek, &ctx()).await;
         }
         tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(backend.reported.load(Ordering::Relaxed), 2, "the gauge reads open");
         // The probe's caller gives up before the attempt's deadline.
         let _ = tokio::time::timeout(Duration::from_millis(10), backend.wrap(&dek, &ctx())).await;
         assert!(backend.wrap(&dek, &ctx()).await.unwrap_err().to_string().contains("probe call is under way"));
+        assert_eq!(backend.reported.load(Ordering::Relaxed), 1, "the gauge reads half-open");
         backend.inner.hang.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(120)).await;
         backend.wrap(&dek, &ctx()).await.unwrap();
+        assert_eq!(backend.reported.load(Ordering::Relaxed), 0, "the gauge reads closed");
     }
 
     #[tokio::test]

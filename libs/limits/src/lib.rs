@@ -235,6 +235,14 @@ impl Limiter {
             default: quota_window(default, period, unit),
             overrides: q.applications.iter().map(|(k, o)| (k.clone(), quota_window(pick(o), period, unit))).collect(),
         };
+        let refusals = opentelemetry::global::meter("keymesh")
+            .u64_counter("keymesh.limits.refusals")
+            .with_description("Calls refused by a rate limit or quota, by kind of limit")
+            .build();
+        // Every kind starts at zero on the endpoint, so a rate or an alert over it works before the first refusal.
+        for limit in ["application_rate", "tenant_rate", "token_requests", "application_quota", "key_quota"] {
+            refusals.add(0, &[opentelemetry::KeyValue::new("limit", limit)]);
+        }
         Ok(Self {
             applications: rate(config.application_per_second, 20_000, &config.applications),
             tenants: rate(config.tenant_per_second, 100_000, &config.tenants),
@@ -243,10 +251,7 @@ impl Limiter {
             key_quota_second: Scoped::uniform(quota_window(q.key_per_second, Duration::from_secs(1), "second")),
             key_quota_day: Scoped::uniform(quota_window(q.key_per_day, DAY, "day")),
             token_requests: rate(config.token_requests_per_second, 100, &BTreeMap::new()),
-            refusals: opentelemetry::global::meter("keymesh")
-                .u64_counter("keymesh.limits.refusals")
-                .with_description("Calls refused by a rate limit or quota, by kind of limit")
-                .build(),
+            refusals,
         })
     }
 

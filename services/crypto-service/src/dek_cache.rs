@@ -139,6 +139,9 @@ pub struct DekRequest<'a> {
 impl DekCache {
     /// An empty cache in front of key-service.
     pub fn new(keys: KeyServiceClient<MeshChannel>, params: DekCacheParams) -> Self {
+        for cause in ["expired", "size", "invalidated", "replaced"] {
+            EVICTIONS.add(0, &[KeyValue::new("cause", cause)]);
+        }
         Self {
             keys,
             cache: Cache::builder()
@@ -166,14 +169,22 @@ impl DekCache {
     }
 
     /// Drops every entry of these keys.
-    pub fn forget_keys(&self, key_ids: Vec<String>) {
+    pub async fn forget_keys(&self, key_ids: Vec<String>) {
         // Only fails when the cache was built without closure support, which `new` always enables.
         let _ = self.cache.invalidate_entries_if(move |_, entry| key_ids.contains(&entry.key_id));
+        self.release_forgotten().await;
     }
 
     /// Drops everything.
-    pub fn forget_all(&self) {
+    pub async fn forget_all(&self) {
         self.cache.invalidate_all();
+        self.release_forgotten().await;
+    }
+
+    /// Invalidated entries are unreachable at once, but moka frees them (and so zeroizes the material) only
+    /// in its housekeeping, which a quiet cache may not run for a long time: run it now.
+    async fn release_forgotten(&self) {
+        self.cache.run_pending_tasks().await;
     }
 
     /// Follows key-service's change stream until the process ends, reconnecting with backoff. Whenever
@@ -195,10 +206,10 @@ impl DekCache {
                         backoff = Duration::from_millis(200);
                         while let Ok(Some(message)) = stream.message().await {
                             if message.reset {
-                                cache.forget_all();
+                                cache.forget_all().await;
                             }
                             if !message.key_ids.is_empty() {
-                                cache.forget_keys(message.key_ids);
+                                cache.forget_keys(message.key_ids).await;
                             }
                         }
                     }
@@ -209,7 +220,7 @@ impl DekCache {
                         }
                     }
                 }
-                cache.forget_all();
+                cache.forget_all().await;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

@@ -23,6 +23,7 @@ const BATCH: u64 = 500;
 
 /// Sweeps until the process ends, and counts the keys by state after each sweep for `keymesh.keys`.
 pub fn spawn(store: KeyStore, period: Duration) -> tokio::task::JoinHandle<()> {
+    metrics::rotations_started();
     let keys_by_state = KeysByState::default();
     let gauge = keys_by_state.gauge();
     tokio::spawn(async move {

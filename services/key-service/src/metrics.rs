@@ -82,20 +82,33 @@ pub enum RotationReason {
     Usage,
 }
 
-/// Records one rotation.
-pub fn rotated(reason: RotationReason) {
-    let reason = match reason {
+/// Puts every rotation reason on the endpoint at zero.
+pub fn rotations_started() {
+    for reason in [RotationReason::Manual, RotationReason::Scheduled, RotationReason::Usage] {
+        ROTATIONS.add(0, &[KeyValue::new("reason", rotation_label(reason))]);
+    }
+}
+
+fn rotation_label(reason: RotationReason) -> &'static str {
+    match reason {
         RotationReason::Manual => "manual",
         RotationReason::Scheduled => "scheduled",
         RotationReason::Usage => "usage",
-    };
-    ROTATIONS.add(1, &[KeyValue::new("reason", reason)]);
+    }
+}
+
+/// Records one rotation.
+pub fn rotated(reason: RotationReason) {
+    ROTATIONS.add(1, &[KeyValue::new("reason", rotation_label(reason))]);
 }
 
 /// The latest count of keys by state, which the maintenance loop refreshes and `keymesh.keys` reports. Every
 /// replica reports the whole database's count: aggregate with `max`, not `sum`.
 #[derive(Clone, Default)]
-pub struct KeysByState(Arc<Mutex<Option<Vec<(i32, i64)>>>>);
+pub struct KeysByState(Arc<Mutex<Option<StateCounts>>>);
+
+/// (`KeyState` number, keys in it), as the database counted them.
+type StateCounts = Vec<(i32, i64)>;
 
 impl KeysByState {
     /// Stores a fresh count.
