@@ -8,18 +8,30 @@
 //!
 //! The status of a gRPC call is known only at its very end (the `grpc-status` trailer, or the header of a
 //! trailers-only answer), so both sides watch the response body to its end rather than the handler's return.
+//!
+//! When no exporter is configured, no span is built at all ([`record_spans`]): the call only carries a trace
+//! context — the caller's trace with a span id of its own, or a fresh trace — so that audit events, JSON logs
+//! and the next hop still share one trace id, at the cost of two random numbers instead of a span.
 
 use std::{
     collections::HashSet,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, LazyLock},
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
 
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::{KeyValue, global, metrics::Histogram};
+use opentelemetry::{
+    KeyValue, global,
+    metrics::Histogram,
+    trace::{FutureExt, SpanContext, TraceContextExt, TraceFlags, TraceState},
+};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use prost::Message;
 use tonic::{
     Code, Status,
@@ -29,6 +41,37 @@ use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::telemetry::{HeaderExtractor, inject_current_context};
+
+/// Whether calls get spans; off when nothing would export them.
+static RECORD_SPANS: AtomicBool = AtomicBool::new(true);
+
+/// Turns the spans of every call on or off (the process's telemetry does, once, at start).
+pub fn record_spans(on: bool) {
+    RECORD_SPANS.store(on, Ordering::Relaxed);
+}
+
+fn spans_on() -> bool {
+    RECORD_SPANS.load(Ordering::Relaxed)
+}
+
+/// The trace context of a call served without a span: the caller's trace (and sampling decision) with a
+/// span id of this service's own, or a fresh trace when the caller sent none.
+fn spanless_context(headers: &http::HeaderMap) -> opentelemetry::Context {
+    let ids = RandomIdGenerator::default();
+    let parent = if headers.contains_key("traceparent") {
+        global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+    } else {
+        opentelemetry::Context::new()
+    };
+    let parent = parent.span().span_context().clone();
+    let (trace_id, flags, state) = if parent.is_valid() {
+        (parent.trace_id(), parent.trace_flags(), parent.trace_state().clone())
+    } else {
+        (ids.new_trace_id(), TraceFlags::default(), TraceState::default())
+    };
+    let own = SpanContext::new(trace_id, ids.new_span_id(), flags, false, state);
+    opentelemetry::Context::new().with_remote_span_context(own)
+}
 
 /// What the mesh's spans call a method nobody declared: a bounded name, whatever path a caller sent.
 const OTHER: &str = "_OTHER";
@@ -272,6 +315,16 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let (service, method) = rpc_name(request.uri().path());
+        if !spans_on() {
+            let context = spanless_context(request.headers());
+            let response = self.inner.call(request).with_context(context);
+            return Box::pin(async move {
+                let response = response.await?;
+                let early = Status::from_header_map(response.headers());
+                let end = CallEnd { span: tracing::Span::none(), side: Side::Server, service, method, started, early };
+                Ok(response.map(|inner| ObservedBody { inner, end: Some(end) }))
+            });
+        }
         let span = server_span(&request, service, method);
         let response = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
@@ -305,6 +358,27 @@ impl<S> ClientSpans<S> {
     }
 }
 
+impl<S> ClientSpans<S> {
+    /// The client span of a call to the callee.
+    fn client_span(&self, service: &str, method: &str) -> tracing::Span {
+        let name = span_name(service, method);
+        let (address, port) = &*self.server;
+        tracing::info_span!(
+            "rpc.client",
+            otel.name = %name,
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            server.address = %address,
+            server.port = port.map(i64::from),
+            rpc.grpc.status_code = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        )
+    }
+}
+
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for ClientSpans<S>
 where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
@@ -323,21 +397,7 @@ where
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let (service, method) = rpc_name(request.uri().path());
-        let name = span_name(service, method);
-        let (address, port) = &*self.server;
-        let span = tracing::info_span!(
-            "rpc.client",
-            otel.name = %name,
-            otel.kind = "client",
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            server.address = %address,
-            server.port = port.map(i64::from),
-            rpc.grpc.status_code = Empty,
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-        );
+        let span = if spans_on() { self.client_span(service, method) } else { tracing::Span::none() };
         span.in_scope(|| inject_current_context(request.headers_mut()));
         let response = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
@@ -360,6 +420,72 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::Layer;
+    use tracing_subscriber::{Layer as _, filter::LevelFilter, layer::SubscriberExt};
+
+    /// A handler that reports the tracing span and the trace context it runs under.
+    #[derive(Clone, Default)]
+    struct Handler(Arc<std::sync::Mutex<Option<(Option<String>, SpanContext)>>>);
+
+    impl tower::Service<http::Request<()>> for Handler {
+        type Response = http::Response<()>;
+        type Error = std::convert::Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<http::Response<()>, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let seen = self.0.clone();
+            Box::pin(async move {
+                let span = tracing::Span::current().metadata().map(|m| m.name().to_owned());
+                let context = opentelemetry::Context::current().span().span_context().clone();
+                *seen.lock().unwrap() = Some((span, context));
+                Ok(http::Response::new(()))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn without_an_exporter_calls_carry_a_trace_context_but_no_span() {
+        global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        let _subscriber = tracing::subscriber::set_default(
+            tracing_subscriber::registry()
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink).with_filter(LevelFilter::INFO)),
+        );
+        let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let request = || {
+            http::Request::builder()
+                .uri("/keymesh.v1.CryptoService/Encrypt")
+                .header("traceparent", format!("00-{caller_trace}-00f067aa0ba902b7-01"))
+                .body(())
+                .unwrap()
+        };
+        let seen = |handler: &Handler| handler.0.lock().unwrap().take().unwrap();
+
+        // With an exporter: the handler runs inside the server span.
+        let handler = Handler::default();
+        let mut served = ServerSpanLayer.layer(handler.clone());
+        drop(tower::Service::call(&mut served, request()).await.unwrap());
+        assert_eq!(seen(&handler).0.as_deref(), Some("rpc.server"));
+
+        // Without: no span, and the caller's trace goes on under a span id of the service's own.
+        record_spans(false);
+        drop(tower::Service::call(&mut served, request()).await.unwrap());
+        let (span, context) = seen(&handler);
+        assert_eq!(span, None, "no span is built");
+        assert_eq!(context.trace_id().to_string(), caller_trace);
+        assert_ne!(context.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(context.is_sampled(), "the caller's sampling decision is kept");
+        // A caller without a trace starts one.
+        let mut bare = request();
+        bare.headers_mut().remove("traceparent");
+        drop(tower::Service::call(&mut served, bare).await.unwrap());
+        let (span, context) = seen(&handler);
+        assert!(span.is_none() && context.is_valid() && context.trace_id().to_string() != caller_trace);
+        record_spans(true);
+    }
 
     #[test]
     fn only_declared_methods_are_named() {

@@ -452,10 +452,14 @@ pub fn init(params: &MeshParams, settings: &TelemetrySettings) -> Result<Telemet
     global::set_meter_provider(meter.clone());
     global::set_tracer_provider(provider.clone());
     // Spans are traced whatever the log level, so trace ids (in audit events, in propagation) never depend
-    // on how verbose the logs are.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer(params.service.as_str()))
-        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    // on how verbose the logs are. With nowhere to export them, no span is built at all: calls carry a bare
+    // trace context instead (see `rpc_telemetry`).
+    crate::rpc_telemetry::record_spans(settings.traces.is_some());
+    let otel = settings.traces.is_some().then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(params.service.as_str()))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
     let filter = std::env::var("KEYMESH_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(quiet_sdks(&f)).ok())
@@ -564,15 +568,22 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
-/// Writes the current span's context into outgoing headers.
+/// The trace context of the work under way: the current span's, or, when calls get no spans, the bare context
+/// the call was served under.
+fn current_context() -> opentelemetry::Context {
+    let of_span = tracing::Span::current().context();
+    if of_span.span().span_context().is_valid() { of_span } else { opentelemetry::Context::current() }
+}
+
+/// Writes the current trace context into outgoing headers.
 pub fn inject_current_context(headers: &mut http::HeaderMap) {
-    let cx = tracing::Span::current().context();
+    let cx = current_context();
     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(headers)));
 }
 
-/// The current trace id (32 hex digits), if the current span is traced.
+/// The current trace id (32 hex digits), if the work under way belongs to a trace.
 pub fn current_trace_id() -> Option<String> {
-    let cx = tracing::Span::current().context();
+    let cx = current_context();
     let span_context = cx.span().span_context().clone();
     span_context.is_valid().then(|| span_context.trace_id().to_string())
 }
