@@ -425,7 +425,10 @@ mod tests {
 
     /// A handler that reports the tracing span and the trace context it runs under.
     #[derive(Clone, Default)]
-    struct Handler(Arc<std::sync::Mutex<Option<(Option<String>, SpanContext)>>>);
+    struct Handler(Arc<std::sync::Mutex<Option<Seen>>>);
+
+    /// The name of the tracing span a handler ran in, and its trace context.
+    type Seen = (Option<String>, SpanContext);
 
     impl tower::Service<http::Request<()>> for Handler {
         type Response = http::Response<()>;
