@@ -554,3 +554,41 @@ async fn the_sdk_carries_the_applications_trace_context() {
     let server = named(&trace, "crypto-service", "keymesh.v1.CryptoService/Encrypt", "SERVER")[0];
     assert_eq!(server["parent_span_id"], span_id, "crypto-service continues the application's span");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_continues_the_trace_of_traceparent_or_starts_a_sampled_one() {
+    keymesh_mesh::install_crypto_provider();
+    let receiver = Receiver::start(true, false, None).await;
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port.unwrap());
+    let mesh = Mesh::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), FAST_EXPORT], &[]).await;
+    let create = |name: &str, traceparent: Option<&str>| {
+        let mut command = mesh.cli();
+        command.args(["--show-trace", "keys", "create", name]).stderr(Stdio::piped());
+        if let Some(traceparent) = traceparent {
+            command.env("TRACEPARENT", traceparent);
+        }
+        command
+    };
+    let trace_of = |output: &std::process::Output| {
+        assert!(output.status.success(), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("trace id: "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{stderr}"))
+    };
+    // Inside a caller's trace (a CI job, a script): the command joins it.
+    let (caller_trace, _, traceparent) = caller_context();
+    let joined = trace_of(&create("cli-joined", Some(&traceparent)).output().await.unwrap());
+    assert_eq!(joined, caller_trace);
+    // On its own: a trace of its own, sampled, so the services record it.
+    let own = trace_of(&create("cli-own", None).output().await.unwrap());
+    assert_ne!(own, caller_trace);
+    let create_key = |spans: &[Value], trace: &str| {
+        spans
+            .iter()
+            .any(|s| s["trace_id"] == trace && s["name"] == "keymesh.v1.KeyService/CreateKey" && s["kind"] == "SERVER")
+    };
+    receiver.wait_for("the CLI's CreateKey spans", |spans| create_key(spans, &joined) && create_key(spans, &own)).await;
+}

@@ -16,8 +16,14 @@ use keymesh_client::{
     streaming::{StreamOptions, Via},
 };
 use keymesh_config::KeymeshConfig;
+use keymesh_mesh::rpc_telemetry::child_or_root_context;
 use keymesh_mesh::{ServiceName, config::MeshParams, pki::TlsMaterial, run::ServiceConfig, run::dev_client_tls};
 use keymesh_proto::v1 as pb;
+use opentelemetry::{
+    propagation::Extractor,
+    trace::{FutureExt, TraceContextExt, TraceFlags},
+};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 #[derive(Parser)]
 #[command(name = "keymesh", version, about = "Encrypt, decrypt and manage keys with a keymesh mesh")]
@@ -37,6 +43,10 @@ struct Cli {
     /// CA certificate (PEM).
     #[arg(long, global = true)]
     tls_ca: Option<PathBuf>,
+    /// Print the command's trace id on standard error: its audit events (and spans, where the services export
+    /// them) carry it. The command continues the trace of `TRACEPARENT` when it is set, else starts its own.
+    #[arg(long, global = true)]
+    show_trace: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -172,10 +182,28 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e.to_string()),
     };
-    match runtime.block_on(run(cli)) {
+    let trace = command_trace();
+    if cli.show_trace {
+        eprintln!("trace id: {}", trace.span().span_context().trace_id());
+    }
+    match runtime.block_on(run(cli).with_context(trace)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }
+}
+
+/// The trace every call of this command belongs to: the one `TRACEPARENT` (and `TRACESTATE`) name, as the
+/// OpenTelemetry convention for a process started inside a trace (a CI job, a script) has it, or a new sampled
+/// one. The SDK writes it into each request as `traceparent`.
+fn command_trace() -> opentelemetry::Context {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let carrier: std::collections::HashMap<String, String> =
+        [("traceparent", "TRACEPARENT"), ("tracestate", "TRACESTATE")]
+            .into_iter()
+            .filter_map(|(field, variable)| Some((field.to_owned(), std::env::var(variable).ok()?)))
+            .collect();
+    let carrier = (!carrier.is_empty()).then_some(carrier);
+    child_or_root_context(carrier.as_ref().map(|c| c as &dyn Extractor), TraceFlags::SAMPLED)
 }
 
 fn fail(message: &str) -> ExitCode {

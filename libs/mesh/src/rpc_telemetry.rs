@@ -29,6 +29,7 @@ use http_body::{Body, Frame, SizeHint};
 use opentelemetry::{
     KeyValue, global,
     metrics::Histogram,
+    propagation::Extractor,
     trace::{FutureExt, SpanContext, TraceContextExt, TraceFlags, TraceState},
 };
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
@@ -54,20 +55,26 @@ fn spans_on() -> bool {
     RECORD_SPANS.load(Ordering::Relaxed)
 }
 
-/// The trace context of a call served without a span: the caller's trace (and sampling decision) with a
-/// span id of this service's own, or a fresh trace when the caller sent none.
+/// The trace context of a call served without a span: the caller's trace with a span id of this service's own,
+/// or a fresh unsampled trace when the caller sent none.
 fn spanless_context(headers: &http::HeaderMap) -> opentelemetry::Context {
+    let carrier = headers.contains_key("traceparent").then_some(HeaderExtractor(headers));
+    child_or_root_context(carrier.as_ref().map(|c| c as &dyn Extractor), TraceFlags::default())
+}
+
+/// A trace context of one's own without a span: the trace `carrier` holds (with its sampling decision and
+/// state) under a fresh span id, or else a fresh trace with `root_flags`. A command line makes its calls under
+/// one of these (a sampled root, so that the services record them), as the services do when they build no span.
+pub fn child_or_root_context(carrier: Option<&dyn Extractor>, root_flags: TraceFlags) -> opentelemetry::Context {
     let ids = RandomIdGenerator::default();
-    let parent = if headers.contains_key("traceparent") {
-        global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
-    } else {
-        opentelemetry::Context::new()
+    let parent = match carrier {
+        Some(carrier) => global::get_text_map_propagator(|p| p.extract(carrier)).span().span_context().clone(),
+        None => SpanContext::empty_context(),
     };
-    let parent = parent.span().span_context().clone();
     let (trace_id, flags, state) = if parent.is_valid() {
         (parent.trace_id(), parent.trace_flags(), parent.trace_state().clone())
     } else {
-        (ids.new_trace_id(), TraceFlags::default(), TraceState::default())
+        (ids.new_trace_id(), root_flags, TraceState::default())
     };
     let own = SpanContext::new(trace_id, ids.new_span_id(), flags, false, state);
     opentelemetry::Context::new().with_remote_span_context(own)
