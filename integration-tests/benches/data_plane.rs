@@ -5,8 +5,10 @@
 //! beside `openssl speed` for the same key type, run in the same process on one core; and rate-limit
 //! isolation: one application's Encrypt throughput alone, then while another application floods
 //! crypto-service far over its limit; and the audit spool's cost: Encrypt with every event fsynced to the
-//! spool before the answer, against auditing off. The load generator shares the machine with the four services, so the
-//! ratios are a floor.
+//! spool before the answer, against auditing off; and telemetry's cost: Encrypt 1 KiB through meshes that differ
+//! only in telemetry (off; Prometheus metrics; metrics and traces exported over OTLP at 1 % and at 100 %
+//! sampling, to an OTLP sink in this process), measured twice in mirrored order. The load generator shares the
+//! machine with the four services, so the ratios are a floor.
 //!
 //! Run with `make bench` (release build of the binaries and this bench).
 
@@ -27,6 +29,16 @@ use integration_tests::Mesh;
 use keymesh_client::{KeymeshClient, envelope::Associated, streaming::StreamOptions};
 use keymesh_crypto::{SecretKey, SymmetricAlgorithm};
 use keymesh_proto::v1 as pb;
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+    },
+    trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Calls in flight at once.
@@ -236,6 +248,135 @@ async fn main() {
     signatures(&client).await;
     audit_cost(&mut mesh, &client).await;
     isolation(&mut mesh, &client).await;
+    drop(mesh);
+    telemetry_cost().await;
+}
+
+/// An OTLP/gRPC collector that counts the spans it receives and keeps nothing.
+#[derive(Clone, Default)]
+struct OtlpSink {
+    spans: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl TraceService for OtlpSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans: usize =
+            request.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        self.spans.fetch_add(spans as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for OtlpSink {
+    async fn export(
+        &self,
+        _: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+impl OtlpSink {
+    /// Serves on a free local port; returns the endpoint.
+    async fn start(&self) -> String {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", integration_tests::free_port()).parse().unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let sink = self.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(sink.clone()))
+                .add_service(MetricsServiceServer::new(sink))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        format!("http://{addr}")
+    }
+}
+
+/// Encrypt 1 KiB through four meshes that differ only in telemetry, each measured twice (A B C D, then D C B A,
+/// so that drift over the run weighs on every mode alike), against telemetry off.
+async fn telemetry_cost() {
+    let sink = OtlpSink::default();
+    let endpoint = sink.start().await;
+    // Rate limits off in every mode: a release build may pass the default application limit, and this measures
+    // telemetry, not limits.
+    let no_limit = ("KEYMESH_LIMITS__APPLICATION_PER_SECOND", "0");
+    let otlp = ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str());
+    let modes: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("telemetry off", vec![no_limit, ("KEYMESH_TELEMETRY__METRICS_ADDR", "off")]),
+        ("metrics (Prometheus)", vec![no_limit]),
+        (
+            "metrics + traces 1 %",
+            vec![
+                no_limit,
+                otlp,
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+            ],
+        ),
+        ("metrics + traces 100 %", vec![no_limit, otlp]),
+    ];
+    let mut meshes = Vec::new();
+    for (_, env) in &modes {
+        let mesh = Mesh::start(env, &[]).await;
+        let client = Arc::new(mesh.admin_client());
+        client.create_key("bench").await.unwrap();
+        encrypt(&client, vec![3u8; 1024]).await;
+        meshes.push((mesh, client));
+    }
+    let mut results: Vec<Vec<(Unary, u64)>> = (0..modes.len()).map(|_| Vec::new()).collect();
+    let order: Vec<usize> = (0..modes.len()).chain((0..modes.len()).rev()).collect();
+    for mode in order {
+        let client = meshes[mode].1.clone();
+        let spans_before = sink.spans.load(Ordering::Relaxed);
+        let result = load(move || {
+            let client = client.clone();
+            async move {
+                encrypt(&client, vec![3u8; 1024]).await;
+            }
+        })
+        .await;
+        // Spans still in the services' batch queues arrive within the export delay.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        results[mode].push((result, sink.spans.load(Ordering::Relaxed) - spans_before));
+    }
+    let mean = |runs: &[(Unary, u64)], pick: fn(&Unary) -> f64| {
+        runs.iter().map(|(u, _)| pick(u)).sum::<f64>() / runs.len() as f64
+    };
+    let baseline = mean(&results[0], |u| u.ops_per_second);
+    println!();
+    println!(
+        "telemetry cost: Encrypt 1 KiB, {CONCURRENCY} in flight, each mode its own mesh, 2 × {RUN_FOR:?} per mode"
+    );
+    println!(
+        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>9} {:>14}",
+        "", "ops/s", "p50", "p99", "ratio", "cost", "spans/call"
+    );
+    for ((name, _), runs) in modes.iter().zip(&results) {
+        let ops = mean(runs, |u| u.ops_per_second);
+        let calls: f64 = runs.iter().map(|(u, _)| u.ops_per_second * (RUN_FOR.as_secs_f64() * 1.2)).sum();
+        let spans: u64 = runs.iter().map(|(_, s)| s).sum();
+        println!(
+            "{:<26} {:>10.0} {:>10} {:>10} {:>9.3}x {:>8.1}% {:>14.4}",
+            name,
+            ops,
+            millis(Duration::from_secs_f64(mean(runs, |u| u.p50.as_secs_f64()))),
+            millis(Duration::from_secs_f64(mean(runs, |u| u.p99.as_secs_f64()))),
+            ops / baseline,
+            (1.0 - ops / baseline) * 100.0,
+            spans as f64 / calls,
+        );
+    }
+    println!(
+        "runs (ops/s, in the order measured): {:?}",
+        results.iter().map(|r| r.iter().map(|(u, _)| u.ops_per_second.round()).collect::<Vec<_>>()).collect::<Vec<_>>()
+    );
 }
 
 /// Encrypt 1 KiB with crypto-service's audit spool on (the default: each call's event fsynced before the

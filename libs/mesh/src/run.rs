@@ -98,8 +98,9 @@ where
         Err(e) => return fail(service, &e, 1),
     };
     let result: Result<(), BoxError> = runtime.block_on(async {
-        let telemetry = telemetry::init(&params, &telemetry_settings)?;
-        if let (Some(addr), Role::Server) = (params.metrics_addr, role) {
+        let prometheus = params.metrics_addr.filter(|_| role == Role::Server);
+        let telemetry = telemetry::init(&params, &telemetry_settings, prometheus.is_some())?;
+        if let Some(addr) = prometheus {
             telemetry.serve_metrics(addr).await?;
         }
         let tls = service_tls(&params)?;

@@ -34,7 +34,8 @@ use crate::{MeshError, config::MeshParams};
 /// Prometheus endpoint reads.
 pub struct Telemetry {
     tracer: SdkTracerProvider,
-    meter: SdkMeterProvider,
+    /// None when nothing reads metrics: every instrument is then the API's no-op.
+    meter: Option<SdkMeterProvider>,
     registry: prometheus::Registry,
 }
 
@@ -42,7 +43,9 @@ impl Telemetry {
     /// Flushes and stops exporting.
     pub fn shutdown(self) {
         let _ = self.tracer.shutdown();
-        let _ = self.meter.shutdown();
+        if let Some(meter) = self.meter {
+            let _ = meter.shutdown();
+        }
     }
 
     /// Serves the metrics in the Prometheus text format at `http://<addr>/metrics`, plain HTTP off the mTLS
@@ -424,7 +427,7 @@ fn http_client_trusting(ca_pem: Vec<u8>, timeout: Duration) -> Result<reqwest::b
 
 /// Sets up logging to stderr, tracing and metrics as `settings` (from [`settings`]) say. Must run inside the
 /// tokio runtime (the OTLP/gRPC exporter connects lazily through tonic).
-pub fn init(params: &MeshParams, settings: &TelemetrySettings) -> Result<Telemetry, MeshError> {
+pub fn init(params: &MeshParams, settings: &TelemetrySettings, prometheus: bool) -> Result<Telemetry, MeshError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let resource = Resource::builder()
         .with_service_name(settings.service_name.clone())
@@ -436,20 +439,30 @@ pub fn init(params: &MeshParams, settings: &TelemetrySettings) -> Result<Telemet
         builder = builder.with_batch_exporter(span_exporter(export)?);
     }
     let provider = builder.build();
-    // Metrics: always readable by Prometheus, pushed over OTLP too when a collector is configured.
+    // Metrics: read by Prometheus at the metrics endpoint, pushed over OTLP when a collector is configured,
+    // and not recorded at all when neither is (the instruments stay the API's no-ops).
     let registry = prometheus::Registry::new();
-    let prometheus = opentelemetry_prometheus::exporter()
-        .with_registry(registry.clone())
-        .scope_info_enabled(false)
-        .build()
-        .map_err(|e| MeshError::Telemetry(format!("Prometheus exporter: {e}")))?;
-    let mut meters = SdkMeterProvider::builder().with_resource(resource).with_reader(prometheus);
-    if let Some(export) = &settings.metrics {
-        let reader = PeriodicReader::builder(metric_exporter(export)?).with_interval(settings.metric_interval).build();
-        meters = meters.with_reader(reader);
-    }
-    let meter = meters.build();
-    global::set_meter_provider(meter.clone());
+    let meter = if prometheus || settings.metrics.is_some() {
+        let mut meters = SdkMeterProvider::builder().with_resource(resource);
+        if prometheus {
+            let reader = opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .scope_info_enabled(false)
+                .build()
+                .map_err(|e| MeshError::Telemetry(format!("Prometheus exporter: {e}")))?;
+            meters = meters.with_reader(reader);
+        }
+        if let Some(export) = &settings.metrics {
+            let reader =
+                PeriodicReader::builder(metric_exporter(export)?).with_interval(settings.metric_interval).build();
+            meters = meters.with_reader(reader);
+        }
+        let meter = meters.build();
+        global::set_meter_provider(meter.clone());
+        Some(meter)
+    } else {
+        None
+    };
     global::set_tracer_provider(provider.clone());
     // Spans are traced whatever the log level, so trace ids (in audit events, in propagation) never depend
     // on how verbose the logs are. With nowhere to export them, no span is built at all: calls carry a bare
