@@ -444,7 +444,22 @@ async fn rpc_durations_reach_the_collector_and_the_prometheus_endpoint() {
         };
         let server = crypto_metric("rpc.server.duration");
         let client = crypto_metric("rpc.client.duration");
-        let done = server.iter().any(|m| has_point(m, "Encrypt", 0))
+        // The DEK cache's hit (the second Encrypt) as a monotonic sum, and the spool gauge in bytes.
+        let dek_hits = crypto_metric("keymesh.dek_cache.lookups").iter().any(|m| {
+            m["type"] == "sum"
+                && m["monotonic"] == true
+                && m["points"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["attributes"]["result"] == "hit" && p["value"].as_i64().unwrap_or(0) >= 1)
+        });
+        let spool = crypto_metric("keymesh.audit.spool.unshipped")
+            .iter()
+            .any(|m| m["type"] == "gauge" && m["unit"] == "By" && !m["points"].as_array().unwrap().is_empty());
+        let done = dek_hits
+            && spool
+            && server.iter().any(|m| has_point(m, "Encrypt", 0))
             && server.iter().any(|m| has_point(m, "Decrypt", 0))
             && server.iter().any(|m| has_point(m, "Encrypt", 16))
             && client.iter().any(|m| {
@@ -591,4 +606,17 @@ async fn the_cli_continues_the_trace_of_traceparent_or_starts_a_sampled_one() {
             .any(|s| s["trace_id"] == trace && s["name"] == "keymesh.v1.KeyService/CreateKey" && s["kind"] == "SERVER")
     };
     receiver.wait_for("the CLI's CreateKey spans", |spans| create_key(spans, &joined) && create_key(spans, &own)).await;
+    // And the audit trail has each command's CreateKey under its trace id.
+    let admin = mesh.admin_client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let query = pb::QueryRequest { operation: "CreateKey".into(), ..Default::default() };
+        let traces: Vec<String> =
+            admin.audit_query(query).await.unwrap().into_iter().filter_map(|r| r.event.map(|e| e.trace_id)).collect();
+        if traces.contains(&joined) && traces.contains(&own) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the CLI's CreateKey events under {joined} and {own}: {traces:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

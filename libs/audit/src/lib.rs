@@ -180,41 +180,32 @@ struct SinkInner {
     shipper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Refused authentications, counted per source and method.
     refusals: refusals::RefusalWindows,
-    /// The spool's gauges, observed while the sink lives.
-    _spool_gauges: Option<SpoolGauges>,
 }
 
-/// What this process answered for but audit-service has not yet acknowledged: `keymesh.audit.spool.unshipped`
-/// (bytes), `keymesh.audit.spool.events` and `keymesh.audit.spool.oldest_age` (seconds). They grow while
-/// audit-service is away and fall back to zero once shipping catches up.
-struct SpoolGauges {
-    _bytes: opentelemetry::metrics::ObservableGauge<u64>,
-    _events: opentelemetry::metrics::ObservableGauge<u64>,
-    _oldest_age: opentelemetry::metrics::ObservableGauge<f64>,
-}
-
-fn spool_gauges(probe: spool::SpoolProbe) -> SpoolGauges {
+/// Registers the spool's gauges: what this process answered for but audit-service has not yet acknowledged,
+/// `keymesh.audit.spool.unshipped` (bytes), `keymesh.audit.spool.events` and `keymesh.audit.spool.oldest_age`
+/// (seconds). They grow while audit-service is away and fall back to zero once shipping catches up. The SDK
+/// keeps a callback for the life of the process, so a process opens one spool.
+fn register_spool_gauges(probe: spool::SpoolProbe) {
     let meter = opentelemetry::global::meter("keymesh");
     let (bytes, events, oldest) = (probe.clone(), probe.clone(), probe);
-    SpoolGauges {
-        _bytes: meter
-            .u64_observable_gauge("keymesh.audit.spool.unshipped")
-            .with_unit("By")
-            .with_description("Bytes of audit events spooled but not yet acknowledged by audit-service")
-            .with_callback(move |observer| observer.observe(bytes.unshipped(), &[]))
-            .build(),
-        _events: meter
-            .u64_observable_gauge("keymesh.audit.spool.events")
-            .with_description("Audit events spooled but not yet acknowledged by audit-service")
-            .with_callback(move |observer| observer.observe(events.unshipped_events(), &[]))
-            .build(),
-        _oldest_age: meter
-            .f64_observable_gauge("keymesh.audit.spool.oldest_age")
-            .with_unit("s")
-            .with_description("How long the oldest audit event not yet acknowledged by audit-service has waited")
-            .with_callback(move |observer| observer.observe(oldest.oldest_unshipped_age().as_secs_f64(), &[]))
-            .build(),
-    }
+    meter
+        .u64_observable_gauge("keymesh.audit.spool.unshipped")
+        .with_unit("By")
+        .with_description("Bytes of audit events spooled but not yet acknowledged by audit-service")
+        .with_callback(move |observer| observer.observe(bytes.unshipped(), &[]))
+        .build();
+    meter
+        .u64_observable_gauge("keymesh.audit.spool.events")
+        .with_description("Audit events spooled but not yet acknowledged by audit-service")
+        .with_callback(move |observer| observer.observe(events.unshipped_events(), &[]))
+        .build();
+    meter
+        .f64_observable_gauge("keymesh.audit.spool.oldest_age")
+        .with_unit("s")
+        .with_description("How long the oldest audit event not yet acknowledged by audit-service has waited")
+        .with_callback(move |observer| observer.observe(oldest.oldest_unshipped_age().as_secs_f64(), &[]))
+        .build();
 }
 
 impl AuditSink {
@@ -233,10 +224,10 @@ impl AuditSink {
             let probe = reader.probe();
             (Some(writer), Some((tokio::spawn(ship(AuditServiceClient::new(channel), reader)), probe)))
         };
-        let (shipper, gauges) = match shipper {
-            Some((task, probe)) => (Some(task), Some(spool_gauges(probe))),
-            None => (None, None),
-        };
+        let shipper = shipper.map(|(task, probe)| {
+            register_spool_gauges(probe);
+            task
+        });
         let sink = Self {
             inner: Arc::new(SinkInner {
                 mode: params.mode,
@@ -245,7 +236,6 @@ impl AuditSink {
                 lost: AtomicU64::new(0),
                 shipper: std::sync::Mutex::new(shipper),
                 refusals: refusals::RefusalWindows::new(params.refused_auth_window),
-                _spool_gauges: gauges,
             }),
         };
         if params.mode != AuditMode::Off {

@@ -21,7 +21,7 @@ use std::{
     io::{Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
     sync::{Arc, Condvar, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -122,8 +122,8 @@ struct Group {
     end: Position,
     events: u64,
     /// When it was committed (for recovered events: when their segment was last written, so their age is
-    /// never overstated).
-    committed_at: Instant,
+    /// never overstated). Wall-clock time, so that events older than the machine's uptime keep their age.
+    committed_at: SystemTime,
 }
 
 impl State {
@@ -158,7 +158,8 @@ impl SpoolProbe {
 
     /// How long the oldest unacknowledged event has waited; zero when everything is shipped.
     pub fn oldest_unshipped_age(&self) -> Duration {
-        self.0.lock().groups.front().map_or(Duration::ZERO, |group| group.committed_at.elapsed())
+        let oldest = self.0.lock().groups.front().map(|group| group.committed_at);
+        oldest.map_or(Duration::ZERO, |at| at.elapsed().unwrap_or_default())
     }
 }
 
@@ -318,8 +319,8 @@ struct RecoveredSegment {
     len: u64,
     /// Where each frame ends.
     frame_ends: Vec<u64>,
-    /// When it was last written, as an instant of this process.
-    written_at: Instant,
+    /// When it was last written.
+    written_at: SystemTime,
 }
 
 /// A segment's whole frames; a torn or damaged tail (a crash mid-write) is cut off.
@@ -327,12 +328,7 @@ fn recover_segment(path: &Path) -> Result<RecoveredSegment, SpoolError> {
     let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
     let frame_ends: Vec<u64> = frames(&bytes).map(|(_, end)| end as u64).collect();
     let whole = frame_ends.last().map_or(0, |end| *end as usize);
-    let since_written = fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|modified| modified.elapsed().ok())
-        .unwrap_or_default();
-    let written_at = Instant::now().checked_sub(since_written).unwrap_or_else(Instant::now);
+    let written_at = fs::metadata(path).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
     if whole < bytes.len() {
         tracing::warn!(
             segment = %path.display(),
@@ -478,7 +474,7 @@ impl Writer {
             state.groups.push_back(Group {
                 end: Position { segment: self.segment, offset: self.len },
                 events: group.len() as u64,
-                committed_at: started,
+                committed_at: SystemTime::now(),
             });
         }
         self.shared.committed.notify_one();

@@ -21,7 +21,7 @@ use keymesh_mesh::{ServiceName, config::MeshParams, pki::TlsMaterial, run::Servi
 use keymesh_proto::v1 as pb;
 use opentelemetry::{
     propagation::Extractor,
-    trace::{FutureExt, TraceContextExt, TraceFlags},
+    trace::{FutureExt, TraceContextExt},
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
@@ -203,7 +203,7 @@ fn command_trace() -> opentelemetry::Context {
             .filter_map(|(field, variable)| Some((field.to_owned(), std::env::var(variable).ok()?)))
             .collect();
     let carrier = (!carrier.is_empty()).then_some(carrier);
-    child_or_root_context(carrier.as_ref().map(|c| c as &dyn Extractor), TraceFlags::SAMPLED)
+    child_or_root_context(carrier.as_ref().map(|c| c as &dyn Extractor), 1.0)
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -217,6 +217,10 @@ impl KeyEncryptionBackend for AwsKms {
         }
     }
 
+    fn kind(&self) -> &'static str {
+        "aws"
+    }
+
     fn describe(&self) -> BackendDescription {
         let arn = self.arn();
         let region = self.client.config().region().map(|r| r.to_string()).unwrap_or_default();

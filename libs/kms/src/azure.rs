@@ -261,6 +261,10 @@ impl KeyEncryptionBackend for AzureKms {
         Ok(SecretKey::from_bytes(dek.to_vec()))
     }
 
+    fn kind(&self) -> &'static str {
+        "azure"
+    }
+
     fn describe(&self) -> BackendDescription {
         let kid = self.current_kid.read().unwrap_or_else(|p| p.into_inner()).clone();
         BackendDescription {

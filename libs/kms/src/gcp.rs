@@ -194,6 +194,10 @@ impl KeyEncryptionBackend for GcpKms {
         Ok(SecretKey::from_bytes(response.plaintext.to_vec()))
     }
 
+    fn kind(&self) -> &'static str {
+        "gcp"
+    }
+
     fn describe(&self) -> BackendDescription {
         let version = self.primary_version.read().unwrap_or_else(|p| p.into_inner()).clone();
         BackendDescription {

@@ -92,6 +92,9 @@ pub trait KeyEncryptionBackend: Send + Sync {
     async fn wrap(&self, dek: &SecretKey, context: &WrapContext) -> Result<WrappedKey, KmsError>;
     /// Unwraps a DEK; fails if `context` differs from the one used to wrap.
     async fn unwrap(&self, wrapped: &WrappedKey, context: &WrapContext) -> Result<SecretKey, KmsError>;
+    /// The backend's type (`local`, `vault`, `aws`, `gcp`, `azure`): a bounded label for metrics and spans,
+    /// where `describe` names the configured member.
+    fn kind(&self) -> &'static str;
     /// Describes the backend.
     fn describe(&self) -> BackendDescription;
     /// Whether `wrapped` is under the backend's current KEK (version), so a re-wrap can leave it alone.

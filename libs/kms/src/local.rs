@@ -316,6 +316,10 @@ impl KeyEncryptionBackend for LocalKms {
         Ok(SecretKey::copy_from_slice(&dek))
     }
 
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
     fn describe(&self) -> BackendDescription {
         BackendDescription { backend: BACKEND.into(), kek_id: self.kek_id.clone(), detail: self.detail.clone() }
     }

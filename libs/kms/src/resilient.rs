@@ -10,7 +10,7 @@
 use std::{
     sync::{
         Arc, LazyLock, Mutex, Weak,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -68,19 +68,44 @@ enum Breaker {
     },
 }
 
-impl Breaker {
-    /// The value `keymesh.kms.breaker.state` reports.
-    fn gauge_value(&self) -> u8 {
-        match self {
-            Breaker::Closed { .. } => 0,
-            Breaker::HalfOpen { .. } => 1,
-            Breaker::Open { .. } => 2,
+/// A breaker's state as `keymesh.kms.breaker.state` reads it, kept in step with the breaker: 0 closed,
+/// 1 half-open, 2 open. An open breaker whose wait is over lets the next call through as a probe, so it reads as
+/// half-open from then on, even while no call comes to close it.
+#[derive(Default)]
+struct ReportedState {
+    state: AtomicU8,
+    /// While open: until when, in milliseconds since [`EPOCH`].
+    open_until_ms: AtomicU64,
+}
+
+/// The clock `open_until_ms` counts from.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn millis_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(*EPOCH).as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ReportedState {
+    fn set(&self, breaker: &Breaker) {
+        let (state, until) = match breaker {
+            Breaker::Closed { .. } => (0, 0),
+            Breaker::HalfOpen { .. } => (1, 0),
+            Breaker::Open { until } => (2, millis_since_epoch(*until)),
+        };
+        self.open_until_ms.store(until, Ordering::Relaxed);
+        self.state.store(state, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> u8 {
+        match self.state.load(Ordering::Relaxed) {
+            2 if millis_since_epoch(Instant::now()) >= self.open_until_ms.load(Ordering::Relaxed) => 1,
+            state => state,
         }
     }
 }
 
 /// Every live breaker of the process, by backend name and type, for `keymesh.kms.breaker.state`.
-static BREAKERS: Mutex<Vec<(String, String, Weak<AtomicU8>)>> = Mutex::new(Vec::new());
+static BREAKERS: Mutex<Vec<(String, &'static str, Weak<ReportedState>)>> = Mutex::new(Vec::new());
 
 /// `keymesh.kms.breaker.state` by `kms.member` and `kms.backend`: 0 closed, 1 half-open, 2 open. Built with the
 /// first remote backend, so after the service installed its meter provider.
@@ -94,8 +119,8 @@ static BREAKER_GAUGE: LazyLock<ObservableGauge<u64>> = LazyLock::new(|| {
             for (member, backend, state) in breakers.iter() {
                 if let Some(state) = state.upgrade() {
                     observer.observe(
-                        u64::from(state.load(Ordering::Relaxed)),
-                        &[KeyValue::new("kms.member", member.clone()), KeyValue::new("kms.backend", backend.clone())],
+                        u64::from(state.read()),
+                        &[KeyValue::new("kms.member", member.clone()), KeyValue::new("kms.backend", *backend)],
                     );
                 }
             }
@@ -110,17 +135,17 @@ pub struct Resilient<B> {
     policy: ResiliencePolicy,
     breaker: Mutex<Breaker>,
     /// The breaker's state as the gauge reads it, kept in step with `breaker`.
-    reported: Arc<AtomicU8>,
+    reported: Arc<ReportedState>,
 }
 
 impl<B: KeyEncryptionBackend> Resilient<B> {
     /// Wraps `inner`; `name` appears in errors, logs and the breaker's gauge.
     pub fn new(inner: B, name: &str, policy: ResiliencePolicy) -> Self {
-        let reported = Arc::new(AtomicU8::new(0));
+        let reported = Arc::new(ReportedState::default());
         LazyLock::force(&BREAKER_GAUGE);
         BREAKERS.lock().unwrap_or_else(|p| p.into_inner()).push((
             name.to_owned(),
-            inner.describe().backend,
+            inner.kind(),
             Arc::downgrade(&reported),
         ));
         Self {
@@ -133,7 +158,7 @@ impl<B: KeyEncryptionBackend> Resilient<B> {
     }
 
     fn set(&self, breaker: &mut Breaker, next: Breaker) {
-        self.reported.store(next.gauge_value(), Ordering::Relaxed);
+        self.reported.set(&next);
         *breaker = next;
     }
 
@@ -228,6 +253,10 @@ impl<B: KeyEncryptionBackend> KeyEncryptionBackend for Resilient<B> {
         self.call("unwrap", || self.inner.unwrap(wrapped, context)).await
     }
 
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
     fn describe(&self) -> BackendDescription {
         self.inner.describe()
     }
@@ -277,6 +306,10 @@ mod tests {
         async fn unwrap(&self, _: &WrappedKey, _: &WrapContext) -> Result<SecretKey, KmsError> {
             Err(KmsError::UnwrapFailed { backend: "flaky".into() })
         }
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+
         fn describe(&self) -> BackendDescription {
             BackendDescription { backend: "flaky".into(), kek_id: "k".into(), detail: String::new() }
         }
@@ -354,16 +387,17 @@ mod tests {
         for _ in 0..4 {
             let _ = backend.wrap(&dek, &ctx()).await;
         }
+        assert_eq!(backend.reported.read(), 2, "the gauge reads open");
         tokio::time::sleep(Duration::from_millis(350)).await;
-        assert_eq!(backend.reported.load(Ordering::Relaxed), 2, "the gauge reads open");
+        assert_eq!(backend.reported.read(), 1, "its wait over, the open circuit reads half-open");
         // The probe's caller gives up before the attempt's deadline.
         let _ = tokio::time::timeout(Duration::from_millis(10), backend.wrap(&dek, &ctx())).await;
         assert!(backend.wrap(&dek, &ctx()).await.unwrap_err().to_string().contains("probe call is under way"));
-        assert_eq!(backend.reported.load(Ordering::Relaxed), 1, "the gauge reads half-open");
+        assert_eq!(backend.reported.read(), 1, "the gauge reads half-open");
         backend.inner.hang.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(120)).await;
         backend.wrap(&dek, &ctx()).await.unwrap();
-        assert_eq!(backend.reported.load(Ordering::Relaxed), 0, "the gauge reads closed");
+        assert_eq!(backend.reported.read(), 0, "the gauge reads closed");
     }
 
     #[tokio::test]

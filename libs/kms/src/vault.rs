@@ -384,6 +384,10 @@ impl KeyEncryptionBackend for VaultKms {
         dek.map_err(|_| self.unavailable("Vault returned plaintext that is not base64".into()))
     }
 
+    fn kind(&self) -> &'static str {
+        "vault"
+    }
+
     fn describe(&self) -> BackendDescription {
         let version = self.latest_version.load(Ordering::Relaxed);
         BackendDescription {

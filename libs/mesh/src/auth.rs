@@ -311,10 +311,13 @@ pub struct TokenVerifier {
     created_at: Instant,
 }
 
-/// `keymesh.tokens.revocation_poll.age` (seconds): a token revoked longer ago than this may not be known here yet.
-/// It stays under the revocation bound while polls succeed; past it, every token is refused.
-fn revocation_age_gauge(verifier: std::sync::Weak<TokenVerifier>) -> opentelemetry::metrics::ObservableGauge<f64> {
-    opentelemetry::global::meter("keymesh")
+/// Registers `keymesh.tokens.revocation_poll.age` (seconds: polls succeed every third of the bound, so it stays
+/// under that; past the bound every token is refused) and `keymesh.tokens.revocation_bound` (seconds), so that
+/// an alert can compare the two whatever bound is configured.
+fn register_revocation_age_gauge(verifier: std::sync::Weak<TokenVerifier>) {
+    let meter = opentelemetry::global::meter("keymesh");
+    let bound = verifier.upgrade().map(|v| v.revocation_bound.as_secs_f64());
+    meter
         .f64_observable_gauge("keymesh.tokens.revocation_poll.age")
         .with_unit("s")
         .with_description("Age of the token revocations this service holds")
@@ -323,7 +326,15 @@ fn revocation_age_gauge(verifier: std::sync::Weak<TokenVerifier>) -> opentelemet
                 observer.observe(verifier.revocations_age().as_secs_f64(), &[]);
             }
         })
-        .build()
+        .build();
+    if let Some(bound) = bound {
+        meter
+            .f64_observable_gauge("keymesh.tokens.revocation_bound")
+            .with_unit("s")
+            .with_description("Longest a revoked token may still be accepted; older revocations refuse every token")
+            .with_callback(move |observer| observer.observe(bound, &[]))
+            .build();
+    }
 }
 
 /// `keymesh.token_cache.lookups` by `result`: a `hit` skips the signature check of a token seen before.
@@ -359,13 +370,12 @@ impl TokenVerifier {
     }
 
     /// Polls revocations three times per bound for as long as the verifier lives, and reports the age of the
-    /// revocations held as `keymesh.tokens.revocation_poll.age` while it does.
+    /// revocations held as `keymesh.tokens.revocation_poll.age` (and the bound beside it) while it lives.
     pub fn start_revocation_poll(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let verifier = Arc::downgrade(self);
         let period = self.revocation_bound / 3;
-        let age_gauge = revocation_age_gauge(Arc::downgrade(self));
+        register_revocation_age_gauge(Arc::downgrade(self));
         tokio::spawn(async move {
-            let _age_gauge = age_gauge;
             loop {
                 let Some(this) = verifier.upgrade() else { return };
                 // After a failure, try again within a second: token-service may only have been restarting.

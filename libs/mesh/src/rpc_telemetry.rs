@@ -19,7 +19,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, LazyLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Instant,
@@ -45,10 +45,15 @@ use crate::telemetry::{HeaderExtractor, inject_current_context};
 
 /// Whether calls get spans; off when nothing would export them.
 static RECORD_SPANS: AtomicBool = AtomicBool::new(true);
+/// Without spans, the share of new traces marked sampled for the services downstream (as `f64` bits): what
+/// the configured sampler would decide for a root, so that services that do export keep their sampling.
+static ROOT_SAMPLING: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000); // 1.0
 
-/// Turns the spans of every call on or off (the process's telemetry does, once, at start).
-pub fn record_spans(on: bool) {
+/// Turns the spans of every call on or off (the process's telemetry does, once, at start), with the share of
+/// new traces the sampler would record.
+pub fn record_spans(on: bool, root_ratio: f64) {
     RECORD_SPANS.store(on, Ordering::Relaxed);
+    ROOT_SAMPLING.store(root_ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
 }
 
 fn spans_on() -> bool {
@@ -56,16 +61,18 @@ fn spans_on() -> bool {
 }
 
 /// The trace context of a call served without a span: the caller's trace with a span id of this service's own,
-/// or a fresh unsampled trace when the caller sent none.
+/// or a fresh trace when the caller sent none.
 fn spanless_context(headers: &http::HeaderMap) -> opentelemetry::Context {
     let carrier = headers.contains_key("traceparent").then_some(HeaderExtractor(headers));
-    child_or_root_context(carrier.as_ref().map(|c| c as &dyn Extractor), TraceFlags::default())
+    let root_ratio = f64::from_bits(ROOT_SAMPLING.load(Ordering::Relaxed));
+    child_or_root_context(carrier.as_ref().map(|c| c as &dyn Extractor), root_ratio)
 }
 
 /// A trace context of one's own without a span: the trace `carrier` holds (with its sampling decision and
-/// state) under a fresh span id, or else a fresh trace with `root_flags`. A command line makes its calls under
-/// one of these (a sampled root, so that the services record them), as the services do when they build no span.
-pub fn child_or_root_context(carrier: Option<&dyn Extractor>, root_flags: TraceFlags) -> opentelemetry::Context {
+/// state) under a fresh span id, or else a fresh trace, sampled as `TraceIdRatioBased(root_ratio)` would. A
+/// command line makes its calls under one of these (a sampled root, so that the services record them), as the
+/// services do when they build no span.
+pub fn child_or_root_context(carrier: Option<&dyn Extractor>, root_ratio: f64) -> opentelemetry::Context {
     let ids = RandomIdGenerator::default();
     let parent = match carrier {
         Some(carrier) => global::get_text_map_propagator(|p| p.extract(carrier)).span().span_context().clone(),
@@ -74,7 +81,12 @@ pub fn child_or_root_context(carrier: Option<&dyn Extractor>, root_flags: TraceF
     let (trace_id, flags, state) = if parent.is_valid() {
         (parent.trace_id(), parent.trace_flags(), parent.trace_state().clone())
     } else {
-        (ids.new_trace_id(), root_flags, TraceState::default())
+        let trace_id = ids.new_trace_id();
+        // The SDK's ratio rule: the trace id's low 63 bits under the ratio's share of them.
+        let low = u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap_or_default()) >> 1;
+        let sampled = root_ratio >= 1.0 || (low as f64) < root_ratio * (1u64 << 63) as f64;
+        let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+        (trace_id, flags, TraceState::default())
     };
     let own = SpanContext::new(trace_id, ids.new_span_id(), flags, false, state);
     opentelemetry::Context::new().with_remote_span_context(own)
@@ -322,18 +334,14 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let (service, method) = rpc_name(request.uri().path());
-        if !spans_on() {
+        // Boxed either way, so the call's end is handled once whether or not it has a span.
+        let (span, response): (tracing::Span, Pin<Box<dyn Future<Output = _> + Send>>) = if spans_on() {
+            let span = server_span(&request, service, method);
+            (span.clone(), Box::pin(self.inner.call(request).instrument(span)))
+        } else {
             let context = spanless_context(request.headers());
-            let response = self.inner.call(request).with_context(context);
-            return Box::pin(async move {
-                let response = response.await?;
-                let early = Status::from_header_map(response.headers());
-                let end = CallEnd { span: tracing::Span::none(), side: Side::Server, service, method, started, early };
-                Ok(response.map(|inner| ObservedBody { inner, end: Some(end) }))
-            });
-        }
-        let span = server_span(&request, service, method);
-        let response = self.inner.call(request).instrument(span.clone());
+            (tracing::Span::none(), Box::pin(self.inner.call(request).with_context(context)))
+        };
         Box::pin(async move {
             let response = response.await?;
             let early = Status::from_header_map(response.headers());
@@ -481,7 +489,14 @@ mod tests {
         assert_eq!(seen(&handler).0.as_deref(), Some("rpc.server"));
 
         // Without: no span, and the caller's trace goes on under a span id of the service's own.
-        record_spans(false);
+        struct SpansBackOn;
+        impl Drop for SpansBackOn {
+            fn drop(&mut self) {
+                record_spans(true, 1.0);
+            }
+        }
+        let _back_on = SpansBackOn;
+        record_spans(false, 1.0);
         drop(tower::Service::call(&mut served, request()).await.unwrap());
         let (span, context) = seen(&handler);
         assert_eq!(span, None, "no span is built");
@@ -494,7 +509,12 @@ mod tests {
         drop(tower::Service::call(&mut served, bare).await.unwrap());
         let (span, context) = seen(&handler);
         assert!(span.is_none() && context.is_valid() && context.trace_id().to_string() != caller_trace);
-        record_spans(true);
+        assert!(context.is_sampled(), "a new trace is sampled as the sampler (always on here) would");
+        record_spans(false, 0.0);
+        let mut bare = request();
+        bare.headers_mut().remove("traceparent");
+        drop(tower::Service::call(&mut served, bare).await.unwrap());
+        assert!(!seen(&handler).1.is_sampled(), "nor when it samples nothing");
     }
 
     #[test]

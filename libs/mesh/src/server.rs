@@ -32,7 +32,13 @@ pub async fn serve(
     grace: Duration,
 ) -> Result<(), MeshError> {
     let acceptor = TlsAcceptor::from(Arc::new(keymesh_mtls::server_config(tls)?));
-    let _expiry_gauge = certificate_expiry_gauge(tls.not_after()?);
+    // A certificate rustls accepts but the X.509 parser cannot date costs the gauge, never the service.
+    match tls.not_after() {
+        Ok(not_after) => certificate_expiry_gauge(not_after),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the certificate's expiry; keymesh.tls.certificate.expiration_timestamp is not reported")
+        }
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in service_names {
         health.set_service_status(*name, ServingStatus::Serving).await;
@@ -142,13 +148,13 @@ pub async fn serve_until_signal(
 
 /// `keymesh.tls.certificate.expiration_timestamp` (seconds since the epoch): when the certificate this service
 /// serves with expires, for an alert well before it does (cert-manager's convention).
-fn certificate_expiry_gauge(not_after: i64) -> opentelemetry::metrics::ObservableGauge<f64> {
+fn certificate_expiry_gauge(not_after: i64) {
     opentelemetry::global::meter("keymesh")
         .f64_observable_gauge("keymesh.tls.certificate.expiration_timestamp")
         .with_unit("s")
         .with_description("When the certificate this service serves with expires (Unix time)")
         .with_callback(move |observer| observer.observe(not_after as f64, &[]))
-        .build()
+        .build();
 }
 
 /// Resolves on SIGTERM or SIGINT.

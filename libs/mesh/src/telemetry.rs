@@ -196,6 +196,15 @@ pub enum SamplerChoice {
 }
 
 impl SamplerChoice {
+    /// The share of new traces (those without a parent) it records.
+    fn root_ratio(self) -> f64 {
+        match self {
+            Self::AlwaysOn | Self::ParentBasedAlwaysOn => 1.0,
+            Self::AlwaysOff | Self::ParentBasedAlwaysOff => 0.0,
+            Self::Ratio(ratio) | Self::ParentBasedRatio(ratio) => ratio,
+        }
+    }
+
     fn sampler(self) -> Sampler {
         match self {
             Self::AlwaysOn => Sampler::AlwaysOn,
@@ -467,7 +476,7 @@ pub fn init(params: &MeshParams, settings: &TelemetrySettings, prometheus: bool)
     // Spans are traced whatever the log level, so trace ids (in audit events, in propagation) never depend
     // on how verbose the logs are. With nowhere to export them, no span is built at all: calls carry a bare
     // trace context instead (see `rpc_telemetry`).
-    crate::rpc_telemetry::record_spans(settings.traces.is_some());
+    crate::rpc_telemetry::record_spans(settings.traces.is_some(), settings.sampler.root_ratio());
     let otel = settings.traces.is_some().then(|| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(params.service.as_str()))

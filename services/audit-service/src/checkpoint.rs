@@ -123,8 +123,11 @@ impl Checkpointer {
         let Some((sequence, hash)) = self.repo.head().await? else {
             return Ok(None);
         };
+        self.metrics.observed_head(sequence);
         let latest = self.repo.latest_checkpoint().await?;
-        self.metrics.observed(Some(sequence), latest.as_ref().map(|c| c.signed_at));
+        if let Some(latest) = &latest {
+            self.metrics.observed_checkpoint(latest.sequence, latest.signed_at);
+        }
         if latest.is_some_and(|c| c.sequence >= sequence) {
             return Ok(None);
         }
@@ -134,7 +137,7 @@ impl Checkpointer {
             .map_err(key_error)?;
         let checkpoint = audit_checkpoint::Model { sequence, hash, signed_at, kid: self.kid.clone(), signature };
         self.repo.insert_checkpoint(checkpoint.clone()).await?;
-        self.metrics.observed(None, Some(signed_at));
+        self.metrics.observed_checkpoint(sequence, signed_at);
         Ok(Some(checkpoint))
     }
 

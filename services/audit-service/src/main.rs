@@ -37,7 +37,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     // The checkpoint key is held by the KMS: audit-service needs the keyring only to unwrap it at start.
     let kms = keymesh_config::open_keyring(&kms, &params.data_dir).await?;
     let chain_metrics = metrics::ChainMetrics::new();
-    let _chain_gauges = chain_metrics.gauges();
+    chain_metrics.register_gauges();
     let checkpointer =
         Arc::new(checkpoint::Checkpointer::load_or_create(repo.clone(), &kms, chain_metrics.clone()).await?);
     let checkpoints = checkpointer.spawn(audit_params.checkpoint_interval, audit_params.retention);

@@ -25,9 +25,8 @@ const BATCH: u64 = 500;
 pub fn spawn(store: KeyStore, period: Duration) -> tokio::task::JoinHandle<()> {
     metrics::rotations_started();
     let keys_by_state = KeysByState::default();
-    let gauge = keys_by_state.gauge();
+    keys_by_state.register_gauge();
     tokio::spawn(async move {
-        let _gauge = gauge;
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use keymesh_proto::v1 as pb;
 use opentelemetry::{
     KeyValue,
-    metrics::{Counter, Histogram, ObservableGauge},
+    metrics::{Counter, Histogram},
 };
 
 use crate::{key_store::Source, record_cache::Tier};
@@ -118,8 +118,8 @@ impl KeysByState {
         }
     }
 
-    /// `keymesh.keys` by `state`, every state reported (0 when none), once a count exists.
-    pub fn gauge(&self) -> ObservableGauge<u64> {
+    /// Registers `keymesh.keys` by `state`, every state reported (0 when none) once a count exists.
+    pub fn register_gauge(&self) {
         let held = self.0.clone();
         opentelemetry::global::meter("keymesh")
             .u64_observable_gauge("keymesh.keys")
@@ -132,7 +132,7 @@ impl KeysByState {
                     observer.observe(keys.max(0) as u64, &[KeyValue::new("state", state_label(state))]);
                 }
             })
-            .build()
+            .build();
     }
 }
 

@@ -176,19 +176,8 @@ static OPERATIONS: std::sync::LazyLock<opentelemetry::metrics::Counter<u64>> = s
 });
 
 fn count_operation(operation: pb::Operation, dek: &CachedDek) {
-    // The proto's names without their prefix, lower case, with no allocation on the hot path.
-    let operation = match operation {
-        pb::Operation::Encrypt => "encrypt",
-        pb::Operation::Decrypt => "decrypt",
-        pb::Operation::Reencrypt => "reencrypt",
-        pb::Operation::GenerateDataKey => "generate_data_key",
-        pb::Operation::Sign => "sign",
-        pb::Operation::Verify => "verify",
-        pb::Operation::GenerateMac => "generate_mac",
-        pb::Operation::VerifyMac => "verify_mac",
-        pb::Operation::GetPublicKey => "get_public_key",
-        pb::Operation::Describe | pb::Operation::Manage | pb::Operation::Unspecified => "other",
-    };
+    // The names permissions and audit events use, static strings: no allocation on the hot path.
+    let operation = keymesh_mesh::auth::operation_name(operation);
     OPERATIONS.add(
         1,
         &[
