@@ -177,6 +177,12 @@ fn millis(d: Duration) -> String {
 #[tokio::main]
 async fn main() {
     keymesh_mesh::install_crypto_provider();
+    // `cargo bench --bench data_plane -- telemetry` runs that section alone.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if only.iter().any(|a| a == "telemetry") {
+        telemetry_cost().await;
+        return;
+    }
     let mut mesh = Mesh::start(&[], &[]).await;
     let client = Arc::new(mesh.admin_client());
     client.create_key("bench").await.unwrap();
@@ -299,9 +305,45 @@ impl OtlpSink {
     }
 }
 
-/// Encrypt 1 KiB through four meshes that differ only in telemetry, each measured twice (A B C D, then D C B A,
-/// so that drift over the run weighs on every mode alike), against telemetry off.
+/// CPU time (user + system) the mesh's four processes have used so far, from /proc.
+fn mesh_cpu(mesh: &Mesh) -> Duration {
+    // utime and stime are fields 14 and 15 of /proc/<pid>/stat, in clock ticks (100 per second on Linux),
+    // counted after the parenthesised command name, which may hold spaces.
+    let ticks: u64 = mesh
+        .children
+        .iter()
+        .filter_map(|(_, child)| child.id())
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let fields: Vec<u64> =
+                stat.rsplit_once(')')?.1.split_whitespace().skip(11).take(2).filter_map(|f| f.parse().ok()).collect();
+            Some(fields.iter().sum::<u64>())
+        })
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) { (values[middle - 1] + values[middle]) / 2.0 } else { values[middle] }
+}
+
+/// One measured run of a telemetry mode.
+struct TelemetryRun {
+    load: Unary,
+    /// The four services' CPU time per call, in microseconds.
+    cpu_per_call: f64,
+    spans: u64,
+    calls: f64,
+}
+
+/// Encrypt 1 KiB through four meshes that differ only in telemetry, each measured ROUNDS times in mirrored order
+/// (A B C D, D C B A, …, so that drift over the run weighs on every mode alike), against telemetry off. Beside
+/// throughput, which drifts a lot on a shared machine, the CPU the four services spend per call: the cost
+/// itself.
 async fn telemetry_cost() {
+    const ROUNDS: usize = 6;
     let sink = OtlpSink::default();
     let endpoint = sink.start().await;
     // Rate limits off in every mode: a release build may pass the default application limit, and this measures
@@ -330,53 +372,63 @@ async fn telemetry_cost() {
         encrypt(&client, vec![3u8; 1024]).await;
         meshes.push((mesh, client));
     }
-    let mut results: Vec<Vec<(Unary, u64)>> = (0..modes.len()).map(|_| Vec::new()).collect();
-    let order: Vec<usize> = (0..modes.len()).chain((0..modes.len()).rev()).collect();
+    let mut results: Vec<Vec<TelemetryRun>> = (0..modes.len()).map(|_| Vec::new()).collect();
+    let forward: Vec<usize> = (0..modes.len()).collect();
+    let order: Vec<usize> = (0..ROUNDS)
+        .flat_map(|round| if round % 2 == 0 { forward.clone() } else { forward.iter().rev().copied().collect() })
+        .collect();
     for mode in order {
-        let client = meshes[mode].1.clone();
-        let spans_before = sink.spans.load(Ordering::Relaxed);
-        let result = load(move || {
+        let (mesh, client) = (&meshes[mode].0, meshes[mode].1.clone());
+        let (spans_before, cpu_before, started) = (sink.spans.load(Ordering::Relaxed), mesh_cpu(mesh), Instant::now());
+        let load = load(move || {
             let client = client.clone();
             async move {
                 encrypt(&client, vec![3u8; 1024]).await;
             }
         })
         .await;
-        // Spans still in the services' batch queues arrive within the export delay.
+        // Counted over the whole window (warm-up included), so the calls are estimated over it too. Then spans
+        // still in the services' batch queues arrive, and the audit spool drains, before the next run.
+        let calls = load.ops_per_second * started.elapsed().as_secs_f64();
+        let cpu = mesh_cpu(mesh).saturating_sub(cpu_before);
         tokio::time::sleep(Duration::from_secs(6)).await;
-        results[mode].push((result, sink.spans.load(Ordering::Relaxed) - spans_before));
+        let spans = sink.spans.load(Ordering::Relaxed) - spans_before;
+        results[mode].push(TelemetryRun { load, cpu_per_call: cpu.as_secs_f64() * 1e6 / calls, spans, calls });
     }
-    let mean = |runs: &[(Unary, u64)], pick: fn(&Unary) -> f64| {
-        runs.iter().map(|(u, _)| pick(u)).sum::<f64>() / runs.len() as f64
-    };
-    let baseline = mean(&results[0], |u| u.ops_per_second);
+    let ops = |runs: &[TelemetryRun]| median(runs.iter().map(|r| r.load.ops_per_second).collect());
+    let cpu = |runs: &[TelemetryRun]| median(runs.iter().map(|r| r.cpu_per_call).collect());
+    let (base_ops, base_cpu) = (ops(&results[0]), cpu(&results[0]));
     println!();
     println!(
-        "telemetry cost: Encrypt 1 KiB, {CONCURRENCY} in flight, each mode its own mesh, 2 × {RUN_FOR:?} per mode"
+        "telemetry cost: Encrypt 1 KiB, {CONCURRENCY} in flight, each mode its own mesh, medians of {ROUNDS} × {RUN_FOR:?}"
     );
     println!(
-        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>9} {:>14}",
-        "", "ops/s", "p50", "p99", "ratio", "cost", "spans/call"
+        "{:<24} {:>8} {:>10} {:>10} {:>8} {:>13} {:>9} {:>11}",
+        "", "ops/s", "p50", "p99", "ratio", "CPU µs/call", "CPU cost", "spans/call"
     );
     for ((name, _), runs) in modes.iter().zip(&results) {
-        let ops = mean(runs, |u| u.ops_per_second);
-        let calls: f64 = runs.iter().map(|(u, _)| u.ops_per_second * (RUN_FOR.as_secs_f64() * 1.2)).sum();
-        let spans: u64 = runs.iter().map(|(_, s)| s).sum();
+        let p = |pick: fn(&Unary) -> Duration| {
+            Duration::from_secs_f64(median(runs.iter().map(|r| pick(&r.load).as_secs_f64()).collect()))
+        };
+        let spans: u64 = runs.iter().map(|r| r.spans).sum();
+        let calls: f64 = runs.iter().map(|r| r.calls).sum();
         println!(
-            "{:<26} {:>10.0} {:>10} {:>10} {:>9.3}x {:>8.1}% {:>14.4}",
+            "{:<24} {:>8.0} {:>10} {:>10} {:>7.3}x {:>13.1} {:>8.1}% {:>11.4}",
             name,
-            ops,
-            millis(Duration::from_secs_f64(mean(runs, |u| u.p50.as_secs_f64()))),
-            millis(Duration::from_secs_f64(mean(runs, |u| u.p99.as_secs_f64()))),
-            ops / baseline,
-            (1.0 - ops / baseline) * 100.0,
+            ops(runs),
+            millis(p(|u| u.p50)),
+            millis(p(|u| u.p99)),
+            ops(runs) / base_ops,
+            cpu(runs),
+            (cpu(runs) / base_cpu - 1.0) * 100.0,
             spans as f64 / calls,
         );
     }
-    println!(
-        "runs (ops/s, in the order measured): {:?}",
-        results.iter().map(|r| r.iter().map(|(u, _)| u.ops_per_second.round()).collect::<Vec<_>>()).collect::<Vec<_>>()
-    );
+    for ((name, _), runs) in modes.iter().zip(&results) {
+        let each: Vec<String> =
+            runs.iter().map(|r| format!("{:.0}/s {:.1}µs", r.load.ops_per_second, r.cpu_per_call)).collect();
+        println!("  {name}: {}", each.join(", "));
+    }
 }
 
 /// Encrypt 1 KiB with crypto-service's audit spool on (the default: each call's event fsynced before the

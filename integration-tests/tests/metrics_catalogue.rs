@@ -258,6 +258,9 @@ async fn every_metric_the_readme_the_dashboard_and_the_alerts_name_is_exported()
     let encrypt_ops = [("operation", "encrypt"), ("algorithm", "AES-256-GCM")];
     assert!(value(&families, "keymesh_crypto_operations_total", &encrypt_ops) >= 2.0, "{families:#?}");
     assert!(value(&families, "keymesh_crypto_operations_total", &[("operation", "decrypt")]) >= 1.0);
+    // Counters whose labels are known start at zero.
+    assert_eq!(value(&families, "keymesh_dek_cache_evictions_total", &[("cause", "size")]), 0.0);
+    assert_eq!(value(&families, "keymesh_limits_refusals_total", &[("limit", "key_quota")]), 0.0);
 
     // Audit events wait in the spool while audit-service is away, and drain when it is back.
     let fsyncs = |f: &Families| value(f, "keymesh_audit_spool_fsync_duration_seconds_count", &[]);

@@ -16,7 +16,7 @@ use keymesh_client::{
     streaming::{StreamOptions, Via},
 };
 use keymesh_config::KeymeshConfig;
-use keymesh_mesh::rpc_telemetry::child_or_root_context;
+use keymesh_mesh::rpc_telemetry::{Sampling, child_or_root_context};
 use keymesh_mesh::{ServiceName, config::MeshParams, pki::TlsMaterial, run::ServiceConfig, run::dev_client_tls};
 use keymesh_proto::v1 as pb;
 use opentelemetry::{
@@ -203,7 +203,7 @@ fn command_trace() -> opentelemetry::Context {
             .filter_map(|(field, variable)| Some((field.to_owned(), std::env::var(variable).ok()?)))
             .collect();
     let carrier = (!carrier.is_empty()).then_some(carrier);
-    child_or_root_context(carrier.as_ref().map(|c| c as &dyn Extractor), 1.0)
+    child_or_root_context(carrier.as_ref().map(|c| c as &dyn Extractor), Sampling::ALWAYS)
 }
 
 fn fail(message: &str) -> ExitCode {

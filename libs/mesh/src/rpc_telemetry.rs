@@ -43,51 +43,85 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::telemetry::{HeaderExtractor, inject_current_context};
 
-/// Whether calls get spans; off when nothing would export them.
+/// Whether calls may get spans; off when nothing would export them.
 static RECORD_SPANS: AtomicBool = AtomicBool::new(true);
-/// Without spans, the share of new traces marked sampled for the services downstream (as `f64` bits): what
-/// the configured sampler would decide for a root, so that services that do export keep their sampling.
-static ROOT_SAMPLING: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000); // 1.0
+/// The configured sampler, as the share of traces it records (as `f64` bits) and whether a caller's decision
+/// binds it (`parentbased_*`). A call the sampler would drop gets no span at all, only its trace context.
+static SAMPLING_RATIO: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000); // 1.0
+static PARENT_BASED: AtomicBool = AtomicBool::new(true);
 
-/// Turns the spans of every call on or off (the process's telemetry does, once, at start), with the share of
-/// new traces the sampler would record.
-pub fn record_spans(on: bool, root_ratio: f64) {
+/// How calls are traced (the process's telemetry says so, once, at start): with spans or not at all, and what
+/// the sampler records: `ratio` of the traces, following the caller's decision when `parent_based`.
+pub fn record_spans(on: bool, ratio: f64, parent_based: bool) {
     RECORD_SPANS.store(on, Ordering::Relaxed);
-    ROOT_SAMPLING.store(root_ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    SAMPLING_RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    PARENT_BASED.store(parent_based, Ordering::Relaxed);
 }
 
 fn spans_on() -> bool {
     RECORD_SPANS.load(Ordering::Relaxed)
 }
 
-/// The trace context of a call served without a span: the caller's trace with a span id of this service's own,
-/// or a fresh trace when the caller sent none.
-fn spanless_context(headers: &http::HeaderMap) -> opentelemetry::Context {
-    let carrier = headers.contains_key("traceparent").then_some(HeaderExtractor(headers));
-    let root_ratio = f64::from_bits(ROOT_SAMPLING.load(Ordering::Relaxed));
-    child_or_root_context(carrier.as_ref().map(|c| c as &dyn Extractor), root_ratio)
+/// The sampling rule of the configured sampler, for the context a call is served under.
+fn sampling() -> Sampling {
+    Sampling {
+        ratio: f64::from_bits(SAMPLING_RATIO.load(Ordering::Relaxed)),
+        parent_based: PARENT_BASED.load(Ordering::Relaxed),
+    }
 }
 
-/// A trace context of one's own without a span: the trace `carrier` holds (with its sampling decision and
-/// state) under a fresh span id, or else a fresh trace, sampled as `TraceIdRatioBased(root_ratio)` would. A
-/// command line makes its calls under one of these (a sampled root, so that the services record them), as the
-/// services do when they build no span.
-pub fn child_or_root_context(carrier: Option<&dyn Extractor>, root_ratio: f64) -> opentelemetry::Context {
-    let ids = RandomIdGenerator::default();
-    let parent = match carrier {
-        Some(carrier) => global::get_text_map_propagator(|p| p.extract(carrier)).span().span_context().clone(),
-        None => SpanContext::empty_context(),
-    };
-    let (trace_id, flags, state) = if parent.is_valid() {
-        (parent.trace_id(), parent.trace_flags(), parent.trace_state().clone())
-    } else {
-        let trace_id = ids.new_trace_id();
+/// A sampler's rule: `TraceIdRatioBased(ratio)`, wrapped in `ParentBased` or not.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    /// The share of traces recorded (1.0: all).
+    pub ratio: f64,
+    /// Whether a caller's decision is followed.
+    pub parent_based: bool,
+}
+
+impl Sampling {
+    /// Record everything: what a command line asks of the services for its own trace.
+    pub const ALWAYS: Sampling = Sampling { ratio: 1.0, parent_based: true };
+
+    fn samples(self, parent: &SpanContext, trace_id: opentelemetry::trace::TraceId) -> bool {
+        if self.parent_based && parent.is_valid() {
+            return parent.is_sampled();
+        }
         // The SDK's ratio rule: the trace id's low 63 bits under the ratio's share of them.
         let low = u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap_or_default()) >> 1;
-        let sampled = root_ratio >= 1.0 || (low as f64) < root_ratio * (1u64 << 63) as f64;
-        let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
-        (trace_id, flags, TraceState::default())
+        self.ratio >= 1.0 || (low as f64) < self.ratio * (1u64 << 63) as f64
+    }
+}
+
+/// The caller's trace context, when it sent one.
+fn caller_context(headers: &http::HeaderMap) -> opentelemetry::Context {
+    if headers.contains_key("traceparent") {
+        global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+    } else {
+        opentelemetry::Context::new()
+    }
+}
+
+/// A trace context of one's own without a span: the trace `carrier` holds under a fresh span id, or else a
+/// fresh trace, marked sampled as `sampling` decides. The services serve calls they build no span for under
+/// one of these; a command line makes its calls under one (sampled, so that the services record them).
+pub fn child_or_root_context(carrier: Option<&dyn Extractor>, sampling: Sampling) -> opentelemetry::Context {
+    let parent = match carrier {
+        Some(carrier) => global::get_text_map_propagator(|p| p.extract(carrier)),
+        None => opentelemetry::Context::new(),
     };
+    spanless_child(&parent, sampling)
+}
+
+fn spanless_child(parent: &opentelemetry::Context, sampling: Sampling) -> opentelemetry::Context {
+    let ids = RandomIdGenerator::default();
+    let parent = parent.span().span_context().clone();
+    let (trace_id, state) = if parent.is_valid() {
+        (parent.trace_id(), parent.trace_state().clone())
+    } else {
+        (ids.new_trace_id(), TraceState::default())
+    };
+    let flags = if sampling.samples(&parent, trace_id) { TraceFlags::SAMPLED } else { TraceFlags::default() };
     let own = SpanContext::new(trace_id, ids.new_span_id(), flags, false, state);
     opentelemetry::Context::new().with_remote_span_context(own)
 }
@@ -290,7 +324,12 @@ pub struct ServerSpans<S> {
 }
 
 /// The server span of an incoming request, parented on the caller's `traceparent` when it sent one.
-fn server_span<B>(request: &http::Request<B>, service: &str, method: &str) -> tracing::Span {
+fn server_span<B>(
+    request: &http::Request<B>,
+    service: &str,
+    method: &str,
+    parent: opentelemetry::Context,
+) -> tracing::Span {
     let name = span_name(service, method);
     let connection = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().map(|info| info.get_ref());
     let local = connection.and_then(TcpConnectInfo::local_addr);
@@ -310,7 +349,6 @@ fn server_span<B>(request: &http::Request<B>, service: &str, method: &str) -> tr
         otel.status_code = Empty,
         otel.status_description = Empty,
     );
-    let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
     // Fails only if the span is disabled by the filter; then there is nothing to parent.
     let _ = span.set_parent(parent);
     span
@@ -334,14 +372,18 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let (service, method) = rpc_name(request.uri().path());
-        // Boxed either way, so the call's end is handled once whether or not it has a span.
-        let (span, response): (tracing::Span, Pin<Box<dyn Future<Output = _> + Send>>) = if spans_on() {
-            let span = server_span(&request, service, method);
-            (span.clone(), Box::pin(self.inner.call(request).instrument(span)))
-        } else {
-            let context = spanless_context(request.headers());
-            (tracing::Span::none(), Box::pin(self.inner.call(request).with_context(context)))
-        };
+        // A span only when it would be exported: with an exporter, and a sampler that records this call (decided
+        // here, before anything is built, as the SDK's sampler would). Otherwise only the trace context goes on.
+        // Boxed either way, so the call's end is handled once.
+        let caller = caller_context(request.headers());
+        let own = spanless_child(&caller, sampling());
+        let (span, response): (tracing::Span, Pin<Box<dyn Future<Output = _> + Send>>) =
+            if spans_on() && own.span().span_context().is_sampled() {
+                let span = server_span(&request, service, method, caller);
+                (span.clone(), Box::pin(self.inner.call(request).instrument(span)))
+            } else {
+                (tracing::Span::none(), Box::pin(self.inner.call(request).with_context(own)))
+            };
         Box::pin(async move {
             let response = response.await?;
             let early = Status::from_header_map(response.headers());
@@ -412,7 +454,18 @@ where
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let (service, method) = rpc_name(request.uri().path());
-        let span = if spans_on() { self.client_span(service, method) } else { tracing::Span::none() };
+        // A client span only inside a call that is recorded, or, for a call made outside any (a background
+        // task's), when the sampler picks it as a new trace; otherwise the current context goes on as it is.
+        let recorded = spans_on() && {
+            let current = crate::telemetry::current_context();
+            let current = current.span().span_context().clone();
+            if current.is_valid() {
+                current.is_sampled()
+            } else {
+                sampling().samples(&current, RandomIdGenerator::default().new_trace_id())
+            }
+        };
+        let span = if recorded { self.client_span(service, method) } else { tracing::Span::none() };
         span.in_scope(|| inject_current_context(request.headers_mut()));
         let response = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
@@ -465,8 +518,17 @@ mod tests {
         }
     }
 
+    /// Puts the process-wide setting back when a test that changed it ends, even by a failed assertion.
+    struct SpansBackOn;
+
+    impl Drop for SpansBackOn {
+        fn drop(&mut self) {
+            record_spans(true, 1.0, true);
+        }
+    }
+
     #[tokio::test]
-    async fn without_an_exporter_calls_carry_a_trace_context_but_no_span() {
+    async fn without_an_exporter_or_a_sampled_trace_calls_carry_a_trace_context_but_no_span() {
         global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
         let _subscriber = tracing::subscriber::set_default(
             tracing_subscriber::registry()
@@ -487,16 +549,26 @@ mod tests {
         let mut served = ServerSpanLayer.layer(handler.clone());
         drop(tower::Service::call(&mut served, request()).await.unwrap());
         assert_eq!(seen(&handler).0.as_deref(), Some("rpc.server"));
+        let _back_on = SpansBackOn;
+        // A call the sampler drops (parent-based, the caller did not sample; or a new trace at ratio 0) gets no
+        // span either, only its trace context, unsampled.
+        record_spans(true, 0.0, true);
+        let mut unsampled = request();
+        let traceparent = format!("00-{caller_trace}-00f067aa0ba902b7-00");
+        unsampled.headers_mut().insert("traceparent", traceparent.parse().unwrap());
+        drop(tower::Service::call(&mut served, unsampled).await.unwrap());
+        let (span, context) = seen(&handler);
+        assert_eq!(span, None, "an unsampled call builds no span");
+        assert!(context.trace_id().to_string() == caller_trace && !context.is_sampled());
+        drop(tower::Service::call(&mut served, request()).await.unwrap());
+        assert_eq!(seen(&handler).0.as_deref(), Some("rpc.server"), "the caller's sampled trace is followed");
+        let mut root = request();
+        root.headers_mut().remove("traceparent");
+        drop(tower::Service::call(&mut served, root).await.unwrap());
+        assert_eq!(seen(&handler).0, None, "ratio 0: a new trace is not recorded");
 
         // Without: no span, and the caller's trace goes on under a span id of the service's own.
-        struct SpansBackOn;
-        impl Drop for SpansBackOn {
-            fn drop(&mut self) {
-                record_spans(true, 1.0);
-            }
-        }
-        let _back_on = SpansBackOn;
-        record_spans(false, 1.0);
+        record_spans(false, 1.0, true);
         drop(tower::Service::call(&mut served, request()).await.unwrap());
         let (span, context) = seen(&handler);
         assert_eq!(span, None, "no span is built");
@@ -510,7 +582,7 @@ mod tests {
         let (span, context) = seen(&handler);
         assert!(span.is_none() && context.is_valid() && context.trace_id().to_string() != caller_trace);
         assert!(context.is_sampled(), "a new trace is sampled as the sampler (always on here) would");
-        record_spans(false, 0.0);
+        record_spans(false, 0.0, true);
         let mut bare = request();
         bare.headers_mut().remove("traceparent");
         drop(tower::Service::call(&mut served, bare).await.unwrap());

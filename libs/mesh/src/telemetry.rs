@@ -17,7 +17,7 @@ use opentelemetry_sdk::{
     Resource,
     metrics::{PeriodicReader, SdkMeterProvider},
     propagation::TraceContextPropagator,
-    trace::{Sampler, SdkTracerProvider},
+    trace::{ParentBasedSampler, Sampler, SdkTracerProvider},
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
@@ -196,25 +196,25 @@ pub enum SamplerChoice {
 }
 
 impl SamplerChoice {
-    /// The share of new traces (those without a parent) it records.
-    fn root_ratio(self) -> f64 {
+    /// The share of traces it records, and whether it follows the caller's decision.
+    fn rule(self) -> (f64, bool) {
         match self {
-            Self::AlwaysOn | Self::ParentBasedAlwaysOn => 1.0,
-            Self::AlwaysOff | Self::ParentBasedAlwaysOff => 0.0,
-            Self::Ratio(ratio) | Self::ParentBasedRatio(ratio) => ratio,
+            Self::AlwaysOn => (1.0, false),
+            Self::AlwaysOff => (0.0, false),
+            Self::Ratio(ratio) => (ratio, false),
+            Self::ParentBasedAlwaysOn => (1.0, true),
+            Self::ParentBasedAlwaysOff => (0.0, true),
+            Self::ParentBasedRatio(ratio) => (ratio, true),
         }
     }
+}
 
-    fn sampler(self) -> Sampler {
-        match self {
-            Self::AlwaysOn => Sampler::AlwaysOn,
-            Self::AlwaysOff => Sampler::AlwaysOff,
-            Self::Ratio(r) => Sampler::TraceIdRatioBased(r),
-            Self::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-            Self::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-            Self::ParentBasedRatio(r) => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r))),
-        }
-    }
+/// The SDK's sampler. keymesh applies the configured rule itself, before it builds a call's span
+/// (`rpc_telemetry`), so that a call the rule drops costs no span at all: every span the SDK then sees as a
+/// root or under a caller's context was chosen to be recorded. Spans inside a call (KMS calls, client spans)
+/// follow their parent, recorded or not.
+fn sdk_sampler() -> ParentBasedSampler {
+    Sampler::parent_based(Sampler::AlwaysOn).with_remote_parent_not_sampled(Sampler::AlwaysOn)
 }
 
 /// A variable's value that cannot be used: the one-line error names the variable.
@@ -442,8 +442,7 @@ pub fn init(params: &MeshParams, settings: &TelemetrySettings, prometheus: bool)
         .with_service_name(settings.service_name.clone())
         .with_attributes(settings.resource_attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
         .build();
-    let mut builder =
-        SdkTracerProvider::builder().with_resource(resource.clone()).with_sampler(settings.sampler.sampler());
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.clone()).with_sampler(sdk_sampler());
     if let Some(export) = &settings.traces {
         builder = builder.with_batch_exporter(span_exporter(export)?);
     }
@@ -476,7 +475,8 @@ pub fn init(params: &MeshParams, settings: &TelemetrySettings, prometheus: bool)
     // Spans are traced whatever the log level, so trace ids (in audit events, in propagation) never depend
     // on how verbose the logs are. With nowhere to export them, no span is built at all: calls carry a bare
     // trace context instead (see `rpc_telemetry`).
-    crate::rpc_telemetry::record_spans(settings.traces.is_some(), settings.sampler.root_ratio());
+    let (ratio, parent_based) = settings.sampler.rule();
+    crate::rpc_telemetry::record_spans(settings.traces.is_some(), ratio, parent_based);
     let otel = settings.traces.is_some().then(|| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(params.service.as_str()))
@@ -592,7 +592,7 @@ impl Injector for HeaderInjector<'_> {
 
 /// The trace context of the work under way: the current span's, or, when calls get no spans, the bare context
 /// the call was served under.
-fn current_context() -> opentelemetry::Context {
+pub(crate) fn current_context() -> opentelemetry::Context {
     let of_span = tracing::Span::current().context();
     if of_span.span().span_context().is_valid() { of_span } else { opentelemetry::Context::current() }
 }
