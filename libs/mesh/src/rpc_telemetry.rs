@@ -9,9 +9,10 @@
 //! The status of a gRPC call is known only at its very end (the `grpc-status` trailer, or the header of a
 //! trailers-only answer), so both sides watch the response body to its end rather than the handler's return.
 //!
-//! When no exporter is configured, no span is built at all ([`record_spans`]): the call only carries a trace
-//! context — the caller's trace with a span id of its own, or a fresh trace — so that audit events, JSON logs
-//! and the next hop still share one trace id, at the cost of two random numbers instead of a span.
+//! A call gets no span at all when no exporter is configured or when the configured sampler drops it (decided
+//! here, before anything is built; see [`record_spans`]): it only carries a trace context — the caller's trace
+//! with a span id of its own, or a fresh trace — so that audit events, JSON logs and the next hop still share
+//! one trace id, at the cost of two random numbers instead of a span.
 
 use std::{
     collections::HashSet,
