@@ -609,16 +609,22 @@ pub async fn create_application(
 
 /// `GET /metrics` on `addr`, over plain HTTP/1.1: the response head and body.
 pub async fn scrape_metrics(addr: &str) -> (String, String) {
+    let (head, body) = http_get(addr, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (head, body)
+}
+
+/// `GET path` on `addr` (an admin port), over plain HTTP/1.1: the response head and body, whatever the status.
+pub async fn http_get(addr: &str, path: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{addr}: {e}"));
     stream
-        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     (head.to_owned(), body.to_owned())
 }
 

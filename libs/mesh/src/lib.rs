@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod identity;
 pub mod pki;
+pub mod readiness;
 pub mod request_id;
 pub mod rpc_telemetry;
 pub mod run;

@@ -9,6 +9,7 @@ use crate::{
     config::{ConfigError, ConfigSource, MeshParams, RawTransport},
     identity::app_spiffe_id,
     pki::{self, DevIdentity, TlsMaterial},
+    readiness::Readiness,
     telemetry,
 };
 
@@ -32,6 +33,8 @@ pub struct Startup<C> {
     pub config: C,
     /// This service's certificate, key and CA.
     pub tls: TlsMaterial,
+    /// What `/readyz` checks: the service adds its dependencies, and says when it serves.
+    pub readiness: Readiness,
 }
 
 /// Exit code for configuration errors (sysexits EX_USAGE).
@@ -100,11 +103,12 @@ where
     let result: Result<(), BoxError> = runtime.block_on(async {
         let prometheus = params.metrics_addr.filter(|_| role == Role::Server);
         let telemetry = telemetry::init(&params, &telemetry_settings, prometheus.is_some())?;
+        let readiness = Readiness::default();
         if let Some(addr) = prometheus {
-            telemetry.serve_metrics(addr).await?;
+            telemetry.serve_admin(addr, readiness.clone()).await?;
         }
         let tls = service_tls(&params)?;
-        let outcome = body(Startup { params, config, tls }).await;
+        let outcome = body(Startup { params, config, tls, readiness }).await;
         telemetry.shutdown();
         outcome
     });

@@ -28,7 +28,7 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
 };
 
-use crate::{MeshError, config::MeshParams};
+use crate::{MeshError, config::MeshParams, readiness::Readiness};
 
 /// Keeps the tracer and meter providers alive (flushed by [`Telemetry::shutdown`]) and holds the registry the
 /// Prometheus endpoint reads.
@@ -48,20 +48,34 @@ impl Telemetry {
         }
     }
 
-    /// Serves the metrics in the Prometheus text format at `http://<addr>/metrics`, plain HTTP off the mTLS
-    /// port (the Linkerd and Vault convention: a scraper needs no client certificate). Returns the bound
-    /// address; a taken port is an error naming it.
-    pub async fn serve_metrics(&self, addr: SocketAddr) -> Result<SocketAddr, MeshError> {
+    /// Serves the admin endpoints, plain HTTP off the mTLS port (the Linkerd and Vault convention: a scraper
+    /// or a kubelet needs no client certificate): `/metrics` in the Prometheus text format, `/livez` (the
+    /// process runs) and `/readyz` (200 or 503, a line per check). Returns the bound address; a taken port is an
+    /// error naming it.
+    pub async fn serve_admin(&self, addr: SocketAddr, readiness: Readiness) -> Result<SocketAddr, MeshError> {
         let listener = crate::server::bind(addr).await?;
         let bound = listener.local_addr().map_err(|source| MeshError::Bind { addr, source })?;
         let registry = self.registry.clone();
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let registry = registry.clone();
-                async move { prometheus_text(&registry) }
-            }),
-        );
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let registry = registry.clone();
+                    async move { prometheus_text(&registry) }
+                }),
+            )
+            .route("/livez", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let readiness = readiness.clone();
+                    async move {
+                        let (ready, body) = readiness.report().await;
+                        let status = if ready { http::StatusCode::OK } else { http::StatusCode::SERVICE_UNAVAILABLE };
+                        (status, body)
+                    }
+                }),
+            );
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "the metrics endpoint stopped");

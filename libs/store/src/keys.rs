@@ -136,6 +136,11 @@ pub struct KeyRepository {
 }
 
 impl KeyRepository {
+    /// Whether the database answers (see [`crate::ping`]).
+    pub async fn ping(&self) -> Result<(), String> {
+        crate::ping(&self.db).await
+    }
+
     /// Wraps a connection.
     pub fn new(db: DatabaseConnection) -> Self {
         Self { db }

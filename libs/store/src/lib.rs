@@ -73,6 +73,16 @@ pub fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Whether the database answers, for a readiness check. The reason never carries the connection string.
+pub async fn ping(db: &DatabaseConnection) -> Result<(), String> {
+    db.ping().await.map_err(|e| match e {
+        sea_orm::DbErr::ConnectionAcquire(_) => {
+            "no database connection could be opened or taken from the pool".to_owned()
+        }
+        _ => "the database does not answer".to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

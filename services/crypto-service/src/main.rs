@@ -25,7 +25,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
-    let Startup { params, config: file, tls } = startup;
+    let Startup { params, config: file, tls, readiness } = startup;
     let config::CryptoConfig { tokens: token_params, dek_cache: cache_params, limits } =
         config::CryptoConfig::from_file(&file)?;
     let audit_params = file.audit_params(&params)?;
@@ -53,6 +53,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
         CryptoServiceServer::new(service).max_decoding_message_size(max_message).max_encoding_message_size(max_message);
     let routes = Routes::new(server);
     let health = ["keymesh.v1.CryptoService", fips.health_name()];
+    readiness.serving();
     server::serve_until_signal(listener, &tls, routes, &health, params.shutdown_grace).await?;
     watcher.abort();
     forgetter.abort();

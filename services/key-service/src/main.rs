@@ -96,7 +96,7 @@ async fn rewrap_all(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
 }
 
 async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
-    let Startup { params, config: file, tls } = startup;
+    let Startup { params, config: file, tls, readiness } = startup;
     let config = KeyConfig::from_file(&file)?;
     let policy = Arc::new(PolicyEngine::from_config(&file.policy)?);
     let audit_params = file.audit_params(&params)?;
@@ -104,6 +104,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     tracing::info!(fips_mode = policy.fips_mode().name(), "policy engine ready");
     let listener = server::bind(params.listen_addr).await?;
     let store = open_store(&params, &file, &config).await?;
+    let pinged = store.clone();
     let (token_params, key_params) = (&config.tokens, &config.key_service);
     let poller = change_poll::spawn_poller(store.clone(), key_params.change_poll);
     let sweeper = maintenance::spawn(store.clone(), key_params.maintenance_interval);
@@ -124,6 +125,11 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let service = rpc::KeyRpc::new(store, gate, audit.clone(), limits, policy);
     let routes = Routes::new(KeyServiceServer::new(service));
     let health = ["keymesh.v1.KeyService", fips.health_name()];
+    readiness.add("database", move || {
+        let store = pinged.clone();
+        async move { store.repo().ping().await }
+    });
+    readiness.serving();
     server::serve_until_signal(listener, &tls, routes, &health, params.shutdown_grace).await?;
     poller.abort();
     sweeper.abort();

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
-    let Startup { params, config: file, tls } = startup;
+    let Startup { params, config: file, tls, readiness } = startup;
     let config::TokenConfig { tokens: token_params, exchange, kms } = config::TokenConfig::from_file(&file)?;
     let audit_params = file.audit_params(&params)?;
     let exchanger = exchange::Exchanger::from_config(&exchange, token_params.verify.clock_skew)?;
@@ -40,6 +40,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
 
     let kms = Arc::new(keymesh_config::open_keyring(&kms, &params.data_dir).await?);
     let db = keymesh_store::connect_and_migrate(&file.database_url(&params)).await?;
+    let pinged_db = db.clone();
     let repo = TokenRepository::new(db);
     let endpoint = params.endpoints.token_service.clone();
     // FIPS mode (enabled) hashes client secrets with PBKDF2 instead of Argon2id.
@@ -64,6 +65,12 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let gate = keymesh_gate::Gate::new(params.service.as_str(), verifier, Some(limits.clone()), Some(audit.clone()));
     let service = rpc::TokenRpc::new(repo, signer, gate, audit.clone(), exchanger, limits, fips);
     let routes = Routes::new(TokenServiceServer::new(service));
+    let pinged = pinged_db;
+    readiness.add("database", move || {
+        let db = pinged.clone();
+        async move { keymesh_store::ping(&db).await }
+    });
+    readiness.serving();
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.TokenService"], params.shutdown_grace).await?;
     poll.abort();
     pruner.abort();

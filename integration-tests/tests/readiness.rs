@@ -1,0 +1,110 @@
+//! The admin port's probes (issue 22): `/readyz` turns 503, naming the database, within 5 s of key-service's
+//! Postgres becoming unreachable, and 200 again once it is back; `/livez` stays 200 throughout. The database is
+//! a real Postgres reached through a TCP relay in this test, which the test cuts (every connection dropped,
+//! new ones refused) and restores: Postgres itself is shared with the other tests and keeps running.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use integration_tests::{Mesh, free_port, fresh_postgres_database, http_get};
+use keymesh_mesh::ServiceName;
+use tokio::{net::TcpListener, sync::watch};
+
+/// A TCP relay to `upstream` that can be cut and restored.
+struct Relay {
+    port: u16,
+    up: Arc<AtomicBool>,
+    cuts: watch::Sender<u64>,
+}
+
+impl Relay {
+    async fn start(upstream: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let (cuts, _) = watch::channel(0u64);
+        let (accepting, cut_signal) = (up.clone(), cuts.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                if !accepting.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let upstream = upstream.clone();
+                let mut cut = cut_signal.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { port, up, cuts }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Polls `path` until its status line starts with `status`; returns the body and how long it took.
+async fn wait_for(addr: &str, path: &str, status: &str, within: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    loop {
+        let (head, body) = http_get(addr, path).await;
+        if head.starts_with(&format!("HTTP/1.1 {status}")) {
+            return (body, started.elapsed());
+        }
+        assert!(started.elapsed() < within, "{path} is still {head:?} after {within:?}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_database_and_livez_does_not() {
+    let url = fresh_postgres_database().await;
+    let (before, after) = url.split_once('@').expect("a postgres://user@host:port/db URL");
+    let (host_port, database) = after.split_once('/').unwrap();
+    let relay = Relay::start(host_port.to_owned()).await;
+    let relayed = format!("{before}@127.0.0.1:{}/{database}", relay.port);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let key_service = ServiceName::KeyService;
+    let _mesh = Mesh::start(
+        &[],
+        &[
+            (key_service, "KEYMESH_DATABASE__URL", relayed.as_str()),
+            (key_service, "KEYMESH_TELEMETRY__METRICS_ADDR", admin.as_str()),
+        ],
+    )
+    .await;
+
+    let (body, _) = wait_for(&admin, "/readyz", "200", Duration::from_secs(10)).await;
+    assert_eq!(body, "ok serving\nok database\n");
+    assert!(http_get(&admin, "/livez").await.0.starts_with("HTTP/1.1 200"));
+
+    relay.cut();
+    let (body, took) = wait_for(&admin, "/readyz", "503", Duration::from_secs(5)).await;
+    assert!(body.contains("failed database: "), "{body}");
+    assert!(!body.contains(&relayed) && !body.contains("postgres://"), "no connection string: {body}");
+    println!("/readyz was 503 {took:?} after the database went away: {body}");
+    assert!(http_get(&admin, "/livez").await.0.starts_with("HTTP/1.1 200"), "alive while the database is away");
+
+    relay.restore();
+    let (body, took) = wait_for(&admin, "/readyz", "200", Duration::from_secs(30)).await;
+    assert_eq!(body, "ok serving\nok database\n");
+    println!("/readyz was 200 again {took:?} after the database returned");
+}
