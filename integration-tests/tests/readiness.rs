@@ -1,7 +1,9 @@
 //! The admin port's probes (issue 22): `/readyz` turns 503, naming the database, within 5 s of key-service's
 //! Postgres becoming unreachable, and 200 again once it is back; `/livez` stays 200 throughout. The database is
 //! a real Postgres reached through a TCP relay in this test, which the test cuts (every connection dropped,
-//! new ones refused) and restores: Postgres itself is shared with the other tests and keeps running.
+//! new ones refused) and restores: Postgres itself is shared with the other tests and keeps running. Then
+//! token-service stops: once crypto-service's revocations pass their bound, its `/readyz` names the token
+//! verifier, until token-service is back.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -75,25 +77,28 @@ async fn wait_for(addr: &str, path: &str, status: &str, within: Duration) -> (St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_follows_the_database_and_livez_does_not() {
+async fn readyz_follows_the_database_and_the_token_verifier_and_livez_does_not() {
     let url = fresh_postgres_database().await;
     let (before, after) = url.split_once('@').expect("a postgres://user@host:port/db URL");
     let (host_port, database) = after.split_once('/').unwrap();
     let relay = Relay::start(host_port.to_owned()).await;
     let relayed = format!("{before}@127.0.0.1:{}/{database}", relay.port);
     let admin = format!("127.0.0.1:{}", free_port());
+    let crypto_admin = format!("127.0.0.1:{}", free_port());
     let key_service = ServiceName::KeyService;
-    let _mesh = Mesh::start(
-        &[],
+    let mut mesh = Mesh::start(
+        &[("KEYMESH_TOKENS__REVOCATION_BOUND_SECONDS", "2")],
         &[
             (key_service, "KEYMESH_DATABASE__URL", relayed.as_str()),
             (key_service, "KEYMESH_TELEMETRY__METRICS_ADDR", admin.as_str()),
+            (ServiceName::CryptoService, "KEYMESH_TELEMETRY__METRICS_ADDR", crypto_admin.as_str()),
         ],
     )
     .await;
 
+    let all_ok = "ok serving\nok token verifier\nok database\nok audit spool\n";
     let (body, _) = wait_for(&admin, "/readyz", "200", Duration::from_secs(10)).await;
-    assert_eq!(body, "ok serving\nok database\n");
+    assert_eq!(body, all_ok);
     assert!(http_get(&admin, "/livez").await.0.starts_with("HTTP/1.1 200"));
 
     relay.cut();
@@ -105,6 +110,16 @@ async fn readyz_follows_the_database_and_livez_does_not() {
 
     relay.restore();
     let (body, took) = wait_for(&admin, "/readyz", "200", Duration::from_secs(30)).await;
-    assert_eq!(body, "ok serving\nok database\n");
+    assert_eq!(body, all_ok);
     println!("/readyz was 200 again {took:?} after the database returned");
+
+    // token-service away: past the 2 s bound crypto-service refuses every token, and says so.
+    wait_for(&crypto_admin, "/readyz", "200", Duration::from_secs(10)).await;
+    mesh.kill(ServiceName::TokenService).await;
+    let (body, _) = wait_for(&crypto_admin, "/readyz", "503", Duration::from_secs(10)).await;
+    assert!(body.contains("failed token verifier: token revocations are"), "{body}");
+    assert!(http_get(&crypto_admin, "/livez").await.0.starts_with("HTTP/1.1 200"));
+    mesh.resume(ServiceName::TokenService, &[]).await;
+    let (body, _) = wait_for(&crypto_admin, "/readyz", "200", Duration::from_secs(30)).await;
+    assert_eq!(body, "ok serving\nok token verifier\nok audit spool\n");
 }

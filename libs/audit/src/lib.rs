@@ -177,6 +177,8 @@ struct SinkInner {
     spool: Option<SpoolWriter>,
     /// Events that could not be spooled.
     lost: AtomicU64,
+    /// Reads the spool's state, for readiness.
+    probe: Option<spool::SpoolProbe>,
     shipper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Refused authentications, counted per source and method.
     refusals: refusals::RefusalWindows,
@@ -209,6 +211,15 @@ fn register_spool_gauges(probe: spool::SpoolProbe) {
 }
 
 impl AuditSink {
+    /// Adds the `audit spool` check to `/readyz`: the spool takes events now (always so when auditing is off).
+    pub fn report_readiness(&self, readiness: &keymesh_mesh::readiness::Readiness) {
+        let probe = self.inner.probe.clone();
+        readiness.add("audit spool", move || {
+            let problem = probe.as_ref().and_then(spool::SpoolProbe::problem);
+            async move { problem.map_or(Ok(()), Err) }
+        });
+    }
+
     /// Opens the spool `params` names (events an earlier run left there are shipped first) and starts the
     /// shipper on `channel` to audit-service; every event records `fips_mode`.
     pub fn start(channel: MeshChannel, fips_mode: pb::FipsMode, params: &AuditParams) -> Result<Self, SpoolError> {
@@ -224,6 +235,7 @@ impl AuditSink {
             let probe = reader.probe();
             (Some(writer), Some((tokio::spawn(ship(AuditServiceClient::new(channel), reader)), probe)))
         };
+        let probe = shipper.as_ref().map(|(_, probe)| probe.clone());
         let shipper = shipper.map(|(task, probe)| {
             register_spool_gauges(probe);
             task
@@ -234,6 +246,7 @@ impl AuditSink {
                 fips_mode,
                 spool,
                 lost: AtomicU64::new(0),
+                probe,
                 shipper: std::sync::Mutex::new(shipper),
                 refusals: refusals::RefusalWindows::new(params.refused_auth_window),
             }),

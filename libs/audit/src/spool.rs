@@ -111,6 +111,8 @@ struct State {
     acked: Position,
     /// The writer has stopped; nothing more will be committed.
     closed: bool,
+    /// The last write found no space in time and was refused (until one finds space again).
+    refusing: bool,
     /// The committed groups not yet wholly acknowledged, oldest first: what the event count and the age of
     /// the oldest unshipped event are read from.
     groups: VecDeque<Group>,
@@ -154,6 +156,17 @@ impl SpoolProbe {
     /// whole until the rest follows).
     pub fn unshipped_events(&self) -> u64 {
         self.0.lock().groups.iter().map(|group| group.events).sum()
+    }
+
+    /// Why the spool cannot take events now: its writer stopped, or it is full (calls then wait, and fail).
+    pub fn problem(&self) -> Option<String> {
+        let state = self.0.lock();
+        if state.closed {
+            return Some("the spool's writer stopped (see the service log)".to_owned());
+        }
+        let unshipped = state.unshipped();
+        (state.refusing || unshipped >= self.0.max_bytes)
+            .then(|| format!("the spool is full: {unshipped} of {} bytes await audit-service", self.0.max_bytes))
     }
 
     /// How long the oldest unacknowledged event has waited; zero when everything is shipped.
@@ -285,7 +298,7 @@ pub fn open(options: &SpoolOptions) -> Result<(SpoolWriter, SpoolReader), SpoolE
     let current = segments.last_key_value().map_or(1, |(n, _)| n + 1);
     let file = create_segment(&dir, current)?;
     segments.insert(current, 0);
-    let state = State { segments, acked, closed: false, groups };
+    let state = State { segments, acked, closed: false, refusing: false, groups };
     if state.unshipped() > 0 {
         tracing::info!(bytes = state.unshipped(), dir = %dir.display(), "audit events of an earlier run are waiting to be shipped");
     }
@@ -496,10 +509,12 @@ impl Writer {
         loop {
             let unshipped = state.unshipped();
             if unshipped + bytes <= self.shared.max_bytes {
+                state.refusing = false;
                 return Ok(());
             }
             let waited = started.elapsed();
             if waited >= self.full_wait {
+                state.refusing = true;
                 return Err(SpoolError::Full { unshipped, max: self.shared.max_bytes, waited });
             }
             state = match self.shared.space.wait_timeout(state, self.full_wait - waited) {
@@ -745,6 +760,8 @@ mod tests {
         };
         assert!(matches!(refused, SpoolError::Full { .. }), "{refused}");
         assert!(stored > 0);
+        let problem = reader.probe().problem().unwrap_or_default();
+        assert!(problem.starts_with("the spool is full: "), "readiness says why: {problem:?}");
         // A writer blocked on space resumes as soon as the shipper acknowledges.
         let blocked = tokio::spawn({
             let writer = writer.clone();
@@ -754,6 +771,7 @@ mod tests {
         let batch = reader.read(1000).await.unwrap();
         reader.acknowledge(batch.end).await;
         blocked.await.unwrap().unwrap();
+        assert_eq!(reader.probe().problem(), None, "ready again once it takes events");
     }
 
     #[tokio::test]

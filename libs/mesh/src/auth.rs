@@ -399,6 +399,20 @@ impl TokenVerifier {
         polled_at.unwrap_or(self.created_at).elapsed()
     }
 
+    /// Whether tokens can be accepted now (for `/readyz`): not once the revocations held are a whole bound old,
+    /// when every token is refused until token-service answers again.
+    pub fn revocations_fresh(&self) -> Result<(), String> {
+        let age = self.revocations_age();
+        if age < self.revocation_bound {
+            return Ok(());
+        }
+        Err(format!(
+            "token revocations are {} s old, past the {} s bound: every token is refused until token-service answers",
+            age.as_secs(),
+            self.revocation_bound.as_secs()
+        ))
+    }
+
     /// Fetches the revocations unless another poll began less than `min_interval` ago.
     async fn poll_revocations(&self, min_interval: Duration) -> Result<(), String> {
         let mut last = self.last_poll.lock().await;

@@ -37,6 +37,15 @@ impl Readiness {
         self.checks.lock().unwrap_or_else(|p| p.into_inner()).push((name, check));
     }
 
+    /// Checks that the token verifier can accept tokens (its revocations are within their bound).
+    pub fn watch_token_verifier(&self, verifier: &Arc<crate::auth::TokenVerifier>) {
+        let verifier = Arc::downgrade(verifier);
+        self.add("token verifier", move || {
+            let fresh = verifier.upgrade().map_or(Ok(()), |verifier| verifier.revocations_fresh());
+            async move { fresh }
+        });
+    }
+
     /// The service is set up and about to serve.
     pub fn serving(&self) {
         self.serving.store(true, Ordering::Relaxed);

@@ -43,6 +43,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
         Arc::new(checkpoint::Checkpointer::load_or_create(repo.clone(), &kms, chain_metrics.clone()).await?);
     let checkpoints = checkpointer.spawn(audit_params.checkpoint_interval, audit_params.retention);
     let verifier = token_verifier(&params, &tls, &token_params)?;
+    readiness.watch_token_verifier(&verifier);
     // audit-service is the trail: its gate authenticates and authorizes, and records nothing.
     let gate = keymesh_gate::Gate::new(params.service.as_str(), verifier, None, None);
     let service = rpc::AuditRpc::new(chain::ChainWriter::new(repo, chain_metrics), gate);

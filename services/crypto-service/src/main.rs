@@ -34,6 +34,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let listener = server::bind(params.listen_addr).await?;
 
     let verifier = token_verifier(&params, &tls, &token_params)?;
+    readiness.watch_token_verifier(&verifier);
     let keys = KeyServiceClient::new(traced_channel(&params.endpoints.key_service, &tls, ServiceName::KeyService)?);
     let deks = Arc::new(dek_cache::DekCache::new(keys, cache_params));
     let watcher = deks.spawn_watcher();
@@ -53,6 +54,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
         CryptoServiceServer::new(service).max_decoding_message_size(max_message).max_encoding_message_size(max_message);
     let routes = Routes::new(server);
     let health = ["keymesh.v1.CryptoService", fips.health_name()];
+    audit.report_readiness(&readiness);
     readiness.serving();
     server::serve_until_signal(listener, &tls, routes, &health, params.shutdown_grace).await?;
     watcher.abort();

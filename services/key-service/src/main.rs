@@ -110,6 +110,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let sweeper = maintenance::spawn(store.clone(), key_params.maintenance_interval);
 
     let verifier = token_verifier(&params, &tls, token_params)?;
+    readiness.watch_token_verifier(&verifier);
     let fips = policy.fips_mode();
     let audit = AuditSink::start(
         traced_channel(&params.endpoints.audit_service, &tls, ServiceName::AuditService)?,
@@ -129,6 +130,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
         let store = pinged.clone();
         async move { store.repo().ping().await }
     });
+    audit.report_readiness(&readiness);
     readiness.serving();
     server::serve_until_signal(listener, &tls, routes, &health, params.shutdown_grace).await?;
     poller.abort();

@@ -52,6 +52,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     // token-service verifies its admin callers like every other service, from its own store.
     let authority = revocations::LocalAuthority { repo: repo.clone(), signer: signer.clone() };
     let verifier = Arc::new(TokenVerifier::new(Arc::new(authority), &token_params.verify));
+    readiness.watch_token_verifier(&verifier);
     let poll = verifier.start_revocation_poll();
     let pruner = revocations::spawn_pruner(repo.clone(), Duration::from_secs(600));
     let rotation = signer.spawn_maintenance(repo.clone(), kms.clone(), signing::MAINTENANCE_PERIOD);
@@ -70,6 +71,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
         let db = pinged.clone();
         async move { keymesh_store::ping(&db).await }
     });
+    audit.report_readiness(&readiness);
     readiness.serving();
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.TokenService"], params.shutdown_grace).await?;
     poll.abort();
