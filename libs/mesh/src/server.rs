@@ -6,7 +6,15 @@
 //! verifier of our own: the SVID check must refuse a certificate during the handshake, before any handler
 //! could read an identity from it.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
@@ -35,14 +43,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), MeshError> {
-    let acceptor = TlsAcceptor::from(Arc::new(keymesh_mtls::server_config(tls)?));
+    let acceptor = Arc::new(RwLock::new(TlsAcceptor::from(Arc::new(keymesh_mtls::server_config(tls)?))));
     // A certificate rustls accepts but the X.509 parser cannot date costs the gauge, never the service.
-    match tls.not_after() {
-        Ok(not_after) => certificate_expiry_gauge(not_after),
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the certificate's expiry; keymesh.tls.certificate.expiration_timestamp is not reported")
-        }
-    }
+    let expiry = Arc::new(AtomicI64::new(tls.not_after().unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot read the certificate's expiry; keymesh.tls.certificate.expiration_timestamp is not reported");
+        NO_EXPIRY
+    })));
+    certificate_expiry_gauge(expiry.clone());
+    let reloader =
+        tls.files.clone().map(|files| tokio::spawn(reload_on_change(files, tls.clone(), acceptor.clone(), expiry)));
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in service_names {
         health.set_service_status(*name, ServingStatus::Serving).await;
@@ -84,6 +93,7 @@ pub async fn serve(
     };
 
     let incoming = tls_incoming(listener, acceptor);
+    let _reloader = reloader.map(AbortOnDrop);
     let server = Server::builder()
         .timeout(Duration::from_secs(60))
         .layer(crate::request_id::RequestIdLayer)
@@ -103,6 +113,15 @@ pub async fn serve(
     }
 }
 
+/// Stops a background task when the server it belongs to stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How long a client has to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -112,7 +131,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// stops reading, which frees the port.
 fn tls_incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<RwLock<TlsAcceptor>>,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -130,7 +149,9 @@ fn tls_incoming(
                 },
             };
             let _ = stream.set_nodelay(true);
-            let (tx, acceptor) = (tx.clone(), acceptor.clone());
+            // The material in use when the handshake starts (a renewal may have swapped it since the last one).
+            let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
@@ -163,15 +184,70 @@ pub async fn serve_until_signal(
     serve(listener, tls, routes, health_names, shutdown_signal(), grace).await
 }
 
+/// The expiry gauge's value when the certificate could not be dated: nothing is reported.
+const NO_EXPIRY: i64 = i64::MIN;
+
 /// `keymesh.tls.certificate.expiration_timestamp` (seconds since the epoch): when the certificate this service
-/// serves with expires, for an alert well before it does (cert-manager's convention).
-fn certificate_expiry_gauge(not_after: i64) {
+/// serves with now expires, for an alert well before it does (cert-manager's convention).
+fn certificate_expiry_gauge(not_after: Arc<AtomicI64>) {
     opentelemetry::global::meter("keymesh")
         .f64_observable_gauge("keymesh.tls.certificate.expiration_timestamp")
         .with_unit("s")
         .with_description("When the certificate this service serves with expires (Unix time)")
-        .with_callback(move |observer| observer.observe(not_after as f64, &[]))
+        .with_callback(move |observer| {
+            let not_after = not_after.load(Ordering::Relaxed);
+            if not_after != NO_EXPIRY {
+                observer.observe(not_after as f64, &[]);
+            }
+        })
         .build();
+}
+
+/// How often the certificate files are looked at. cert-manager renews by swapping a Secret volume's symlink, so
+/// reading the files by their paths sees the new material whatever way it arrived.
+const RELOAD_POLL: Duration = Duration::from_secs(1);
+
+/// Takes renewed certificate, key or CA bundle files without a restart: new handshakes use them, connections
+/// already open keep theirs. Material that is not this service's identity, does not chain to its CA bundle or
+/// does not match its key is refused and logged, and the material in use stays.
+async fn reload_on_change(
+    files: keymesh_mtls::TlsFiles,
+    serving: TlsMaterial,
+    acceptor: Arc<RwLock<TlsAcceptor>>,
+    expiry: Arc<AtomicI64>,
+) {
+    let identity = match serving.spiffe_id() {
+        Ok(identity) => identity,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read this service's own SPIFFE id; certificate files are not watched");
+            return;
+        }
+    };
+    // What was last looked at, so that one bad renewal is logged once.
+    let mut seen = (serving.ca_pem.clone(), serving.cert_pem.clone(), serving.key_pem.clone());
+    loop {
+        tokio::time::sleep(RELOAD_POLL).await;
+        let Ok(renewed) = TlsMaterial::reread(&files) else { continue };
+        let current = (renewed.ca_pem.clone(), renewed.cert_pem.clone(), renewed.key_pem.clone());
+        if current == seen {
+            continue;
+        }
+        seen = current;
+        match keymesh_mtls::check_identity(&renewed, &identity) {
+            Ok(config) => {
+                *acceptor.write().unwrap_or_else(|p| p.into_inner()) = TlsAcceptor::from(Arc::new(config));
+                let not_after = renewed.not_after().unwrap_or(NO_EXPIRY);
+                expiry.store(not_after, Ordering::Relaxed);
+                let serial = renewed.serial().unwrap_or_default();
+                tracing::info!(%serial, not_after, "took the renewed certificate; new connections use it");
+            }
+            Err(error) => tracing::warn!(
+                cert = %files.cert.display(),
+                reason = %error,
+                "refused the renewed certificate files; the certificate in use keeps serving"
+            ),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

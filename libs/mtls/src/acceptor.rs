@@ -76,6 +76,28 @@ pub(crate) fn root_store(tls: &TlsMaterial) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// Checks that `tls` is usable as the identity `spiffe_id`: its leaf certificate chains to its own CA bundle
+/// (for client use too, as services call each other with it), carries exactly that SPIFFE id, and matches the
+/// key. What a server checks before it swaps in renewed material.
+pub fn check_identity(tls: &TlsMaterial, spiffe_id: &str) -> Result<ServerConfig, TlsError> {
+    let config = server_config(tls)?;
+    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid(format!("certificate: {e}")))?;
+    let (leaf, intermediates) = chain.split_first().ok_or_else(|| TlsError::Invalid("no certificate".into()))?;
+    let verifier = WebPkiClientVerifier::builder(Arc::new(root_store(tls)?))
+        .build()
+        .map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|e| TlsError::Invalid(format!("the certificate does not chain to the CA bundle: {e}")))?;
+    let found = spiffe_id_from_der(leaf.as_ref()).map_err(|e| TlsError::Invalid(e.to_string()))?;
+    if found != spiffe_id {
+        return Err(TlsError::Invalid(format!("the certificate is for {found}, not {spiffe_id}")));
+    }
+    Ok(config)
+}
+
 /// A server's TLS configuration: its own certificate chain and key, client certificates required from the
 /// CA bundle and read as X.509-SVIDs, HTTP/2 only (gRPC). Uses the process's rustls `CryptoProvider`.
 pub fn server_config(tls: &TlsMaterial) -> Result<ServerConfig, TlsError> {

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
-pub use acceptor::server_config;
+pub use acceptor::{check_identity, server_config};
 pub use channel::mtls_channel;
 pub use identity::{ServiceName, SvidError, TRUST_DOMAIN, app_spiffe_id, spiffe_id_from_der};
 
@@ -48,6 +48,19 @@ pub struct TlsMaterial {
     pub cert_pem: String,
     /// Private key (PKCS#8 PEM).
     pub key_pem: Zeroizing<String>,
+    /// The files it was read from, when it was: a server watches them and takes renewed material.
+    pub files: Option<TlsFiles>,
+}
+
+/// Where an identity's PEM files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA bundle.
+    pub ca_cert: std::path::PathBuf,
+    /// The certificate chain.
+    pub cert: std::path::PathBuf,
+    /// The private key.
+    pub key: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -62,7 +75,32 @@ impl TlsMaterial {
         let read = |p: &Path| {
             std::fs::read_to_string(p).map_err(|source| TlsError::Read { path: p.display().to_string(), source })
         };
-        Ok(Self { ca_pem: read(ca_cert)?, cert_pem: read(cert)?, key_pem: Zeroizing::new(read(key)?) })
+        Ok(Self {
+            ca_pem: read(ca_cert)?,
+            cert_pem: read(cert)?,
+            key_pem: Zeroizing::new(read(key)?),
+            files: Some(TlsFiles { ca_cert: ca_cert.to_owned(), cert: cert.to_owned(), key: key.to_owned() }),
+        })
+    }
+
+    /// Reads the files again.
+    pub fn reread(files: &TlsFiles) -> Result<Self, TlsError> {
+        Self::from_files(&files.ca_cert, &files.cert, &files.key)
+    }
+
+    /// The SPIFFE id of the leaf certificate.
+    pub fn spiffe_id(&self) -> Result<String, TlsError> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes())
+            .map_err(|e| TlsError::Invalid(format!("certificate PEM: {e}")))?;
+        spiffe_id_from_der(&pem.contents).map_err(|e| TlsError::Invalid(e.to_string()))
+    }
+
+    /// The leaf certificate's serial number, in hex (what a peer sees).
+    pub fn serial(&self) -> Result<String, TlsError> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes())
+            .map_err(|e| TlsError::Invalid(format!("certificate PEM: {e}")))?;
+        let cert = pem.parse_x509().map_err(|e| TlsError::Invalid(format!("certificate: {e}")))?;
+        Ok(cert.raw_serial_as_string())
     }
 
     /// When the leaf certificate (the first of the chain) expires, in seconds since the Unix epoch.

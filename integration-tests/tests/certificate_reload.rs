@@ -1,0 +1,201 @@
+//! Certificate renewal without restarts (issue 22): a crypto-service replica reading its certificate, key and CA
+//! bundle from files is given renewed files while a client keeps encrypting through it — a new key pair from the
+//! same CA, then a certificate from a new CA with a bundle holding the old CA and the new one. Not one call
+//! fails; each new connection presents the newest certificate (checked by its serial); and files for another
+//! identity are refused, logged, and the certificate in use keeps serving.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    process::Stdio,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use integration_tests::{Mesh, free_port};
+use keymesh_client::{Credentials, KeymeshClient};
+use keymesh_mesh::{ServiceName, pki::TlsMaterial};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A certificate for `spiffe_id`, usable as server and client (as services are), signed by `ca`.
+fn issue(ca_pem: &str, ca_key: &str, spiffe_id: &str) -> (String, String) {
+    let issuer = Issuer::from_ca_cert_pem(ca_pem, KeyPair::from_pem(ca_key).unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, "crypto-service");
+    params.subject_alt_names = vec![
+        SanType::URI(spiffe_id.try_into().unwrap()),
+        SanType::DnsName("localhost".try_into().unwrap()),
+        SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+}
+
+/// A new CA: its certificate and key.
+fn new_ca() -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, "keymesh renewed CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// Replaces a file the way a Secret volume update does: the new content appears at once, whole.
+fn swap(path: &Path, content: &str) {
+    let temporary = path.with_extension("new");
+    std::fs::write(&temporary, content).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+fn serial(cert_der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).unwrap();
+    cert.raw_serial_as_string()
+}
+
+fn serial_of(cert_pem: &str) -> String {
+    serial(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap().as_ref())
+}
+
+/// The serial of the certificate `endpoint` presents to a new connection from `app`, trusting `roots`.
+async fn served_serial(endpoint: &str, app: &TlsMaterial, roots: &str) -> String {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(roots.as_bytes()) {
+        store.add(cert.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_slice_iter(app.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(app.key_pem.as_bytes()).unwrap();
+    let mut config =
+        rustls::ClientConfig::builder().with_root_certificates(store).with_client_auth_cert(chain, key).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(endpoint).await.unwrap();
+    let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into());
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    serial(tls.get_ref().1.peer_certificates().unwrap()[0].as_ref())
+}
+
+/// Waits until new connections see the certificate `expected`.
+async fn wait_for_serial(endpoint: &str, app: &TlsMaterial, roots: &str, expected: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let served = served_serial(endpoint, app, roots).await;
+        if served == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: still serving {served}, not {expected}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_certificates_are_taken_without_a_failed_call_and_wrong_ones_are_refused() {
+    keymesh_mesh::install_crypto_provider();
+    let mesh = Mesh::start(&[], &[]).await;
+    let pki = mesh.dir.path().join("pki");
+    let ca_pem = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
+    let ca_key = std::fs::read_to_string(pki.join("ca-key.pem")).unwrap();
+    let own = ServiceName::CryptoService.spiffe_id();
+
+    // A crypto-service replica of our own, on files of its own ([tls]), whose log we read.
+    let files = tempfile::tempdir().unwrap();
+    let (ca_file, cert_file, key_file) =
+        (files.path().join("ca.pem"), files.path().join("tls.crt"), files.path().join("tls.key"));
+    let (cert, key) = issue(&ca_pem, &ca_key, &own);
+    swap(&ca_file, &ca_pem);
+    swap(&cert_file, &cert);
+    swap(&key_file, &key);
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let mut command = mesh.command(ServiceName::CryptoService);
+    command
+        .env("KEYMESH_LISTEN_ADDR", &endpoint)
+        .env("KEYMESH_TLS__CA_CERT", &ca_file)
+        .env("KEYMESH_TLS__CERT", &cert_file)
+        .env("KEYMESH_TLS__KEY", &key_file)
+        .env("KEYMESH_AUDIT__SPOOL_DIR", mesh.dir.path().join("reload-test-spool"))
+        .env("KEYMESH_LOG", "info")
+        .stderr(Stdio::piped());
+    let mut replica = command.spawn().unwrap();
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut lines = BufReader::new(replica.stderr.take().unwrap()).lines();
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().unwrap().push(line);
+        }
+    });
+
+    // A client encrypting through the replica the whole time.
+    let mut endpoints = mesh.endpoints.clone();
+    endpoints.crypto_service = endpoint.clone();
+    let credentials = Credentials::from_file(&mesh.dir.path().join("bootstrap-credentials.json")).unwrap();
+    let client = Arc::new(KeymeshClient::new(&endpoints, &mesh.app_tls("reload"), credentials).unwrap());
+    client.create_key("renewals").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.encrypt("renewals", b"up?".to_vec(), Vec::new()).await.is_err() {
+        assert!(Instant::now() < deadline, "the crypto-service replica did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (stop, succeeded, failed) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = tokio::spawn({
+        let (client, stop, succeeded, failed) = (client.clone(), stop.clone(), succeeded.clone(), failed.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.encrypt("renewals", b"during renewals".to_vec(), Vec::new()).await {
+                    Ok(_) => succeeded.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("a call failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }
+    });
+    let app = mesh.app_tls("reload-probe");
+    assert_eq!(served_serial(&endpoint, &app, &ca_pem).await, serial_of(&cert));
+
+    // 1. A new key pair from the same CA.
+    let (renewed, renewed_key) = issue(&ca_pem, &ca_key, &own);
+    swap(&key_file, &renewed_key);
+    swap(&cert_file, &renewed);
+    wait_for_serial(&endpoint, &app, &ca_pem, &serial_of(&renewed), "the renewed certificate").await;
+
+    // 2. Files for another identity: refused and logged; the renewed certificate keeps serving.
+    let (wrong, wrong_key) = issue(&ca_pem, &ca_key, &ServiceName::KeyService.spiffe_id());
+    swap(&key_file, &wrong_key);
+    swap(&cert_file, &wrong);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !log.lock().unwrap().iter().any(|l| {
+        l.contains("refused the renewed certificate files") && l.contains("is for spiffe://keymesh/key-service")
+    }) {
+        assert!(Instant::now() < deadline, "no log line refusing the wrong identity: {:#?}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(served_serial(&endpoint, &app, &ca_pem).await, serial_of(&renewed), "the old one keeps serving");
+
+    // 3. A new CA: the bundle holds both, the certificate comes from the new one. Clients of the old CA go on.
+    let (next_ca, next_ca_key) = new_ca();
+    let bundle = format!("{ca_pem}{next_ca}");
+    let (rotated, rotated_key) = issue(&next_ca, &next_ca_key, &own);
+    swap(&ca_file, &bundle);
+    swap(&key_file, &rotated_key);
+    swap(&cert_file, &rotated);
+    wait_for_serial(&endpoint, &app, &bundle, &serial_of(&rotated), "the certificate from the new CA").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (succeeded, failed) = (succeeded.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("{succeeded} Encrypts through three renewals, {failed} failed");
+    assert!(succeeded > 10, "{succeeded}");
+    assert_eq!(failed, 0, "not one call fails");
+    assert!(log.lock().unwrap().iter().filter(|l| l.contains("took the renewed certificate")).count() >= 2);
+    replica.kill().await.unwrap();
+}
