@@ -14,6 +14,7 @@ test: test-deps
 	cargo build --workspace --bins --tests
 	url="$$(deploy/dev/ensure-postgres.sh)" && KEYMESH_TEST_POSTGRES_URL="$$url" cargo test --workspace
 	deploy/dev/smoke-run.sh
+	deploy/dev/check-chart.sh
 	$(MAKE) --no-print-directory lint
 
 ## bench: benchmarks (release build): GetDataKey latency per cache tier, and the data plane (Encrypt/Decrypt

