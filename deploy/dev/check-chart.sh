@@ -66,7 +66,7 @@ for values in "${runs[@]}"; do
     bad=1
   fi
 done
-[ "$bad" = 0 ] && echo "chart: helm template ok ($runs_label)"
+[ "$bad" = 0 ] && echo "chart: helm template ok (${#rendered[@]} render(s))"
 [ "$bad" = 0 ] || failed=1
 
 if [ ${#rendered[@]} -eq 0 ]; then

@@ -646,6 +646,18 @@ impl Sample {
     }
 }
 
+/// Runs `command` with `input` on its standard input; panics naming `tool` when it cannot start.
+fn with_stdin(command: &mut std::process::Command, input: &str, tool: &str) -> std::process::Output {
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {tool}: {e}"));
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// The families and samples of a Prometheus text exposition, as the official client's parser reads it.
 pub fn parse_prometheus(text: &str) -> std::collections::HashMap<String, Vec<Sample>> {
     let script = r#"
@@ -656,15 +668,11 @@ for family in text_string_to_metric_families(sys.stdin.read()):
     out[family.name] = [{"name": s.name, "labels": s.labels, "value": s.value} for s in family.samples]
 print(json.dumps(out))
 "#;
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with prometheus-client (pip install prometheus-client)");
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = with_stdin(
+        std::process::Command::new("python3").args(["-c", script]),
+        text,
+        "python3 with prometheus-client (pip install prometheus-client)",
+    );
     assert!(
         output.status.success(),
         "the Prometheus parser refused the text: {}",
@@ -675,15 +683,11 @@ print(json.dumps(out))
 
 /// `promtool check metrics` on a Prometheus text exposition: its findings (empty when clean).
 pub fn promtool_check_metrics(text: &str) -> String {
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; `make test-deps` installs it)");
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = with_stdin(
+        std::process::Command::new("promtool").args(["check", "metrics"]),
+        text,
+        "promtool (Debian's prometheus package; `make test-deps` installs it)",
+    );
     let findings = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     if output.status.success() { findings.trim().to_owned() } else { format!("exit {}: {findings}", output.status) }
 }

@@ -1,8 +1,9 @@
 //! Certificate renewal without restarts (issue 22): a crypto-service replica reading its certificate, key and CA
 //! bundle from files is given renewed files while a client keeps encrypting through it — a new key pair from the
 //! same CA, then a certificate from a new CA with a bundle holding the old CA and the new one. Not one call
-//! fails; each new connection presents the newest certificate (checked by its serial); and files for another
-//! identity are refused, logged, and the certificate in use keeps serving.
+//! fails; each new connection presents the newest certificate (checked by its serial) and the expiry gauge
+//! follows it; and files for another identity, a key that does not match, or a certificate from a CA outside
+//! the bundle are each refused, logged, and the certificate in use keeps serving.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -17,15 +18,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{Mesh, free_port};
+use integration_tests::{Mesh, free_port, parse_prometheus, scrape_metrics};
 use keymesh_client::{Credentials, KeymeshClient};
 use keymesh_mesh::{ServiceName, pki::TlsMaterial};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// A certificate for `spiffe_id`, usable as server and client (as services are), signed by `ca`.
-fn issue(ca_pem: &str, ca_key: &str, spiffe_id: &str) -> (String, String) {
+/// A certificate for `spiffe_id`, usable as server and client (as services are), signed by `ca`, valid for
+/// `days` (so that each renewal has an expiry of its own).
+fn issue(ca_pem: &str, ca_key: &str, spiffe_id: &str, days: i64) -> (String, String) {
     let issuer = Issuer::from_ca_cert_pem(ca_pem, KeyPair::from_pem(ca_key).unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::default();
@@ -36,6 +38,7 @@ fn issue(ca_pem: &str, ca_key: &str, spiffe_id: &str) -> (String, String) {
         SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
     (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
 }
 
@@ -46,6 +49,40 @@ fn new_ca() -> (String, String) {
     params.distinguished_name.push(DnType::CommonName, "keymesh renewed CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// When the certificate expires, in seconds since the epoch.
+fn not_after(cert_pem: &str) -> f64 {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    cert.validity().not_after.timestamp() as f64
+}
+
+/// Waits until the replica's expiry gauge reads the expiry of `cert_pem`.
+async fn wait_for_expiry_gauge(admin: &str, cert_pem: &str) {
+    let expected = not_after(cert_pem);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let families = parse_prometheus(&scrape_metrics(admin).await.1);
+        let reported = families
+            .get("keymesh_tls_certificate_expiration_timestamp_seconds")
+            .and_then(|samples| samples.first())
+            .map(|s| s.value);
+        if reported == Some(expected) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the expiry gauge reads {reported:?}, not {expected}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits for a log line with every one of `parts`, among those written after the first `from`.
+async fn wait_for_log(log: &Mutex<Vec<String>>, from: usize, parts: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !log.lock().unwrap().iter().skip(from).any(|l| parts.iter().all(|p| l.contains(p))) {
+        assert!(Instant::now() < deadline, "no log line with {parts:?}: {:#?}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Replaces a file the way a Secret volume update does: the new content appears at once, whole.
@@ -107,11 +144,12 @@ async fn renewed_certificates_are_taken_without_a_failed_call_and_wrong_ones_are
     let files = tempfile::tempdir().unwrap();
     let (ca_file, cert_file, key_file) =
         (files.path().join("ca.pem"), files.path().join("tls.crt"), files.path().join("tls.key"));
-    let (cert, key) = issue(&ca_pem, &ca_key, &own);
+    let (cert, key) = issue(&ca_pem, &ca_key, &own, 30);
     swap(&ca_file, &ca_pem);
     swap(&cert_file, &cert);
     swap(&key_file, &key);
     let endpoint = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
     let mut command = mesh.command(ServiceName::CryptoService);
     command
         .env("KEYMESH_LISTEN_ADDR", &endpoint)
@@ -119,6 +157,7 @@ async fn renewed_certificates_are_taken_without_a_failed_call_and_wrong_ones_are
         .env("KEYMESH_TLS__CERT", &cert_file)
         .env("KEYMESH_TLS__KEY", &key_file)
         .env("KEYMESH_AUDIT__SPOOL_DIR", mesh.dir.path().join("reload-test-spool"))
+        .env("KEYMESH_TELEMETRY__METRICS_ADDR", &admin)
         .env("KEYMESH_LOG", "info")
         .stderr(Stdio::piped());
     let mut replica = command.spawn().unwrap();
@@ -162,32 +201,43 @@ async fn renewed_certificates_are_taken_without_a_failed_call_and_wrong_ones_are
     assert_eq!(served_serial(&endpoint, &app, &ca_pem).await, serial_of(&cert));
 
     // 1. A new key pair from the same CA.
-    let (renewed, renewed_key) = issue(&ca_pem, &ca_key, &own);
+    wait_for_expiry_gauge(&admin, &cert).await;
+    let (renewed, renewed_key) = issue(&ca_pem, &ca_key, &own, 60);
     swap(&key_file, &renewed_key);
     swap(&cert_file, &renewed);
     wait_for_serial(&endpoint, &app, &ca_pem, &serial_of(&renewed), "the renewed certificate").await;
+    wait_for_expiry_gauge(&admin, &renewed).await;
 
-    // 2. Files for another identity: refused and logged; the renewed certificate keeps serving.
-    let (wrong, wrong_key) = issue(&ca_pem, &ca_key, &ServiceName::KeyService.spiffe_id());
+    // 2. Files that must not be taken, each refused and logged while the renewed certificate keeps serving:
+    // another identity, a key that is not the certificate's, a certificate from a CA outside the bundle.
+    let refused = "refused the renewed certificate files";
+    let (wrong, wrong_key) = issue(&ca_pem, &ca_key, &ServiceName::KeyService.spiffe_id(), 90);
+    let lines = || log.lock().unwrap().len();
+    let from = lines();
     swap(&key_file, &wrong_key);
     swap(&cert_file, &wrong);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !log.lock().unwrap().iter().any(|l| {
-        l.contains("refused the renewed certificate files") && l.contains("is for spiffe://keymesh/key-service")
-    }) {
-        assert!(Instant::now() < deadline, "no log line refusing the wrong identity: {:#?}", log.lock().unwrap());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_log(&log, from, &[refused, "is for spiffe://keymesh/key-service"]).await;
+    let (other_ca, other_ca_key) = new_ca();
+    let (foreign, foreign_key) = issue(&other_ca, &other_ca_key, &own, 90);
+    let from = lines();
+    swap(&key_file, &foreign_key);
+    swap(&cert_file, &renewed);
+    wait_for_log(&log, from, &[refused, "certificate and key"]).await;
+    let from = lines();
+    swap(&cert_file, &foreign);
+    wait_for_log(&log, from, &[refused, "does not chain to the CA bundle"]).await;
     assert_eq!(served_serial(&endpoint, &app, &ca_pem).await, serial_of(&renewed), "the old one keeps serving");
+    wait_for_expiry_gauge(&admin, &renewed).await;
 
     // 3. A new CA: the bundle holds both, the certificate comes from the new one. Clients of the old CA go on.
     let (next_ca, next_ca_key) = new_ca();
     let bundle = format!("{ca_pem}{next_ca}");
-    let (rotated, rotated_key) = issue(&next_ca, &next_ca_key, &own);
+    let (rotated, rotated_key) = issue(&next_ca, &next_ca_key, &own, 120);
     swap(&ca_file, &bundle);
     swap(&key_file, &rotated_key);
     swap(&cert_file, &rotated);
     wait_for_serial(&endpoint, &app, &bundle, &serial_of(&rotated), "the certificate from the new CA").await;
+    wait_for_expiry_gauge(&admin, &rotated).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     stop.store(true, Ordering::Relaxed);

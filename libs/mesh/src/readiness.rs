@@ -93,10 +93,10 @@ mod tests {
             let up = flag.load(Ordering::Relaxed);
             async move { if up { Ok(()) } else { Err("connection refused".to_owned()) } }
         });
-        readiness.add("hangs", || async { Ok(()) });
+        readiness.add("spool", || async { Ok(()) });
         assert_eq!(readiness.report().await, (false, "failed serving: still starting\n".to_owned()));
         readiness.serving();
-        assert_eq!(readiness.report().await, (true, "ok serving\nok database\nok hangs\n".to_owned()));
+        assert_eq!(readiness.report().await, (true, "ok serving\nok database\nok spool\n".to_owned()));
         up.store(false, Ordering::Relaxed);
         let (ready, body) = readiness.report().await;
         assert!(!ready && body.contains("failed database: connection refused"), "{body}");

@@ -420,9 +420,7 @@ impl<S> ClientSpans<S> {
         };
         Self { inner, server: Arc::new(server) }
     }
-}
 
-impl<S> ClientSpans<S> {
     /// The client span of a call to the callee.
     fn client_span(&self, service: &str, method: &str) -> tracing::Span {
         let name = span_name(service, method);
