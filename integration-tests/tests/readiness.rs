@@ -3,7 +3,8 @@
 //! a real Postgres reached through a TCP relay in this test, which the test cuts (every connection dropped,
 //! new ones refused) and restores: Postgres itself is shared with the other tests and keeps running. Then
 //! token-service stops: once crypto-service's revocations pass their bound, its `/readyz` names the token
-//! verifier, until token-service is back.
+//! verifier, until token-service is back. And key-service's KMS (a real OpenBao Transit as the keyring's
+//! primary) freezes: `/readyz` names the KMS within 5 s and is 200 again once it answers.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -15,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{Mesh, free_port, fresh_postgres_database, http_get};
+use integration_tests::{Mesh, free_port, fresh_postgres_database, http_get, kms_servers::OpenBao};
 use keymesh_mesh::ServiceName;
 use tokio::{net::TcpListener, sync::watch};
 
@@ -96,7 +97,7 @@ async fn readyz_follows_the_database_and_the_token_verifier_and_livez_does_not()
     )
     .await;
 
-    let all_ok = "ok serving\nok token verifier\nok database\nok audit spool\n";
+    let all_ok = "ok serving\nok token verifier\nok database\nok kms\nok audit spool\n";
     let (body, _) = wait_for(&admin, "/readyz", "200", Duration::from_secs(10)).await;
     assert_eq!(body, all_ok);
     assert!(http_get(&admin, "/livez").await.0.starts_with("HTTP/1.1 200"));
@@ -122,4 +123,42 @@ async fn readyz_follows_the_database_and_the_token_verifier_and_livez_does_not()
     mesh.resume(ServiceName::TokenService, &[]).await;
     let (body, _) = wait_for(&crypto_admin, "/readyz", "200", Duration::from_secs(30)).await;
     assert_eq!(body, "ok serving\nok token verifier\nok audit spool\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_kms_primary_and_livez_does_not() {
+    keymesh_mesh::install_crypto_provider();
+    let bao = OpenBao::start();
+    bao.create_transit_key("keymesh");
+    let token = bao.keymesh_token("keymesh");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let key_service = ServiceName::KeyService;
+    let _mesh = Mesh::start(
+        &[],
+        &[
+            (key_service, "KEYMESH_TELEMETRY__METRICS_ADDR", admin.as_str()),
+            (key_service, "KEYMESH_KMS__PRIMARY", "transit"),
+            (key_service, "KEYMESH_KMS__BACKENDS__TRANSIT__TYPE", "vault"),
+            (key_service, "KEYMESH_KMS__BACKENDS__TRANSIT__ADDRESS", bao.address.as_str()),
+            (key_service, "KEYMESH_KMS__BACKENDS__TRANSIT__KEY", "keymesh"),
+            (key_service, "VAULT_TOKEN", token.as_str()),
+        ],
+    )
+    .await;
+    let all_ok = "ok serving\nok token verifier\nok database\nok kms\nok audit spool\n";
+    let (body, _) = wait_for(&admin, "/readyz", "200", Duration::from_secs(10)).await;
+    assert_eq!(body, all_ok);
+
+    // Frozen, not gone: a KMS that hangs is the harder case (no refusal, only silence).
+    bao.pause(true);
+    let (body, took) = wait_for(&admin, "/readyz", "503", Duration::from_secs(5)).await;
+    assert!(body.contains("failed kms: the primary backend"), "{body}");
+    assert!(!body.contains(&token), "no token in the reason: {body}");
+    println!("/readyz was 503 {took:?} after the KMS froze: {body}");
+    assert!(http_get(&admin, "/livez").await.0.starts_with("HTTP/1.1 200"), "alive while the KMS is away");
+
+    bao.pause(false);
+    let (body, took) = wait_for(&admin, "/readyz", "200", Duration::from_secs(30)).await;
+    assert_eq!(body, all_ok);
+    println!("/readyz was 200 again {took:?} after the KMS answered");
 }

@@ -71,6 +71,7 @@ pub fn ensure_dev_identity(data_dir: &Path, identity: &DevIdentity) -> Result<Tl
         cert_pem: fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?,
         key_pem: Zeroizing::new(fs::read_to_string(&key_path).map_err(io_err(&key_path))?),
         files: Some(keymesh_mtls::TlsFiles { ca_cert, cert: cert_path, key: key_path }),
+        client_identity: Default::default(),
     };
     drop(lock);
     Ok(material)

@@ -207,8 +207,9 @@ fn certificate_expiry_gauge(not_after: Arc<AtomicI64>) {
 /// reading the files by their paths sees the new material whatever way it arrived.
 const RELOAD_POLL: Duration = Duration::from_secs(1);
 
-/// Takes renewed certificate, key or CA bundle files without a restart: new handshakes use them, connections
-/// already open keep theirs. Material that is not this service's identity, does not chain to its CA bundle or
+/// Takes renewed certificate, key or CA bundle files without a restart: new handshakes use them, as a server and
+/// as a client of the other services (through the material's shared client identity); connections already open
+/// keep theirs. Material that is not this service's identity, does not chain to its CA bundle or
 /// does not match its key is refused and logged, and the material in use stays.
 async fn reload_on_change(
     files: keymesh_mtls::TlsFiles,
@@ -235,6 +236,11 @@ async fn reload_on_change(
         seen = current;
         match keymesh_mtls::check_identity(&renewed, &identity) {
             Ok(config) => {
+                // Clients first: once the server presents the renewal, peers may already be dropping the old CA.
+                if let Err(error) = serving.client_identity.replace(&renewed) {
+                    tracing::warn!(reason = %error, "refused the renewed certificate files for calls to other services");
+                    continue;
+                }
                 *acceptor.write().unwrap_or_else(|p| p.into_inner()) = TlsAcceptor::from(Arc::new(config));
                 let not_after = renewed.not_after().unwrap_or(NO_EXPIRY);
                 expiry.store(not_after, Ordering::Relaxed);

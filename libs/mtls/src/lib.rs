@@ -16,7 +16,7 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 pub use acceptor::{check_identity, server_config};
-pub use channel::mtls_channel;
+pub use channel::{LiveClientIdentity, mtls_channel};
 pub use identity::{ServiceName, SvidError, TRUST_DOMAIN, app_spiffe_id, spiffe_id_from_der};
 
 /// Certificates or keys that could not be read or used.
@@ -50,6 +50,10 @@ pub struct TlsMaterial {
     pub key_pem: Zeroizing<String>,
     /// The files it was read from, when it was: a server watches them and takes renewed material.
     pub files: Option<TlsFiles>,
+    /// What this material's channels present and trust now, shared by its clones: a renewal the server takes
+    /// reaches the process's clients through it. Material with other PEM fields needs a fresh one
+    /// (`Default::default()`), not a clone's.
+    pub client_identity: LiveClientIdentity,
 }
 
 /// Where an identity's PEM files are.
@@ -80,6 +84,7 @@ impl TlsMaterial {
             cert_pem: read(cert)?,
             key_pem: Zeroizing::new(read(key)?),
             files: Some(TlsFiles { ca_cert: ca_cert.to_owned(), cert: cert.to_owned(), key: key.to_owned() }),
+            client_identity: LiveClientIdentity::default(),
         })
     }
 

@@ -33,6 +33,10 @@ fn main() -> ExitCode {
 }
 
 /// The key store as configured: database, record cache and KMS keyring.
+/// How often the KMS keyring's primary is probed for `/readyz`: a readiness probe reads the last outcome, so a
+/// cloud KMS sees one wrap and one unwrap per period per replica, whatever the kubelet's probe period.
+const KMS_PROBE_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn open_store(
     params: &MeshParams,
     file: &KeymeshConfig,
@@ -105,6 +109,8 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let listener = server::bind(params.listen_addr).await?;
     let store = open_store(&params, &file, &config).await?;
     let pinged = store.clone();
+    let (kms_health, kms_prober) =
+        keymesh_kms::HealthWatch::spawn(store.kms().default_keyring().clone(), KMS_PROBE_PERIOD);
     let (token_params, key_params) = (&config.tokens, &config.key_service);
     let poller = change_poll::spawn_poller(store.clone(), key_params.change_poll);
     let sweeper = maintenance::spawn(store.clone(), key_params.maintenance_interval);
@@ -130,11 +136,16 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
         let store = pinged.clone();
         async move { store.repo().ping().await }
     });
+    readiness.add("kms", move || {
+        let outcome = kms_health.current();
+        async move { outcome }
+    });
     audit.report_readiness(&readiness);
     readiness.serving();
     server::serve_until_signal(listener, &tls, routes, &health, params.shutdown_grace).await?;
     poller.abort();
     sweeper.abort();
+    kms_prober.abort();
     forgetter.abort();
     // The server and its clones of the sink are gone: ship what the last requests recorded.
     audit.flush(std::time::Duration::from_secs(5)).await;
