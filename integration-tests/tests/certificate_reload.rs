@@ -3,7 +3,8 @@
 //! same CA, then a certificate from a new CA with a bundle holding the old CA and the new one. Not one call
 //! fails; each new connection presents the newest certificate (checked by its serial) and the expiry gauge
 //! follows it; and files for another identity, a key that does not match, or a certificate from a CA outside
-//! the bundle are each refused, logged, and the certificate in use keeps serving.
+//! the bundle are each refused, logged, and the certificate in use keeps serving. Then the client half: the
+//! replica's calls to key-service present each renewed certificate and trust the renewed CA bundle.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -247,5 +248,158 @@ async fn renewed_certificates_are_taken_without_a_failed_call_and_wrong_ones_are
     assert!(succeeded > 10, "{succeeded}");
     assert_eq!(failed, 0, "not one call fails");
     assert!(log.lock().unwrap().iter().filter(|l| l.contains("took the renewed certificate")).count() >= 2);
+    replica.kill().await.unwrap();
+}
+
+/// A stand-in for key-service that only shakes hands: it presents `identity` (swappable), requires a client
+/// certificate from its roots, records the serial of each one presented, and hangs up.
+struct HandshakeRecorder {
+    address: String,
+    config: Arc<Mutex<Arc<rustls::ServerConfig>>>,
+    serials: Arc<Mutex<Vec<String>>>,
+}
+
+impl HandshakeRecorder {
+    fn config(cert: &str, key: &str, roots: &str) -> Arc<rustls::ServerConfig> {
+        let mut store = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(roots.as_bytes()) {
+            store.add(cert.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(store)).build().unwrap();
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let mut config = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap())
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(config)
+    }
+
+    async fn start(cert: &str, key: &str, roots: &str) -> HandshakeRecorder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let config = Arc::new(Mutex::new(Self::config(cert, key, roots)));
+        let serials: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (current, recorded) = (config.clone(), serials.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let acceptor = tokio_rustls::TlsAcceptor::from(current.lock().unwrap().clone());
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await
+                        && let Some(presented) = tls.get_ref().1.peer_certificates().and_then(|c| c.first().cloned())
+                    {
+                        recorded.lock().unwrap().push(serial(presented.as_ref()));
+                    }
+                });
+            }
+        });
+        HandshakeRecorder { address, config, serials }
+    }
+
+    fn present(&self, cert: &str, key: &str, roots: &str) {
+        *self.config.lock().unwrap() = Self::config(cert, key, roots);
+    }
+
+    /// Calls `call` until a handshake presents `expected`.
+    async fn wait_for<F, Fut>(&self, expected: &str, what: &str, call: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            call().await;
+            if self.serials.lock().unwrap().last().map(String::as_str) == Some(expected) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: handshakes presented {:?}", self.serials.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The client half of a renewal: a crypto-service replica whose certificate files are renewed presents the
+/// renewed certificate when it next connects to key-service, and trusts a renewed CA bundle — without that it
+/// would keep presenting a certificate that expires, and refuse a key-service whose certificate comes from a new
+/// CA. Key-service here is a stand-in that records the certificate each handshake presents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_other_services_present_the_renewed_certificate_and_trust_the_renewed_bundle() {
+    keymesh_mesh::install_crypto_provider();
+    let mesh = Mesh::start(&[], &[]).await;
+    let pki = mesh.dir.path().join("pki");
+    let ca_pem = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
+    let ca_key = std::fs::read_to_string(pki.join("ca-key.pem")).unwrap();
+    let (own, key_service) = (ServiceName::CryptoService.spiffe_id(), ServiceName::KeyService.spiffe_id());
+    let (next_ca, next_ca_key) = new_ca();
+    let bundle = format!("{ca_pem}{next_ca}");
+    let (stand_in, stand_in_key) = issue(&ca_pem, &ca_key, &key_service, 30);
+    let recorder = HandshakeRecorder::start(&stand_in, &stand_in_key, &bundle).await;
+
+    let files = tempfile::tempdir().unwrap();
+    let (ca_file, cert_file, key_file) =
+        (files.path().join("ca.pem"), files.path().join("tls.crt"), files.path().join("tls.key"));
+    let (first, first_key) = issue(&ca_pem, &ca_key, &own, 30);
+    swap(&ca_file, &ca_pem);
+    swap(&cert_file, &first);
+    swap(&key_file, &first_key);
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let mut command = mesh.command(ServiceName::CryptoService);
+    command
+        .env("KEYMESH_LISTEN_ADDR", &endpoint)
+        .env("KEYMESH_ENDPOINTS__KEY_SERVICE", &recorder.address)
+        .env("KEYMESH_TLS__CA_CERT", &ca_file)
+        .env("KEYMESH_TLS__CERT", &cert_file)
+        .env("KEYMESH_TLS__KEY", &key_file)
+        .env("KEYMESH_AUDIT__SPOOL_DIR", mesh.dir.path().join("client-reload-spool"))
+        .env("KEYMESH_LOG", "info")
+        .stderr(Stdio::piped());
+    let mut replica = command.spawn().unwrap();
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut lines = BufReader::new(replica.stderr.take().unwrap()).lines();
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().unwrap().push(line);
+        }
+    });
+
+    // Each Encrypt through the replica asks "key-service" for the key, over a new connection (the stand-in hangs
+    // up after the handshake), so each shows what the replica presents now. The calls themselves fail.
+    let mut endpoints = mesh.endpoints.clone();
+    endpoints.crypto_service = endpoint.clone();
+    let credentials = Credentials::from_file(&mesh.dir.path().join("bootstrap-credentials.json")).unwrap();
+    let client = KeymeshClient::new(&endpoints, &mesh.app_tls("client-reload"), credentials).unwrap();
+    client.create_key("client-side").await.unwrap();
+    let call = || async {
+        let _ = client.encrypt("client-side", b"x".to_vec(), Vec::new()).await;
+    };
+    recorder.wait_for(&serial_of(&first), "the first certificate", call).await;
+
+    // 1. A new key pair from the same CA.
+    let from = log.lock().unwrap().len();
+    let (renewed, renewed_key) = issue(&ca_pem, &ca_key, &own, 60);
+    swap(&key_file, &renewed_key);
+    swap(&cert_file, &renewed);
+    wait_for_log(&log, from, &["took the renewed certificate"]).await;
+    recorder.wait_for(&serial_of(&renewed), "the renewed certificate", call).await;
+
+    // 2. Key-service moves to a new CA first; the replica refuses it until its own bundle holds the new CA, then
+    // presents its certificate from the new CA.
+    let (moved, moved_key) = issue(&next_ca, &next_ca_key, &key_service, 60);
+    recorder.present(&moved, &moved_key, &next_ca);
+    let handshakes = recorder.serials.lock().unwrap().len();
+    for _ in 0..5 {
+        call().await;
+    }
+    assert_eq!(recorder.serials.lock().unwrap().len(), handshakes, "a key-service from a CA outside the bundle");
+    let from = log.lock().unwrap().len();
+    let (rotated, rotated_key) = issue(&next_ca, &next_ca_key, &own, 90);
+    swap(&ca_file, &bundle);
+    swap(&key_file, &rotated_key);
+    swap(&cert_file, &rotated);
+    wait_for_log(&log, from, &["took the renewed certificate"]).await;
+    recorder.wait_for(&serial_of(&rotated), "the certificate from the new CA", call).await;
     replica.kill().await.unwrap();
 }
