@@ -9,7 +9,7 @@ key-service crypto-service token-service audit-service
 What each binary needs and who calls it. These are facts about the code, not settings, so they are not in
 values.yaml.
   database:    reads KEYMESH_DATABASE__URL
-  masterKey:   opens the local KMS (KEYMESH_MASTER_KEY and local-kms.json)
+  kms:         opens the KMS keyring ([kms]; with a local backend, KEYMESH_MASTER_KEY and local-kms.json)
   meshCallers: mesh services that call it (for NetworkPolicy)
     key-service    <- crypto-service (GetDataKey)
     token-service  <- key-service, crypto-service, audit-service (JWKS for token verification)
@@ -18,23 +18,23 @@ values.yaml.
 {{- define "keymesh.topology" -}}
 key-service:
   database: true
-  masterKey: true
+  kms: true
   meshCallers:
     - crypto-service
 crypto-service:
   database: false
-  masterKey: false
+  kms: false
   meshCallers: []
 token-service:
   database: true
-  masterKey: true
+  kms: true
   meshCallers:
     - key-service
     - crypto-service
     - audit-service
 audit-service:
   database: true
-  masterKey: true
+  kms: true
   meshCallers:
     - key-service
     - crypto-service
@@ -125,7 +125,137 @@ Database Secret name and key of one service as "name/key", or "" when none is co
 {{- end -}}
 
 {{/*
-Fails the render on settings that cannot work. Renders nothing.
+Whether the KMS keyring has a local member (the implicit "local" one, or a backend of type local): "true" or "".
+Only then do the services need the master key and local-kms.json.
+*/}}
+{{- define "keymesh.localKmsInUse" -}}
+{{- $kms := .Values.kms | default dict -}}
+{{- $backends := $kms.backends | default dict -}}
+{{- $names := concat (list ($kms.primary | default "local")) ($kms.secondary | default list) ($kms.retired | default list) -}}
+{{- range $tenant := values ($kms.tenants | default dict) -}}
+{{- $names = concat $names (list $tenant.primary) ($tenant.secondary | default list) ($tenant.retired | default list) -}}
+{{- end -}}
+{{- $local := false -}}
+{{- range $name := $names -}}
+{{- if hasKey $backends $name -}}
+{{- if eq (toString (index $backends $name).type) "local" -}}{{- $local = true -}}{{- end -}}
+{{- else if eq $name "local" -}}
+{{- $local = true -}}
+{{- end -}}
+{{- end -}}
+{{- if $local -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Where the chart mounts what the KMS backends read from files.
+*/}}
+{{- define "keymesh.vaultTokenPath" -}}/var/run/secrets/keymesh/vault/token{{- end -}}
+{{- define "keymesh.vaultCaPath" -}}/etc/keymesh/kms/vault-ca.crt{{- end -}}
+{{- define "keymesh.gcpCredentialsPath" -}}/etc/keymesh/kms/gcp-credentials.json{{- end -}}
+
+{{/*
+[kms] as the services read it, as YAML: kms.primary/secondary/retired/backends/tenants, with the file paths the
+chart mounts filled in where a backend leaves them out (a Vault backend's ca_cert when kms.credentials.vault.caCert
+is set, and the jwt_file of Kubernetes login: the projected token the chart mounts for Vault's audience).
+*/}}
+{{- define "keymesh.kmsConfig" -}}
+{{- $kms := .Values.kms | default dict -}}
+{{- $vault := dig "credentials" "vault" dict $kms -}}
+{{- $out := dict "primary" ($kms.primary | default "local") -}}
+{{- with $kms.secondary }}{{- $_ := set $out "secondary" . -}}{{- end -}}
+{{- with $kms.retired }}{{- $_ := set $out "retired" . -}}{{- end -}}
+{{- $backends := dict -}}
+{{- range $name, $backend := ($kms.backends | default dict) -}}
+{{- $b := deepCopy $backend -}}
+{{- if eq (toString $b.type) "vault" -}}
+{{- if and (dig "caCert" "existingSecret" "" $vault) (not (hasKey $b "ca_cert")) -}}
+{{- $_ := set $b "ca_cert" (include "keymesh.vaultCaPath" $) -}}
+{{- end -}}
+{{- if and $b.auth (eq (toString $b.auth.method) "kubernetes") (not (hasKey $b.auth "jwt_file")) -}}
+{{- $_ := set $b.auth "jwt_file" (include "keymesh.vaultTokenPath" $) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $backends $name $b -}}
+{{- end -}}
+{{- with $backends }}{{- $_ := set $out "backends" . -}}{{- end -}}
+{{- with $kms.tenants }}{{- $_ := set $out "tenants" . -}}{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/*
+Whether a Vault backend logs in with Kubernetes auth (the pods then get a projected service-account token).
+*/}}
+{{- define "keymesh.vaultKubernetesAuth" -}}
+{{- range $name, $backend := (.Values.kms.backends | default dict) -}}
+{{- if and (eq (toString $backend.type) "vault") $backend.auth (eq (toString $backend.auth.method) "kubernetes") -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A TOML table from a map: (dict "path" "kms" "table" $map). Scalars and arrays first, then sub-tables, keys
+sorted. Helm reads YAML numbers as floats: whole ones are written as integers, which is what the services'
+integer fields (milliseconds, counts) need. Keys are quoted, so any backend name is a valid key.
+*/}}
+{{- define "keymesh.tomlTable" -}}
+{{- $path := .path -}}
+{{- $table := .table -}}
+{{- printf "[%s]\n" $path -}}
+{{- range $key := keys $table | sortAlpha -}}
+{{- $value := index $table $key -}}
+{{- if not (kindIs "map" $value) -}}
+{{- printf "%s = %s\n" (toJson $key) (include "keymesh.tomlValue" $value) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := keys $table | sortAlpha -}}
+{{- $value := index $table $key -}}
+{{- if kindIs "map" $value -}}
+{{- include "keymesh.tomlTable" (dict "path" (printf "%s.%s" $path (toJson $key)) "table" $value) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "keymesh.tomlValue" -}}
+{{- if kindIs "slice" . -}}
+[{{- range $i, $item := . -}}{{- if $i -}}, {{ end -}}{{- include "keymesh.tomlValue" $item -}}{{- end -}}]
+{{- else if or (kindIs "float64" .) (kindIs "float32" .) -}}
+{{- if eq (float64 .) (floor .) -}}{{- printf "%d" (int64 .) -}}{{- else -}}{{- . -}}{{- end -}}
+{{- else if or (kindIs "int" .) (kindIs "int64" .) (kindIs "bool" .) -}}
+{{- . -}}
+{{- else if kindIs "invalid" . -}}
+{{- fail "a null value cannot be written to the services' TOML configuration; remove the key instead" -}}
+{{- else -}}
+{{- toJson (toString .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Name of a service's ServiceAccount: (dict "root" $ "svc" "key-service").
+*/}}
+{{- define "keymesh.serviceAccountName" -}}
+{{- $cfg := index .root.Values.services .svc -}}
+{{- $own := dig "serviceAccount" "name" "" $cfg -}}
+{{- if .root.Values.serviceAccount.create -}}
+{{- $own | default (include "keymesh.serviceName" .) -}}
+{{- else -}}
+{{- $own | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Replicas a service runs with at least: its HPA's minimum when autoscaling, else its replica count.
+*/}}
+{{- define "keymesh.minReplicas" -}}
+{{- $cfg := index .root.Values.services .svc -}}
+{{- if dig "autoscaling" "enabled" false $cfg -}}
+{{- int (dig "autoscaling" "minReplicas" 1 $cfg) -}}
+{{- else -}}
+{{- int $cfg.replicas -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Fails the render on settings that cannot work. Renders nothing. values.schema.json refuses most of these
+already (so `helm lint` does too); what needs the whole picture is checked here.
 */}}
 {{- define "keymesh.validate" -}}
 {{- $root := . -}}
@@ -139,28 +269,29 @@ Fails the render on settings that cannot work. Renders nothing.
 {{- end -}}
 {{- end -}}
 {{- $audit := index $root.Values.services "audit-service" -}}
-{{- if and (gt (int $audit.replicas) 1) (not (include "keymesh.databaseSecret" (dict "root" $root "svc" "audit-service"))) -}}
-{{- fail "services.audit-service.replicas above 1 need a shared Postgres (database.existingSecret or services.audit-service.database.existingSecret): replicas take turns appending to one chain under its lock" -}}
+{{- $auditDb := include "keymesh.databaseSecret" (dict "root" $root "svc" "audit-service") -}}
+{{- if and (or (gt (int $audit.replicas) 1) (dig "autoscaling" "enabled" false $audit)) (not $auditDb) -}}
+{{- fail "services.audit-service.replicas above 1 (or autoscaling) need a shared Postgres (database.existingSecret or services.audit-service.database.existingSecret): replicas take turns appending to one chain under its lock" -}}
 {{- end -}}
 {{- if not (has $root.Values.tls.mode (list "cert-manager" "secrets")) -}}
 {{- fail (printf "tls.mode must be \"cert-manager\" or \"secrets\", not %q" (toString $root.Values.tls.mode)) -}}
-{{- end -}}
-{{- if and (eq $root.Values.tls.mode "cert-manager") (not $root.Values.tls.certManager.issuerRef.name) -}}
-{{- fail "tls.certManager.issuerRef.name is required when tls.mode is cert-manager" -}}
 {{- end -}}
 {{- $needed := add (int $root.Values.preStopSleepSeconds) (int $root.Values.shutdownGraceSeconds) -}}
 {{- if ge $needed (int $root.Values.terminationGracePeriodSeconds) -}}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + shutdownGraceSeconds (%d)" (int $root.Values.terminationGracePeriodSeconds) $needed) -}}
 {{- end -}}
+{{- if and $root.Values.tests.enabled (eq $root.Values.tls.mode "secrets") (not $root.Values.tests.tlsSecret) -}}
+{{- fail "tests.tlsSecret is required when tls.mode is secrets and tests.enabled: the helm test pod needs a client certificate (URI SAN spiffe://keymesh/app/<name>) from the mesh CA" -}}
+{{- end -}}
 {{- if not $root.Values.allowEphemeralState -}}
-{{- if not $root.Values.masterKey.existingSecret -}}
-{{- fail "masterKey.existingSecret is required (key-service and token-service need the master key and local-kms.json); set allowEphemeralState=true only to try the chart out" -}}
+{{- if and (include "keymesh.localKmsInUse" $root) (not $root.Values.masterKey.existingSecret) -}}
+{{- fail "masterKey.existingSecret is required: the KMS keyring has a local backend, which needs the master key and local-kms.json (or set allowEphemeralState=true to try the chart out)" -}}
 {{- end -}}
 {{- $topology := fromYaml (include "keymesh.topology" $root) -}}
 {{- range $svc := splitList " " (include "keymesh.serviceNames" $root) -}}
 {{- if (index $topology $svc).database -}}
 {{- if not (include "keymesh.databaseSecret" (dict "root" $root "svc" $svc)) -}}
-{{- fail (printf "database.existingSecret (or services.%s.database.existingSecret) is required; set allowEphemeralState=true only to try the chart out" $svc) -}}
+{{- fail (printf "database.existingSecret (or services.%s.database.existingSecret) is required (or set allowEphemeralState=true to try the chart out)" $svc) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
