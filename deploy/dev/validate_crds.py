@@ -224,30 +224,24 @@ def json_path(parts):
 
 
 def _type_name(value):
+    """The JSON type of a value, with its article: "an integer", "a string"..."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+    for cls, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+                      (list, "an array"), (dict, "an object")):
+        if isinstance(value, cls):
+            return name
+    return "a " + type(value).__name__
 
 
 def _expected(schema):
     if schema.get("x-kubernetes-int-or-string"):
-        return "integer or string"
+        return "an integer or a string"
     types = schema.get("type")
-    if isinstance(types, list):
-        return " or ".join(t for t in types if t != "null")
-    return types or "a value"
+    if isinstance(types, str):
+        types = [types]
+    names = {"integer": "an integer", "array": "an array", "object": "an object"}
+    return " or ".join(names.get(t, "a " + t) for t in types or [] if t != "null") or "a value"
 
 
 def describe(error):
@@ -261,25 +255,29 @@ def describe(error):
             hint = ("did you mean %r?" % close[0]) if close else "declared fields: %s" % ", ".join(declared)
             yield path + [key], "unknown field %r (not in the schema; %s)" % (key, hint)
         return
-    if instance is None and error.validator in ("type", "anyOf", "enum"):
+    if instance is None and error.validator in ("type", "anyOf"):
         yield path, "null (empty value) where the schema expects %s (the API server would drop it silently)" % (
             _expected(error.schema)
         )
         return
     if error.validator == "type":
-        yield path, "%s is a %s, the schema expects %s" % (
+        yield path, "%s is %s, the schema expects %s" % (
             json.dumps(instance, default=str),
             _type_name(instance),
             _expected(error.schema),
         )
         return
     if error.validator == "anyOf" and error.schema.get("x-kubernetes-int-or-string"):
-        yield path, "%s is a %s, the schema expects integer or string" % (
+        yield path, "%s is %s, the schema expects an integer or a string" % (
             json.dumps(instance, default=str),
             _type_name(instance),
         )
         return
     if error.validator == "enum":
+        types = error.schema.get("type")
+        types = [types] if isinstance(types, str) else types or []
+        if types and not any(jsonschema.Draft7Validator.TYPE_CHECKER.is_type(instance, t) for t in types):
+            return  # the "type" error on the same field says it better
         yield path, "%s is not one of %s" % (json.dumps(instance, default=str), json.dumps(error.validator_value))
         return
     if error.validator in ("anyOf", "oneOf") and error.context:
@@ -326,7 +324,7 @@ def check_file(path, validators, counts, errors):
         for index, (doc, duplicates) in enumerate(load_documents(text)):
             if not isinstance(doc, dict):
                 if doc is not None:
-                    errors.append("%s: document %d: not a mapping but a %s" % (path, index + 1, _type_name(doc)))
+                    errors.append("%s: document %d: not a mapping but %s" % (path, index + 1, _type_name(doc)))
                 continue
             api_version, kind = doc.get("apiVersion"), doc.get("kind")
             if not isinstance(api_version, str) or "/" not in api_version:
@@ -351,7 +349,10 @@ def check_file(path, validators, counts, errors):
                 where = parts[0] if parts == ["(document)"] else json_path(parts)
                 errors.append("%s: %s: %s: %s" % (path, label, where, message))
     except yaml.YAMLError as e:
-        errors.append("%s: YAML error: %s" % (path, str(e).replace("\n", " ")))
+        mark = getattr(e, "problem_mark", None)
+        where = "line %d, column %d: " % (mark.line + 1, mark.column + 1) if mark else ""
+        problem = getattr(e, "problem", None) or " ".join(str(e).split())
+        errors.append("%s: YAML error: %s%s" % (path, where, problem))
     return checked
 
 
