@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Checks the Helm chart offline, with the tools `make test-deps` installs (deploy/dev/install-deps.sh test):
-#   1. helm lint --strict, with no extra values and with each ci/*-values.yaml;
-#   2. helm template, with the defaults and with each ci/*-values.yaml;
+#   1. helm lint --strict with each ci/*-values.yaml (values.schema.json included); with the defaults alone it
+#      must refuse, naming what to set (the defaults cannot install: a trial sets allowEphemeralState=true);
+#   2. helm template, with each ci/*-values.yaml;
 #   3. kubernetes-validate --strict on every rendered manifest, against the oldest and the newest Kubernetes
-#      whose schemas it ships (cert-manager.io and monitoring.coreos.com kinds have none there: skipped, and
-#      said so; any other kind without a schema, e.g. a removed API version, fails);
-#   4. pss_restricted.py: every Pod template against the "restricted" Pod Security Standard.
+#      whose schemas it ships (any kind without a schema there, e.g. a removed API version, fails), except the
+#      cert-manager.io and monitoring.coreos.com kinds, which validate_crds.py checks against the CRD schemas
+#      vendored in deploy/dev/crds (strict too: an unknown field fails);
+#   4. pss_restricted.py: every Pod template against the "restricted" Pod Security Standard;
+#   5. every values file in deploy/dev/chart-refusals/ is refused by helm lint --strict (unless it says
+#      "# lint: may-pass") and by helm template, with the message its "# expect:" line names.
 # One line per check; exits non-zero if any check fails.
 # Usage: deploy/dev/check-chart.sh [CHART_DIR]   (default: helm/keymesh of this repository)
 set -euo pipefail
@@ -28,38 +32,43 @@ trap 'rm -rf "$work"' EXIT
 failed=0
 indent() { sed 's/^/    /'; }
 
-# The values each check runs with: "" is the chart's defaults alone.
 shopt -s nullglob
 ci_values=("$chart"/ci/*-values.yaml)
+refusals=("$here"/chart-refusals/*.yaml)
 shopt -u nullglob
-runs=("" "${ci_values[@]}")
-runs_label="defaults + ${#ci_values[@]} ci values file(s)"
-label_of() { if [ -n "$1" ]; then basename "$1" .yaml; else echo defaults; fi; }
+label_of() { basename "$1" .yaml; }
+[ ${#ci_values[@]} -gt 0 ] || { echo "chart: no ci/*-values.yaml in $chart" >&2; exit 1; }
 
 # 1. helm lint --strict
 bad=0
-for values in "${runs[@]}"; do
-  args=(); [ -n "$values" ] && args=(-f "$values")
-  if ! out="$("$helm" lint --strict "$chart" "${args[@]}" 2>&1)"; then
+for values in "${ci_values[@]}"; do
+  if ! out="$("$helm" lint --strict "$chart" -f "$values" 2>&1)"; then
     echo "$out" | indent
     echo "chart: helm lint --strict FAILED with $(label_of "$values")"
     bad=1
   fi
 done
-[ "$bad" = 0 ] && echo "chart: helm lint --strict ok ($runs_label)"
+[ "$bad" = 0 ] && echo "chart: helm lint --strict ok (${#ci_values[@]} ci values files: $(for v in "${ci_values[@]}"; do printf '%s ' "$(label_of "$v")"; done | sed 's/ $//'))"
 [ "$bad" = 0 ] || failed=1
+# The defaults alone cannot install (no master key or database chosen): lint must refuse, naming the values.
+if out="$("$helm" lint --strict "$chart" 2>&1)"; then
+  echo "chart: helm lint --strict PASSED on the defaults alone, which cannot install"
+  failed=1
+elif grep -q "masterKey/existingSecret\|database/existingSecret" <<<"$out"; then
+  echo "chart: helm lint --strict refuses the defaults alone, naming what to set: $(grep -o "at '/[a-zA-Z/]*existingSecret'[^']*" <<<"$out" | sort -u | tr '\n' ' ' | sed 's/ $//')"
+else
+  echo "$out" | indent
+  echo "chart: helm lint --strict refuses the defaults alone, but without naming masterKey or database"
+  failed=1
+fi
 
 # 2. helm template
 rendered=()
 bad=0
-for values in "${runs[@]}"; do
-  args=(); [ -n "$values" ] && args=(-f "$values")
+for values in "${ci_values[@]}"; do
   label="$(label_of "$values")"
-  if "$helm" template keymesh "$chart" --namespace keymesh "${args[@]}" >"$work/$label.yaml" 2>"$work/$label.err"; then
+  if "$helm" template keymesh "$chart" --namespace keymesh -f "$values" >"$work/$label.yaml" 2>"$work/$label.err"; then
     rendered+=("$work/$label.yaml")
-  elif [ -z "$values" ] && grep -q 'is required' "$work/$label.err"; then
-    # The defaults alone cannot install (no issuer, no master key, no database): the chart must say what to set.
-    echo "chart: helm template with the defaults alone refuses, naming what to set: $(grep -o '[a-zA-Z.]* is required[^"]*' "$work/$label.err" | head -n1)"
   else
     indent <"$work/$label.err"
     echo "chart: helm template FAILED with $label: $(grep '^Error:' "$work/$label.err" | head -n1)"
@@ -101,7 +110,7 @@ with open(sys.argv[1], "w", encoding="utf-8") as f:
     f.write(", ".join(f"{n} x {k}" for k, n in sorted(skipped.items())))
 PY
 if [ -s "$work/skipped.txt" ]; then
-  echo "chart: kubernetes-validate skips kinds with no built-in schema: $(cat "$work/skipped.txt")"
+  echo "chart: kubernetes-validate leaves the CRD kinds to validate_crds.py: $(cat "$work/skipped.txt")"
 fi
 to_validate=("${rendered[@]/%.yaml/.k8s.yaml}")
 resources="$(cat "${to_validate[@]}" | grep -c '^kind:' || true)"
@@ -116,6 +125,15 @@ else
   echo "chart: kubernetes-validate --strict ok against $(mm "$k8s_oldest") and $(mm "$k8s_newest") ($resources resources from ${#rendered[@]} render(s))"
 fi
 
+# 3b. cert-manager and Prometheus Operator objects against their CRDs' schemas
+if out="$(python3 "$here/validate_crds.py" "${rendered[@]}" 2>&1)"; then
+  echo "chart: CRD schemas ok: ${out##*crds: }"
+else
+  echo "${out//$work\//}" | indent
+  echo "chart: CRD schemas FAILED"
+  failed=1
+fi
+
 # 4. The restricted Pod Security Standard
 if out="$(python3 "$here/pss_restricted.py" "${rendered[@]}" 2>&1)"; then
   echo "chart: restricted Pod Security Standard ok (${out##*: })"
@@ -124,5 +142,37 @@ else
   echo "chart: restricted Pod Security Standard FAILED (${out##*: })"
   failed=1
 fi
+
+# 5. Values that cannot install are refused, each with the message its file expects.
+if [ ${#refusals[@]} -eq 0 ]; then
+  echo "chart: no refusal cases in $here/chart-refusals"
+  failed=1
+fi
+bad=0
+for values in "${refusals[@]}"; do
+  label="$(label_of "$values")"
+  expect="$(sed -n 's/^# expect: //p' "$values" | head -n1)"
+  [ -n "$expect" ] || { echo "chart: $label has no '# expect:' line"; bad=1; continue; }
+  if ! grep -q '^# lint: may-pass' "$values"; then
+    if out="$("$helm" lint --strict "$chart" -f "$values" 2>&1)"; then
+      echo "chart: helm lint --strict ACCEPTED $label, which cannot install"
+      bad=1
+    elif ! grep -qF -- "$expect" <<<"$out"; then
+      echo "$out" | indent
+      echo "chart: helm lint --strict refused $label without saying: $expect"
+      bad=1
+    fi
+  fi
+  if out="$("$helm" template keymesh "$chart" -f "$values" 2>&1 >/dev/null)"; then
+    echo "chart: helm template ACCEPTED $label, which cannot install"
+    bad=1
+  elif ! grep -qF -- "$expect" <<<"$out"; then
+    echo "$out" | indent
+    echo "chart: helm template refused $label without saying: $expect"
+    bad=1
+  fi
+done
+[ "$bad" = 0 ] && echo "chart: ${#refusals[@]} values files that cannot install are refused by lint and template, each naming its reason"
+[ "$bad" = 0 ] || failed=1
 
 exit "$failed"

@@ -311,6 +311,10 @@ def unknown_kind_message(group, version, kind):
     return "no schema for %s/%s %s%s; known: %s" % (group, version, kind, hint, ", ".join(known))
 
 
+def _path_order(error):
+    return [(0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in error.absolute_path]
+
+
 def check_file(path, validators, counts, errors):
     """Checks one file; appends error lines to `errors` and counts checked objects per (apiVersion, kind)."""
     try:
@@ -343,7 +347,7 @@ def check_file(path, validators, counts, errors):
             else:
                 counts[(api_version, kind)] = counts.get((api_version, kind), 0) + 1
                 problems += check_metadata(doc)
-                for error in sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]):
+                for error in sorted(validator.iter_errors(doc), key=_path_order):
                     problems += list(describe(error))
             for parts, message in problems:
                 where = parts[0] if parts == ["(document)"] else json_path(parts)
