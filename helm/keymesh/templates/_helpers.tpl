@@ -273,6 +273,33 @@ already (so `helm lint` does too); what needs the whole picture is checked here.
 {{- if and (or (gt (int $audit.replicas) 1) (dig "autoscaling" "enabled" false $audit)) (not $auditDb) -}}
 {{- fail "services.audit-service.replicas above 1 (or autoscaling) need a shared Postgres (database.existingSecret or services.audit-service.database.existingSecret): replicas take turns appending to one chain under its lock" -}}
 {{- end -}}
+{{- range $svc := splitList " " (include "keymesh.serviceNames" $root) -}}
+{{- if eq (int (index $root.Values.services $svc).port) (int $root.Values.adminPort) -}}
+{{- fail (printf "services.%s.port and adminPort are both %d: the admin port needs a port of its own" $svc (int $root.Values.adminPort)) -}}
+{{- end -}}
+{{- end -}}
+{{- /* The keyring: every member named is defined (or the implicit "local"), every backend defined is a member. A
+local backend must be the one the chart provides for: the master key in KEYMESH_MASTER_KEY and local-kms.json in
+the data directory. */ -}}
+{{- $kms := $root.Values.kms | default dict -}}
+{{- $backends := $kms.backends | default dict -}}
+{{- $members := concat (list ($kms.primary | default "local")) ($kms.secondary | default list) ($kms.retired | default list) -}}
+{{- range $tenant := values ($kms.tenants | default dict) -}}
+{{- $members = concat $members (list $tenant.primary) ($tenant.secondary | default list) ($tenant.retired | default list) -}}
+{{- end -}}
+{{- range $name := $members -}}
+{{- if and (not (hasKey $backends $name)) (ne $name "local") -}}
+{{- fail (printf "kms: the keyring names %q, which kms.backends does not define" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- range $name, $backend := $backends -}}
+{{- if not (has $name $members) -}}
+{{- fail (printf "kms.backends.%s is defined but in no keyring: name it in kms.primary, secondary or retired (or a tenant's), or remove it" $name) -}}
+{{- end -}}
+{{- if and (eq (toString $backend.type) "local") (or $backend.data_dir $backend.master_key_env $backend.master_key_file) -}}
+{{- fail (printf "kms.backends.%s: the chart provides one local backend's master key and local-kms.json (masterKey.*), in the data directory; data_dir, master_key_env and master_key_file need extraEnv and extraVolumes and are not supported here" $name) -}}
+{{- end -}}
+{{- end -}}
 {{- if not (has $root.Values.tls.mode (list "cert-manager" "secrets")) -}}
 {{- fail (printf "tls.mode must be \"cert-manager\" or \"secrets\", not %q" (toString $root.Values.tls.mode)) -}}
 {{- end -}}

@@ -48,6 +48,19 @@ impl TokenRepository {
         Ok(tenant::Entity::find().count(&self.db).await?)
     }
 
+    /// Takes the start-up lock: replicas starting together against one Postgres then create the root tenant and
+    /// the first signing key one at a time, so there is one of each, and the others find them. On Postgres it
+    /// is a transaction-scoped advisory lock held by a connection of its own, while the work runs on the pool;
+    /// SQLite is one process's file, and needs none.
+    pub async fn startup_lock(&self) -> Result<StartupLock, StoreError> {
+        if self.db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+            return Ok(StartupLock(None));
+        }
+        let txn = self.db.begin().await?;
+        txn.execute_unprepared("SELECT pg_advisory_xact_lock(7403740374037403)").await?;
+        Ok(StartupLock(Some(txn)))
+    }
+
     /// Creates a tenant together with its first application, atomically: a crash can never leave a root
     /// tenant without its bootstrap admin.
     pub async fn create_tenant_with_application(
@@ -289,6 +302,20 @@ impl TokenRepository {
             .order_by_desc(signing_key::Column::CreatedAt)
             .all(&self.db)
             .await?)
+    }
+}
+
+/// The start-up lock of [`TokenRepository::startup_lock`], held until [released](Self::release) (or dropped, when
+/// the transaction holding it is rolled back).
+pub struct StartupLock(Option<sea_orm::DatabaseTransaction>);
+
+impl StartupLock {
+    /// Lets the next replica in.
+    pub async fn release(self) -> Result<(), StoreError> {
+        if let Some(txn) = self.0 {
+            txn.commit().await?;
+        }
+        Ok(())
     }
 }
 

@@ -46,8 +46,12 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     // FIPS mode (enabled) hashes client secrets with PBKDF2 instead of Argon2id.
     let fips_mode = file.policy.fips_mode;
     let fips = fips_mode == keymesh_policy::FipsMode::Enabled;
+    // Replicas starting together on an empty database: one creates the root tenant and the first signing key,
+    // the others wait and find them.
+    let startup_lock = repo.startup_lock().await?;
     bootstrap::ensure_root_tenant(&repo, &params.data_dir, &endpoint, fips).await?;
     let signer = Arc::new(signing::Signer::load_or_create(&repo, &kms, token_params.clone()).await?);
+    startup_lock.release().await?;
 
     // token-service verifies its admin callers like every other service, from its own store.
     let authority = revocations::LocalAuthority { repo: repo.clone(), signer: signer.clone() };
