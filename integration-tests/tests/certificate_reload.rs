@@ -132,6 +132,37 @@ async fn wait_for_serial(endpoint: &str, app: &TlsMaterial, roots: &str, expecte
     }
 }
 
+/// A crypto-service replica of the mesh's on the certificate files in `files` (ca.pem, tls.crt, tls.key), at
+/// `endpoint`, with `extra` variables; its log lines are collected.
+fn spawn_replica(
+    mesh: &Mesh,
+    files: &Path,
+    endpoint: &str,
+    spool: &str,
+    extra: &[(&str, &str)],
+) -> (tokio::process::Child, Arc<Mutex<Vec<String>>>) {
+    let mut command = mesh.command(ServiceName::CryptoService);
+    command
+        .env("KEYMESH_LISTEN_ADDR", endpoint)
+        .env("KEYMESH_TLS__CA_CERT", files.join("ca.pem"))
+        .env("KEYMESH_TLS__CERT", files.join("tls.crt"))
+        .env("KEYMESH_TLS__KEY", files.join("tls.key"))
+        .env("KEYMESH_AUDIT__SPOOL_DIR", mesh.dir.path().join(spool))
+        .env("KEYMESH_LOG", "info")
+        .envs(extra.iter().copied())
+        .stderr(Stdio::piped());
+    let mut replica = command.spawn().unwrap();
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut lines = BufReader::new(replica.stderr.take().unwrap()).lines();
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    (replica, log)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewed_certificates_are_taken_without_a_failed_call_and_wrong_ones_are_refused() {
     keymesh_mesh::install_crypto_provider();
@@ -151,25 +182,13 @@ async fn renewed_certificates_are_taken_without_a_failed_call_and_wrong_ones_are
     swap(&key_file, &key);
     let endpoint = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
-    let mut command = mesh.command(ServiceName::CryptoService);
-    command
-        .env("KEYMESH_LISTEN_ADDR", &endpoint)
-        .env("KEYMESH_TLS__CA_CERT", &ca_file)
-        .env("KEYMESH_TLS__CERT", &cert_file)
-        .env("KEYMESH_TLS__KEY", &key_file)
-        .env("KEYMESH_AUDIT__SPOOL_DIR", mesh.dir.path().join("reload-test-spool"))
-        .env("KEYMESH_TELEMETRY__METRICS_ADDR", &admin)
-        .env("KEYMESH_LOG", "info")
-        .stderr(Stdio::piped());
-    let mut replica = command.spawn().unwrap();
-    let log: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut lines = BufReader::new(replica.stderr.take().unwrap()).lines();
-    let kept = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            kept.lock().unwrap().push(line);
-        }
-    });
+    let (mut replica, log) = spawn_replica(
+        &mesh,
+        files.path(),
+        &endpoint,
+        "reload-test-spool",
+        &[("KEYMESH_TELEMETRY__METRICS_ADDR", admin.as_str())],
+    );
 
     // A client encrypting through the replica the whole time.
     let mut endpoints = mesh.endpoints.clone();
@@ -345,25 +364,13 @@ async fn calls_to_other_services_present_the_renewed_certificate_and_trust_the_r
     swap(&cert_file, &first);
     swap(&key_file, &first_key);
     let endpoint = format!("127.0.0.1:{}", free_port());
-    let mut command = mesh.command(ServiceName::CryptoService);
-    command
-        .env("KEYMESH_LISTEN_ADDR", &endpoint)
-        .env("KEYMESH_ENDPOINTS__KEY_SERVICE", &recorder.address)
-        .env("KEYMESH_TLS__CA_CERT", &ca_file)
-        .env("KEYMESH_TLS__CERT", &cert_file)
-        .env("KEYMESH_TLS__KEY", &key_file)
-        .env("KEYMESH_AUDIT__SPOOL_DIR", mesh.dir.path().join("client-reload-spool"))
-        .env("KEYMESH_LOG", "info")
-        .stderr(Stdio::piped());
-    let mut replica = command.spawn().unwrap();
-    let log: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut lines = BufReader::new(replica.stderr.take().unwrap()).lines();
-    let kept = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            kept.lock().unwrap().push(line);
-        }
-    });
+    let (mut replica, log) = spawn_replica(
+        &mesh,
+        files.path(),
+        &endpoint,
+        "client-reload-spool",
+        &[("KEYMESH_ENDPOINTS__KEY_SERVICE", recorder.address.as_str())],
+    );
 
     // Each Encrypt through the replica asks "key-service" for the key, over a new connection (the stand-in hangs
     // up after the handshake), so each shows what the replica presents now. The calls themselves fail.

@@ -76,6 +76,21 @@ pub(crate) fn root_store(tls: &TlsMaterial) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// The certificate chain (never empty) and private key of `tls`.
+pub(crate) fn chain_and_key(
+    tls: &TlsMaterial,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid(format!("certificate: {e}")))?;
+    if chain.is_empty() {
+        return Err(TlsError::Invalid("the certificate file holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
+        .map_err(|e| TlsError::Invalid(format!("private key: {e}")))?;
+    Ok((chain, key))
+}
+
 /// Checks that `tls` is usable as the identity `spiffe_id`: its leaf certificate chains to its own CA bundle
 /// (for client use too, as services call each other with it), carries exactly that SPIFFE id, and matches the
 /// key. What a server checks before it swaps in renewed material.
@@ -104,14 +119,7 @@ pub fn server_config(tls: &TlsMaterial) -> Result<ServerConfig, TlsError> {
     let inner = WebPkiClientVerifier::builder(Arc::new(root_store(tls)?))
         .build()
         .map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
-    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Invalid(format!("certificate: {e}")))?;
-    if chain.is_empty() {
-        return Err(TlsError::Invalid("the certificate file holds no certificate".into()));
-    }
-    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
-        .map_err(|e| TlsError::Invalid(format!("private key: {e}")))?;
+    let (chain, key) = chain_and_key(tls)?;
     let mut config = ServerConfig::builder()
         .with_client_cert_verifier(Arc::new(SpiffeClientVerifier { inner }))
         .with_single_cert(chain, key)

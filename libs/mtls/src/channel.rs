@@ -23,13 +23,17 @@ use rustls::{
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     },
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    pki_types::{CertificateDer, ServerName, UnixTime},
     sign::CertifiedKey,
 };
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::{ServiceName, TlsError, TlsMaterial, acceptor::root_store, spiffe_id_from_der};
+use crate::{
+    ServiceName, TlsError, TlsMaterial,
+    acceptor::{chain_and_key, root_store},
+    spiffe_id_from_der,
+};
 
 /// What a client presents and trusts on its next handshake.
 struct ClientIdentity {
@@ -44,14 +48,7 @@ impl ClientIdentity {
         let roots = WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(tls)?), provider.clone())
             .build()
             .map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
-        let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::Invalid(format!("certificate: {e}")))?;
-        if chain.is_empty() {
-            return Err(TlsError::Invalid("the certificate file holds no certificate".into()));
-        }
-        let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
-            .map_err(|e| TlsError::Invalid(format!("private key: {e}")))?;
+        let (chain, key) = chain_and_key(tls)?;
         let certified = CertifiedKey::from_der(chain, key, provider)
             .map_err(|e| TlsError::Invalid(format!("certificate and key: {e}")))?;
         Ok(Self { certified: Arc::new(certified), roots })
