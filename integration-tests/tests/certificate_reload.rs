@@ -395,7 +395,8 @@ async fn calls_to_other_services_present_the_renewed_certificate_and_trust_the_r
     // 2. Key-service moves to a new CA first; the replica refuses it until its own bundle holds the new CA, then
     // presents its certificate from the new CA.
     let (moved, moved_key) = issue(&next_ca, &next_ca_key, &key_service, 60);
-    recorder.present(&moved, &moved_key, &next_ca);
+    // The stand-in would take the replica's old certificate (it trusts both CAs): only the replica can refuse.
+    recorder.present(&moved, &moved_key, &bundle);
     let handshakes = recorder.serials.lock().unwrap().len();
     for _ in 0..5 {
         call().await;

@@ -4,7 +4,8 @@
 //! new ones refused) and restores: Postgres itself is shared with the other tests and keeps running. Then
 //! token-service stops: once crypto-service's revocations pass their bound, its `/readyz` names the token
 //! verifier, until token-service is back. And key-service's KMS (a real OpenBao Transit as the keyring's
-//! primary) freezes: `/readyz` names the KMS within 5 s and is 200 again once it answers.
+//! primary) freezes: a key-service whose keyring has nothing else names the KMS in `/readyz` within 5 s, one with
+//! a local secondary stays ready, and both are 200 once it answers.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -108,6 +109,7 @@ async fn readyz_follows_the_database_and_the_token_verifier_and_livez_does_not()
     assert!(!body.contains(&relayed) && !body.contains("postgres://"), "no connection string: {body}");
     println!("/readyz was 503 {took:?} after the database went away: {body}");
     assert!(http_get(&admin, "/livez").await.0.starts_with("HTTP/1.1 200"), "alive while the database is away");
+    assert!(http_get(&admin, "/startupz").await.0.starts_with("HTTP/1.1 200"), "started while the database is away");
 
     relay.restore();
     let (body, took) = wait_for(&admin, "/readyz", "200", Duration::from_secs(30)).await;
@@ -126,18 +128,20 @@ async fn readyz_follows_the_database_and_the_token_verifier_and_livez_does_not()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_follows_the_kms_primary_and_livez_does_not() {
+async fn readyz_follows_the_kms_keyring_and_livez_does_not() {
     keymesh_mesh::install_crypto_provider();
     let bao = OpenBao::start();
     bao.create_transit_key("keymesh");
     let token = bao.keymesh_token("keymesh");
-    let admin = format!("127.0.0.1:{}", free_port());
+    let (admin, lone_admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let key_service = ServiceName::KeyService;
-    let _mesh = Mesh::start(
+    // key-service: OpenBao Transit as primary, the local backend as secondary.
+    let mut mesh = Mesh::start(
         &[],
         &[
             (key_service, "KEYMESH_TELEMETRY__METRICS_ADDR", admin.as_str()),
             (key_service, "KEYMESH_KMS__PRIMARY", "transit"),
+            (key_service, "KEYMESH_KMS__SECONDARY", r#"["local"]"#),
             (key_service, "KEYMESH_KMS__BACKENDS__TRANSIT__TYPE", "vault"),
             (key_service, "KEYMESH_KMS__BACKENDS__TRANSIT__ADDRESS", bao.address.as_str()),
             (key_service, "KEYMESH_KMS__BACKENDS__TRANSIT__KEY", "keymesh"),
@@ -145,20 +149,33 @@ async fn readyz_follows_the_kms_primary_and_livez_does_not() {
         ],
     )
     .await;
+    // A replica whose keyring is OpenBao alone.
+    mesh.spawn_replica(
+        key_service,
+        &[("KEYMESH_KMS__SECONDARY", "[]"), ("KEYMESH_TELEMETRY__METRICS_ADDR", lone_admin.as_str())],
+    )
+    .await;
     let all_ok = "ok serving\nok token verifier\nok database\nok kms\nok audit spool\n";
-    let (body, _) = wait_for(&admin, "/readyz", "200", Duration::from_secs(10)).await;
-    assert_eq!(body, all_ok);
+    for admin in [&admin, &lone_admin] {
+        let (body, _) = wait_for(admin, "/readyz", "200", Duration::from_secs(10)).await;
+        assert_eq!(body, all_ok);
+    }
 
-    // Frozen, not gone: a KMS that hangs is the harder case (no refusal, only silence).
+    // Frozen, not gone: a KMS that hangs is the harder case (no refusal, only silence). The keyring with a
+    // secondary that answers stays usable, and so ready; the one without turns unready, naming the KMS.
     bao.pause(true);
-    let (body, took) = wait_for(&admin, "/readyz", "503", Duration::from_secs(5)).await;
-    assert!(body.contains("failed kms: the primary backend"), "{body}");
+    let (body, took) = wait_for(&lone_admin, "/readyz", "503", Duration::from_secs(5)).await;
+    assert!(body.contains("failed kms: no member of the keyring can wrap and unwrap (\"transit\": "), "{body}");
     assert!(!body.contains(&token), "no token in the reason: {body}");
-    println!("/readyz was 503 {took:?} after the KMS froze: {body}");
-    assert!(http_get(&admin, "/livez").await.0.starts_with("HTTP/1.1 200"), "alive while the KMS is away");
+    println!("/readyz of the replica without a secondary was 503 {took:?} after the KMS froze: {body}");
+    assert!(http_get(&lone_admin, "/livez").await.0.starts_with("HTTP/1.1 200"), "alive while the KMS is away");
+    // The startup probe's endpoint: started, whatever the KMS says, so a pod is not restarted for an outage.
+    assert!(http_get(&lone_admin, "/startupz").await.0.starts_with("HTTP/1.1 200"), "started while the KMS is away");
+    let (head, body) = http_get(&admin, "/readyz").await;
+    assert!(head.starts_with("HTTP/1.1 200") && body == all_ok, "the keyring with a secondary: {head} {body}");
 
     bao.pause(false);
-    let (body, took) = wait_for(&admin, "/readyz", "200", Duration::from_secs(30)).await;
+    let (body, took) = wait_for(&lone_admin, "/readyz", "200", Duration::from_secs(30)).await;
     assert_eq!(body, all_ok);
     println!("/readyz was 200 again {took:?} after the KMS answered");
 }

@@ -36,13 +36,7 @@ fn issue(mesh: &Mesh, uris: &[&str]) -> TlsMaterial {
     params.subject_alt_names.push(SanType::DnsName("svid-test".try_into().unwrap()));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &issuer).unwrap();
-    TlsMaterial {
-        ca_pem,
-        cert_pem: cert.pem(),
-        key_pem: Zeroizing::new(key.serialize_pem()),
-        files: None,
-        client_identity: Default::default(),
-    }
+    TlsMaterial::from_pem(ca_pem, cert.pem(), Zeroizing::new(key.serialize_pem()), None)
 }
 
 /// The health check of `service` over a fresh connection with `tls`.

@@ -217,8 +217,12 @@ integer fields (milliseconds, counts) need. Keys are quoted, so any backend name
 {{- define "keymesh.tomlValue" -}}
 {{- if kindIs "slice" . -}}
 [{{- range $i, $item := . -}}{{- if $i -}}, {{ end -}}{{- include "keymesh.tomlValue" $item -}}{{- end -}}]
+{{- else if kindIs "map" . -}}
+{{- /* A map inside an array (e.g. [[tokens.exchange.issuers]]): an inline table. */ -}}
+{ {{- range $i, $key := keys . | sortAlpha -}}{{- if $i -}}, {{ end -}}{{ toJson $key }} = {{ include "keymesh.tomlValue" (index $ $key) }}{{- end -}} }
 {{- else if or (kindIs "float64" .) (kindIs "float32" .) -}}
-{{- if eq (float64 .) (floor .) -}}{{- printf "%d" (int64 .) -}}{{- else -}}{{- . -}}{{- end -}}
+{{- /* Whole numbers as integers while exact (|n| < 2^53, where a float still holds every integer). */ -}}
+{{- if and (eq (float64 .) (floor .)) (lt (float64 .) 9007199254740992.0) (gt (float64 .) -9007199254740992.0) -}}{{- printf "%d" (int64 .) -}}{{- else -}}{{- . -}}{{- end -}}
 {{- else if or (kindIs "int" .) (kindIs "int64" .) (kindIs "bool" .) -}}
 {{- . -}}
 {{- else if kindIs "invalid" . -}}
@@ -242,6 +246,20 @@ Name of a service's ServiceAccount: (dict "root" $ "svc" "key-service").
 {{- end -}}
 
 {{/*
+The replica count of a service's Deployment. A service that keeps state but has no database Secret (a trial with
+allowEphemeralState) keeps it in SQLite in its pod: one replica, or each pod would be a mesh of its own.
+*/}}
+{{- define "keymesh.replicas" -}}
+{{- $cfg := index .root.Values.services .svc -}}
+{{- $facts := index (fromYaml (include "keymesh.topology" .root)) .svc -}}
+{{- if and $facts.database (not (include "keymesh.databaseSecret" .)) -}}
+1
+{{- else -}}
+{{- int $cfg.replicas -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 Replicas a service runs with at least: its HPA's minimum when autoscaling, else its replica count.
 */}}
 {{- define "keymesh.minReplicas" -}}
@@ -249,7 +267,7 @@ Replicas a service runs with at least: its HPA's minimum when autoscaling, else 
 {{- if dig "autoscaling" "enabled" false $cfg -}}
 {{- int (dig "autoscaling" "minReplicas" 1 $cfg) -}}
 {{- else -}}
-{{- int $cfg.replicas -}}
+{{- include "keymesh.replicas" . -}}
 {{- end -}}
 {{- end -}}
 
@@ -270,8 +288,14 @@ already (so `helm lint` does too); what needs the whole picture is checked here.
 {{- end -}}
 {{- $audit := index $root.Values.services "audit-service" -}}
 {{- $auditDb := include "keymesh.databaseSecret" (dict "root" $root "svc" "audit-service") -}}
-{{- if and (or (gt (int $audit.replicas) 1) (dig "autoscaling" "enabled" false $audit)) (not $auditDb) -}}
+{{- if and (gt (int $audit.replicas) 1) (not $auditDb) -}}
 {{- fail "services.audit-service.replicas above 1 (or autoscaling) need a shared Postgres (database.existingSecret or services.audit-service.database.existingSecret): replicas take turns appending to one chain under its lock" -}}
+{{- end -}}
+{{- range $svc := list "key-service" "token-service" "audit-service" -}}
+{{- $cfg := index $root.Values.services $svc -}}
+{{- if and (dig "autoscaling" "enabled" false $cfg) (not (include "keymesh.databaseSecret" (dict "root" $root "svc" $svc))) -}}
+{{- fail (printf "services.%s.autoscaling needs a shared Postgres (database.existingSecret or services.%s.database.existingSecret): without one each pod keeps its own state" $svc $svc) -}}
+{{- end -}}
 {{- end -}}
 {{- range $svc := splitList " " (include "keymesh.serviceNames" $root) -}}
 {{- if eq (int (index $root.Values.services $svc).port) (int $root.Values.adminPort) -}}

@@ -1,77 +1,93 @@
-//! Whether the keyring's primary can wrap and unwrap right now, known without asking the KMS on every readiness
-//! probe. A remote KMS charges per request and may answer slowly; a kubelet asks every few seconds on every
-//! pod. So one background task per process probes the primary on a fixed period (the backend's own deadlines,
-//! retries and circuit breaker apply) and the readiness check reads its last outcome.
+//! Whether the keyring can wrap and unwrap right now, known without asking the KMS on every readiness probe. A
+//! remote KMS charges per request and may answer slowly; a kubelet asks every few seconds on every pod. So one
+//! background task per process probes the keyring's members on a fixed period (the backends' own deadlines,
+//! retries and circuit breakers apply) and the readiness check reads their last outcomes.
 //!
-//! Only the primary counts: it wraps every new DEK, so without it nothing can be created or rotated. A
-//! secondary or retired member that is down only narrows the fallbacks, and a tenant's own keyring that its
-//! owner disabled is that tenant's decision (crypto-shredding), not a reason to take the pod out of service.
+//! The keyring is usable while any member that wraps every new DEK (the primary or a secondary) answers: each
+//! of them can unwrap everything wrapped since it joined, and the keyring falls back to it by itself. Only when
+//! none answers is the pod unready — every replica probes the same KMS, so a check that failed with the primary
+//! alone would take every replica out of its Service and defeat the secondary. A retired member only unwraps
+//! old material, and a tenant's own keyring that its owner disabled is that tenant's decision
+//! (crypto-shredding): neither decides readiness.
 
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use crate::Keyring;
+use crate::{Keyring, keyring::Role};
 
-/// The last outcome of the primary's probe.
+/// The last outcome of each member's probe.
 #[derive(Clone)]
 pub struct HealthWatch {
-    state: Arc<Mutex<State>>,
+    members: Arc<Vec<(String, Mutex<Probe>)>>,
     period: Duration,
 }
 
-struct State {
-    /// When the last probe finished and what it said; `None` before the first one.
-    last: Option<(Instant, Result<(), String>)>,
+#[derive(Default)]
+struct Probe {
+    /// What the last probe that finished said; `None` before the first one.
+    last: Option<Result<(), String>>,
     /// When the probe under way started.
-    probing_since: Option<Instant>,
+    since: Option<Instant>,
+}
+
+impl Probe {
+    /// `Ok` when the last probe passed and the one under way has not hung for a whole period.
+    fn usable(&self, period: Duration) -> Result<(), String> {
+        if let Some(since) = self.since
+            && since.elapsed() > period
+        {
+            return Err(format!("no answer to a probe for {:.1} s", since.elapsed().as_secs_f64()));
+        }
+        self.last.clone().unwrap_or_else(|| Err("the first probe has not finished".into()))
+    }
 }
 
 impl HealthWatch {
-    /// Probes `keyring`'s primary now and then every `period`, until the returned task is aborted.
+    /// Probes the primary and secondary members of `keyring` now and then every `period`, all at once, until
+    /// the returned task is aborted.
     pub fn spawn(keyring: Keyring, period: Duration) -> (Self, tokio::task::JoinHandle<()>) {
-        let watch = Self { state: Arc::new(Mutex::new(State { last: None, probing_since: None })), period };
-        let state = watch.state.clone();
+        let wrapping: Vec<_> = keyring.members().iter().filter(|m| m.role != Role::Retired).cloned().collect();
+        let members = Arc::new(wrapping.iter().map(|m| (m.name.clone(), Mutex::new(Probe::default()))).collect());
+        let watch = Self { members, period };
+        let probes = watch.members.clone();
         let task = tokio::spawn(async move {
-            let primary = keyring.primary().clone();
             loop {
-                state.lock().unwrap_or_else(|p| p.into_inner()).probing_since = Some(Instant::now());
-                let outcome = primary
-                    .backend
-                    .health()
-                    .await
-                    .map_err(|e| format!("the primary backend {:?} cannot wrap and unwrap: {e}", primary.name));
-                if let Err(reason) = &outcome {
-                    tracing::warn!(%reason, "KMS health probe failed");
-                }
-                {
-                    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-                    state.last = Some((Instant::now(), outcome));
-                    state.probing_since = None;
-                }
+                let rounds = wrapping.iter().zip(probes.iter()).map(|(member, (name, probe))| async move {
+                    probe.lock().unwrap_or_else(|p| p.into_inner()).since = Some(Instant::now());
+                    let outcome = member.backend.health().await.map_err(|e| e.to_string());
+                    let mut probe = probe.lock().unwrap_or_else(|p| p.into_inner());
+                    // A line when a member's state changes, not one every period of an outage.
+                    match (&probe.last, &outcome) {
+                        (Some(Ok(())) | None, Err(reason)) => {
+                            tracing::warn!(member = %name, %reason, "KMS keyring member fails its health probe");
+                        }
+                        (Some(Err(_)), Ok(())) => tracing::info!(member = %name, "KMS keyring member answers again"),
+                        _ => {}
+                    }
+                    probe.last = Some(outcome);
+                    probe.since = None;
+                });
+                futures_util::future::join_all(rounds).await;
                 tokio::time::sleep(period).await;
             }
         });
         (watch, task)
     }
 
-    /// `Ok` when the last probe passed; otherwise why not. A probe still waiting for its answer after a
-    /// whole period counts as failed: a KMS that hangs is not usable either, whatever its deadlines say.
+    /// `Ok` while a member that wraps every new DEK answers its probes; otherwise each one's reason. A probe
+    /// still waiting for its answer after a whole period counts as failed: a KMS that hangs is not usable
+    /// either, whatever its deadlines say.
     pub fn current(&self) -> Result<(), String> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(since) = state.probing_since
-            && since.elapsed() > self.period
-        {
-            return Err(format!(
-                "the primary backend has not answered a probe for {:.1} s",
-                since.elapsed().as_secs_f64()
-            ));
+        let mut reasons = Vec::new();
+        for (name, probe) in self.members.iter() {
+            match probe.lock().unwrap_or_else(|p| p.into_inner()).usable(self.period) {
+                Ok(()) => return Ok(()),
+                Err(reason) => reasons.push(format!("{name:?}: {reason}")),
+            }
         }
-        match &state.last {
-            None => Err("the first probe of the primary backend has not finished".into()),
-            Some((_, outcome)) => outcome.clone(),
-        }
+        Err(format!("no member of the keyring can wrap and unwrap ({})", reasons.join("; ")))
     }
 }
 
@@ -135,6 +151,33 @@ mod tests {
         assert!(reason.contains("\"main\"") && reason.contains("switched off"), "{reason}");
         up.store(true, Ordering::SeqCst);
         wait(true).await.unwrap();
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_secondary_that_answers_keeps_the_keyring_usable_and_a_retired_one_does_not() {
+        use crate::keyring::Member;
+        let member = |name: &str, role: Role, up: &Arc<AtomicBool>| Member {
+            name: name.into(),
+            role,
+            backend: Arc::new(Switch(up.clone())) as Arc<dyn KeyEncryptionBackend>,
+        };
+        let (primary, secondary, retired) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(true)));
+        let keyring = Keyring::new(vec![
+            member("main", Role::Primary, &primary),
+            member("dr", Role::Secondary, &secondary),
+            member("old", Role::Retired, &retired),
+        ])
+        .unwrap();
+        let (watch, task) = HealthWatch::spawn(keyring, Duration::from_millis(20));
+        let settle = || tokio::time::sleep(Duration::from_millis(200));
+        settle().await;
+        watch.current().unwrap();
+        secondary.store(false, Ordering::SeqCst);
+        settle().await;
+        let reason = watch.current().unwrap_err();
+        assert!(reason.contains("\"main\"") && reason.contains("\"dr\"") && !reason.contains("old"), "{reason}");
         task.abort();
     }
 }

@@ -66,13 +66,12 @@ pub fn ensure_dev_identity(data_dir: &Path, identity: &DevIdentity) -> Result<Tl
         write_file(&key_path, key.as_bytes(), 0o600)?;
         write_file(&cert_path, cert.as_bytes(), 0o644)?;
     }
-    let material = TlsMaterial {
+    let material = TlsMaterial::from_pem(
         ca_pem,
-        cert_pem: fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?,
-        key_pem: Zeroizing::new(fs::read_to_string(&key_path).map_err(io_err(&key_path))?),
-        files: Some(keymesh_mtls::TlsFiles { ca_cert, cert: cert_path, key: key_path }),
-        client_identity: Default::default(),
-    };
+        fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?,
+        Zeroizing::new(fs::read_to_string(&key_path).map_err(io_err(&key_path))?),
+        Some(keymesh_mtls::TlsFiles { ca_cert, cert: cert_path, key: key_path }),
+    );
     drop(lock);
     Ok(material)
 }

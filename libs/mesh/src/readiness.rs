@@ -51,6 +51,11 @@ impl Readiness {
         self.serving.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the service said it serves (`/startupz`).
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
     /// Runs every check at once: whether all pass, and one line per check (`ok database`, `failed database: …`).
     pub async fn report(&self) -> (bool, String) {
         if !self.serving.load(Ordering::Relaxed) {

@@ -237,7 +237,7 @@ async fn reload_on_change(
         match keymesh_mtls::check_identity(&renewed, &identity) {
             Ok(config) => {
                 // Clients first: once the server presents the renewal, peers may already be dropping the old CA.
-                if let Err(error) = serving.client_identity.replace(&renewed) {
+                if let Err(error) = serving.renew_channels(&renewed) {
                     tracing::warn!(reason = %error, "refused the renewed certificate files for calls to other services");
                     continue;
                 }

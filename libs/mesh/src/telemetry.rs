@@ -50,7 +50,9 @@ impl Telemetry {
 
     /// Serves the admin endpoints, plain HTTP off the mTLS port (the Linkerd and Vault convention: a scraper
     /// or a kubelet needs no client certificate): `/metrics` in the Prometheus text format, `/livez` (the
-    /// process runs) and `/readyz` (200 or 503, a line per check). Returns the bound address; a taken port is an
+    /// process runs), `/startupz` (200 once it serves, whatever its dependencies say: a startup probe that read
+    /// `/readyz` would kill, in a loop, every pod that starts during an outage of something they all share) and
+    /// `/readyz` (200 or 503, a line per check). Returns the bound address; a taken port is an
     /// error naming it.
     pub async fn serve_admin(&self, addr: SocketAddr, readiness: Readiness) -> Result<SocketAddr, MeshError> {
         let listener = crate::server::bind(addr).await?;
@@ -65,6 +67,19 @@ impl Telemetry {
                 }),
             )
             .route("/livez", axum::routing::get(|| async { "ok\n" }))
+            .route("/startupz", {
+                let readiness = readiness.clone();
+                axum::routing::get(move || {
+                    let started = readiness.is_serving();
+                    async move {
+                        if started {
+                            (http::StatusCode::OK, "ok serving\n")
+                        } else {
+                            (http::StatusCode::SERVICE_UNAVAILABLE, "failed serving: still starting\n")
+                        }
+                    }
+                })
+            })
             .route(
                 "/readyz",
                 axum::routing::get(move || {

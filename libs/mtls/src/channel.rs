@@ -41,15 +41,20 @@ struct ClientIdentity {
     roots: Arc<WebPkiServerVerifier>,
 }
 
+/// The process's rustls `CryptoProvider`, or ring's when the application installed none (as tonic's own TLS
+/// would): an application using the SDK need not know that rustls wants one.
+fn provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
 impl ClientIdentity {
     fn from_material(tls: &TlsMaterial) -> Result<Self, TlsError> {
-        let provider = CryptoProvider::get_default()
-            .ok_or_else(|| TlsError::Invalid("no rustls CryptoProvider is installed in this process".into()))?;
+        let provider = provider();
         let roots = WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(tls)?), provider.clone())
             .build()
             .map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
         let (chain, key) = chain_and_key(tls)?;
-        let certified = CertifiedKey::from_der(chain, key, provider)
+        let certified = CertifiedKey::from_der(chain, key, &provider)
             .map_err(|e| TlsError::Invalid(format!("certificate and key: {e}")))?;
         Ok(Self { certified: Arc::new(certified), roots })
     }
@@ -70,7 +75,7 @@ impl std::fmt::Debug for LiveClientIdentity {
 impl LiveClientIdentity {
     /// From now on, new handshakes of every channel sharing this identity present `renewed`'s certificate and
     /// trust its CA bundle. The caller has checked that `renewed` is the right identity.
-    pub fn replace(&self, renewed: &TlsMaterial) -> Result<(), TlsError> {
+    pub(crate) fn replace(&self, renewed: &TlsMaterial) -> Result<(), TlsError> {
         let identity = Arc::new(ClientIdentity::from_material(renewed)?);
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(identity);
         Ok(())
@@ -213,16 +218,18 @@ pub fn mtls_channel(endpoint: &str, tls: &TlsMaterial, service: ServiceName) -> 
     let host = endpoint.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or(endpoint);
     let server_name = ServerName::try_from(host.to_owned())
         .map_err(|e| TlsError::Invalid(format!("bad endpoint {endpoint:?}: {e}")))?;
-    let identity = tls.client_identity.current_or_init(tls)?;
+    let identity = tls.client_identity().current_or_init(tls)?;
     let verifier = Arc::new(SpiffeServerVerifier {
-        identity: tls.client_identity.clone(),
+        identity: tls.client_identity().clone(),
         initial: identity.roots.clone(),
         expected: service.spiffe_id(),
     });
-    let mut config = ClientConfig::builder()
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Invalid(format!("TLS versions: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(Arc::new(CurrentCertificate(tls.client_identity.clone())));
+        .with_client_cert_resolver(Arc::new(CurrentCertificate(tls.client_identity().clone())));
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = MtlsConnector { config: Arc::new(config), server_name };
     // http://, because the connector does the TLS: tonic would otherwise insist on its own.

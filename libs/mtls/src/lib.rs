@@ -51,9 +51,10 @@ pub struct TlsMaterial {
     /// The files it was read from, when it was: a server watches them and takes renewed material.
     pub files: Option<TlsFiles>,
     /// What this material's channels present and trust now, shared by its clones: a renewal the server takes
-    /// reaches the process's clients through it. Material with other PEM fields needs a fresh one
-    /// (`Default::default()`), not a clone's.
-    pub client_identity: LiveClientIdentity,
+    /// reaches the process's clients through it ([`TlsMaterial::renew_channels`]). Private, so material is made
+    /// by the constructors, each with an identity of its own; change a clone's PEM fields and its channels
+    /// would still present the original's.
+    client_identity: LiveClientIdentity,
 }
 
 /// Where an identity's PEM files are.
@@ -74,18 +75,33 @@ impl std::fmt::Debug for TlsMaterial {
 }
 
 impl TlsMaterial {
+    /// Material from PEM text: the CA bundle, the certificate chain and the private key.
+    pub fn from_pem(ca_pem: String, cert_pem: String, key_pem: Zeroizing<String>, files: Option<TlsFiles>) -> Self {
+        Self { ca_pem, cert_pem, key_pem, files, client_identity: LiveClientIdentity::default() }
+    }
+
+    /// From now on, the channels made from this material (and from its clones) present `renewed`'s certificate
+    /// and trust its CA bundle at their next handshake. The caller has checked that `renewed` is this identity.
+    pub fn renew_channels(&self, renewed: &TlsMaterial) -> Result<(), TlsError> {
+        self.client_identity.replace(renewed)
+    }
+
+    /// The identity channels made from this material share.
+    pub(crate) fn client_identity(&self) -> &LiveClientIdentity {
+        &self.client_identity
+    }
+
     /// Reads PEM files: the CA bundle, the certificate chain and the private key.
     pub fn from_files(ca_cert: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let read = |p: &Path| {
             std::fs::read_to_string(p).map_err(|source| TlsError::Read { path: p.display().to_string(), source })
         };
-        Ok(Self {
-            ca_pem: read(ca_cert)?,
-            cert_pem: read(cert)?,
-            key_pem: Zeroizing::new(read(key)?),
-            files: Some(TlsFiles { ca_cert: ca_cert.to_owned(), cert: cert.to_owned(), key: key.to_owned() }),
-            client_identity: LiveClientIdentity::default(),
-        })
+        Ok(Self::from_pem(
+            read(ca_cert)?,
+            read(cert)?,
+            Zeroizing::new(read(key)?),
+            Some(TlsFiles { ca_cert: ca_cert.to_owned(), cert: cert.to_owned(), key: key.to_owned() }),
+        ))
     }
 
     /// Reads the files again.

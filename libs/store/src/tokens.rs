@@ -57,6 +57,12 @@ impl TokenRepository {
             return Ok(StartupLock(None));
         }
         let txn = self.db.begin().await?;
+        // The holder's transaction sits idle while the work runs on the pool. If its node vanished without
+        // closing the connection, Postgres would keep the lock until TCP keepalive noticed (hours), blocking
+        // every start: the transaction ends itself after a minute idle, and a waiter gives up after 90 s (and is
+        // restarted) rather than hang.
+        txn.execute_unprepared("SET LOCAL idle_in_transaction_session_timeout = '60s'").await?;
+        txn.execute_unprepared("SET LOCAL lock_timeout = '90s'").await?;
         txn.execute_unprepared("SELECT pg_advisory_xact_lock(7403740374037403)").await?;
         Ok(StartupLock(Some(txn)))
     }
@@ -310,7 +316,8 @@ impl TokenRepository {
 pub struct StartupLock(Option<sea_orm::DatabaseTransaction>);
 
 impl StartupLock {
-    /// Lets the next replica in.
+    /// Lets the next replica in. An error means Postgres had already ended the transaction (idle too long),
+    /// and the lock went with it: worth a log line, not a failed start.
     pub async fn release(self) -> Result<(), StoreError> {
         if let Some(txn) = self.0 {
             txn.commit().await?;

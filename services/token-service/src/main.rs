@@ -51,7 +51,9 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let startup_lock = repo.startup_lock().await?;
     bootstrap::ensure_root_tenant(&repo, &params.data_dir, &endpoint, fips).await?;
     let signer = Arc::new(signing::Signer::load_or_create(&repo, &kms, token_params.clone()).await?);
-    startup_lock.release().await?;
+    if let Err(error) = startup_lock.release().await {
+        tracing::warn!(%error, "the start-up lock's transaction had already ended; the lock went with it");
+    }
 
     // token-service verifies its admin callers like every other service, from its own store.
     let authority = revocations::LocalAuthority { repo: repo.clone(), signer: signer.clone() };
