@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/keymesh/target
 BUF := $(HOME)/.cache/keymesh/node/node_modules/.bin/buf
 
-.PHONY: run test bench fuzz build deps test-deps lint fmt buf-lint clean-data clean
+.PHONY: run test chaos bench fuzz build deps test-deps lint fmt buf-lint clean-data clean
 
 ## run: build and start the whole mesh on its embedded defaults (Ctrl-C stops it)
 run: deps build
@@ -16,6 +16,14 @@ test: test-deps
 	deploy/dev/smoke-run.sh
 	deploy/dev/check-chart.sh
 	$(MAKE) --no-print-directory lint
+
+## chaos: the chaos suite's long form (integration-tests/tests/chaos.rs), CHAOS_SECONDS per drill (default 60);
+## make test runs its short form
+CHAOS_SECONDS ?= 60
+chaos: test-deps
+	cargo build --workspace --bins --tests
+	url="$$(deploy/dev/ensure-postgres.sh)" && KEYMESH_TEST_POSTGRES_URL="$$url" KEYMESH_CHAOS_SECONDS=$(CHAOS_SECONDS) \
+		cargo test -p integration-tests --test chaos -- --nocapture --test-threads 1
 
 ## bench: benchmarks (release build): GetDataKey latency per cache tier, and the data plane (Encrypt/Decrypt
 ## ops/s and p99 at 1 KiB and 64 KiB, stream MB/s) through the real services, each against raw AES-GCM

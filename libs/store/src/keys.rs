@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
 };
 
 use crate::{
@@ -53,6 +53,15 @@ pub enum KeyLookup<'a> {
     },
     /// By id alone: for background maintenance, which acts for no tenant.
     ById(&'a str),
+}
+
+/// A key's versions, oldest first, through `db` (a connection or the transaction of a snapshot or a lock).
+async fn versions_of_key(db: &impl ConnectionTrait, key_id: &str) -> Result<Vec<key_version::Model>, sea_orm::DbErr> {
+    key_version::Entity::find()
+        .filter(key_version::Column::KeyId.eq(key_id))
+        .order_by_asc(key_version::Column::Version)
+        .all(db)
+        .await
 }
 
 /// A key locked for change. Edit `record`, then [`LockedKey::commit`]; dropping it rolls back.
@@ -171,12 +180,23 @@ impl KeyRepository {
             .await?)
     }
 
-    /// A key with its versions.
+    /// A key with its versions, read from one snapshot: the key row and its versions are two queries, and a
+    /// rotation committing between them would otherwise yield a record whose primary version is already
+    /// DECRYPT_ONLY. Postgres gives the snapshot by a read-only REPEATABLE READ transaction; SQLite's
+    /// transaction reads one snapshot anyway.
     pub async fn load(&self, lookup: KeyLookup<'_>) -> Result<Option<KeyRecord>, StoreError> {
-        let Some(key) = key::Entity::find().filter(lookup_condition(lookup)).one(&self.db).await? else {
+        let txn = if self.db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            self.db
+                .begin_with_config(Some(sea_orm::IsolationLevel::RepeatableRead), Some(sea_orm::AccessMode::ReadOnly))
+                .await?
+        } else {
+            self.db.begin().await?
+        };
+        let Some(key) = key::Entity::find().filter(lookup_condition(lookup)).one(&txn).await? else {
             return Ok(None);
         };
-        let versions = self.versions(&key.id).await?;
+        let versions = versions_of_key(&txn, &key.id).await?;
+        txn.commit().await?;
         Ok(Some(KeyRecord { key, versions }))
     }
 
@@ -186,22 +206,14 @@ impl KeyRepository {
         let Some(key) = key::Entity::find().filter(lookup_condition(lookup)).lock_exclusive().one(&txn).await? else {
             return Ok(None);
         };
-        let versions = key_version::Entity::find()
-            .filter(key_version::Column::KeyId.eq(key.id.as_str()))
-            .order_by_asc(key_version::Column::Version)
-            .all(&txn)
-            .await?;
+        let versions = versions_of_key(&txn, &key.id).await?;
         let record = KeyRecord { key, versions };
         Ok(Some(LockedKey { txn, original: record.clone(), record }))
     }
 
     /// All versions of a key (already found through its tenant), oldest first.
     pub async fn versions(&self, key_id: &str) -> Result<Vec<key_version::Model>, StoreError> {
-        Ok(key_version::Entity::find()
-            .filter(key_version::Column::KeyId.eq(key_id))
-            .order_by_asc(key_version::Column::Version)
-            .all(&self.db)
-            .await?)
+        Ok(versions_of_key(&self.db, key_id).await?)
     }
 
     /// One version of a key (already found through its tenant).

@@ -3,6 +3,9 @@
 
 use tonic::Status;
 
+/// When a caller refused for key-service's absence may try again (a restart or a failover takes about this).
+const KEY_SERVICE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What can go wrong in crypto-service.
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoServiceError {
@@ -55,7 +58,12 @@ impl From<CryptoServiceError> for Status {
             CryptoServiceError::KeyNotFound(_) => Status::not_found(e.to_string()),
             CryptoServiceError::Denied(_) => Status::permission_denied(e.to_string()),
             CryptoServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
-            CryptoServiceError::KeyServiceUnavailable(_) => Status::unavailable(e.to_string()),
+            CryptoServiceError::KeyServiceUnavailable(_) => {
+                // With retry advice, as the rate limits give theirs: key-service restarts within seconds.
+                use tonic_types::{ErrorDetails, StatusExt};
+                let details = ErrorDetails::with_retry_info(Some(KEY_SERVICE_RETRY_AFTER));
+                Status::with_error_details(tonic::Code::Unavailable, e.to_string(), details)
+            }
             CryptoServiceError::Policy(keymesh_policy::PolicyError::Denied { .. }) => {
                 Status::permission_denied(e.to_string())
             }

@@ -1,0 +1,160 @@
+//! The chaos suite of issue 23, short form (run by `make test`): faults and load against the real binaries,
+//! each drill printing its figures. `KEYMESH_CHAOS_SECONDS` lengthens each drill (`make chaos`).
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use integration_tests::{Mesh, fresh_postgres_database};
+use keymesh_client::ClientError;
+use keymesh_mesh::ServiceName;
+use keymesh_proto::v1 as pb;
+
+/// How long each drill runs: a few seconds in `make test`, longer under `make chaos`.
+fn drill_length(short: u64) -> Duration {
+    let seconds = std::env::var("KEYMESH_CHAOS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(short);
+    Duration::from_secs(seconds)
+}
+
+fn code_of(error: &ClientError) -> String {
+    match error {
+        ClientError::Status(status) => format!("{:?}", status.code()),
+        other => format!("client: {other}"),
+    }
+}
+
+/// Item 6: bursts of concurrent RotateKey on one key beside a steady stream of Encrypts. A key record read in
+/// two queries outside one snapshot could hand out a primary version a rotation had just made DECRYPT_ONLY
+/// (FAILED_PRECONDITION); read from one snapshot, not one Encrypt fails, and every ciphertext decrypts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_under_load_fail_no_encrypt_and_every_ciphertext_decrypts() {
+    let url = fresh_postgres_database().await;
+    let mesh = Mesh::start(&[], &[(ServiceName::KeyService, "KEYMESH_DATABASE__URL", url.as_str())]).await;
+    let admin = Arc::new(mesh.admin_client());
+    admin.create_key("rotating").await.unwrap();
+    let length = drill_length(8);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let sealed: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>> = Arc::default();
+
+    let mut workers = Vec::new();
+    for worker in 0..8u32 {
+        let (admin, stop, errors, sealed) = (admin.clone(), stop.clone(), errors.clone(), sealed.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let plaintext = format!("worker {worker} call {n}").into_bytes();
+                match admin.encrypt("rotating", plaintext.clone(), Vec::new()).await {
+                    Ok(ciphertext) => sealed.lock().unwrap().push((plaintext, ciphertext)),
+                    Err(e) => {
+                        let code = code_of(&e);
+                        if errors.lock().unwrap().is_empty() {
+                            eprintln!("first failed Encrypt: {e}");
+                        }
+                        *errors.lock().unwrap().entry(code).or_default() += 1;
+                    }
+                }
+                n += 1;
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut rotations = 0u64;
+    while started.elapsed() < length {
+        let burst = (0..8).map(|_| {
+            let admin = admin.clone();
+            async move {
+                let request = pb::RotateKeyRequest { key: "rotating".into() };
+                admin.key_service().rotate_key(admin.authorized(request).await.unwrap()).await
+            }
+        });
+        for outcome in futures_util::future::join_all(burst).await {
+            outcome.unwrap();
+            rotations += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let sealed = std::mem::take(&mut *sealed.lock().unwrap());
+    let errors = errors.lock().unwrap().clone();
+    println!(
+        "{} Encrypts acknowledged beside {rotations} rotations in {length:?}; failed by code: {errors:?}",
+        sealed.len()
+    );
+    assert!(errors.is_empty(), "Encrypts failed during rotations: {errors:?}");
+    assert!(sealed.len() > 100, "too few Encrypts to say anything: {}", sealed.len());
+    for (plaintext, ciphertext) in &sealed {
+        assert_eq!(admin.decrypt(ciphertext.clone(), Vec::new()).await.unwrap().as_slice(), plaintext.as_slice());
+    }
+    println!("all {} ciphertexts decrypted", sealed.len());
+}
+
+/// Item 3: key-service killed (SIGKILL) and restarted while Encrypts on many keys are in flight through
+/// crypto-service. Calls cut off with key-service's connections, and calls made while it is away, are UNAVAILABLE
+/// with retry advice — never INTERNAL or UNKNOWN, which would tell the caller not to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_service_killed_mid_call_gives_unavailable_with_retry_advice_never_internal() {
+    let mut mesh = Mesh::start(&[], &[]).await;
+    let admin = Arc::new(mesh.admin_client());
+    const KEYS: usize = 32;
+    for k in 0..KEYS {
+        admin.create_key(&format!("k{k}")).await.unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let without_advice = Arc::new(Mutex::new(0u64));
+    let mut workers = Vec::new();
+    for worker in 0..16usize {
+        let (admin, stop, outcomes, without_advice) =
+            (admin.clone(), stop.clone(), outcomes.clone(), without_advice.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = worker;
+            while !stop.load(Ordering::Relaxed) {
+                let outcome = match admin.encrypt(&format!("k{}", n % KEYS), b"x".to_vec(), Vec::new()).await {
+                    Ok(_) => "Ok".to_owned(),
+                    Err(ClientError::Status(status)) => {
+                        use tonic_types::StatusExt;
+                        if status.code() == tonic::Code::Unavailable
+                            && status.message().starts_with("key-service")
+                            && status.get_details_retry_info().is_none()
+                        {
+                            *without_advice.lock().unwrap() += 1;
+                        }
+                        format!("{:?}", status.code())
+                    }
+                    Err(other) => format!("client: {other}"),
+                };
+                *outcomes.lock().unwrap().entry(outcome).or_default() += 1;
+                n += 7;
+            }
+        }));
+    }
+    let rounds = drill_length(3).as_secs().max(1);
+    for _ in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        mesh.kill(ServiceName::KeyService).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        mesh.resume(ServiceName::KeyService, &[]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let outcomes = outcomes.lock().unwrap().clone();
+    println!("{rounds} key-service kills under 16 callers on {KEYS} keys; Encrypt outcomes by code: {outcomes:?}");
+    let unexpected: Vec<_> = outcomes.keys().filter(|c| *c != "Ok" && *c != "Unavailable").collect();
+    assert!(unexpected.is_empty(), "codes other than UNAVAILABLE: {outcomes:?}");
+    assert!(outcomes.get("Ok").copied().unwrap_or(0) > 100, "{outcomes:?}");
+    assert_eq!(*without_advice.lock().unwrap(), 0, "UNAVAILABLE without RetryInfo");
+}
