@@ -691,3 +691,61 @@ pub fn promtool_check_metrics(text: &str) -> String {
     let findings = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     if output.status.success() { findings.trim().to_owned() } else { format!("exit {}: {findings}", output.status) }
 }
+
+/// A TCP relay to `upstream` that can be cut and restored: a dependency's outage (every connection dropped, new
+/// ones refused) without stopping a server other tests share.
+pub struct TcpRelay {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl TcpRelay {
+    /// Relays 127.0.0.1:<port> to `upstream` (host:port).
+    pub async fn start(upstream: String) -> TcpRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let (accepting, cut_signal) = (up.clone(), cuts.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                if !accepting.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let upstream = upstream.clone();
+                let mut cut = cut_signal.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpRelay { port, up, cuts }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The Postgres URL `url` with its host and port replaced by a [`TcpRelay`] to them; the relay and the new URL.
+pub async fn relayed_postgres(url: &str) -> (TcpRelay, String) {
+    let (before, after) = url.split_once('@').expect("a postgres://user@host:port/db URL");
+    let (host_port, database) = after.split_once('/').expect("a database name");
+    let relay = TcpRelay::start(host_port.to_owned()).await;
+    let relayed = format!("{before}@127.0.0.1:{}/{database}", relay.port);
+    (relay, relayed)
+}

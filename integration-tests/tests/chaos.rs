@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{Mesh, fresh_postgres_database};
+use integration_tests::{Mesh, fresh_postgres_database, relayed_postgres};
 use keymesh_client::ClientError;
 use keymesh_mesh::ServiceName;
 use keymesh_proto::v1 as pb;
@@ -157,4 +157,57 @@ async fn a_key_service_killed_mid_call_gives_unavailable_with_retry_advice_never
     assert!(unexpected.is_empty(), "codes other than UNAVAILABLE: {outcomes:?}");
     assert!(outcomes.get("Ok").copied().unwrap_or(0) > 100, "{outcomes:?}");
     assert_eq!(*without_advice.lock().unwrap(), 0, "UNAVAILABLE without RetryInfo");
+}
+
+/// Item 2: Postgres out of reach (every connection to it dropped, new ones refused) under key-service and
+/// token-service. Key management and token issuance answer UNAVAILABLE naming the database within the 2 s
+/// deadlines (never INTERNAL after the driver's 30 s), and work again once it is back, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_answers_unavailable_within_seconds_and_recovers() {
+    let url = fresh_postgres_database().await;
+    let (relay, relayed) = relayed_postgres(&url).await;
+    let mesh = Mesh::start(
+        &[],
+        &[
+            (ServiceName::KeyService, "KEYMESH_DATABASE__URL", relayed.as_str()),
+            (ServiceName::TokenService, "KEYMESH_DATABASE__URL", relayed.as_str()),
+        ],
+    )
+    .await;
+    let admin = mesh.admin_client();
+    admin.create_key("before").await.unwrap();
+
+    relay.cut();
+    let started = Instant::now();
+    let created = admin.create_key("during").await;
+    let took = started.elapsed();
+    let error = created.expect_err("CreateKey with the database away");
+    println!("CreateKey during the outage: {} after {took:?}: {error}", code_of(&error));
+    assert_eq!(code_of(&error), "Unavailable", "{error}");
+    assert!(error.to_string().contains("database"), "names the database: {error}");
+    assert!(took < Duration::from_secs(4), "CreateKey took {took:?}");
+    // A new client's first call issues its token: token-service's database is away too.
+    let started = Instant::now();
+    let issued = mesh.admin_client().create_key("during").await;
+    let took = started.elapsed();
+    let error = issued.expect_err("IssueToken with the database away");
+    println!("IssueToken during the outage: {} after {took:?}: {error}", code_of(&error));
+    assert!(error.to_string().contains("database") && error.to_string().contains("unavailable"), "{error}");
+    assert!(!error.to_string().to_lowercase().contains("internal"), "{error}");
+    assert!(took < Duration::from_secs(4), "IssueToken took {took:?}");
+
+    relay.restore();
+    let started = Instant::now();
+    loop {
+        match admin.create_key("after").await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(code_of(&e), "Unavailable", "{e}");
+                assert!(started.elapsed() < Duration::from_secs(30), "no recovery: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    println!("CreateKey worked again {:?} after the database returned", started.elapsed());
+    mesh.admin_client().create_key("fresh-token").await.unwrap();
 }

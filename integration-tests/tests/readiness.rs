@@ -9,61 +9,10 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use integration_tests::{Mesh, free_port, fresh_postgres_database, http_get, kms_servers::OpenBao};
+use integration_tests::{Mesh, free_port, fresh_postgres_database, http_get, kms_servers::OpenBao, relayed_postgres};
 use keymesh_mesh::ServiceName;
-use tokio::{net::TcpListener, sync::watch};
-
-/// A TCP relay to `upstream` that can be cut and restored.
-struct Relay {
-    port: u16,
-    up: Arc<AtomicBool>,
-    cuts: watch::Sender<u64>,
-}
-
-impl Relay {
-    async fn start(upstream: String) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let (cuts, _) = watch::channel(0u64);
-        let (accepting, cut_signal) = (up.clone(), cuts.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
-                if !accepting.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused
-                }
-                let upstream = upstream.clone();
-                let mut cut = cut_signal.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Relay { port, up, cuts }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cuts.send_modify(|n| *n += 1);
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
 
 /// Polls `path` until its status line starts with `status`; returns the body and how long it took.
 async fn wait_for(addr: &str, path: &str, status: &str, within: Duration) -> (String, Duration) {
@@ -81,10 +30,7 @@ async fn wait_for(addr: &str, path: &str, status: &str, within: Duration) -> (St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_database_and_the_token_verifier_and_livez_does_not() {
     let url = fresh_postgres_database().await;
-    let (before, after) = url.split_once('@').expect("a postgres://user@host:port/db URL");
-    let (host_port, database) = after.split_once('/').unwrap();
-    let relay = Relay::start(host_port.to_owned()).await;
-    let relayed = format!("{before}@127.0.0.1:{}/{database}", relay.port);
+    let (relay, relayed) = relayed_postgres(&url).await;
     let admin = format!("127.0.0.1:{}", free_port());
     let crypto_admin = format!("127.0.0.1:{}", free_port());
     let key_service = ServiceName::KeyService;

@@ -135,6 +135,12 @@ impl KeymeshConfig {
         self.database.url_or_sqlite(&params.data_dir, params.service.as_str())
     }
 
+    /// The database settings of the service `params` describes: its URL (see [`Self::database_url`]) and the
+    /// acquire and statement deadlines.
+    pub fn database(&self, params: &MeshParams) -> keymesh_store::config::DatabaseSettings {
+        self.database.settings(&params.data_dir, params.service.as_str())
+    }
+
     /// `[audit]` validated for the service `params` describes.
     pub fn audit_params(&self, params: &MeshParams) -> Result<AuditParams, ConfigError> {
         AuditParams::from_raw(&self.audit, params)

@@ -108,6 +108,10 @@ impl AuditRepository {
     /// the anchor's sequence and how many records went; none when no checkpoint is old enough.
     pub async fn prune(&self, cutoff_millis: i64) -> Result<Option<(i64, u64)>, StoreError> {
         let txn = self.locked().await?;
+        if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            // Maintenance, off the request path: a large backlog may take longer than a call's deadline.
+            txn.execute_unprepared("SET LOCAL statement_timeout = '10min'").await?;
+        }
         let Some(newest_old) = audit_record::Entity::find()
             .filter(audit_record::Column::ReceivedAt.lt(cutoff_millis))
             .order_by_desc(audit_record::Column::Sequence)

@@ -10,7 +10,43 @@ use serde::Deserialize;
 pub struct RawDatabase {
     /// `postgres://…` or `sqlite://…`; default a SQLite file per service in `data_dir`.
     pub url: Option<String>,
+    /// How long a call waits for a pooled connection before it fails UNAVAILABLE; default 2000.
+    pub acquire_timeout_ms: Option<u64>,
+    /// How long Postgres lets one statement run before cancelling it (the call then fails UNAVAILABLE);
+    /// default 2000. Migrations, start-up locks and audit pruning set their own.
+    pub statement_timeout_ms: Option<u64>,
 }
+
+/// Where a service keeps its tables, and how long it waits for them.
+#[derive(Clone)]
+pub struct DatabaseSettings {
+    /// `postgres://…` or `sqlite://…`.
+    pub url: String,
+    /// Wait for a pooled connection.
+    pub acquire_timeout: std::time::Duration,
+    /// Deadline of one statement (Postgres).
+    pub statement_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &crate::redact_url(&self.url))
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+impl DatabaseSettings {
+    /// `url` with the default deadlines (2 s each): an outage answers UNAVAILABLE within seconds, not after
+    /// the driver's 30 s.
+    pub fn new(url: String) -> Self {
+        Self { url, acquire_timeout: DEFAULT_TIMEOUT, statement_timeout: DEFAULT_TIMEOUT }
+    }
+}
+
+const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl std::fmt::Debug for RawDatabase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -20,6 +56,16 @@ impl std::fmt::Debug for RawDatabase {
 }
 
 impl RawDatabase {
+    /// The settings for `service`: [`Self::url_or_sqlite`] and the deadlines.
+    pub fn settings(&self, data_dir: &Path, service: &str) -> DatabaseSettings {
+        let ms = |v: Option<u64>| v.map_or(DEFAULT_TIMEOUT, std::time::Duration::from_millis);
+        DatabaseSettings {
+            url: self.url_or_sqlite(data_dir, service),
+            acquire_timeout: ms(self.acquire_timeout_ms),
+            statement_timeout: ms(self.statement_timeout_ms),
+        }
+    }
+
     /// The configured URL, or a SQLite file named for the service in its data directory.
     pub fn url_or_sqlite(&self, data_dir: &Path, service: &str) -> String {
         self.url
@@ -39,7 +85,7 @@ mod tests {
             default.url_or_sqlite(Path::new(".keymesh"), "crypto-service"),
             "sqlite://.keymesh/crypto-service.db?mode=rwc"
         );
-        let configured = RawDatabase { url: Some("postgres://app:hunter2@db/keymesh".into()) };
+        let configured = RawDatabase { url: Some("postgres://app:hunter2@db/keymesh".into()), ..Default::default() };
         assert_eq!(configured.url_or_sqlite(Path::new("x"), "y"), "postgres://app:hunter2@db/keymesh");
         assert!(!format!("{configured:?}").contains("hunter2"));
     }

@@ -16,10 +16,19 @@ pub use sea_orm::DatabaseConnection;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 
-/// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`) and applies pending migrations.
+/// Connects to `url` (`sqlite://path?mode=rwc` or `postgres://…`) with the default deadlines and applies
+/// pending migrations.
 pub async fn connect_and_migrate(url: &str) -> Result<DatabaseConnection, StoreError> {
+    connect_and_migrate_with(&config::DatabaseSettings::new(url.to_owned())).await
+}
+
+/// Connects as `settings` say and applies pending migrations.
+pub async fn connect_and_migrate_with(settings: &config::DatabaseSettings) -> Result<DatabaseConnection, StoreError> {
+    let url = settings.url.as_str();
     let mut options = ConnectOptions::new(url.to_owned());
     options.sqlx_logging(false);
+    options.acquire_timeout(settings.acquire_timeout);
+    options.statement_timeout(settings.statement_timeout);
     if url.starts_with("sqlite:") {
         // One writer at a time is SQLite's model anyway; more connections only add lock contention.
         options.max_connections(1);
@@ -33,6 +42,9 @@ pub async fn connect_and_migrate(url: &str) -> Result<DatabaseConnection, StoreE
         // Replicas (or services sharing one database) may start together: one migrates at a time, the
         // others then find nothing to do. The lock is released with the transaction.
         let txn = db.begin().await?;
+        // Waiting for another replica's migration, and the migration itself, may take longer than a call's
+        // statement deadline.
+        txn.execute_unprepared("SET LOCAL statement_timeout = 0").await?;
         txn.execute_unprepared("SELECT pg_advisory_xact_lock(7401740174017401)").await?;
         Migrator::up(&txn, None).await.map_err(StoreError::Migrate)?;
         txn.commit().await?;

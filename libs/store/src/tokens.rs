@@ -63,6 +63,7 @@ impl TokenRepository {
         // restarted) rather than hang.
         txn.execute_unprepared("SET LOCAL idle_in_transaction_session_timeout = '60s'").await?;
         txn.execute_unprepared("SET LOCAL lock_timeout = '90s'").await?;
+        txn.execute_unprepared("SET LOCAL statement_timeout = 0").await?;
         txn.execute_unprepared("SELECT pg_advisory_xact_lock(7403740374037403)").await?;
         Ok(StartupLock(Some(txn)))
     }

@@ -32,7 +32,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let audit_params = file.audit_params(&params)?;
     let kms = file.kms_checked()?;
     let listener = server::bind(params.listen_addr).await?;
-    let db = keymesh_store::connect_and_migrate(&file.database_url(&params)).await?;
+    let db = keymesh_store::connect_and_migrate_with(&file.database(&params)).await?;
     let pinged_db = db.clone();
     let repo = AuditRepository::new(db);
     // The checkpoint key is held by the KMS: audit-service needs the keyring only to unwrap it at start.

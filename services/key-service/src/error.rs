@@ -94,6 +94,10 @@ impl From<KeyError> for Status {
                 // The provider's reason says what to fix (a disabled key, a missing grant); it holds no secret.
                 Status::failed_precondition(e.to_string())
             }
+            KeyError::Store(keymesh_store::StoreError::Unavailable(_)) => {
+                tracing::warn!(error = %e, "database unavailable");
+                Status::unavailable("the database is unavailable; retry later")
+            }
             KeyError::Store(_) | KeyError::Kms(_) | KeyError::Crypto(_) => {
                 tracing::error!(error = %e, "internal failure");
                 Status::internal("internal error; see key-service logs")

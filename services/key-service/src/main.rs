@@ -44,7 +44,7 @@ async fn open_store(
 ) -> Result<key_store::KeyStore, BoxError> {
     let key_params = &config.key_service;
     let keyring = keymesh_config::open_keyrings(&config.kms, &params.data_dir).await?;
-    let db = keymesh_store::connect_and_migrate(&file.database_url(params)).await?;
+    let db = keymesh_store::connect_and_migrate_with(&file.database(params)).await?;
     let records = match &key_params.redis_url {
         Some(url) => {
             let cache = record_cache::RecordCache::redis(url, key_params.redis_timeout, key_params.record_cache_ttl)

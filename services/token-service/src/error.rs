@@ -96,6 +96,10 @@ impl From<TokenError> for Status {
                 tracing::error!(error = %e, "KMS key unusable");
                 Status::failed_precondition(e.to_string())
             }
+            TokenError::Store(keymesh_store::StoreError::Unavailable(_)) => {
+                tracing::warn!(error = %e, "database unavailable");
+                Status::unavailable("the database is unavailable; retry later")
+            }
             TokenError::Store(_) | TokenError::Kms(_) | TokenError::Internal(_) => {
                 // Details go to the log, not to the caller.
                 tracing::error!(error = %e, "internal failure");

@@ -39,7 +39,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let listener = server::bind(params.listen_addr).await?;
 
     let kms = Arc::new(keymesh_config::open_keyring(&kms, &params.data_dir).await?);
-    let db = keymesh_store::connect_and_migrate(&file.database_url(&params)).await?;
+    let db = keymesh_store::connect_and_migrate_with(&file.database(&params)).await?;
     let pinged_db = db.clone();
     let repo = TokenRepository::new(db);
     let endpoint = params.endpoints.token_service.clone();
