@@ -211,3 +211,59 @@ async fn a_database_outage_answers_unavailable_within_seconds_and_recovers() {
     println!("CreateKey worked again {:?} after the database returned", started.elapsed());
     mesh.admin_client().create_key("fresh-token").await.unwrap();
 }
+
+/// Item 1: with a warm cache, key-service stops. Encrypt and Decrypt of the warm key keep working through the
+/// outage (until the entries' TTL and within the granted block), crypto-service says so in
+/// `keymesh_dek_cache_change_stream_connected` (0), and a key never cached is UNAVAILABLE. Once key-service is
+/// back, the stream is followed again (1) and the cache starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_keys_serve_through_a_key_service_outage() {
+    let admin_port = format!("127.0.0.1:{}", integration_tests::free_port());
+    let mut mesh =
+        Mesh::start(&[], &[(ServiceName::CryptoService, "KEYMESH_TELEMETRY__METRICS_ADDR", admin_port.as_str())]).await;
+    let admin = mesh.admin_client();
+    admin.create_key("warm").await.unwrap();
+    admin.create_key("cold").await.unwrap();
+    let sealed = admin.encrypt("warm", b"before".to_vec(), Vec::new()).await.unwrap();
+    admin.decrypt(sealed.clone(), Vec::new()).await.unwrap();
+    let connected = |value: f64| {
+        let admin_port = admin_port.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let families =
+                    integration_tests::parse_prometheus(&integration_tests::scrape_metrics(&admin_port).await.1);
+                let now =
+                    families.get("keymesh_dek_cache_change_stream_connected").and_then(|s| s.first()).map(|s| s.value);
+                if now == Some(value) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "the change-stream gauge reads {now:?}, not {value}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    connected(1.0).await;
+
+    mesh.kill(ServiceName::KeyService).await;
+    connected(0.0).await;
+    let length = drill_length(3);
+    let started = Instant::now();
+    let (mut encrypted, mut decrypted) = (0u64, 0u64);
+    while started.elapsed() < length {
+        let ciphertext = admin.encrypt("warm", b"during".to_vec(), Vec::new()).await.expect("Encrypt of a warm key");
+        encrypted += 1;
+        assert_eq!(admin.decrypt(ciphertext, Vec::new()).await.expect("Decrypt of a warm key").as_slice(), b"during");
+        assert_eq!(admin.decrypt(sealed.clone(), Vec::new()).await.unwrap().as_slice(), b"before");
+        decrypted += 2;
+    }
+    let cold = admin.encrypt("cold", b"x".to_vec(), Vec::new()).await.expect_err("a key never cached");
+    assert_eq!(code_of(&cold), "Unavailable", "{cold}");
+    println!(
+        "key-service down {length:?}: {encrypted} Encrypts and {decrypted} Decrypts of the warm key served, 0 failed"
+    );
+
+    mesh.resume(ServiceName::KeyService, &[]).await;
+    connected(1.0).await;
+    admin.encrypt("cold", b"x".to_vec(), Vec::new()).await.unwrap();
+}

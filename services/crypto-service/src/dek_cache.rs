@@ -5,11 +5,16 @@
 //! rotated, destroyed…), and an encryption entry has used up the block of encryptions key-service granted
 //! with it, which is how key-service counts a version's use towards its safe bound without hearing of
 //! every encryption.
+//!
+//! When the change stream breaks (key-service restarting, a failover), what is cached keeps serving until its
+//! TTL and within its block, so Encrypt and Decrypt of warm keys ride out the outage; a notice that arrived
+//! before the break was applied already. Changes made while the stream was down were missed, so the cache is
+//! emptied when the stream comes back, before any new notice.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -46,6 +51,23 @@ static EVICTIONS: std::sync::LazyLock<opentelemetry::metrics::Counter<u64>> = st
         .with_description("Data keys that left crypto-service's cache, by cause")
         .build()
 });
+
+/// Whether crypto-service follows key-service's change stream now: `keymesh.dek_cache.change_stream.connected`
+/// (1 or 0). While 0, cached keys serve until their TTL without hearing of changes.
+static STREAM_CONNECTED: AtomicBool = AtomicBool::new(false);
+
+fn register_stream_gauge() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        opentelemetry::global::meter("keymesh")
+            .u64_observable_gauge("keymesh.dek_cache.change_stream.connected")
+            .with_description(
+                "1 while crypto-service follows key-service's key changes; 0 while cached keys serve until their TTL",
+            )
+            .with_callback(|observer| observer.observe(u64::from(STREAM_CONNECTED.load(Ordering::Relaxed)), &[]))
+            .build();
+    });
+}
 
 fn count_eviction(cause: moka::notification::RemovalCause) {
     use moka::notification::RemovalCause;
@@ -187,9 +209,11 @@ impl DekCache {
         self.cache.run_pending_tasks().await;
     }
 
-    /// Follows key-service's change stream until the process ends, reconnecting with backoff. Whenever
-    /// the stream (re)starts, everything cached is dropped: changes made while it was down were missed.
+    /// Follows key-service's change stream until the process ends, reconnecting with backoff. While it is
+    /// down, cached keys keep serving until their TTL; whenever it (re)starts, everything cached is dropped
+    /// first: changes made while it was down were missed.
     pub fn spawn_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        register_stream_gauge();
         let cache = Arc::clone(self);
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
@@ -199,9 +223,11 @@ impl DekCache {
                 match keys.watch_key_changes(pb::WatchKeyChangesRequest {}).await {
                     Ok(stream) => {
                         let mut stream = stream.into_inner();
+                        // Whatever was cached before this stream began may have changed unheard.
+                        cache.forget_all().await;
+                        STREAM_CONNECTED.store(true, Ordering::Relaxed);
                         if logged {
-                            tracing::info!("following key changes again");
-                            logged = false;
+                            tracing::info!("following key changes again; the cache starts afresh");
                         }
                         backoff = Duration::from_millis(200);
                         while let Ok(Some(message)) = stream.message().await {
@@ -212,15 +238,18 @@ impl DekCache {
                                 cache.forget_keys(message.key_ids).await;
                             }
                         }
+                        STREAM_CONNECTED.store(false, Ordering::Relaxed);
+                        tracing::warn!("lost key-service's change stream; cached keys serve until their TTL");
+                        logged = true;
                     }
                     Err(status) => {
+                        STREAM_CONNECTED.store(false, Ordering::Relaxed);
                         if !logged {
-                            tracing::warn!(code = ?status.code(), "cannot follow key changes; cached keys expire by TTL until it works");
+                            tracing::warn!(code = ?status.code(), "cannot follow key changes; cached keys serve until their TTL");
                             logged = true;
                         }
                     }
                 }
-                cache.forget_all().await;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
