@@ -17,6 +17,9 @@ use keymesh_client::ClientError;
 use keymesh_mesh::ServiceName;
 use keymesh_proto::v1 as pb;
 
+/// A plaintext and the ciphertext an acknowledged Encrypt gave for it.
+type Sealed = (Vec<u8>, Vec<u8>);
+
 /// How long each drill runs: a few seconds in `make test`, longer under `make chaos`.
 fn drill_length(short: u64) -> Duration {
     let seconds = std::env::var("KEYMESH_CHAOS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(short);
@@ -42,7 +45,7 @@ async fn rotations_under_load_fail_no_encrypt_and_every_ciphertext_decrypts() {
     let length = drill_length(8);
     let stop = Arc::new(AtomicBool::new(false));
     let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    let sealed: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>> = Arc::default();
+    let sealed: Arc<Mutex<Vec<Sealed>>> = Arc::default();
 
     let mut workers = Vec::new();
     for worker in 0..8u32 {
