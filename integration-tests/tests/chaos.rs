@@ -270,3 +270,62 @@ async fn cached_keys_serve_through_a_key_service_outage() {
     connected(1.0).await;
     admin.encrypt("cold", b"x".to_vec(), Vec::new()).await.unwrap();
 }
+
+/// Item 4, part: a crypto-service started with a soft limit of 256 open files raises it to its hard limit (the
+/// operator's ceiling), so a flood of 600 idle connections that never send a ClientHello leaves it answering
+/// health and Encrypt (on the old code it stopped accepting at the soft limit). Silent connections are closed
+/// after the 10 s handshake deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_does_not_starve_a_service_of_file_descriptors() {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let mesh = Mesh::start(&[], &[]).await;
+    let endpoint = format!("127.0.0.1:{}", integration_tests::free_port());
+    let template = mesh.command(ServiceName::CryptoService);
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\""])
+        .arg(integration_tests::bin_dir().join("crypto-service"))
+        .env_clear()
+        .envs(template.as_std().get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))))
+        .env("KEYMESH_LISTEN_ADDR", &endpoint)
+        .env("KEYMESH_AUDIT__SPOOL_DIR", mesh.dir.path().join("flood-spool"))
+        .env("KEYMESH_TELEMETRY__METRICS_ADDR", "off")
+        .kill_on_drop(true);
+    let replica = command.spawn().unwrap();
+    let tls = mesh.app_tls("flood");
+    let health = || async {
+        let channel = keymesh_mesh::client::mtls_channel(&endpoint, &tls, ServiceName::CryptoService).unwrap();
+        let request = HealthCheckRequest { service: "keymesh.v1.CryptoService".into() };
+        tokio::time::timeout(Duration::from_secs(5), HealthClient::new(channel).check(request))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .is_some_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !health().await {
+        assert!(Instant::now() < deadline, "the crypto-service replica did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", replica.id().unwrap())).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_owned();
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    println!("the replica's {open_files}");
+    assert_eq!(numbers[0], numbers[1], "the soft limit is raised to the hard one: {open_files}");
+
+    let mut flood = Vec::new();
+    for _ in 0..600 {
+        flood.push(tokio::net::TcpStream::connect(&endpoint).await.unwrap());
+    }
+    let started = Instant::now();
+    assert!(health().await, "health with 600 idle connections open");
+    let mut endpoints = mesh.endpoints.clone();
+    endpoints.crypto_service = endpoint.clone();
+    let credentials =
+        keymesh_client::Credentials::from_file(&mesh.dir.path().join("bootstrap-credentials.json")).unwrap();
+    let client = keymesh_client::KeymeshClient::new(&endpoints, &tls, credentials).unwrap();
+    client.create_key("flooded").await.unwrap();
+    client.encrypt("flooded", b"still here".to_vec(), Vec::new()).await.unwrap();
+    println!("600 idle connections open: health and Encrypt answered in {:?}", started.elapsed());
+    drop(flood);
+}

@@ -86,6 +86,7 @@ where
     Fut: Future<Output = Result<(), BoxError>>,
 {
     crate::install_crypto_provider();
+    let open_files = raise_open_file_limit();
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let (params, config) = match load_config::<C>(service, args, &env) {
         Ok(loaded) => loaded,
@@ -103,6 +104,11 @@ where
     let result: Result<(), BoxError> = runtime.block_on(async {
         let prometheus = params.metrics_addr.filter(|_| role == Role::Server);
         let telemetry = telemetry::init(&params, &telemetry_settings, prometheus.is_some())?;
+        match open_files {
+            OpenFiles::Raised { from, to } => tracing::info!(from, to, "raised the open-file limit to its hard limit"),
+            OpenFiles::Kept(limit) => tracing::debug!(limit, "open-file limit"),
+            OpenFiles::Unknown(reason) => tracing::warn!(%reason, "cannot raise the open-file limit"),
+        }
         let readiness = Readiness::default();
         if let Some(addr) = prometheus {
             telemetry.serve_admin(addr, readiness.clone()).await?;
@@ -116,6 +122,33 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_config_error(e.as_ref()) => fail(service, e.as_ref(), EXIT_CONFIG),
         Err(e) => fail(service, e.as_ref(), 1),
+    }
+}
+
+/// What became of the open-file limit at start.
+enum OpenFiles {
+    Raised { from: u64, to: u64 },
+    Kept(u64),
+    Unknown(String),
+}
+
+/// Upper bound when the hard limit is "unlimited", which Linux does not take for open files.
+const OPEN_FILES_CAP: u64 = 1 << 20;
+
+/// Raises the soft limit on open files to the hard limit. Every connection is a descriptor, and the usual soft
+/// default of 1,024 lets a flood of idle connections starve a service of them (issue 23: 1,100 connections
+/// stopped crypto-service answering); the hard limit is what the operator allows.
+fn raise_open_file_limit() -> OpenFiles {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let Some(current) = limit.current else { return OpenFiles::Kept(u64::MAX) };
+    let target = limit.maximum.unwrap_or(OPEN_FILES_CAP);
+    if current >= target {
+        return OpenFiles::Kept(current);
+    }
+    match setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum: limit.maximum }) {
+        Ok(()) => OpenFiles::Raised { from: current, to: target },
+        Err(e) => OpenFiles::Unknown(e.to_string()),
     }
 }
 
