@@ -584,6 +584,8 @@ impl SpoolReader {
         let behind: Vec<u64> = {
             let mut state = self.shared.lock();
             state.acked = end;
+            // Space was freed: a pod unready for a full spool gets no traffic, so no write would clear this.
+            state.refusing = false;
             state.drop_acknowledged_groups();
             let behind = state.segments.range(..end.segment).map(|(n, _)| *n).collect::<Vec<_>>();
             for number in &behind {
@@ -772,6 +774,19 @@ mod tests {
         reader.acknowledge(batch.end).await;
         blocked.await.unwrap().unwrap();
         assert_eq!(reader.probe().problem(), None, "ready again once it takes events");
+
+        // Refused again, then shipped with no write after: a pod unready for a full spool gets no calls, so
+        // shipping alone must make it ready.
+        let refused = loop {
+            if let Err(e) = writer.append(&event(1)).await {
+                break e;
+            }
+        };
+        assert!(matches!(refused, SpoolError::Full { .. }), "{refused}");
+        assert!(reader.probe().problem().is_some());
+        let batch = reader.read(1000).await.unwrap();
+        reader.acknowledge(batch.end).await;
+        assert_eq!(reader.probe().problem(), None, "ready again once shipped, without a write");
     }
 
     #[tokio::test]
