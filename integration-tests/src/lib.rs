@@ -743,7 +743,8 @@ impl TcpRelay {
 
 /// The Postgres URL `url` with its host and port replaced by a [`TcpRelay`] to them; the relay and the new URL.
 pub async fn relayed_postgres(url: &str) -> (TcpRelay, String) {
-    let (before, after) = url.split_once('@').expect("a postgres://user@host:port/db URL");
+    // The last '@': a password may hold one.
+    let (before, after) = url.rsplit_once('@').expect("a postgres://user@host:port/db URL");
     let (host_port, database) = after.split_once('/').expect("a database name");
     let relay = TcpRelay::start(host_port.to_owned()).await;
     let relayed = format!("{before}@127.0.0.1:{}/{database}", relay.port);

@@ -128,8 +128,8 @@ async fn a_key_service_killed_mid_call_gives_unavailable_with_retry_advice_never
                     Err(ClientError::Status(status)) => {
                         use tonic_types::StatusExt;
                         if status.code() == tonic::Code::Unavailable
-                            && status.message().starts_with("key-service")
-                            && status.get_details_retry_info().is_none()
+                            && (status.get_details_retry_info().is_none()
+                                || status.metadata().get("retry-after").is_none())
                         {
                             *without_advice.lock().unwrap() += 1;
                         }
@@ -328,4 +328,33 @@ async fn a_connection_flood_does_not_starve_a_service_of_file_descriptors() {
     client.encrypt("flooded", b"still here".to_vec(), Vec::new()).await.unwrap();
     println!("600 idle connections open: health and Encrypt answered in {:?}", started.elapsed());
     drop(flood);
+}
+
+/// Item 2, the deadlines themselves: a statement past `database.statement_timeout_ms` is `Unavailable` (the
+/// caller may retry), while the start-up migration, which may wait for another replica's, is not held to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_its_deadline_is_unavailable_and_migrations_wait_for_each_other() {
+    use sea_orm::ConnectionTrait;
+    let url = fresh_postgres_database().await;
+    let settings = keymesh_store::config::DatabaseSettings {
+        url: url.clone(),
+        acquire_timeout: Duration::from_secs(2),
+        statement_timeout: Duration::from_millis(100),
+    };
+    // Another replica migrating: it holds the migration lock for half a second.
+    let other = sea_orm::Database::connect(&url).await.unwrap();
+    let holding = tokio::spawn(async move {
+        use sea_orm::TransactionTrait;
+        let txn = other.begin().await.unwrap();
+        txn.execute_unprepared("SELECT pg_advisory_xact_lock(7401740174017401)").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        txn.commit().await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let db = keymesh_store::connect_and_migrate_with(&settings).await.expect("the migration waits past the deadline");
+    println!("migrated after waiting {:?} for another replica's migration", started.elapsed());
+    holding.await.unwrap();
+    let slow = db.execute_unprepared("SELECT pg_sleep(0.5)").await.map_err(keymesh_store::StoreError::from);
+    assert!(matches!(slow, Err(keymesh_store::StoreError::Unavailable(_))), "{slow:?}");
 }

@@ -13,7 +13,7 @@ use keymesh_audit::{AuditParams, RawAudit};
 use keymesh_kms::KmsConfig;
 use keymesh_limits::LimitsConfig;
 use keymesh_mesh::{
-    config::{ConfigError, ConfigSource, MeshParams, RawTokens, RawTransport},
+    config::{ConfigError, ConfigSource, MeshParams, RawTokens, RawTransport, bounded_millis},
     run::ServiceConfig,
 };
 use keymesh_policy::{FipsMode, PolicyConfig};
@@ -130,15 +130,26 @@ impl KeymeshConfig {
         Ok(KmsConfig { fips_kdf: self.policy.fips_mode == FipsMode::Enabled, ..self.kms.clone() })
     }
 
-    /// The database URL of the service `params` describes: configured, or a SQLite file of its own.
-    pub fn database_url(&self, params: &MeshParams) -> String {
-        self.database.url_or_sqlite(&params.data_dir, params.service.as_str())
-    }
-
-    /// The database settings of the service `params` describes: its URL (see [`Self::database_url`]) and the
-    /// acquire and statement deadlines.
-    pub fn database(&self, params: &MeshParams) -> keymesh_store::config::DatabaseSettings {
-        self.database.settings(&params.data_dir, params.service.as_str())
+    /// The database settings of the service `params` describes: its URL (configured, or a SQLite file of its
+    /// own) and the acquire and statement deadlines, each checked against its range.
+    pub fn database(&self, params: &MeshParams) -> Result<keymesh_store::config::DatabaseSettings, ConfigError> {
+        let raw = &self.database;
+        let default = keymesh_store::config::DEFAULT_TIMEOUT.as_millis() as u64;
+        Ok(keymesh_store::config::DatabaseSettings {
+            url: raw.url_or_sqlite(&params.data_dir, params.service.as_str()),
+            acquire_timeout: bounded_millis(
+                "database.acquire_timeout_ms",
+                raw.acquire_timeout_ms,
+                default,
+                100..=60_000,
+            )?,
+            statement_timeout: bounded_millis(
+                "database.statement_timeout_ms",
+                raw.statement_timeout_ms,
+                default,
+                100..=600_000,
+            )?,
+        })
     }
 
     /// `[audit]` validated for the service `params` describes.
@@ -175,7 +186,16 @@ mod tests {
     fn the_embedded_default_composes() {
         let config = KeymeshConfig::load(None, &BTreeMap::new()).unwrap();
         let params = MeshParams::from_raw(ServiceName::CryptoService, config.transport()).unwrap();
-        assert_eq!(config.database_url(&params), "sqlite://.keymesh/crypto-service.db?mode=rwc");
+        let database = config.database(&params).unwrap();
+        assert_eq!(database.url, "sqlite://.keymesh/crypto-service.db?mode=rwc");
+        assert_eq!(database.acquire_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(database.statement_timeout, std::time::Duration::from_secs(2));
+        // A deadline of 0 would fail every call (acquire) or remove the deadline (statement): refused, named.
+        for field in ["ACQUIRE_TIMEOUT_MS", "STATEMENT_TIMEOUT_MS"] {
+            let config = KeymeshConfig::from_variables(&[(&format!("KEYMESH_DATABASE__{field}"), "0")]).unwrap();
+            let error = config.database(&params).unwrap_err().to_string();
+            assert!(error.contains(&format!("database.{}", field.to_lowercase())), "{error}");
+        }
         assert!(!config.kms_checked().unwrap().fips_kdf);
         assert!(config.audit_params(&params).is_ok());
     }

@@ -88,7 +88,11 @@ impl AuditRepository {
     async fn locked(&self) -> Result<sea_orm::DatabaseTransaction, StoreError> {
         let txn = self.db.begin().await?;
         if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            // Waiting for the lock is not a slow statement: a prune may hold it for minutes, and appends wait
+            // behind it as they always did. Their own statements keep the connection's deadline.
+            txn.execute_unprepared("SET LOCAL statement_timeout = 0").await?;
             txn.execute_unprepared("SELECT pg_advisory_xact_lock(7401740174017402)").await?;
+            txn.execute_unprepared("SET LOCAL statement_timeout TO DEFAULT").await?;
         }
         Ok(txn)
     }

@@ -10,10 +10,10 @@ use serde::Deserialize;
 pub struct RawDatabase {
     /// `postgres://…` or `sqlite://…`; default a SQLite file per service in `data_dir`.
     pub url: Option<String>,
-    /// How long a call waits for a pooled connection before it fails UNAVAILABLE; default 2000.
+    /// How long a call waits for a pooled connection before it fails UNAVAILABLE; default 2000 (100 to 60000).
     pub acquire_timeout_ms: Option<u64>,
     /// How long Postgres lets one statement run before cancelling it (the call then fails UNAVAILABLE);
-    /// default 2000. Migrations, start-up locks and audit pruning set their own.
+    /// default 2000 (100 to 600000). Migrations, start-up locks and audit pruning set their own.
     pub statement_timeout_ms: Option<u64>,
 }
 
@@ -46,7 +46,8 @@ impl DatabaseSettings {
     }
 }
 
-const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The acquire and statement deadline unless configured.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl std::fmt::Debug for RawDatabase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,16 +57,6 @@ impl std::fmt::Debug for RawDatabase {
 }
 
 impl RawDatabase {
-    /// The settings for `service`: [`Self::url_or_sqlite`] and the deadlines.
-    pub fn settings(&self, data_dir: &Path, service: &str) -> DatabaseSettings {
-        let ms = |v: Option<u64>| v.map_or(DEFAULT_TIMEOUT, std::time::Duration::from_millis);
-        DatabaseSettings {
-            url: self.url_or_sqlite(data_dir, service),
-            acquire_timeout: ms(self.acquire_timeout_ms),
-            statement_timeout: ms(self.statement_timeout_ms),
-        }
-    }
-
     /// The configured URL, or a SQLite file named for the service in its data directory.
     pub fn url_or_sqlite(&self, data_dir: &Path, service: &str) -> String {
         self.url

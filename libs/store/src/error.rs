@@ -21,7 +21,7 @@ pub enum StoreError {
     /// The database did not answer in time or the connection to it failed: an outage the caller may retry
     /// after, never an internal error.
     #[error("the database is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] sea_orm::DbErr),
     /// A query failed.
     #[error("database error: {0}")]
     Db(sea_orm::DbErr),
@@ -37,7 +37,7 @@ pub enum StoreError {
 
 impl From<sea_orm::DbErr> for StoreError {
     fn from(err: sea_orm::DbErr) -> Self {
-        if is_outage(&err) { Self::Unavailable(err.to_string()) } else { Self::Db(err) }
+        if is_outage(&err) { Self::Unavailable(err) } else { Self::Db(err) }
     }
 }
 
@@ -49,8 +49,11 @@ fn is_outage(err: &sea_orm::DbErr) -> bool {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
             Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed | Sqlx::Tls(_) => true,
-            // 57014 query_canceled (the statement deadline), 57P01 admin_shutdown, 08xxx connection exceptions.
-            Sqlx::Database(db) => db.code().is_some_and(|c| c == "57014" || c == "57P01" || c.starts_with("08")),
+            // 57014 query_canceled (the statement deadline), 57P0x shutting down, starting up or in recovery (a
+            // failover), 53300 too many connections, 08xxx connection exceptions.
+            Sqlx::Database(db) => {
+                db.code().is_some_and(|c| c == "57014" || c == "53300" || c.starts_with("57P") || c.starts_with("08"))
+            }
             _ => false,
         },
         _ => false,

@@ -145,9 +145,9 @@ pub struct KeyRepository {
 }
 
 impl KeyRepository {
-    /// Whether the database answers (see [`crate::ping`]).
-    pub async fn ping(&self) -> Result<(), String> {
-        crate::ping(&self.db).await
+    /// The connection it works on (for the readiness check).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
     }
 
     /// Wraps a connection.
@@ -209,11 +209,6 @@ impl KeyRepository {
         let versions = versions_of_key(&txn, &key.id).await?;
         let record = KeyRecord { key, versions };
         Ok(Some(LockedKey { txn, original: record.clone(), record }))
-    }
-
-    /// All versions of a key (already found through its tenant), oldest first.
-    pub async fn versions(&self, key_id: &str) -> Result<Vec<key_version::Model>, StoreError> {
-        Ok(versions_of_key(&self.db, key_id).await?)
     }
 
     /// One version of a key (already found through its tenant).
@@ -465,7 +460,7 @@ mod tests {
         // Same name in the same tenant: refused, and nothing half-written.
         let dup = repo.create(&record("t1", "k_2", "pii")).await;
         assert!(matches!(dup, Err(StoreError::AlreadyExists { .. })), "{dup:?}");
-        assert!(repo.versions("k_2").await.unwrap().is_empty());
+        assert!(versions_of_key(&repo.db, "k_2").await.unwrap().is_empty());
         // Same name in another tenant: fine, and invisible across tenants.
         repo.create(&record("t2", "k_3", "pii")).await.unwrap();
         assert_eq!(repo.find("t1", "pii").await.unwrap().unwrap().id, "k_1");

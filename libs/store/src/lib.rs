@@ -95,6 +95,17 @@ pub async fn ping(db: &DatabaseConnection) -> Result<(), String> {
     })
 }
 
+/// The `database` check of a service's `/readyz`: [`ping`] on `db`, as `Readiness::add` takes it.
+pub fn readiness_check(
+    db: DatabaseConnection,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> + Send + Sync + 'static
+{
+    move || {
+        let db = db.clone();
+        Box::pin(async move { ping(&db).await })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,8 +32,8 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let audit_params = file.audit_params(&params)?;
     let kms = file.kms_checked()?;
     let listener = server::bind(params.listen_addr).await?;
-    let db = keymesh_store::connect_and_migrate_with(&file.database(&params)).await?;
-    let pinged_db = db.clone();
+    let db = keymesh_store::connect_and_migrate_with(&file.database(&params)?).await?;
+    let pinged = db.clone();
     let repo = AuditRepository::new(db);
     // The checkpoint key is held by the KMS: audit-service needs the keyring only to unwrap it at start.
     let kms = keymesh_config::open_keyring(&kms, &params.data_dir).await?;
@@ -48,11 +48,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let gate = keymesh_gate::Gate::new(params.service.as_str(), verifier, None, None);
     let service = rpc::AuditRpc::new(chain::ChainWriter::new(repo, chain_metrics), gate);
     let routes = Routes::new(AuditServiceServer::new(service));
-    let pinged = pinged_db;
-    readiness.add("database", move || {
-        let db = pinged.clone();
-        async move { keymesh_store::ping(&db).await }
-    });
+    readiness.add("database", keymesh_store::readiness_check(pinged));
     readiness.serving();
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.AuditService"], params.shutdown_grace).await?;
     checkpoints.abort();

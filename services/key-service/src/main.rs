@@ -44,7 +44,7 @@ async fn open_store(
 ) -> Result<key_store::KeyStore, BoxError> {
     let key_params = &config.key_service;
     let keyring = keymesh_config::open_keyrings(&config.kms, &params.data_dir).await?;
-    let db = keymesh_store::connect_and_migrate_with(&file.database(params)).await?;
+    let db = keymesh_store::connect_and_migrate_with(&file.database(params)?).await?;
     let records = match &key_params.redis_url {
         Some(url) => {
             let cache = record_cache::RecordCache::redis(url, key_params.redis_timeout, key_params.record_cache_ttl)
@@ -108,7 +108,6 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     tracing::info!(fips_mode = policy.fips_mode().name(), "policy engine ready");
     let listener = server::bind(params.listen_addr).await?;
     let store = open_store(&params, &file, &config).await?;
-    let pinged = store.clone();
     let (kms_health, kms_prober) =
         keymesh_kms::HealthWatch::spawn(store.kms().default_keyring().clone(), KMS_PROBE_PERIOD);
     let (token_params, key_params) = (&config.tokens, &config.key_service);
@@ -129,13 +128,11 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     };
     let forgetter = keymesh_limits::Limiter::spawn_forgetter(&rate_limits);
     let gate = keymesh_gate::Gate::new(params.service.as_str(), verifier, Some(rate_limits), Some(audit.clone()));
+    let store_connection = store.repo().connection().clone();
     let service = rpc::KeyRpc::new(store, gate, audit.clone(), limits, policy);
     let routes = Routes::new(KeyServiceServer::new(service));
     let health = ["keymesh.v1.KeyService", fips.health_name()];
-    readiness.add("database", move || {
-        let store = pinged.clone();
-        async move { store.repo().ping().await }
-    });
+    readiness.add("database", keymesh_store::readiness_check(store_connection));
     readiness.add("kms", move || {
         let outcome = kms_health.current();
         async move { outcome }

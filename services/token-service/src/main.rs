@@ -39,8 +39,8 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let listener = server::bind(params.listen_addr).await?;
 
     let kms = Arc::new(keymesh_config::open_keyring(&kms, &params.data_dir).await?);
-    let db = keymesh_store::connect_and_migrate_with(&file.database(&params)).await?;
-    let pinged_db = db.clone();
+    let db = keymesh_store::connect_and_migrate_with(&file.database(&params)?).await?;
+    let pinged = db.clone();
     let repo = TokenRepository::new(db);
     let endpoint = params.endpoints.token_service.clone();
     // FIPS mode (enabled) hashes client secrets with PBKDF2 instead of Argon2id.
@@ -72,11 +72,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let gate = keymesh_gate::Gate::new(params.service.as_str(), verifier, Some(limits.clone()), Some(audit.clone()));
     let service = rpc::TokenRpc::new(repo, signer, gate, audit.clone(), exchanger, limits, fips);
     let routes = Routes::new(TokenServiceServer::new(service));
-    let pinged = pinged_db;
-    readiness.add("database", move || {
-        let db = pinged.clone();
-        async move { keymesh_store::ping(&db).await }
-    });
+    readiness.add("database", keymesh_store::readiness_check(pinged));
     audit.report_readiness(&readiness);
     readiness.serving();
     server::serve_until_signal(listener, &tls, routes, &["keymesh.v1.TokenService"], params.shutdown_grace).await?;
