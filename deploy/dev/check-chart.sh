@@ -125,23 +125,23 @@ else
   echo "chart: kubernetes-validate --strict ok against $(mm "$k8s_oldest") and $(mm "$k8s_newest") ($resources resources from ${#rendered[@]} render(s))"
 fi
 
+# Runs a checker script over every render and reports its last line's summary (what follows its last ": ").
+check_renders() {
+  local label="$1" script="$2" out
+  if out="$(python3 "$here/$script" "${rendered[@]}" 2>&1)"; then
+    echo "chart: $label ok (${out##*: })"
+  else
+    echo "${out//$work\//}" | indent
+    echo "chart: $label FAILED (${out##*: })"
+    failed=1
+  fi
+}
+
 # 3b. cert-manager and Prometheus Operator objects against their CRDs' schemas
-if out="$(python3 "$here/validate_crds.py" "${rendered[@]}" 2>&1)"; then
-  echo "chart: CRD schemas ok: ${out##*crds: }"
-else
-  echo "${out//$work\//}" | indent
-  echo "chart: CRD schemas FAILED"
-  failed=1
-fi
+check_renders "CRD schemas" validate_crds.py
 
 # 4. The restricted Pod Security Standard
-if out="$(python3 "$here/pss_restricted.py" "${rendered[@]}" 2>&1)"; then
-  echo "chart: restricted Pod Security Standard ok (${out##*: })"
-else
-  echo "${out//$work\//}" | indent
-  echo "chart: restricted Pod Security Standard FAILED (${out##*: })"
-  failed=1
-fi
+check_renders "restricted Pod Security Standard" pss_restricted.py
 
 # 5. Values that cannot install are refused, each with the message its file expects.
 if [ ${#refusals[@]} -eq 0 ]; then

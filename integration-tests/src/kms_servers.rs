@@ -148,6 +148,22 @@ impl OpenBao {
         self.cli(&["token", "create", "-field=token", &format!("-policy={policy}")]).trim().to_owned()
     }
 
+    /// A Transit key `key` as the keyring member `member` of a service: the key, a token allowed to use only
+    /// it, and the variables naming both (`KEYMESH_KMS__BACKENDS__<MEMBER>__*` and `VAULT_TOKEN`). The member's
+    /// role is the caller's to set.
+    pub fn transit_member(&self, member: &str, key: &str) -> TransitMember {
+        self.create_transit_key(key);
+        let token = self.keymesh_token(key);
+        let prefix = format!("KEYMESH_KMS__BACKENDS__{}", member.to_uppercase().replace('-', "_"));
+        let env = vec![
+            (format!("{prefix}__TYPE"), "vault".to_owned()),
+            (format!("{prefix}__ADDRESS"), self.address.clone()),
+            (format!("{prefix}__KEY"), key.to_owned()),
+            ("VAULT_TOKEN".to_owned(), token.clone()),
+        ];
+        TransitMember { token, env }
+    }
+
     /// Deletes a Transit key.
     pub fn delete_transit_key(&self, name: &str) {
         self.cli(&["delete", &format!("transit/keys/{name}")]);
@@ -164,6 +180,21 @@ impl Drop for OpenBao {
         signal(&self.child, "-CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What [`OpenBao::transit_member`] made.
+pub struct TransitMember {
+    /// The token the service logs in with.
+    pub token: String,
+    /// The service's variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl TransitMember {
+    /// The variables as `Mesh::start` takes them, for `service`.
+    pub fn for_service(&self, service: keymesh_mesh::ServiceName) -> Vec<(keymesh_mesh::ServiceName, &str, &str)> {
+        self.env.iter().map(|(k, v)| (service, k.as_str(), v.as_str())).collect()
     }
 }
 

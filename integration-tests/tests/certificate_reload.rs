@@ -93,6 +93,43 @@ fn swap(path: &Path, content: &str) {
     std::fs::rename(&temporary, path).unwrap();
 }
 
+/// The development CA of `mesh`: its certificate and key.
+fn mesh_ca(mesh: &Mesh) -> (String, String) {
+    let pki = mesh.dir.path().join("pki");
+    (std::fs::read_to_string(pki.join("ca.pem")).unwrap(), std::fs::read_to_string(pki.join("ca-key.pem")).unwrap())
+}
+
+/// A replica's CA bundle, certificate and key files (ca.pem, tls.crt, tls.key), each replaced the way a Secret
+/// volume update replaces it.
+struct IdentityFiles(tempfile::TempDir);
+
+impl IdentityFiles {
+    fn new(ca_pem: &str, cert: &str, key: &str) -> Self {
+        let files = Self(tempfile::tempdir().unwrap());
+        files.ca(ca_pem);
+        files.renew(cert, key);
+        files
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    fn ca(&self, bundle: &str) {
+        swap(&self.path().join("ca.pem"), bundle);
+    }
+
+    fn cert(&self, cert: &str) {
+        swap(&self.path().join("tls.crt"), cert);
+    }
+
+    /// The key first, then the certificate, as a renewal writes them.
+    fn renew(&self, cert: &str, key: &str) {
+        swap(&self.path().join("tls.key"), key);
+        self.cert(cert);
+    }
+}
+
 fn serial(cert_der: &[u8]) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).unwrap();
     cert.raw_serial_as_string()
@@ -167,19 +204,12 @@ fn spawn_replica(
 async fn renewed_certificates_are_taken_without_a_failed_call_and_wrong_ones_are_refused() {
     keymesh_mesh::install_crypto_provider();
     let mesh = Mesh::start(&[], &[]).await;
-    let pki = mesh.dir.path().join("pki");
-    let ca_pem = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
-    let ca_key = std::fs::read_to_string(pki.join("ca-key.pem")).unwrap();
+    let (ca_pem, ca_key) = mesh_ca(&mesh);
     let own = ServiceName::CryptoService.spiffe_id();
 
     // A crypto-service replica of our own, on files of its own ([tls]), whose log we read.
-    let files = tempfile::tempdir().unwrap();
-    let (ca_file, cert_file, key_file) =
-        (files.path().join("ca.pem"), files.path().join("tls.crt"), files.path().join("tls.key"));
     let (cert, key) = issue(&ca_pem, &ca_key, &own, 30);
-    swap(&ca_file, &ca_pem);
-    swap(&cert_file, &cert);
-    swap(&key_file, &key);
+    let files = IdentityFiles::new(&ca_pem, &cert, &key);
     let endpoint = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let (mut replica, log) = spawn_replica(
@@ -223,8 +253,7 @@ async fn renewed_certificates_are_taken_without_a_failed_call_and_wrong_ones_are
     // 1. A new key pair from the same CA.
     wait_for_expiry_gauge(&admin, &cert).await;
     let (renewed, renewed_key) = issue(&ca_pem, &ca_key, &own, 60);
-    swap(&key_file, &renewed_key);
-    swap(&cert_file, &renewed);
+    files.renew(&renewed, &renewed_key);
     wait_for_serial(&endpoint, &app, &ca_pem, &serial_of(&renewed), "the renewed certificate").await;
     wait_for_expiry_gauge(&admin, &renewed).await;
 
@@ -234,17 +263,15 @@ async fn renewed_certificates_are_taken_without_a_failed_call_and_wrong_ones_are
     let (wrong, wrong_key) = issue(&ca_pem, &ca_key, &ServiceName::KeyService.spiffe_id(), 90);
     let lines = || log.lock().unwrap().len();
     let from = lines();
-    swap(&key_file, &wrong_key);
-    swap(&cert_file, &wrong);
+    files.renew(&wrong, &wrong_key);
     wait_for_log(&log, from, &[refused, "is for spiffe://keymesh/key-service"]).await;
     let (other_ca, other_ca_key) = new_ca();
     let (foreign, foreign_key) = issue(&other_ca, &other_ca_key, &own, 90);
     let from = lines();
-    swap(&key_file, &foreign_key);
-    swap(&cert_file, &renewed);
+    files.renew(&renewed, &foreign_key);
     wait_for_log(&log, from, &[refused, "certificate and key"]).await;
     let from = lines();
-    swap(&cert_file, &foreign);
+    files.cert(&foreign);
     wait_for_log(&log, from, &[refused, "does not chain to the CA bundle"]).await;
     assert_eq!(served_serial(&endpoint, &app, &ca_pem).await, serial_of(&renewed), "the old one keeps serving");
     wait_for_expiry_gauge(&admin, &renewed).await;
@@ -253,9 +280,8 @@ async fn renewed_certificates_are_taken_without_a_failed_call_and_wrong_ones_are
     let (next_ca, next_ca_key) = new_ca();
     let bundle = format!("{ca_pem}{next_ca}");
     let (rotated, rotated_key) = issue(&next_ca, &next_ca_key, &own, 120);
-    swap(&ca_file, &bundle);
-    swap(&key_file, &rotated_key);
-    swap(&cert_file, &rotated);
+    files.ca(&bundle);
+    files.renew(&rotated, &rotated_key);
     wait_for_serial(&endpoint, &app, &bundle, &serial_of(&rotated), "the certificate from the new CA").await;
     wait_for_expiry_gauge(&admin, &rotated).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -347,22 +373,15 @@ impl HandshakeRecorder {
 async fn calls_to_other_services_present_the_renewed_certificate_and_trust_the_renewed_bundle() {
     keymesh_mesh::install_crypto_provider();
     let mesh = Mesh::start(&[], &[]).await;
-    let pki = mesh.dir.path().join("pki");
-    let ca_pem = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
-    let ca_key = std::fs::read_to_string(pki.join("ca-key.pem")).unwrap();
+    let (ca_pem, ca_key) = mesh_ca(&mesh);
     let (own, key_service) = (ServiceName::CryptoService.spiffe_id(), ServiceName::KeyService.spiffe_id());
     let (next_ca, next_ca_key) = new_ca();
     let bundle = format!("{ca_pem}{next_ca}");
     let (stand_in, stand_in_key) = issue(&ca_pem, &ca_key, &key_service, 30);
     let recorder = HandshakeRecorder::start(&stand_in, &stand_in_key, &bundle).await;
 
-    let files = tempfile::tempdir().unwrap();
-    let (ca_file, cert_file, key_file) =
-        (files.path().join("ca.pem"), files.path().join("tls.crt"), files.path().join("tls.key"));
     let (first, first_key) = issue(&ca_pem, &ca_key, &own, 30);
-    swap(&ca_file, &ca_pem);
-    swap(&cert_file, &first);
-    swap(&key_file, &first_key);
+    let files = IdentityFiles::new(&ca_pem, &first, &first_key);
     let endpoint = format!("127.0.0.1:{}", free_port());
     let (mut replica, log) = spawn_replica(
         &mesh,
@@ -387,8 +406,7 @@ async fn calls_to_other_services_present_the_renewed_certificate_and_trust_the_r
     // 1. A new key pair from the same CA.
     let from = log.lock().unwrap().len();
     let (renewed, renewed_key) = issue(&ca_pem, &ca_key, &own, 60);
-    swap(&key_file, &renewed_key);
-    swap(&cert_file, &renewed);
+    files.renew(&renewed, &renewed_key);
     wait_for_log(&log, from, &["took the renewed certificate"]).await;
     recorder.wait_for(&serial_of(&renewed), "the renewed certificate", call).await;
 
@@ -404,9 +422,8 @@ async fn calls_to_other_services_present_the_renewed_certificate_and_trust_the_r
     assert_eq!(recorder.serials.lock().unwrap().len(), handshakes, "a key-service from a CA outside the bundle");
     let from = log.lock().unwrap().len();
     let (rotated, rotated_key) = issue(&next_ca, &next_ca_key, &own, 90);
-    swap(&ca_file, &bundle);
-    swap(&key_file, &rotated_key);
-    swap(&cert_file, &rotated);
+    files.ca(&bundle);
+    files.renew(&rotated, &rotated_key);
     wait_for_log(&log, from, &["took the renewed certificate"]).await;
     recorder.wait_for(&serial_of(&rotated), "the certificate from the new CA", call).await;
     replica.kill().await.unwrap();

@@ -217,8 +217,7 @@ fn the_alert_rules_pass_promtool() {
 async fn every_metric_the_readme_the_dashboard_and_the_alerts_name_is_exported() {
     keymesh_mesh::install_crypto_provider();
     let bao = OpenBao::start();
-    bao.create_transit_key("keymesh");
-    let vault_token = bao.keymesh_token("keymesh");
+    let transit = bao.transit_member("transit", "keymesh");
     let redis = RedisServer::start();
     let metrics: HashMap<ServiceName, String> =
         ServiceName::ALL.into_iter().map(|s| (s, format!("127.0.0.1:{}", free_port()))).collect();
@@ -230,12 +229,9 @@ async fn every_metric_the_readme_the_dashboard_and_the_alerts_name_is_exported()
         (key_service, "KEYMESH_KEY_SERVICE__MAINTENANCE_INTERVAL_SECONDS", "1"),
         // A member named apart from its type, so the labels show which is which.
         (key_service, "KEYMESH_KMS__SECONDARY", r#"["transit"]"#),
-        (key_service, "KEYMESH_KMS__BACKENDS__TRANSIT__TYPE", "vault"),
-        (key_service, "KEYMESH_KMS__BACKENDS__TRANSIT__ADDRESS", bao.address.as_str()),
-        (key_service, "KEYMESH_KMS__BACKENDS__TRANSIT__KEY", "keymesh"),
-        (key_service, "VAULT_TOKEN", vault_token.as_str()),
         (ServiceName::AuditService, "KEYMESH_AUDIT__CHECKPOINT_INTERVAL_SECONDS", "1"),
     ]);
+    per_service.extend(transit.for_service(key_service));
     let mut mesh = Mesh::start(&[], &per_service).await;
 
     // The workload: a key wrapped by both keyring members, used, rotated, and used again.

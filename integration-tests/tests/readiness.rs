@@ -77,24 +77,18 @@ async fn readyz_follows_the_database_and_the_token_verifier_and_livez_does_not()
 async fn readyz_follows_the_kms_keyring_and_livez_does_not() {
     keymesh_mesh::install_crypto_provider();
     let bao = OpenBao::start();
-    bao.create_transit_key("keymesh");
-    let token = bao.keymesh_token("keymesh");
+    let transit = bao.transit_member("transit", "keymesh");
+    let token = transit.token.clone();
     let (admin, lone_admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let key_service = ServiceName::KeyService;
     // key-service: OpenBao Transit as primary, the local backend as secondary.
-    let mut mesh = Mesh::start(
-        &[],
-        &[
-            (key_service, "KEYMESH_TELEMETRY__METRICS_ADDR", admin.as_str()),
-            (key_service, "KEYMESH_KMS__PRIMARY", "transit"),
-            (key_service, "KEYMESH_KMS__SECONDARY", r#"["local"]"#),
-            (key_service, "KEYMESH_KMS__BACKENDS__TRANSIT__TYPE", "vault"),
-            (key_service, "KEYMESH_KMS__BACKENDS__TRANSIT__ADDRESS", bao.address.as_str()),
-            (key_service, "KEYMESH_KMS__BACKENDS__TRANSIT__KEY", "keymesh"),
-            (key_service, "VAULT_TOKEN", token.as_str()),
-        ],
-    )
-    .await;
+    let mut per_service = transit.for_service(key_service);
+    per_service.extend([
+        (key_service, "KEYMESH_TELEMETRY__METRICS_ADDR", admin.as_str()),
+        (key_service, "KEYMESH_KMS__PRIMARY", "transit"),
+        (key_service, "KEYMESH_KMS__SECONDARY", r#"["local"]"#),
+    ]);
+    let mut mesh = Mesh::start(&[], &per_service).await;
     // A replica whose keyring is OpenBao alone.
     mesh.spawn_replica(
         key_service,

@@ -15,12 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Keyring, keyring::Role};
+use crate::{
+    Keyring,
+    keyring::{Member, Role},
+};
 
 /// The last outcome of each member's probe.
 #[derive(Clone)]
 pub struct HealthWatch {
-    members: Arc<Vec<(String, Mutex<Probe>)>>,
+    members: Arc<Vec<(Member, Mutex<Probe>)>>,
     period: Duration,
 }
 
@@ -48,22 +51,28 @@ impl HealthWatch {
     /// Probes the primary and secondary members of `keyring` now and then every `period`, all at once, until
     /// the returned task is aborted.
     pub fn spawn(keyring: Keyring, period: Duration) -> (Self, tokio::task::JoinHandle<()>) {
-        let wrapping: Vec<_> = keyring.members().iter().filter(|m| m.role != Role::Retired).cloned().collect();
-        let members = Arc::new(wrapping.iter().map(|m| (m.name.clone(), Mutex::new(Probe::default()))).collect());
-        let watch = Self { members, period };
+        let members = keyring
+            .members()
+            .iter()
+            .filter(|m| m.role != Role::Retired)
+            .map(|m| (m.clone(), Mutex::new(Probe::default())))
+            .collect();
+        let watch = Self { members: Arc::new(members), period };
         let probes = watch.members.clone();
         let task = tokio::spawn(async move {
             loop {
-                let rounds = wrapping.iter().zip(probes.iter()).map(|(member, (name, probe))| async move {
+                let rounds = probes.iter().map(|(member, probe)| async move {
                     probe.lock().unwrap_or_else(|p| p.into_inner()).since = Some(Instant::now());
                     let outcome = member.backend.health().await.map_err(|e| e.to_string());
                     let mut probe = probe.lock().unwrap_or_else(|p| p.into_inner());
                     // A line when a member's state changes, not one every period of an outage.
                     match (&probe.last, &outcome) {
                         (Some(Ok(())) | None, Err(reason)) => {
-                            tracing::warn!(member = %name, %reason, "KMS keyring member fails its health probe");
+                            tracing::warn!(member = %member.name, %reason, "KMS keyring member fails its health probe");
                         }
-                        (Some(Err(_)), Ok(())) => tracing::info!(member = %name, "KMS keyring member answers again"),
+                        (Some(Err(_)), Ok(())) => {
+                            tracing::info!(member = %member.name, "KMS keyring member answers again");
+                        }
                         _ => {}
                     }
                     probe.last = Some(outcome);
@@ -81,10 +90,10 @@ impl HealthWatch {
     /// either, whatever its deadlines say.
     pub fn current(&self) -> Result<(), String> {
         let mut reasons = Vec::new();
-        for (name, probe) in self.members.iter() {
+        for (member, probe) in self.members.iter() {
             match probe.lock().unwrap_or_else(|p| p.into_inner()).usable(self.period) {
                 Ok(()) => return Ok(()),
-                Err(reason) => reasons.push(format!("{name:?}: {reason}")),
+                Err(reason) => reasons.push(format!("{:?}: {reason}", member.name)),
             }
         }
         Err(format!("no member of the keyring can wrap and unwrap ({})", reasons.join("; ")))

@@ -97,16 +97,21 @@ pub struct Exceeded {
 
 impl From<Exceeded> for tonic::Status {
     fn from(e: Exceeded) -> Self {
-        use tonic_types::{ErrorDetails, StatusExt};
-        let details = ErrorDetails::with_retry_info(Some(e.retry_after));
-        let mut status = tonic::Status::with_error_details(tonic::Code::ResourceExhausted, e.to_string(), details);
-        // Clients without google.rpc details support can still back off.
-        let seconds = e.retry_after.as_secs() + u64::from(e.retry_after.subsec_nanos() > 0);
-        if let Ok(value) = seconds.max(1).to_string().parse() {
-            status.metadata_mut().insert("retry-after", value);
-        }
-        status
+        retry_status(tonic::Code::ResourceExhausted, e.to_string(), e.retry_after)
     }
+}
+
+/// A status that says when to retry: a `google.rpc.RetryInfo` detail, and a `retry-after` header (whole
+/// seconds, at least 1) for clients without google.rpc details support.
+pub fn retry_status(code: tonic::Code, message: String, retry_after: std::time::Duration) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let details = ErrorDetails::with_retry_info(Some(retry_after));
+    let mut status = tonic::Status::with_error_details(code, message, details);
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    if let Ok(value) = seconds.max(1).to_string().parse() {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
 }
 
 /// A bad figure in `[limits]`.

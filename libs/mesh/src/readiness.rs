@@ -1,5 +1,6 @@
 //! What the admin port's `/readyz` answers: whether this process can do its work now — its database answers,
-//! its KMS backends are not cut off by an open circuit — each check named with its reason, so a probe's failure
+//! its KMS keyring can wrap (key-service registers the check), its token verifier is fresh, its audit spool
+//! takes events — each check named with its reason, so a probe's failure
 //! says what is wrong. `/livez` only says the process runs: restarting a process whose database is down fixes
 //! nothing, so liveness never depends on a dependency.
 

@@ -224,20 +224,34 @@ async fn reload_on_change(
             return;
         }
     };
-    // What was last looked at, so that one bad renewal is logged once.
-    let mut seen = (serving.ca_pem.clone(), serving.cert_pem.clone(), serving.key_pem.clone());
+    // What was last looked at, so that one bad renewal (or unreadable file) is logged once.
+    let mut seen = serving.clone();
+    let mut unreadable = false;
     loop {
         tokio::time::sleep(RELOAD_POLL).await;
-        let Ok(renewed) = TlsMaterial::reread(&files) else { continue };
-        let current = (renewed.ca_pem.clone(), renewed.cert_pem.clone(), renewed.key_pem.clone());
-        if current == seen {
+        let renewed = match TlsMaterial::reread(&files) {
+            Ok(renewed) => renewed,
+            Err(error) => {
+                if !unreadable {
+                    tracing::warn!(%error, "cannot read the certificate files; the certificate in use keeps serving");
+                }
+                unreadable = true;
+                continue;
+            }
+        };
+        unreadable = false;
+        let unchanged = renewed.ca_pem == seen.ca_pem
+            && renewed.cert_pem == seen.cert_pem
+            && renewed.key_pem.as_str() == seen.key_pem.as_str();
+        if unchanged {
             continue;
         }
-        seen = current;
-        match keymesh_mtls::check_identity(&renewed, &identity) {
+        seen = renewed;
+        let renewed = &seen;
+        match keymesh_mtls::check_identity(renewed, &identity) {
             Ok(config) => {
                 // Clients first: once the server presents the renewal, peers may already be dropping the old CA.
-                if let Err(error) = serving.renew_channels(&renewed) {
+                if let Err(error) = serving.renew_channels(renewed) {
                     tracing::warn!(reason = %error, "refused the renewed certificate files for calls to other services");
                     continue;
                 }

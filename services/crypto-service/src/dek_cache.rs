@@ -307,16 +307,14 @@ impl DekCache {
                     reason: format!("key-service refused the key reference: {}", status.message()),
                 },
                 tonic::Code::FailedPrecondition => CryptoServiceError::FailedPrecondition(status.message().to_owned()),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
-                    CryptoServiceError::KeyServiceUnavailable(status.message().to_owned())
-                }
-                // A call cut off with its connection (key-service restarting mid-call) surfaces as Unknown or
-                // Cancelled, or from h2 as Internal with the transport error as its source: the peer went away,
-                // which the caller should retry, never an internal error of ours.
-                tonic::Code::Unknown | tonic::Code::Cancelled => {
-                    CryptoServiceError::KeyServiceUnavailable(status.message().to_owned())
-                }
-                tonic::Code::Internal if std::error::Error::source(&status).is_some() => {
+                // A call cut off with its connection (key-service restarting mid-call) is a status made here, with
+                // the transport error as its source, whatever its code: the peer went away, which the caller should
+                // retry. What key-service itself answered keeps its meaning.
+                code if matches!(
+                    code,
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ) || std::error::Error::source(&status).is_some() =>
+                {
                     CryptoServiceError::KeyServiceUnavailable(status.message().to_owned())
                 }
                 code => CryptoServiceError::Internal(format!("key-service answered {code:?}: {}", status.message())),

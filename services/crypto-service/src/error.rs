@@ -58,11 +58,9 @@ impl From<CryptoServiceError> for Status {
             CryptoServiceError::KeyNotFound(_) => Status::not_found(e.to_string()),
             CryptoServiceError::Denied(_) => Status::permission_denied(e.to_string()),
             CryptoServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            // With retry advice, as the rate limits give theirs: key-service restarts within seconds.
             CryptoServiceError::KeyServiceUnavailable(_) => {
-                // With retry advice, as the rate limits give theirs: key-service restarts within seconds.
-                use tonic_types::{ErrorDetails, StatusExt};
-                let details = ErrorDetails::with_retry_info(Some(KEY_SERVICE_RETRY_AFTER));
-                Status::with_error_details(tonic::Code::Unavailable, e.to_string(), details)
+                keymesh_limits::retry_status(tonic::Code::Unavailable, e.to_string(), KEY_SERVICE_RETRY_AFTER)
             }
             CryptoServiceError::Policy(keymesh_policy::PolicyError::Denied { .. }) => {
                 Status::permission_denied(e.to_string())
