@@ -277,37 +277,9 @@ async fn cached_keys_serve_through_a_key_service_outage() {
 /// after the 10 s handshake deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_does_not_starve_a_service_of_file_descriptors() {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
     let mesh = Mesh::start(&[], &[]).await;
-    let endpoint = format!("127.0.0.1:{}", integration_tests::free_port());
-    let template = mesh.command(ServiceName::CryptoService);
-    let mut command = tokio::process::Command::new("sh");
-    command
-        .args(["-c", "ulimit -Sn 256 && exec \"$0\""])
-        .arg(integration_tests::bin_dir().join("crypto-service"))
-        .env_clear()
-        .envs(template.as_std().get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))))
-        .env("KEYMESH_LISTEN_ADDR", &endpoint)
-        .env("KEYMESH_AUDIT__SPOOL_DIR", mesh.dir.path().join("flood-spool"))
-        .env("KEYMESH_TELEMETRY__METRICS_ADDR", "off")
-        .kill_on_drop(true);
-    let replica = command.spawn().unwrap();
-    let tls = mesh.app_tls("flood");
-    let health = || async {
-        let channel = keymesh_mesh::client::mtls_channel(&endpoint, &tls, ServiceName::CryptoService).unwrap();
-        let request = HealthCheckRequest { service: "keymesh.v1.CryptoService".into() };
-        tokio::time::timeout(Duration::from_secs(5), HealthClient::new(channel).check(request))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .is_some_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !health().await {
-        assert!(Instant::now() < deadline, "the crypto-service replica did not start");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", replica.id().unwrap())).unwrap();
+    let replica = Replica::start(&mesh, "ulimit -Sn 256 &&", &[]).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", replica.pid())).unwrap();
     let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_owned();
     let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
     println!("the replica's {open_files}");
@@ -315,19 +287,88 @@ async fn a_connection_flood_does_not_starve_a_service_of_file_descriptors() {
 
     let mut flood = Vec::new();
     for _ in 0..600 {
-        flood.push(tokio::net::TcpStream::connect(&endpoint).await.unwrap());
+        flood.push(tokio::net::TcpStream::connect(&replica.endpoint).await.unwrap());
     }
     let started = Instant::now();
-    assert!(health().await, "health with 600 idle connections open");
-    let mut endpoints = mesh.endpoints.clone();
-    endpoints.crypto_service = endpoint.clone();
-    let credentials =
-        keymesh_client::Credentials::from_file(&mesh.dir.path().join("bootstrap-credentials.json")).unwrap();
-    let client = keymesh_client::KeymeshClient::new(&endpoints, &tls, credentials).unwrap();
+    assert!(replica.healthy().await, "health with 600 idle connections open");
+    let client = replica.client(&mesh);
     client.create_key("flooded").await.unwrap();
     client.encrypt("flooded", b"still here".to_vec(), Vec::new()).await.unwrap();
     println!("600 idle connections open: health and Encrypt answered in {:?}", started.elapsed());
     drop(flood);
+}
+
+/// A crypto-service replica of the drill's own, started by `sh -c "<prefix> exec crypto-service"` with the mesh's
+/// environment plus `extra`, so the drill can read its process (limits, memory) and give it settings of its own.
+struct Replica {
+    child: tokio::process::Child,
+    endpoint: String,
+    tls: keymesh_mesh::pki::TlsMaterial,
+}
+
+impl Replica {
+    async fn start(mesh: &Mesh, shell_prefix: &str, extra: &[(&str, &str)]) -> Replica {
+        let endpoint = format!("127.0.0.1:{}", integration_tests::free_port());
+        let template = mesh.command(ServiceName::CryptoService);
+        let mut command = tokio::process::Command::new("sh");
+        command
+            .args(["-c", &format!("{shell_prefix} exec \"$0\"")])
+            .arg(integration_tests::bin_dir().join("crypto-service"))
+            .env_clear()
+            .envs(template.as_std().get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))))
+            .env("KEYMESH_LISTEN_ADDR", &endpoint)
+            .env("KEYMESH_AUDIT__SPOOL_DIR", mesh.dir.path().join(format!("spool-{}", endpoint.replace(':', "-"))))
+            .env("KEYMESH_TELEMETRY__METRICS_ADDR", "off")
+            .envs(extra.iter().copied())
+            .kill_on_drop(true);
+        let replica = Replica { child: command.spawn().unwrap(), endpoint, tls: mesh.app_tls("drill") };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !replica.healthy().await {
+            assert!(Instant::now() < deadline, "the crypto-service replica did not start");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        replica
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Resident memory, MiB.
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kib / 1024.0
+    }
+
+    fn channel(&self) -> tonic::transport::Channel {
+        keymesh_mesh::client::mtls_channel(&self.endpoint, &self.tls, ServiceName::CryptoService).unwrap()
+    }
+
+    /// SERVING on a new connection within 5 s.
+    async fn healthy(&self) -> bool {
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+        let request = HealthCheckRequest { service: "keymesh.v1.CryptoService".into() };
+        tokio::time::timeout(Duration::from_secs(5), HealthClient::new(self.channel()).check(request))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .is_some_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+    }
+
+    /// The bootstrap administrator's SDK client, with this replica as its crypto-service.
+    fn client(&self, mesh: &Mesh) -> keymesh_client::KeymeshClient {
+        let mut endpoints = mesh.endpoints.clone();
+        endpoints.crypto_service = self.endpoint.clone();
+        let credentials =
+            keymesh_client::Credentials::from_file(&mesh.dir.path().join("bootstrap-credentials.json")).unwrap();
+        keymesh_client::KeymeshClient::new(&endpoints, &self.tls, credentials).unwrap()
+    }
 }
 
 /// Item 2, the deadlines themselves: a statement past `database.statement_timeout_ms` is `Unavailable` (the
@@ -357,4 +398,308 @@ async fn a_statement_past_its_deadline_is_unavailable_and_migrations_wait_for_ea
     holding.await.unwrap();
     let slow = db.execute_unprepared("SELECT pg_sleep(0.5)").await.map_err(keymesh_store::StoreError::from);
     assert!(matches!(slow, Err(keymesh_store::StoreError::Unavailable(_))), "{slow:?}");
+}
+
+/// The `q` quantile of `samples` (sorted in place).
+fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort_unstable();
+    samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or_default()
+}
+
+/// The open-connections gauge of the replica whose metrics are served on `metrics`.
+async fn open_connections(metrics: &str) -> f64 {
+    let families = integration_tests::parse_prometheus(&integration_tests::scrape_metrics(metrics).await.1);
+    families.get("keymesh_server_connections_open").and_then(|s| s.first()).map(|s| s.value).expect("the gauge")
+}
+
+/// Item 4, the rest: connections are bounded (a connection over `server.max_connections` is closed at once, so a
+/// flood of silent connections holds at most that many descriptors, each for at most the handshake deadline),
+/// a connection idle past `server.idle_timeout_seconds` is closed, and the memory a storm of mTLS connections
+/// took is given back once they close (the old code accepted every connection, kept silent ones forever, and
+/// kept the memory). `KEYMESH_CHAOS_CONNECTIONS` sets the storm's size (default 1,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_bounded_idle_ones_closed_and_memory_returned_after_a_storm() {
+    let storm: usize = std::env::var("KEYMESH_CHAOS_CONNECTIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let max_connections = storm + 100;
+    let mesh = Mesh::start(&[], &[]).await;
+    let metrics = format!("127.0.0.1:{}", integration_tests::free_port());
+    let replica = Replica::start(
+        &mesh,
+        "",
+        &[
+            ("KEYMESH_SERVER__MAX_CONNECTIONS", max_connections.to_string().as_str()),
+            ("KEYMESH_SERVER__HANDSHAKE_TIMEOUT_SECONDS", "2"),
+            ("KEYMESH_SERVER__IDLE_TIMEOUT_SECONDS", "3"),
+            ("KEYMESH_TELEMETRY__METRICS_ADDR", metrics.as_str()),
+        ],
+    )
+    .await;
+
+    // Silent connections, twice the limit: the excess is closed at once, the rest after the handshake deadline.
+    let mut silent = Vec::new();
+    for _ in 0..2 * max_connections {
+        silent.push(tokio::net::TcpStream::connect(&replica.endpoint).await.unwrap());
+    }
+    let closed = |silent: &[tokio::net::TcpStream]| {
+        silent
+            .iter()
+            .filter(|s| !matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock))
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let closed_at_once = closed(&silent);
+    println!(
+        "{} silent connections against a limit of {max_connections}: {closed_at_once} closed at once",
+        silent.len()
+    );
+    assert!(
+        closed_at_once >= silent.len() - max_connections && closed_at_once < silent.len(),
+        "{closed_at_once} of {} closed at once",
+        silent.len()
+    );
+    let started = Instant::now();
+    while closed(&silent) < silent.len() {
+        assert!(started.elapsed() < Duration::from_secs(10), "silent connections outlived the 2 s handshake deadline");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("every silent connection closed {:?} after the flood", started.elapsed() + Duration::from_millis(500));
+    drop(silent);
+    assert!(replica.healthy().await, "health once the silent connections are gone");
+
+    // A storm of real mTLS connections, each used once and then left open without keepalive traffic.
+    let rss_before = replica.rss_mib();
+    let started = Instant::now();
+    let mut channels = Vec::new();
+    for chunk in 0..storm.div_ceil(100) {
+        let opened = futures_util::future::join_all((chunk * 100..storm.min(chunk * 100 + 100)).map(|_| async {
+            use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+            let channel = replica.channel();
+            let request = HealthCheckRequest { service: String::new() };
+            HealthClient::new(channel.clone()).check(request).await.map(|_| channel)
+        }))
+        .await;
+        channels.extend(opened.into_iter().map(|c| c.expect("a storm connection")));
+    }
+    let rss_peak = replica.rss_mib();
+    let open = open_connections(&metrics).await;
+    println!(
+        "{storm} mTLS connections opened in {:?}: {open} open on the replica, RSS {rss_before:.1} → {rss_peak:.1} MiB",
+        started.elapsed()
+    );
+    assert!(open >= storm as f64, "{open} open");
+    // Left idle past the idle timeout, they are closed by the replica.
+    let started = Instant::now();
+    loop {
+        let open = open_connections(&metrics).await;
+        if open == 0.0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{open} connections still open past the idle timeout");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("all closed by the replica {:?} after the storm (idle timeout 3 s)", started.elapsed());
+    drop(channels);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = replica.rss_mib();
+    let grown = rss_peak - rss_before;
+    let kept = rss_after - rss_before;
+    println!("RSS after they closed: {rss_after:.1} MiB (kept {kept:.1} of the {grown:.1} MiB the storm took)");
+    assert!(
+        grown > 0.0 && kept <= grown * 0.35 + 4.0,
+        "memory not given back: {rss_before:.1} → {rss_peak:.1} → {rss_after:.1} MiB"
+    );
+    assert!(replica.healthy().await);
+}
+
+/// What a group of callers saw.
+#[derive(Default)]
+struct LoadOutcome {
+    /// Latency of each admitted call.
+    admitted: Vec<Duration>,
+    /// Latency of each call refused for capacity (UNAVAILABLE with RetryInfo).
+    shed: Vec<Duration>,
+    /// Any other outcome, by code.
+    other: BTreeMap<String, u64>,
+}
+
+/// `callers` loops encrypting with `key` through `channels` (spread over them) for `length`; a caller told to
+/// retry waits as long as the refusal says, as a gRPC client with a retry policy would.
+async fn encrypt_load(
+    channels: &[tonic::transport::Channel],
+    token: &str,
+    key: &str,
+    callers: usize,
+    length: Duration,
+) -> LoadOutcome {
+    use keymesh_proto::v1::crypto_service_client::CryptoServiceClient;
+    use tonic_types::StatusExt;
+    let outcome = Arc::new(Mutex::new(LoadOutcome::default()));
+    let until = Instant::now() + length;
+    let tasks: Vec<_> = (0..callers)
+        .map(|i| {
+            let mut client = CryptoServiceClient::new(channels[i % channels.len()].clone());
+            let (token, key, outcome) = (token.to_owned(), key.to_owned(), outcome.clone());
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let request =
+                        pb::EncryptRequest { key: key.clone(), plaintext: vec![7; 1024], ..Default::default() };
+                    let started = Instant::now();
+                    let result = client.encrypt(integration_tests::with_token(request, &token)).await;
+                    let took = started.elapsed();
+                    match result {
+                        Ok(_) => outcome.lock().unwrap().admitted.push(took),
+                        Err(s) if s.code() == tonic::Code::Unavailable => {
+                            let delay = s.get_details_retry_info().and_then(|r| r.retry_delay).expect("RetryInfo");
+                            assert!(s.metadata().get("retry-after").is_some(), "{s:?}");
+                            outcome.lock().unwrap().shed.push(took);
+                            tokio::time::sleep(delay).await;
+                        }
+                        Err(s) => *outcome.lock().unwrap().other.entry(format!("{:?}", s.code())).or_default() += 1,
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Arc::try_unwrap(outcome).ok().expect("every caller is done").into_inner().unwrap()
+}
+
+/// Item 5: 256 callers at once against a crypto-service that handles 8 calls at a time with 8 waiting, and the
+/// same load against one that queues every call (what the old code did), measured in the same run. The excess is
+/// refused at once with UNAVAILABLE and RetryInfo, the admitted calls keep a p99 well below the queueing
+/// service's, and memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_at_once_and_admitted_calls_keep_a_bounded_p99() {
+    let mesh = Mesh::start(&[], &[]).await;
+    let shedding = [
+        ("KEYMESH_SERVER__MAX_IN_FLIGHT", "8"),
+        ("KEYMESH_SERVER__MAX_QUEUED", "8"),
+        ("KEYMESH_SERVER__QUEUE_TIMEOUT_MS", "100"),
+    ];
+    let admin = mesh.admin_client();
+    admin.create_key("busy").await.unwrap();
+    let token = admin.access_token().await.unwrap().to_string();
+    let length = drill_length(4);
+    let mut p99s = Vec::new();
+    for (name, settings) in [("queueing", &[("KEYMESH_SERVER__MAX_IN_FLIGHT", "100000")][..]), ("shedding", &shedding)]
+    {
+        let replica = Replica::start(&mesh, "", settings).await;
+        // Several connections, so HTTP/2's stream limit per connection does not queue callers in the client.
+        let channels: Vec<_> = (0..8).map(|_| replica.channel()).collect();
+        let mut light = encrypt_load(&channels, &token, "busy", 4, Duration::from_secs(2)).await;
+        assert!(light.shed.is_empty() && light.other.is_empty(), "a light load is refused: {:?}", light.other);
+        let light_p99 = quantile(&mut light.admitted, 0.99);
+        let rss_before = replica.rss_mib();
+        let mut heavy = encrypt_load(&channels, &token, "busy", 256, length).await;
+        let rss_after = replica.rss_mib();
+        let (admitted, shed) = (heavy.admitted.len(), heavy.shed.len());
+        let heavy_p50 = quantile(&mut heavy.admitted, 0.5);
+        let heavy_p99 = quantile(&mut heavy.admitted, 0.99);
+        let shed_p99 = quantile(&mut heavy.shed, 0.99);
+        println!(
+            "{name}: 4 callers p99 {light_p99:?}; 256 callers for {length:?}: {admitted} admitted ({:.0}/s, p50 \
+             {heavy_p50:?}, p99 {heavy_p99:?}), {shed} refused UNAVAILABLE (p99 {shed_p99:?}), other {:?}; RSS \
+             {rss_before:.1} → {rss_after:.1} MiB",
+            admitted as f64 / length.as_secs_f64(),
+            heavy.other
+        );
+        assert!(heavy.other.is_empty(), "only admissions and UNAVAILABLE: {:?}", heavy.other);
+        assert!(admitted > 0);
+        assert!(rss_after - rss_before < 64.0, "memory grew from {rss_before:.1} to {rss_after:.1} MiB");
+        if name == "shedding" {
+            assert!(shed > 0, "nothing shed");
+            assert!(shed_p99 <= Duration::from_millis(250), "a refusal waits at most the queue timeout: {shed_p99:?}");
+        }
+        p99s.push(heavy_p99);
+    }
+    let ratio = p99s[1].as_secs_f64() / p99s[0].as_secs_f64();
+    println!("admitted p99 with shedding / queueing: {ratio:.2}");
+    assert!(ratio < 0.75, "shedding keeps the admitted calls' p99 low: {p99s:?}");
+}
+
+/// Item 7 and its "Done when": two crypto-service replicas, one application limited to 100 calls a second, the
+/// limit shared through Redis: together they admit 100–130/s (the old code: each its own 100/s). With Redis
+/// frozen, each replica falls back to its own limit (calls go on; the mesh admits up to twice the figure) and
+/// shares it again once Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_limit_through_redis_and_fall_back_to_their_own_without_it() {
+    let redis = integration_tests::RedisServer::start();
+    let mut mesh = Mesh::start(
+        &[("KEYMESH_LIMITS__SHARED__REDIS_URL", redis.url.as_str()), ("KEYMESH_LIMITS__APPLICATION_PER_SECOND", "100")],
+        &[],
+    )
+    .await;
+    let second = mesh.spawn_replica(ServiceName::CryptoService, &[]).await;
+    let admin = mesh.admin_client();
+    admin.create_key("limited").await.unwrap();
+    let token = admin.access_token().await.unwrap().to_string();
+    let tls = mesh.app_tls("drill");
+    let replicas = [
+        keymesh_mesh::client::mtls_channel(mesh.endpoint(ServiceName::CryptoService), &tls, ServiceName::CryptoService)
+            .unwrap(),
+        keymesh_mesh::client::mtls_channel(&second, &tls, ServiceName::CryptoService).unwrap(),
+    ];
+    // Calls admitted per second through each replica, over `length`.
+    let rate = |length: Duration| {
+        let (replicas, token) = (replicas.clone(), token.clone());
+        async move {
+            use keymesh_proto::v1::crypto_service_client::CryptoServiceClient;
+            let admitted: Vec<_> = replicas
+                .iter()
+                .map(|channel| {
+                    let (channel, token) = (channel.clone(), token.clone());
+                    tokio::spawn(async move {
+                        let until = Instant::now() + length;
+                        let calls = (0..4).map(|_| {
+                            let (mut client, token) = (CryptoServiceClient::new(channel.clone()), token.clone());
+                            async move {
+                                let mut admitted = 0u64;
+                                while Instant::now() < until {
+                                    let request = pb::EncryptRequest {
+                                        key: "limited".into(),
+                                        plaintext: b"row".to_vec(),
+                                        ..Default::default()
+                                    };
+                                    match client.encrypt(integration_tests::with_token(request, &token)).await {
+                                        Ok(_) => admitted += 1,
+                                        Err(s) if s.code() == tonic::Code::ResourceExhausted => {}
+                                        Err(s) => panic!("only admissions and RESOURCE_EXHAUSTED: {s:?}"),
+                                    }
+                                }
+                                admitted
+                            }
+                        });
+                        futures_util::future::join_all(calls).await.into_iter().sum::<u64>()
+                    })
+                })
+                .collect();
+            let mut per_replica = Vec::new();
+            for task in admitted {
+                per_replica.push(task.await.unwrap() as f64 / length.as_secs_f64());
+            }
+            per_replica
+        }
+    };
+    rate(Duration::from_millis(1500)).await; // spends the burst a quiet limit starts with
+    let length = drill_length(5);
+    let shared = rate(length).await;
+    let together: f64 = shared.iter().sum();
+    println!("shared through Redis: {together:.1}/s admitted together over {length:?} ({shared:.1?} per replica)");
+    assert!((97.0..=130.0).contains(&together), "two replicas admitted {together:.1}/s against a limit of 100/s");
+    assert!(shared.iter().all(|r| *r > 10.0), "both replicas admit: {shared:?}");
+
+    redis.pause(true);
+    let apart = rate(Duration::from_secs(3)).await;
+    let apart_together: f64 = apart.iter().sum();
+    println!("Redis frozen: {apart_together:.1}/s together ({apart:.1?} per replica), no call failed");
+    assert!(apart_together > 150.0, "each replica applies its own limit while Redis is away: {apart:?}");
+
+    redis.pause(false);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // Redis is tried again a second after a failure
+    rate(Duration::from_millis(1500)).await;
+    let again: f64 = rate(Duration::from_secs(3)).await.iter().sum();
+    println!("Redis back: {again:.1}/s together");
+    assert!(again <= 130.0, "shared again once Redis answers: {again:.1}/s");
 }

@@ -57,7 +57,7 @@ impl Gate {
     pub async fn admit<T>(&self, request: &Request<T>, operation: &str) -> Result<Admitted, Status> {
         let claims = self.authenticate(request, operation).await?;
         if let Some(limits) = &self.limits {
-            limits.admit_call(&claims.tenant, &claims.sub)?;
+            limits.admit_call(&claims.tenant, &claims.sub).await?;
         }
         let audit = self.scope(operation, &claims);
         Ok(Admitted { claims, audit })

@@ -10,18 +10,28 @@
 //!   in an afternoon, whatever its permissions say. A day's figure N is a rate of N per day with a burst of
 //!   N: a full allowance is spent at once, then it refills evenly, so any 24 hours admit at most 2N.
 //!
-//! Limits are GCRA cells (the `governor` crate): one atomic word per key, no timers, so a check costs a map
-//! lookup and a compare-and-swap. They are held per process: with N replicas behind a load balancer the mesh
-//! admits up to N times each figure, so configure figures per replica, and a restart refills them. Windows
-//! are checked in turn, and a call one window refuses has already used a unit of the windows before it; so
-//! the caller's own windows come first and the shared ones (its tenant's, the key's) last: a refused call
-//! costs only the caller's own allowance, never another application's. Idle keys are forgotten by
-//! [`Limiter::forget_idle`], which a service calls periodically.
+//! Limits are GCRA cells. Per process (the `governor` crate) a check costs a map lookup and a compare-and-swap.
+//! With `[limits.shared] redis_url`, every limit except those listed in `per_process` is shared by all
+//! replicas of every service: the cells live in Redis (see [`shared`]), so N replicas admit the figure once,
+//! not N times, and a restart refills nothing. When Redis does not answer, each replica falls back to its
+//! own per-process cells (the outage is logged once and counted in `keymesh.redis.errors{purpose="limits"}`),
+//! admitting up to the figure each until Redis returns: a limit degrades to per-replica, calls are never
+//! refused because Redis is down.
+//!
+//! Windows are checked in turn, and a call a per-process window refuses has already used a unit of the
+//! per-process windows before it; so the caller's own windows come first and the shared ones (its tenant's,
+//! the key's) last: a refused call costs only the caller's own allowance, never another application's.
+//! Windows in Redis are checked together, atomically: a refused call costs none of them. Idle keys are
+//! forgotten by [`Limiter::forget_idle`], which a service calls periodically.
+
+mod shared;
 
 use std::{collections::BTreeMap, num::NonZeroU32, time::Duration};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use serde::Deserialize;
+
+pub use shared::SharedLimitsConfig;
 
 /// `[limits]`.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -44,6 +54,51 @@ pub struct LimitsConfig {
     /// Quotas on Decrypt and data keys.
     #[serde(default)]
     pub quotas: QuotaConfig,
+    /// Limits shared by every replica through Redis.
+    #[serde(default)]
+    pub shared: SharedLimitsConfig,
+}
+
+/// A kind of limit: the `limit` label of `keymesh.limits.refusals`, and what `[limits.shared] per_process`
+/// names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    /// `application_per_second` and `applications`.
+    ApplicationRate,
+    /// `tenant_per_second` and `tenants`.
+    TenantRate,
+    /// `token_requests_per_second`.
+    TokenRequests,
+    /// `quotas.application_per_*` and `quotas.applications`.
+    ApplicationQuota,
+    /// `quotas.key_per_*`.
+    KeyQuota,
+}
+
+impl LimitKind {
+    const ALL: [LimitKind; 5] =
+        [Self::ApplicationRate, Self::TenantRate, Self::TokenRequests, Self::ApplicationQuota, Self::KeyQuota];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::ApplicationRate => "application_rate",
+            Self::TenantRate => "tenant_rate",
+            Self::TokenRequests => "token_requests",
+            Self::ApplicationQuota => "application_quota",
+            Self::KeyQuota => "key_quota",
+        }
+    }
+
+    /// What a refusal names, e.g. `application app_1`.
+    fn scope(self, id: &str) -> String {
+        match self {
+            Self::ApplicationRate | Self::ApplicationQuota => format!("application {id}"),
+            Self::TenantRate => format!("tenant {id}"),
+            Self::TokenRequests => format!("client certificate {id}"),
+            Self::KeyQuota => format!("key {id}"),
+        }
+    }
 }
 
 /// A rate for one application or tenant.
@@ -97,21 +152,8 @@ pub struct Exceeded {
 
 impl From<Exceeded> for tonic::Status {
     fn from(e: Exceeded) -> Self {
-        retry_status(tonic::Code::ResourceExhausted, e.to_string(), e.retry_after)
+        keymesh_mesh::retry_status(tonic::Code::ResourceExhausted, e.to_string(), e.retry_after)
     }
-}
-
-/// A status that says when to retry: a `google.rpc.RetryInfo` detail, and a `retry-after` header (whole
-/// seconds, at least 1) for clients without google.rpc details support.
-pub fn retry_status(code: tonic::Code, message: String, retry_after: std::time::Duration) -> tonic::Status {
-    use tonic_types::{ErrorDetails, StatusExt};
-    let details = ErrorDetails::with_retry_info(Some(retry_after));
-    let mut status = tonic::Status::with_error_details(code, message, details);
-    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    if let Ok(value) = seconds.max(1).to_string().parse() {
-        status.metadata_mut().insert("retry-after", value);
-    }
-    status
 }
 
 /// A bad figure in `[limits]`.
@@ -128,28 +170,48 @@ const DAY: Duration = Duration::from_secs(86_400);
 struct Window {
     limiter: DefaultKeyedRateLimiter<String>,
     what: String,
+    kind: LimitKind,
+    /// The window's name among the shared cells in Redis, e.g. `application_quota_day`.
+    name: &'static str,
+    /// The time one call uses of the allowance (period / count).
+    interval: Duration,
+    /// Calls admitted at once after a quiet spell.
+    burst: u32,
 }
 
 impl Window {
     /// `count` per `period` with `burst` at once; none for a count of 0.
-    fn new(count: u32, period: Duration, burst: Option<u32>, what: String) -> Option<Self> {
+    fn new(
+        kind: LimitKind,
+        name: &'static str,
+        count: u32,
+        period: Duration,
+        burst: Option<u32>,
+        what: String,
+    ) -> Option<Self> {
         let count = NonZeroU32::new(count)?;
         let burst = burst.and_then(NonZeroU32::new).unwrap_or(count);
-        let quota = Quota::with_period(period / count.get())?.allow_burst(burst);
-        Some(Self { limiter: RateLimiter::keyed(quota), what })
+        let interval = period / count.get();
+        let quota = Quota::with_period(interval)?.allow_burst(burst);
+        Some(Self { limiter: RateLimiter::keyed(quota), what, kind, name, interval, burst: burst.get() })
     }
 
-    fn check(&self, key: &str, scope: impl FnOnce() -> String) -> Result<(), Exceeded> {
+    fn check(&self, key: &str) -> Result<(), Exceeded> {
         // The map is keyed by String: the lookup needs one, and a short allocation is far below a call's cost.
         match self.limiter.check_key(&key.to_owned()) {
             Ok(()) => Ok(()),
-            Err(not_until) => Err(Exceeded {
-                scope: scope(),
-                limit: self.what.clone(),
-                // The limiter's own clock: instants of another clock instance do not compare. At least a
-                // millisecond, so a refusal never says "retry in 0 s".
-                retry_after: not_until.wait_time_from(self.limiter.clock().now()).max(Duration::from_millis(1)),
-            }),
+            // The limiter's own clock: instants of another clock instance do not compare.
+            Err(not_until) => Err(self.exceeded(key, not_until.wait_time_from(self.limiter.clock().now()))),
+        }
+    }
+
+    /// The refusal of a call of `key`, admitted again after `wait` (at least a millisecond, so a refusal never
+    /// says "retry in 0 s").
+    fn exceeded(&self, key: &str, wait: Duration) -> Exceeded {
+        Exceeded {
+            scope: self.kind.scope(key),
+            limit: self.what.clone(),
+            retry_after: wait.max(Duration::from_millis(1)),
         }
     }
 }
@@ -166,12 +228,12 @@ impl Scoped {
         Self { default, overrides: BTreeMap::new() }
     }
 
-    fn check(&self, key: &str, scope: impl FnOnce() -> String) -> Result<(), Exceeded> {
-        let window = match self.overrides.get(key) {
+    /// The window `key` is counted in; none when it is unlimited.
+    fn window(&self, key: &str) -> Option<&Window> {
+        match self.overrides.get(key) {
             Some(window) => window.as_ref(),
             None => self.default.as_ref(),
-        };
-        window.map_or(Ok(()), |w| w.check(key, scope))
+        }
     }
 
     fn forget_idle(&self) {
@@ -186,26 +248,19 @@ fn per_second(count: u32) -> String {
     format!("{count} calls per second")
 }
 
-fn rate(default: Option<u32>, fallback: u32, overrides: &BTreeMap<String, RateOverride>) -> Scoped {
+fn rate(kind: LimitKind, default: Option<u32>, fallback: u32, overrides: &BTreeMap<String, RateOverride>) -> Scoped {
+    let window =
+        |count: u32, burst| Window::new(kind, kind.label(), count, Duration::from_secs(1), burst, per_second(count));
     Scoped {
-        default: Window::new(
-            default.unwrap_or(fallback),
-            Duration::from_secs(1),
-            None,
-            per_second(default.unwrap_or(fallback)),
-        ),
-        overrides: overrides
-            .iter()
-            .map(|(k, o)| {
-                (k.clone(), Window::new(o.per_second, Duration::from_secs(1), o.burst, per_second(o.per_second)))
-            })
-            .collect(),
+        default: window(default.unwrap_or(fallback), None),
+        overrides: overrides.iter().map(|(k, o)| (k.clone(), window(o.per_second, o.burst))).collect(),
     }
 }
 
-fn quota_window(count: Option<u32>, period: Duration, unit: &str) -> Option<Window> {
+fn quota_window(kind: LimitKind, name: &'static str, count: Option<u32>, period: Duration) -> Option<Window> {
     let count = count.unwrap_or(0);
-    Window::new(count, period, None, format!("{count} decrypts and data keys per {unit}"))
+    let unit = if period == DAY { "day" } else { "second" };
+    Window::new(kind, name, count, period, None, format!("{count} decrypts and data keys per {unit}"))
 }
 
 /// The limits of one service process.
@@ -217,6 +272,8 @@ pub struct Limiter {
     key_quota_second: Scoped,
     key_quota_day: Scoped,
     token_requests: Scoped,
+    /// The cells in Redis, when configured.
+    shared: Option<shared::SharedCells>,
     /// `keymesh.limits.refusals` by `limit`: which kind of limit refused, never who was refused (an
     /// application or key id would make the label unbounded).
     refusals: opentelemetry::metrics::Counter<u64>,
@@ -236,64 +293,102 @@ impl Limiter {
             }
         }
         let q = &config.quotas;
-        let app_quota = |period: Duration, unit: &str, pick: fn(&QuotaOverride) -> Option<u32>, default| Scoped {
-            default: quota_window(default, period, unit),
-            overrides: q.applications.iter().map(|(k, o)| (k.clone(), quota_window(pick(o), period, unit))).collect(),
+        let app_quota = |name, period: Duration, pick: fn(&QuotaOverride) -> Option<u32>, default| Scoped {
+            default: quota_window(LimitKind::ApplicationQuota, name, default, period),
+            overrides: q
+                .applications
+                .iter()
+                .map(|(k, o)| (k.clone(), quota_window(LimitKind::ApplicationQuota, name, pick(o), period)))
+                .collect(),
         };
+        let key_quota = |name, count, period| Scoped::uniform(quota_window(LimitKind::KeyQuota, name, count, period));
         let refusals = opentelemetry::global::meter("keymesh")
             .u64_counter("keymesh.limits.refusals")
             .with_description("Calls refused by a rate limit or quota, by kind of limit")
             .build();
         // Every kind starts at zero on the endpoint, so a rate or an alert over it works before the first refusal.
-        for limit in ["application_rate", "tenant_rate", "token_requests", "application_quota", "key_quota"] {
-            refusals.add(0, &[opentelemetry::KeyValue::new("limit", limit)]);
+        for kind in LimitKind::ALL {
+            refusals.add(0, &[opentelemetry::KeyValue::new("limit", kind.label())]);
         }
+        let second = Duration::from_secs(1);
         Ok(Self {
-            applications: rate(config.application_per_second, 20_000, &config.applications),
-            tenants: rate(config.tenant_per_second, 100_000, &config.tenants),
-            app_quota_second: app_quota(Duration::from_secs(1), "second", |o| o.per_second, q.application_per_second),
-            app_quota_day: app_quota(DAY, "day", |o| o.per_day, q.application_per_day),
-            key_quota_second: Scoped::uniform(quota_window(q.key_per_second, Duration::from_secs(1), "second")),
-            key_quota_day: Scoped::uniform(quota_window(q.key_per_day, DAY, "day")),
-            token_requests: rate(config.token_requests_per_second, 100, &BTreeMap::new()),
+            applications: rate(LimitKind::ApplicationRate, config.application_per_second, 20_000, &config.applications),
+            tenants: rate(LimitKind::TenantRate, config.tenant_per_second, 100_000, &config.tenants),
+            app_quota_second: app_quota("application_quota_second", second, |o| o.per_second, q.application_per_second),
+            app_quota_day: app_quota("application_quota_day", DAY, |o| o.per_day, q.application_per_day),
+            key_quota_second: key_quota("key_quota_second", q.key_per_second, second),
+            key_quota_day: key_quota("key_quota_day", q.key_per_day, DAY),
+            token_requests: rate(LimitKind::TokenRequests, config.token_requests_per_second, 100, &BTreeMap::new()),
+            shared: shared::SharedCells::from_config(&config.shared)?,
             refusals,
         })
     }
 
+    /// True when the limits are held in Redis (whether or not Redis answers right now).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// Admits one call of `application` in `tenant`, or says which limit refuses it.
-    pub fn admit_call(&self, tenant: &str, application: &str) -> Result<(), Exceeded> {
-        self.counted(
-            "application_rate",
-            self.applications.check(application, || format!("application {application}")),
-        )?;
-        self.counted("tenant_rate", self.tenants.check(tenant, || format!("tenant {tenant}")))
+    pub async fn admit_call(&self, tenant: &str, application: &str) -> Result<(), Exceeded> {
+        self.admit(&[(&self.applications, application), (&self.tenants, tenant)]).await
     }
 
     /// Admits one IssueToken or RevokeToken from the client certificate identity `peer`.
-    pub fn admit_token_request(&self, peer: &str) -> Result<(), Exceeded> {
-        self.counted("token_requests", self.token_requests.check(peer, || format!("client certificate {peer}")))
+    pub async fn admit_token_request(&self, peer: &str) -> Result<(), Exceeded> {
+        self.admit(&[(&self.token_requests, peer)]).await
     }
 
     /// Admits one decrypt or data key of `application` with the key `key_id`, in both windows of both
     /// scopes.
-    pub fn admit_plaintext(&self, application: &str, key_id: &str) -> Result<(), Exceeded> {
-        let app = || format!("application {application}");
-        self.counted("application_quota", self.app_quota_second.check(application, app))?;
-        self.counted("application_quota", self.app_quota_day.check(application, app))?;
-        let key = || format!("key {key_id}");
-        self.counted("key_quota", self.key_quota_second.check(key_id, key))?;
-        self.counted("key_quota", self.key_quota_day.check(key_id, key))
+    pub async fn admit_plaintext(&self, application: &str, key_id: &str) -> Result<(), Exceeded> {
+        self.admit(&[
+            (&self.app_quota_second, application),
+            (&self.app_quota_day, application),
+            (&self.key_quota_second, key_id),
+            (&self.key_quota_day, key_id),
+        ])
+        .await
     }
 
-    /// Counts a refusal under `limit`, and hands the outcome back.
-    fn counted(&self, limit: &'static str, outcome: Result<(), Exceeded>) -> Result<(), Exceeded> {
+    /// Checks one call against `checks` (a window set and the id it is counted under), in order: the
+    /// per-process windows one by one, then the shared ones together in Redis, or one by one in this process
+    /// when Redis does not answer.
+    async fn admit(&self, checks: &[(&Scoped, &str)]) -> Result<(), Exceeded> {
+        let mut in_redis = Vec::new();
+        for &(scoped, id) in checks {
+            let Some(window) = scoped.window(id) else { continue };
+            match &self.shared {
+                Some(shared) if shared.holds(window.kind) => in_redis.push((window, id)),
+                _ => self.counted(window, window.check(id))?,
+            }
+        }
+        let Some(shared) = self.shared.as_ref().filter(|_| !in_redis.is_empty()) else { return Ok(()) };
+        match shared.admit(&in_redis).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(refused)) => {
+                let (window, id) = in_redis[refused.window];
+                self.counted(window, Err(window.exceeded(id, refused.wait)))
+            }
+            None => {
+                for (window, id) in in_redis {
+                    self.counted(window, window.check(id))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Counts a refusal under its kind of limit, and hands the outcome back.
+    fn counted(&self, window: &Window, outcome: Result<(), Exceeded>) -> Result<(), Exceeded> {
         if outcome.is_err() {
-            self.refusals.add(1, &[opentelemetry::KeyValue::new("limit", limit)]);
+            self.refusals.add(1, &[opentelemetry::KeyValue::new("limit", window.kind.label())]);
         }
         outcome
     }
 
-    /// Drops the state of keys that are back to full allowance (nothing lost: they would start full anyway).
+    /// Drops the state of keys that are back to full allowance (nothing lost: they would start full anyway),
+    /// and leases of shared allowance that are too old to use.
     pub fn forget_idle(&self) {
         for scoped in [
             &self.applications,
@@ -305,6 +400,9 @@ impl Limiter {
             &self.token_requests,
         ] {
             scoped.forget_idle();
+        }
+        if let Some(shared) = &self.shared {
+            shared.forget_stale_leases();
         }
     }
 
@@ -334,20 +432,20 @@ mod tests {
         Limiter::from_config(&config).unwrap()
     }
 
-    #[test]
-    fn an_application_over_its_rate_is_refused_alone() {
+    #[tokio::test]
+    async fn an_application_over_its_rate_is_refused_alone() {
         let limiter = config(|c| {
             c.applications.insert("app_slow".into(), RateOverride { per_second: 5, burst: None });
         });
         for _ in 0..5 {
-            limiter.admit_call("t", "app_slow").unwrap();
+            limiter.admit_call("t", "app_slow").await.unwrap();
         }
-        let refused = limiter.admit_call("t", "app_slow").unwrap_err();
+        let refused = limiter.admit_call("t", "app_slow").await.unwrap_err();
         assert_eq!(refused.scope, "application app_slow");
         assert_eq!(refused.limit, "5 calls per second");
         assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_millis(200));
         for _ in 0..1000 {
-            limiter.admit_call("t", "app_other").unwrap();
+            limiter.admit_call("t", "app_other").await.unwrap();
         }
         let status = tonic::Status::from(refused);
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
@@ -356,23 +454,23 @@ mod tests {
         assert_eq!(status.metadata().get("retry-after").unwrap(), "1");
     }
 
-    #[test]
-    fn a_tenant_limit_covers_all_its_applications_and_zero_means_unlimited() {
+    #[tokio::test]
+    async fn a_tenant_limit_covers_all_its_applications_and_zero_means_unlimited() {
         let limiter = config(|c| {
             c.tenants.insert("t_small".into(), RateOverride { per_second: 10, burst: None });
             c.applications.insert("app_free".into(), RateOverride { per_second: 0, burst: None });
         });
         for i in 0..10 {
-            limiter.admit_call("t_small", &format!("app_{i}")).unwrap();
+            limiter.admit_call("t_small", &format!("app_{i}")).await.unwrap();
         }
-        assert_eq!(limiter.admit_call("t_small", "app_new").unwrap_err().scope, "tenant t_small");
+        assert_eq!(limiter.admit_call("t_small", "app_new").await.unwrap_err().scope, "tenant t_small");
         for _ in 0..50_000 {
-            limiter.admit_call("t_big", "app_free").unwrap();
+            limiter.admit_call("t_big", "app_free").await.unwrap();
         }
     }
 
-    #[test]
-    fn quotas_hold_in_both_windows_per_application_and_per_key() {
+    #[tokio::test]
+    async fn quotas_hold_in_both_windows_per_application_and_per_key() {
         let limiter = config(|c| {
             c.quotas.application_per_day = Some(100);
             c.quotas.application_per_second = Some(1000);
@@ -380,9 +478,9 @@ mod tests {
             c.quotas.applications.insert("app_batch".into(), QuotaOverride { per_second: None, per_day: Some(1000) });
         });
         for _ in 0..100 {
-            limiter.admit_plaintext("app_a", "k_1").unwrap();
+            limiter.admit_plaintext("app_a", "k_1").await.unwrap();
         }
-        let refused = limiter.admit_plaintext("app_a", "k_1").unwrap_err();
+        let refused = limiter.admit_plaintext("app_a", "k_1").await.unwrap_err();
         assert_eq!(
             (refused.scope.as_str(), refused.limit.as_str()),
             ("application app_a", "100 decrypts and data keys per day")
@@ -390,11 +488,11 @@ mod tests {
         assert!(refused.retry_after > Duration::from_secs(800), "one day's quota refills one call per 864 s");
         // The key's own daily quota is shared by every application.
         for _ in 0..50 {
-            limiter.admit_plaintext("app_batch", "k_1").unwrap();
+            limiter.admit_plaintext("app_batch", "k_1").await.unwrap();
         }
         // app_a's refused call above did not touch the key's allowance: 100 + 50 fill it exactly.
-        assert_eq!(limiter.admit_plaintext("app_batch", "k_1").unwrap_err().scope, "key k_1");
-        assert!(limiter.admit_plaintext("app_batch", "k_2").is_ok());
+        assert_eq!(limiter.admit_plaintext("app_batch", "k_1").await.unwrap_err().scope, "key k_1");
+        assert!(limiter.admit_plaintext("app_batch", "k_2").await.is_ok());
         limiter.forget_idle();
     }
 

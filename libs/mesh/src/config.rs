@@ -213,11 +213,37 @@ pub struct RawTransport {
     pub telemetry: RawTelemetry,
     /// Seconds to let in-flight requests finish after SIGTERM.
     pub shutdown_grace_seconds: Option<u64>,
+    /// What the gRPC server takes on at once.
+    #[serde(default)]
+    pub server: RawServer,
 }
 
 impl RawTransport {
     /// The top-level keys it owns.
-    pub const KEYS: &[&str] = &["data_dir", "listen_addr", "endpoints", "tls", "telemetry", "shutdown_grace_seconds"];
+    pub const KEYS: &[&str] =
+        &["data_dir", "listen_addr", "endpoints", "tls", "telemetry", "shutdown_grace_seconds", "server"];
+}
+
+/// `[server]`: connection and call limits of this service's gRPC port.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Open connections, TLS handshakes included (default 4096); more are closed as soon as accepted.
+    pub max_connections: Option<u64>,
+    /// Seconds a client has to complete its TLS handshake (default 10); a connection still silent then is closed.
+    pub handshake_timeout_seconds: Option<u64>,
+    /// Seconds a connection may pass without a byte either way before it is closed (default 300). Mesh
+    /// clients ping every 30 s, so only connections their client forgot are closed.
+    pub idle_timeout_seconds: Option<u64>,
+    /// Seconds after which a connection is asked to go away (GOAWAY) so the client reconnects, possibly to
+    /// another replica; 0 (default) never.
+    pub max_connection_age_seconds: Option<u64>,
+    /// Calls handled at once (default 512).
+    pub max_in_flight: Option<u64>,
+    /// Calls waiting for a slot (default 512); more are refused at once with UNAVAILABLE and RetryInfo.
+    pub max_queued: Option<u64>,
+    /// Milliseconds a call may wait for a slot before it is refused (default 200).
+    pub queue_timeout_ms: Option<u64>,
 }
 
 /// `[endpoints]`.
@@ -340,8 +366,49 @@ pub struct MeshParams {
     pub log_level: String,
     /// Where `/metrics` is served (plain HTTP, loopback by default); None: not served.
     pub metrics_addr: Option<SocketAddr>,
+    /// The gRPC server's limits and drain period.
+    pub server: ServerSettings,
+}
+
+/// Validated `[server]` and `shutdown_grace_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSettings {
     /// Drain period after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Open connections, handshakes included.
+    pub max_connections: usize,
+    /// A connection that has not completed its TLS handshake after this long is closed.
+    pub handshake_timeout: Duration,
+    /// A connection without a byte either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections are asked to go away after this long; none: never.
+    pub max_connection_age: Option<Duration>,
+    /// Calls handled at once, waiting, and how long they may wait.
+    pub capacity: crate::shedding::Capacity,
+}
+
+impl ServerSettings {
+    fn from_raw(raw: &RawTransport) -> Result<Self, ConfigError> {
+        let s = &raw.server;
+        let age = bounded_seconds("server.max_connection_age_seconds", s.max_connection_age_seconds, 0, 0..=604_800)?;
+        Ok(Self {
+            shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds.unwrap_or(20)),
+            max_connections: bounded("server.max_connections", s.max_connections, 4096, 1..=1_000_000)? as usize,
+            handshake_timeout: bounded_seconds(
+                "server.handshake_timeout_seconds",
+                s.handshake_timeout_seconds,
+                10,
+                1..=300,
+            )?,
+            idle_timeout: bounded_seconds("server.idle_timeout_seconds", s.idle_timeout_seconds, 300, 1..=86_400)?,
+            max_connection_age: (!age.is_zero()).then_some(age),
+            capacity: crate::shedding::Capacity {
+                max_in_flight: bounded("server.max_in_flight", s.max_in_flight, 512, 1..=100_000)? as usize,
+                max_queued: bounded("server.max_queued", s.max_queued, 512, 0..=1_000_000)? as usize,
+                queue_timeout: bounded_millis("server.queue_timeout_ms", s.queue_timeout_ms, 200, 1..=60_000)?,
+            },
+        })
+    }
 }
 
 pub use keymesh_mtls::Endpoints;
@@ -427,7 +494,7 @@ impl MeshParams {
             })?),
             None => DEFAULT_METRICS_ADDRS.iter().find(|(s, _)| *s == service).and_then(|(_, a)| a.parse().ok()),
         };
-        let shutdown_grace = Duration::from_secs(raw.shutdown_grace_seconds.unwrap_or(20));
+        let server = ServerSettings::from_raw(raw)?;
         Ok(Self {
             service,
             data_dir,
@@ -442,7 +509,7 @@ impl MeshParams {
             metrics_addr,
             json_logs,
             log_level: raw.telemetry.log_level.clone().unwrap_or_else(|| "info".into()),
-            shutdown_grace,
+            server,
         })
     }
 }

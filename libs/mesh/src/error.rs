@@ -48,3 +48,16 @@ impl From<keymesh_mtls::TlsError> for MeshError {
         }
     }
 }
+
+/// A status that says when to retry: a `google.rpc.RetryInfo` detail, and a `retry-after` header (whole
+/// seconds, at least 1) for clients without google.rpc details support.
+pub fn retry_status(code: tonic::Code, message: String, retry_after: std::time::Duration) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let details = ErrorDetails::with_retry_info(Some(retry_after));
+    let mut status = tonic::Status::with_error_details(code, message, details);
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    if let Ok(value) = seconds.max(1).to_string().parse() {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
+}

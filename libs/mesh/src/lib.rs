@@ -14,9 +14,10 @@ pub mod request_id;
 pub mod rpc_telemetry;
 pub mod run;
 pub mod server;
+pub mod shedding;
 pub mod telemetry;
 
-pub use error::MeshError;
+pub use error::{MeshError, retry_status};
 pub use identity::{PeerIdentity, ServiceName};
 
 /// Installs the process-wide rustls crypto provider (ring). Every binary and test calls this first: with

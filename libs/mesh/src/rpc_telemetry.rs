@@ -266,6 +266,13 @@ impl<B> ObservedBody<B> {
     }
 }
 
+/// An empty body observing nothing: what a layer outside this one (load shedding) answers with.
+impl<B: Default> Default for ObservedBody<B> {
+    fn default() -> Self {
+        Self { inner: B::default(), end: None }
+    }
+}
+
 impl<B> Drop for ObservedBody<B> {
     fn drop(&mut self) {
         // A trailers-only answer (most refusals) is complete in its headers, and hyper may drop its empty body

@@ -9,20 +9,30 @@
 use std::{
     future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{
-        Arc, RwLock,
+        Arc, LazyLock, RwLock,
         atomic::{AtomicI64, Ordering},
     },
-    time::Duration,
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
-use tokio::net::{TcpListener, TcpStream};
+use opentelemetry::metrics::Counter;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{service::Routes, transport::Server};
+use tonic::{
+    service::Routes,
+    transport::{Server, server::Connected},
+};
 use tonic_health::ServingStatus;
 
-use crate::{MeshError, pki::TlsMaterial};
+use crate::{MeshError, config::ServerSettings, pki::TlsMaterial, shedding::LoadShedLayer};
 
 /// Binds the listen address first, so a taken port is reported before anything else starts.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MeshError> {
@@ -34,15 +44,17 @@ const PLATFORM_SERVICES: [&str; 3] =
     ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
 /// Serves `routes` (plus health and reflection) until `shutdown` resolves, then stops accepting, reports
-/// NOT_SERVING, and waits up to `grace` for in-flight calls.
+/// NOT_SERVING, and waits up to the settings' grace for in-flight calls. Connections and calls are bounded as
+/// `settings` says: see [`tls_incoming`] and [`crate::shedding`].
 pub async fn serve(
     listener: TcpListener,
     tls: &TlsMaterial,
     routes: Routes,
     service_names: &[&str],
     shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
+    settings: &ServerSettings,
 ) -> Result<(), MeshError> {
+    let grace = settings.shutdown_grace;
     let acceptor = Arc::new(RwLock::new(TlsAcceptor::from(Arc::new(keymesh_mtls::server_config(tls)?))));
     // A certificate rustls accepts but the X.509 parser cannot date costs the gauge, never the service.
     let expiry = Arc::new(AtomicI64::new(tls.not_after().unwrap_or_else(|error| {
@@ -92,10 +104,16 @@ pub async fn serve(
         let _ = drained_tx.send(());
     };
 
-    let incoming = tls_incoming(listener, acceptor);
+    let incoming = tls_incoming(listener, acceptor, settings);
     let _reloader = reloader.map(AbortOnDrop);
-    let server = Server::builder()
-        .timeout(Duration::from_secs(60))
+    let mut builder = Server::builder().timeout(Duration::from_secs(60));
+    if let Some(age) = settings.max_connection_age {
+        // Calls in flight get the drain period to finish after the GOAWAY.
+        builder = builder.max_connection_age(age).max_connection_age_grace(grace);
+    }
+    let server = builder
+        // Outermost, so a shed call costs no span, no request id and no handler.
+        .layer(LoadShedLayer::new(settings.capacity))
         .layer(crate::request_id::RequestIdLayer)
         .layer(crate::rpc_telemetry::ServerSpanLayer)
         .add_routes(routes)
@@ -122,19 +140,59 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// How long a client has to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `keymesh.server.connections.refused`: connections closed as soon as accepted because the service already
+/// held `server.max_connections`.
+static CONNECTIONS_REFUSED: LazyLock<Counter<u64>> = LazyLock::new(|| {
+    opentelemetry::global::meter("keymesh")
+        .u64_counter("keymesh.server.connections.refused")
+        .with_description("Connections closed at once because the service held server.max_connections already")
+        .build()
+});
 
-/// The connections that completed the mTLS handshake. Each handshake runs in its own task, so a slow or
-/// silent client never holds up the next one; a refused one is logged with rustls' reason (which names
-/// what is wrong with the certificate) and never reaches the server. The accept loop ends when the server
-/// stops reading, which frees the port.
+/// Reports `keymesh.server.connections.open` from the connection slots.
+fn open_connections_gauge(slots: &Arc<Semaphore>, max: usize) {
+    let slots = Arc::downgrade(slots);
+    opentelemetry::global::meter("keymesh")
+        .i64_observable_gauge("keymesh.server.connections.open")
+        .with_description("Open connections, TLS handshakes included (at most server.max_connections)")
+        .with_callback(move |observer| {
+            if let Some(slots) = slots.upgrade() {
+                observer.observe(max.saturating_sub(slots.available_permits()) as i64, &[]);
+            }
+        })
+        .build();
+    CONNECTIONS_REFUSED.add(0, &[]);
+}
+
+/// Dead peers are found by TCP keepalive (a minute of silence, then 3 probes 10 s apart), not by HTTP/2 pings
+/// from the server, which would count as traffic and keep forgotten connections from ever being idle.
+fn tcp_keepalive(stream: &TcpStream) -> std::io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_socket_keepalive(stream, true)?;
+    sockopt::set_tcp_keepidle(stream, Duration::from_secs(60))?;
+    sockopt::set_tcp_keepintvl(stream, Duration::from_secs(10))?;
+    sockopt::set_tcp_keepcnt(stream, 3)?;
+    Ok(())
+}
+
+/// The connections that completed the mTLS handshake, at most `server.max_connections` open at once (a
+/// connection over it is closed as soon as accepted, before any TLS work), each closed after
+/// `server.idle_timeout_seconds` without a byte either way. Each handshake runs in its own task under
+/// `server.handshake_timeout_seconds`, so a slow or silent client never
+/// holds up the next one and holds its slot for at most the deadline; a refused one is logged with rustls'
+/// reason (which names what is wrong with the certificate) and never reaches the server. The accept loop
+/// ends when the server stops reading, which frees the port.
 fn tls_incoming(
     listener: TcpListener,
     acceptor: Arc<RwLock<TlsAcceptor>>,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    settings: &ServerSettings,
+) -> ReceiverStream<Result<ServedConnection, std::io::Error>> {
+    let ServerSettings { max_connections, idle_timeout, handshake_timeout, .. } = *settings;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    open_connections_gauge(&slots, max_connections);
     tokio::spawn(async move {
+        let mut refusing = false;
         loop {
             let (stream, peer) = tokio::select! {
                 _ = tx.closed() => return,
@@ -148,14 +206,29 @@ fn tls_incoming(
                     }
                 },
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                CONNECTIONS_REFUSED.add(1, &[]);
+                if !refusing {
+                    tracing::warn!(
+                        max_connections,
+                        "connection limit reached; closing new connections until some close"
+                    );
+                }
+                refusing = true;
+                continue;
+            };
+            refusing = false;
             let _ = stream.set_nodelay(true);
+            if let Err(error) = tcp_keepalive(&stream) {
+                tracing::debug!(%peer, %error, "cannot set TCP keepalive");
+            }
             // The material in use when the handshake starts (a renewal may have swapped it since the last one).
             let acceptor = acceptor.read().unwrap_or_else(|p| p.into_inner()).clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let _ = tx.send(Ok(ServedConnection::new(tls, slot, idle_timeout))).await;
                     }
                     Ok(Err(e)) => match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
                         Some(refused) => tracing::warn!(%peer, reason = %refused, "refused a TLS connection"),
@@ -170,6 +243,100 @@ fn tls_incoming(
     ReceiverStream::new(rx)
 }
 
+/// One served connection: holds its slot of `server.max_connections` while open, and ends with an error (which
+/// closes it) once it has passed the idle timeout without a byte read or written.
+struct ServedConnection {
+    tls: TlsStream<TcpStream>,
+    _slot: OwnedSemaphorePermit,
+    idle_timeout: Duration,
+    last_traffic: Instant,
+    /// Wakes the reader at the earliest moment the connection could be idle; re-armed from `last_traffic`.
+    idle_check: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl ServedConnection {
+    fn new(tls: TlsStream<TcpStream>, slot: OwnedSemaphorePermit, idle_timeout: Duration) -> Self {
+        Self {
+            tls,
+            _slot: slot,
+            idle_timeout,
+            last_traffic: Instant::now(),
+            idle_check: Box::pin(tokio::time::sleep(idle_timeout)),
+        }
+    }
+
+    /// Notes traffic when a poll moved bytes.
+    fn traffic<T>(&mut self, poll: &Poll<std::io::Result<T>>, moved: bool) {
+        if moved && matches!(poll, Poll::Ready(Ok(_))) {
+            self.last_traffic = Instant::now();
+        }
+    }
+}
+
+impl Connected for ServedConnection {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tls.connect_info()
+    }
+}
+
+impl AsyncRead for ServedConnection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.tls).poll_read(cx, buf);
+        let moved = buf.filled().len() > before;
+        self.traffic(&poll, moved);
+        if poll.is_ready() {
+            return poll;
+        }
+        // The server always has a read pending, so this is where idleness is noticed.
+        while self.idle_check.as_mut().poll(cx).is_ready() {
+            let idle_until = self.last_traffic + self.idle_timeout;
+            if Instant::now() >= idle_until {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no traffic for server.idle_timeout_seconds",
+                )));
+            }
+            self.idle_check.as_mut().reset(idle_until.into());
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for ServedConnection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.tls).poll_write(cx, buf);
+        let moved = matches!(poll, Poll::Ready(Ok(n)) if n > 0);
+        self.traffic(&poll, moved);
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.tls).poll_write_vectored(cx, bufs);
+        let moved = matches!(poll, Poll::Ready(Ok(n)) if n > 0);
+        self.traffic(&poll, moved);
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
 /// Serves one gRPC service until SIGTERM or SIGINT: what every service's `main` does. `health_names` are
 /// reported SERVING by the gRPC health service: the service's own name, and any fact a probe may ask for
 /// (such as `keymesh.fips.enabled`).
@@ -178,10 +345,10 @@ pub async fn serve_until_signal(
     tls: &TlsMaterial,
     routes: Routes,
     health_names: &[&str],
-    grace: Duration,
+    settings: &ServerSettings,
 ) -> Result<(), MeshError> {
     tracing::info!(addr = ?listener.local_addr().ok(), services = ?health_names, "listening (mTLS)");
-    serve(listener, tls, routes, health_names, shutdown_signal(), grace).await
+    serve(listener, tls, routes, health_names, shutdown_signal(), settings).await
 }
 
 /// The expiry gauge's value when the certificate could not be dated: nothing is reported.

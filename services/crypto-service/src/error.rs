@@ -60,7 +60,7 @@ impl From<CryptoServiceError> for Status {
             CryptoServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             // With retry advice, as the rate limits give theirs: key-service restarts within seconds.
             CryptoServiceError::KeyServiceUnavailable(_) => {
-                keymesh_limits::retry_status(tonic::Code::Unavailable, e.to_string(), KEY_SERVICE_RETRY_AFTER)
+                keymesh_mesh::retry_status(tonic::Code::Unavailable, e.to_string(), KEY_SERVICE_RETRY_AFTER)
             }
             CryptoServiceError::Policy(keymesh_policy::PolicyError::Denied { .. }) => {
                 Status::permission_denied(e.to_string())

@@ -1,4 +1,4 @@
-//! key-service's own metrics: where key records come from and how fast, Redis failures, rotations and the keys
+//! key-service's own metrics: where key records come from and how fast, rotations and the keys
 //! by state. Labels come from closed lists (a tier, a reason, a state); no key name or id is ever a label.
 
 use std::sync::{Arc, LazyLock, Mutex};
@@ -19,14 +19,6 @@ static RECORD_LOOKUPS: LazyLock<Histogram<f64>> = LazyLock::new(|| {
     )
 });
 
-/// `keymesh.redis.errors` by `reason` (timeout, error): each Redis exchange that failed and fell back to the database.
-static REDIS_ERRORS: LazyLock<Counter<u64>> = LazyLock::new(|| {
-    opentelemetry::global::meter("keymesh")
-        .u64_counter("keymesh.redis.errors")
-        .with_description("Redis commands that failed or timed out (the database answered instead)")
-        .build()
-});
-
 /// `keymesh.keys.rotations` by `reason`: `manual` (RotateKey), `scheduled` (rotation period), `usage` (the
 /// version's encryption bound).
 static ROTATIONS: LazyLock<Counter<u64>> = LazyLock::new(|| {
@@ -44,31 +36,6 @@ pub fn record_lookup(source: Source, seconds: f64) {
         Source::Database => "database",
     };
     RECORD_LOOKUPS.record(seconds, &[KeyValue::new("tier", tier)]);
-}
-
-/// Why a Redis exchange failed.
-#[derive(Clone, Copy)]
-pub enum RedisFailure {
-    /// No answer within the deadline.
-    Timeout,
-    /// Redis or the connection refused the command.
-    Error,
-}
-
-/// Records one failed Redis exchange.
-pub fn redis_failed(failure: RedisFailure) {
-    let reason = match failure {
-        RedisFailure::Timeout => "timeout",
-        RedisFailure::Error => "error",
-    };
-    REDIS_ERRORS.add(1, &[KeyValue::new("reason", reason)]);
-}
-
-/// Puts both Redis reasons on the endpoint at zero, so a rate and an alert work before the first failure.
-pub fn redis_configured() {
-    for reason in ["timeout", "error"] {
-        REDIS_ERRORS.add(0, &[KeyValue::new("reason", reason)]);
-    }
 }
 
 /// Why a key rotated.

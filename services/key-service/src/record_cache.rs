@@ -3,25 +3,17 @@
 //! replica; without one, in process memory. Either way only wrapped material is cached here: the KEK never
 //! leaves the KMS backend, so a Redis dump is as useless to an attacker as a database dump.
 //!
-//! Redis is an optimisation, never a dependency: every command runs under a short deadline, and when Redis
+//! Redis is an optimisation, never a dependency (`keymesh-redis`): every command runs under a short deadline, and when Redis
 //! is down or slow the database answers, the outage is logged once, and Redis is tried again a second
 //! later. Invalidation after a change is done twice: at once by the replica that made it, and again by every
 //! replica's change poll (see `changes.rs`) for a few seconds after, which also covers a reader that filled
 //! the cache with a record read just before the change, and changes made while Redis was unreachable.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
+use keymesh_redis::GuardedRedis;
 use keymesh_store::keys::{KEY_ID_PREFIX, KeyRecord};
 use moka::future::Cache;
-use redis::aio::ConnectionManager;
-
-use crate::metrics::{self, RedisFailure};
 
 /// Where a record came from, for metrics and the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,69 +24,8 @@ pub enum Tier {
     Redis,
 }
 
-/// How long Redis is left alone after a failure before it is tried again.
-const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Prefix of every Redis key keymesh writes; the format version lets a new layout coexist with the old.
 const REDIS_PREFIX: &str = "keymesh:v1";
-
-struct RedisTier {
-    connection: ConnectionManager,
-    timeout: Duration,
-    /// Set while Redis is considered down (logged once per outage).
-    down: AtomicBool,
-    /// Milliseconds since `epoch` when Redis may next be tried.
-    retry_at_ms: AtomicU64,
-    epoch: Instant,
-}
-
-impl RedisTier {
-    fn available(&self) -> bool {
-        !self.down.load(Ordering::Relaxed)
-            || self.epoch.elapsed().as_millis() as u64 >= self.retry_at_ms.load(Ordering::Relaxed)
-    }
-
-    /// Runs one Redis exchange under the deadline, tracking outages. `None` when Redis did not answer.
-    async fn guarded<T>(&self, exchange: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
-        if !self.available() {
-            return None;
-        }
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok(value)) => {
-                if self.down.swap(false, Ordering::Relaxed) {
-                    tracing::warn!("Redis answers again; key records are cached there again");
-                }
-                Some(value)
-            }
-            Ok(Err(error)) => {
-                self.failed(RedisFailure::Error, &format!("{:?}", error.kind()));
-                None
-            }
-            Err(_) => {
-                self.failed(RedisFailure::Timeout, &format!("no answer within {} ms", self.timeout.as_millis()));
-                None
-            }
-        }
-    }
-
-    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
-        let mut connection = self.connection.clone();
-        self.guarded(cmd.query_async::<T>(&mut connection)).await
-    }
-
-    async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Option<T> {
-        let mut connection = self.connection.clone();
-        self.guarded(pipe.query_async::<T>(&mut connection)).await
-    }
-
-    fn failed(&self, failure: RedisFailure, reason: &str) {
-        metrics::redis_failed(failure);
-        let retry_at = self.epoch.elapsed() + REDIS_RETRY_AFTER;
-        self.retry_at_ms.store(retry_at.as_millis() as u64, Ordering::Relaxed);
-        if !self.down.swap(true, Ordering::Relaxed) {
-            tracing::error!(%reason, "Redis is unavailable; serving key records from the database until it returns");
-        }
-    }
-}
 
 /// The cache.
 #[derive(Clone)]
@@ -103,7 +34,7 @@ pub struct RecordCache {
     /// (tenant, name) → key id. Names never change and are never reused within a tenant, so an alias
     /// only needs to expire to bound memory.
     aliases: Cache<(String, String), String>,
-    redis: Option<Arc<RedisTier>>,
+    redis: Option<Arc<GuardedRedis>>,
     ttl: Duration,
 }
 
@@ -120,25 +51,12 @@ impl RecordCache {
 
     /// A cache in Redis. Connects lazily: a Redis that is down at start only means database reads.
     pub fn redis(url: &str, timeout: Duration, ttl: Duration) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let connection = client.get_connection_manager_lazy(config)?;
-        metrics::redis_configured();
+        let redis = GuardedRedis::open(url, timeout, "record_cache", "serving key records from the database")?;
         let mut cache = Self::in_memory(ttl);
         // Records are not held in process memory when Redis is there: every replica must see an
         // invalidation at once. Aliases (immutable) still are.
         cache.memory = Cache::builder().max_capacity(0).build();
-        cache.redis = Some(Arc::new(RedisTier {
-            connection,
-            timeout,
-            down: AtomicBool::new(false),
-            retry_at_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-        }));
+        cache.redis = Some(Arc::new(redis));
         Ok(cache)
     }
 
@@ -227,6 +145,7 @@ impl RecordCache {
 mod tests {
     use super::*;
     use keymesh_store::entity::key;
+    use std::time::Instant;
 
     fn record(tenant: &str, id: &str, name: &str) -> Arc<KeyRecord> {
         Arc::new(KeyRecord { key: key::Model::new(id, tenant, name, 1, 2, 1, 0), versions: vec![] })

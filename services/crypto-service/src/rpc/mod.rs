@@ -57,10 +57,15 @@ impl CryptoRpc {
 
     /// The quotas on plaintext leaving the mesh (Decrypt, data keys) for one use of `key_id`; other
     /// operations are not counted.
-    fn admit_plaintext(&self, claims: &AccessClaims, key_id: &str, permission: pb::Operation) -> Result<(), Status> {
+    async fn admit_plaintext(
+        &self,
+        claims: &AccessClaims,
+        key_id: &str,
+        permission: pb::Operation,
+    ) -> Result<(), Status> {
         match permission {
             pb::Operation::Decrypt | pb::Operation::GenerateDataKey => {
-                Ok(self.limits.admit_plaintext(&claims.sub, key_id)?)
+                Ok(self.limits.admit_plaintext(&claims.sub, key_id).await?)
             }
             _ => Ok(()),
         }
@@ -158,7 +163,7 @@ impl CryptoRpc {
         })?;
         audit.resource(&dek.key_id, dek.version, dek.algorithm.to_proto() as i32);
         claims.require_key_operation(&dek.key_name, key.permission)?;
-        self.admit_plaintext(claims, &dek.key_id, key.permission)?;
+        self.admit_plaintext(claims, &dek.key_id, key.permission).await?;
         let warnings = self.decide(claims, audit, &dek, key.permission, key.context)?;
         count_operation(key.permission, &dek);
         Ok((dek, warnings))

@@ -97,9 +97,9 @@ impl TokenRpc {
     }
 
     /// Admits an unauthenticated call under the rate limit of its client certificate's identity.
-    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    async fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let peer = PeerIdentity::from_request(request)?;
-        Ok(self.limits.admit_token_request(peer.as_str())?)
+        Ok(self.limits.admit_token_request(peer.as_str()).await?)
     }
 
     /// The tenant a call acts on (`requested`, or the caller's when empty), once the caller may act there: in
@@ -249,7 +249,7 @@ impl TokenService for TokenRpc {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
-        self.admit(&request)?;
+        self.admit(&request).await?;
         let request = request.into_inner();
         let grant = pb::GrantType::try_from(request.grant_type).unwrap_or(pb::GrantType::Unspecified);
         let mut audit = AuditScope::start(SERVICE, grants::operation(grant));
@@ -276,7 +276,7 @@ impl TokenService for TokenRpc {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        self.admit(&request)?;
+        self.admit(&request).await?;
         let token = request.into_inner().token;
         let mut audit = AuditScope::start(SERVICE, "RevokeToken");
         let result = if token.trim().is_empty() {
