@@ -692,13 +692,35 @@ pub fn promtool_check_metrics(text: &str) -> String {
     if output.status.success() { findings.trim().to_owned() } else { format!("exit {}: {findings}", output.status) }
 }
 
-/// A TCP relay to `upstream` that can be cut and restored: a dependency's outage (every connection dropped, new
-/// ones refused) without stopping a server other tests share.
+/// A TCP relay to `upstream` that can be cut and restored (a dependency's outage: every connection dropped, new
+/// ones refused) or frozen and thawed (a dependency that stopped answering: connections stay open and accepted,
+/// and nothing goes through, like a server under SIGSTOP or behind a network that drops packets), without
+/// touching a server other tests share.
 pub struct TcpRelay {
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cuts: tokio::sync::watch::Sender<u64>,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+/// Copies `from` to `to`, holding each chunk while the relay is frozen.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if frozen.wait_for(|frozen| !*frozen).await.is_err() || to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl TcpRelay {
@@ -708,25 +730,30 @@ impl TcpRelay {
         let port = listener.local_addr().unwrap().port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (cuts, _) = tokio::sync::watch::channel(0u64);
-        let (accepting, cut_signal) = (up.clone(), cuts.clone());
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let (accepting, cut_signal, freeze_signal) = (up.clone(), cuts.clone(), frozen.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
+                let Ok((client, _)) = listener.accept().await else { return };
                 if !accepting.load(std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: the connection is refused
                 }
                 let upstream = upstream.clone();
                 let mut cut = cut_signal.subscribe();
+                let freeze = freeze_signal.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = pump(client_read, server_write, freeze.clone()) => {}
+                        _ = pump(server_read, client_write, freeze) => {}
                         _ = cut.changed() => {}
                     }
                 });
             }
         });
-        TcpRelay { port, up, cuts }
+        TcpRelay { port, up, cuts, frozen }
     }
 
     /// Drops every connection and refuses new ones.
@@ -738,6 +765,11 @@ impl TcpRelay {
     /// Accepts connections again.
     pub fn restore(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops (`true`) or resumes (`false`) every byte in both directions, keeping connections open.
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
     }
 }
 

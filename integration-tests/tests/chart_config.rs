@@ -70,6 +70,9 @@ fn every_ci_values_file_renders_a_configuration_the_services_accept() {
     files.sort();
     assert!(files.len() >= 6, "the ci values files: {files:?}");
     let scratch = tempfile::tempdir().unwrap();
+    // The limits' Redis connection is opened (lazily) on a runtime, as in the services.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _runtime = runtime.enter();
     let mut checked = 0;
     for values in &files {
         let label = values.file_name().unwrap().to_string_lossy().into_owned();
@@ -92,6 +95,8 @@ fn every_ci_values_file_renders_a_configuration_the_services_accept() {
                 let name = var["name"].as_str().unwrap().to_owned();
                 let value = match var.get("value") {
                     Some(v) => v.as_str().unwrap().to_owned(),
+                    // A Secret's value, shaped as the services check it.
+                    None if name.ends_with("REDIS_URL") => "redis://from-a-secret:6379".to_owned(),
                     None => "from-a-secret".to_owned(),
                 };
                 env.insert(name, value);
@@ -115,11 +120,15 @@ fn every_ci_values_file_renders_a_configuration_the_services_accept() {
             let config = KeymeshConfig::from_source(&source).unwrap_or_else(|e| panic!("{what}: {e}"));
             let params = MeshParams::from_raw(service, config.transport()).unwrap_or_else(|e| panic!("{what}: {e}"));
             config.audit_params(&params).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let redis = values.to_string_lossy().contains("postgres-ha");
             if service == ServiceName::KeyService {
                 let section: Value = config.service_section("key_service").unwrap();
-                let redis = values.to_string_lossy().contains("postgres-ha");
                 assert_eq!(section.get("redis_url").is_some(), redis, "{what}: the Redis URL: {section}");
             }
+            // Limits are counted together in the Redis the chart is given, by every service that applies them.
+            let shares_limits = redis && service != ServiceName::AuditService;
+            assert_eq!(config.limits.shared.redis_url.is_some(), shares_limits, "{what}: limits.shared.redis_url");
+            keymesh_limits::Limiter::from_config(&config.limits).unwrap_or_else(|e| panic!("{what}: {e}"));
             if service == ServiceName::CryptoService {
                 assert!(!env.contains_key("KEYMESH_MASTER_KEY"), "{what}: crypto-service opens no KMS");
                 continue;

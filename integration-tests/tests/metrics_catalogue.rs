@@ -24,7 +24,7 @@ use keymesh_proto::v1::{self as pb, key_service_client::KeyServiceClient};
 type Families = HashMap<String, Vec<Sample>>;
 
 /// Every label the README's metric table names (in Prometheus spelling), and the histograms' `le`.
-const LABELS: [&str; 18] = [
+const LABELS: [&str; 19] = [
     "rpc_system",
     "rpc_service",
     "rpc_method",
@@ -42,6 +42,7 @@ const LABELS: [&str; 18] = [
     "state",
     "grant",
     "limit",
+    "purpose",
     "le",
 ];
 

@@ -348,3 +348,14 @@ the data directory. */ -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+"true" when `svc` counts its rate limits and quotas in Redis: crypto-service, key-service and token-service apply
+limits, audit-service none.
+*/}}
+{{- define "keymesh.sharesLimits" -}}
+{{- $redis := .root.Values.redis -}}
+{{- if and $redis.existingSecret (ne (toString $redis.shareLimits) "false") (has .svc (list "crypto-service" "key-service" "token-service")) -}}
+true
+{{- end -}}
+{{- end -}}

@@ -76,25 +76,28 @@ impl LockedKey {
     /// Writes what changed and commits. A changed key gets a new revision and `updated_at`; returns the
     /// stored record and whether anything changed.
     pub async fn commit(self, now: i64) -> Result<(KeyRecord, bool), StoreError> {
-        let Self { txn, original, mut record } = self;
-        if record == original {
-            txn.commit().await?;
-            return Ok((record, false));
-        }
-        record.key.revision = original.key.revision + 1;
-        record.key.updated_at = now.max(original.key.updated_at + 1);
-        record.key.clone().into_active_model().reset_all().update(&txn).await?;
-        for version in &record.versions {
-            match original.versions.iter().find(|v| v.version == version.version) {
-                Some(before) if before == version => {}
-                Some(_) => {
-                    version.clone().into_active_model().reset_all().update(&txn).await?;
-                }
-                None => insert_version(&txn, version).await?,
+        crate::bounded(async {
+            let Self { txn, original, mut record } = self;
+            if record == original {
+                txn.commit().await?;
+                return Ok((record, false));
             }
-        }
-        txn.commit().await?;
-        Ok((record, true))
+            record.key.revision = original.key.revision + 1;
+            record.key.updated_at = now.max(original.key.updated_at + 1);
+            record.key.clone().into_active_model().reset_all().update(&txn).await?;
+            for version in &record.versions {
+                match original.versions.iter().find(|v| v.version == version.version) {
+                    Some(before) if before == version => {}
+                    Some(_) => {
+                        version.clone().into_active_model().reset_all().update(&txn).await?;
+                    }
+                    None => insert_version(&txn, version).await?,
+                }
+            }
+            txn.commit().await?;
+            Ok((record, true))
+        })
+        .await
     }
 }
 
@@ -157,27 +160,33 @@ impl KeyRepository {
 
     /// Inserts a key and its first versions atomically. A name taken in the tenant is `AlreadyExists`.
     pub async fn create(&self, record: &KeyRecord) -> Result<(), StoreError> {
-        let txn = self.db.begin().await?;
-        record
-            .key
-            .clone()
-            .into_active_model()
-            .insert(&txn)
-            .await
-            .map_err(|e| StoreError::from_insert("a key with this name", e))?;
-        for version in &record.versions {
-            insert_version(&txn, version).await?;
-        }
-        txn.commit().await?;
-        Ok(())
+        crate::bounded(async {
+            let txn = self.db.begin().await?;
+            record
+                .key
+                .clone()
+                .into_active_model()
+                .insert(&txn)
+                .await
+                .map_err(|e| StoreError::from_insert("a key with this name", e))?;
+            for version in &record.versions {
+                insert_version(&txn, version).await?;
+            }
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The tenant's key with this name or id.
     pub async fn find(&self, tenant_id: &str, name_or_id: &str) -> Result<Option<key::Model>, StoreError> {
-        Ok(key::Entity::find()
-            .filter(lookup_condition(KeyLookup::InTenant { tenant_id, name_or_id }))
-            .one(&self.db)
-            .await?)
+        crate::bounded(async {
+            Ok(key::Entity::find()
+                .filter(lookup_condition(KeyLookup::InTenant { tenant_id, name_or_id }))
+                .one(&self.db)
+                .await?)
+        })
+        .await
     }
 
     /// A key with its versions, read from one snapshot: the key row and its versions are two queries, and a
@@ -185,37 +194,50 @@ impl KeyRepository {
     /// DECRYPT_ONLY. Postgres gives the snapshot by a read-only REPEATABLE READ transaction; SQLite's
     /// transaction reads one snapshot anyway.
     pub async fn load(&self, lookup: KeyLookup<'_>) -> Result<Option<KeyRecord>, StoreError> {
-        let txn = if self.db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-            self.db
-                .begin_with_config(Some(sea_orm::IsolationLevel::RepeatableRead), Some(sea_orm::AccessMode::ReadOnly))
-                .await?
-        } else {
-            self.db.begin().await?
-        };
-        let Some(key) = key::Entity::find().filter(lookup_condition(lookup)).one(&txn).await? else {
-            return Ok(None);
-        };
-        let versions = versions_of_key(&txn, &key.id).await?;
-        txn.commit().await?;
-        Ok(Some(KeyRecord { key, versions }))
+        crate::bounded(async {
+            let txn = if self.db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+                self.db
+                    .begin_with_config(
+                        Some(sea_orm::IsolationLevel::RepeatableRead),
+                        Some(sea_orm::AccessMode::ReadOnly),
+                    )
+                    .await?
+            } else {
+                self.db.begin().await?
+            };
+            let Some(key) = key::Entity::find().filter(lookup_condition(lookup)).one(&txn).await? else {
+                return Ok(None);
+            };
+            let versions = versions_of_key(&txn, &key.id).await?;
+            txn.commit().await?;
+            Ok(Some(KeyRecord { key, versions }))
+        })
+        .await
     }
 
     /// Locks a key (and so its versions) for change until the returned guard commits or drops.
     pub async fn lock(&self, lookup: KeyLookup<'_>) -> Result<Option<LockedKey>, StoreError> {
-        let txn = self.db.begin().await?;
-        let Some(key) = key::Entity::find().filter(lookup_condition(lookup)).lock_exclusive().one(&txn).await? else {
-            return Ok(None);
-        };
-        let versions = versions_of_key(&txn, &key.id).await?;
-        let record = KeyRecord { key, versions };
-        Ok(Some(LockedKey { txn, original: record.clone(), record }))
+        crate::bounded(async {
+            let txn = self.db.begin().await?;
+            let Some(key) = key::Entity::find().filter(lookup_condition(lookup)).lock_exclusive().one(&txn).await?
+            else {
+                return Ok(None);
+            };
+            let versions = versions_of_key(&txn, &key.id).await?;
+            let record = KeyRecord { key, versions };
+            Ok(Some(LockedKey { txn, original: record.clone(), record }))
+        })
+        .await
     }
 
     /// One version of a key (already found through its tenant).
     pub async fn version(&self, key_id: &str, version: u32) -> Result<Option<key_version::Model>, StoreError> {
-        let version =
-            i32::try_from(version).map_err(|_| StoreError::Corrupt { what: "version", detail: "too large".into() })?;
-        Ok(key_version::Entity::find_by_id((key_id.to_owned(), version)).one(&self.db).await?)
+        crate::bounded(async {
+            let version = i32::try_from(version)
+                .map_err(|_| StoreError::Corrupt { what: "version", detail: "too large".into() })?;
+            Ok(key_version::Entity::find_by_id((key_id.to_owned(), version)).one(&self.db).await?)
+        })
+        .await
     }
 
     /// A page of the tenant's keys in id order, starting after `after` (a key id), with the id to continue
@@ -228,39 +250,42 @@ impl KeyRepository {
         page_size: u64,
         after: Option<&str>,
     ) -> Result<(Vec<KeyRecord>, Option<String>), StoreError> {
-        let chunk = page_size.clamp(100, 1000);
-        let mut cursor = after.map(str::to_owned);
-        let mut page = Vec::new();
-        loop {
-            let mut query = key::Entity::find().filter(key::Column::TenantId.eq(tenant_id));
-            if let Some(purpose) = filter.purpose {
-                query = query.filter(key::Column::Purpose.eq(purpose));
-            }
-            if let Some(state) = filter.state {
-                query = query.filter(key::Column::State.eq(state));
-            }
-            if let Some(cursor) = &cursor {
-                query = query.filter(key::Column::Id.gt(cursor.as_str()));
-            }
-            let rows = query.order_by_asc(key::Column::Id).limit(chunk).all(&self.db).await?;
-            let exhausted = (rows.len() as u64) < chunk;
-            for row in rows {
-                cursor = Some(row.id.clone());
-                let labels: std::collections::HashMap<String, String> =
-                    serde_json::from_str(&row.labels).unwrap_or_default();
-                if filter.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-                    page.push(row);
-                    if page.len() as u64 == page_size {
-                        let versions = self.versions_of(&page).await?;
-                        return Ok((join(page, versions), cursor));
+        crate::bounded(async {
+            let chunk = page_size.clamp(100, 1000);
+            let mut cursor = after.map(str::to_owned);
+            let mut page = Vec::new();
+            loop {
+                let mut query = key::Entity::find().filter(key::Column::TenantId.eq(tenant_id));
+                if let Some(purpose) = filter.purpose {
+                    query = query.filter(key::Column::Purpose.eq(purpose));
+                }
+                if let Some(state) = filter.state {
+                    query = query.filter(key::Column::State.eq(state));
+                }
+                if let Some(cursor) = &cursor {
+                    query = query.filter(key::Column::Id.gt(cursor.as_str()));
+                }
+                let rows = query.order_by_asc(key::Column::Id).limit(chunk).all(&self.db).await?;
+                let exhausted = (rows.len() as u64) < chunk;
+                for row in rows {
+                    cursor = Some(row.id.clone());
+                    let labels: std::collections::HashMap<String, String> =
+                        serde_json::from_str(&row.labels).unwrap_or_default();
+                    if filter.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                        page.push(row);
+                        if page.len() as u64 == page_size {
+                            let versions = self.versions_of(&page).await?;
+                            return Ok((join(page, versions), cursor));
+                        }
                     }
                 }
+                if exhausted {
+                    let versions = self.versions_of(&page).await?;
+                    return Ok((join(page, versions), None));
+                }
             }
-            if exhausted {
-                let versions = self.versions_of(&page).await?;
-                return Ok((join(page, versions), None));
-            }
-        }
+        })
+        .await
     }
 
     async fn versions_of(&self, keys: &[key::Model]) -> Result<Vec<key_version::Model>, StoreError> {
@@ -277,16 +302,24 @@ impl KeyRepository {
 
     /// Keys changed at or after `since` (milliseconds), oldest change first, at most `limit`.
     pub async fn changed_since(&self, since: i64, limit: u64) -> Result<Vec<KeyChange>, StoreError> {
-        let rows = key::Entity::find()
-            .filter(key::Column::UpdatedAt.gte(since))
-            .order_by_asc(key::Column::UpdatedAt)
-            .limit(limit)
-            .all(&self.db)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|k| KeyChange { key_id: k.id, tenant_id: k.tenant_id, revision: k.revision, updated_at: k.updated_at })
-            .collect())
+        crate::bounded(async {
+            let rows = key::Entity::find()
+                .filter(key::Column::UpdatedAt.gte(since))
+                .order_by_asc(key::Column::UpdatedAt)
+                .limit(limit)
+                .all(&self.db)
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|k| KeyChange {
+                    key_id: k.id,
+                    tenant_id: k.tenant_id,
+                    revision: k.revision,
+                    updated_at: k.updated_at,
+                })
+                .collect())
+        })
+        .await
     }
 
     /// Ids of keys with something due at `now`: scheduled maintenance, or a key or version whose deletion
@@ -297,27 +330,30 @@ impl KeyRepository {
         limit: u64,
         pending_deletion: PendingDeletion,
     ) -> Result<Vec<String>, StoreError> {
-        let mut ids = BTreeSet::new();
-        let keys = key::Entity::find()
-            .filter(
-                Condition::any().add(key::Column::NextMaintenanceAt.lte(now)).add(
-                    Condition::all()
-                        .add(key::Column::State.eq(pending_deletion.key_state))
-                        .add(key::Column::DeletionTime.lte(now)),
-                ),
-            )
-            .limit(limit)
-            .all(&self.db)
-            .await?;
-        ids.extend(keys.into_iter().map(|k| k.id));
-        let versions = key_version::Entity::find()
-            .filter(key_version::Column::State.eq(pending_deletion.version_state))
-            .filter(key_version::Column::DeletionTime.lte(now))
-            .limit(limit)
-            .all(&self.db)
-            .await?;
-        ids.extend(versions.into_iter().map(|v| v.key_id));
-        Ok(ids.into_iter().collect())
+        crate::bounded(async {
+            let mut ids = BTreeSet::new();
+            let keys = key::Entity::find()
+                .filter(
+                    Condition::any().add(key::Column::NextMaintenanceAt.lte(now)).add(
+                        Condition::all()
+                            .add(key::Column::State.eq(pending_deletion.key_state))
+                            .add(key::Column::DeletionTime.lte(now)),
+                    ),
+                )
+                .limit(limit)
+                .all(&self.db)
+                .await?;
+            ids.extend(keys.into_iter().map(|k| k.id));
+            let versions = key_version::Entity::find()
+                .filter(key_version::Column::State.eq(pending_deletion.version_state))
+                .filter(key_version::Column::DeletionTime.lte(now))
+                .limit(limit)
+                .all(&self.db)
+                .await?;
+            ids.extend(versions.into_iter().map(|v| v.key_id));
+            Ok(ids.into_iter().collect())
+        })
+        .await
     }
 
     /// Ids of the keys of one tenant (or of every tenant) after `after`, in id order: the walk of a re-wrap.
@@ -327,76 +363,94 @@ impl KeyRepository {
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<String>, StoreError> {
-        let mut query = key::Entity::find().select_only().column(key::Column::Id);
-        if let Some(tenant_id) = tenant_id {
-            query = query.filter(key::Column::TenantId.eq(tenant_id));
-        }
-        if let Some(after) = after {
-            query = query.filter(key::Column::Id.gt(after));
-        }
-        Ok(query.order_by_asc(key::Column::Id).limit(limit).into_tuple::<String>().all(&self.db).await?)
+        crate::bounded(async {
+            let mut query = key::Entity::find().select_only().column(key::Column::Id);
+            if let Some(tenant_id) = tenant_id {
+                query = query.filter(key::Column::TenantId.eq(tenant_id));
+            }
+            if let Some(after) = after {
+                query = query.filter(key::Column::Id.gt(after));
+            }
+            Ok(query.order_by_asc(key::Column::Id).limit(limit).into_tuple::<String>().all(&self.db).await?)
+        })
+        .await
     }
 
     /// How many keys one tenant (or every tenant) has.
     pub async fn count_keys(&self, tenant_id: Option<&str>) -> Result<u64, StoreError> {
-        let mut query = key::Entity::find();
-        if let Some(tenant_id) = tenant_id {
-            query = query.filter(key::Column::TenantId.eq(tenant_id));
-        }
-        Ok(query.count(&self.db).await?)
+        crate::bounded(async {
+            let mut query = key::Entity::find();
+            if let Some(tenant_id) = tenant_id {
+                query = query.filter(key::Column::TenantId.eq(tenant_id));
+            }
+            Ok(query.count(&self.db).await?)
+        })
+        .await
     }
 
     /// How many keys are in each state (the `key.state` column, a `KeyState` number), over every tenant.
     pub async fn count_by_state(&self) -> Result<Vec<(i32, i64)>, StoreError> {
-        Ok(key::Entity::find()
-            .select_only()
-            .column(key::Column::State)
-            .column_as(key::Column::Id.count(), "keys")
-            .group_by(key::Column::State)
-            .into_tuple::<(i32, i64)>()
-            .all(&self.db)
-            .await?)
+        crate::bounded(async {
+            Ok(key::Entity::find()
+                .select_only()
+                .column(key::Column::State)
+                .column_as(key::Column::Id.count(), "keys")
+                .group_by(key::Column::State)
+                .into_tuple::<(i32, i64)>()
+                .all(&self.db)
+                .await?)
+        })
+        .await
     }
 
     /// The re-wrap job of a scope.
     pub async fn rewrap_job(&self, scope: &str) -> Result<Option<rewrap_job::Model>, StoreError> {
-        Ok(rewrap_job::Entity::find_by_id(scope.to_owned()).one(&self.db).await?)
+        crate::bounded(async { Ok(rewrap_job::Entity::find_by_id(scope.to_owned()).one(&self.db).await?) }).await
     }
 
     /// Starts (or takes over) the re-wrap job of its scope, replacing whatever row was there.
     pub async fn start_rewrap_job(&self, job: &rewrap_job::Model) -> Result<(), StoreError> {
-        let txn = self.db.begin().await?;
-        rewrap_job::Entity::delete_by_id(job.scope.clone()).exec(&txn).await?;
-        job.clone().into_active_model().insert(&txn).await?;
-        txn.commit().await?;
-        Ok(())
+        crate::bounded(async {
+            let txn = self.db.begin().await?;
+            rewrap_job::Entity::delete_by_id(job.scope.clone()).exec(&txn).await?;
+            job.clone().into_active_model().insert(&txn).await?;
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Saves a job's progress if its runner still owns it; false when another runner has taken it over.
     pub async fn save_rewrap_job(&self, job: &rewrap_job::Model) -> Result<bool, StoreError> {
-        let result = rewrap_job::Entity::update_many()
-            .set(job.clone().into_active_model().reset_all())
-            .filter(rewrap_job::Column::Scope.eq(job.scope.as_str()))
-            .filter(rewrap_job::Column::Runner.eq(job.runner.as_str()))
-            .exec(&self.db)
-            .await?;
-        Ok(result.rows_affected == 1)
+        crate::bounded(async {
+            let result = rewrap_job::Entity::update_many()
+                .set(job.clone().into_active_model().reset_all())
+                .filter(rewrap_job::Column::Scope.eq(job.scope.as_str()))
+                .filter(rewrap_job::Column::Runner.eq(job.runner.as_str()))
+                .exec(&self.db)
+                .await?;
+            Ok(result.rows_affected == 1)
+        })
+        .await
     }
 
     /// Adds `count` to the encryptions granted with a version, returning the new total. Called once per
     /// block of encryptions, never per encryption.
     pub async fn add_encryptions_granted(&self, key_id: &str, version: u32, count: i64) -> Result<i64, StoreError> {
-        let version_number = version as i32;
-        key_version::Entity::update_many()
-            .col_expr(
-                key_version::Column::EncryptionsGranted,
-                sea_orm::sea_query::ExprTrait::add(Expr::col(key_version::Column::EncryptionsGranted), count),
-            )
-            .filter(key_version::Column::KeyId.eq(key_id))
-            .filter(key_version::Column::Version.eq(version_number))
-            .exec(&self.db)
-            .await?;
-        Ok(self.version(key_id, version).await?.map(|v| v.encryptions_granted).unwrap_or(0))
+        crate::bounded(async {
+            let version_number = version as i32;
+            key_version::Entity::update_many()
+                .col_expr(
+                    key_version::Column::EncryptionsGranted,
+                    sea_orm::sea_query::ExprTrait::add(Expr::col(key_version::Column::EncryptionsGranted), count),
+                )
+                .filter(key_version::Column::KeyId.eq(key_id))
+                .filter(key_version::Column::Version.eq(version_number))
+                .exec(&self.db)
+                .await?;
+            Ok(self.version(key_id, version).await?.map(|v| v.encryptions_granted).unwrap_or(0))
+        })
+        .await
     }
 }
 

@@ -45,7 +45,7 @@ impl TokenRepository {
 
     /// Number of tenants (zero means a fresh database).
     pub async fn tenant_count(&self) -> Result<u64, StoreError> {
-        Ok(tenant::Entity::find().count(&self.db).await?)
+        crate::bounded(async { Ok(tenant::Entity::find().count(&self.db).await?) }).await
     }
 
     /// Takes the start-up lock: replicas starting together against one Postgres then create the root tenant and
@@ -75,32 +75,45 @@ impl TokenRepository {
         tenant: tenant::Model,
         application: application::Model,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin().await?;
-        tenant.into_active_model().insert(&txn).await.map_err(|e| StoreError::from_insert("tenant", e))?;
-        application.into_active_model().insert(&txn).await.map_err(|e| StoreError::from_insert("application", e))?;
-        txn.commit().await?;
-        Ok(())
+        crate::bounded(async {
+            let txn = self.db.begin().await?;
+            tenant.into_active_model().insert(&txn).await.map_err(|e| StoreError::from_insert("tenant", e))?;
+            application
+                .into_active_model()
+                .insert(&txn)
+                .await
+                .map_err(|e| StoreError::from_insert("application", e))?;
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// A tenant by id.
     pub async fn tenant(&self, id: &str) -> Result<Option<tenant::Model>, StoreError> {
-        Ok(tenant::Entity::find_by_id(id.to_owned()).one(&self.db).await?)
+        crate::bounded(async { Ok(tenant::Entity::find_by_id(id.to_owned()).one(&self.db).await?) }).await
     }
 
     /// Stores a new tenant; a taken name is [`StoreError::AlreadyExists`].
     pub async fn create_tenant(&self, tenant: tenant::Model) -> Result<(), StoreError> {
-        tenant.into_active_model().insert(&self.db).await.map_err(|e| StoreError::from_insert("tenant", e))?;
-        Ok(())
+        crate::bounded(async {
+            tenant.into_active_model().insert(&self.db).await.map_err(|e| StoreError::from_insert("tenant", e))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Stores a new application; a name taken in its tenant is [`StoreError::AlreadyExists`].
     pub async fn create_application(&self, application: application::Model) -> Result<(), StoreError> {
-        application
-            .into_active_model()
-            .insert(&self.db)
-            .await
-            .map_err(|e| StoreError::from_insert("application", e))?;
-        Ok(())
+        crate::bounded(async {
+            application
+                .into_active_model()
+                .insert(&self.db)
+                .await
+                .map_err(|e| StoreError::from_insert("application", e))?;
+            Ok(())
+        })
+        .await
     }
 
     /// A page of a tenant's applications in client-id order, after `after`.
@@ -110,11 +123,14 @@ impl TokenRepository {
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<application::Model>, StoreError> {
-        let mut query = application::Entity::find().filter(application::Column::TenantId.eq(tenant_id));
-        if let Some(after) = after {
-            query = query.filter(application::Column::ClientId.gt(after));
-        }
-        Ok(query.order_by_asc(application::Column::ClientId).limit(limit).all(&self.db).await?)
+        crate::bounded(async {
+            let mut query = application::Entity::find().filter(application::Column::TenantId.eq(tenant_id));
+            if let Some(after) = after {
+                query = query.filter(application::Column::ClientId.gt(after));
+            }
+            Ok(query.order_by_asc(application::Column::ClientId).limit(limit).all(&self.db).await?)
+        })
+        .await
     }
 
     /// Replaces an application's secret hash if it is still `previous_hash` (false: another rotation won),
@@ -128,44 +144,57 @@ impl TokenRepository {
         previous_expires_at: i64,
         cut_off: Option<revocation::Model>,
     ) -> Result<bool, StoreError> {
-        let txn = self.db.begin().await?;
-        let updated = application::Entity::update_many()
-            .col_expr(application::Column::SecretHash, Expr::value(new_hash))
-            .col_expr(application::Column::PreviousSecretHash, Expr::value(previous_hash.to_owned()))
-            .col_expr(application::Column::PreviousSecretExpiresAt, Expr::value(previous_expires_at))
-            .filter(application::Column::ClientId.eq(client_id))
-            .filter(application::Column::SecretHash.eq(previous_hash))
-            .exec(&txn)
-            .await?
-            .rows_affected;
-        if updated != 1 {
-            return Ok(false);
-        }
-        if let Some(revocation) = cut_off {
-            revoke_application_tokens(&txn, client_id, revocation).await?;
-        }
-        txn.commit().await?;
-        Ok(true)
+        crate::bounded(async {
+            let txn = self.db.begin().await?;
+            let updated = application::Entity::update_many()
+                .col_expr(application::Column::SecretHash, Expr::value(new_hash))
+                .col_expr(application::Column::PreviousSecretHash, Expr::value(previous_hash.to_owned()))
+                .col_expr(application::Column::PreviousSecretExpiresAt, Expr::value(previous_expires_at))
+                .filter(application::Column::ClientId.eq(client_id))
+                .filter(application::Column::SecretHash.eq(previous_hash))
+                .exec(&txn)
+                .await?
+                .rows_affected;
+            if updated != 1 {
+                return Ok(false);
+            }
+            if let Some(revocation) = cut_off {
+                revoke_application_tokens(&txn, client_id, revocation).await?;
+            }
+            txn.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     /// Disables an application for good, in one transaction: the flag, its refresh tokens, and a
     /// revocation of every access token it holds.
     pub async fn disable_application(&self, client_id: &str, revocation: revocation::Model) -> Result<(), StoreError> {
-        let txn = self.db.begin().await?;
-        application::Entity::update_many()
-            .col_expr(application::Column::Disabled, Expr::value(true))
-            .filter(application::Column::ClientId.eq(client_id))
-            .exec(&txn)
-            .await?;
-        revoke_application_tokens(&txn, client_id, revocation).await?;
-        txn.commit().await?;
-        Ok(())
+        crate::bounded(async {
+            let txn = self.db.begin().await?;
+            application::Entity::update_many()
+                .col_expr(application::Column::Disabled, Expr::value(true))
+                .filter(application::Column::ClientId.eq(client_id))
+                .exec(&txn)
+                .await?;
+            revoke_application_tokens(&txn, client_id, revocation).await?;
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Stores the first refresh token of a new family.
     pub async fn insert_refresh_token(&self, token: refresh_token::Model) -> Result<(), StoreError> {
-        token.into_active_model().insert(&self.db).await.map_err(|e| StoreError::from_insert("refresh token", e))?;
-        Ok(())
+        crate::bounded(async {
+            token
+                .into_active_model()
+                .insert(&self.db)
+                .await
+                .map_err(|e| StoreError::from_insert("refresh token", e))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Presents the refresh token hashed `token_hash`: spends it and stores `successor` (whose family,
@@ -179,49 +208,52 @@ impl TokenRepository {
         mut successor: refresh_token::Model,
         session_revocation: impl FnOnce(&str) -> revocation::Model,
     ) -> Result<RefreshOutcome, StoreError> {
-        let now = successor.created_at;
-        let txn = self.db.begin().await?;
-        let Some(current) = refresh_token::Entity::find_by_id(token_hash.to_owned()).one(&txn).await? else {
-            return Ok(RefreshOutcome::Unknown);
-        };
-        let session = session_revocation(&current.family_id);
-        let spent = refresh_token::Entity::update_many()
-            .col_expr(refresh_token::Column::SpentAt, Expr::value(now))
-            .filter(refresh_token::Column::TokenHash.eq(token_hash))
-            .filter(refresh_token::Column::SpentAt.is_null())
-            .filter(refresh_token::Column::RevokedAt.is_null())
-            .exec(&txn)
-            .await?
-            .rows_affected
-            == 1;
-        let session_revoked = revocation::Entity::find_by_id(session.id.clone()).one(&txn).await?.is_some();
-        if !spent || session_revoked {
-            refresh_token::Entity::update_many()
-                .col_expr(refresh_token::Column::RevokedAt, Expr::value(now))
-                .filter(refresh_token::Column::FamilyId.eq(&current.family_id))
+        crate::bounded(async {
+            let now = successor.created_at;
+            let txn = self.db.begin().await?;
+            let Some(current) = refresh_token::Entity::find_by_id(token_hash.to_owned()).one(&txn).await? else {
+                return Ok(RefreshOutcome::Unknown);
+            };
+            let session = session_revocation(&current.family_id);
+            let spent = refresh_token::Entity::update_many()
+                .col_expr(refresh_token::Column::SpentAt, Expr::value(now))
+                .filter(refresh_token::Column::TokenHash.eq(token_hash))
+                .filter(refresh_token::Column::SpentAt.is_null())
                 .filter(refresh_token::Column::RevokedAt.is_null())
                 .exec(&txn)
-                .await?;
-            upsert_revocation(&txn, session).await?;
+                .await?
+                .rows_affected
+                == 1;
+            let session_revoked = revocation::Entity::find_by_id(session.id.clone()).one(&txn).await?.is_some();
+            if !spent || session_revoked {
+                refresh_token::Entity::update_many()
+                    .col_expr(refresh_token::Column::RevokedAt, Expr::value(now))
+                    .filter(refresh_token::Column::FamilyId.eq(&current.family_id))
+                    .filter(refresh_token::Column::RevokedAt.is_null())
+                    .exec(&txn)
+                    .await?;
+                upsert_revocation(&txn, session).await?;
+                txn.commit().await?;
+                return Ok(RefreshOutcome::Replayed {
+                    family_id: current.family_id,
+                    client_id: current.client_id,
+                    tenant_id: current.tenant_id,
+                });
+            }
+            if current.expires_at <= now {
+                // Leave it unspent: the transaction is dropped.
+                return Ok(RefreshOutcome::Expired);
+            }
+            successor.family_id = current.family_id.clone();
+            // The family's lifetime is absolute: rotation renews the token, not the grant.
+            successor.expires_at = current.expires_at;
+            successor.client_id = current.client_id.clone();
+            successor.tenant_id = current.tenant_id.clone();
+            successor.clone().into_active_model().insert(&txn).await?;
             txn.commit().await?;
-            return Ok(RefreshOutcome::Replayed {
-                family_id: current.family_id,
-                client_id: current.client_id,
-                tenant_id: current.tenant_id,
-            });
-        }
-        if current.expires_at <= now {
-            // Leave it unspent: the transaction is dropped.
-            return Ok(RefreshOutcome::Expired);
-        }
-        successor.family_id = current.family_id.clone();
-        // The family's lifetime is absolute: rotation renews the token, not the grant.
-        successor.expires_at = current.expires_at;
-        successor.client_id = current.client_id.clone();
-        successor.tenant_id = current.tenant_id.clone();
-        successor.clone().into_active_model().insert(&txn).await?;
-        txn.commit().await?;
-        Ok(RefreshOutcome::Rotated(successor))
+            Ok(RefreshOutcome::Rotated(successor))
+        })
+        .await
     }
 
     /// Revokes the family of the refresh token hashed `token_hash`, if there is one; returns the token.
@@ -230,85 +262,106 @@ impl TokenRepository {
         token_hash: &str,
         session_revocation: impl FnOnce(&str) -> revocation::Model,
     ) -> Result<Option<refresh_token::Model>, StoreError> {
-        let txn = self.db.begin().await?;
-        let Some(token) = refresh_token::Entity::find_by_id(token_hash.to_owned()).one(&txn).await? else {
-            return Ok(None);
-        };
-        let revocation = session_revocation(&token.family_id);
-        refresh_token::Entity::update_many()
-            .col_expr(refresh_token::Column::RevokedAt, Expr::value(revocation.revoked_at))
-            .filter(refresh_token::Column::FamilyId.eq(&token.family_id))
-            .filter(refresh_token::Column::RevokedAt.is_null())
-            .exec(&txn)
-            .await?;
-        upsert_revocation(&txn, revocation).await?;
-        txn.commit().await?;
-        Ok(Some(token))
+        crate::bounded(async {
+            let txn = self.db.begin().await?;
+            let Some(token) = refresh_token::Entity::find_by_id(token_hash.to_owned()).one(&txn).await? else {
+                return Ok(None);
+            };
+            let revocation = session_revocation(&token.family_id);
+            refresh_token::Entity::update_many()
+                .col_expr(refresh_token::Column::RevokedAt, Expr::value(revocation.revoked_at))
+                .filter(refresh_token::Column::FamilyId.eq(&token.family_id))
+                .filter(refresh_token::Column::RevokedAt.is_null())
+                .exec(&txn)
+                .await?;
+            upsert_revocation(&txn, revocation).await?;
+            txn.commit().await?;
+            Ok(Some(token))
+        })
+        .await
     }
 
     /// Records a revocation; recording one again replaces its time and expiry (the latest call wins).
     pub async fn revoke(&self, revocation: revocation::Model) -> Result<(), StoreError> {
-        upsert_revocation(&self.db, revocation).await
+        crate::bounded(async { upsert_revocation(&self.db, revocation).await }).await
     }
 
     /// The revocations still in force at `now`.
     pub async fn revocations_in_force(&self, now: i64) -> Result<Vec<revocation::Model>, StoreError> {
-        Ok(revocation::Entity::find().filter(revocation::Column::ExpiresAt.gt(now)).all(&self.db).await?)
+        crate::bounded(async {
+            Ok(revocation::Entity::find().filter(revocation::Column::ExpiresAt.gt(now)).all(&self.db).await?)
+        })
+        .await
     }
 
     /// Deletes revocations and refresh tokens that can no longer matter at `now`: the tokens they match
     /// have expired. Returns how many rows went.
     pub async fn prune_expired(&self, now: i64) -> Result<u64, StoreError> {
-        let revocations =
-            revocation::Entity::delete_many().filter(revocation::Column::ExpiresAt.lte(now)).exec(&self.db).await?;
-        let tokens = refresh_token::Entity::delete_many()
-            .filter(refresh_token::Column::ExpiresAt.lte(now))
-            .exec(&self.db)
-            .await?;
-        Ok(revocations.rows_affected + tokens.rows_affected)
+        crate::bounded(async {
+            let revocations =
+                revocation::Entity::delete_many().filter(revocation::Column::ExpiresAt.lte(now)).exec(&self.db).await?;
+            let tokens = refresh_token::Entity::delete_many()
+                .filter(refresh_token::Column::ExpiresAt.lte(now))
+                .exec(&self.db)
+                .await?;
+            Ok(revocations.rows_affected + tokens.rows_affected)
+        })
+        .await
     }
 
     /// An application by client id.
     pub async fn application(&self, client_id: &str) -> Result<Option<application::Model>, StoreError> {
-        Ok(application::Entity::find_by_id(client_id.to_owned()).one(&self.db).await?)
+        crate::bounded(async { Ok(application::Entity::find_by_id(client_id.to_owned()).one(&self.db).await?) }).await
     }
 
     /// Stores a new signing key.
     pub async fn insert_signing_key(&self, key: signing_key::Model) -> Result<(), StoreError> {
-        key.into_active_model().insert(&self.db).await.map_err(|e| StoreError::from_insert("signing key", e))?;
-        Ok(())
+        crate::bounded(async {
+            key.into_active_model().insert(&self.db).await.map_err(|e| StoreError::from_insert("signing key", e))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Replaces a signing key's wraps (after a keyring change), from `key`'s wrap columns.
     pub async fn rewrap_signing_key(&self, key: &signing_key::Model) -> Result<(), StoreError> {
-        signing_key::Entity::update_many()
-            .col_expr(signing_key::Column::WrappedPrivateKey, Expr::value(key.wrapped_private_key.clone()))
-            .col_expr(signing_key::Column::KekBackend, Expr::value(key.kek_backend.clone()))
-            .col_expr(signing_key::Column::KekId, Expr::value(key.kek_id.clone()))
-            .col_expr(signing_key::Column::ExtraWraps, Expr::value(key.extra_wraps.clone()))
-            .filter(signing_key::Column::Kid.eq(&key.kid))
-            .exec(&self.db)
-            .await?;
-        Ok(())
+        crate::bounded(async {
+            signing_key::Entity::update_many()
+                .col_expr(signing_key::Column::WrappedPrivateKey, Expr::value(key.wrapped_private_key.clone()))
+                .col_expr(signing_key::Column::KekBackend, Expr::value(key.kek_backend.clone()))
+                .col_expr(signing_key::Column::KekId, Expr::value(key.kek_id.clone()))
+                .col_expr(signing_key::Column::ExtraWraps, Expr::value(key.extra_wraps.clone()))
+                .filter(signing_key::Column::Kid.eq(&key.kid))
+                .exec(&self.db)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Retires a signing key: it leaves the JWKS.
     pub async fn retire_signing_key(&self, kid: &str, at: i64) -> Result<(), StoreError> {
-        signing_key::Entity::update_many()
-            .col_expr(signing_key::Column::RetiredAt, Expr::value(at))
-            .filter(signing_key::Column::Kid.eq(kid))
-            .exec(&self.db)
-            .await?;
-        Ok(())
+        crate::bounded(async {
+            signing_key::Entity::update_many()
+                .col_expr(signing_key::Column::RetiredAt, Expr::value(at))
+                .filter(signing_key::Column::Kid.eq(kid))
+                .exec(&self.db)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Signing keys not retired, newest first.
     pub async fn current_signing_keys(&self) -> Result<Vec<signing_key::Model>, StoreError> {
-        Ok(signing_key::Entity::find()
-            .filter(signing_key::Column::RetiredAt.is_null())
-            .order_by_desc(signing_key::Column::CreatedAt)
-            .all(&self.db)
-            .await?)
+        crate::bounded(async {
+            Ok(signing_key::Entity::find()
+                .filter(signing_key::Column::RetiredAt.is_null())
+                .order_by_desc(signing_key::Column::CreatedAt)
+                .all(&self.db)
+                .await?)
+        })
+        .await
     }
 }
 
