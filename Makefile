@@ -17,12 +17,14 @@ test: test-deps
 	deploy/dev/check-chart.sh
 	$(MAKE) --no-print-directory lint
 
-## chaos: the chaos suite's long form (integration-tests/tests/chaos.rs), CHAOS_SECONDS per drill (default 60);
-## make test runs its short form
+## chaos: the chaos suite's long form (integration-tests/tests/chaos.rs), CHAOS_SECONDS per drill (default 60) and a
+## storm of CHAOS_CONNECTIONS mTLS connections (default 10000); make test runs its short form
 CHAOS_SECONDS ?= 60
+CHAOS_CONNECTIONS ?= 10000
 chaos: test-deps
 	cargo build --workspace --bins --tests
 	url="$$(deploy/dev/ensure-postgres.sh)" && KEYMESH_TEST_POSTGRES_URL="$$url" KEYMESH_CHAOS_SECONDS=$(CHAOS_SECONDS) \
+		KEYMESH_CHAOS_CONNECTIONS=$(CHAOS_CONNECTIONS) \
 		cargo test -p integration-tests --test chaos -- --nocapture --test-threads 1
 
 ## bench: benchmarks (release build): GetDataKey latency per cache tier, and the data plane (Encrypt/Decrypt

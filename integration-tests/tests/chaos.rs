@@ -1,7 +1,7 @@
 //! The chaos suite of issue 23, short form (run by `make test`): faults and load against the real binaries,
 //! each drill printing its figures. `KEYMESH_CHAOS_SECONDS` lengthens each drill (`make chaos`).
 
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::print_stdout)]
 
 use std::{
     collections::BTreeMap,
@@ -188,25 +188,32 @@ async fn a_database_outage_answers_unavailable_within_seconds_and_recovers() {
     admin.create_key("before").await.unwrap();
 
     relay.cut();
-    let started = Instant::now();
-    let created = admin.create_key("during").await;
-    let took = started.elapsed();
-    let error = created.expect_err("CreateKey with the database away");
-    println!("CreateKey during the outage: {} after {took:?}: {error}", code_of(&error));
-    assert_eq!(code_of(&error), "Unavailable", "{error}");
-    assert!(error.to_string().contains("database"), "names the database: {error}");
-    assert!(took < Duration::from_secs(4), "CreateKey took {took:?}");
-    // A new client's first call issues its token: token-service's database is away too.
-    let started = Instant::now();
-    let issued = mesh.admin_client().create_key("during").await;
-    let took = started.elapsed();
-    let error = issued.expect_err("IssueToken with the database away");
-    println!("IssueToken during the outage: {} after {took:?}: {error}", code_of(&error));
-    assert!(error.to_string().contains("database") && error.to_string().contains("unavailable"), "{error}");
-    assert!(!error.to_string().to_lowercase().contains("internal"), "{error}");
-    assert!(took < Duration::from_secs(4), "IssueToken took {took:?}");
-
+    key_and_token_calls_fail_fast(&mesh, &admin, "with the database away").await;
     relay.restore();
+    key_and_token_calls_recover(&mesh, &admin, "returned").await;
+}
+
+/// With the database out of reach: CreateKey (key-service) and, for a new client, IssueToken (token-service)
+/// answer UNAVAILABLE naming the database within 4 s, never INTERNAL.
+async fn key_and_token_calls_fail_fast(mesh: &Mesh, admin: &keymesh_client::KeymeshClient, state: &str) {
+    // A new client's first call issues its token.
+    let new_client = mesh.admin_client();
+    for (call, client) in [("CreateKey", admin), ("IssueToken", &new_client)] {
+        let started = Instant::now();
+        let answered = tokio::time::timeout(Duration::from_secs(20), client.create_key("during")).await;
+        let took = started.elapsed();
+        let error = answered.unwrap_or_else(|_| panic!("{call} never answered {state}")).expect_err(call);
+        println!("{call} {state}: {} after {took:?}: {error}", code_of(&error));
+        assert_eq!(code_of(&error), "Unavailable", "{error}");
+        assert!(error.to_string().contains("database") && error.to_string().contains("unavailable"), "{error}");
+        assert!(!error.to_string().to_lowercase().contains("internal"), "{error}");
+        assert!(took < Duration::from_secs(4), "{call} took {took:?}");
+    }
+}
+
+/// Once the database is back: CreateKey works again within 30 s (UNAVAILABLE until then), and a new client gets
+/// a token, without a restart.
+async fn key_and_token_calls_recover(mesh: &Mesh, admin: &keymesh_client::KeymeshClient, how: &str) {
     let started = Instant::now();
     loop {
         match admin.create_key("after").await {
@@ -218,7 +225,7 @@ async fn a_database_outage_answers_unavailable_within_seconds_and_recovers() {
             }
         }
     }
-    println!("CreateKey worked again {:?} after the database returned", started.elapsed());
+    println!("CreateKey worked again {:?} after the database {how}", started.elapsed());
     mesh.admin_client().create_key("fresh-token").await.unwrap();
 }
 
@@ -281,37 +288,9 @@ async fn a_database_that_stops_answering_gives_unavailable_within_the_call_deadl
     );
     assert!(outcomes.keys().all(|code| code == "Ok" || code == "Unavailable"), "{outcomes:?}");
 
-    relay.freeze(true);
-    let started = Instant::now();
-    let created = tokio::time::timeout(Duration::from_secs(20), admin.create_key("during")).await;
-    let took = started.elapsed();
-    let error = created.expect("CreateKey answers while the database is frozen").expect_err("CreateKey");
-    println!("CreateKey with the database frozen: {} after {took:?}: {error}", code_of(&error));
-    assert_eq!(code_of(&error), "Unavailable", "{error}");
-    assert!(error.to_string().contains("database"), "names the database: {error}");
-    assert!(took < Duration::from_secs(4), "CreateKey took {took:?}");
-    let started = Instant::now();
-    let issued = tokio::time::timeout(Duration::from_secs(20), mesh.admin_client().create_key("during")).await;
-    let took = started.elapsed();
-    let error = issued.expect("IssueToken answers while the database is frozen").expect_err("IssueToken");
-    println!("IssueToken with the database frozen: {} after {took:?}: {error}", code_of(&error));
-    assert!(error.to_string().contains("database") && error.to_string().contains("unavailable"), "{error}");
-    assert!(took < Duration::from_secs(4), "IssueToken took {took:?}");
-
+    key_and_token_calls_fail_fast(&mesh, &admin, "with the database frozen").await;
     relay.freeze(false);
-    let started = Instant::now();
-    loop {
-        match admin.create_key("after").await {
-            Ok(_) => break,
-            Err(e) => {
-                assert_eq!(code_of(&e), "Unavailable", "{e}");
-                assert!(started.elapsed() < Duration::from_secs(30), "no recovery: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-    println!("CreateKey worked again {:?} after the database answered", started.elapsed());
-    mesh.admin_client().create_key("fresh-token").await.unwrap();
+    key_and_token_calls_recover(&mesh, &admin, "answered").await;
 }
 
 /// Item 1: with a warm cache, key-service stops. Encrypt and Decrypt of the warm key keep working through the
@@ -524,6 +503,9 @@ async fn connections_are_bounded_idle_ones_closed_and_memory_returned_after_a_st
     let _alone = ONE_AT_A_TIME.lock().await;
     let storm: usize = std::env::var("KEYMESH_CHAOS_CONNECTIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let max_connections = storm + 100;
+    // Long enough for the whole storm to open before the first of it goes idle (a debug build under load opens
+    // about 250 a second), and under the 30 s keepalive of the mesh's clients, which keeps a connection in use.
+    let idle_timeout = (storm as u64 / 200).clamp(10, 25);
     let mesh = Mesh::start(&[], &[]).await;
     let metrics = format!("127.0.0.1:{}", integration_tests::free_port());
     let replica = Replica::start(
@@ -532,7 +514,7 @@ async fn connections_are_bounded_idle_ones_closed_and_memory_returned_after_a_st
         &[
             ("KEYMESH_SERVER__MAX_CONNECTIONS", max_connections.to_string().as_str()),
             ("KEYMESH_SERVER__HANDSHAKE_TIMEOUT_SECONDS", "2"),
-            ("KEYMESH_SERVER__IDLE_TIMEOUT_SECONDS", "10"),
+            ("KEYMESH_SERVER__IDLE_TIMEOUT_SECONDS", idle_timeout.to_string().as_str()),
             ("KEYMESH_TELEMETRY__METRICS_ADDR", metrics.as_str()),
         ],
     )
@@ -598,10 +580,13 @@ async fn connections_are_bounded_idle_ones_closed_and_memory_returned_after_a_st
         if open == 0.0 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(25), "{open} connections still open past the idle timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(idle_timeout + 15),
+            "{open} connections still open past the idle timeout"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    println!("all closed by the replica {:?} after the storm (idle timeout 10 s)", started.elapsed());
+    println!("all closed by the replica {:?} after the storm (idle timeout {idle_timeout} s)", started.elapsed());
     drop(channels);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = replica.rss_mib();

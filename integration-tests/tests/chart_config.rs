@@ -128,7 +128,8 @@ fn every_ci_values_file_renders_a_configuration_the_services_accept() {
             // Limits are counted together in the Redis the chart is given, by every service that applies them.
             let shares_limits = redis && service != ServiceName::AuditService;
             assert_eq!(config.limits.shared.redis_url.is_some(), shares_limits, "{what}: limits.shared.redis_url");
-            keymesh_limits::Limiter::from_config(&config.limits).unwrap_or_else(|e| panic!("{what}: {e}"));
+            keymesh_limits::Limiter::from_config(&config.limits, service.as_str())
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
             if service == ServiceName::CryptoService {
                 assert!(!env.contains_key("KEYMESH_MASTER_KEY"), "{what}: crypto-service opens no KMS");
                 continue;

@@ -280,8 +280,8 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    /// Builds the limits `[limits]` describes.
-    pub fn from_config(config: &LimitsConfig) -> Result<Self, LimitsError> {
+    /// Builds the limits `[limits]` describes for the calls of `service` ("crypto-service").
+    pub fn from_config(config: &LimitsConfig, service: &str) -> Result<Self, LimitsError> {
         for (kind, overrides) in [("applications", &config.applications), ("tenants", &config.tenants)] {
             for (id, o) in overrides {
                 if o.burst == Some(0) {
@@ -319,7 +319,7 @@ impl Limiter {
             key_quota_second: key_quota("key_quota_second", q.key_per_second, second),
             key_quota_day: key_quota("key_quota_day", q.key_per_day, DAY),
             token_requests: rate(LimitKind::TokenRequests, config.token_requests_per_second, 100, &BTreeMap::new()),
-            shared: shared::SharedCells::from_config(&config.shared)?,
+            shared: shared::SharedCells::from_config(&config.shared, service)?,
             refusals,
         })
     }
@@ -429,7 +429,7 @@ mod tests {
     fn config(toml_like: impl FnOnce(&mut LimitsConfig)) -> Limiter {
         let mut config = LimitsConfig::default();
         toml_like(&mut config);
-        Limiter::from_config(&config).unwrap()
+        Limiter::from_config(&config, "test").unwrap()
     }
 
     #[tokio::test]
@@ -500,7 +500,7 @@ mod tests {
     fn a_zero_burst_is_refused_at_start() {
         let mut config = LimitsConfig::default();
         config.tenants.insert("t".into(), RateOverride { per_second: 5, burst: Some(0) });
-        let err = Limiter::from_config(&config).err().unwrap();
+        let err = Limiter::from_config(&config, "test").err().unwrap();
         assert!(err.to_string().contains("limits.tenants.t.burst"), "{err}");
     }
 }

@@ -1,17 +1,21 @@
-//! Limits shared by every replica: GCRA cells in Redis, one key per window and id holding the window's
-//! theoretical arrival time (TAT) in microseconds of Redis's own clock, so replicas' clocks never disagree.
+//! Limits shared by every replica: GCRA cells in Redis, one key per service, window and id holding the window's
+//! theoretical arrival time (TAT) in microseconds of Redis's own clock, so replicas' clocks never disagree. Each
+//! service counts its own calls, as without Redis: an application's key-management calls do not use up its
+//! Encrypt allowance.
 //! One Lua script checks all of a call's shared windows at once and advances them only when all admit, so a
 //! refused call costs nothing anywhere.
 //!
 //! A Redis round trip per call would put Redis on the hot path of every Encrypt at a high figure; so a
 //! replica takes a *lease* of several calls at once when a window is fast (a hundredth of a second's worth,
-//! at least one), spends it locally, and drops what it has not spent after a second. With N replicas the mesh
-//! then admits at most N leases above the figure at any moment and wastes at most N leases a second below
-//! it — 1 % of a fast window each — while a slow window (100/s, any daily quota) leases one call at a time
-//! and is exact.
+//! from 200 calls a second up), spends it locally, and drops what it has not spent after a second. One call
+//! at a time asks for a lease; calls that find it empty meanwhile ask Redis for themselves alone. With N
+//! replicas the mesh then admits at most N leases above the figure at any moment and wastes at most N leases
+//! a second below it — 1 % of a fast window each — while a slow window (under 200/s, any daily quota) is
+//! checked call by call and exact.
 //!
-//! Redis Cluster is not supported (a call's windows are keys of different slots); a standalone Redis or a
-//! Sentinel-managed primary is.
+//! Redis 5 or later (the script reads `TIME` before it writes, which needs effects replication). Redis Cluster
+//! is not supported (a call's windows are keys of different slots); a standalone Redis or a Sentinel-managed
+//! primary is.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -58,7 +62,7 @@ const LEASE_LIFETIME: Duration = Duration::from_secs(1);
 const LEASES_PER_SECOND: f64 = 100.0;
 
 /// KEYS: one cell per window. ARGV[1]: calls wanted; then per window its interval and its capacity (interval ×
-/// burst), in microseconds. Grants the most calls up to the number wanted that every window admits and
+/// burst), in microseconds with a fraction (a rate of 30,000/s has an interval of 33.33 µs). Grants the most calls up to the number wanted that every window admits and
 /// advances every window by them; or grants none and names the window (0-based) that refuses longest, with
 /// its wait in microseconds.
 const GCRA_SCRIPT: &str = r"
@@ -98,11 +102,15 @@ pub(crate) struct Refused {
 struct Lease {
     calls: u64,
     taken: Instant,
+    /// A call is asking Redis for a new lease: others ask for themselves alone meanwhile.
+    refilling: bool,
 }
 
 /// The cells in Redis and this replica's leases of them.
 pub(crate) struct SharedCells {
     redis: GuardedRedis,
+    /// The service whose calls are counted, part of every cell's key.
+    service: String,
     per_process: HashSet<LimitKind>,
     script: redis::Script,
     /// By the call's windows and ids.
@@ -110,12 +118,10 @@ pub(crate) struct SharedCells {
 }
 
 impl SharedCells {
-    pub(crate) fn from_config(config: &SharedLimitsConfig) -> Result<Option<Self>, LimitsError> {
+    pub(crate) fn from_config(config: &SharedLimitsConfig, service: &str) -> Result<Option<Self>, LimitsError> {
         let Some(url) = config.redis_url.as_deref().filter(|u| !u.is_empty()) else { return Ok(None) };
         let invalid = |field: &str, reason: String| LimitsError { field: format!("shared.{field}"), reason };
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(invalid("redis_url", "must start with redis:// or rediss://".into()));
-        }
+        keymesh_redis::check_url(url).map_err(|reason| invalid("redis_url", reason.into()))?;
         let timeout_ms = config.timeout_ms.unwrap_or(50);
         if !(1..=5000).contains(&timeout_ms) {
             return Err(invalid("timeout_ms", format!("{timeout_ms} is outside 1..=5000")));
@@ -131,6 +137,7 @@ impl SharedCells {
         tracing::info!(per_process = ?config.per_process, "limits are shared by every replica through Redis");
         Ok(Some(Self {
             redis,
+            service: service.to_owned(),
             per_process: config.per_process.iter().copied().collect(),
             script: redis::Script::new(GCRA_SCRIPT),
             leases: Mutex::new(HashMap::new()),
@@ -152,54 +159,80 @@ impl SharedCells {
             lease_key.push_str(id);
             lease_key.push('\0');
         }
-        if self.spend_lease(&lease_key) {
-            return Some(Ok(()));
+        let lease_size = windows.iter().map(|(w, _)| lease_size(w)).min().unwrap_or(1);
+        let wanted = match self.spend_lease(&lease_key, lease_size) {
+            Spent::Call => return Some(Ok(())),
+            Spent::Refill => lease_size,
+            Spent::Nothing => 1,
+        };
+        let outcome = self.ask_redis(windows, wanted).await;
+        if wanted > 1 {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(lease) = leases.get_mut(&lease_key) {
+                lease.refilling = false;
+                if let Some(Ok(granted)) = &outcome {
+                    lease.calls = granted - 1;
+                    lease.taken = Instant::now();
+                }
+            }
         }
-        let wanted = windows.iter().map(|(w, _)| lease_size(w)).min().unwrap_or(1);
+        Some(outcome?.map(|_| ()))
+    }
+
+    /// Asks Redis for up to `wanted` calls in every window: how many it granted (at least one), or the refusal.
+    async fn ask_redis(&self, windows: &[(&Window, &str)], wanted: u64) -> Option<Result<u64, Refused>> {
         let mut invocation = self.script.prepare_invoke();
         for (window, id) in windows {
-            invocation.key(format!("{KEY_PREFIX}:{}:{id}", window.name));
+            invocation.key(format!("{KEY_PREFIX}:{}:{}:{id}", self.service, window.name));
         }
         invocation.arg(wanted);
         for (window, _) in windows {
-            let interval = window.interval.as_micros().max(1);
-            invocation.arg(interval as u64).arg((interval * u128::from(window.burst)) as u64);
+            let interval = window.interval.as_secs_f64() * 1e6;
+            invocation.arg(interval).arg(interval * f64::from(window.burst));
         }
         let (granted, refusing, wait): (u64, i64, u64) = self.redis.run_script(invocation).await?;
         if granted == 0 {
-            let window = usize::try_from(refusing).unwrap_or(0).min(windows.len() - 1);
+            let window = usize::try_from(refusing).unwrap_or(0).min(windows.len().saturating_sub(1));
             return Some(Err(Refused { window, wait: Duration::from_micros(wait) }));
         }
-        if granted > 1 {
-            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-            let lease = leases.entry(lease_key).or_insert(Lease { calls: 0, taken: Instant::now() });
-            if lease.taken.elapsed() >= LEASE_LIFETIME {
-                lease.calls = 0;
-            }
-            lease.calls += granted - 1;
-            lease.taken = Instant::now();
-        }
-        Some(Ok(()))
+        Some(Ok(granted))
     }
 
-    /// Spends one call of a live lease for `key`, if there is one.
-    fn spend_lease(&self, key: &str) -> bool {
+    /// Spends one call of a live lease for `key`; else says whether this call should ask for a new lease (none
+    /// is being asked for) or for itself alone.
+    fn spend_lease(&self, key: &str, lease_size: u64) -> Spent {
+        if lease_size <= 1 {
+            return Spent::Nothing;
+        }
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        match leases.get_mut(key) {
-            Some(lease) if lease.calls > 0 && lease.taken.elapsed() < LEASE_LIFETIME => {
-                lease.calls -= 1;
-                true
-            }
-            _ => false,
+        let lease = leases.entry(key.to_owned()).or_insert(Lease { calls: 0, taken: Instant::now(), refilling: false });
+        if lease.calls > 0 && lease.taken.elapsed() < LEASE_LIFETIME {
+            lease.calls -= 1;
+            Spent::Call
+        } else if lease.refilling {
+            Spent::Nothing
+        } else {
+            lease.refilling = true;
+            Spent::Refill
         }
     }
 
     /// Drops leases past their lifetime, so ids seen once do not stay in memory.
     pub(crate) fn forget_stale_leases(&self) {
         let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        leases.retain(|_, lease| lease.calls > 0 && lease.taken.elapsed() < LEASE_LIFETIME);
+        leases.retain(|_, lease| lease.refilling || (lease.calls > 0 && lease.taken.elapsed() < LEASE_LIFETIME));
         leases.shrink_to_fit();
     }
+}
+
+/// What [`SharedCells::spend_lease`] found.
+enum Spent {
+    /// A leased call: admitted.
+    Call,
+    /// No lease: ask Redis for one.
+    Refill,
+    /// No lease, and one is being asked for (or the windows are too slow to lease): ask for this call alone.
+    Nothing,
 }
 
 /// Calls leased at once from a window: a hundredth of its second's worth, at least one, at most its burst.
@@ -230,7 +263,7 @@ mod tests {
             ..SharedLimitsConfig::default()
         };
         assert!(!format!("{config:?}").contains("hunter2"));
-        let bad = |config: SharedLimitsConfig| SharedCells::from_config(&config).err().unwrap().to_string();
+        let bad = |config: SharedLimitsConfig| SharedCells::from_config(&config, "test").err().unwrap().to_string();
         let url = bad(SharedLimitsConfig { redis_url: Some("http://cache".into()), ..Default::default() });
         assert!(url.contains("limits.shared.redis_url"), "{url}");
         let timeout = bad(SharedLimitsConfig {

@@ -15,7 +15,7 @@ use std::{
         atomic::{AtomicI64, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use opentelemetry::metrics::Counter;
@@ -23,6 +23,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
@@ -249,6 +250,7 @@ struct ServedConnection {
     tls: TlsStream<TcpStream>,
     _slot: OwnedSemaphorePermit,
     idle_timeout: Duration,
+    /// Tokio's clock, the one the idle check's timer runs on.
     last_traffic: Instant,
     /// Wakes the reader at the earliest moment the connection could be idle; re-armed from `last_traffic`.
     idle_check: Pin<Box<tokio::time::Sleep>>,
@@ -299,7 +301,7 @@ impl AsyncRead for ServedConnection {
                     "no traffic for server.idle_timeout_seconds",
                 )));
             }
-            self.idle_check.as_mut().reset(idle_until.into());
+            self.idle_check.as_mut().reset(idle_until);
         }
         Poll::Pending
     }

@@ -5,6 +5,9 @@
 //! memory stays bounded by the two figures, and the excess is told to back off — or, with a client-side
 //! retry policy, to try another replica.
 //!
+//! A call holds its slot until its handler has answered; a streaming call's stream then goes on outside the
+//! count (its messages are bounded by the stream's own flow control), so the figures bound handlers, not streams.
+//!
 //! UNAVAILABLE rather than RESOURCE_EXHAUSTED: the caller did nothing wrong and another replica may have room,
 //! which is what gRPC's retry policies and load balancers read UNAVAILABLE as. (A caller over its own rate
 //! limit or quota gets RESOURCE_EXHAUSTED.) Health and reflection are never shed: a probe must see an
@@ -147,13 +150,12 @@ where
             });
         }
         let capacity = shared.capacity;
-        if shared.waiting.fetch_add(1, Ordering::AcqRel) >= capacity.max_queued {
-            shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        let Some(place) = QueuePlace::take(&shared) else {
             return Box::pin(async move { Ok(refusal(&capacity, "queue_full")) });
-        }
+        };
         Box::pin(async move {
             let waited = tokio::time::timeout(capacity.queue_timeout, shared.slots.clone().acquire_owned()).await;
-            shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            drop(place);
             match waited {
                 Ok(Ok(slot)) => {
                     let response = inner.call(request).await;
@@ -164,6 +166,25 @@ where
                 _ => Ok(refusal(&capacity, "queue_timeout")),
             }
         })
+    }
+}
+
+/// A place in the queue, given back when dropped: a queued call the client cancels (hyper drops its future) must
+/// not keep its place, or the queue would fill with calls no one waits for.
+struct QueuePlace(Arc<Shared>);
+
+impl QueuePlace {
+    /// A place, unless the queue is full.
+    fn take(shared: &Arc<Shared>) -> Option<Self> {
+        let place = Self(shared.clone());
+        // Counted first and given back by the drop when over: no window where a full queue admits one more.
+        (shared.waiting.fetch_add(1, Ordering::AcqRel) < shared.capacity.max_queued).then_some(place)
+    }
+}
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -232,6 +253,28 @@ mod tests {
         for call in admitted {
             assert_eq!(grpc_status(&call.await.unwrap().unwrap()), None, "admitted calls are served");
         }
+    }
+
+    #[tokio::test]
+    async fn a_queued_call_the_client_cancels_gives_its_place_back() {
+        let release = Arc::new(Semaphore::new(0));
+        let layer =
+            LoadShedLayer::new(Capacity { max_in_flight: 1, max_queued: 1, queue_timeout: Duration::from_secs(30) });
+        let service = layer.layer(held(release.clone()));
+        let request = || http::Request::builder().uri("/keymesh.v1.KeyService/GetKey").body(()).unwrap();
+        let first = tokio::spawn(service.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Queued, then cancelled by its client.
+        let queued = tokio::spawn(service.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        queued.abort();
+        let _ = queued.await;
+        assert_eq!(layer.shared.waiting.load(Ordering::Acquire), 0, "the cancelled call's place is free");
+        let next = tokio::spawn(service.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        release.add_permits(2);
+        assert_eq!(grpc_status(&first.await.unwrap().unwrap()), None);
+        assert_eq!(grpc_status(&next.await.unwrap().unwrap()), None, "queued, not refused");
     }
 
     #[tokio::test]

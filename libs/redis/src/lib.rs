@@ -27,6 +27,15 @@ static REDIS_ERRORS: LazyLock<Counter<u64>> = LazyLock::new(|| {
         .build()
 });
 
+/// Checks that `url` names Redis (`redis://` or `rediss://`), for a configuration error naming the field.
+pub fn check_url(url: &str) -> Result<(), &'static str> {
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        Ok(())
+    } else {
+        Err("must start with redis:// or rediss://")
+    }
+}
+
 /// One Redis server as a service uses it for one purpose.
 pub struct GuardedRedis {
     connection: ConnectionManager,

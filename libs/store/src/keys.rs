@@ -76,7 +76,9 @@ impl LockedKey {
     /// Writes what changed and commits. A changed key gets a new revision and `updated_at`; returns the
     /// stored record and whether anything changed.
     pub async fn commit(self, now: i64) -> Result<(KeyRecord, bool), StoreError> {
-        crate::bounded(async {
+        // One statement per version at most (a re-wrap changes them all).
+        let statements = self.record.versions.len();
+        crate::bounded_with(statements, async {
             let Self { txn, original, mut record } = self;
             if record == original {
                 txn.commit().await?;
@@ -250,7 +252,8 @@ impl KeyRepository {
         page_size: u64,
         after: Option<&str>,
     ) -> Result<(Vec<KeyRecord>, Option<String>), StoreError> {
-        crate::bounded(async {
+        // A selective label filter may read many chunks: each read has the deadline, not the whole listing.
+        {
             let chunk = page_size.clamp(100, 1000);
             let mut cursor = after.map(str::to_owned);
             let mut page = Vec::new();
@@ -265,7 +268,9 @@ impl KeyRepository {
                 if let Some(cursor) = &cursor {
                     query = query.filter(key::Column::Id.gt(cursor.as_str()));
                 }
-                let rows = query.order_by_asc(key::Column::Id).limit(chunk).all(&self.db).await?;
+                let rows =
+                    crate::bounded(async { Ok(query.order_by_asc(key::Column::Id).limit(chunk).all(&self.db).await?) })
+                        .await?;
                 let exhausted = (rows.len() as u64) < chunk;
                 for row in rows {
                     cursor = Some(row.id.clone());
@@ -274,18 +279,17 @@ impl KeyRepository {
                     if filter.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
                         page.push(row);
                         if page.len() as u64 == page_size {
-                            let versions = self.versions_of(&page).await?;
+                            let versions = crate::bounded(self.versions_of(&page)).await?;
                             return Ok((join(page, versions), cursor));
                         }
                     }
                 }
                 if exhausted {
-                    let versions = self.versions_of(&page).await?;
+                    let versions = crate::bounded(self.versions_of(&page)).await?;
                     return Ok((join(page, versions), None));
                 }
             }
-        })
-        .await
+        }
     }
 
     async fn versions_of(&self, keys: &[key::Model]) -> Result<Vec<key_version::Model>, StoreError> {

@@ -21,18 +21,31 @@ use std::{
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 
-/// The longest one call of the key and token repositories may take, in milliseconds, client side: the
-/// acquire deadline plus two statement deadlines. Postgres cancels a statement past its deadline only while it
+/// The longest one call of the key and token repositories may take, in milliseconds, client side: two acquire
+/// deadlines and two statement deadlines (a call takes at most two connections one after the other). Postgres cancels a statement past its deadline only while it
 /// runs; a database that stopped answering altogether (a frozen process, a network that drops packets) would
 /// otherwise hold the call until TCP gave up, many minutes later. Process-wide: a service opens one database,
 /// and the last connection opened sets it.
-static CALL_DEADLINE_MS: AtomicU64 = AtomicU64::new(6000);
+static CALL_DEADLINE_MS: AtomicU64 = AtomicU64::new(8000);
+/// One statement deadline, for calls that run more statements than the base deadline allows for.
+static STATEMENT_DEADLINE_MS: AtomicU64 = AtomicU64::new(2000);
 
 /// Runs one repository call under [`CALL_DEADLINE_MS`]; past it the call is `Unavailable`, like any outage.
 /// Work the call started is dropped with it (its connection is discarded, its transaction rolled back by the
 /// server when the connection closes).
 pub(crate) async fn bounded<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-    let deadline = Duration::from_millis(CALL_DEADLINE_MS.load(Ordering::Relaxed));
+    bounded_with(0, call).await
+}
+
+/// [`bounded`] for a call that runs `extra` statements beyond the two the base deadline allows for.
+pub(crate) async fn bounded_with<T>(
+    extra: usize,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let deadline = Duration::from_millis(
+        CALL_DEADLINE_MS.load(Ordering::Relaxed)
+            + STATEMENT_DEADLINE_MS.load(Ordering::Relaxed).saturating_mul(extra as u64),
+    );
     tokio::time::timeout(deadline, call).await.unwrap_or_else(|_| {
         Err(StoreError::Unavailable(sea_orm::DbErr::Custom(format!(
             "no answer from the database within {} ms",
@@ -50,8 +63,9 @@ pub async fn connect_and_migrate(url: &str) -> Result<DatabaseConnection, StoreE
 /// Connects as `settings` say and applies pending migrations.
 pub async fn connect_and_migrate_with(settings: &config::DatabaseSettings) -> Result<DatabaseConnection, StoreError> {
     let url = settings.url.as_str();
-    let call_deadline = settings.acquire_timeout + 2 * settings.statement_timeout;
+    let call_deadline = 2 * settings.acquire_timeout + 2 * settings.statement_timeout;
     CALL_DEADLINE_MS.store(call_deadline.as_millis() as u64, Ordering::Relaxed);
+    STATEMENT_DEADLINE_MS.store(settings.statement_timeout.as_millis() as u64, Ordering::Relaxed);
     let mut options = ConnectOptions::new(url.to_owned());
     options.sqlx_logging(false);
     options.acquire_timeout(settings.acquire_timeout);

@@ -22,12 +22,6 @@ use keymesh_proto::v1::audit_service_server::AuditServiceServer;
 use keymesh_store::audit::AuditRepository;
 use tonic::service::Routes;
 
-/// jemalloc, configured in `.cargo/config.toml` to give memory back once a burst is over: glibc's malloc (and
-/// mimalloc) kept the 25 MiB a storm of 1,000 connections took after they closed (the chaos suite's connection
-/// drill).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     run::main(ServiceName::AuditService, serve)
 }

@@ -20,12 +20,6 @@ use keymesh_policy::PolicyEngine;
 use keymesh_proto::v1::{crypto_service_server::CryptoServiceServer, key_service_client::KeyServiceClient};
 use tonic::service::Routes;
 
-/// jemalloc, configured in `.cargo/config.toml` to give memory back once a burst is over: glibc's malloc (and
-/// mimalloc) kept the 25 MiB a storm of 1,000 connections took after they closed (the chaos suite's connection
-/// drill).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     run::main(ServiceName::CryptoService, serve)
 }
@@ -50,7 +44,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
         fips.to_proto(),
         &audit_params,
     )?;
-    let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits)?);
+    let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits, params.service.as_str())?);
     let forgetter = keymesh_limits::Limiter::spawn_forgetter(&rate_limits);
     let gate =
         keymesh_gate::Gate::new(params.service.as_str(), verifier, Some(rate_limits.clone()), Some(audit.clone()));

@@ -97,13 +97,9 @@ impl std::fmt::Debug for KeyServiceParams {
 impl KeyServiceParams {
     /// Validates `[key_service]`.
     pub fn from_raw(k: &RawKeyService) -> Result<Self, ConfigError> {
-        if let Some(url) = &k.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(ConfigError::Invalid {
-                field: "key_service.redis_url",
-                reason: "must start with redis:// or rediss://".into(),
-            });
+        if let Some(url) = &k.redis_url {
+            keymesh_redis::check_url(url)
+                .map_err(|reason| ConfigError::Invalid { field: "key_service.redis_url", reason: reason.into() })?;
         }
         let encryption_block = bounded("key_service.encryption_block", k.encryption_block, 1 << 20, 1..=1 << 32)?;
         let rotate_after_encryptions =

@@ -23,12 +23,6 @@ use keymesh_proto::v1::key_service_server::KeyServiceServer;
 use keymesh_store::keys::KeyRepository;
 use tonic::service::Routes;
 
-/// jemalloc, configured in `.cargo/config.toml` to give memory back once a burst is over: glibc's malloc (and
-/// mimalloc) kept the 25 MiB a storm of 1,000 connections took after they closed (the chaos suite's connection
-/// drill).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("rewrap") {
@@ -110,7 +104,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let config = KeyConfig::from_file(&file)?;
     let policy = Arc::new(PolicyEngine::from_config(&file.policy)?);
     let audit_params = file.audit_params(&params)?;
-    let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits)?);
+    let rate_limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits, params.service.as_str())?);
     tracing::info!(fips_mode = policy.fips_mode().name(), "policy engine ready");
     let listener = server::bind(params.listen_addr).await?;
     let store = open_store(&params, &file, &config).await?;

@@ -26,12 +26,6 @@ use keymesh_proto::v1::token_service_server::TokenServiceServer;
 use keymesh_store::tokens::TokenRepository;
 use tonic::service::Routes;
 
-/// jemalloc, configured in `.cargo/config.toml` to give memory back once a burst is over: glibc's malloc (and
-/// mimalloc) kept the 25 MiB a storm of 1,000 connections took after they closed (the chaos suite's connection
-/// drill).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     run::main(ServiceName::TokenService, serve)
 }
@@ -41,7 +35,7 @@ async fn serve(startup: Startup<KeymeshConfig>) -> Result<(), BoxError> {
     let config::TokenConfig { tokens: token_params, exchange, kms } = config::TokenConfig::from_file(&file)?;
     let audit_params = file.audit_params(&params)?;
     let exchanger = exchange::Exchanger::from_config(&exchange, token_params.verify.clock_skew)?;
-    let limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits)?);
+    let limits = Arc::new(keymesh_limits::Limiter::from_config(&file.limits, params.service.as_str())?);
     let listener = server::bind(params.listen_addr).await?;
 
     let kms = Arc::new(keymesh_config::open_keyring(&kms, &params.data_dir).await?);
