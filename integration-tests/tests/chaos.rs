@@ -794,3 +794,155 @@ async fn replicas_share_one_limit_through_redis_and_fall_back_to_their_own_witho
     println!("Redis back: {again:.1}/s together");
     assert!(again <= 130.0, "shared again once Redis answers: {again:.1}/s");
 }
+
+/// A request carrying `token` (when some) and a fresh W3C trace id, which its audit record will carry.
+fn traced<T>(message: T, token: Option<&str>) -> (String, tonic::Request<T>) {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let mut request = match token {
+        Some(token) => integration_tests::with_token(message, token),
+        None => tonic::Request::new(message),
+    };
+    request.metadata_mut().insert("traceparent", format!("00-{trace}-{span}-01").parse().unwrap());
+    (trace, request)
+}
+
+/// The tenant's audit records of `operation` made by `service`, counted by trace id.
+async fn audit_records_by_trace(mesh: &Mesh, token: &str, service: &str, operation: &str) -> BTreeMap<String, usize> {
+    use keymesh_proto::v1::audit_service_client::AuditServiceClient;
+    let mut audit = AuditServiceClient::new(mesh.channel(ServiceName::AuditService));
+    let mut counts = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let query = pb::QueryRequest {
+            operation: operation.into(),
+            after_sequence: after,
+            limit: 10_000,
+            ..Default::default()
+        };
+        let mut stream = audit.query(integration_tests::with_token(query, token)).await.unwrap().into_inner();
+        let mut page = 0;
+        while let Some(response) = stream.message().await.unwrap() {
+            let record = response.record.unwrap();
+            after = record.sequence;
+            page += 1;
+            let event = record.event.unwrap();
+            if event.service == service {
+                *counts.entry(event.trace_id).or_default() += 1;
+            }
+        }
+        if page < 10_000 {
+            return counts;
+        }
+    }
+}
+
+/// SIGKILL of each service right after acknowledged calls, twice each: key-service after CreateKeys,
+/// token-service after IssueTokens, crypto-service after Encrypts, and audit-service while the Encrypts' events
+/// are on their way to it. Once the mesh is back, every acknowledged call has exactly one audit record (found by
+/// the trace id the drill gave it), and the chain verifies: a crash loses no acknowledged event and doubles none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_killed_after_acknowledged_calls_loses_and_doubles_no_audit_record() {
+    use keymesh_proto::v1::{
+        audit_service_client::AuditServiceClient, crypto_service_client::CryptoServiceClient,
+        key_service_client::KeyServiceClient, token_service_client::TokenServiceClient,
+    };
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut mesh = Mesh::start(&[], &[]).await;
+    let admin = mesh.admin_client();
+    admin.create_key("audited").await.unwrap();
+    let token = admin.access_token().await.unwrap().to_string();
+    let credentials =
+        keymesh_client::Credentials::from_file(&mesh.dir.path().join("bootstrap-credentials.json")).unwrap();
+    let (client_id, client_secret) = (credentials.client_id.clone(), credentials.client_secret.to_string());
+    // (service that records the event, its operation, trace ids of the acknowledged calls)
+    let mut expected: Vec<(&str, &str, Vec<String>)> = Vec::new();
+    let started = Instant::now();
+    for killed in
+        [ServiceName::KeyService, ServiceName::TokenService, ServiceName::CryptoService, ServiceName::AuditService]
+    {
+        let (recorder, operation) = match killed {
+            ServiceName::KeyService => ("key-service", "CreateKey"),
+            ServiceName::TokenService => ("token-service", "IssueToken.client_credentials"),
+            _ => ("crypto-service", "Encrypt"),
+        };
+        let mut traces = Vec::new();
+        for round in 0..2 {
+            let calls: Vec<_> = (0..20)
+                .map(|i| {
+                    let (token, client_id, client_secret) = (token.clone(), client_id.clone(), client_secret.clone());
+                    let channel = mesh.channel(match killed {
+                        ServiceName::KeyService => ServiceName::KeyService,
+                        ServiceName::TokenService => ServiceName::TokenService,
+                        _ => ServiceName::CryptoService,
+                    });
+                    tokio::spawn(async move {
+                        match killed {
+                            ServiceName::KeyService => {
+                                let name = format!("killed-{round}-{i}");
+                                let request = integration_tests::key_request(
+                                    &name,
+                                    pb::KeyPurpose::Encrypt,
+                                    pb::Algorithm::Aes256Gcm,
+                                );
+                                let (trace, request) = traced(request, Some(&token));
+                                KeyServiceClient::new(channel).create_key(request).await.map(|_| trace)
+                            }
+                            ServiceName::TokenService => {
+                                let request = pb::IssueTokenRequest {
+                                    grant_type: pb::GrantType::ClientCredentials as i32,
+                                    client_id,
+                                    client_secret,
+                                    ..Default::default()
+                                };
+                                let (trace, request) = traced(request, None);
+                                TokenServiceClient::new(channel).issue_token(request).await.map(|_| trace)
+                            }
+                            _ => {
+                                let request = pb::EncryptRequest {
+                                    key: "audited".into(),
+                                    plaintext: b"row".to_vec(),
+                                    ..Default::default()
+                                };
+                                let (trace, request) = traced(request, Some(&token));
+                                CryptoServiceClient::new(channel).encrypt(request).await.map(|_| trace)
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for call in calls {
+                traces.push(call.await.unwrap().unwrap_or_else(|s| panic!("{killed}, round {round}: {s:?}")));
+            }
+            mesh.restart(killed, &[]).await;
+        }
+        expected.push((recorder, operation, traces));
+    }
+    println!("4 services killed twice each after 20 acknowledged calls, restarted in {:?}", started.elapsed());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (recorder, operation, traces) in &expected {
+        loop {
+            let records = audit_records_by_trace(&mesh, &token, recorder, operation).await;
+            let missing = traces.iter().filter(|t| !records.contains_key(*t)).count();
+            if missing == 0 {
+                let doubled = traces.iter().filter(|t| records[*t] != 1).count();
+                assert_eq!(doubled, 0, "{operation}: {doubled} acknowledged calls recorded more than once");
+                println!("{operation} ({recorder}): {} acknowledged calls, each recorded once", traces.len());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{operation}: {missing} of {} acknowledged calls unrecorded",
+                traces.len()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let verdict = AuditServiceClient::new(mesh.channel(ServiceName::AuditService))
+        .verify_chain(integration_tests::with_token(pb::VerifyChainRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verdict.valid, "{}", verdict.message);
+}
