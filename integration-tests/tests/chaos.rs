@@ -946,3 +946,77 @@ async fn each_service_killed_after_acknowledged_calls_loses_and_doubles_no_audit
         .into_inner();
     assert!(verdict.valid, "{}", verdict.message);
 }
+
+/// audit-service and token-service outages under Encrypts. audit-service down for a few seconds: no call fails
+/// (events wait in crypto-service's spool), and once it is back every acknowledged call has exactly one record.
+/// token-service down: calls go on with the tokens already issued until the revocation bound (2 s here) passes
+/// without fresh revocations, then fail closed with UNAVAILABLE ("cannot confirm that access tokens are not
+/// revoked"), and work again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_and_token_service_outages_spool_or_fail_closed_and_recover() {
+    use keymesh_proto::v1::crypto_service_client::CryptoServiceClient;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut mesh = Mesh::start(&[("KEYMESH_TOKENS__REVOCATION_BOUND_SECONDS", "2")], &[]).await;
+    let admin = mesh.admin_client();
+    admin.create_key("audited").await.unwrap();
+    let token = admin.access_token().await.unwrap().to_string();
+    let mut client = CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService));
+    let encrypt = |token: &str| {
+        let request = pb::EncryptRequest { key: "audited".into(), plaintext: b"row".to_vec(), ..Default::default() };
+        traced(request, Some(token))
+    };
+
+    mesh.kill(ServiceName::AuditService).await;
+    let length = drill_length(3);
+    let started = Instant::now();
+    let mut acknowledged = Vec::new();
+    while started.elapsed() < length {
+        let (trace, request) = encrypt(&token);
+        client.encrypt(request).await.expect("Encrypt with audit-service down");
+        acknowledged.push(trace);
+    }
+    mesh.resume(ServiceName::AuditService, &[]).await;
+    let resumed = Instant::now();
+    loop {
+        let records = audit_records_by_trace(&mesh, &token, "crypto-service", "Encrypt").await;
+        let missing = acknowledged.iter().filter(|t| !records.contains_key(*t)).count();
+        if missing == 0 {
+            assert!(acknowledged.iter().all(|t| records[t] == 1), "an acknowledged call recorded twice");
+            break;
+        }
+        assert!(resumed.elapsed() < Duration::from_secs(60), "{missing} acknowledged calls unrecorded");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "audit-service down {length:?}: {} Encrypts acknowledged, 0 failed, each recorded once {:?} after it returned",
+        acknowledged.len(),
+        resumed.elapsed()
+    );
+
+    mesh.kill(ServiceName::TokenService).await;
+    let killed = Instant::now();
+    let mut served = 0u64;
+    let refused = loop {
+        match client.encrypt(encrypt(&token).1).await {
+            Ok(_) => served += 1,
+            Err(status) => break status,
+        }
+        assert!(killed.elapsed() < Duration::from_secs(15), "still serving 15 s into a token-service outage");
+    };
+    let closed_after = killed.elapsed();
+    println!(
+        "token-service down: {served} Encrypts served, then {:?} after {closed_after:?}: {}",
+        refused.code(),
+        refused.message()
+    );
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "says why: {refused:?}");
+    assert!(closed_after >= Duration::from_secs(1), "failed closed before the bound: {closed_after:?}");
+    mesh.resume(ServiceName::TokenService, &[]).await;
+    let resumed = Instant::now();
+    while client.encrypt(encrypt(&token).1).await.is_err() {
+        assert!(resumed.elapsed() < Duration::from_secs(15), "no recovery after token-service returned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("Encrypt worked again {:?} after token-service returned", resumed.elapsed());
+}
