@@ -692,6 +692,81 @@ pub fn promtool_check_metrics(text: &str) -> String {
     if output.status.success() { findings.trim().to_owned() } else { format!("exit {}: {findings}", output.status) }
 }
 
+/// A request carrying `token` (when some) and a fresh W3C trace id, which its audit record will carry.
+pub fn traced<T>(message: T, token: Option<&str>) -> (String, tonic::Request<T>) {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let mut request = match token {
+        Some(token) => with_token(message, token),
+        None => tonic::Request::new(message),
+    };
+    request.metadata_mut().insert("traceparent", format!("00-{trace}-{span}-01").parse().unwrap());
+    (trace, request)
+}
+
+/// The tenant's audit records of `operation` made by `service`, counted by trace id.
+pub async fn audit_records_by_trace(
+    mesh: &Mesh,
+    token: &str,
+    service: &str,
+    operation: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    use keymesh_proto::v1::audit_service_client::AuditServiceClient;
+    let mut audit = AuditServiceClient::new(mesh.channel(keymesh_mesh::ServiceName::AuditService));
+    let mut counts = std::collections::BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let query = keymesh_proto::v1::QueryRequest {
+            operation: operation.into(),
+            after_sequence: after,
+            limit: 10_000,
+            ..Default::default()
+        };
+        let mut stream = audit.query(with_token(query, token)).await.unwrap().into_inner();
+        let mut page = 0;
+        while let Some(response) = stream.message().await.unwrap() {
+            let record = response.record.unwrap();
+            after = record.sequence;
+            page += 1;
+            let event = record.event.unwrap();
+            if event.service == service {
+                *counts.entry(event.trace_id).or_default() += 1;
+            }
+        }
+        if page < 10_000 {
+            return counts;
+        }
+    }
+}
+
+/// Waits (up to `patience`) until every call of `traces` has an audit record of `operation` by `service`, then
+/// asserts each has exactly one: nothing acknowledged lost, nothing stored twice.
+pub async fn assert_each_recorded_once(
+    mesh: &Mesh,
+    token: &str,
+    service: &str,
+    operation: &str,
+    traces: &[String],
+    patience: Duration,
+) {
+    let deadline = Instant::now() + patience;
+    loop {
+        let records = audit_records_by_trace(mesh, token, service, operation).await;
+        let missing = traces.iter().filter(|t| !records.contains_key(*t)).count();
+        if missing == 0 {
+            let twice = traces.iter().filter(|t| records[*t] != 1).count();
+            assert_eq!(twice, 0, "{operation}: {twice} acknowledged calls have more than one record");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{operation}: {missing} of {} acknowledged calls have no audit record after {patience:?}",
+            traces.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// A TCP relay to `upstream` that can be cut and restored (a dependency's outage: every connection dropped, new
 /// ones refused) or frozen and thawed (a dependency that stopped answering: connections stay open and accepted,
 /// and nothing goes through, like a server under SIGSTOP or behind a network that drops packets), without

@@ -5,12 +5,11 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use integration_tests::{Mesh, with_token};
+use integration_tests::{Mesh, assert_each_recorded_once, traced, with_token};
 use keymesh_client::KeymeshClient;
 use keymesh_mesh::ServiceName;
 use keymesh_proto::v1::{
@@ -18,37 +17,18 @@ use keymesh_proto::v1::{
 };
 use tokio::time::Instant;
 
-/// A fresh W3C trace id, and the `traceparent` that makes it the call's.
-fn traceparent() -> (String, String) {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    let header = format!("00-{trace}-{span}-01");
-    (trace, header)
-}
-
 /// One Encrypt with its own trace id; the trace id if it was acknowledged.
 async fn traced_encrypt(
     client: &mut CryptoServiceClient<tonic::transport::Channel>,
     token: &str,
 ) -> Result<String, tonic::Status> {
-    let (trace, header) = traceparent();
-    let mut request = with_token(
+    let (trace, mut request) = traced(
         pb::EncryptRequest { key: "audited".into(), plaintext: b"payload".to_vec(), ..Default::default() },
-        token,
+        Some(token),
     );
-    request.metadata_mut().insert("traceparent", header.parse().unwrap());
     request.metadata_mut().insert("x-request-id", format!("req-{trace}").parse().unwrap());
     client.encrypt(request).await?;
     Ok(trace)
-}
-
-/// Every crypto-service Encrypt record of the tenant, counted by trace id.
-async fn encrypt_records(mesh: &Mesh, token: &str) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for event in encrypt_events(mesh, token).await {
-        *counts.entry(event.trace_id).or_default() += 1;
-    }
-    counts
 }
 
 /// Every crypto-service Encrypt event of the tenant.
@@ -77,31 +57,6 @@ async fn encrypt_events(mesh: &Mesh, token: &str) -> Vec<pb::AuditEvent> {
         if page < 10_000 {
             return events;
         }
-    }
-}
-
-/// Waits (up to `patience`) until every acknowledged call has a record, then asserts each has exactly one.
-async fn assert_each_recorded_once(mesh: &Mesh, token: &str, acknowledged: &[String], patience: Duration) {
-    let deadline = Instant::now() + patience;
-    loop {
-        let records = encrypt_records(mesh, token).await;
-        let missing = acknowledged.iter().filter(|t| !records.contains_key(*t)).count();
-        if missing == 0 {
-            let twice: Vec<_> = acknowledged.iter().filter(|t| records[*t] != 1).collect();
-            assert!(
-                twice.is_empty(),
-                "{} acknowledged calls have more than one record, e.g. {:?}",
-                twice.len(),
-                twice.first()
-            );
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} acknowledged calls have no audit record after {patience:?}",
-            acknowledged.len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -168,7 +123,7 @@ async fn an_audit_service_outage_of_30_s_under_load_loses_no_acknowledged_call()
     let during_outage = acknowledged.iter().filter(|(at, _)| *at > down_at && *at < up_at).count();
     assert!(during_outage > 500, "the load went on during the outage: {during_outage} calls acknowledged");
     let traces: Vec<String> = acknowledged.into_iter().map(|(_, t)| t).collect();
-    assert_each_recorded_once(&mesh, &token, &traces, Duration::from_secs(60)).await;
+    assert_each_recorded_once(&mesh, &token, "crypto-service", "Encrypt", &traces, Duration::from_secs(60)).await;
     verify_chain(&mesh, &token).await;
 }
 
@@ -202,7 +157,7 @@ async fn calls_answered_just_before_a_sigkill_are_recorded_once_after_the_restar
     mesh.restart(ServiceName::CryptoService, &[]).await;
     mesh.resume(ServiceName::AuditService, &[]).await;
 
-    assert_each_recorded_once(&mesh, &token, &acknowledged, Duration::from_secs(30)).await;
+    assert_each_recorded_once(&mesh, &token, "crypto-service", "Encrypt", &acknowledged, Duration::from_secs(30)).await;
     verify_chain(&mesh, &token).await;
     // Each record carries the request id its caller sent.
     for event in encrypt_events(&mesh, &token).await {
