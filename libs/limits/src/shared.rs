@@ -165,17 +165,14 @@ impl SharedCells {
             Spent::Refill => lease_size,
             Spent::Nothing => 1,
         };
+        // Ends the refill however this call ends, a cancelled call included: otherwise no lease would be asked
+        // for again.
+        let mut refill = (wanted > 1).then(|| Refill { leases: &self.leases, key: &lease_key, granted: 0 });
         let outcome = self.ask_redis(windows, wanted).await;
-        if wanted > 1 {
-            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(lease) = leases.get_mut(&lease_key) {
-                lease.refilling = false;
-                if let Some(Ok(granted)) = &outcome {
-                    lease.calls = granted - 1;
-                    lease.taken = Instant::now();
-                }
-            }
+        if let (Some(refill), Some(Ok(granted))) = (refill.as_mut(), &outcome) {
+            refill.granted = *granted;
         }
+        drop(refill);
         Some(outcome?.map(|_| ()))
     }
 
@@ -225,6 +222,28 @@ impl SharedCells {
     }
 }
 
+/// A lease being asked for: when dropped, the lease takes what Redis granted beyond the asking call's own, and
+/// another refill may start.
+struct Refill<'a> {
+    leases: &'a Mutex<HashMap<String, Lease>>,
+    key: &'a str,
+    /// Calls Redis granted (0: none, or no answer).
+    granted: u64,
+}
+
+impl Drop for Refill<'_> {
+    fn drop(&mut self) {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lease) = leases.get_mut(self.key) {
+            lease.refilling = false;
+            if self.granted > 0 {
+                lease.calls = self.granted - 1;
+                lease.taken = Instant::now();
+            }
+        }
+    }
+}
+
 /// What [`SharedCells::spend_lease`] found.
 enum Spent {
     /// A leased call: admitted.
@@ -254,6 +273,24 @@ mod tests {
         assert_eq!(lease_size(&window(20_000, Duration::from_secs(1))), 200);
         assert_eq!(lease_size(&window(100, Duration::from_secs(1))), 1);
         assert_eq!(lease_size(&window(1_000_000, Duration::from_secs(86_400))), 1);
+    }
+
+    #[tokio::test]
+    async fn one_lease_is_asked_for_at_a_time_and_a_cancelled_ask_frees_the_next() {
+        let config = SharedLimitsConfig { redis_url: Some("redis://127.0.0.1:1".into()), ..Default::default() };
+        let cells = SharedCells::from_config(&config, "test").unwrap().unwrap();
+        let key = "application_rate\0app_1\0";
+        assert!(matches!(cells.spend_lease(key, 5), Spent::Refill));
+        assert!(matches!(cells.spend_lease(key, 5), Spent::Nothing), "a second caller asks for itself alone");
+        drop(Refill { leases: &cells.leases, key, granted: 5 });
+        for _ in 0..4 {
+            assert!(matches!(cells.spend_lease(key, 5), Spent::Call), "the asking call used one of the five");
+        }
+        assert!(matches!(cells.spend_lease(key, 5), Spent::Refill));
+        // The asking call is cancelled (or Redis did not answer): the next call asks again.
+        drop(Refill { leases: &cells.leases, key, granted: 0 });
+        assert!(matches!(cells.spend_lease(key, 5), Spent::Refill));
+        assert!(matches!(cells.spend_lease(key, 1), Spent::Nothing), "slow windows never lease");
     }
 
     #[test]
