@@ -231,6 +231,11 @@ pub fn mtls_channel(endpoint: &str, tls: &TlsMaterial, service: ServiceName) -> 
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(CurrentCertificate(tls.client_identity().clone())));
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed TLS 1.3 session skips the client certificate and the server's chain check,
+    // so after a renewal the peer would go on seeing the old identity (the client half of certificate_reload.rs
+    // caught it), and a server from a CA since dropped would be taken back. Mesh connections are long-lived, so
+    // full handshakes cost little.
+    config.resumption = rustls::client::Resumption::disabled();
     let connector = MtlsConnector { config: Arc::new(config), server_name };
     // http://, because the connector does the TLS: tonic would otherwise insist on its own.
     let endpoint = Endpoint::from_shared(format!("http://{endpoint}"))
