@@ -704,19 +704,14 @@ pub fn traced<T>(message: T, token: Option<&str>) -> (String, tonic::Request<T>)
     (trace, request)
 }
 
-/// The tenant's audit records of `operation` made by `service`, counted by trace id.
-pub async fn audit_records_by_trace(
-    mesh: &Mesh,
-    token: &str,
-    service: &str,
-    operation: &str,
-) -> std::collections::BTreeMap<String, usize> {
+/// The tenant's audit events of `operation` made by `service`, oldest first (every page of the query).
+pub async fn audit_events(mesh: &Mesh, token: &str, service: &str, operation: &str) -> Vec<pb::AuditEvent> {
     use keymesh_proto::v1::audit_service_client::AuditServiceClient;
-    let mut audit = AuditServiceClient::new(mesh.channel(keymesh_mesh::ServiceName::AuditService));
-    let mut counts = std::collections::BTreeMap::new();
+    let mut audit = AuditServiceClient::new(mesh.channel(ServiceName::AuditService));
+    let mut events = Vec::new();
     let mut after = 0;
     loop {
-        let query = keymesh_proto::v1::QueryRequest {
+        let query = pb::QueryRequest {
             operation: operation.into(),
             after_sequence: after,
             limit: 10_000,
@@ -730,13 +725,27 @@ pub async fn audit_records_by_trace(
             page += 1;
             let event = record.event.unwrap();
             if event.service == service {
-                *counts.entry(event.trace_id).or_default() += 1;
+                events.push(event);
             }
         }
         if page < 10_000 {
-            return counts;
+            return events;
         }
     }
+}
+
+/// The tenant's audit records of `operation` made by `service`, counted by trace id.
+pub async fn audit_records_by_trace(
+    mesh: &Mesh,
+    token: &str,
+    service: &str,
+    operation: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for event in audit_events(mesh, token, service, operation).await {
+        *counts.entry(event.trace_id).or_default() += 1;
+    }
+    counts
 }
 
 /// Waits (up to `patience`) until every call of `traces` has an audit record of `operation` by `service`, then

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::{Mesh, assert_each_recorded_once, traced, with_token};
+use integration_tests::{Mesh, assert_each_recorded_once, audit_events, traced, with_token};
 use keymesh_client::KeymeshClient;
 use keymesh_mesh::ServiceName;
 use keymesh_proto::v1::{
@@ -29,35 +29,6 @@ async fn traced_encrypt(
     request.metadata_mut().insert("x-request-id", format!("req-{trace}").parse().unwrap());
     client.encrypt(request).await?;
     Ok(trace)
-}
-
-/// Every crypto-service Encrypt event of the tenant.
-async fn encrypt_events(mesh: &Mesh, token: &str) -> Vec<pb::AuditEvent> {
-    let mut audit = AuditServiceClient::new(mesh.channel(ServiceName::AuditService));
-    let mut events = Vec::new();
-    let mut after = 0;
-    loop {
-        let query = pb::QueryRequest {
-            operation: "Encrypt".into(),
-            after_sequence: after,
-            limit: 10_000,
-            ..Default::default()
-        };
-        let mut stream = audit.query(with_token(query, token)).await.unwrap().into_inner();
-        let mut page = 0;
-        while let Some(response) = stream.message().await.unwrap() {
-            let record = response.record.unwrap();
-            after = record.sequence;
-            page += 1;
-            let event = record.event.unwrap();
-            if event.service == "crypto-service" {
-                events.push(event);
-            }
-        }
-        if page < 10_000 {
-            return events;
-        }
-    }
 }
 
 async fn verify_chain(mesh: &Mesh, token: &str) {
@@ -160,7 +131,7 @@ async fn calls_answered_just_before_a_sigkill_are_recorded_once_after_the_restar
     assert_each_recorded_once(&mesh, &token, "crypto-service", "Encrypt", &acknowledged, Duration::from_secs(30)).await;
     verify_chain(&mesh, &token).await;
     // Each record carries the request id its caller sent.
-    for event in encrypt_events(&mesh, &token).await {
+    for event in audit_events(&mesh, &token, "crypto-service", "Encrypt").await {
         assert_eq!(event.request_id, format!("req-{}", event.trace_id));
     }
 }

@@ -293,6 +293,18 @@ mod tests {
         assert!(matches!(cells.spend_lease(key, 1), Spent::Nothing), "slow windows never lease");
     }
 
+    #[tokio::test]
+    async fn kinds_listed_per_process_stay_off_redis() {
+        let config = SharedLimitsConfig {
+            redis_url: Some("redis://127.0.0.1:1".into()),
+            per_process: vec![LimitKind::ApplicationRate],
+            ..Default::default()
+        };
+        let cells = SharedCells::from_config(&config, "test").unwrap().unwrap();
+        assert!(!cells.holds(LimitKind::ApplicationRate));
+        assert!(cells.holds(LimitKind::TenantRate) && cells.holds(LimitKind::KeyQuota));
+    }
+
     #[test]
     fn the_redis_password_never_prints_and_bad_settings_name_their_field() {
         let config = SharedLimitsConfig {
