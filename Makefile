@@ -27,11 +27,13 @@ chaos: test-deps
 		KEYMESH_CHAOS_CONNECTIONS=$(CHAOS_CONNECTIONS) \
 		cargo test -p integration-tests --test chaos -- --nocapture --test-threads 1
 
-## bench: benchmarks (release build): GetDataKey latency per cache tier, and the data plane (Encrypt/Decrypt
-## ops/s and p99 at 1 KiB and 64 KiB, stream MB/s) through the real services, each against raw AES-GCM
+## bench: benchmarks (release build): GetDataKey latency per cache tier; the hot path (Encrypt/Decrypt at 1 KiB
+## and 64 KiB, batches, streams, overload, RSS per service) beside OpenBao Transit and raw AES-GCM in one run;
+## signatures, rate-limit isolation, and the cost of the audit spool and of telemetry
 bench: test-deps
 	cargo build --release --workspace --bins
 	url="$$(deploy/dev/ensure-postgres.sh)" && KEYMESH_TEST_POSTGRES_URL="$$url" cargo bench -p key-service --bench get_data_key
+	cargo bench -p integration-tests --bench hot_path
 	cargo bench -p integration-tests --bench data_plane
 
 ## fuzz: the ciphertext parser and the stream decoder under cargo-fuzz (nightly), FUZZ_SECONDS each (default 600)

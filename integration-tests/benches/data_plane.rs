@@ -1,33 +1,28 @@
-//! The data plane through the real services over mTLS, against the raw primitive measured in the same run:
-//! Encrypt and Decrypt of 1 KiB and 64 KiB (operations per second and latency percentiles, from an HDR
-//! histogram, with a fixed number of calls in flight), and EncryptStream/DecryptStream throughput, beside
-//! AES-256-GCM sealing the same sizes in-process on one core; and Sign/Verify per signature algorithm
-//! beside `openssl speed` for the same key type, run in the same process on one core; and rate-limit
-//! isolation: one application's Encrypt throughput alone, then while another application floods
-//! crypto-service far over its limit; and the audit spool's cost: Encrypt with every event fsynced to the
-//! spool before the answer, against auditing off; and telemetry's cost: Encrypt 1 KiB through meshes that differ
-//! only in telemetry (off; Prometheus metrics; metrics and traces exported over OTLP at 1 % and at 100 %
-//! sampling, to an OTLP sink in this process), measured twice in mirrored order. The load generator shares the
-//! machine with the four services, so the ratios are a floor.
+//! Beside the hot path (`hot_path.rs`: Encrypt, Decrypt, batches and streams against OpenBao), what else the
+//! data plane costs through the real services over mTLS: Sign/Verify per signature algorithm beside `openssl
+//! speed` for the same key type, run in the same process on one core; rate-limit isolation: one application's
+//! Encrypt throughput alone, then while another application floods crypto-service far over its limit; the audit
+//! spool's cost: Encrypt with every event fsynced to the spool before the answer, against auditing off; and
+//! telemetry's cost: Encrypt 1 KiB through meshes that differ only in telemetry (off; Prometheus metrics; metrics
+//! and traces exported over OTLP at 1 % and at 100 % sampling, to an OTLP sink in this process), measured twice
+//! in mirrored order. The load generator shares the machine with the four services, so the ratios are a floor.
 //!
 //! Run with `make bench` (release build of the binaries and this bench).
 
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::print_stdout)]
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::print_stdout, clippy::print_stderr)]
+
+mod shared;
 
 use std::{
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use hdrhistogram::Histogram;
 use integration_tests::Mesh;
-use keymesh_client::{KeymeshClient, envelope::Associated, streaming::StreamOptions};
-use keymesh_crypto::{SecretKey, SymmetricAlgorithm};
+use keymesh_client::KeymeshClient;
 use keymesh_proto::v1 as pb;
 use opentelemetry_proto::tonic::collector::{
     metrics::v1::{
@@ -39,139 +34,42 @@ use opentelemetry_proto::tonic::collector::{
         trace_service_server::{TraceService, TraceServiceServer},
     },
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use shared::{Measured, Outcome, Processes, millis};
 
 /// Calls in flight at once.
 const CONCURRENCY: usize = 32;
 /// How long each unary measurement runs (after a warm-up of a fifth of it).
 const RUN_FOR: Duration = Duration::from_secs(5);
-/// Bytes per stream measurement.
-const STREAM_LEN: u64 = 512 << 20;
 
-struct Unary {
-    ops_per_second: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-/// Runs `call` from CONCURRENCY tasks for RUN_FOR and gathers every latency.
-async fn load<F, Fut>(call: F) -> Unary
+/// Runs `call` from CONCURRENCY tasks for RUN_FOR, reading the CPU of `servers`.
+async fn load_on<F, Fut>(servers: &Processes, call: F) -> Measured
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let call = Arc::new(call);
-    let run = |duration: Duration| {
+    shared::load(servers, CONCURRENCY, RUN_FOR, move || {
         let call = call.clone();
         async move {
-            let deadline = Instant::now() + duration;
-            let tasks: Vec<_> = (0..CONCURRENCY)
-                .map(|_| {
-                    let call = call.clone();
-                    tokio::spawn(async move {
-                        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                        while Instant::now() < deadline {
-                            let started = Instant::now();
-                            call().await;
-                            histogram.record(started.elapsed().as_micros().max(1) as u64).unwrap();
-                        }
-                        histogram
-                    })
-                })
-                .collect();
-            let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-            for task in tasks {
-                total.add(task.await.unwrap()).unwrap();
-            }
-            total
+            call().await;
+            Outcome::Done
         }
-    };
-    run(RUN_FOR / 5).await;
-    let started = Instant::now();
-    let histogram = run(RUN_FOR).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    Unary {
-        ops_per_second: histogram.len() as f64 / elapsed,
-        p50: Duration::from_micros(histogram.value_at_quantile(0.50)),
-        p99: Duration::from_micros(histogram.value_at_quantile(0.99)),
-    }
+    })
+    .await
 }
 
-/// AES-256-GCM seals of `size` bytes per second on one core (keymesh's own primitive, the v3 body).
-fn raw_seals_per_second(size: usize) -> f64 {
-    let key = SecretKey::from_bytes(vec![7; 32]);
-    let plaintext = vec![1u8; size];
-    let nonce = [0u8; 12];
-    let seal = || SymmetricAlgorithm::Aes256Gcm.seal(&key, &nonce, b"header", &plaintext).unwrap();
-    for _ in 0..1000 {
-        seal();
-    }
-    let started = Instant::now();
-    let mut n = 0u64;
-    while started.elapsed() < Duration::from_secs(2) {
-        for _ in 0..100 {
-            std::hint::black_box(seal());
-        }
-        n += 100;
-    }
-    n as f64 / started.elapsed().as_secs_f64()
+/// [`load_on`] without reading any process.
+async fn load<F, Fut>(call: F) -> Measured
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    load_on(&Processes { pids: Vec::new() }, call).await
 }
 
 async fn encrypt(client: &KeymeshClient, plaintext: Vec<u8>) -> Vec<u8> {
     let request = pb::EncryptRequest { key: "bench".into(), plaintext, ..Default::default() };
     client.crypto_service().encrypt(client.authorized(request).await.unwrap()).await.unwrap().into_inner().ciphertext
-}
-
-async fn decrypt(client: &KeymeshClient, ciphertext: Vec<u8>) {
-    let request = pb::DecryptRequest { ciphertext, ..Default::default() };
-    client.crypto_service().decrypt(client.authorized(request).await.unwrap()).await.unwrap();
-}
-
-/// `remaining` bytes of a repeating block.
-struct Source {
-    block: Vec<u8>,
-    remaining: u64,
-}
-
-impl AsyncRead for Source {
-    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let n = buf.remaining().min(self.block.len()).min(self.remaining as usize);
-        buf.put_slice(&self.block[..n]);
-        self.remaining -= n as u64;
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// A writer that keeps the first bytes (a stream header and some segments) and counts the rest.
-struct Sink {
-    kept: Vec<u8>,
-    keep: usize,
-    written: u64,
-}
-
-impl AsyncWrite for Sink {
-    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let room = self.keep.saturating_sub(self.kept.len()).min(buf.len());
-        self.kept.extend_from_slice(&buf[..room]);
-        self.written += buf.len() as u64;
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-fn megabytes_per_second(bytes: u64, elapsed: Duration) -> f64 {
-    bytes as f64 / elapsed.as_secs_f64() / 1e6
-}
-
-fn millis(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 #[tokio::main]
@@ -186,70 +84,6 @@ async fn main() {
     let mut mesh = Mesh::start(&[], &[]).await;
     let client = Arc::new(mesh.admin_client());
     client.create_key("bench").await.unwrap();
-
-    println!("keymesh data plane: {CONCURRENCY} calls in flight over one mTLS connection, {RUN_FOR:?} per row");
-    println!("{:<22} {:>12} {:>10} {:>10} {:>16} {:>10}", "operation", "ops/s", "p50", "p99", "raw AES-GCM/s", "ratio");
-    for size in [1024usize, 64 * 1024] {
-        let raw = raw_seals_per_second(size);
-        let sample = encrypt(&client, vec![3u8; size]).await;
-        let encrypting = {
-            let client = client.clone();
-            load(move || {
-                let client = client.clone();
-                async move {
-                    encrypt(&client, vec![3u8; size]).await;
-                }
-            })
-            .await
-        };
-        let decrypting = {
-            let client = client.clone();
-            load(move || {
-                let (client, sample) = (client.clone(), sample.clone());
-                async move { decrypt(&client, sample).await }
-            })
-            .await
-        };
-        for (name, result) in [("Encrypt", encrypting), ("Decrypt", decrypting)] {
-            println!(
-                "{:<22} {:>12.0} {:>10} {:>10} {:>16.0} {:>9.3}x",
-                format!("{name} {} KiB", size / 1024),
-                result.ops_per_second,
-                millis(result.p50),
-                millis(result.p99),
-                raw,
-                result.ops_per_second / raw
-            );
-        }
-    }
-
-    // Streams: the raw baseline is the same primitive sealing 1 MiB segments on one core.
-    let raw = raw_seals_per_second(1 << 20) * (1 << 20) as f64 / 1e6;
-    let options = StreamOptions { key: "bench".into(), associated: Associated::default(), ..Default::default() };
-    let block: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-    let mut sealed = Sink { kept: Vec::new(), keep: 64 << 20, written: 0 };
-    let started = Instant::now();
-    let source = Source { block: block.clone(), remaining: STREAM_LEN };
-    client.encrypt_stream(&options, source, &mut sealed, &mut |_| {}).await.unwrap();
-    let encrypt_rate = megabytes_per_second(STREAM_LEN, started.elapsed());
-    // Decrypt a whole stream of the same length: encrypt one of 64 MiB, then decrypt it eight times over one
-    // call each, so the input is not generated on the fly.
-    let mut small = Sink { kept: Vec::new(), keep: usize::MAX, written: 0 };
-    let source = Source { block, remaining: 64 << 20 };
-    client.encrypt_stream(&options, source, &mut small, &mut |_| {}).await.unwrap();
-    let started = Instant::now();
-    let rounds = STREAM_LEN / (64 << 20);
-    for _ in 0..rounds {
-        let mut plain = Sink { kept: Vec::new(), keep: 0, written: 0 };
-        let input = std::io::Cursor::new(small.kept.clone());
-        client.decrypt_stream(&options, input, &mut plain, &mut |_| {}).await.unwrap();
-        assert_eq!(plain.written, 64 << 20);
-    }
-    let decrypt_rate = megabytes_per_second(rounds * (64 << 20), started.elapsed());
-    println!("{:<22} {:>12} {:>10} {:>10} {:>16} {:>10}", "", "MB/s", "", "", "raw MB/s", "ratio");
-    for (name, rate) in [("EncryptStream 1 MiB seg", encrypt_rate), ("DecryptStream 1 MiB seg", decrypt_rate)] {
-        println!("{name:<22} {rate:>12.0} {:>10} {:>10} {raw:>16.0} {:>9.3}x", "", "", rate / raw);
-    }
 
     signatures(&client).await;
     audit_cost(&mut mesh, &client).await;
@@ -305,24 +139,6 @@ impl OtlpSink {
     }
 }
 
-/// CPU time (user + system) the mesh's four processes have used so far, from /proc.
-fn mesh_cpu(mesh: &Mesh) -> Duration {
-    // utime and stime are fields 14 and 15 of /proc/<pid>/stat, in clock ticks (100 per second on Linux),
-    // counted after the parenthesised command name, which may hold spaces.
-    let ticks: u64 = mesh
-        .children
-        .iter()
-        .filter_map(|(_, child)| child.id())
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            let fields: Vec<u64> =
-                stat.rsplit_once(')')?.1.split_whitespace().skip(11).take(2).filter_map(|f| f.parse().ok()).collect();
-            Some(fields.iter().sum::<u64>())
-        })
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
@@ -331,7 +147,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// One measured run of a telemetry mode.
 struct TelemetryRun {
-    load: Unary,
+    load: Measured,
     /// The four services' CPU time per call, in microseconds.
     cpu_per_call: f64,
     spans: u64,
@@ -379,7 +195,8 @@ async fn telemetry_cost() {
         .collect();
     for mode in order {
         let (mesh, client) = (&meshes[mode].0, meshes[mode].1.clone());
-        let (spans_before, cpu_before, started) = (sink.spans.load(Ordering::Relaxed), mesh_cpu(mesh), Instant::now());
+        let (spans_before, cpu_before, started) =
+            (sink.spans.load(Ordering::Relaxed), Processes::of_mesh(mesh).cpu(), Instant::now());
         let load = load(move || {
             let client = client.clone();
             async move {
@@ -389,13 +206,13 @@ async fn telemetry_cost() {
         .await;
         // Counted over the whole window (warm-up included), so the calls are estimated over it too. Then spans
         // still in the services' batch queues arrive, and the audit spool drains, before the next run.
-        let calls = load.ops_per_second * started.elapsed().as_secs_f64();
-        let cpu = mesh_cpu(mesh).saturating_sub(cpu_before);
+        let calls = load.calls_per_second * started.elapsed().as_secs_f64();
+        let cpu = Processes::of_mesh(mesh).cpu().saturating_sub(cpu_before);
         tokio::time::sleep(Duration::from_secs(6)).await;
         let spans = sink.spans.load(Ordering::Relaxed) - spans_before;
         results[mode].push(TelemetryRun { load, cpu_per_call: cpu.as_secs_f64() * 1e6 / calls, spans, calls });
     }
-    let ops = |runs: &[TelemetryRun]| median(runs.iter().map(|r| r.load.ops_per_second).collect());
+    let ops = |runs: &[TelemetryRun]| median(runs.iter().map(|r| r.load.calls_per_second).collect());
     let cpu = |runs: &[TelemetryRun]| median(runs.iter().map(|r| r.cpu_per_call).collect());
     let (base_ops, base_cpu) = (ops(&results[0]), cpu(&results[0]));
     println!();
@@ -407,7 +224,7 @@ async fn telemetry_cost() {
         "", "ops/s", "p50", "p99", "ratio", "CPU µs/call", "CPU cost", "spans/call"
     );
     for ((name, _), runs) in modes.iter().zip(&results) {
-        let p = |pick: fn(&Unary) -> Duration| {
+        let p = |pick: fn(&Measured) -> Duration| {
             Duration::from_secs_f64(median(runs.iter().map(|r| pick(&r.load).as_secs_f64()).collect()))
         };
         let spans: u64 = runs.iter().map(|r| r.spans).sum();
@@ -426,7 +243,7 @@ async fn telemetry_cost() {
     }
     for ((name, _), runs) in modes.iter().zip(&results) {
         let each: Vec<String> =
-            runs.iter().map(|r| format!("{:.0}/s {:.1}µs", r.load.ops_per_second, r.cpu_per_call)).collect();
+            runs.iter().map(|r| format!("{:.0}/s {:.1}µs", r.load.calls_per_second, r.cpu_per_call)).collect();
         println!("  {name}: {}", each.join(", "));
     }
 }
@@ -456,10 +273,10 @@ async fn audit_cost(mesh: &mut Mesh, client: &Arc<KeymeshClient>) {
         println!(
             "{:<36} {:>12.0} {:>10} {:>10} {:>9.3}x",
             name,
-            result.ops_per_second,
+            result.calls_per_second,
             millis(result.p50),
             millis(result.p99),
-            result.ops_per_second / off.ops_per_second
+            result.calls_per_second / off.calls_per_second
         );
     }
 }
@@ -501,7 +318,7 @@ async fn isolation(mesh: &mut Mesh, admin: &Arc<KeymeshClient>) {
     println!(
         "{:<36} {:>12.0} {:>10} {:>10} {:>9.3}x",
         "alone",
-        alone.ops_per_second,
+        alone.calls_per_second,
         millis(alone.p50),
         millis(alone.p99),
         1.0
@@ -509,18 +326,18 @@ async fn isolation(mesh: &mut Mesh, admin: &Arc<KeymeshClient>) {
     println!(
         "{:<36} {:>12.0} {:>10} {:>10} {:>9.3}x",
         format!("beside a flood limited to {NOISY_LIMIT}/s"),
-        beside.ops_per_second,
+        beside.calls_per_second,
         millis(beside.p50),
         millis(beside.p99),
-        beside.ops_per_second / alone.ops_per_second
+        beside.calls_per_second / alone.calls_per_second
     );
     println!(
         "{:<36} {:>12.0} {:>10} {:>10} {:>9.3}x",
         "beside an unlimited flood",
-        unlimited.ops_per_second,
+        unlimited.calls_per_second,
         millis(unlimited.p50),
         millis(unlimited.p99),
-        unlimited.ops_per_second / alone.ops_per_second
+        unlimited.calls_per_second / alone.calls_per_second
     );
     println!(
         "the limited flood: {:.0} admitted/s, {:.0} refused/s with RESOURCE_EXHAUSTED; the unlimited one: {:.0}/s served",
@@ -532,10 +349,10 @@ async fn isolation(mesh: &mut Mesh, admin: &Arc<KeymeshClient>) {
 
 /// Measures the quiet application while `flooder` calls Encrypt from CONCURRENCY tasks without pause (and
 /// without backing off): the quiet result, the flood's admitted and refused calls, and the seconds it ran.
-async fn beside_flood<M, Fut>(measure_quiet: &M, flooder: &Arc<KeymeshClient>) -> (Unary, u64, u64, f64)
+async fn beside_flood<M, Fut>(measure_quiet: &M, flooder: &Arc<KeymeshClient>) -> (Measured, u64, u64, f64)
 where
     M: Fn() -> Fut,
-    Fut: Future<Output = Unary>,
+    Fut: Future<Output = Measured>,
 {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (admitted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -655,11 +472,11 @@ async fn signatures(client: &Arc<KeymeshClient>) {
             println!(
                 "{:<28} {:>12.0} {:>10} {:>10} {:>16.0} {:>9.3}x",
                 format!("{operation} {name}"),
-                result.ops_per_second,
+                result.calls_per_second,
                 millis(result.p50),
                 millis(result.p99),
                 raw,
-                result.ops_per_second / raw
+                result.calls_per_second / raw
             );
         }
     }

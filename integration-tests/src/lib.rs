@@ -24,10 +24,16 @@ use keymesh_proto::v1 as pb;
 use tokio::process::{Child, Command};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-/// The directory holding the workspace's binaries (next to the test executable's `deps/`).
+/// The directory holding the workspace's binaries: next to the test executable's `deps/`, or `KEYMESH_BIN_DIR`
+/// (a benchmark measures an earlier build beside this one so).
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let dir = match std::env::var_os("KEYMESH_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+        }
+    };
     for name in ["key-service", "crypto-service", "token-service", "audit-service", "keymesh"] {
         assert!(
             dir.join(name).exists(),

@@ -114,11 +114,14 @@ async fn scenario(mesh: &Mesh) {
     let mut audit = AuditServiceClient::new(mesh.channel(ServiceName::AuditService));
     let forged = pb::AppendRequest {
         batch_id: 1,
-        events: vec![pb::AuditEvent {
-            event_id: "forged".into(),
-            service: "crypto-service".into(),
-            ..Default::default()
-        }],
+        events: vec![
+            prost::Message::encode_to_vec(&pb::AuditEvent {
+                event_id: "forged".into(),
+                service: "crypto-service".into(),
+                ..Default::default()
+            })
+            .into(),
+        ],
     };
     let refused = match audit.append(tokio_stream::iter(vec![forged])).await {
         Err(status) => status,

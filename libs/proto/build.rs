@@ -40,6 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .skip_debug(SECRET_MESSAGES.iter().copied())
+        // Audit batches carry their events as encoded bytes, wire-identical to the .proto (see audit_frames.rs).
+        .extern_path(".keymesh.v1.AppendRequest", "crate::audit_frames::AppendRequest")
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())

@@ -421,7 +421,7 @@ impl Connection {
         Ok(Self { requests, responses })
     }
 
-    async fn send(mut self, batch_id: u64, events: Vec<pb::AuditEvent>) -> Result<Self, SendError> {
+    async fn send(mut self, batch_id: u64, events: Vec<prost::bytes::Bytes>) -> Result<Self, SendError> {
         self.requests
             .send(pb::AppendRequest { batch_id, events })
             .await

@@ -14,6 +14,9 @@
 //! After a crash the last segment may end in a torn frame; it is cut at the last whole one (that event's
 //! call was never answered). The cursor is renamed into place but not fsynced: a cursor lost to a power cut
 //! only means re-sending events, which audit-service recognises by id and stores once.
+//!
+//! The shipper sends the frames' payloads as they are (see `keymesh_proto::audit_frames`): an event is encoded
+//! once, where it happens, and never decoded again before audit-service.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -27,7 +30,7 @@ use std::{
 use std::os::unix::fs::OpenOptionsExt;
 
 use keymesh_proto::v1 as pb;
-use prost::Message;
+use prost::{Message, bytes::Bytes};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 const CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
@@ -222,11 +225,24 @@ impl SpoolWriter {
 }
 
 fn frame(event: &pb::AuditEvent) -> Vec<u8> {
-    let payload = event.encode_to_vec();
+    // Encoded straight after the header's room, so the event is written once. A Vec grows as needed, so
+    // encoding into one cannot fail; the header is taken from what was written either way.
+    let mut frame = Vec::with_capacity(FRAME_HEADER + event.encoded_len());
+    frame.extend_from_slice(&[0; FRAME_HEADER]);
+    let _ = event.encode(&mut frame);
+    let len = frame.len() - FRAME_HEADER;
+    let checksum = CASTAGNOLI.checksum(&frame[FRAME_HEADER..]);
+    frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    frame[4..FRAME_HEADER].copy_from_slice(&checksum.to_le_bytes());
+    frame
+}
+
+/// The frame of an already encoded event.
+fn frame_payload(payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&CASTAGNOLI.checksum(&payload).to_le_bytes());
-    frame.extend_from_slice(&payload);
+    frame.extend_from_slice(&CASTAGNOLI.checksum(payload).to_le_bytes());
+    frame.extend_from_slice(payload);
     frame
 }
 
@@ -323,7 +339,7 @@ pub fn open(options: &SpoolOptions) -> Result<(SpoolWriter, SpoolReader), SpoolE
         .name("audit-spool".into())
         .spawn(move || writer.run(queue))
         .map_err(|e| io_error(&options.dir, e))?;
-    Ok((SpoolWriter { requests }, SpoolReader { shared, next: acked }))
+    Ok((SpoolWriter { requests }, SpoolReader { shared, next: acked, read_ahead: None }))
 }
 
 /// What a segment holds when the spool is opened.
@@ -377,9 +393,8 @@ fn read_cursor(dir: &Path, segments: &BTreeMap<u64, u64>) -> Position {
 
 fn write_cursor(dir: &Path, at: Position) -> std::io::Result<()> {
     let temporary = dir.join(format!("{CURSOR_FILE}.tmp"));
-    let mut file = File::create(&temporary)?;
-    file.write_all(format!("{} {}\n", at.segment, at.offset).as_bytes())?;
-    file.sync_data()?;
+    // Not fsynced (see the module documentation): an fsync per acknowledged batch cost more than the batch.
+    File::create(&temporary)?.write_all(format!("{} {}\n", at.segment, at.offset).as_bytes())?;
     fs::rename(&temporary, dir.join(CURSOR_FILE))
 }
 
@@ -530,12 +545,15 @@ pub struct SpoolReader {
     shared: Arc<Shared>,
     /// Where the next unacknowledged event starts.
     next: Position,
+    /// Bytes read from a segment beyond the last batch, and where they start: the next batch begins with them
+    /// rather than reading them from the file again.
+    read_ahead: Option<(Position, Bytes)>,
 }
 
 /// Events read from the spool and the position just after them.
 pub struct Batch {
-    /// The events, oldest first.
-    pub events: Vec<pb::AuditEvent>,
+    /// The encoded events, oldest first: slices of the bytes read from the segment.
+    pub events: Vec<Bytes>,
     /// Acknowledging the batch moves the cursor here.
     pub end: Position,
 }
@@ -544,8 +562,12 @@ impl SpoolReader {
     /// Up to `max` committed events after the last acknowledged one (none when the spool is drained).
     pub async fn read(&mut self, max: usize) -> Result<Batch, SpoolError> {
         let shared = self.shared.clone();
-        let from = self.next;
-        tokio::task::spawn_blocking(move || read_from(&shared, from, max)).await.map_err(|_| SpoolError::Closed)?
+        let (from, read_ahead) = (self.next, self.read_ahead.take());
+        let (batch, read_ahead) = tokio::task::spawn_blocking(move || read_from(&shared, from, max, read_ahead))
+            .await
+            .map_err(|_| SpoolError::Closed)??;
+        self.read_ahead = read_ahead;
+        Ok(batch)
     }
 
     /// Waits until the writer commits more events; false once it has stopped and everything was read.
@@ -609,9 +631,9 @@ impl SpoolReader {
 
     /// Keeps events audit-service refused (it will refuse them again) in a file beside the spool, so that
     /// nothing is deleted unseen, and returns its path.
-    pub async fn quarantine(&self, events: &[pb::AuditEvent]) -> Result<PathBuf, SpoolError> {
+    pub async fn quarantine(&self, events: &[Bytes]) -> Result<PathBuf, SpoolError> {
         let path = self.shared.dir.join(format!("refused-{}-{}.events", self.next.segment, self.next.offset));
-        let bytes: Vec<u8> = events.iter().flat_map(frame).collect();
+        let bytes: Vec<u8> = events.iter().flat_map(|event| frame_payload(event)).collect();
         let target = path.clone();
         tokio::task::spawn_blocking(move || {
             OpenOptions::new()
@@ -629,8 +651,16 @@ impl SpoolReader {
     }
 }
 
-fn read_from(shared: &Shared, from: Position, max: usize) -> Result<Batch, SpoolError> {
+/// Up to `max` events from `from`, starting with `read_ahead` (bytes an earlier call read past its batch) when
+/// they start there; returns the batch and what was read past it.
+fn read_from(
+    shared: &Shared,
+    from: Position,
+    max: usize,
+    read_ahead: Option<(Position, Bytes)>,
+) -> Result<(Batch, Option<(Position, Bytes)>), SpoolError> {
     let mut at = from;
+    let mut bytes = read_ahead.filter(|(start, _)| *start == from).map(|(_, bytes)| bytes).unwrap_or_default();
     loop {
         let (committed, later) = {
             let state = shared.lock();
@@ -641,35 +671,41 @@ fn read_from(shared: &Shared, from: Position, max: usize) -> Result<Batch, Spool
         };
         if at.offset < committed {
             let path = shared.segment_path(at.segment);
-            let mut file = File::open(&path).map_err(|e| io_error(&path, e))?;
-            file.seek(SeekFrom::Start(at.offset)).map_err(|e| io_error(&path, e))?;
-            let mut bytes = Vec::new();
-            file.take((committed - at.offset).min(READ_CHUNK))
-                .read_to_end(&mut bytes)
-                .map_err(|e| io_error(&path, e))?;
-            let mut events = Vec::new();
-            let mut end = at;
-            for (payload, after) in frames(&bytes).take(max) {
-                end.offset = at.offset + after as u64;
-                match pb::AuditEvent::decode(payload) {
-                    Ok(event) => events.push(event),
-                    // The checksum held, so this spool wrote it: a bug, not a torn write. Skip it loudly.
-                    Err(e) => {
-                        tracing::error!(segment = %path.display(), error = %e, "undecodable audit event in the spool")
-                    }
-                }
+            let have = at.offset + bytes.len() as u64;
+            // (Past a chunk in hand the frames are damaged, not short: events are far smaller than a chunk.)
+            if frames(&bytes).take(max).count() < max && have < committed && bytes.len() < READ_CHUNK as usize {
+                // Too few whole frames in hand: append the next chunk of the segment to what is left of them.
+                let len = (committed - have).min(READ_CHUNK) as usize;
+                let mut joined = Vec::with_capacity(bytes.len() + len);
+                joined.extend_from_slice(&bytes);
+                joined.resize(bytes.len() + len, 0);
+                let mut file = File::open(&path).map_err(|e| io_error(&path, e))?;
+                file.seek(SeekFrom::Start(have))
+                    .and_then(|_| file.read_exact(&mut joined[bytes.len()..]))
+                    .map_err(|e| io_error(&path, e))?;
+                bytes = Bytes::from(joined);
             }
+            let mut events = Vec::new();
+            let mut used = 0;
+            for (payload, after) in frames(&bytes).take(max) {
+                events.push(bytes.slice(after - payload.len()..after));
+                used = after;
+            }
+            let mut end = Position { segment: at.segment, offset: at.offset + used as u64 };
             if end == at {
                 // A committed frame larger than READ_CHUNK cannot exist; the rest of the segment is damaged.
                 tracing::error!(segment = %path.display(), offset = at.offset, "damaged audit spool segment; skipping its rest");
                 end.offset = committed;
+                return Ok((Batch { events, end }, None));
             }
-            return Ok(Batch { events, end });
+            let rest = (used < bytes.len()).then(|| (end, bytes.slice(used..)));
+            return Ok((Batch { events, end }, rest));
         }
+        bytes = Bytes::new();
         match later {
             // This segment is read to its end and the writer has moved on.
             Some(next) => at = Position { segment: next, offset: 0 },
-            None => return Ok(Batch { events: Vec::new(), end: at }),
+            None => return Ok((Batch { events: Vec::new(), end: at }, None)),
         }
     }
 }
@@ -693,7 +729,7 @@ mod tests {
             if batch.events.is_empty() {
                 return ids;
             }
-            ids.extend(batch.events.into_iter().map(|e| e.event_id));
+            ids.extend(batch.events.into_iter().map(|e| pb::AuditEvent::decode(e).unwrap().event_id));
             reader.acknowledge(batch.end).await;
         }
     }
@@ -721,6 +757,33 @@ mod tests {
         let ids = drain(&mut reader).await;
         assert_eq!(ids, (5..20).map(|n| format!("e{n}")).collect::<Vec<_>>());
         assert_eq!((probe.unshipped_events(), probe.oldest_unshipped_age()), (0, Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn what_a_batch_read_past_is_served_from_memory_and_a_batch_not_acknowledged_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, mut reader) = open(&options(dir.path())).unwrap();
+        for n in 0..10 {
+            writer.append(&event(n)).await.unwrap();
+        }
+        let ids = |batch: &Batch| -> Vec<String> {
+            batch.events.iter().map(|e| pb::AuditEvent::decode(e.clone()).unwrap().event_id).collect()
+        };
+        let first = reader.read(3).await.unwrap();
+        assert_eq!(ids(&first), ["e0", "e1", "e2"]);
+        // Not acknowledged (audit-service did not answer): the same events again.
+        let again = reader.read(3).await.unwrap();
+        assert_eq!(ids(&again), ["e0", "e1", "e2"]);
+        reader.acknowledge(again.end).await;
+        // The rest was read with them: with the segment out of reach, the next batches still come.
+        let segment = segment_path(dir.path(), 1);
+        let aside = dir.path().join("aside");
+        fs::rename(&segment, &aside).unwrap();
+        let next = reader.read(3).await.unwrap();
+        assert_eq!(ids(&next), ["e3", "e4", "e5"]);
+        reader.acknowledge(next.end).await;
+        fs::rename(&aside, &segment).unwrap();
+        assert_eq!(drain(&mut reader).await, ["e6", "e7", "e8", "e9"]);
     }
 
     #[tokio::test]

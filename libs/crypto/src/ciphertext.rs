@@ -138,6 +138,109 @@ pub fn seal(key: &SecretKey, request: &SealRequest<'_>, plaintext: &[u8]) -> Res
     Ok(out)
 }
 
+/// Everything about sealing and opening under one key version that does not change from one call to the next,
+/// worked out once: the header's fixed JSON around the nonce and the "aad" flag, the key commitment, and for
+/// AES-GCM cipher contexts already keyed (OpenSSL's, so FIPS mode still holds). crypto-service keeps one beside
+/// each cached data key, so a seal costs a nonce, one copy of a keyed context and the AEAD pass, and an open
+/// compares the commitment instead of recomputing it. [`PreparedKey::seal`] writes exactly what [`seal`] writes;
+/// [`ParsedCiphertext::open_prepared`] accepts exactly what [`ParsedCiphertext::open`] accepts.
+pub struct PreparedKey {
+    algorithm: SymmetricAlgorithm,
+    /// The key's commitment (HMAC-SHA256 of the key), compared in constant time when opening.
+    commitment: [u8; commitment::COMMITMENT_LEN],
+    /// `{"v":3,"ctx":…,"kid":…,"alg":…,"mode":…,"nonce":"`.
+    before_nonce: Vec<u8>,
+    /// `","kc":"…","aad":`.
+    after_nonce: Vec<u8>,
+    /// AES-GCM keyed once for sealing and once for opening (the key schedule done, the cipher fetched); copied
+    /// per call, then given the nonce.
+    keyed_gcm: Option<(openssl::cipher_ctx::CipherCtx, openssl::cipher_ctx::CipherCtx)>,
+}
+
+impl PreparedKey {
+    /// Prepares sealing under `key` for `key_name` and `key_ref` with `algorithm`.
+    pub fn new(
+        key: &SecretKey,
+        key_name: &str,
+        key_ref: &KeyRef,
+        algorithm: SymmetricAlgorithm,
+    ) -> Result<Self, CryptoError> {
+        let json = |value: &str| serde_json::to_string(value).map_err(|_| CryptoError::Library);
+        let before_nonce = format!(
+            "{{\"v\":{CURRENT_VERSION},\"ctx\":{},\"kid\":{},\"alg\":{},\"mode\":{},\"nonce\":\"",
+            json(key_name)?,
+            json(&key_ref.to_kid())?,
+            json(algorithm.name())?,
+            json(algorithm.mode())?
+        );
+        let commitment = commitment::commit(key.expose_secret());
+        let after_nonce = format!("\",\"kc\":\"{}\",\"aad\":", B64.encode(commitment));
+        let keyed_gcm = match algorithm {
+            SymmetricAlgorithm::Aes256Gcm | SymmetricAlgorithm::Aes128Gcm if key.len() == algorithm.key_len() => {
+                let cipher = match algorithm {
+                    SymmetricAlgorithm::Aes128Gcm => openssl::cipher::Cipher::aes_128_gcm(),
+                    _ => openssl::cipher::Cipher::aes_256_gcm(),
+                };
+                let mut sealing = openssl::cipher_ctx::CipherCtx::new()?;
+                sealing.encrypt_init(Some(cipher), Some(key.expose_secret()), None)?;
+                let mut opening = openssl::cipher_ctx::CipherCtx::new()?;
+                opening.decrypt_init(Some(cipher), Some(key.expose_secret()), None)?;
+                Some((sealing, opening))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            algorithm,
+            commitment,
+            before_nonce: before_nonce.into_bytes(),
+            after_nonce: after_nonce.into_bytes(),
+            keyed_gcm,
+        })
+    }
+
+    /// Seals `plaintext` (under `key`, the key this sealer was made for) into a version-3 ciphertext.
+    pub fn seal(&self, key: &SecretKey, binding: Binding<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let alg = self.algorithm;
+        if plaintext.len() > alg.max_plaintext() {
+            return Err(CryptoError::TooLarge { what: "plaintext", size: plaintext.len(), limit: alg.max_plaintext() });
+        }
+        let nonce = crate::random::random_bytes(alg.nonce_len())?;
+        let flag: &[u8] = if binding.is_empty() { b"false}" } else { b"true}" };
+        // Nonces are at most 24 bytes: 32 characters of base64.
+        let mut encoded = [0u8; 64];
+        let encoded_len = B64.encode_slice(&*nonce, &mut encoded).map_err(|_| CryptoError::Library)?;
+        let header_len = self.before_nonce.len() + encoded_len + self.after_nonce.len() + flag.len();
+        if header_len > MAX_HEADER_LEN {
+            return Err(CryptoError::TooLarge { what: "ciphertext header", size: header_len, limit: MAX_HEADER_LEN });
+        }
+        let mut out = Vec::with_capacity(2 + header_len + plaintext.len() + alg.max_overhead());
+        out.extend_from_slice(&(header_len as u16).to_be_bytes());
+        out.extend_from_slice(&self.before_nonce);
+        out.extend_from_slice(&encoded[..encoded_len]);
+        out.extend_from_slice(&self.after_nonce);
+        out.extend_from_slice(flag);
+        let associated = associated_data(&out, binding);
+        match &self.keyed_gcm {
+            Some((keyed, _)) => {
+                let mut context = openssl::cipher_ctx::CipherCtx::new()?;
+                context.copy(keyed)?;
+                context.encrypt_init(None, None, Some(&nonce))?;
+                context.cipher_update(&associated, None)?;
+                let body_at = out.len();
+                out.resize(body_at + plaintext.len(), 0);
+                let written = context.cipher_update(plaintext, Some(&mut out[body_at..]))?;
+                let finished = context.cipher_final(&mut out[body_at + written..])?;
+                out.truncate(body_at + written + finished);
+                let mut tag = [0u8; crate::aead::GCM_TAG_LEN];
+                context.tag(&mut tag)?;
+                out.extend_from_slice(&tag);
+            }
+            None => out.extend_from_slice(&alg.seal(key, &nonce, &associated, plaintext)?),
+        }
+        Ok(out)
+    }
+}
+
 fn associated_data(prefix_and_header: &[u8], binding: Binding<'_>) -> Vec<u8> {
     let mut associated = Vec::with_capacity(prefix_and_header.len() + binding.aad.len() + 16);
     associated.extend_from_slice(prefix_and_header);
@@ -233,6 +336,48 @@ impl ParsedCiphertext<'_> {
         let associated = associated_data(self.header_bytes, binding);
         self.algorithm.open(key, &self.nonce, &associated, self.body)
     }
+
+    /// [`ParsedCiphertext::open`] with `prepared`, made for `key` (the version the header names): the same
+    /// checks and result, without recomputing the commitment or keying a cipher.
+    pub fn open_prepared(
+        &self,
+        prepared: &PreparedKey,
+        key: &SecretKey,
+        binding: Binding<'_>,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if self.algorithm != prepared.algorithm {
+            return self.open(key, binding);
+        }
+        if let Some(commitment) = &self.commitment
+            && !bool::from(subtle::ConstantTimeEq::ct_eq(prepared.commitment.as_slice(), commitment.as_slice()))
+        {
+            return Err(CryptoError::DecryptionFailed);
+        }
+        if self.has_binding == Some(false) && !binding.is_empty() {
+            return Err(CryptoError::DecryptionFailed);
+        }
+        let associated = associated_data(self.header_bytes, binding);
+        let Some((_, keyed)) = &prepared.keyed_gcm else {
+            return self.algorithm.open(key, &self.nonce, &associated, self.body);
+        };
+        let split = self.body.len().checked_sub(crate::aead::GCM_TAG_LEN).ok_or(CryptoError::DecryptionFailed)?;
+        let (sealed, tag) = self.body.split_at(split);
+        let mut plaintext = Zeroizing::new(vec![0u8; sealed.len() + 16]);
+        let opened = (|| {
+            let mut context = openssl::cipher_ctx::CipherCtx::new()?;
+            context.copy(keyed)?;
+            context.decrypt_init(None, None, Some(&self.nonce))?;
+            context.set_tag(tag)?;
+            context.cipher_update(&associated, None)?;
+            let written = context.cipher_update(sealed, Some(&mut plaintext[..]))?;
+            let finished = context.cipher_final(&mut plaintext[written..])?;
+            Ok::<_, openssl::error::ErrorStack>(written + finished)
+        })();
+        // Every failure (a wrong tag above all) is the same opaque error; the partial plaintext is wiped on drop.
+        let len = opened.map_err(|_| CryptoError::DecryptionFailed)?;
+        plaintext.truncate(len);
+        Ok(plaintext)
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +415,52 @@ mod tests {
             parsed.open(&key(), Binding { aad: b"order-18", context: None }).err(),
             Some(CryptoError::DecryptionFailed)
         );
+    }
+
+    #[test]
+    fn a_prepared_key_seals_what_seal_writes_and_opens_what_open_opens() {
+        let context: BTreeMap<String, String> = [("tenant".to_owned(), "a \"quoted\" ünï\\code".to_owned())].into();
+        for algorithm in SymmetricAlgorithm::ALL {
+            let key = SecretKey::from_bytes(vec![9; algorithm.key_len()]);
+            let key_ref = KeyRef { key_id: "k_01J".into(), version: 4 };
+            let sealer = PreparedKey::new(&key, "odd \"name\"\t\u{1F511}", &key_ref, algorithm).unwrap();
+            for binding in [Binding::default(), Binding { aad: b"order-1", context: Some(&context) }] {
+                let sealed = sealer.seal(&key, binding, b"attack at dawn").unwrap();
+                let parsed = parse(&sealed).unwrap();
+                assert_eq!(parsed.open(&key, binding).unwrap().as_slice(), b"attack at dawn", "{algorithm:?}");
+                let opened = parsed.open_prepared(&sealer, &key, binding).unwrap();
+                assert_eq!(opened.as_slice(), b"attack at dawn", "{algorithm:?}");
+                // What open() refuses, open_prepared() refuses: any flipped byte, another binding.
+                for i in [0, 5, sealed.len() / 2, sealed.len() - 20, sealed.len() - 1] {
+                    let mut bad = sealed.clone();
+                    bad[i] ^= 1;
+                    if let Ok(parsed) = parse(&bad) {
+                        assert!(parsed.open_prepared(&sealer, &key, binding).is_err(), "{algorithm:?} byte {i}");
+                    }
+                }
+                let other = Binding { aad: b"order-2", context: None };
+                assert!(parsed.open_prepared(&sealer, &key, other).is_err(), "{algorithm:?}");
+                let wrong = SecretKey::from_bytes(vec![8; algorithm.key_len()]);
+                let wrong_prepared = PreparedKey::new(&wrong, "n", &key_ref, algorithm).unwrap();
+                assert!(parsed.open_prepared(&wrong_prepared, &wrong, binding).is_err(), "{algorithm:?}: commitment");
+                // Byte for byte the header seal() writes, but for the nonce: serde's own JSON of the same fields.
+                let reference = seal(
+                    &key,
+                    &SealRequest { key_name: "odd \"name\"\t\u{1F511}", key_ref: &key_ref, algorithm, binding },
+                    b"attack at dawn",
+                )
+                .unwrap();
+                let header = |c: &[u8]| {
+                    let len = u16::from_be_bytes([c[0], c[1]]) as usize;
+                    let text = std::str::from_utf8(&c[2..2 + len]).unwrap().to_owned();
+                    let (before, rest) = text.split_once("\"nonce\":\"").unwrap();
+                    let (_nonce, after) = rest.split_once('"').unwrap();
+                    format!("{before}\"nonce\":\"…\"{after}")
+                };
+                assert_eq!(header(&sealed), header(&reference), "{algorithm:?}");
+                assert_eq!(sealed.len(), reference.len());
+            }
+        }
     }
 
     #[test]

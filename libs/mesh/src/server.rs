@@ -107,7 +107,10 @@ pub async fn serve(
 
     let incoming = tls_incoming(listener, acceptor, settings);
     let _reloader = reloader.map(AbortOnDrop);
-    let mut builder = Server::builder().timeout(Duration::from_secs(60));
+    let mut builder = Server::builder()
+        .timeout(Duration::from_secs(60))
+        .initial_stream_window_size(keymesh_mtls::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(keymesh_mtls::HTTP2_CONNECTION_WINDOW);
     if let Some(age) = settings.max_connection_age {
         // Calls in flight get the drain period to finish after the GOAWAY.
         builder = builder.max_connection_age(age).max_connection_age_grace(grace);

@@ -212,6 +212,15 @@ impl tower::Service<Uri> for MtlsConnector {
     }
 }
 
+/// HTTP/2 flow-control window of one stream, both ways, on every mesh connection. h2's default of 64 KiB lets a
+/// 1 MiB stream segment through only after sixteen round trips of WINDOW_UPDATE: a stream then idled most of the
+/// time (measured: under 300 MB/s with both cores 60 % idle). Two segments' worth keeps the pipe full; it also
+/// bounds what one stream can make its peer buffer.
+pub const HTTP2_STREAM_WINDOW: u32 = 2 << 20;
+/// HTTP/2 flow-control window of one connection: two streams at full speed, and the most one connection can
+/// make its peer buffer.
+pub const HTTP2_CONNECTION_WINDOW: u32 = 4 << 20;
+
 /// A lazily connecting mTLS channel to `service` at `host:port`, verified against the mesh CA and the
 /// service's SPIFFE identity. Lazy, so services may start in any order; the first call connects.
 pub fn mtls_channel(endpoint: &str, tls: &TlsMaterial, service: ServiceName) -> Result<Channel, TlsError> {
@@ -243,6 +252,8 @@ pub fn mtls_channel(endpoint: &str, tls: &TlsMaterial, service: ServiceName) -> 
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
     Ok(endpoint.connect_with_connector_lazy(connector))
 }

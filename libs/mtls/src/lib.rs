@@ -16,7 +16,7 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 pub use acceptor::{check_identity, server_config};
-pub use channel::{LiveClientIdentity, mtls_channel};
+pub use channel::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, LiveClientIdentity, mtls_channel};
 pub use identity::{ServiceName, SvidError, TRUST_DOMAIN, app_spiffe_id, spiffe_id_from_der};
 
 /// Certificates or keys that could not be read or used.

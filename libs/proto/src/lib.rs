@@ -5,12 +5,15 @@
 //! SDK and the tests share one compiled copy.
 
 pub mod algorithm;
+pub mod audit_frames;
 pub mod identifiers;
 
 /// The `keymesh.v1` package.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("keymesh.v1");
+
+    pub use crate::audit_frames::AppendRequest;
 }
 
 /// Encoded `FileDescriptorSet` of the whole API (with its imports), for server reflection.

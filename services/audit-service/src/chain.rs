@@ -20,7 +20,7 @@ pub fn record_hash(previous_hash: &str, sequence: i64, event: &[u8]) -> String {
     hasher.update(previous_hash.as_bytes());
     hasher.update(sequence.to_be_bytes());
     hasher.update(event);
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hasher.finalize())
 }
 
 /// Appends to the chain. Replicas may share one database: each batch is linked to the head read under the
@@ -28,6 +28,23 @@ pub fn record_hash(previous_hash: &str, sequence: i64, event: &[u8]) -> String {
 pub struct ChainWriter {
     repo: AuditRepository,
     metrics: Arc<ChainMetrics>,
+}
+
+/// One event of an `Append` batch: decoded, and the bytes it arrived as.
+pub struct ReceivedEvent {
+    /// The decoded event (its columns, its checks).
+    pub event: pb::AuditEvent,
+    /// Its encoding as sent.
+    pub bytes: prost::bytes::Bytes,
+}
+
+impl ReceivedEvent {
+    /// The bytes to hash and store: those sent, when they are the event's own encoding (what every keymesh
+    /// service sends), so that nothing is encoded twice; else the event encoded afresh, so that fields this
+    /// version does not know never reach the trail unseen.
+    fn stored_bytes(&self) -> Vec<u8> {
+        if self.event.encoded_len() == self.bytes.len() { self.bytes.to_vec() } else { self.event.encode_to_vec() }
+    }
 }
 
 /// The result of appending a batch.
@@ -50,8 +67,8 @@ impl ChainWriter {
     }
 
     /// Stores the events not stored yet, in order, all or none.
-    pub async fn append(&self, events: Vec<pb::AuditEvent>) -> Result<Appended, StoreError> {
-        let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    pub async fn append(&self, events: Vec<ReceivedEvent>) -> Result<Appended, StoreError> {
+        let ids: Vec<String> = events.iter().map(|e| e.event.event_id.clone()).collect();
         let total = events.len() as u32;
         let received_at = now_millis();
         let mut last_sequence = None;
@@ -61,12 +78,13 @@ impl ChainWriter {
                 let (mut sequence, mut previous) = head.unwrap_or((0, String::new()));
                 let mut seen: std::collections::HashSet<String> = existing.into_iter().collect();
                 let mut records = Vec::new();
-                for event in events {
-                    if !seen.insert(event.event_id.clone()) {
+                for received in events {
+                    if !seen.insert(received.event.event_id.clone()) {
                         continue;
                     }
                     sequence += 1;
-                    let bytes = event.encode_to_vec();
+                    let bytes = received.stored_bytes();
+                    let event = received.event;
                     let hash = record_hash(&previous, sequence, &bytes);
                     let time = event.time.as_ref().and_then(timestamp_millis).unwrap_or(received_at);
                     records.push(audit_record::Model {

@@ -11,7 +11,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    chain::{ChainWriter, timestamp_millis},
+    chain::{ChainWriter, ReceivedEvent, timestamp_millis},
     export, verify,
 };
 
@@ -102,11 +102,15 @@ fn after_sequence(after: u64) -> Result<i64, Status> {
 /// Records exported per database read.
 const EXPORT_PAGE: u64 = 1000;
 
-fn validate(batch: &pb::AppendRequest, sender: &str) -> Result<(), Status> {
+/// Decodes and checks a batch: each event as sent (its bytes, which are hashed and stored) and decoded.
+fn validate(batch: &pb::AppendRequest, sender: &str) -> Result<Vec<ReceivedEvent>, Status> {
     if batch.events.len() > MAX_BATCH {
         return Err(Status::invalid_argument(format!("at most {MAX_BATCH} events per AppendRequest")));
     }
-    for event in &batch.events {
+    let mut received = Vec::with_capacity(batch.events.len());
+    for (index, bytes) in batch.events.iter().enumerate() {
+        let event = pb::AuditEvent::decode(bytes.clone())
+            .map_err(|_| Status::invalid_argument(format!("events[{index}] is not a valid AuditEvent")))?;
         if event.event_id.is_empty() || event.event_id.len() > 64 {
             return Err(Status::invalid_argument("event_id must be 1 to 64 characters"));
         }
@@ -124,8 +128,9 @@ fn validate(batch: &pb::AppendRequest, sender: &str) -> Result<(), Status> {
                 event.event_id, event.service
             )));
         }
+        received.push(ReceivedEvent { event, bytes: bytes.clone() });
     }
-    Ok(())
+    Ok(received)
 }
 
 pub fn timestamp(millis: i64) -> prost_types::Timestamp {
@@ -167,8 +172,8 @@ impl AuditService for AuditRpc {
             while let Some(batch) = inbound.next().await {
                 let reply = match batch {
                     Ok(batch) => match validate(&batch, sender) {
-                        Ok(()) => writer
-                            .append(batch.events)
+                        Ok(events) => writer
+                            .append(events)
                             .await
                             .map(|a| pb::AppendResponse {
                                 batch_id: batch.batch_id,

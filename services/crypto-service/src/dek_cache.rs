@@ -21,6 +21,7 @@ use std::{
 
 use keymesh_crypto::{
     KeyAlgorithm, SecretKey,
+    ciphertext::{KeyRef, PreparedKey},
     keypair::{PrivateKey, PublicKey},
 };
 use keymesh_mesh::client::MeshChannel;
@@ -99,6 +100,9 @@ pub struct CachedDek {
     /// For asymmetric algorithms, the material parsed once (private key, public key) so that no request
     /// pays for parsing.
     pub key_pair: Option<(PrivateKey, PublicKey)>,
+    /// For symmetric algorithms, what sealing and opening under this version need, prepared once (the header
+    /// around the nonce, the key commitment, keyed AES-GCM contexts).
+    pub prepared: Option<PreparedKey>,
     /// How long it may stay cached: key-service's word, capped by the configured TTL.
     ttl: Duration,
     /// Encryptions left in the block key-service granted (0 for material fetched to decrypt).
@@ -341,13 +345,21 @@ impl DekCache {
             })?),
             None => None,
         };
-        let key_pair = if algorithm.is_asymmetric() {
-            let private = algorithm.private_key(&material).map_err(wrong)?;
-            let public = private.public_key().map_err(wrong)?;
-            Some((private, public))
-        } else {
-            algorithm.check_material(&material).map_err(wrong)?;
-            None
+        let (key_pair, prepared) = match algorithm {
+            KeyAlgorithm::Symmetric(symmetric) => {
+                algorithm.check_material(&material).map_err(wrong)?;
+                let key_ref = KeyRef { key_id: response.key_id.clone(), version: response.version };
+                (None, Some(PreparedKey::new(&material, &response.key_name, &key_ref, symmetric).map_err(wrong)?))
+            }
+            _ if algorithm.is_asymmetric() => {
+                let private = algorithm.private_key(&material).map_err(wrong)?;
+                let public = private.public_key().map_err(wrong)?;
+                (Some((private, public)), None)
+            }
+            _ => {
+                algorithm.check_material(&material).map_err(wrong)?;
+                (None, None)
+            }
         };
         Ok(Arc::new(CachedDek {
             key_id: response.key_id,
@@ -356,6 +368,7 @@ impl DekCache {
             algorithm,
             material,
             key_pair,
+            prepared,
             labels: std::mem::take(&mut response.labels),
             policy,
             ttl: self.max_ttl.min(Duration::from_secs(u64::from(response.cache_ttl_seconds))),

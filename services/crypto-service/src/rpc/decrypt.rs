@@ -51,7 +51,8 @@ impl CryptoRpc {
         let (claims, mut audit) = self.admit(&request, "Decrypt").await?;
         let request = request.into_inner();
         if !request.batch.is_empty() {
-            return self.decrypt_batch(&claims, request).await;
+            // Boxed: the batch path's state would otherwise swell every single call's future, which is moved whole.
+            return Box::pin(self.decrypt_batch(&claims, request)).await;
         }
         let opening = Opening {
             permission: pb::Operation::Decrypt,
@@ -166,9 +167,12 @@ impl CryptoRpc {
             .into());
         }
         let context = context_of(item.context);
-        let plaintext = parsed
-            .open(&dek.material, Binding { aad: item.aad, context: Some(&context) })
-            .map_err(|_| CryptoServiceError::DecryptionFailed)?;
+        let binding = Binding { aad: item.aad, context: Some(&context) };
+        let opened = match &dek.prepared {
+            Some(prepared) => parsed.open_prepared(prepared, &dek.material, binding),
+            None => parsed.open(&dek.material, binding),
+        };
+        let plaintext = opened.map_err(|_| CryptoServiceError::DecryptionFailed)?;
         Ok(Opened { plaintext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm, warnings })
     }
 

@@ -50,7 +50,8 @@ impl CryptoRpc {
         let (claims, mut audit) = self.admit(&request, "Encrypt").await?;
         let request = request.into_inner();
         if !request.batch.is_empty() {
-            return self.encrypt_batch(&claims, request).await;
+            // Boxed: the batch path's state would otherwise swell every single call's future, which is moved whole.
+            return Box::pin(self.encrypt_batch(&claims, request)).await;
         }
         let sealing = Sealing {
             permission: pb::Operation::Encrypt,
@@ -159,14 +160,16 @@ impl CryptoRpc {
             }
         };
         let context = context_of(item.context);
-        let key_ref = KeyRef { key_id: dek.key_id.clone(), version: dek.version };
-        let seal = SealRequest {
-            key_name: &dek.key_name,
-            key_ref: &key_ref,
-            algorithm,
-            binding: Binding { aad: item.aad, context: Some(&context) },
+        let binding = Binding { aad: item.aad, context: Some(&context) };
+        let sealed = match &dek.prepared {
+            Some(prepared) => prepared.seal(&dek.material, binding, item.plaintext),
+            None => {
+                let key_ref = KeyRef { key_id: dek.key_id.clone(), version: dek.version };
+                let seal = SealRequest { key_name: &dek.key_name, key_ref: &key_ref, algorithm, binding };
+                ciphertext::seal(&dek.material, &seal, item.plaintext)
+            }
         };
-        let ciphertext = ciphertext::seal(&dek.material, &seal, item.plaintext).map_err(|e| match e {
+        let ciphertext = sealed.map_err(|e| match e {
             CryptoError::TooLarge { size, limit, .. } => CryptoServiceError::InvalidArgument {
                 field: "plaintext",
                 reason: format!(

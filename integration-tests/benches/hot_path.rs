@@ -1,0 +1,510 @@
+//! The hot path beside OpenBao Transit, in one run on this machine: Encrypt and Decrypt of 1 KiB and 64 KiB, a
+//! batch of 1,000 × 1 KiB, through keymesh's four release binaries (mTLS, audit `strict`, rate limits and policy
+//! on) and through an OpenBao dev server with TLS and the Transit engine, driven by the same in-process load
+//! generator at the same number of calls in flight; beside them AES-256-GCM sealing the same sizes in-process on
+//! one core. For each: operations per second, p50 and p99 (an HDR histogram of every call), the servers' CPU
+//! time per operation (user + system, read from /proc of their processes before and after the measured window),
+//! and their peak RSS during it. Then keymesh's streams (MB/s each way, peak RSS), an overload run (1,024 calls
+//! in flight against the load shedding: what is admitted, its p99, what is shed, memory), and each service's
+//! RSS idle and under load.
+//!
+//! The load generator shares the two cores with the servers, so every figure is a floor. Run with `make bench`;
+//! `KEYMESH_BENCH_SECONDS` sets the length of each row (default 5).
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::print_stdout, clippy::print_stderr)]
+
+mod shared;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use integration_tests::{Mesh, kms_servers::OpenBao};
+use keymesh_client::{KeymeshClient, envelope::Associated, streaming::StreamOptions};
+use keymesh_mesh::ServiceName;
+use keymesh_proto::v1::{self as pb, crypto_service_client::CryptoServiceClient};
+use shared::{Measured, Outcome, Processes, Sink, Source, load, millis, raw_seals_per_second};
+use tonic::{metadata::MetadataValue, transport::Channel};
+
+/// Calls in flight in every row (the issue's figure for both systems).
+const IN_FLIGHT: usize = 64;
+/// Batch calls in flight (each carries a thousand items).
+const BATCH_IN_FLIGHT: usize = 8;
+/// Calls in flight in the overload run.
+const OVERLOAD: usize = 1024;
+/// Items per batch call.
+const BATCH: usize = 1000;
+/// Items per batch call to OpenBao: the most its listener takes by default (it refuses a request body of more
+/// than 1,000 JSON strings, and each item is two).
+const BAO_BATCH: usize = 499;
+/// Bytes per stream measurement.
+const STREAM_LEN: u64 = 512 << 20;
+
+fn run_for() -> Duration {
+    let seconds = std::env::var("KEYMESH_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    Duration::from_secs_f64(seconds)
+}
+
+/// mTLS connections the load generator spreads keymesh's calls over (`KEYMESH_BENCH_CONNECTIONS`, default 1: one
+/// application instance, as a service holding one channel to keymesh is).
+fn connections() -> usize {
+    std::env::var("KEYMESH_BENCH_CONNECTIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
+}
+
+/// keymesh's callers: a few mTLS connections (as a handful of application instances would hold), the bearer
+/// token's header value made once.
+#[derive(Clone)]
+struct Keymesh {
+    clients: Arc<Vec<CryptoServiceClient<Channel>>>,
+    next: Arc<AtomicU64>,
+    bearer: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Keymesh {
+    async fn new(mesh: &Mesh, admin: &KeymeshClient, connections: usize) -> Keymesh {
+        let token = admin.access_token().await.unwrap();
+        let bearer = format!("Bearer {}", token.as_str()).parse().unwrap();
+        let clients = (0..connections)
+            .map(|_| {
+                CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService))
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20)
+            })
+            .collect();
+        Keymesh { clients: Arc::new(clients), next: Arc::new(AtomicU64::new(0)), bearer }
+    }
+
+    fn request<T>(&self, message: T) -> (CryptoServiceClient<Channel>, tonic::Request<T>) {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert("authorization", self.bearer.clone());
+        let n = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        (self.clients[n % self.clients.len()].clone(), request)
+    }
+
+    async fn encrypt(&self, plaintext: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+        let (mut client, request) =
+            self.request(pb::EncryptRequest { key: "bench".into(), plaintext, ..Default::default() });
+        Ok(client.encrypt(request).await?.into_inner().ciphertext)
+    }
+
+    async fn decrypt(&self, ciphertext: Vec<u8>) -> Result<(), tonic::Status> {
+        let (mut client, request) = self.request(pb::DecryptRequest { ciphertext, ..Default::default() });
+        client.decrypt(request).await.map(drop)
+    }
+
+    async fn encrypt_batch(&self, items: usize, size: usize) -> Result<(), tonic::Status> {
+        let batch = (0..items).map(|_| pb::EncryptItem { plaintext: vec![3u8; size], ..Default::default() }).collect();
+        let (mut client, request) =
+            self.request(pb::EncryptRequest { key: "bench".into(), batch, ..Default::default() });
+        let response = client.encrypt(request).await?.into_inner();
+        assert_eq!(response.batch.len(), items);
+        for item in response.batch {
+            assert!(matches!(item.result, Some(pb::encrypt_item_result::Result::Ciphertext(_))), "{item:?}");
+        }
+        Ok(())
+    }
+}
+
+/// A load-shedding refusal (with the wait its RetryInfo asks for), or a failure of the benchmark.
+fn shed_or_panic(status: tonic::Status) -> Outcome {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::ResourceExhausted => {
+            let hint = tonic_types::StatusExt::get_details_retry_info(&status).and_then(|info| info.retry_delay);
+            Outcome::Shed(hint.unwrap_or(Duration::from_millis(10)))
+        }
+        _ => panic!("call failed: {status}"),
+    }
+}
+
+/// OpenBao's Transit engine over HTTPS, as a Rust client would call it: an HTTP/1.1 keep-alive pool.
+#[derive(Clone)]
+struct Transit {
+    http: reqwest::Client,
+    address: String,
+    token: String,
+}
+
+impl Transit {
+    fn new(bao: &OpenBao) -> Transit {
+        let ca = reqwest::Certificate::from_pem(bao.ca_pem.as_ref().expect("a TLS dev server")).unwrap();
+        let http = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .http1_only()
+            .pool_max_idle_per_host(OVERLOAD)
+            .build()
+            .unwrap();
+        Transit { http, address: bao.address.clone(), token: bao.root_token.clone() }
+    }
+
+    async fn post(&self, path: &str, body: String) -> Result<serde_json::Value, reqwest::StatusCode> {
+        let response = self
+            .http
+            .post(format!("{}/v1/transit/{path}", self.address))
+            .header("X-Vault-Token", &self.token)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("OpenBao {path}: {e}"));
+        let status = response.status();
+        if !status.is_success() {
+            return Err(status);
+        }
+        Ok(serde_json::from_slice(&response.bytes().await.unwrap()).unwrap())
+    }
+
+    async fn encrypt(&self, plaintext: &[u8]) -> String {
+        let body = format!(r#"{{"plaintext":"{}"}}"#, BASE64.encode(plaintext));
+        let answer = self.post("encrypt/bench", body).await.unwrap();
+        answer["data"]["ciphertext"].as_str().unwrap().to_owned()
+    }
+
+    async fn decrypt(&self, ciphertext: &str) {
+        let body = format!(r#"{{"ciphertext":"{ciphertext}"}}"#);
+        let answer = self.post("decrypt/bench", body).await.unwrap();
+        assert!(answer["data"]["plaintext"].is_string());
+    }
+
+    async fn encrypt_batch(&self, items: usize, size: usize) {
+        let one = format!(r#"{{"plaintext":"{}"}}"#, BASE64.encode(vec![3u8; size]));
+        let body = format!(r#"{{"batch_input":[{}]}}"#, vec![one; items].join(","));
+        let answer = self.post("encrypt/bench", body).await.unwrap();
+        let results = answer["data"]["batch_results"].as_array().unwrap();
+        assert_eq!(results.len(), items);
+        assert!(results.iter().all(|r| r["ciphertext"].is_string()), "a batch item failed");
+    }
+}
+
+/// One row of the table.
+struct Row {
+    operation: String,
+    system: &'static str,
+    /// Items (or bytes, for the MB/s rows) per operation.
+    unit_per_call: f64,
+    measured: Measured,
+}
+
+#[tokio::main]
+async fn main() {
+    keymesh_mesh::install_crypto_provider();
+    let duration = run_for();
+    let raw_1k = raw_seals_per_second(1024);
+    let raw_64k = raw_seals_per_second(64 << 10);
+
+    // keymesh: the release binaries with the embedded defaults (audit strict, policy, limits), except the
+    // per-application rate limit, raised far above what two cores can serve so that the limiter still runs on
+    // every call without refusing.
+    let limits =
+        [("KEYMESH_LIMITS__APPLICATION_PER_SECOND", "1000000"), ("KEYMESH_LIMITS__TENANT_PER_SECOND", "1000000")];
+    let mut mesh = Mesh::start(&limits, &[]).await;
+    let admin = mesh.admin_client();
+    admin.create_key("bench").await.unwrap();
+    let processes = Processes::of_mesh(&mesh);
+    let keymesh = Keymesh::new(&mesh, &admin, connections()).await;
+    let sample_1k = keymesh.encrypt(vec![3u8; 1024]).await.unwrap();
+    let sample_64k = keymesh.encrypt(vec![3u8; 64 << 10]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = processes.rss();
+
+    // `cargo bench --bench hot_path -- encrypt` runs keymesh's Encrypt 1 KiB alone (for a profiler beside it).
+    if std::env::args().skip(1).any(|a| a == "encrypt") {
+        let keymesh = keymesh.clone();
+        load(&processes, IN_FLIGHT, duration, move || {
+            let keymesh = keymesh.clone();
+            async move { keymesh.encrypt(vec![3u8; 1024]).await.map_or_else(shed_or_panic, |_| Outcome::Done) }
+        })
+        .await;
+        return;
+    }
+    if std::env::args().skip(1).any(|a| a == "stream") {
+        for (name, rate, m) in streams(&admin, &processes).await {
+            println!("{name}: {rate:.0} MB/s, {:.0} µs CPU per MiB, peak RSS {:.1} MiB", m.cpu_per_call, m.peak_rss);
+        }
+        return;
+    }
+    let mut rows = Vec::new();
+    let unary = |size: usize, sample: Vec<u8>| {
+        let (encrypting, decrypting) = (keymesh.clone(), keymesh.clone());
+        (
+            move || {
+                let keymesh = encrypting.clone();
+                async move { keymesh.encrypt(vec![3u8; size]).await.map_or_else(shed_or_panic, |_| Outcome::Done) }
+            },
+            move || {
+                let (keymesh, sample) = (decrypting.clone(), sample.clone());
+                async move { keymesh.decrypt(sample).await.map_or_else(shed_or_panic, |()| Outcome::Done) }
+            },
+        )
+    };
+    for (size, sample) in [(1024usize, sample_1k), (64 << 10, sample_64k)] {
+        let (encrypt, decrypt) = unary(size, sample);
+        let label = format!("{} KiB", size / 1024);
+        let measured = load(&processes, IN_FLIGHT, duration, encrypt).await;
+        rows.push(Row { operation: format!("Encrypt {label}"), system: "keymesh", unit_per_call: 1.0, measured });
+        let measured = load(&processes, IN_FLIGHT, duration, decrypt).await;
+        rows.push(Row { operation: format!("Decrypt {label}"), system: "keymesh", unit_per_call: 1.0, measured });
+    }
+    let batching = keymesh.clone();
+    let measured = load(&processes, BATCH_IN_FLIGHT, duration, move || {
+        let keymesh = batching.clone();
+        async move { keymesh.encrypt_batch(BATCH, 1024).await.map_or_else(shed_or_panic, |()| Outcome::Done) }
+    })
+    .await;
+    rows.push(Row {
+        operation: "Batch × 1 KiB (items)".into(),
+        system: "keymesh",
+        unit_per_call: BATCH as f64,
+        measured,
+    });
+    let loaded: Vec<f64> = {
+        let one_kib: Vec<&Row> = rows.iter().filter(|r| r.operation.ends_with(" 1 KiB")).collect();
+        (0..processes.pids.len()).map(|i| one_kib.iter().map(|r| r.measured.peak_each[i]).fold(0.0, f64::max)).collect()
+    };
+    // Memory the batches took goes back to the system (jemalloc purges after a second) before the streams.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let streams = streams(&admin, &processes).await;
+    // Overload: crypto-service restarted with load shedding set for latency (64 calls served at once, 64 more
+    // queued for at most 5 ms; the rest refused at once with UNAVAILABLE and a retry hint).
+    mesh.restart(
+        ServiceName::CryptoService,
+        &[
+            limits[0],
+            limits[1],
+            ("KEYMESH_SERVER__MAX_IN_FLIGHT", "64"),
+            ("KEYMESH_SERVER__MAX_QUEUED", "64"),
+            ("KEYMESH_SERVER__QUEUE_TIMEOUT_MS", "5"),
+        ],
+    )
+    .await;
+    let processes = Processes::of_mesh(&mesh);
+    let services: Vec<ServiceName> = mesh.children.iter().map(|(s, _)| *s).collect();
+    let keymesh = Keymesh::new(&mesh, &admin, connections()).await;
+    keymesh.encrypt(vec![3u8; 1024]).await.unwrap();
+    let overload_encrypt = {
+        let keymesh = keymesh.clone();
+        move || {
+            let keymesh = keymesh.clone();
+            async move { keymesh.encrypt(vec![3u8; 1024]).await.map_or_else(shed_or_panic, |_| Outcome::Done) }
+        }
+    };
+    let overload = load(&processes, OVERLOAD, duration, overload_encrypt).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = processes.rss();
+    drop(mesh);
+
+    // OpenBao Transit: the dev server with TLS, an aes256-gcm96 key, the same sizes and calls in flight.
+    let bao = OpenBao::start_tls();
+    bao.cli(&["write", "-f", "transit/keys/bench"]);
+    let bao_process = Processes { pids: vec![bao.pid()] };
+    let transit = Transit::new(&bao);
+    for size in [1024usize, 64 << 10] {
+        let sample = transit.encrypt(&vec![3u8; size]).await;
+        let label = format!("{} KiB", size / 1024);
+        let encrypting = transit.clone();
+        let measured = load(&bao_process, IN_FLIGHT, duration, move || {
+            let transit = encrypting.clone();
+            async move {
+                transit.encrypt(&vec![3u8; size]).await;
+                Outcome::Done
+            }
+        })
+        .await;
+        rows.push(Row { operation: format!("Encrypt {label}"), system: "OpenBao", unit_per_call: 1.0, measured });
+        let decrypting = transit.clone();
+        let sample = Arc::new(sample);
+        let measured = load(&bao_process, IN_FLIGHT, duration, move || {
+            let (transit, sample) = (decrypting.clone(), sample.clone());
+            async move {
+                transit.decrypt(&sample).await;
+                Outcome::Done
+            }
+        })
+        .await;
+        rows.push(Row { operation: format!("Decrypt {label}"), system: "OpenBao", unit_per_call: 1.0, measured });
+    }
+    let batching = transit.clone();
+    let measured = load(&bao_process, BATCH_IN_FLIGHT, duration, move || {
+        let transit = batching.clone();
+        async move {
+            transit.encrypt_batch(BAO_BATCH, 1024).await;
+            Outcome::Done
+        }
+    })
+    .await;
+    rows.push(Row {
+        operation: "Batch × 1 KiB (items)".into(),
+        system: "OpenBao",
+        unit_per_call: BAO_BATCH as f64,
+        measured,
+    });
+    let overloading = transit.clone();
+    let bao_overload = load(&bao_process, OVERLOAD, duration, move || {
+        let transit = overloading.clone();
+        async move {
+            let body = format!(r#"{{"plaintext":"{}"}}"#, BASE64.encode([3u8; 1024]));
+            match transit.post("encrypt/bench", body).await {
+                Ok(_) => Outcome::Done,
+                Err(status) if status.as_u16() == 429 || status.as_u16() == 503 => {
+                    Outcome::Shed(Duration::from_millis(10))
+                }
+                Err(status) => panic!("OpenBao encrypt under overload: {status}"),
+            }
+        }
+    })
+    .await;
+    drop(bao);
+
+    print_table(&rows, raw_1k, raw_64k, duration);
+    println!(
+        "Batch: {BATCH_IN_FLIGHT} calls in flight; keymesh {BATCH} items per call, OpenBao {BAO_BATCH} (the most its listener takes by default: 1,000 JSON \
+         strings a request); ops/s and CPU are per item"
+    );
+    println!();
+    println!("streams (keymesh, one call each way, {} MiB, 1 MiB segments)", STREAM_LEN >> 20);
+    println!("{:<28} {:>10} {:>13} {:>14}", "", "MB/s", "CPU µs/MiB", "peak RSS MiB");
+    for (name, rate, measured) in &streams {
+        println!("{name:<28} {rate:>10.0} {:>13.0} {:>14.1}", measured.cpu_per_call, measured.peak_rss);
+    }
+    println!();
+    println!(
+        "overload: Encrypt 1 KiB from {OVERLOAD} callers (keymesh: 64 served at once, 64 queued for 5 ms at most, the \
+         rest refused with a retry hint that callers wait out; OpenBao as it comes)"
+    );
+    println!(
+        "{:<10} {:>12} {:>10} {:>10} {:>10} {:>13} {:>14}",
+        "", "admitted/s", "shed/s", "p50", "p99", "CPU µs/call", "peak RSS MiB"
+    );
+    for (system, m) in [("keymesh", &overload), ("OpenBao", &bao_overload)] {
+        println!(
+            "{system:<10} {:>12.0} {:>10.0} {:>10} {:>10} {:>13.1} {:>14.1}",
+            m.calls_per_second,
+            m.shed_per_second,
+            millis(m.p50),
+            millis(m.p99),
+            m.cpu_per_call,
+            m.peak_rss
+        );
+    }
+    println!();
+    println!("keymesh RSS per service, MiB");
+    println!(
+        "{:<16} {:>8} {:>18} {:>16} {:>18}",
+        "", "idle", "1 KiB rows (peak)", "overload (peak)", "3 s after the load"
+    );
+    for (i, service) in services.iter().enumerate() {
+        println!(
+            "{:<16} {:>8.1} {:>18.1} {:>16.1} {:>18.1}",
+            service.to_string(),
+            idle[i],
+            loaded[i],
+            overload.peak_each[i],
+            after[i]
+        );
+    }
+}
+
+/// EncryptStream of STREAM_LEN bytes in one call, and DecryptStream of the same length (a 64 MiB stream
+/// decrypted over and over): MB/s each way, with the servers' CPU per MiB and peak RSS.
+async fn streams(client: &KeymeshClient, processes: &Processes) -> Vec<(&'static str, f64, Measured)> {
+    let options = StreamOptions { key: "bench".into(), associated: Associated::default(), ..Default::default() };
+    let block: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let measure = |started: Instant, cpu_before: Duration, bytes: u64, peak: Vec<f64>| {
+        let elapsed = started.elapsed();
+        let mib = bytes as f64 / f64::from(1 << 20);
+        Measured {
+            calls_per_second: bytes as f64 / elapsed.as_secs_f64() / 1e6,
+            shed_per_second: 0.0,
+            p50: elapsed,
+            p99: elapsed,
+            cpu_per_call: processes.cpu().saturating_sub(cpu_before).as_secs_f64() * 1e6 / mib,
+            peak_rss: peak.iter().sum(),
+            peak_each: peak,
+        }
+    };
+
+    let (stop, watcher) = processes.watch_rss();
+    let (started, cpu) = (Instant::now(), processes.cpu());
+    let mut sealed = Sink { kept: Vec::new(), keep: 0, written: 0 };
+    let source = Source { block: block.clone(), remaining: STREAM_LEN };
+    client.encrypt_stream(&options, source, &mut sealed, &mut |_| {}).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let encrypting = measure(started, cpu, STREAM_LEN, watcher.join().unwrap());
+
+    let mut small = Sink { kept: Vec::new(), keep: usize::MAX, written: 0 };
+    let source = Source { block, remaining: 64 << 20 };
+    client.encrypt_stream(&options, source, &mut small, &mut |_| {}).await.unwrap();
+    let rounds = STREAM_LEN / (64 << 20);
+    let (stop, watcher) = processes.watch_rss();
+    let (started, cpu) = (Instant::now(), processes.cpu());
+    for _ in 0..rounds {
+        let mut plain = Sink { kept: Vec::new(), keep: 0, written: 0 };
+        let input = std::io::Cursor::new(small.kept.clone());
+        client.decrypt_stream(&options, input, &mut plain, &mut |_| {}).await.unwrap();
+        assert_eq!(plain.written, 64 << 20);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let decrypting = measure(started, cpu, rounds * (64 << 20), watcher.join().unwrap());
+    vec![
+        ("EncryptStream 1 MiB segments", encrypting.calls_per_second, encrypting),
+        ("DecryptStream 1 MiB segments", decrypting.calls_per_second, decrypting),
+    ]
+}
+
+fn print_table(rows: &[Row], raw_1k: f64, raw_64k: f64, duration: Duration) {
+    println!();
+    println!(
+        "hot path: {IN_FLIGHT} calls in flight, {duration:?} per row, release build, TLS on both, load generator on the \
+         same two cores"
+    );
+    println!(
+        "{:<22} {:<9} {:>10} {:>9} {:>9} {:>9} {:>12} {:>9} {:>11} {:>11}",
+        "operation", "system", "ops/s", "MB/s", "p50", "p99", "CPU µs/op", "RSS MiB", "vs OpenBao", "vs raw"
+    );
+    let mut operations: Vec<&str> = rows.iter().map(|r| r.operation.as_str()).collect();
+    operations.dedup();
+    let mut seen = std::collections::HashSet::new();
+    for operation in operations.into_iter().filter(|o| seen.insert(*o)) {
+        let of = |system: &str| rows.iter().find(|r| r.operation == operation && r.system == system);
+        let bao = of("OpenBao");
+        let size = if operation.contains("64 KiB") { 64 << 10 } else { 1024 };
+        let raw = if size == 1024 { raw_1k } else { raw_64k };
+        for row in [of("keymesh"), bao].into_iter().flatten() {
+            let m = &row.measured;
+            let ops = m.calls_per_second * row.unit_per_call;
+            let versus =
+                bao.map_or(String::new(), |b| format!("{:.2}x", ops / (b.measured.calls_per_second * b.unit_per_call)));
+            println!(
+                "{:<22} {:<9} {:>10.0} {:>9.0} {:>9} {:>9} {:>12.1} {:>9.1} {:>11} {:>10.3}x",
+                operation,
+                row.system,
+                ops,
+                ops * size as f64 / 1e6,
+                millis(m.p50),
+                millis(m.p99),
+                m.cpu_per_call / row.unit_per_call,
+                m.peak_rss,
+                versus,
+                ops / raw
+            );
+        }
+        if !operation.starts_with("Decrypt") {
+            println!(
+                "{:<22} {:<9} {:>10.0} {:>9.0} {:>9} {:>9} {:>12.2} {:>9} {:>11} {:>10.3}x",
+                operation,
+                "raw AES",
+                raw,
+                raw * size as f64 / 1e6,
+                "",
+                "",
+                1e6 / raw,
+                "",
+                "",
+                1.0
+            );
+        }
+    }
+}
