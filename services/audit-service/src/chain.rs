@@ -112,3 +112,22 @@ impl ChainWriter {
         Ok(Appended { accepted, duplicates: total - accepted })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bytes_sent_are_stored_unless_they_carry_fields_this_version_does_not_know() {
+        let event = pb::AuditEvent { event_id: "e1".into(), operation: "Encrypt".into(), ..Default::default() };
+        let sent = event.encode_to_vec();
+        let as_sent = ReceivedEvent { event: event.clone(), bytes: sent.clone().into() };
+        assert_eq!(as_sent.stored_bytes(), sent);
+        // Field 1023 (a varint), which AuditEvent does not have: decoding drops it, and so does the trail.
+        let mut extended = sent.clone();
+        extended.extend_from_slice(&[0xF8, 0x3F, 0x01]);
+        let decoded = pb::AuditEvent::decode(extended.as_slice()).unwrap();
+        let with_unknown = ReceivedEvent { event: decoded, bytes: extended.into() };
+        assert_eq!(with_unknown.stored_bytes(), sent);
+    }
+}
