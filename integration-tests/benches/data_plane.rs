@@ -41,14 +41,14 @@ const CONCURRENCY: usize = 32;
 /// How long each unary measurement runs (after a warm-up of a fifth of it).
 const RUN_FOR: Duration = Duration::from_secs(5);
 
-/// Runs `call` from CONCURRENCY tasks for RUN_FOR, reading the CPU of `servers`.
-async fn load_on<F, Fut>(servers: &Processes, call: F) -> Measured
+/// Runs `call` from CONCURRENCY tasks for RUN_FOR.
+async fn load<F, Fut>(call: F) -> Measured
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let call = Arc::new(call);
-    shared::load(servers, CONCURRENCY, RUN_FOR, move || {
+    shared::load(&Processes { pids: Vec::new() }, CONCURRENCY, RUN_FOR, move || {
         let call = call.clone();
         async move {
             call().await;
@@ -56,15 +56,6 @@ where
         }
     })
     .await
-}
-
-/// [`load_on`] without reading any process.
-async fn load<F, Fut>(call: F) -> Measured
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    load_on(&Processes { pids: Vec::new() }, call).await
 }
 
 async fn encrypt(client: &KeymeshClient, plaintext: Vec<u8>) -> Vec<u8> {

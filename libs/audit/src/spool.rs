@@ -225,24 +225,26 @@ impl SpoolWriter {
 }
 
 fn frame(event: &pb::AuditEvent) -> Vec<u8> {
-    // Encoded straight after the header's room, so the event is written once. A Vec grows as needed, so
-    // encoding into one cannot fail; the header is taken from what was written either way.
-    let mut frame = Vec::with_capacity(FRAME_HEADER + event.encoded_len());
-    frame.extend_from_slice(&[0; FRAME_HEADER]);
-    let _ = event.encode(&mut frame);
-    let len = frame.len() - FRAME_HEADER;
-    let checksum = CASTAGNOLI.checksum(&frame[FRAME_HEADER..]);
-    frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
-    frame[4..FRAME_HEADER].copy_from_slice(&checksum.to_le_bytes());
-    frame
+    // A Vec grows as needed, so encoding into one cannot fail; the header is taken from what was written.
+    framed(event.encoded_len(), |buffer| {
+        let _ = event.encode(buffer);
+    })
 }
 
 /// The frame of an already encoded event.
 fn frame_payload(payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&CASTAGNOLI.checksum(payload).to_le_bytes());
-    frame.extend_from_slice(payload);
+    framed(payload.len(), |buffer| buffer.extend_from_slice(payload))
+}
+
+/// A frame whose payload `write` appends straight after the header's room, so that it is written once.
+fn framed(len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(FRAME_HEADER + len);
+    frame.extend_from_slice(&[0; FRAME_HEADER]);
+    write(&mut frame);
+    let len = frame.len() - FRAME_HEADER;
+    let checksum = CASTAGNOLI.checksum(&frame[FRAME_HEADER..]);
+    frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    frame[4..FRAME_HEADER].copy_from_slice(&checksum.to_le_bytes());
     frame
 }
 
@@ -651,6 +653,11 @@ impl SpoolReader {
     }
 }
 
+/// Where the payloads of the first `max` whole frames of `bytes` lie.
+fn frame_spans(bytes: &[u8], max: usize) -> Vec<std::ops::Range<usize>> {
+    frames(bytes).take(max).map(|(payload, after)| after - payload.len()..after).collect()
+}
+
 /// Up to `max` events from `from`, starting with `read_ahead` (bytes an earlier call read past its batch) when
 /// they start there; returns the batch and what was read past it.
 fn read_from(
@@ -672,8 +679,9 @@ fn read_from(
         if at.offset < committed {
             let path = shared.segment_path(at.segment);
             let have = at.offset + bytes.len() as u64;
+            let mut found = frame_spans(&bytes, max);
             // (Past a chunk in hand the frames are damaged, not short: events are far smaller than a chunk.)
-            if frames(&bytes).take(max).count() < max && have < committed && bytes.len() < READ_CHUNK as usize {
+            if found.len() < max && have < committed && bytes.len() < READ_CHUNK as usize {
                 // Too few whole frames in hand: append the next chunk of the segment to what is left of them.
                 let len = (committed - have).min(READ_CHUNK) as usize;
                 let mut joined = Vec::with_capacity(bytes.len() + len);
@@ -684,13 +692,10 @@ fn read_from(
                     .and_then(|_| file.read_exact(&mut joined[bytes.len()..]))
                     .map_err(|e| io_error(&path, e))?;
                 bytes = Bytes::from(joined);
+                found = frame_spans(&bytes, max);
             }
-            let mut events = Vec::new();
-            let mut used = 0;
-            for (payload, after) in frames(&bytes).take(max) {
-                events.push(bytes.slice(after - payload.len()..after));
-                used = after;
-            }
+            let used = found.last().map_or(0, |span| span.end);
+            let events = found.into_iter().map(|span| bytes.slice(span)).collect();
             let mut end = Position { segment: at.segment, offset: at.offset + used as u64 };
             if end == at {
                 // A committed frame larger than READ_CHUNK cannot exist; the rest of the segment is damaged.
@@ -722,6 +727,10 @@ mod tests {
         pb::AuditEvent { event_id: format!("e{n}"), operation: "Encrypt".into(), ..Default::default() }
     }
 
+    fn event_ids(batch: &Batch) -> Vec<String> {
+        batch.events.iter().map(|e| pb::AuditEvent::decode(e.clone()).unwrap().event_id).collect()
+    }
+
     async fn drain(reader: &mut SpoolReader) -> Vec<String> {
         let mut ids = Vec::new();
         loop {
@@ -729,7 +738,7 @@ mod tests {
             if batch.events.is_empty() {
                 return ids;
             }
-            ids.extend(batch.events.into_iter().map(|e| pb::AuditEvent::decode(e).unwrap().event_id));
+            ids.extend(event_ids(&batch));
             reader.acknowledge(batch.end).await;
         }
     }
@@ -766,21 +775,18 @@ mod tests {
         for n in 0..10 {
             writer.append(&event(n)).await.unwrap();
         }
-        let ids = |batch: &Batch| -> Vec<String> {
-            batch.events.iter().map(|e| pb::AuditEvent::decode(e.clone()).unwrap().event_id).collect()
-        };
         let first = reader.read(3).await.unwrap();
-        assert_eq!(ids(&first), ["e0", "e1", "e2"]);
+        assert_eq!(event_ids(&first), ["e0", "e1", "e2"]);
         // Not acknowledged (audit-service did not answer): the same events again.
         let again = reader.read(3).await.unwrap();
-        assert_eq!(ids(&again), ["e0", "e1", "e2"]);
+        assert_eq!(event_ids(&again), ["e0", "e1", "e2"]);
         reader.acknowledge(again.end).await;
         // The rest was read with them: with the segment out of reach, the next batches still come.
         let segment = segment_path(dir.path(), 1);
         let aside = dir.path().join("aside");
         fs::rename(&segment, &aside).unwrap();
         let next = reader.read(3).await.unwrap();
-        assert_eq!(ids(&next), ["e3", "e4", "e5"]);
+        assert_eq!(event_ids(&next), ["e3", "e4", "e5"]);
         reader.acknowledge(next.end).await;
         fs::rename(&aside, &segment).unwrap();
         assert_eq!(drain(&mut reader).await, ["e6", "e7", "e8", "e9"]);

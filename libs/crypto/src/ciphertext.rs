@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::{CryptoError, SecretKey, SymmetricAlgorithm, commitment};
@@ -23,7 +23,9 @@ pub const CURRENT_VERSION: u8 = 3;
 /// Largest header accepted, in bytes: far above any header keymesh writes, far below the u16 limit.
 pub const MAX_HEADER_LEN: usize = 4096;
 
-#[derive(Serialize, Deserialize)]
+// Written by HeaderTemplate; serde writes it only in the test that holds the two to the same bytes.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 struct RawHeader {
     v: u8,
@@ -109,61 +111,30 @@ pub struct SealRequest<'a> {
 
 /// Seals `plaintext` under `key` into a version-3 ciphertext.
 pub fn seal(key: &SecretKey, request: &SealRequest<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let alg = request.algorithm;
-    let nonce = crate::random::random_bytes(alg.nonce_len())?;
-    let header = RawHeader {
-        v: CURRENT_VERSION,
-        ctx: request.key_name.to_owned(),
-        kid: request.key_ref.to_kid(),
-        alg: alg.name().to_owned(),
-        mode: Some(alg.mode().to_owned()),
-        nonce: B64.encode(&*nonce),
-        kc: Some(B64.encode(commitment::commit(key.expose_secret()))),
-        aad: Some(!request.binding.is_empty()),
-    };
-    let header_json = serde_json::to_vec(&header).map_err(|_| CryptoError::Library)?;
-    if header_json.len() > MAX_HEADER_LEN {
-        return Err(CryptoError::TooLarge {
-            what: "ciphertext header",
-            size: header_json.len(),
-            limit: MAX_HEADER_LEN,
-        });
-    }
-    let mut out = Vec::with_capacity(2 + header_json.len() + plaintext.len() + alg.max_overhead());
-    out.extend_from_slice(&(header_json.len() as u16).to_be_bytes());
-    out.extend_from_slice(&header_json);
-    let associated = associated_data(&out, request.binding);
-    let body = alg.seal(key, &nonce, &associated, plaintext)?;
-    out.extend_from_slice(&body);
-    Ok(out)
+    let template = HeaderTemplate::new(
+        request.key_name,
+        request.key_ref,
+        request.algorithm,
+        &commitment::commit(key.expose_secret()),
+    )?;
+    template.seal(request.algorithm, None, key, request.binding, plaintext)
 }
 
-/// Everything about sealing and opening under one key version that does not change from one call to the next,
-/// worked out once: the header's fixed JSON around the nonce and the "aad" flag, the key commitment, and for
-/// AES-GCM cipher contexts already keyed (OpenSSL's, so FIPS mode still holds). crypto-service keeps one beside
-/// each cached data key, so a seal costs a nonce, one copy of a keyed context and the AEAD pass, and an open
-/// compares the commitment instead of recomputing it. [`PreparedKey::seal`] writes exactly what [`seal`] writes;
-/// [`ParsedCiphertext::open_prepared`] accepts exactly what [`ParsedCiphertext::open`] accepts.
-pub struct PreparedKey {
-    algorithm: SymmetricAlgorithm,
-    /// The key's commitment (HMAC-SHA256 of the key), compared in constant time when opening.
-    commitment: [u8; commitment::COMMITMENT_LEN],
+/// A version-3 header's JSON around its nonce and its "aad" flag, the only parts that change from one ciphertext
+/// of a key version to the next. Field for field what serde writes for [`RawHeader`] (a unit test compares).
+struct HeaderTemplate {
     /// `{"v":3,"ctx":…,"kid":…,"alg":…,"mode":…,"nonce":"`.
     before_nonce: Vec<u8>,
     /// `","kc":"…","aad":`.
     after_nonce: Vec<u8>,
-    /// AES-GCM keyed once for sealing and once for opening (the key schedule done, the cipher fetched); copied
-    /// per call, then given the nonce.
-    keyed_gcm: Option<(openssl::cipher_ctx::CipherCtx, openssl::cipher_ctx::CipherCtx)>,
 }
 
-impl PreparedKey {
-    /// Prepares sealing under `key` for `key_name` and `key_ref` with `algorithm`.
-    pub fn new(
-        key: &SecretKey,
+impl HeaderTemplate {
+    fn new(
         key_name: &str,
         key_ref: &KeyRef,
         algorithm: SymmetricAlgorithm,
+        commitment: &[u8],
     ) -> Result<Self, CryptoError> {
         let json = |value: &str| serde_json::to_string(value).map_err(|_| CryptoError::Library);
         let before_nonce = format!(
@@ -173,34 +144,20 @@ impl PreparedKey {
             json(algorithm.name())?,
             json(algorithm.mode())?
         );
-        let commitment = commitment::commit(key.expose_secret());
         let after_nonce = format!("\",\"kc\":\"{}\",\"aad\":", B64.encode(commitment));
-        let keyed_gcm = match algorithm {
-            SymmetricAlgorithm::Aes256Gcm | SymmetricAlgorithm::Aes128Gcm if key.len() == algorithm.key_len() => {
-                let cipher = match algorithm {
-                    SymmetricAlgorithm::Aes128Gcm => openssl::cipher::Cipher::aes_128_gcm(),
-                    _ => openssl::cipher::Cipher::aes_256_gcm(),
-                };
-                let mut sealing = openssl::cipher_ctx::CipherCtx::new()?;
-                sealing.encrypt_init(Some(cipher), Some(key.expose_secret()), None)?;
-                let mut opening = openssl::cipher_ctx::CipherCtx::new()?;
-                opening.decrypt_init(Some(cipher), Some(key.expose_secret()), None)?;
-                Some((sealing, opening))
-            }
-            _ => None,
-        };
-        Ok(Self {
-            algorithm,
-            commitment,
-            before_nonce: before_nonce.into_bytes(),
-            after_nonce: after_nonce.into_bytes(),
-            keyed_gcm,
-        })
+        Ok(Self { before_nonce: before_nonce.into_bytes(), after_nonce: after_nonce.into_bytes() })
     }
 
-    /// Seals `plaintext` (under `key`, the key this sealer was made for) into a version-3 ciphertext.
-    pub fn seal(&self, key: &SecretKey, binding: Binding<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let alg = self.algorithm;
+    /// Seals `plaintext` with a fresh nonce under this header: with `keyed` (AES-GCM keyed once for `key`) when
+    /// given, else keying `alg` afresh.
+    fn seal(
+        &self,
+        alg: SymmetricAlgorithm,
+        keyed: Option<&KeyedGcm>,
+        key: &SecretKey,
+        binding: Binding<'_>,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         if plaintext.len() > alg.max_plaintext() {
             return Err(CryptoError::TooLarge { what: "plaintext", size: plaintext.len(), limit: alg.max_plaintext() });
         }
@@ -220,24 +177,112 @@ impl PreparedKey {
         out.extend_from_slice(&self.after_nonce);
         out.extend_from_slice(flag);
         let associated = associated_data(&out, binding);
-        match &self.keyed_gcm {
-            Some((keyed, _)) => {
-                let mut context = openssl::cipher_ctx::CipherCtx::new()?;
-                context.copy(keyed)?;
-                context.encrypt_init(None, None, Some(&nonce))?;
-                context.cipher_update(&associated, None)?;
-                let body_at = out.len();
-                out.resize(body_at + plaintext.len(), 0);
-                let written = context.cipher_update(plaintext, Some(&mut out[body_at..]))?;
-                let finished = context.cipher_final(&mut out[body_at + written..])?;
-                out.truncate(body_at + written + finished);
-                let mut tag = [0u8; crate::aead::GCM_TAG_LEN];
-                context.tag(&mut tag)?;
-                out.extend_from_slice(&tag);
-            }
+        match keyed {
+            Some(keyed) => keyed.seal_into(&nonce, &associated, plaintext, &mut out)?,
             None => out.extend_from_slice(&alg.seal(key, &nonce, &associated, plaintext)?),
         }
         Ok(out)
+    }
+}
+
+/// AES-GCM keyed once (OpenSSL's, so FIPS mode still holds): the key schedule done and the cipher fetched, one
+/// context for sealing and one for opening, copied per call and then given the nonce.
+struct KeyedGcm {
+    sealing: openssl::cipher_ctx::CipherCtx,
+    opening: openssl::cipher_ctx::CipherCtx,
+}
+
+impl KeyedGcm {
+    /// For AES-128-GCM and AES-256-GCM with a key of the right length; none for the other algorithms.
+    fn new(algorithm: SymmetricAlgorithm, key: &SecretKey) -> Result<Option<Self>, CryptoError> {
+        let cipher = match algorithm {
+            SymmetricAlgorithm::Aes128Gcm => openssl::cipher::Cipher::aes_128_gcm(),
+            SymmetricAlgorithm::Aes256Gcm => openssl::cipher::Cipher::aes_256_gcm(),
+            _ => return Ok(None),
+        };
+        if key.len() != algorithm.key_len() {
+            return Ok(None);
+        }
+        let mut sealing = openssl::cipher_ctx::CipherCtx::new()?;
+        sealing.encrypt_init(Some(cipher), Some(key.expose_secret()), None)?;
+        let mut opening = openssl::cipher_ctx::CipherCtx::new()?;
+        opening.decrypt_init(Some(cipher), Some(key.expose_secret()), None)?;
+        Ok(Some(Self { sealing, opening }))
+    }
+
+    /// Appends the ciphertext and the tag of `plaintext` to `out`.
+    fn seal_into(&self, nonce: &[u8], aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        let mut context = openssl::cipher_ctx::CipherCtx::new()?;
+        context.copy(&self.sealing)?;
+        context.encrypt_init(None, None, Some(nonce))?;
+        context.cipher_update(aad, None)?;
+        let body_at = out.len();
+        out.resize(body_at + plaintext.len(), 0);
+        let written = context.cipher_update(plaintext, Some(&mut out[body_at..]))?;
+        let finished = context.cipher_final(&mut out[body_at + written..])?;
+        out.truncate(body_at + written + finished);
+        let mut tag = [0u8; crate::aead::GCM_TAG_LEN];
+        context.tag(&mut tag)?;
+        out.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    /// The plaintext of `body` (ciphertext, then tag); every failure, a wrong tag above all, is the same opaque
+    /// error, and a partial plaintext is wiped.
+    fn open(&self, nonce: &[u8], aad: &[u8], body: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let split = body.len().checked_sub(crate::aead::GCM_TAG_LEN).ok_or(CryptoError::DecryptionFailed)?;
+        let (sealed, tag) = body.split_at(split);
+        let mut plaintext = Zeroizing::new(vec![0u8; sealed.len() + 16]);
+        let opened = (|| {
+            let mut context = openssl::cipher_ctx::CipherCtx::new()?;
+            context.copy(&self.opening)?;
+            context.decrypt_init(None, None, Some(nonce))?;
+            context.set_tag(tag)?;
+            context.cipher_update(aad, None)?;
+            let written = context.cipher_update(sealed, Some(&mut plaintext[..]))?;
+            let finished = context.cipher_final(&mut plaintext[written..])?;
+            Ok::<_, openssl::error::ErrorStack>(written + finished)
+        })();
+        let len = opened.map_err(|_| CryptoError::DecryptionFailed)?;
+        plaintext.truncate(len);
+        Ok(plaintext)
+    }
+}
+
+/// Everything about sealing and opening under one key version that does not change from one call to the next,
+/// worked out once: the header around the nonce, the key commitment, and for AES-GCM keyed cipher contexts.
+/// crypto-service keeps one beside each cached data key, so a seal costs a nonce, one copy of a keyed context and
+/// the AEAD pass, and an open compares the commitment instead of recomputing it. [`PreparedKey::seal`] writes
+/// what [`seal`] writes; [`ParsedCiphertext::open_prepared`] accepts exactly what [`ParsedCiphertext::open`]
+/// accepts.
+pub struct PreparedKey {
+    algorithm: SymmetricAlgorithm,
+    /// The key's commitment (HMAC-SHA256 of the key), compared in constant time when opening.
+    commitment: [u8; commitment::COMMITMENT_LEN],
+    header: HeaderTemplate,
+    keyed_gcm: Option<KeyedGcm>,
+}
+
+impl PreparedKey {
+    /// Prepares sealing under `key` for `key_name` and `key_ref` with `algorithm`, and opening under `key`.
+    pub fn new(
+        key: &SecretKey,
+        key_name: &str,
+        key_ref: &KeyRef,
+        algorithm: SymmetricAlgorithm,
+    ) -> Result<Self, CryptoError> {
+        let commitment = commitment::commit(key.expose_secret());
+        Ok(Self {
+            algorithm,
+            commitment,
+            header: HeaderTemplate::new(key_name, key_ref, algorithm, &commitment)?,
+            keyed_gcm: KeyedGcm::new(algorithm, key)?,
+        })
+    }
+
+    /// Seals `plaintext` (under `key`, the key this was prepared for) into a version-3 ciphertext.
+    pub fn seal(&self, key: &SecretKey, binding: Binding<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.header.seal(self.algorithm, self.keyed_gcm.as_ref(), key, binding, plaintext)
     }
 }
 
@@ -357,26 +402,10 @@ impl ParsedCiphertext<'_> {
             return Err(CryptoError::DecryptionFailed);
         }
         let associated = associated_data(self.header_bytes, binding);
-        let Some((_, keyed)) = &prepared.keyed_gcm else {
-            return self.algorithm.open(key, &self.nonce, &associated, self.body);
-        };
-        let split = self.body.len().checked_sub(crate::aead::GCM_TAG_LEN).ok_or(CryptoError::DecryptionFailed)?;
-        let (sealed, tag) = self.body.split_at(split);
-        let mut plaintext = Zeroizing::new(vec![0u8; sealed.len() + 16]);
-        let opened = (|| {
-            let mut context = openssl::cipher_ctx::CipherCtx::new()?;
-            context.copy(keyed)?;
-            context.decrypt_init(None, None, Some(&self.nonce))?;
-            context.set_tag(tag)?;
-            context.cipher_update(&associated, None)?;
-            let written = context.cipher_update(sealed, Some(&mut plaintext[..]))?;
-            let finished = context.cipher_final(&mut plaintext[written..])?;
-            Ok::<_, openssl::error::ErrorStack>(written + finished)
-        })();
-        // Every failure (a wrong tag above all) is the same opaque error; the partial plaintext is wiped on drop.
-        let len = opened.map_err(|_| CryptoError::DecryptionFailed)?;
-        plaintext.truncate(len);
-        Ok(plaintext)
+        match &prepared.keyed_gcm {
+            Some(keyed) => keyed.open(&self.nonce, &associated, self.body),
+            None => self.algorithm.open(key, &self.nonce, &associated, self.body),
+        }
     }
 }
 
@@ -443,21 +472,31 @@ mod tests {
                 let wrong = SecretKey::from_bytes(vec![8; algorithm.key_len()]);
                 let wrong_prepared = PreparedKey::new(&wrong, "n", &key_ref, algorithm).unwrap();
                 assert!(parsed.open_prepared(&wrong_prepared, &wrong, binding).is_err(), "{algorithm:?}: commitment");
-                // Byte for byte the header seal() writes, but for the nonce: serde's own JSON of the same fields.
+                // Byte for byte serde's JSON of the same fields, the nonce included.
+                let header_len = u16::from_be_bytes([sealed[0], sealed[1]]) as usize;
+                let expected = serde_json::to_vec(&RawHeader {
+                    v: CURRENT_VERSION,
+                    ctx: "odd \"name\"\t\u{1F511}".into(),
+                    kid: key_ref.to_kid(),
+                    alg: algorithm.name().into(),
+                    mode: Some(algorithm.mode().into()),
+                    nonce: B64.encode(&parsed.nonce),
+                    kc: Some(B64.encode(commitment::commit(key.expose_secret()))),
+                    aad: Some(!binding.is_empty()),
+                })
+                .unwrap();
+                assert_eq!(&sealed[2..2 + header_len], expected.as_slice(), "{algorithm:?}");
+                // seal() writes through the same template and keys the algorithm afresh: same length, and it opens.
                 let reference = seal(
                     &key,
                     &SealRequest { key_name: "odd \"name\"\t\u{1F511}", key_ref: &key_ref, algorithm, binding },
                     b"attack at dawn",
                 )
                 .unwrap();
-                let header = |c: &[u8]| {
-                    let len = u16::from_be_bytes([c[0], c[1]]) as usize;
-                    let text = std::str::from_utf8(&c[2..2 + len]).unwrap().to_owned();
-                    let (before, rest) = text.split_once("\"nonce\":\"").unwrap();
-                    let (_nonce, after) = rest.split_once('"').unwrap();
-                    format!("{before}\"nonce\":\"…\"{after}")
-                };
-                assert_eq!(header(&sealed), header(&reference), "{algorithm:?}");
+                assert_eq!(
+                    parse(&reference).unwrap().open_prepared(&sealer, &key, binding).unwrap().as_slice(),
+                    b"attack at dawn"
+                );
                 assert_eq!(sealed.len(), reference.len());
             }
         }

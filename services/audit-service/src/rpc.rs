@@ -328,3 +328,21 @@ where
     tokio::spawn(body(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_that_is_not_an_audit_event_is_refused_naming_it() {
+        let good = pb::AuditEvent { event_id: "e1".into(), service: "crypto-service".into(), ..Default::default() };
+        let batch =
+            pb::AppendRequest { batch_id: 1, events: vec![good.encode_to_vec().into(), vec![0xFF, 0xFF, 0xFF].into()] };
+        let refused = validate(&batch, "crypto-service").err().expect("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(refused.message(), "events[1] is not a valid AuditEvent");
+        let accepted =
+            validate(&pb::AppendRequest { batch_id: 2, events: batch.events[..1].to_vec() }, "crypto-service");
+        assert_eq!(accepted.unwrap()[0].event, good);
+    }
+}

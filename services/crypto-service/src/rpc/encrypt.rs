@@ -4,11 +4,7 @@
 
 use std::collections::HashMap;
 
-use keymesh_crypto::{
-    CryptoError, KeyAlgorithm,
-    asymmetric::AsymmetricEncryption,
-    ciphertext::{self, Binding, KeyRef, SealRequest},
-};
+use keymesh_crypto::{CryptoError, KeyAlgorithm, asymmetric::AsymmetricEncryption, ciphertext::Binding};
 use keymesh_mesh::auth::AccessClaims;
 use keymesh_proto::algorithm::ToProto;
 use keymesh_proto::v1 as pb;
@@ -161,15 +157,9 @@ impl CryptoRpc {
         };
         let context = context_of(item.context);
         let binding = Binding { aad: item.aad, context: Some(&context) };
-        let sealed = match &dek.prepared {
-            Some(prepared) => prepared.seal(&dek.material, binding, item.plaintext),
-            None => {
-                let key_ref = KeyRef { key_id: dek.key_id.clone(), version: dek.version };
-                let seal = SealRequest { key_name: &dek.key_name, key_ref: &key_ref, algorithm, binding };
-                ciphertext::seal(&dek.material, &seal, item.plaintext)
-            }
-        };
-        let ciphertext = sealed.map_err(|e| match e {
+        // Every symmetric key's cache entry holds its prepared key (dek_cache.rs).
+        let prepared = dek.prepared.as_ref().ok_or_else(|| CryptoServiceError::Internal("no prepared key".into()))?;
+        let ciphertext = prepared.seal(&dek.material, binding, item.plaintext).map_err(|e| match e {
             CryptoError::TooLarge { size, limit, .. } => CryptoServiceError::InvalidArgument {
                 field: "plaintext",
                 reason: format!(
