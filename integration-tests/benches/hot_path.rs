@@ -26,7 +26,7 @@ use std::{
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use integration_tests::{Mesh, kms_servers::OpenBao};
 use keymesh_client::{KeymeshClient, envelope::Associated, streaming::StreamOptions};
-use keymesh_mesh::ServiceName;
+use keymesh_mesh::{ServiceName, client::mtls_channel};
 use keymesh_proto::v1::{self as pb, crypto_service_client::CryptoServiceClient};
 use shared::{Measured, Outcome, Processes, Sink, Source, load, millis, raw_seals_per_second};
 use tonic::{metadata::MetadataValue, transport::Channel};
@@ -67,11 +67,17 @@ struct Keymesh {
 
 impl Keymesh {
     async fn new(mesh: &Mesh, admin: &KeymeshClient, connections: usize) -> Keymesh {
+        Keymesh::to(mesh, admin, mesh.endpoint(ServiceName::CryptoService), connections).await
+    }
+
+    /// Callers of whatever serves crypto-service's identity at `endpoint` (the mesh's, or the transport floor).
+    async fn to(mesh: &Mesh, admin: &KeymeshClient, endpoint: &str, connections: usize) -> Keymesh {
         let token = admin.access_token().await.unwrap();
         let bearer = format!("Bearer {}", token.as_str()).parse().unwrap();
+        let tls = mesh.app_tls("test-app");
         let clients = (0..connections)
             .map(|_| {
-                CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService))
+                CryptoServiceClient::new(mtls_channel(endpoint, &tls, ServiceName::CryptoService).unwrap())
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20)
             })
@@ -190,6 +196,12 @@ struct Row {
 
 #[tokio::main]
 async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, data_dir, address] = args.as_slice()
+        && mode == "floor"
+    {
+        return floor::serve(std::path::Path::new(data_dir), address.parse().unwrap()).await;
+    }
     keymesh_mesh::install_crypto_provider();
     let duration = run_for();
     let raw_1k = raw_seals_per_second(1024);
@@ -227,7 +239,8 @@ async fn main() {
         return;
     }
     let mut rows = Vec::new();
-    let unary = |size: usize, sample: Vec<u8>| {
+    // Encrypt of `size` bytes and Decrypt of `sample` through `keymesh`, as the load generator calls them.
+    let unary = |keymesh: &Keymesh, size: usize, sample: Vec<u8>| {
         let (encrypting, decrypting) = (keymesh.clone(), keymesh.clone());
         (
             move || {
@@ -241,7 +254,7 @@ async fn main() {
         )
     };
     for (size, sample) in [(1024usize, sample_1k), (64 << 10, sample_64k)] {
-        let (encrypt, decrypt) = unary(size, sample);
+        let (encrypt, decrypt) = unary(&keymesh, size, sample);
         let label = format!("{} KiB", size / 1024);
         let measured = load(&processes, IN_FLIGHT, duration, encrypt).await;
         rows.push(Row { operation: format!("Encrypt {label}"), system: "keymesh", unit_per_call: 1.0, measured });
@@ -260,8 +273,35 @@ async fn main() {
         unit_per_call: BATCH as f64,
         measured,
     });
+    // The transport floor (see `floor`), measured like keymesh, with the same callers and requests.
+    let floor_address = format!("127.0.0.1:{}", integration_tests::free_port());
+    let mut floor_server = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .arg("floor")
+        .arg(mesh.dir.path())
+        .arg(&floor_address)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let floor_process = Processes { pids: vec![floor_server.id().unwrap()] };
+    let floor = Keymesh::to(&mesh, &admin, &floor_address, connections()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(status) = floor.encrypt(vec![3u8; 1024]).await {
+        assert!(Instant::now() < deadline, "the transport floor did not serve: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for size in [1024usize, 64 << 10] {
+        let sample = floor.encrypt(vec![3u8; size]).await.unwrap();
+        let (encrypt, decrypt) = unary(&floor, size, sample);
+        let label = format!("{} KiB", size / 1024);
+        let measured = load(&floor_process, IN_FLIGHT, duration, encrypt).await;
+        rows.push(Row { operation: format!("Encrypt {label}"), system: "floor", unit_per_call: 1.0, measured });
+        let measured = load(&floor_process, IN_FLIGHT, duration, decrypt).await;
+        rows.push(Row { operation: format!("Decrypt {label}"), system: "floor", unit_per_call: 1.0, measured });
+    }
+    floor_server.kill().await.unwrap();
     let loaded: Vec<f64> = {
-        let one_kib: Vec<&Row> = rows.iter().filter(|r| r.operation.ends_with(" 1 KiB")).collect();
+        let one_kib: Vec<&Row> =
+            rows.iter().filter(|r| r.system == "keymesh" && r.operation.ends_with(" 1 KiB")).collect();
         (0..processes.pids.len()).map(|i| one_kib.iter().map(|r| r.measured.peak_each[i]).fold(0.0, f64::max)).collect()
     };
     // Memory the batches took goes back to the system (jemalloc purges after a second) before the streams.
@@ -472,7 +512,7 @@ fn print_table(rows: &[Row], raw_1k: f64, raw_64k: f64, duration: Duration) {
         let bao = of("OpenBao");
         let size = if operation.contains("64 KiB") { 64 << 10 } else { 1024 };
         let raw = if size == 1024 { raw_1k } else { raw_64k };
-        for row in [of("keymesh"), bao].into_iter().flatten() {
+        for row in [of("keymesh"), bao, of("floor")].into_iter().flatten() {
             let m = &row.measured;
             let ops = m.calls_per_second * row.unit_per_call;
             let versus =
@@ -506,5 +546,188 @@ fn print_table(rows: &[Row], raw_1k: f64, raw_64k: f64, duration: Duration) {
                 1.0
             );
         }
+    }
+}
+
+/// The transport floor: keymesh's own server stack (`keymesh_mesh::server::serve`: mTLS with the SVID check,
+/// load shedding, request ids, server spans, health and reflection) serving a CryptoService whose Encrypt and
+/// Decrypt only seal and open under a prepared key: no token check, rate limit, policy, audit or key-service.
+/// It runs in a child process (this bench binary, re-executed with `floor <data dir> <address>`) so that /proc
+/// counts its CPU apart from the load generator's. Its rows are what any service on this gRPC/mTLS stack pays
+/// per call on this machine, which the hot path's targets must be read against.
+mod floor {
+    use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+
+    use keymesh_crypto::{
+        SecretKey, SymmetricAlgorithm,
+        ciphertext::{Binding, KeyRef, PreparedKey, parse},
+    };
+    use keymesh_mesh::{
+        ServiceName,
+        config::ServerSettings,
+        pki::{DevIdentity, ensure_dev_identity},
+        shedding::Capacity,
+    };
+    use keymesh_proto::v1::{
+        self as pb,
+        crypto_service_server::{CryptoService, CryptoServiceServer},
+    };
+    use tonic::{Request, Response, Status, Streaming, service::Routes};
+
+    struct Floor {
+        key: SecretKey,
+        prepared: PreparedKey,
+        context: BTreeMap<String, String>,
+    }
+
+    impl Floor {
+        fn binding<'a>(&'a self, aad: &'a [u8]) -> Binding<'a> {
+            Binding { aad, context: Some(&self.context) }
+        }
+    }
+
+    fn unimplemented<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("not part of the transport floor"))
+    }
+
+    type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+    #[tonic::async_trait]
+    impl CryptoService for Floor {
+        async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
+            let request = request.into_inner();
+            let ciphertext = self
+                .prepared
+                .seal(&self.key, self.binding(&request.aad), &request.plaintext)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(pb::EncryptResponse {
+                ciphertext,
+                key_id: "k_floor".into(),
+                key_version: 1,
+                ..Default::default()
+            }))
+        }
+
+        async fn decrypt(&self, request: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
+            let request = request.into_inner();
+            let parsed = parse(&request.ciphertext).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let plaintext = parsed
+                .open_prepared(&self.prepared, &self.key, self.binding(&request.aad))
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Ok(Response::new(pb::DecryptResponse {
+                plaintext: plaintext.to_vec(),
+                key_id: "k_floor".into(),
+                key_version: 1,
+                ..Default::default()
+            }))
+        }
+
+        async fn re_encrypt(
+            &self,
+            _: Request<pb::ReEncryptRequest>,
+        ) -> Result<Response<pb::ReEncryptResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn generate_data_key(
+            &self,
+            _: Request<pb::GenerateDataKeyRequest>,
+        ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn generate_data_key_without_plaintext(
+            &self,
+            _: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
+        ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn sign(&self, _: Request<pb::SignRequest>) -> Result<Response<pb::SignResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn verify(&self, _: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn generate_mac(
+            &self,
+            _: Request<pb::GenerateMacRequest>,
+        ) -> Result<Response<pb::GenerateMacResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn verify_mac(
+            &self,
+            _: Request<pb::VerifyMacRequest>,
+        ) -> Result<Response<pb::VerifyMacResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn generate_random(
+            &self,
+            _: Request<pb::GenerateRandomRequest>,
+        ) -> Result<Response<pb::GenerateRandomResponse>, Status> {
+            unimplemented()
+        }
+
+        type EncryptStreamStream = Stream<pb::EncryptStreamResponse>;
+
+        async fn encrypt_stream(
+            &self,
+            _: Request<Streaming<pb::EncryptStreamRequest>>,
+        ) -> Result<Response<Self::EncryptStreamStream>, Status> {
+            unimplemented()
+        }
+
+        type DecryptStreamStream = Stream<pb::DecryptStreamResponse>;
+
+        async fn decrypt_stream(
+            &self,
+            _: Request<Streaming<pb::DecryptStreamRequest>>,
+        ) -> Result<Response<Self::DecryptStreamStream>, Status> {
+            unimplemented()
+        }
+    }
+
+    /// Serves the floor on `address` as crypto-service's identity from the mesh's development PKI in `data_dir`,
+    /// with the services' default server settings, until killed.
+    pub async fn serve(data_dir: &Path, address: SocketAddr) {
+        keymesh_mesh::install_crypto_provider();
+        let service = ServiceName::CryptoService;
+        let identity = DevIdentity { name: service.as_str().into(), spiffe_id: service.spiffe_id(), server: true };
+        let tls = ensure_dev_identity(data_dir, &identity).expect("crypto-service's certificate");
+        let algorithm = SymmetricAlgorithm::Aes256Gcm;
+        let key = SecretKey::generate(algorithm.key_len()).expect("key");
+        let key_ref = KeyRef { key_id: "k_floor".into(), version: 1 };
+        let prepared = PreparedKey::new(&key, "bench", &key_ref, algorithm).expect("prepared key");
+        let floor = Floor { key, prepared, context: BTreeMap::new() };
+        let routes = Routes::new(
+            CryptoServiceServer::new(floor).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20),
+        );
+        let settings = ServerSettings {
+            shutdown_grace: Duration::from_secs(1),
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_connection_age: None,
+            capacity: Capacity { max_in_flight: 512, max_queued: 512, queue_timeout: Duration::from_millis(200) },
+        };
+        let listener = keymesh_mesh::server::bind(address).await.expect("bind");
+        keymesh_mesh::server::serve(
+            listener,
+            &tls,
+            routes,
+            &["keymesh.v1.CryptoService"],
+            std::future::pending(),
+            &settings,
+        )
+        .await
+        .expect("serve");
     }
 }

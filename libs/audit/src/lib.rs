@@ -28,8 +28,10 @@ use tokio::sync::mpsc;
 pub use spool::SpoolError;
 use spool::{SpoolReader, SpoolWriter};
 
-/// Events per `Append` batch, at most.
-const BATCH_MAX: usize = 256;
+/// Events per `Append` batch, at most: the most audit-service takes in one. Under load every batch is full, and
+/// audit-service's cost per batch (a transaction, its commit's fsync, the head of the chain, the duplicate
+/// check) is shared by that many events.
+const BATCH_MAX: usize = 1000;
 /// How long the shipper lets events gather after the spool wakes it.
 const BATCH_LINGER: Duration = Duration::from_millis(20);
 /// How long to wait for an acknowledgement.
@@ -394,6 +396,12 @@ async fn ship(client: AuditServiceClient<MeshChannel>, mut reader: SpoolReader) 
             }
         }
         reader.acknowledge(batch.end).await;
+        if batch.events.len() < BATCH_MAX {
+            // The spool is drained: let the next batch gather rather than send each group commit's few events
+            // on its own. audit-service pays a transaction and its fsync per batch; under load this makes the
+            // batches full, and no event waits in the spool much longer than the linger.
+            tokio::time::sleep(BATCH_LINGER).await;
+        }
     }
 }
 

@@ -161,11 +161,13 @@ impl HeaderTemplate {
         if plaintext.len() > alg.max_plaintext() {
             return Err(CryptoError::TooLarge { what: "plaintext", size: plaintext.len(), limit: alg.max_plaintext() });
         }
-        let nonce = crate::random::random_bytes(alg.nonce_len())?;
+        let mut nonce_bytes = [0u8; 24];
+        crate::random::fill_nonce(&mut nonce_bytes[..alg.nonce_len()])?;
+        let nonce = &nonce_bytes[..alg.nonce_len()];
         let flag: &[u8] = if binding.is_empty() { b"false}" } else { b"true}" };
         // Nonces are at most 24 bytes: 32 characters of base64.
         let mut encoded = [0u8; 64];
-        let encoded_len = B64.encode_slice(&*nonce, &mut encoded).map_err(|_| CryptoError::Library)?;
+        let encoded_len = B64.encode_slice(nonce, &mut encoded).map_err(|_| CryptoError::Library)?;
         let header_len = self.before_nonce.len() + encoded_len + self.after_nonce.len() + flag.len();
         if header_len > MAX_HEADER_LEN {
             return Err(CryptoError::TooLarge { what: "ciphertext header", size: header_len, limit: MAX_HEADER_LEN });
@@ -178,8 +180,8 @@ impl HeaderTemplate {
         out.extend_from_slice(flag);
         let associated = associated_data(&out, binding);
         match keyed {
-            Some(keyed) => keyed.seal_into(&nonce, &associated, plaintext, &mut out)?,
-            None => out.extend_from_slice(&alg.seal(key, &nonce, &associated, plaintext)?),
+            Some(keyed) => keyed.seal_into(nonce, &associated, plaintext, &mut out)?,
+            None => out.extend_from_slice(&alg.seal(key, nonce, &associated, plaintext)?),
         }
         Ok(out)
     }

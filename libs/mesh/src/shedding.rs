@@ -18,7 +18,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, LazyLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -53,6 +53,76 @@ struct Shared {
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     capacity: Capacity,
+    pushback: Pushback,
+}
+
+/// Length of the windows over which admissions and refusals are counted for the retry hint.
+const PUSHBACK_WINDOW: Duration = Duration::from_millis(100);
+/// The shortest retry hint.
+const MIN_RETRY_HINT: Duration = Duration::from_millis(10);
+/// The longest retry hint: past it, a caller is better served by another replica or by failing.
+const MAX_RETRY_HINT: Duration = Duration::from_secs(1);
+
+/// The retry hint a refusal carries, grown with the overload until the callers' retries come back at about the
+/// rate the service admits them. Each window (100 ms) that saw `f` arrivals per admission (f > 1.1) multiplies
+/// the hint by `f`; a window without such overload halves it, down to the base (the queue's wait, at least
+/// 10 ms); it never exceeds a second. A fixed hint had a thousand callers come back every 10 ms and the service
+/// spend on refusing them the CPU its admitted calls needed (the hot path benchmark's overload run: three
+/// refusals per admitted call).
+struct Pushback {
+    started: std::time::Instant,
+    /// The window `admitted` and `refused` count in (windows since `started`).
+    window: AtomicU64,
+    admitted: AtomicU64,
+    refused: AtomicU64,
+    /// The hint as a multiple of the base, in thousandths (1,000: the base).
+    scale_milli: AtomicU64,
+}
+
+impl Pushback {
+    fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            window: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            scale_milli: AtomicU64::new(1000),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        (self.started.elapsed().as_millis() / PUSHBACK_WINDOW.as_millis()) as u64
+    }
+
+    /// Counts a call admitted or refused in window `now`.
+    fn count(&self, now: u64, admitted: bool) {
+        let seen = self.window.load(Ordering::Relaxed);
+        if now != seen && self.window.compare_exchange(seen, now, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            // The one call that moved the window on closes the last one. Counts racing with it land in either
+            // window: the figure is an estimate.
+            let (admitted, refused) = (self.admitted.swap(0, Ordering::AcqRel), self.refused.swap(0, Ordering::AcqRel));
+            let arrivals_per_admission = (admitted + refused) * 1000 / admitted.max(1);
+            let scale = self.scale_milli.load(Ordering::Relaxed);
+            let ceiling = (MAX_RETRY_HINT.as_millis() * 1000 / MIN_RETRY_HINT.as_millis()) as u64;
+            // A window long past (the service was idle in between) says nothing about now: back to the base.
+            let next = if now != seen + 1 {
+                1000
+            } else if arrivals_per_admission > 1100 {
+                (scale.saturating_mul(arrivals_per_admission) / 1000).min(ceiling)
+            } else {
+                (scale / 2).max(1000)
+            };
+            self.scale_milli.store(next, Ordering::Relaxed);
+        }
+        if admitted { &self.admitted } else { &self.refused }.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The hint for a call refused in window `now`.
+    fn hint(&self, now: u64, base: Duration) -> Duration {
+        self.count(now, false);
+        let scale = u32::try_from(self.scale_milli.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        base.max(MIN_RETRY_HINT).saturating_mul(scale).div_f64(1000.0).min(MAX_RETRY_HINT)
+    }
 }
 
 /// The shedding layer of one server.
@@ -69,6 +139,7 @@ impl LoadShedLayer {
             slots: Arc::new(Semaphore::new(capacity.max_in_flight)),
             waiting: AtomicUsize::new(0),
             capacity,
+            pushback: Pushback::new(),
         });
         for reason in ["queue_full", "queue_timeout"] {
             SHED.add(0, &[KeyValue::new("reason", reason)]);
@@ -142,7 +213,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
+        let now = shared.pushback.now();
         if let Ok(slot) = shared.slots.clone().try_acquire_owned() {
+            shared.pushback.count(now, true);
             return Box::pin(async move {
                 let response = inner.call(request).await;
                 drop(slot);
@@ -151,19 +224,24 @@ where
         }
         let capacity = shared.capacity;
         let Some(place) = QueuePlace::take(&shared) else {
-            return Box::pin(async move { Ok(refusal(&capacity, "queue_full")) });
+            let hint = shared.pushback.hint(now, capacity.queue_timeout);
+            return Box::pin(async move { Ok(refusal(&capacity, "queue_full", hint)) });
         };
         Box::pin(async move {
             let waited = tokio::time::timeout(capacity.queue_timeout, shared.slots.clone().acquire_owned()).await;
             drop(place);
             match waited {
                 Ok(Ok(slot)) => {
+                    shared.pushback.count(shared.pushback.now(), true);
                     let response = inner.call(request).await;
                     drop(slot);
                     response
                 }
                 // Timed out, or (never here) the semaphore closed.
-                _ => Ok(refusal(&capacity, "queue_timeout")),
+                _ => {
+                    let hint = shared.pushback.hint(shared.pushback.now(), capacity.queue_timeout);
+                    Ok(refusal(&capacity, "queue_timeout", hint))
+                }
             }
         })
     }
@@ -188,15 +266,14 @@ impl Drop for QueuePlace {
     }
 }
 
-/// The answer to a shed call: UNAVAILABLE, retry after the queue's wait (a slot frees up within it for most
-/// calls of a loaded service).
-fn refusal<ResBody: Default>(capacity: &Capacity, reason: &'static str) -> http::Response<ResBody> {
+/// The answer to a shed call: UNAVAILABLE, retry after `hint` (see [`Pushback`]).
+fn refusal<ResBody: Default>(capacity: &Capacity, reason: &'static str, hint: Duration) -> http::Response<ResBody> {
     SHED.add(1, &[KeyValue::new("reason", reason)]);
     let message = format!(
         "the service is at capacity ({} calls in flight, {} waiting); retry later or on another replica",
         capacity.max_in_flight, capacity.max_queued
     );
-    retry_status(tonic::Code::Unavailable, message, capacity.queue_timeout.max(Duration::from_millis(10))).into_http()
+    retry_status(tonic::Code::Unavailable, message, hint).into_http()
 }
 
 #[cfg(test)]
@@ -275,6 +352,41 @@ mod tests {
         release.add_permits(2);
         assert_eq!(grpc_status(&first.await.unwrap().unwrap()), None);
         assert_eq!(grpc_status(&next.await.unwrap().unwrap()), None, "queued, not refused");
+    }
+
+    #[test]
+    fn the_retry_hint_grows_while_callers_outnumber_admissions_and_falls_back_after() {
+        let pushback = Pushback::new();
+        let base = Duration::from_millis(5);
+        // Calls counted in window `now` (each hint also counts its own refusal, in the window it is asked in).
+        let window = |now: u64, admitted: u32, refused: u32| {
+            for _ in 0..admitted {
+                pushback.count(now, true);
+            }
+            for _ in 0..refused {
+                pushback.count(now, false);
+            }
+        };
+        // Window 1: four arrivals per admission. Asked in window 2: four times the base, raised to the floor.
+        window(1, 100, 300);
+        assert_eq!(pushback.hint(2, base), 4 * MIN_RETRY_HINT);
+        // Still four per admission in window 2: sixteen times.
+        window(2, 100, 299);
+        assert_eq!(pushback.hint(3, base), 16 * MIN_RETRY_HINT);
+        // Overload without end: capped at a second.
+        for now in 3..10 {
+            window(now, 10, 100);
+        }
+        assert_eq!(pushback.hint(10, base), MAX_RETRY_HINT);
+        // Windows where every call is admitted halve it, down to the base.
+        for now in 11..30 {
+            window(now, 100, 0);
+        }
+        assert_eq!(pushback.hint(30, Duration::from_millis(40)), Duration::from_millis(40));
+        // After a quiet spell the overload is forgotten at once.
+        window(31, 1, 100);
+        assert!(pushback.hint(32, base) > MIN_RETRY_HINT);
+        assert_eq!(pushback.hint(40, base), MIN_RETRY_HINT);
     }
 
     #[tokio::test]

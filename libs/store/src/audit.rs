@@ -13,8 +13,25 @@ use crate::{
     entity::{audit_checkpoint, audit_checkpoint_key, audit_record},
 };
 
-/// Records per multi-row INSERT.
-const INSERT_ROWS: usize = 1000;
+/// Most rows (or looked-up ids) per statement: a full batch from a crypto-service's shipper, which under load is
+/// every batch. 13 columns a row keeps it under the bind-parameter limits (SQLite's 32,766, Postgres's 65,535).
+const MAX_CHUNK: usize = 1000;
+
+/// Splits `n` into statement sizes: whole chunks of [`MAX_CHUNK`], then the rest in powers of two (largest
+/// first), so that batches of any size are written by statements of at most eleven distinct texts. A
+/// multi-row statement of a size not seen before is new SQL that the driver must parse and plan (for hundreds of
+/// rows, most of audit-service's time per batch); one seen before comes from the connection's prepared-statement
+/// cache.
+fn statement_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let size = if n >= MAX_CHUNK { MAX_CHUNK } else { 1 << (usize::BITS - 1 - n.leading_zeros()) };
+        n -= size;
+        Some(size)
+    })
+}
 
 /// Filter of a tenant-scoped audit query.
 #[derive(Debug, Default, Clone)]
@@ -66,24 +83,25 @@ impl AuditRepository {
                 .await?
                 .map(|c| (c.sequence, c.hash)),
         };
-        let existing = if event_ids.is_empty() {
-            vec![]
-        } else {
-            audit_record::Entity::find()
-                .filter(audit_record::Column::EventId.is_in(event_ids.iter().cloned()))
+        let mut existing = Vec::new();
+        let mut ids = event_ids.iter();
+        for size in statement_sizes(event_ids.len()) {
+            let found = audit_record::Entity::find()
+                .select_only()
+                .column(audit_record::Column::EventId)
+                .filter(audit_record::Column::EventId.is_in(ids.by_ref().take(size).cloned()))
+                .into_tuple::<String>()
                 .all(&txn)
-                .await?
-                .into_iter()
-                .map(|r| r.event_id)
-                .collect()
-        };
+                .await?;
+            existing.extend(found);
+        }
         let records = build(head, existing);
         let stored = records.len();
         // Many rows per INSERT: one statement per record cost more than everything else audit-service does per
-        // event. Chunked under the bind-parameter limits (SQLite's 32,766, Postgres's 65,535) at 13 columns a row.
-        let mut rows = records.into_iter().map(IntoActiveModel::into_active_model).peekable();
-        while rows.peek().is_some() {
-            audit_record::Entity::insert_many(rows.by_ref().take(INSERT_ROWS))
+        // event.
+        let mut rows = records.into_iter().map(IntoActiveModel::into_active_model);
+        for size in statement_sizes(stored) {
+            audit_record::Entity::insert_many(rows.by_ref().take(size))
                 .exec_without_returning(&txn)
                 .await
                 .map_err(|e| StoreError::from_insert("audit event", e))?;
@@ -264,5 +282,22 @@ impl AuditRepository {
             .limit(limit)
             .all(&self.db)
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_whole_chunks_then_powers_of_two_and_cover_the_batch() {
+        for n in [0usize, 1, 2, 3, 7, 255, 256, 257, 511, 999, 1000, 1001, 1024, 5000] {
+            let sizes: Vec<usize> = statement_sizes(n).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), n, "{n}: {sizes:?}");
+            assert!(sizes.iter().all(|s| *s == MAX_CHUNK || (s.is_power_of_two() && *s < MAX_CHUNK)), "{n}: {sizes:?}");
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{n}: {sizes:?}");
+        }
+        assert_eq!(statement_sizes(1000).collect::<Vec<_>>(), [1000]);
+        assert_eq!(statement_sizes(300).collect::<Vec<_>>(), [256, 32, 8, 4]);
     }
 }

@@ -18,7 +18,10 @@ use std::{
     time::Duration,
 };
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, TransactionTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, TransactionTrait,
+    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+};
 use sea_orm_migration::MigratorTrait;
 
 /// The longest one call of the key and token repositories may take, in milliseconds, client side: two acquire
@@ -73,6 +76,14 @@ pub async fn connect_and_migrate_with(settings: &config::DatabaseSettings) -> Re
     if url.starts_with("sqlite:") {
         // One writer at a time is SQLite's model anyway; more connections only add lock contention.
         options.max_connections(1);
+        // Write-ahead logging, with every commit synced before it returns (FULL): a commit is one append and one
+        // fsync of the log, where the rollback journal's default took a journal file created, synced and
+        // deleted and the database file synced, for each transaction. audit-service commits a batch of the
+        // trail per transaction, so this was most of its I/O. Readers (another process included) see the last
+        // commit while a write is under way.
+        options.map_sqlx_sqlite_opts(|sqlite| {
+            sqlite.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Full)
+        });
     } else {
         options.max_connections(16);
     }
@@ -158,5 +169,23 @@ mod tests {
         assert!(!redact_url("postgres://u:p%40ss@h/db").contains("p%40ss"));
         let url = "postgres://u:s3cr/t@h/db";
         assert!(!scrub(&format!("The connection string '{url}' cannot be parsed"), url).contains("s3cr/t"));
+    }
+
+    #[tokio::test]
+    async fn an_embedded_database_logs_ahead_and_syncs_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit-service.db").display());
+        let db = connect_and_migrate(&url).await.unwrap();
+        let pragma = |name: &'static str| {
+            let db = db.clone();
+            async move {
+                let statement = sea_orm::Statement::from_string(db.get_database_backend(), format!("PRAGMA {name}"));
+                let row = db.query_one_raw(statement).await.unwrap().unwrap();
+                row.try_get_by_index::<String>(0).or_else(|_| row.try_get_by_index::<i64>(0).map(|n| n.to_string()))
+            }
+        };
+        assert_eq!(pragma("journal_mode").await.unwrap(), "wal");
+        // 2 is FULL: a commit returns once the log is synced.
+        assert_eq!(pragma("synchronous").await.unwrap(), "2");
     }
 }
