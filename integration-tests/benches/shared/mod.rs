@@ -73,13 +73,25 @@ impl Processes {
 
     /// Resident memory of each process, MiB.
     pub fn rss(&self) -> Vec<f64> {
+        self.status_mib("VmRSS:")
+    }
+
+    /// The anonymous part of each process's resident memory (heap, stacks), MiB: RSS without the pages of the
+    /// executable and libraries mapped from files, which are clean, shared by every process of the same binary
+    /// and reclaimable.
+    pub fn rss_anon(&self) -> Vec<f64> {
+        self.status_mib("RssAnon:")
+    }
+
+    /// A `kB` field of each process's /proc status, MiB.
+    fn status_mib(&self, field: &str) -> Vec<f64> {
         self.pids
             .iter()
             .map(|pid| {
                 let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
                 status
                     .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .find_map(|l| l.strip_prefix(field))
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
                     .map_or(0.0, |kib| kib / 1024.0)
             })
