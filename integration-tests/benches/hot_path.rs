@@ -26,7 +26,7 @@ use std::{
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use integration_tests::{Mesh, kms_servers::OpenBao};
 use keymesh_client::{KeymeshClient, envelope::Associated, streaming::StreamOptions};
-use keymesh_mesh::{ServiceName, client::mtls_channel};
+use keymesh_mesh::ServiceName;
 use keymesh_proto::v1::{self as pb, crypto_service_client::CryptoServiceClient};
 use shared::{Measured, Outcome, Processes, Sink, Source, load, millis, raw_seals_per_second};
 use tonic::{metadata::MetadataValue, transport::Channel};
@@ -74,10 +74,9 @@ impl Keymesh {
     async fn to(mesh: &Mesh, admin: &KeymeshClient, endpoint: &str, connections: usize) -> Keymesh {
         let token = admin.access_token().await.unwrap();
         let bearer = format!("Bearer {}", token.as_str()).parse().unwrap();
-        let tls = mesh.app_tls("test-app");
         let clients = (0..connections)
             .map(|_| {
-                CryptoServiceClient::new(mtls_channel(endpoint, &tls, ServiceName::CryptoService).unwrap())
+                CryptoServiceClient::new(mesh.channel_to(endpoint, ServiceName::CryptoService))
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20)
             })
@@ -561,7 +560,7 @@ fn print_table(rows: &[Row], raw_1k: f64, raw_64k: f64, duration: Duration) {
 /// counts its CPU apart from the load generator's. Its rows are what any service on this gRPC/mTLS stack pays
 /// per call on this machine, which the hot path's targets must be read against.
 mod floor {
-    use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+    use std::{collections::BTreeMap, net::SocketAddr, path::Path};
 
     use keymesh_crypto::{
         SecretKey, SymmetricAlgorithm,
@@ -571,7 +570,6 @@ mod floor {
         ServiceName,
         config::ServerSettings,
         pki::{DevIdentity, ensure_dev_identity},
-        shedding::Capacity,
     };
     use keymesh_proto::v1::{
         self as pb,
@@ -715,14 +713,8 @@ mod floor {
         let routes = Routes::new(
             CryptoServiceServer::new(floor).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20),
         );
-        let settings = ServerSettings {
-            shutdown_grace: Duration::from_secs(1),
-            max_connections: 4096,
-            handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(300),
-            max_connection_age: None,
-            capacity: Capacity { max_in_flight: 512, max_queued: 512, queue_timeout: Duration::from_millis(200) },
-        };
+        // The services' own defaults: the floor sheds and bounds connections as they do.
+        let settings = ServerSettings::defaults().expect("default server settings");
         let listener = keymesh_mesh::server::bind(address).await.expect("bind");
         keymesh_mesh::server::serve(
             listener,

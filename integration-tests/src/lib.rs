@@ -125,7 +125,13 @@ impl Mesh {
 
     /// A channel to `service` authenticated with an application certificate.
     pub fn channel(&self, service: ServiceName) -> tonic::transport::Channel {
-        mtls_channel(self.endpoint(service), &self.app_tls("test-app"), service).expect("channel")
+        self.channel_to(self.endpoint(service), service)
+    }
+
+    /// A channel to whatever serves `service`'s identity from this mesh's CA at `endpoint` (a replica, a stand-in),
+    /// authenticated with the test application's certificate.
+    pub fn channel_to(&self, endpoint: &str, service: ServiceName) -> tonic::transport::Channel {
+        mtls_channel(endpoint, &self.app_tls("test-app"), service).expect("channel")
     }
 
     /// host:port of `service`.

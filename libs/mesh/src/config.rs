@@ -388,6 +388,11 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
+    /// What a service serves with when `[server]` sets nothing.
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::from_raw(&RawTransport::default())
+    }
+
     fn from_raw(raw: &RawTransport) -> Result<Self, ConfigError> {
         let s = &raw.server;
         let age = bounded_seconds("server.max_connection_age_seconds", s.max_connection_age_seconds, 0, 0..=604_800)?;
@@ -586,6 +591,12 @@ mod tests {
         assert_eq!(p.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         let tokens = TokenParams::from_raw(&source.section("tokens").unwrap()).unwrap();
         assert_eq!((tokens.issuer.as_str(), tokens.revocation_bound), ("keymesh", Duration::from_secs(30)));
+        let server = ServerSettings::defaults().unwrap();
+        assert_eq!(server, p.server);
+        assert_eq!(
+            (server.max_connections, server.capacity.max_in_flight, server.capacity.max_queued),
+            (4096, 512, 512)
+        );
     }
 
     #[test]
