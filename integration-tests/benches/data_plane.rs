@@ -427,7 +427,11 @@ async fn signatures(client: &Arc<KeymeshClient>) {
             move || {
                 let (client, key, message) = (client.clone(), key.clone(), message.clone());
                 async move {
-                    let request = pb::SignRequest { key, input: Some(sign_request::Input::Message(message)) };
+                    let request = pb::SignRequest {
+                        key,
+                        input: Some(sign_request::Input::Message(message)),
+                        ..Default::default()
+                    };
                     client.crypto_service().sign(client.authorized(request).await.unwrap()).await.unwrap().into_inner()
                 }
             }

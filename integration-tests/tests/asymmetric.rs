@@ -88,7 +88,7 @@ fn pem_file(public: &pb::GetPublicKeyResponse) -> tempfile::NamedTempFile {
 }
 
 async fn sign(admin: &KeymeshClient, key: &str, input: sign_request::Input) -> Result<pb::SignResponse, tonic::Status> {
-    let request = pb::SignRequest { key: key.into(), input: Some(input) };
+    let request = pb::SignRequest { key: key.into(), input: Some(input), ..Default::default() };
     Ok(admin.crypto_service().sign(admin.authorized(request).await.unwrap()).await?.into_inner())
 }
 

@@ -69,7 +69,11 @@ async fn malformed_key_references_in_requests_name_the_field() {
         );
         let mac = pb::GenerateMacRequest { key: bad.clone(), message: b"m".to_vec() };
         assert_names_field(crypto.generate_mac(authorized(&admin, mac).await).await, "key", &what("GenerateMac"));
-        let sign = pb::SignRequest { key: bad.clone(), input: Some(pb::sign_request::Input::Message(b"m".to_vec())) };
+        let sign = pb::SignRequest {
+            key: bad.clone(),
+            input: Some(pb::sign_request::Input::Message(b"m".to_vec())),
+            ..Default::default()
+        };
         assert_names_field(crypto.sign(authorized(&admin, sign).await).await, "key", &what("Sign"));
         let re_encrypt =
             pb::ReEncryptRequest { ciphertext: sealed.clone(), destination_key: bad.clone(), ..Default::default() };

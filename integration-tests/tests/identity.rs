@@ -144,8 +144,11 @@ async fn identity_and_access() {
     // PERMISSION_DENIED: a key outside the application's permissions, or an operation outside them.
     assert!(encrypt(&mesh, &dev.access_token, "pii-users").await.is_ok());
     assert_code(encrypt(&mesh, &dev.access_token, "billing").await, Code::PermissionDenied, "billing", "a key outside");
-    let sign =
-        pb::SignRequest { key: "pii-users".into(), input: Some(pb::sign_request::Input::Message(b"m".to_vec())) };
+    let sign = pb::SignRequest {
+        key: "pii-users".into(),
+        input: Some(pb::sign_request::Input::Message(b"m".to_vec())),
+        ..Default::default()
+    };
     let err = CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService))
         .sign(with_token(sign, &dev.access_token))
         .await;

@@ -209,7 +209,11 @@ async fn baselines(mesh: &Mesh) -> Baselines {
         ..Default::default()
     };
     let sealed = crypto.encrypt(admin.authorized(encrypt.clone()).await.unwrap()).await.unwrap().into_inner();
-    let sign = pb::SignRequest { key: "fuzz-ec".into(), input: Some(pb::sign_request::Input::Message(b"m".to_vec())) };
+    let sign = pb::SignRequest {
+        key: "fuzz-ec".into(),
+        input: Some(pb::sign_request::Input::Message(b"m".to_vec())),
+        ..Default::default()
+    };
     let signature = crypto.sign(admin.authorized(sign.clone()).await.unwrap()).await.unwrap().into_inner().signature;
     let mac = pb::GenerateMacRequest { key: "fuzz-hmac".into(), message: b"m".to_vec() };
     let tag = crypto.generate_mac(admin.authorized(mac.clone()).await.unwrap()).await.unwrap().into_inner().mac;

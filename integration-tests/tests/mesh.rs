@@ -198,7 +198,7 @@ async fn scenario(mesh: &Mesh) {
 
     // A malformed request is refused before any key is touched, saying what to set.
     let err = CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService))
-        .sign(with_token(pb::SignRequest { key: "user-pii".into(), input: None }, &token))
+        .sign(with_token(pb::SignRequest { key: "user-pii".into(), input: None, ..Default::default() }, &token))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

@@ -232,7 +232,11 @@ async fn fips_enabled_refuses_every_non_approved_algorithm_and_serves_every_appr
     ] {
         let name = format!("ok-{}", algorithm.as_str_name().to_ascii_lowercase());
         create_key(&admin, key_request(&name, pb::KeyPurpose::Sign, algorithm)).await.unwrap();
-        let request = pb::SignRequest { key: name.clone(), input: Some(sign_request::Input::Message(b"m".to_vec())) };
+        let request = pb::SignRequest {
+            key: name.clone(),
+            input: Some(sign_request::Input::Message(b"m".to_vec())),
+            ..Default::default()
+        };
         let signed = admin.crypto_service().sign(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
         let request = pb::VerifyRequest {
             key: name.clone(),

@@ -6,8 +6,10 @@
 use crate::{
     CryptoError, SecretKey, SymmetricAlgorithm,
     asymmetric::AsymmetricEncryption,
+    keypair::KeyType,
     keypair::{PrivateKey, PublicKey},
     mac::MacAlgorithm,
+    pq::MlKem,
     signature::SignatureAlgorithm,
 };
 
@@ -20,6 +22,8 @@ pub enum Purpose {
     Sign,
     /// MACs.
     Mac,
+    /// Key encapsulation (ML-KEM): a caller encapsulates to the public key and keymesh decapsulates.
+    Kem,
 }
 
 /// The algorithm of a key version.
@@ -33,6 +37,8 @@ pub enum KeyAlgorithm {
     Signature(SignatureAlgorithm),
     /// MACs (purpose MAC).
     Mac(MacAlgorithm),
+    /// ML-KEM key encapsulation (purpose KEM).
+    Kem(MlKem),
 }
 
 impl KeyAlgorithm {
@@ -44,6 +50,7 @@ impl KeyAlgorithm {
             .chain(AsymmetricEncryption::ALL.into_iter().map(Self::Asymmetric))
             .chain(SignatureAlgorithm::ALL.into_iter().map(Self::Signature))
             .chain(MacAlgorithm::ALL.into_iter().map(Self::Mac))
+            .chain(MlKem::ALL.into_iter().map(Self::Kem))
     }
 
     /// Name, as bound into wrapped material and shown in messages.
@@ -53,6 +60,7 @@ impl KeyAlgorithm {
             Self::Asymmetric(a) => a.name(),
             Self::Signature(a) => a.name(),
             Self::Mac(a) => a.name(),
+            Self::Kem(a) => a.name(),
         }
     }
 
@@ -62,6 +70,7 @@ impl KeyAlgorithm {
             Self::Symmetric(_) | Self::Asymmetric(_) => Purpose::Encrypt,
             Self::Signature(_) => Purpose::Sign,
             Self::Mac(_) => Purpose::Mac,
+            Self::Kem(_) => Purpose::Kem,
         }
     }
 
@@ -71,32 +80,35 @@ impl KeyAlgorithm {
             Purpose::Encrypt => Self::Symmetric(SymmetricAlgorithm::Aes256Gcm),
             Purpose::Sign => Self::Signature(SignatureAlgorithm::EcdsaP256Sha256),
             Purpose::Mac => Self::Mac(MacAlgorithm::HmacSha256),
+            Purpose::Kem => Self::Kem(MlKem::MlKem768),
         }
     }
 
     /// Whether the material is a private key (and so has a public half to export).
     pub fn is_asymmetric(self) -> bool {
-        matches!(self, Self::Asymmetric(_) | Self::Signature(_))
+        matches!(self, Self::Asymmetric(_) | Self::Signature(_) | Self::Kem(_))
     }
 
     /// Strength in bits as policies count it: the key length for symmetric and MAC keys, the modulus for
-    /// RSA, the curve's field for elliptic curves.
+    /// RSA, the curve's field for elliptic curves, the security category's AES key size for ML-KEM and ML-DSA.
     pub fn key_bits(self) -> u32 {
         match self {
             Self::Symmetric(a) => a.key_len() as u32 * 8,
             Self::Mac(a) => a.key_len() as u32 * 8,
             Self::Asymmetric(a) => a.key_type().bits(),
             Self::Signature(a) => a.key_type().bits(),
+            Self::Kem(a) => a.bits(),
         }
     }
 
     /// Whether FIPS 140-3 approves it: the platform's list (AES modes, HMAC, RSA 2048+, ECDSA P-256/P-384,
-    /// EdDSA). ChaCha20, AES-GCM-SIV and X25519 (HPKE) are not approved.
+    /// EdDSA, and ML-KEM and ML-DSA since FIPS 203 and 204). ChaCha20, AES-GCM-SIV and X25519 (HPKE) are not
+    /// approved.
     pub fn fips_approved(self) -> bool {
         match self {
             Self::Symmetric(a) => a.fips_approved(),
             Self::Asymmetric(a) => a != AsymmetricEncryption::HpkeX25519Sha256Aes256Gcm,
-            Self::Signature(_) | Self::Mac(_) => true,
+            Self::Signature(_) | Self::Mac(_) | Self::Kem(_) => true,
         }
     }
 
@@ -107,6 +119,7 @@ impl KeyAlgorithm {
             Self::Mac(a) => SecretKey::generate(a.key_len()),
             Self::Asymmetric(a) => PrivateKey::generate(a.key_type())?.to_pkcs8(),
             Self::Signature(a) => PrivateKey::generate(a.key_type())?.to_pkcs8(),
+            Self::Kem(a) => PrivateKey::generate(KeyType::MlKem(a))?.to_pkcs8(),
         }
     }
 
@@ -119,7 +132,7 @@ impl KeyAlgorithm {
             }),
             Self::Symmetric(_) => Ok(()),
             Self::Mac(a) => a.check_key(material),
-            Self::Asymmetric(_) | Self::Signature(_) => self.private_key(material).map(drop),
+            Self::Asymmetric(_) | Self::Signature(_) | Self::Kem(_) => self.private_key(material).map(drop),
         }
     }
 
@@ -128,6 +141,7 @@ impl KeyAlgorithm {
         let kind = match self {
             Self::Asymmetric(a) => a.key_type(),
             Self::Signature(a) => a.key_type(),
+            Self::Kem(a) => KeyType::MlKem(a),
             _ => return Err(CryptoError::InvalidInput(format!("{} keys have no private key", self.name()))),
         };
         PrivateKey::from_pkcs8(material.expose_secret(), kind, self.name())
@@ -152,7 +166,7 @@ mod tests {
             alg.check_material(&material).unwrap();
             assert_eq!(alg.is_asymmetric(), alg.public_key(&material).is_ok(), "{alg:?}");
         }
-        assert_eq!(names.len(), 20);
+        assert_eq!(names.len(), 26);
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl AsymmetricEncryption {
         if self == Self::HpkeX25519Sha256Aes256Gcm {
             return hpke::seal(key, b"", aad, plaintext);
         }
-        let mut encrypter = Encrypter::new(key.pkey())?;
+        let mut encrypter = Encrypter::new(key.pkey()?)?;
         encrypter.set_rsa_padding(Padding::PKCS1_OAEP)?;
         encrypter.set_rsa_oaep_md(MessageDigest::sha256())?;
         encrypter.set_rsa_mgf1_md(MessageDigest::sha256())?;
@@ -109,7 +109,7 @@ impl AsymmetricEncryption {
         if self == Self::HpkeX25519Sha256Aes256Gcm {
             return hpke::open(key, b"", aad, ciphertext);
         }
-        rsa_oaep_decrypt(key.pkey(), aad, ciphertext)
+        rsa_oaep_decrypt(key.pkey()?, aad, ciphertext)
     }
 }
 

@@ -78,7 +78,7 @@ fn dh(private: &PKeyRef<openssl::pkey::Private>, public_raw: &[u8]) -> Result<Ze
 /// refused. Public for the Wycheproof vectors.
 pub fn x25519(private: &PrivateKey, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     check_kind(private.kind())?;
-    dh(private.pkey(), peer)
+    dh(private.pkey()?, peer)
 }
 
 fn shared_secret(dh: &[u8], enc: &[u8], pk_recipient: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
@@ -151,7 +151,7 @@ fn seal_with(
     plaintext: &[u8],
 ) -> Result<(Vec<u8>, Schedule), CryptoError> {
     check_kind(recipient.kind())?;
-    let pk_recipient = recipient.pkey().raw_public_key()?;
+    let pk_recipient = recipient.pkey()?.raw_public_key()?;
     let enc = ephemeral.raw_public_key()?;
     let dh = dh(ephemeral, &pk_recipient).map_err(|_| CryptoError::InvalidKey {
         algorithm: NAME,
@@ -171,8 +171,8 @@ pub fn seal(recipient: &PublicKey, info: &[u8], aad: &[u8], plaintext: &[u8]) ->
 
 fn setup_receiver(recipient: &PrivateKey, info: &[u8], enc: &[u8]) -> Result<Schedule, CryptoError> {
     check_kind(recipient.kind())?;
-    let pk_recipient = recipient.pkey().raw_public_key()?;
-    let dh = dh(recipient.pkey(), enc)?;
+    let pk_recipient = recipient.pkey()?.raw_public_key()?;
+    let dh = dh(recipient.pkey()?, enc)?;
     Schedule::new(&shared_secret(&dh, enc, &pk_recipient)?, info)
 }
 
@@ -245,7 +245,7 @@ mod tests {
             let sk_r = PKey::private_key_from_raw_bytes(&hex(&v.sk_rm), Id::X25519).unwrap();
             let recipient =
                 PrivateKey::from_pkcs8(&sk_r.private_key_to_pkcs8().unwrap(), KeyType::X25519, NAME).unwrap();
-            assert_eq!(recipient.pkey().raw_public_key().unwrap(), hex(&v.pk_rm));
+            assert_eq!(recipient.pkey().unwrap().raw_public_key().unwrap(), hex(&v.pk_rm));
             let info = hex(&v.info);
 
             // Sender, with the vector's ephemeral key: the same enc and key schedule.
@@ -258,8 +258,9 @@ mod tests {
             assert_eq!(sealed[ENC_LEN..], hex(&first.ct)[..]);
 
             // Receiver: shared secret, schedule, then every encryption of the context in sequence.
-            let pk = recipient.pkey().raw_public_key().unwrap();
-            let secret = shared_secret(&dh(recipient.pkey(), &hex(&v.enc)).unwrap(), &hex(&v.enc), &pk).unwrap();
+            let pk = recipient.pkey().unwrap().raw_public_key().unwrap();
+            let secret =
+                shared_secret(&dh(recipient.pkey().unwrap(), &hex(&v.enc)).unwrap(), &hex(&v.enc), &pk).unwrap();
             assert_eq!(secret[..], hex(&v.shared_secret)[..]);
             let schedule = setup_receiver(&recipient, &info, &hex(&v.enc)).unwrap();
             assert_eq!(schedule.key[..], hex(&v.key)[..]);

@@ -1,6 +1,7 @@
 //! Asymmetric key pairs. A private key travels and rests as PKCS#8 DER inside a [`SecretKey`] — that is what
-//! key-service wraps under the KEK and hands crypto-service — and is parsed into an OpenSSL key only where it
-//! is used. Public halves leave as SubjectPublicKeyInfo (DER or PEM), the form `openssl`, Python
+//! key-service wraps under the KEK and hands crypto-service — and is parsed into an OpenSSL key (or, for the
+//! post-quantum ML-KEM and ML-DSA, which OpenSSL 3.0 does not know, a [`crate::pq`] key) only where it is
+//! used. Public halves leave as SubjectPublicKeyInfo (DER or PEM), the form `openssl`, Python
 //! `cryptography`, Go and Java all read, so anyone can verify or encrypt offline.
 //!
 //! Parsing checks that the material is the exact kind of key the algorithm names (type, curve, modulus size)
@@ -16,7 +17,10 @@ use openssl::{
     rsa::Rsa,
 };
 
-use crate::{CryptoError, SecretKey};
+use crate::{
+    CryptoError, SecretKey,
+    pq::{MlDsa, MlDsaPrivateKey, MlDsaPublicKey, MlKem, MlKemPrivateKey, MlKemPublicKey},
+};
 
 /// The kind of an asymmetric key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,6 +35,10 @@ pub enum KeyType {
     EcP384,
     /// RSA with a modulus of this many bits.
     Rsa(u32),
+    /// ML-DSA (FIPS 204).
+    MlDsa(MlDsa),
+    /// ML-KEM (FIPS 203).
+    MlKem(MlKem),
 }
 
 impl KeyType {
@@ -42,15 +50,20 @@ impl KeyType {
             Self::EcP256 => "EC P-256".into(),
             Self::EcP384 => "EC P-384".into(),
             Self::Rsa(bits) => format!("RSA-{bits}"),
+            Self::MlDsa(params) => params.name().into(),
+            Self::MlKem(params) => params.name().into(),
         }
     }
 
-    /// Security-relevant size in bits: the modulus for RSA, the field for elliptic curves.
+    /// Security-relevant size in bits: the modulus for RSA, the field for elliptic curves, the security
+    /// category's AES key size for ML-KEM and ML-DSA.
     pub fn bits(self) -> u32 {
         match self {
             Self::Ed25519 | Self::X25519 | Self::EcP256 => 256,
             Self::EcP384 => 384,
             Self::Rsa(bits) => bits,
+            Self::MlDsa(params) => params.bits(),
+            Self::MlKem(params) => params.bits(),
         }
     }
 
@@ -123,8 +136,15 @@ pub fn service_signing_key(prefix: &str) -> Result<(String, Vec<u8>, SecretKey),
 
 /// A private key, checked against the kind its algorithm needs. Never prints its material.
 pub struct PrivateKey {
-    key: PKey<Private>,
+    key: PrivateMaterial,
     kind: KeyType,
+}
+
+/// The library that holds a private key.
+enum PrivateMaterial {
+    OpenSsl(PKey<Private>),
+    MlDsa(MlDsaPrivateKey),
+    MlKem(MlKemPrivateKey),
 }
 
 impl fmt::Debug for PrivateKey {
@@ -144,13 +164,28 @@ impl PrivateKey {
                 PKey::from_ec_key(EcKey::generate(&group)?)?
             }
             KeyType::Rsa(bits) => PKey::from_rsa(Rsa::generate(bits)?)?,
+            KeyType::MlDsa(params) => {
+                return Ok(Self { key: PrivateMaterial::MlDsa(MlDsaPrivateKey::generate(params)?), kind });
+            }
+            KeyType::MlKem(params) => {
+                return Ok(Self { key: PrivateMaterial::MlKem(MlKemPrivateKey::generate(params)?), kind });
+            }
         };
-        Ok(Self { key, kind })
+        Ok(Self { key: PrivateMaterial::OpenSsl(key), kind })
     }
 
     /// Parses PKCS#8 DER and checks it is a consistent key of `kind`. `algorithm` names the algorithm in
     /// errors.
     pub fn from_pkcs8(der: &[u8], kind: KeyType, algorithm: &'static str) -> Result<Self, CryptoError> {
+        match kind {
+            KeyType::MlDsa(params) => {
+                return Ok(Self { key: PrivateMaterial::MlDsa(MlDsaPrivateKey::from_pkcs8(params, der)?), kind });
+            }
+            KeyType::MlKem(params) => {
+                return Ok(Self { key: PrivateMaterial::MlKem(MlKemPrivateKey::from_pkcs8(params, der)?), kind });
+            }
+            _ => {}
+        }
         let key = PKey::private_key_from_pkcs8(der).map_err(|_| CryptoError::InvalidKey {
             algorithm,
             reason: "not a PKCS#8 DER private key (PrivateKeyInfo)".into(),
@@ -159,24 +194,28 @@ impl PrivateKey {
         let consistent = match kind {
             KeyType::EcP256 | KeyType::EcP384 => key.ec_key()?.check_key().is_ok(),
             KeyType::Rsa(_) => key.rsa()?.check_key().unwrap_or(false),
-            KeyType::Ed25519 | KeyType::X25519 => true,
+            KeyType::Ed25519 | KeyType::X25519 | KeyType::MlDsa(_) | KeyType::MlKem(_) => true,
         };
         if !consistent {
             return Err(CryptoError::InvalidKey { algorithm, reason: "the private key is inconsistent".into() });
         }
-        Ok(Self { key, kind })
+        Ok(Self { key: PrivateMaterial::OpenSsl(key), kind })
     }
 
     /// A raw 32-byte Ed25519 or X25519 private key (RFC 8032 / RFC 7748 form).
     pub fn from_raw(raw: &[u8], kind: KeyType, algorithm: &'static str) -> Result<Self, CryptoError> {
         let key = PKey::private_key_from_raw_bytes(raw, kind.raw_id()?)
             .map_err(|_| CryptoError::InvalidKey { algorithm, reason: "not a 32-byte private key".into() })?;
-        Ok(Self { key, kind })
+        Ok(Self { key: PrivateMaterial::OpenSsl(key), kind })
     }
 
-    /// PKCS#8 DER, in a zeroizing buffer.
+    /// PKCS#8 DER, in a zeroizing buffer (the seed form for ML-KEM and ML-DSA keys that have a seed).
     pub fn to_pkcs8(&self) -> Result<SecretKey, CryptoError> {
-        Ok(SecretKey::from_bytes(self.key.private_key_to_pkcs8()?))
+        match &self.key {
+            PrivateMaterial::OpenSsl(key) => Ok(SecretKey::from_bytes(key.private_key_to_pkcs8()?)),
+            PrivateMaterial::MlDsa(key) => key.to_pkcs8(),
+            PrivateMaterial::MlKem(key) => key.to_pkcs8(),
+        }
     }
 
     /// The key's kind.
@@ -186,20 +225,53 @@ impl PrivateKey {
 
     /// The public half.
     pub fn public_key(&self) -> Result<PublicKey, CryptoError> {
-        let der = self.key.public_key_to_der()?;
-        Ok(PublicKey { key: PKey::public_key_from_der(&der)?, kind: self.kind })
+        let key = match &self.key {
+            PrivateMaterial::OpenSsl(key) => {
+                PublicMaterial::OpenSsl(PKey::public_key_from_der(&key.public_key_to_der()?)?)
+            }
+            PrivateMaterial::MlDsa(key) => PublicMaterial::MlDsa(key.public_key()),
+            PrivateMaterial::MlKem(key) => PublicMaterial::MlKem(key.public_key()),
+        };
+        Ok(PublicKey { key, kind: self.kind })
     }
 
-    pub(crate) fn pkey(&self) -> &PKeyRef<Private> {
-        &self.key
+    /// The OpenSSL key; refused for the post-quantum kinds.
+    pub(crate) fn pkey(&self) -> Result<&PKeyRef<Private>, CryptoError> {
+        match &self.key {
+            PrivateMaterial::OpenSsl(key) => Ok(key),
+            _ => Err(CryptoError::Unsupported(format!("{} through OpenSSL", self.kind.describe()))),
+        }
+    }
+
+    /// The ML-DSA key, when it is one.
+    pub fn ml_dsa(&self) -> Option<&MlDsaPrivateKey> {
+        match &self.key {
+            PrivateMaterial::MlDsa(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The ML-KEM key, when it is one.
+    pub fn ml_kem(&self) -> Option<&MlKemPrivateKey> {
+        match &self.key {
+            PrivateMaterial::MlKem(key) => Some(key),
+            _ => None,
+        }
     }
 }
 
 /// A public key of a known kind.
 #[derive(Clone)]
 pub struct PublicKey {
-    key: PKey<Public>,
+    key: PublicMaterial,
     kind: KeyType,
+}
+
+#[derive(Clone)]
+enum PublicMaterial {
+    OpenSsl(PKey<Public>),
+    MlDsa(MlDsaPublicKey),
+    MlKem(MlKemPublicKey),
 }
 
 impl fmt::Debug for PublicKey {
@@ -211,29 +283,72 @@ impl fmt::Debug for PublicKey {
 impl PublicKey {
     /// Parses SubjectPublicKeyInfo DER and checks it is a key of `kind`.
     pub fn from_der(der: &[u8], kind: KeyType, algorithm: &'static str) -> Result<Self, CryptoError> {
+        match kind {
+            KeyType::MlDsa(params) => {
+                return Ok(Self { key: PublicMaterial::MlDsa(MlDsaPublicKey::from_der(params, der)?), kind });
+            }
+            KeyType::MlKem(params) => {
+                return Ok(Self { key: PublicMaterial::MlKem(MlKemPublicKey::from_der(params, der)?), kind });
+            }
+            _ => {}
+        }
         let key = PKey::public_key_from_der(der).map_err(|_| CryptoError::InvalidKey {
             algorithm,
             reason: "not a SubjectPublicKeyInfo DER public key".into(),
         })?;
         kind.check(algorithm, &key)?;
+        Ok(Self { key: PublicMaterial::OpenSsl(key), kind })
+    }
+
+    /// A raw public key: Ed25519 or X25519 (32 bytes), ML-DSA's `pk` or ML-KEM's `ek`.
+    pub fn from_raw(raw: &[u8], kind: KeyType, algorithm: &'static str) -> Result<Self, CryptoError> {
+        let key = match kind {
+            KeyType::MlDsa(params) => PublicMaterial::MlDsa(MlDsaPublicKey::from_raw(params, raw)?),
+            KeyType::MlKem(params) => PublicMaterial::MlKem(MlKemPublicKey::from_raw(params, raw)?),
+            _ => PublicMaterial::OpenSsl(
+                PKey::public_key_from_raw_bytes(raw, kind.raw_id()?)
+                    .map_err(|_| CryptoError::InvalidKey { algorithm, reason: "not a 32-byte public key".into() })?,
+            ),
+        };
         Ok(Self { key, kind })
     }
 
-    /// A raw 32-byte Ed25519 or X25519 public key.
-    pub fn from_raw(raw: &[u8], kind: KeyType, algorithm: &'static str) -> Result<Self, CryptoError> {
-        let key = PKey::public_key_from_raw_bytes(raw, kind.raw_id()?)
-            .map_err(|_| CryptoError::InvalidKey { algorithm, reason: "not a 32-byte public key".into() })?;
-        Ok(Self { key, kind })
+    /// The raw form, for the kinds that have one (Ed25519, X25519, ML-DSA, ML-KEM); `None` for RSA and ECDSA,
+    /// whose standard form is SubjectPublicKeyInfo.
+    pub fn to_raw(&self) -> Result<Option<Vec<u8>>, CryptoError> {
+        Ok(match &self.key {
+            PublicMaterial::OpenSsl(key) if self.kind.raw_id().is_ok() => Some(key.raw_public_key()?),
+            PublicMaterial::OpenSsl(_) => None,
+            PublicMaterial::MlDsa(key) => Some(key.raw().to_vec()),
+            PublicMaterial::MlKem(key) => Some(key.raw().to_vec()),
+        })
     }
 
     /// SubjectPublicKeyInfo DER.
     pub fn to_der(&self) -> Result<Vec<u8>, CryptoError> {
-        Ok(self.key.public_key_to_der()?)
+        match &self.key {
+            PublicMaterial::OpenSsl(key) => Ok(key.public_key_to_der()?),
+            PublicMaterial::MlDsa(key) => key.to_der(),
+            PublicMaterial::MlKem(key) => key.to_der(),
+        }
     }
 
     /// SubjectPublicKeyInfo PEM ("-----BEGIN PUBLIC KEY-----").
     pub fn to_pem(&self) -> Result<String, CryptoError> {
-        String::from_utf8(self.key.public_key_to_pem()?).map_err(|_| CryptoError::Library)
+        let pem = match &self.key {
+            PublicMaterial::OpenSsl(key) => {
+                return String::from_utf8(key.public_key_to_pem()?).map_err(|_| CryptoError::Library);
+            }
+            _ => openssl::base64::encode_block(&self.to_der()?),
+        };
+        // RFC 7468: base64 in lines of 64 characters between the labels.
+        let mut out = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in pem.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).map_err(|_| CryptoError::Library)?);
+            out.push('\n');
+        }
+        out.push_str("-----END PUBLIC KEY-----\n");
+        Ok(out)
     }
 
     /// The key's kind.
@@ -241,8 +356,28 @@ impl PublicKey {
         self.kind
     }
 
-    pub(crate) fn pkey(&self) -> &PKeyRef<Public> {
-        &self.key
+    /// The OpenSSL key; refused for the post-quantum kinds.
+    pub(crate) fn pkey(&self) -> Result<&PKeyRef<Public>, CryptoError> {
+        match &self.key {
+            PublicMaterial::OpenSsl(key) => Ok(key),
+            _ => Err(CryptoError::Unsupported(format!("{} through OpenSSL", self.kind.describe()))),
+        }
+    }
+
+    /// The ML-DSA key, when it is one.
+    pub fn ml_dsa(&self) -> Option<&MlDsaPublicKey> {
+        match &self.key {
+            PublicMaterial::MlDsa(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The ML-KEM key, when it is one.
+    pub fn ml_kem(&self) -> Option<&MlKemPublicKey> {
+        match &self.key {
+            PublicMaterial::MlKem(key) => Some(key),
+            _ => None,
+        }
     }
 }
 
@@ -252,7 +387,15 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_through_pkcs8_and_spki() {
-        for kind in [KeyType::Ed25519, KeyType::X25519, KeyType::EcP256, KeyType::EcP384, KeyType::Rsa(2048)] {
+        for kind in [
+            KeyType::Ed25519,
+            KeyType::X25519,
+            KeyType::EcP256,
+            KeyType::EcP384,
+            KeyType::Rsa(2048),
+            KeyType::MlDsa(MlDsa::MlDsa65),
+            KeyType::MlKem(MlKem::MlKem768),
+        ] {
             let key = PrivateKey::generate(kind).unwrap();
             let der = key.to_pkcs8().unwrap();
             let again = PrivateKey::from_pkcs8(der.expose_secret(), kind, "test").unwrap();

@@ -14,6 +14,7 @@ pub mod kdf;
 pub mod key_import;
 pub mod keypair;
 pub mod mac;
+pub mod pq;
 pub mod primitives;
 pub mod random;
 pub mod secret;

@@ -1,12 +1,13 @@
 //! Digital signatures: Ed25519, ECDSA over P-256/P-384 and RSA-PSS, all on OpenSSL so FIPS mode covers
-//! them. Signatures are in the encodings every verifier reads: Ed25519's 64 bytes, ECDSA as a DER
+//! them; and the post-quantum ML-DSA (FIPS 204) of [`crate::pq`]. Signatures are in the encodings every verifier reads: Ed25519's 64 bytes, ECDSA as a DER
 //! `ECDSA-Sig-Value` (what `openssl dgst -verify`, Python `cryptography`, Go and AWS KMS use), RSA-PSS with
 //! MGF1 over the same hash and a salt as long as the hash (AWS KMS's and Google Cloud KMS's choice).
 //!
 //! ECDSA and RSA-PSS sign either a message (hashed here) or a digest the caller computed with the
 //! algorithm's hash, so a caller never has to send a large document; both produce identical signatures
 //! for the same data. Pure Ed25519 hashes the message inside the signature scheme and so only signs
-//! messages.
+//! messages. ML-DSA signs a message (pure ML-DSA, empty context) or an external μ the caller computed, and
+//! names its randomness: hedged by default, deterministic on request.
 
 use openssl::{
     hash::MessageDigest,
@@ -20,6 +21,7 @@ use openssl::{
 use crate::{
     CryptoError,
     keypair::{KeyType, PrivateKey, PublicKey},
+    pq::{MlDsa, MlDsaInput, MlDsaRandomness},
     primitives::Hash,
 };
 
@@ -38,6 +40,8 @@ pub enum SignatureAlgorithm {
     RsaPss3072Sha256,
     /// RSASSA-PSS, 4096-bit modulus, SHA-256, MGF1-SHA-256, 32-byte salt.
     RsaPss4096Sha256,
+    /// ML-DSA (FIPS 204), pure, at one of its parameter sets.
+    MlDsa(MlDsa),
 }
 
 /// What is signed or verified.
@@ -47,17 +51,34 @@ pub enum SignInput<'a> {
     Message(&'a [u8]),
     /// The message's digest under the algorithm's hash.
     Digest(&'a [u8]),
+    /// ML-DSA's external μ (64 bytes), computed by the caller from the public key and the message.
+    Mu(&'a [u8]),
+}
+
+/// How a signature draws its randomness, where the algorithm offers a choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Randomness {
+    /// What the algorithm does by default: hedged ML-DSA, randomized ECDSA and RSA-PSS, deterministic Ed25519.
+    #[default]
+    AlgorithmDefault,
+    /// Fresh randomness mixed with the key (ML-DSA).
+    Hedged,
+    /// None: equal inputs give equal signatures (ML-DSA, and Ed25519, which is always deterministic).
+    Deterministic,
 }
 
 impl SignatureAlgorithm {
     /// Every algorithm.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 9] = [
         Self::Ed25519,
         Self::EcdsaP256Sha256,
         Self::EcdsaP384Sha384,
         Self::RsaPss2048Sha256,
         Self::RsaPss3072Sha256,
         Self::RsaPss4096Sha256,
+        Self::MlDsa(MlDsa::MlDsa44),
+        Self::MlDsa(MlDsa::MlDsa65),
+        Self::MlDsa(MlDsa::MlDsa87),
     ];
 
     /// Name, as used in wrap contexts and messages.
@@ -69,6 +90,7 @@ impl SignatureAlgorithm {
             Self::RsaPss2048Sha256 => "RSA-PSS-2048-SHA256",
             Self::RsaPss3072Sha256 => "RSA-PSS-3072-SHA256",
             Self::RsaPss4096Sha256 => "RSA-PSS-4096-SHA256",
+            Self::MlDsa(params) => params.name(),
         }
     }
 
@@ -81,13 +103,15 @@ impl SignatureAlgorithm {
             Self::RsaPss2048Sha256 => KeyType::Rsa(2048),
             Self::RsaPss3072Sha256 => KeyType::Rsa(3072),
             Self::RsaPss4096Sha256 => KeyType::Rsa(4096),
+            Self::MlDsa(params) => KeyType::MlDsa(params),
         }
     }
 
-    /// The hash a digest must be made with; `None` for Ed25519, which signs messages only.
+    /// The hash a digest must be made with; `None` for Ed25519 and ML-DSA, which sign messages (and, for
+    /// ML-DSA, an external μ) only.
     pub fn hash(self) -> Option<Hash> {
         match self {
-            Self::Ed25519 => None,
+            Self::Ed25519 | Self::MlDsa(_) => None,
             Self::EcdsaP384Sha384 => Some(Hash::Sha384),
             _ => Some(Hash::Sha256),
         }
@@ -97,15 +121,43 @@ impl SignatureAlgorithm {
         matches!(self, Self::RsaPss2048Sha256 | Self::RsaPss3072Sha256 | Self::RsaPss4096Sha256)
     }
 
-    /// Signs with `key`, which must be of the algorithm's kind.
+    /// Signs with `key`, which must be of the algorithm's kind, with the algorithm's default randomness.
     pub fn sign(self, key: &PrivateKey, input: SignInput<'_>) -> Result<Vec<u8>, CryptoError> {
+        self.sign_with(key, input, Randomness::AlgorithmDefault)
+    }
+
+    /// Signs with `key` and the randomness asked for; a choice the algorithm does not offer is refused.
+    pub fn sign_with(
+        self,
+        key: &PrivateKey,
+        input: SignInput<'_>,
+        randomness: Randomness,
+    ) -> Result<Vec<u8>, CryptoError> {
         self.check_key(key.kind())?;
-        let pkey = key.pkey();
+        if let Some(ml_dsa) = key.ml_dsa() {
+            let randomness = match randomness {
+                Randomness::AlgorithmDefault | Randomness::Hedged => MlDsaRandomness::Hedged,
+                Randomness::Deterministic => MlDsaRandomness::Deterministic,
+            };
+            return ml_dsa.sign(self.ml_dsa_input(input)?, randomness);
+        }
+        if !self.offers(randomness) {
+            return Err(CryptoError::InvalidInput(format!(
+                "{} offers no choice of randomness: hedged and deterministic signing are for ML-DSA (Ed25519 is \
+                 always deterministic)",
+                self.name()
+            )));
+        }
+        if let SignInput::Mu(_) = input {
+            return Err(self.no_mu());
+        }
+        let pkey = key.pkey()?;
         let Some(hash) = self.hash() else {
             let SignInput::Message(message) = input else { return Err(self.no_digests()) };
             return Ok(Signer::new_without_digest(pkey)?.sign_oneshot_to_vec(message)?);
         };
         match input {
+            SignInput::Mu(_) => Err(self.no_mu()),
             SignInput::Message(message) => {
                 let mut signer = Signer::new(message_digest(hash), pkey)?;
                 if self.is_rsa() {
@@ -136,14 +188,48 @@ impl SignatureAlgorithm {
         signature: &[u8],
     ) -> Result<bool, CryptoError> {
         self.check_key(key.kind())?;
-        self.verify_pkey(key.pkey(), input, signature)
+        if let Some(ml_dsa) = key.ml_dsa() {
+            return ml_dsa.verify(self.ml_dsa_input(input)?, signature);
+        }
+        self.verify_pkey(key.pkey()?, input, signature)
     }
 
     /// Verifies with a public key. `Ok(false)` for any signature that does not verify, malformed or not;
     /// `Err` only for a request that cannot be served (wrong key kind, digest of the wrong length).
     pub fn verify(self, key: &PublicKey, input: SignInput<'_>, signature: &[u8]) -> Result<bool, CryptoError> {
         self.check_key(key.kind())?;
-        self.verify_pkey(key.pkey(), input, signature)
+        if let Some(ml_dsa) = key.ml_dsa() {
+            return ml_dsa.verify(self.ml_dsa_input(input)?, signature);
+        }
+        self.verify_pkey(key.pkey()?, input, signature)
+    }
+
+    /// Whether the algorithm signs with `randomness`: its default always; ML-DSA hedged or deterministic;
+    /// Ed25519 deterministic (what it always is).
+    pub fn offers(self, randomness: Randomness) -> bool {
+        matches!(
+            (self, randomness),
+            (_, Randomness::AlgorithmDefault) | (Self::MlDsa(_), _) | (Self::Ed25519, Randomness::Deterministic)
+        )
+    }
+
+    /// ML-DSA signs a message (with an empty context) or an external μ; never a digest.
+    fn ml_dsa_input(self, input: SignInput<'_>) -> Result<MlDsaInput<'_>, CryptoError> {
+        match input {
+            SignInput::Message(message) => Ok(MlDsaInput::Message { message, context: b"" }),
+            SignInput::Mu(mu) => Ok(MlDsaInput::Mu(mu)),
+            SignInput::Digest(_) => Err(CryptoError::InvalidInput(format!(
+                "{} signs messages or an external mu, not digests: send the message, or its 64-byte mu",
+                self.name()
+            ))),
+        }
+    }
+
+    fn no_mu(self) -> CryptoError {
+        CryptoError::InvalidInput(format!(
+            "an external mu is for ML-DSA keys; {} signs messages and digests",
+            self.name()
+        ))
     }
 
     fn verify_pkey<T: HasPublic>(
@@ -152,12 +238,16 @@ impl SignatureAlgorithm {
         input: SignInput<'_>,
         signature: &[u8],
     ) -> Result<bool, CryptoError> {
+        if let SignInput::Mu(_) = input {
+            return Err(self.no_mu());
+        }
         let Some(hash) = self.hash() else {
             let SignInput::Message(message) = input else { return Err(self.no_digests()) };
             // OpenSSL reports a malformed signature as an error, a wrong one as false: both are "invalid".
             return Ok(Verifier::new_without_digest(pkey)?.verify_oneshot(signature, message).unwrap_or(false));
         };
         match input {
+            SignInput::Mu(_) => Err(self.no_mu()),
             SignInput::Message(message) => {
                 let mut verifier = Verifier::new(message_digest(hash), pkey)?;
                 if self.is_rsa() {
@@ -249,7 +339,7 @@ mod tests {
 
             let Some(hash) = alg.hash() else {
                 let err = alg.sign(&key, SignInput::Digest(&[0; 32])).unwrap_err();
-                assert!(err.to_string().contains("signs messages, not digests"), "{err}");
+                assert!(err.to_string().contains("not digests"), "{err}");
                 continue;
             };
             let d = digest(

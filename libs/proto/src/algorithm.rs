@@ -3,7 +3,11 @@
 //! in one place.
 
 use keymesh_crypto::{
-    KeyAlgorithm, SymmetricAlgorithm, algorithm::Purpose, asymmetric::AsymmetricEncryption, mac::MacAlgorithm,
+    KeyAlgorithm, SymmetricAlgorithm,
+    algorithm::Purpose,
+    asymmetric::AsymmetricEncryption,
+    mac::MacAlgorithm,
+    pq::{MlDsa, MlKem},
     signature::SignatureAlgorithm,
 };
 
@@ -61,6 +65,9 @@ impl ToProto for SignatureAlgorithm {
             Self::RsaPss2048Sha256 => Algorithm::RsaPss2048Sha256,
             Self::RsaPss3072Sha256 => Algorithm::RsaPss3072Sha256,
             Self::RsaPss4096Sha256 => Algorithm::RsaPss4096Sha256,
+            Self::MlDsa(MlDsa::MlDsa44) => Algorithm::MlDsa44,
+            Self::MlDsa(MlDsa::MlDsa65) => Algorithm::MlDsa65,
+            Self::MlDsa(MlDsa::MlDsa87) => Algorithm::MlDsa87,
         }
     }
 }
@@ -74,6 +81,16 @@ impl ToProto for MacAlgorithm {
     }
 }
 
+impl ToProto for MlKem {
+    fn to_proto(self) -> Algorithm {
+        match self {
+            Self::MlKem512 => Algorithm::MlKem512,
+            Self::MlKem768 => Algorithm::MlKem768,
+            Self::MlKem1024 => Algorithm::MlKem1024,
+        }
+    }
+}
+
 impl ToProto for KeyAlgorithm {
     fn to_proto(self) -> Algorithm {
         match self {
@@ -81,6 +98,7 @@ impl ToProto for KeyAlgorithm {
             Self::Asymmetric(a) => a.to_proto(),
             Self::Signature(a) => a.to_proto(),
             Self::Mac(a) => a.to_proto(),
+            Self::Kem(a) => a.to_proto(),
         }
     }
 }
@@ -103,18 +121,18 @@ impl From<Purpose> for KeyPurpose {
             Purpose::Encrypt => Self::Encrypt,
             Purpose::Sign => Self::Sign,
             Purpose::Mac => Self::Mac,
+            Purpose::Kem => Self::Kem,
         }
     }
 }
 
-/// The purpose a request names: UNSPECIFIED means ENCRYPT, as the API documents; `None` for purposes this
-/// build does not offer (KEM).
+/// The purpose a request names: UNSPECIFIED means ENCRYPT, as the API documents.
 pub fn purpose_from_proto(purpose: KeyPurpose) -> Option<Purpose> {
     match purpose {
         KeyPurpose::Encrypt | KeyPurpose::Unspecified => Some(Purpose::Encrypt),
         KeyPurpose::Sign => Some(Purpose::Sign),
         KeyPurpose::Mac => Some(Purpose::Mac),
-        KeyPurpose::Kem => None,
+        KeyPurpose::Kem => Some(Purpose::Kem),
     }
 }
 
@@ -134,9 +152,9 @@ mod tests {
         for alg in SymmetricAlgorithm::ALL {
             assert_eq!(SymmetricAlgorithm::from_proto(alg.to_proto()), Some(alg));
         }
-        assert_eq!(KeyAlgorithm::from_proto(Algorithm::MlDsa65), None);
+        assert_eq!(KeyAlgorithm::from_proto(Algorithm::MlKem768Aes256Gcm), None);
         assert_eq!(KeyAlgorithm::from_i32(-1), None);
         assert_eq!(purpose_from_proto(KeyPurpose::Unspecified), Some(Purpose::Encrypt));
-        assert_eq!(purpose_from_proto(KeyPurpose::Kem), None);
+        assert_eq!(purpose_from_proto(KeyPurpose::Kem), Some(Purpose::Kem));
     }
 }

@@ -1,12 +1,12 @@
 //! Sign and Verify with SIGN keys: Ed25519, ECDSA P-256/P-384 and RSA-PSS, over a message or a digest the
-//! caller made with the algorithm's hash. Signing uses the ACTIVE version; verifying uses the version asked
+//! caller made with the algorithm's hash; ML-DSA over a message or an external μ, hedged or deterministic. Signing uses the ACTIVE version; verifying uses the version asked
 //! for (the primary by default) as long as it is in service. The signatures verify with any standard
 //! library given the key's exported public key (GetPublicKey).
 
 use keymesh_crypto::{
     CryptoError, KeyAlgorithm,
     keypair::PrivateKey,
-    signature::{SignInput, SignatureAlgorithm},
+    signature::{Randomness, SignInput, SignatureAlgorithm},
 };
 use keymesh_mesh::auth::AccessClaims;
 use keymesh_proto::algorithm::ToProto;
@@ -36,11 +36,35 @@ impl CryptoRpc {
         let input = self.sign_input(request.input.as_ref().map(|input| match input {
             sign_request::Input::Message(m) => SignInput::Message(m),
             sign_request::Input::Digest(d) => SignInput::Digest(d),
+            sign_request::Input::Mu(mu) => SignInput::Mu(mu),
         }))?;
+        let randomness = match pb::SignatureRandomness::try_from(request.randomness) {
+            Ok(pb::SignatureRandomness::Unspecified) => Randomness::AlgorithmDefault,
+            Ok(pb::SignatureRandomness::Hedged) => Randomness::Hedged,
+            Ok(pb::SignatureRandomness::Deterministic) => Randomness::Deterministic,
+            Err(_) => {
+                return Err(CryptoServiceError::InvalidArgument {
+                    field: "randomness",
+                    reason: format!("unknown signature randomness {}", request.randomness),
+                }
+                .into());
+            }
+        };
         let key = KeyUse::named(&request.key, 0, pb::Operation::Sign, &NO_CONTEXT);
         let (dek, warnings) = self.key_use(claims, audit, key).await?;
         let (algorithm, private) = signing_key(&dek)?;
-        let signature = algorithm.sign(private, input).map_err(refused)?;
+        if !algorithm.offers(randomness) {
+            return Err(CryptoServiceError::InvalidArgument {
+                field: "randomness",
+                reason: format!(
+                    "{} offers no choice of randomness: HEDGED and DETERMINISTIC are for ML-DSA keys (and \
+                     DETERMINISTIC for Ed25519, which always is)",
+                    algorithm.name()
+                ),
+            }
+            .into());
+        }
+        let signature = algorithm.sign_with(private, input, randomness).map_err(|e| refused(e, input))?;
         Ok(pb::SignResponse {
             signature,
             key_id: dek.key_id.clone(),
@@ -69,11 +93,12 @@ impl CryptoRpc {
         let input = self.sign_input(request.input.as_ref().map(|input| match input {
             verify_request::Input::Message(m) => SignInput::Message(m),
             verify_request::Input::Digest(d) => SignInput::Digest(d),
+            verify_request::Input::Mu(mu) => SignInput::Mu(mu),
         }))?;
         let key = KeyUse::named(&request.key, request.key_version, pb::Operation::Verify, &NO_CONTEXT);
         let (dek, warnings) = self.key_use(claims, audit, key).await?;
         let (algorithm, private) = signing_key(&dek)?;
-        let valid = algorithm.verify_with_private(private, input, &request.signature).map_err(refused)?;
+        let valid = algorithm.verify_with_private(private, input, &request.signature).map_err(|e| refused(e, input))?;
         Ok(pb::VerifyResponse { valid, key_id: dek.key_id.clone(), key_version: dek.version, warnings })
     }
 
@@ -110,11 +135,16 @@ fn signing_key(dek: &CachedDek) -> Result<(SignatureAlgorithm, &PrivateKey), Cry
     }
 }
 
-/// A request the algorithm cannot serve as asked (a digest for Ed25519, a digest of the wrong length) is the
-/// caller's to fix; anything else is ours.
-fn refused(e: CryptoError) -> CryptoServiceError {
+/// A request the algorithm cannot serve as asked (a digest for Ed25519 or ML-DSA, a mu for another algorithm,
+/// either of the wrong length) is the caller's to fix, and names the input it sent; anything else is ours.
+fn refused(e: CryptoError, input: SignInput<'_>) -> CryptoServiceError {
+    let field = match input {
+        SignInput::Message(_) => "message",
+        SignInput::Digest(_) => "digest",
+        SignInput::Mu(_) => "mu",
+    };
     match e {
-        CryptoError::InvalidInput(reason) => CryptoServiceError::InvalidArgument { field: "digest", reason },
+        CryptoError::InvalidInput(reason) => CryptoServiceError::InvalidArgument { field, reason },
         other => CryptoServiceError::Internal(other.to_string()),
     }
 }
