@@ -476,6 +476,11 @@ pub fn asym(args: &[&str]) -> String {
     python_script("asym.py", args)
 }
 
+/// Runs `scripts/pq.py`: ML-DSA and ML-KEM outside keymesh (dilithium-py, kyber-py and `cryptography`).
+pub fn pq(args: &[&str]) -> String {
+    python_script("pq.py", args)
+}
+
 fn python_script(name: &str, args: &[&str]) -> String {
     let script = format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"));
     let output = std::process::Command::new("python3").arg(&script).args(args).output().unwrap_or_else(|e| {

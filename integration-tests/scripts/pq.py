@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""ML-DSA and ML-KEM outside keymesh, for the post-quantum interop tests (integration-tests/tests/post_quantum.rs).
+
+Two implementations that share no code with keymesh or with each other: the pure-Python `dilithium-py` and
+`kyber-py` (written from FIPS 203/204), and `cryptography` (Rust bindings over its own OpenSSL/AWS-LC build).
+Public keys arrive as keymesh exports them: SubjectPublicKeyInfo DER (GetPublicKey's public_key_der), whose
+raw key the script takes out itself. Output is hex on stdout, one value per line.
+"""
+
+import argparse
+import os
+import sys
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
+from dilithium_py.ml_dsa import ML_DSA_44, ML_DSA_65, ML_DSA_87
+from kyber_py.ml_kem import ML_KEM_512, ML_KEM_768, ML_KEM_1024
+
+DILITHIUM = {"ML-DSA-44": ML_DSA_44, "ML-DSA-65": ML_DSA_65, "ML-DSA-87": ML_DSA_87}
+KYBER = {"ML-KEM-512": ML_KEM_512, "ML-KEM-768": ML_KEM_768, "ML-KEM-1024": ML_KEM_1024}
+CRYPTOGRAPHY_DSA = {
+    "ML-DSA-44": mldsa.MLDSA44PrivateKey,
+    "ML-DSA-65": mldsa.MLDSA65PrivateKey,
+    "ML-DSA-87": mldsa.MLDSA87PrivateKey,
+}
+# `cryptography` offers ML-KEM-768 and ML-KEM-1024 only.
+CRYPTOGRAPHY_KEM = {"ML-KEM-768", "ML-KEM-1024"}
+PUBLIC_KEY_LEN = {
+    "ML-DSA-44": 1312, "ML-DSA-65": 1952, "ML-DSA-87": 2592,
+    "ML-KEM-512": 800, "ML-KEM-768": 1184, "ML-KEM-1024": 1568,
+}
+
+
+def raw_from_spki(spki: bytes, algorithm: str) -> bytes:
+    """The key inside a SubjectPublicKeyInfo: a BIT STRING with no unused bits at the very end."""
+    n = PUBLIC_KEY_LEN[algorithm]
+    if spki[-n - 1] != 0:
+        raise SystemExit("the BIT STRING has unused bits")
+    return spki[-n:]
+
+
+def selftest() -> None:
+    for name, dsa in DILITHIUM.items():
+        pk, sk = dsa.key_derive(bytes(32))
+        sig = dsa.sign(sk, b"m", deterministic=True)
+        assert dsa.verify(pk, b"m", sig) and not dsa.verify(pk, b"n", sig), name
+    for name, kem in KYBER.items():
+        ek, dk = kem.keygen()
+        key, ct = kem.encaps(ek)
+        assert kem.decaps(dk, ct) == key, name
+    print("ok")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command")
+    parser.add_argument("--algorithm")
+    parser.add_argument("--impl", choices=["dilithium", "kyber", "cryptography"])
+    parser.add_argument("--seed-hex")
+    parser.add_argument("--spki-hex")
+    parser.add_argument("--message-hex", default="")
+    parser.add_argument("--signature-hex")
+    parser.add_argument("--deterministic", action="store_true")
+    args = parser.parse_args()
+    alg = args.algorithm
+
+    if args.command == "selftest":
+        selftest()
+    elif args.command == "mldsa-keypair":
+        # A seed, its PKCS#8 (seed form) as `cryptography` writes it, and the raw public key both derive.
+        seed = os.urandom(32)
+        key = CRYPTOGRAPHY_DSA[alg].from_seed_bytes(seed)
+        pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+        pk, _ = DILITHIUM[alg].key_derive(seed)
+        assert key.public_key().public_bytes_raw() == pk, "the two implementations derive different keys"
+        print(seed.hex())
+        print(pkcs8.hex())
+        print(pk.hex())
+    elif args.command == "mldsa-sign":
+        seed, message = bytes.fromhex(args.seed_hex), bytes.fromhex(args.message_hex)
+        if args.impl == "dilithium":
+            _, sk = DILITHIUM[alg].key_derive(seed)
+            print(DILITHIUM[alg].sign(sk, message, deterministic=args.deterministic).hex())
+        else:
+            print(CRYPTOGRAPHY_DSA[alg].from_seed_bytes(seed).sign(message).hex())
+    elif args.command == "mldsa-verify":
+        spki, signature = bytes.fromhex(args.spki_hex), bytes.fromhex(args.signature_hex)
+        pk = raw_from_spki(spki, alg)
+        if args.impl == "dilithium":
+            valid = DILITHIUM[alg].verify(pk, bytes.fromhex(args.message_hex), signature)
+        else:
+            key = serialization.load_der_public_key(spki)
+            try:
+                key.verify(signature, bytes.fromhex(args.message_hex))
+                valid = True
+            except InvalidSignature:
+                valid = False
+        print("valid" if valid else "invalid")
+    elif args.command == "mldsa-mu":
+        pk = raw_from_spki(bytes.fromhex(args.spki_hex), alg)
+        print(DILITHIUM[alg].prehash_external_mu(pk, bytes.fromhex(args.message_hex)).hex())
+    elif args.command == "mlkem-encaps":
+        spki = bytes.fromhex(args.spki_hex)
+        if args.impl == "kyber":
+            shared, ciphertext = KYBER[alg].encaps(raw_from_spki(spki, alg))
+        else:
+            assert alg in CRYPTOGRAPHY_KEM, f"cryptography has no {alg}"
+            shared, ciphertext = serialization.load_der_public_key(spki).encapsulate()
+        print(ciphertext.hex())
+        print(shared.hex())
+    else:
+        sys.exit(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    main()
