@@ -205,6 +205,13 @@ async fn ml_dsa_signatures_cross_check_with_two_outside_implementations_both_way
         .unwrap_err();
     assert_eq!(mu.code(), Code::InvalidArgument, "{mu:?}");
     assert!(mu.message().contains("mu is for ML-DSA keys"), "{mu:?}");
+    // Ed25519 is always deterministic, so it may be asked for.
+    create(&admin, "sign-ed", pb::KeyPurpose::Sign, pb::Algorithm::Ed25519, pb::KeyOrigin::Generated).await;
+    let input = || sign_request::Input::Message(message.to_vec());
+    let first = sign(&admin, "sign-ed", input(), pb::SignatureRandomness::Deterministic).await.unwrap();
+    assert_eq!(first, sign(&admin, "sign-ed", input(), pb::SignatureRandomness::Unspecified).await.unwrap());
+    let refused = sign(&admin, "sign-ed", input(), pb::SignatureRandomness::Hedged).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     // The expanded ML-DSA form alone is refused at import, by name.
     create(&admin, "byok-expanded", pb::KeyPurpose::Sign, pb::Algorithm::MlDsa44, pb::KeyOrigin::External).await;
     let expanded = {

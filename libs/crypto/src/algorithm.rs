@@ -188,6 +188,13 @@ mod tests {
         let hpke = KeyAlgorithm::Asymmetric(AsymmetricEncryption::HpkeX25519Sha256Aes256Gcm);
         assert!(!hpke.fips_approved());
         assert!(KeyAlgorithm::Signature(SignatureAlgorithm::Ed25519).fips_approved());
+        // FIPS 203 and 204 approve ML-KEM and ML-DSA; policies count their security category's bits.
+        for kem in MlKem::ALL {
+            assert!(KeyAlgorithm::Kem(kem).fips_approved());
+        }
+        let ml_dsa = KeyAlgorithm::Signature(SignatureAlgorithm::MlDsa(crate::pq::MlDsa::MlDsa65));
+        assert!(ml_dsa.fips_approved());
+        assert_eq!((ml_dsa.key_bits(), KeyAlgorithm::Kem(MlKem::MlKem1024).key_bits()), (192, 256));
         assert_eq!(KeyAlgorithm::Signature(SignatureAlgorithm::RsaPss3072Sha256).key_bits(), 3072);
         assert_eq!(KeyAlgorithm::Symmetric(SymmetricAlgorithm::Aes128Gcm).key_bits(), 128);
     }
