@@ -668,6 +668,20 @@ mod floor {
             unimplemented()
         }
 
+        async fn decapsulate(
+            &self,
+            _: Request<pb::DecapsulateRequest>,
+        ) -> Result<Response<pb::DecapsulateResponse>, Status> {
+            unimplemented()
+        }
+
+        async fn encapsulate(
+            &self,
+            _: Request<pb::EncapsulateRequest>,
+        ) -> Result<Response<pb::EncapsulateResponse>, Status> {
+            unimplemented()
+        }
+
         async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
             unimplemented()
         }

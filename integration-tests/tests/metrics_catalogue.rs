@@ -24,7 +24,7 @@ use keymesh_proto::v1::{self as pb, key_service_client::KeyServiceClient};
 type Families = HashMap<String, Vec<Sample>>;
 
 /// Every label the README's metric table names (in Prometheus spelling), and the histograms' `le`.
-const LABELS: [&str; 19] = [
+const LABELS: [&str; 20] = [
     "rpc_system",
     "rpc_service",
     "rpc_method",
@@ -43,6 +43,7 @@ const LABELS: [&str; 19] = [
     "grant",
     "limit",
     "purpose",
+    "group",
     "le",
 ];
 

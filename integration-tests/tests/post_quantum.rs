@@ -6,14 +6,19 @@
 //!   verify outside from the SubjectPublicKeyInfo GetPublicKey exports; a key made outside in the PKCS#8 seed
 //!   form is imported, and what the outside signs with it verifies in keymesh; keymesh's deterministic
 //!   signature equals dilithium-py's byte for byte; a flipped bit anywhere in a signature is refused.
-//! - ML-KEM-512/768/1024: the exported public keys are read and encapsulated to by both outside
-//!   implementations.
+//! - ML-KEM-512/768/1024: what either outside implementation encapsulates to an exported public key,
+//!   Decapsulate turns into the same shared secret; what Encapsulate makes for an imported key (PKCS#8 seed
+//!   form), the outside decapsulates to the same secret; a flipped bit gives an unrelated secret (implicit
+//!   rejection); shared secrets count against the plaintext quota like decryptions.
+//! - The mesh: every hop between services negotiates the hybrid X25519MLKEM768, as each service's
+//!   `keymesh_tls_handshakes_total` shows; a client whose TLS offers X25519 alone still connects and is served.
 //! - Misuse gets INVALID_ARGUMENT naming the field, or FAILED_PRECONDITION for a key of the wrong purpose.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use integration_tests::{Mesh, hex, import_material, key_request, pq, unhex};
 use keymesh_client::KeymeshClient;
+use keymesh_mesh::ServiceName;
 use keymesh_proto::v1::{self as pb, sign_request, verify_request};
 use tonic::Code;
 
@@ -228,9 +233,19 @@ async fn ml_dsa_signatures_cross_check_with_two_outside_implementations_both_way
     assert!(refused.message().contains("seed"), "{refused:?}");
 }
 
+async fn decapsulate(admin: &KeymeshClient, key: &str, ciphertext: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    let request = pb::DecapsulateRequest { key: key.into(), key_version: 0, ciphertext };
+    Ok(admin.crypto_service().decapsulate(admin.authorized(request).await.unwrap()).await?.into_inner().shared_secret)
+}
+
+async fn encapsulate(admin: &KeymeshClient, key: &str) -> Result<pb::EncapsulateResponse, tonic::Status> {
+    let request = pb::EncapsulateRequest { key: key.into() };
+    Ok(admin.crypto_service().encapsulate(admin.authorized(request).await.unwrap()).await?.into_inner())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ml_kem_keys_export_public_keys_both_outside_implementations_read() {
-    let mesh = Mesh::start(&[], &[]).await;
+async fn ml_kem_shared_secrets_agree_with_two_outside_implementations_both_ways() {
+    let mut mesh = Mesh::start(&[], &[]).await;
     let admin = mesh.admin_client();
     // KEM's default algorithm is ML-KEM-768.
     let key =
@@ -253,9 +268,34 @@ async fn ml_kem_keys_export_public_keys_both_outside_implementations_read() {
                 &hex(&public.public_key_der),
             ]);
             let (ciphertext, shared) = out.split_once('\n').unwrap();
-            assert_eq!(shared.len(), 64, "{alg}: {implementation}");
-            assert!(!ciphertext.is_empty());
+            let ours = decapsulate(&admin, &name, unhex(ciphertext)).await.unwrap();
+            assert_eq!(hex(&ours), shared, "{alg}: what {implementation} encapsulated decapsulates to its secret");
+            // A flipped bit is not an error: ML-KEM's implicit rejection gives an unrelated secret.
+            let mut tampered = unhex(ciphertext);
+            tampered[7] ^= 0x20;
+            let rejected = decapsulate(&admin, &name, tampered).await.unwrap();
+            assert_eq!(rejected.len(), 32);
+            assert_ne!(hex(&rejected), shared, "{alg}: a tampered ciphertext");
         }
+        let short = decapsulate(&admin, &name, vec![0; 100]).await.unwrap_err();
+        assert_eq!(short.code(), Code::InvalidArgument, "{short:?}");
+        assert!(short.message().contains("ciphertext"), "{short:?}");
+
+        // Encapsulate for a key made outside and imported: the outside decapsulates to the same secret.
+        let generated = pq(&["mlkem-keypair", "--algorithm", alg]);
+        let (seed, pkcs8) = generated.split_once('\n').unwrap();
+        let imported = format!("byok-{alg}");
+        create(&admin, &imported, pb::KeyPurpose::Kem, algorithm, pb::KeyOrigin::External).await;
+        import_material(&admin, &imported, &unhex(pkcs8), pb::WrappingAlgorithm::RsaAesKeyWrapSha256).await.unwrap();
+        let encapsulated = encapsulate(&admin, &imported).await.unwrap();
+        assert_eq!((encapsulated.key_version, encapsulated.algorithm), (1, algorithm as i32));
+        for implementation in implementations {
+            let args = ["mlkem-decaps", "--algorithm", alg, "--impl", implementation, "--seed-hex", seed];
+            let outside = pq(&[&args[..], &["--ciphertext-hex", &hex(&encapsulated.ciphertext)]].concat());
+            assert_eq!(outside, hex(&encapsulated.shared_secret), "{alg}: {implementation} decapsulates Encapsulate's");
+        }
+        let again = decapsulate(&admin, &imported, encapsulated.ciphertext.clone()).await.unwrap();
+        assert_eq!(again, encapsulated.shared_secret, "{alg}: and so does keymesh");
         // A KEM key does not encrypt or sign.
         let request = pb::EncryptRequest { key: name.clone(), plaintext: b"x".to_vec(), ..Default::default() };
         let refused = admin.crypto_service().encrypt(admin.authorized(request).await.unwrap()).await.unwrap_err();
@@ -264,4 +304,204 @@ async fn ml_kem_keys_export_public_keys_both_outside_implementations_read() {
         let refused = sign(&admin, &name, input, pb::SignatureRandomness::Unspecified).await.unwrap_err();
         assert_eq!(refused.code(), Code::FailedPrecondition, "{alg}: {refused:?}");
     }
+    // And a key of another purpose does not decapsulate.
+    create(&admin, "sign-for-kem", pb::KeyPurpose::Sign, pb::Algorithm::MlDsa44, pb::KeyOrigin::Generated).await;
+    let refused = decapsulate(&admin, "sign-for-kem", vec![0; 768]).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("needs a KEM key"), "{refused:?}");
+
+    // Shared secrets leave the mesh: they count against the daily plaintext quota, Decapsulate and
+    // Encapsulate alike.
+    let credentials: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mesh.dir.path().join("bootstrap-credentials.json")).unwrap()).unwrap();
+    let admin_id = credentials["client_id"].as_str().unwrap().to_owned();
+    let quota = format!("KEYMESH_LIMITS__QUOTAS__APPLICATIONS__{admin_id}__PER_DAY");
+    mesh.restart(ServiceName::CryptoService, &[(quota.as_str(), "3")]).await;
+    let admin = mesh.admin_client();
+    let encapsulated = encapsulate(&admin, "kem-ML-KEM-768").await.unwrap();
+    decapsulate(&admin, "kem-ML-KEM-768", encapsulated.ciphertext.clone()).await.unwrap();
+    decapsulate(&admin, "kem-ML-KEM-768", encapsulated.ciphertext.clone()).await.unwrap();
+    let exhausted = decapsulate(&admin, "kem-ML-KEM-768", encapsulated.ciphertext).await.unwrap_err();
+    assert_eq!(exhausted.code(), Code::ResourceExhausted, "{exhausted:?}");
+    assert!(exhausted.message().contains("per day"), "{exhausted:?}");
+    assert_eq!(encapsulate(&admin, "kem-ML-KEM-768").await.unwrap_err().code(), Code::ResourceExhausted);
+
+    // Both are audited under their own names, the refusals too.
+    for operation in ["Decapsulate", "Encapsulate"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let query = pb::QueryRequest { operation: operation.into(), ..Default::default() };
+            let events = admin.audit_query(query).await.unwrap();
+            let refused = |r: &pb::AuditRecord| {
+                r.event.as_ref().is_some_and(|e| {
+                    e.resource == encapsulated.key_id && e.status_code == Code::ResourceExhausted as i32
+                })
+            };
+            if events.iter().any(refused) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{operation}: no audited refusal in {events:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The handshakes a service counted, by group.
+async fn handshakes(addr: &str) -> std::collections::HashMap<String, f64> {
+    let families = integration_tests::parse_prometheus(&integration_tests::scrape_metrics(addr).await.1);
+    let samples = families.get("keymesh_tls_handshakes").cloned().unwrap_or_default();
+    samples
+        .iter()
+        .filter(|s| s.name == "keymesh_tls_handshakes_total")
+        .map(|s| (s.labels["group"].clone(), s.value))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mesh_hop_negotiates_x25519mlkem768_and_a_classical_client_still_connects() {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    use std::sync::{Arc, Mutex};
+    keymesh_mesh::install_crypto_provider();
+    let metrics: Vec<(ServiceName, String)> =
+        ServiceName::ALL.into_iter().map(|s| (s, format!("127.0.0.1:{}", integration_tests::free_port()))).collect();
+    let per_service: Vec<(ServiceName, &str, &str)> =
+        metrics.iter().map(|(s, addr)| (*s, "KEYMESH_TELEMETRY__METRICS_ADDR", addr.as_str())).collect();
+    let mesh = Mesh::start(&[], &per_service).await;
+    let admin = mesh.admin_client();
+    // A workload that crosses every hop: the client to crypto- and key-service, crypto-service to key-,
+    // token- and audit-service.
+    create(&admin, "hops", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes256Gcm, pb::KeyOrigin::Generated).await;
+    let request = pb::EncryptRequest { key: "hops".into(), plaintext: b"x".to_vec(), ..Default::default() };
+    admin.crypto_service().encrypt(admin.authorized(request).await.unwrap()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for (service, addr) in &metrics {
+        loop {
+            let groups = handshakes(addr).await;
+            if groups.get("X25519MLKEM768").is_some_and(|n| *n >= 1.0) {
+                assert_eq!(groups.len(), 1, "{service}: every handshake is post-quantum: {groups:?}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{service}: no X25519MLKEM768 handshake: {groups:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    // A client whose TLS offers X25519 only still connects, and is served.
+    let tls = mesh.app_tls("classical-client");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).unwrap();
+    let classical = rustls::crypto::CryptoProvider {
+        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(classical))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = Arc::new(config);
+    let negotiated = Arc::new(Mutex::new(None));
+    let crypto = mesh.endpoint(ServiceName::CryptoService).to_owned();
+    let connector = {
+        let negotiated = negotiated.clone();
+        tower::service_fn(move |_: tonic::transport::Uri| {
+            let (config, crypto, negotiated) = (config.clone(), crypto.clone(), negotiated.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&crypto).await?;
+                let name = ServerName::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST).into());
+                let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+                *negotiated.lock().unwrap() = tls.get_ref().1.negotiated_key_exchange_group().map(|g| g.name());
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        })
+    };
+    let channel =
+        tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_with_connector(connector).await.unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(*negotiated.lock().unwrap(), Some(rustls::NamedGroup::X25519), "the classical client's group");
+    let crypto_metrics = &metrics.iter().find(|(s, _)| *s == ServiceName::CryptoService).unwrap().1;
+    let groups = handshakes(crypto_metrics).await;
+    assert_eq!(groups.get("X25519"), Some(&1.0), "crypto-service counted the classical handshake: {groups:?}");
+}
+
+async fn encrypt(admin: &KeymeshClient, key: &str, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    let request =
+        pb::EncryptRequest { key: key.into(), plaintext: plaintext.to_vec(), aad: aad.to_vec(), ..Default::default() };
+    admin.crypto_service().encrypt(admin.authorized(request).await.unwrap()).await.unwrap().into_inner().ciphertext
+}
+
+async fn decrypt(admin: &KeymeshClient, key: &str, ciphertext: Vec<u8>, aad: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    let request = pb::DecryptRequest { key: key.into(), ciphertext, aad: aad.to_vec(), ..Default::default() };
+    Ok(admin.crypto_service().decrypt(admin.authorized(request).await.unwrap()).await?.into_inner().plaintext)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documents_hybrid_mode_round_trips_with_an_implementation_written_from_the_document() {
+    let mesh = Mesh::start(&[], &[]).await;
+    let admin = mesh.admin_client();
+    let plaintext = b"customer 4412: card ending 0042";
+
+    // keymesh encrypts, the document's format, and the outside decrypts (it holds the imported key's seed).
+    let generated = pq(&["mlkem-keypair", "--algorithm", "ML-KEM-768"]);
+    let (seed, pkcs8) = generated.split_once('\n').unwrap();
+    let key =
+        create(&admin, "hybrid", pb::KeyPurpose::Encrypt, pb::Algorithm::MlKem768Aes256Gcm, pb::KeyOrigin::External)
+            .await;
+    import_material(&admin, "hybrid", &unhex(pkcs8), pb::WrappingAlgorithm::RsaAesKeyWrapSha256).await.unwrap();
+    let ciphertext = encrypt(&admin, "hybrid", plaintext, b"").await;
+    let header_len = usize::from(u16::from_be_bytes([ciphertext[0], ciphertext[1]]));
+    let header: serde_json::Value = serde_json::from_slice(&ciphertext[2..2 + header_len]).unwrap();
+    assert_eq!(
+        (header["v"].as_u64(), header["mode"].as_str(), header["kem_ct_len"].as_u64()),
+        (Some(1), Some("AES-256-GCM+ML-KEM-768"), Some(1088))
+    );
+    let kid = format!("{}:v1", key.key_id);
+    assert_eq!(header["kid"].as_str(), Some(kid.as_str()));
+    assert_eq!(ciphertext.len(), 2 + header_len + 1088 + plaintext.len() + 16);
+    let outside = pq(&["hybrid-decrypt", "--seed-hex", seed, "--ciphertext-hex", &hex(&ciphertext)]);
+    assert_eq!(outside, hex(plaintext), "the outside implementation opens keymesh's ciphertext");
+    assert_eq!(decrypt(&admin, "hybrid", ciphertext.clone(), b"").await.unwrap(), plaintext);
+
+    // The outside encrypts to the exported public key; keymesh decrypts, the version taken from the header.
+    let public = public_key(&admin, "hybrid").await;
+    assert_eq!(public.algorithm, pb::Algorithm::MlKem768Aes256Gcm as i32);
+    let theirs = unhex(&pq(&[
+        "hybrid-encrypt",
+        "--spki-hex",
+        &hex(&public.public_key_der),
+        "--kid",
+        &kid,
+        "--plaintext-hex",
+        &hex(plaintext),
+    ]));
+    assert_eq!(decrypt(&admin, "hybrid", theirs.clone(), b"").await.unwrap(), plaintext, "keymesh opens theirs");
+
+    // A flipped bit anywhere, in the header, the KEM ciphertext or the AEAD's, is the generic error.
+    let step = (theirs.len() / 40).max(1);
+    for byte in (0..header_len + 2).chain((header_len + 2..theirs.len()).step_by(step)).chain([theirs.len() - 1]) {
+        let mut tampered = theirs.clone();
+        tampered[byte] ^= 0x02;
+        let refused = decrypt(&admin, "hybrid", tampered, b"").await.unwrap_err();
+        assert_eq!((refused.code(), refused.message()), (Code::InvalidArgument, "decryption failed"), "byte {byte}");
+    }
+    // AAD binds; another key of the same kind does not open it.
+    let bound = encrypt(&admin, "hybrid", plaintext, b"order=8813").await;
+    assert_eq!(decrypt(&admin, "hybrid", bound.clone(), b"order=8813").await.unwrap(), plaintext);
+    assert_eq!(decrypt(&admin, "hybrid", bound, b"").await.unwrap_err().message(), "decryption failed");
+    create(&admin, "hybrid-2", pb::KeyPurpose::Encrypt, pb::Algorithm::MlKem768Aes256Gcm, pb::KeyOrigin::Generated)
+        .await;
+    assert_eq!(decrypt(&admin, "hybrid-2", theirs, b"").await.unwrap_err().message(), "decryption failed");
+    let own = encrypt(&admin, "hybrid-2", plaintext, b"").await;
+    assert_eq!(decrypt(&admin, "hybrid-2", own, b"").await.unwrap(), plaintext);
 }

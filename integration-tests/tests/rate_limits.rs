@@ -175,7 +175,7 @@ async fn over_the_limit_is_refused_and_others_are_unaffected() {
         .unwrap();
     let err = decrypt(&mesh, &quiet, &ciphertext).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
-    assert!(err.message().contains("5 decrypts and data keys per day"), "{}", err.message());
+    assert!(err.message().contains("5 decrypts, data keys and KEM secrets per day"), "{}", err.message());
     let delay = err.get_details_retry_info().and_then(|r| r.retry_delay).unwrap();
     assert!(delay > Duration::from_secs(3600), "a daily quota refills slowly: {delay:?}");
     let err = CryptoServiceClient::new(mesh.channel(ServiceName::CryptoService))

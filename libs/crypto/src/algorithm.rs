@@ -166,7 +166,7 @@ mod tests {
             alg.check_material(&material).unwrap();
             assert_eq!(alg.is_asymmetric(), alg.public_key(&material).is_ok(), "{alg:?}");
         }
-        assert_eq!(names.len(), 26);
+        assert_eq!(names.len(), 27);
     }
 
     #[test]

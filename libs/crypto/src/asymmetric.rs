@@ -6,6 +6,8 @@
 //!   caller's AAD.
 //! - RSA-OAEP with SHA-256 and MGF1-SHA-256 (2048/3072/4096-bit). The OAEP label carries the caller's AAD
 //!   (empty AAD, no label), so AAD binds here too.
+//! - The source document's hybrid mode AES-256-GCM+ML-KEM-768 ([`crate::pq_hybrid`]): its own header names the
+//!   key version (`kid`), checked on decryption; the caller's AAD is AES-GCM's.
 //!
 //! Every decryption failure is the same opaque `DecryptionFailed` (no padding oracle).
 
@@ -20,6 +22,8 @@ use zeroize::Zeroizing;
 use crate::{
     CryptoError, hpke,
     keypair::{KeyType, PrivateKey, PublicKey},
+    pq::MlKem,
+    pq_hybrid,
 };
 
 /// An asymmetric encryption algorithm a key version can hold.
@@ -33,6 +37,8 @@ pub enum AsymmetricEncryption {
     RsaOaep3072Sha256,
     /// RSA-OAEP-SHA-256, 4096-bit modulus.
     RsaOaep4096Sha256,
+    /// The document's hybrid mode: ML-KEM-768, HKDF-SHA256, AES-256-GCM, with its JSON header.
+    MlKem768Aes256Gcm,
 }
 
 /// SHA-256's output length, twice, plus two: OAEP's overhead.
@@ -42,8 +48,13 @@ pub const HPKE_MAX_PLAINTEXT: usize = 64 * 1024 * 1024;
 
 impl AsymmetricEncryption {
     /// Every algorithm.
-    pub const ALL: [Self; 4] =
-        [Self::HpkeX25519Sha256Aes256Gcm, Self::RsaOaep2048Sha256, Self::RsaOaep3072Sha256, Self::RsaOaep4096Sha256];
+    pub const ALL: [Self; 5] = [
+        Self::HpkeX25519Sha256Aes256Gcm,
+        Self::RsaOaep2048Sha256,
+        Self::RsaOaep3072Sha256,
+        Self::RsaOaep4096Sha256,
+        Self::MlKem768Aes256Gcm,
+    ];
 
     /// Name, as used in wrap contexts and messages.
     pub fn name(self) -> &'static str {
@@ -52,6 +63,7 @@ impl AsymmetricEncryption {
             Self::RsaOaep2048Sha256 => "RSA-OAEP-2048-SHA256",
             Self::RsaOaep3072Sha256 => "RSA-OAEP-3072-SHA256",
             Self::RsaOaep4096Sha256 => "RSA-OAEP-4096-SHA256",
+            Self::MlKem768Aes256Gcm => pq_hybrid::MODE,
         }
     }
 
@@ -62,6 +74,7 @@ impl AsymmetricEncryption {
             Self::RsaOaep2048Sha256 => KeyType::Rsa(2048),
             Self::RsaOaep3072Sha256 => KeyType::Rsa(3072),
             Self::RsaOaep4096Sha256 => KeyType::Rsa(4096),
+            Self::MlKem768Aes256Gcm => KeyType::MlKem(MlKem::MlKem768),
         }
     }
 
@@ -69,6 +82,7 @@ impl AsymmetricEncryption {
     pub fn max_plaintext(self) -> usize {
         match self.key_type() {
             KeyType::Rsa(bits) => bits as usize / 8 - OAEP_OVERHEAD,
+            KeyType::MlKem(_) => pq_hybrid::MAX_PLAINTEXT,
             _ => HPKE_MAX_PLAINTEXT,
         }
     }
@@ -77,8 +91,9 @@ impl AsymmetricEncryption {
         self.key_type().require(kind, self.name())
     }
 
-    /// Encrypts to `key` with `aad` bound.
-    pub fn encrypt(self, key: &PublicKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    /// Encrypts to `key` with `aad` bound. `kid` is the key version's reference (`<key id>:v<version>`), which
+    /// the hybrid mode writes into its header; the others carry no header.
+    pub fn encrypt(self, key: &PublicKey, kid: &str, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         self.check_key(key.kind())?;
         if plaintext.len() > self.max_plaintext() {
             return Err(CryptoError::TooLarge {
@@ -89,6 +104,9 @@ impl AsymmetricEncryption {
         }
         if self == Self::HpkeX25519Sha256Aes256Gcm {
             return hpke::seal(key, b"", aad, plaintext);
+        }
+        if let Some(ml_kem) = key.ml_kem() {
+            return pq_hybrid::seal(ml_kem, kid, aad, plaintext);
         }
         let mut encrypter = Encrypter::new(key.pkey()?)?;
         encrypter.set_rsa_padding(Padding::PKCS1_OAEP)?;
@@ -103,11 +121,21 @@ impl AsymmetricEncryption {
         Ok(out)
     }
 
-    /// Decrypts with `key`. Any failure is `DecryptionFailed`.
-    pub fn decrypt(self, key: &PrivateKey, aad: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    /// Decrypts with `key`, whose version `kid` names (the hybrid mode's header must name the same). Any
+    /// failure is `DecryptionFailed`.
+    pub fn decrypt(
+        self,
+        key: &PrivateKey,
+        kid: &str,
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         self.check_key(key.kind())?;
         if self == Self::HpkeX25519Sha256Aes256Gcm {
             return hpke::open(key, b"", aad, ciphertext);
+        }
+        if let Some(ml_kem) = key.ml_kem() {
+            return pq_hybrid::open(ml_kem, kid, aad, ciphertext);
         }
         rsa_oaep_decrypt(key.pkey()?, aad, ciphertext)
     }
@@ -138,20 +166,26 @@ pub(crate) fn rsa_oaep_decrypt(
 mod tests {
     use super::*;
 
+    const KID: &str = "k_0193:v1";
+
     #[test]
     fn round_trips_bind_the_aad_and_refuse_tampering() {
-        for alg in [AsymmetricEncryption::HpkeX25519Sha256Aes256Gcm, AsymmetricEncryption::RsaOaep2048Sha256] {
+        for alg in [
+            AsymmetricEncryption::HpkeX25519Sha256Aes256Gcm,
+            AsymmetricEncryption::RsaOaep2048Sha256,
+            AsymmetricEncryption::MlKem768Aes256Gcm,
+        ] {
             let key = PrivateKey::generate(alg.key_type()).unwrap();
             let public = key.public_key().unwrap();
             for aad in [&b""[..], b"tenant=a"] {
-                let ct = alg.encrypt(&public, aad, b"a data key").unwrap();
-                assert_eq!(&alg.decrypt(&key, aad, &ct).unwrap()[..], b"a data key", "{alg:?}");
-                assert_eq!(alg.decrypt(&key, b"other", &ct), Err(CryptoError::DecryptionFailed));
+                let ct = alg.encrypt(&public, KID, aad, b"a data key").unwrap();
+                assert_eq!(&alg.decrypt(&key, KID, aad, &ct).unwrap()[..], b"a data key", "{alg:?}");
+                assert_eq!(alg.decrypt(&key, KID, b"other", &ct), Err(CryptoError::DecryptionFailed));
                 let mut bad = ct.clone();
                 bad[ct.len() / 2] ^= 1;
-                assert_eq!(alg.decrypt(&key, aad, &bad), Err(CryptoError::DecryptionFailed));
+                assert_eq!(alg.decrypt(&key, KID, aad, &bad), Err(CryptoError::DecryptionFailed));
             }
-            assert!(alg.decrypt(&key, b"", b"short").is_err());
+            assert!(alg.decrypt(&key, KID, b"", b"short").is_err());
         }
     }
 
@@ -160,7 +194,7 @@ mod tests {
         let alg = AsymmetricEncryption::RsaOaep2048Sha256;
         assert_eq!(alg.max_plaintext(), 190);
         let key = PrivateKey::generate(alg.key_type()).unwrap().public_key().unwrap();
-        assert!(alg.encrypt(&key, b"", &[0; 190]).is_ok());
-        assert!(matches!(alg.encrypt(&key, b"", &[0; 191]), Err(CryptoError::TooLarge { .. })));
+        assert!(alg.encrypt(&key, KID, b"", &[0; 190]).is_ok());
+        assert!(matches!(alg.encrypt(&key, KID, b"", &[0; 191]), Err(CryptoError::TooLarge { .. })));
     }
 }

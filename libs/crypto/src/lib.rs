@@ -15,6 +15,7 @@ pub mod key_import;
 pub mod keypair;
 pub mod mac;
 pub mod pq;
+pub mod pq_hybrid;
 pub mod primitives;
 pub mod random;
 pub mod secret;

@@ -260,7 +260,7 @@ fn rate(kind: LimitKind, default: Option<u32>, fallback: u32, overrides: &BTreeM
 fn quota_window(kind: LimitKind, name: &'static str, count: Option<u32>, period: Duration) -> Option<Window> {
     let count = count.unwrap_or(0);
     let unit = if period == DAY { "day" } else { "second" };
-    Window::new(kind, name, count, period, None, format!("{count} decrypts and data keys per {unit}"))
+    Window::new(kind, name, count, period, None, format!("{count} decrypts, data keys and KEM secrets per {unit}"))
 }
 
 /// The limits of one service process.
@@ -483,7 +483,7 @@ mod tests {
         let refused = limiter.admit_plaintext("app_a", "k_1").await.unwrap_err();
         assert_eq!(
             (refused.scope.as_str(), refused.limit.as_str()),
-            ("application app_a", "100 decrypts and data keys per day")
+            ("application app_a", "100 decrypts, data keys and KEM secrets per day")
         );
         assert!(refused.retry_after > Duration::from_secs(800), "one day's quota refills one call per 864 s");
         // The key's own daily quota is shared by every application.

@@ -106,6 +106,8 @@ pub fn operation_name(op: pb::Operation) -> &'static str {
         pb::Operation::Describe => "describe",
         pb::Operation::Manage => "manage",
         pb::Operation::GetPublicKey => "get_public_key",
+        pb::Operation::Decapsulate => "decapsulate",
+        pb::Operation::Encapsulate => "encapsulate",
         pb::Operation::Unspecified => "unspecified",
     }
 }

@@ -26,9 +26,12 @@ pub use error::{MeshError, retry_status};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub use identity::{PeerIdentity, ServiceName};
 
-/// Installs the process-wide rustls crypto provider (ring). Every binary and test calls this first: with
-/// more than one provider compiled in, rustls refuses to guess.
+/// Installs the process-wide rustls crypto provider: aws-lc-rs, whose default key exchange prefers the hybrid
+/// X25519MLKEM768 (X25519 with ML-KEM-768, the group browsers and Cloudflare use) and falls back to X25519, so
+/// every mesh hop between keymesh services resists harvest-now-decrypt-later while classical clients still
+/// connect. Every binary and test calls this first: with more than one provider compiled in, rustls refuses
+/// to guess.
 pub fn install_crypto_provider() {
     // Err means one is installed already, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }

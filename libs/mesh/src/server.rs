@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry::metrics::Counter;
+use opentelemetry::{KeyValue, metrics::Counter};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -153,6 +153,23 @@ static CONNECTIONS_REFUSED: LazyLock<Counter<u64>> = LazyLock::new(|| {
         .build()
 });
 
+/// `keymesh.tls.handshakes`: completed mTLS handshakes by the key-exchange group they negotiated, so an operator
+/// sees which peers still connect without the post-quantum X25519MLKEM768.
+static HANDSHAKES: LazyLock<Counter<u64>> = LazyLock::new(|| {
+    opentelemetry::global::meter("keymesh")
+        .u64_counter("keymesh.tls.handshakes")
+        .with_description("Completed mTLS handshakes, by negotiated key-exchange group")
+        .build()
+});
+
+/// Counts and logs (at debug) the key-exchange group a handshake negotiated; the label comes from rustls's
+/// closed list of named groups.
+fn count_handshake(peer: &std::net::SocketAddr, connection: &rustls::ServerConnection) {
+    let group = connection.negotiated_key_exchange_group().and_then(|g| g.name().as_str()).unwrap_or("other");
+    tracing::debug!(%peer, group, "mTLS handshake completed");
+    HANDSHAKES.add(1, &[KeyValue::new("group", group)]);
+}
+
 /// Reports `keymesh.server.connections.open` from the connection slots.
 fn open_connections_gauge(slots: &Arc<Semaphore>, max: usize) {
     let slots = Arc::downgrade(slots);
@@ -232,6 +249,7 @@ fn tls_incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
+                        count_handshake(&peer, tls.get_ref().1);
                         let _ = tx.send(Ok(ServedConnection::new(tls, slot, idle_timeout))).await;
                     }
                     Ok(Err(e)) => match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {

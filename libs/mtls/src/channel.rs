@@ -41,10 +41,11 @@ struct ClientIdentity {
     roots: Arc<WebPkiServerVerifier>,
 }
 
-/// The process's rustls `CryptoProvider`, or ring's when the application installed none (as tonic's own TLS
-/// would): an application using the SDK need not know that rustls wants one.
+/// The process's rustls `CryptoProvider`, or aws-lc-rs's when the application installed none: an application
+/// using the SDK need not know that rustls wants one, and gets the post-quantum key exchange (X25519MLKEM768)
+/// the services prefer.
 fn provider() -> Arc<CryptoProvider> {
-    CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+    CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
 impl ClientIdentity {

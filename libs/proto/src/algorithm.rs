@@ -52,6 +52,7 @@ impl ToProto for AsymmetricEncryption {
             Self::RsaOaep2048Sha256 => Algorithm::RsaOaep2048Sha256,
             Self::RsaOaep3072Sha256 => Algorithm::RsaOaep3072Sha256,
             Self::RsaOaep4096Sha256 => Algorithm::RsaOaep4096Sha256,
+            Self::MlKem768Aes256Gcm => Algorithm::MlKem768Aes256Gcm,
         }
     }
 }
@@ -152,7 +153,7 @@ mod tests {
         for alg in SymmetricAlgorithm::ALL {
             assert_eq!(SymmetricAlgorithm::from_proto(alg.to_proto()), Some(alg));
         }
-        assert_eq!(KeyAlgorithm::from_proto(Algorithm::MlKem768Aes256Gcm), None);
+        assert_eq!(KeyAlgorithm::from_proto(Algorithm::Unspecified), None);
         assert_eq!(KeyAlgorithm::from_i32(-1), None);
         assert_eq!(purpose_from_proto(KeyPurpose::Unspecified), Some(Purpose::Encrypt));
         assert_eq!(purpose_from_proto(KeyPurpose::Kem), Some(Purpose::Kem));

@@ -122,9 +122,11 @@ pub fn check_purpose(record: &KeyRecord, operation: pb::Operation) -> Result<(),
         }
         pb::Operation::Sign | pb::Operation::Verify => ("a SIGN key", purpose == pb::KeyPurpose::Sign),
         pb::Operation::GenerateMac | pb::Operation::VerifyMac => ("a MAC key", purpose == pb::KeyPurpose::Mac),
-        pb::Operation::GetPublicKey => {
-            ("a SIGN key or an HPKE/RSA-OAEP ENCRYPT key (symmetric and MAC keys have no public key)", asymmetric)
-        }
+        pb::Operation::Decapsulate | pb::Operation::Encapsulate => ("a KEM key", purpose == pb::KeyPurpose::Kem),
+        pb::Operation::GetPublicKey => (
+            "a SIGN or KEM key, or an HPKE/RSA-OAEP ENCRYPT key (symmetric and MAC keys have no public key)",
+            asymmetric,
+        ),
         _ => return Ok(()),
     };
     if fits {
@@ -441,7 +443,11 @@ pub fn usable_version(
     let state = version_state(v);
     let usable = match operation {
         // Making something new: only the primary, ACTIVE version.
-        pb::Operation::Encrypt | pb::Operation::GenerateDataKey | pb::Operation::Sign | pb::Operation::GenerateMac => {
+        pb::Operation::Encrypt
+        | pb::Operation::GenerateDataKey
+        | pb::Operation::Sign
+        | pb::Operation::GenerateMac
+        | pb::Operation::Encapsulate => {
             state == pb::KeyVersionState::Active && number == record.key.primary_version as u32
         }
         // Checking or opening something made earlier: any version still in service.
@@ -449,6 +455,7 @@ pub fn usable_version(
         | pb::Operation::Reencrypt
         | pb::Operation::Verify
         | pb::Operation::VerifyMac
+        | pb::Operation::Decapsulate
         | pb::Operation::GetPublicKey => {
             if v.version < record.key.min_decryption_version {
                 return Err(precondition(format!(
@@ -462,7 +469,7 @@ pub fn usable_version(
             return Err(KeyError::InvalidArgument {
                 field: "operation",
                 reason: "GetDataKey serves ENCRYPT, GENERATE_DATA_KEY, DECRYPT, REENCRYPT, SIGN, VERIFY, \
-                         GENERATE_MAC, VERIFY_MAC and GET_PUBLIC_KEY"
+                         GENERATE_MAC, VERIFY_MAC, DECAPSULATE, ENCAPSULATE and GET_PUBLIC_KEY"
                     .into(),
             });
         }

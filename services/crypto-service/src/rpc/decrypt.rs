@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use keymesh_crypto::{
     CryptoError, KeyAlgorithm,
-    ciphertext::{self, Binding},
+    ciphertext::{self, Binding, KeyRef},
+    pq_hybrid,
 };
 use keymesh_mesh::auth::AccessClaims;
 use keymesh_proto::algorithm::ToProto;
@@ -176,7 +177,8 @@ impl CryptoRpc {
         Ok(Opened { plaintext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm, warnings })
     }
 
-    /// Opens what a sender made with the public key of the named HPKE or RSA-OAEP key.
+    /// Opens what a sender made with the public key of the named HPKE, RSA-OAEP or hybrid ML-KEM key. The
+    /// version is the one the request names; with none (0), a hybrid ciphertext's header says which.
     async fn open_from_public_key(
         &self,
         claims: &AccessClaims,
@@ -184,9 +186,22 @@ impl CryptoRpc {
         item: &Opening<'_>,
         version: u32,
     ) -> Result<Opened, Status> {
-        let key =
-            KeyUse { fetch: pb::Operation::Decrypt, ..KeyUse::named(item.key, version, item.permission, &NO_CONTEXT) };
-        let (dek, warnings) = self.key_use(claims, audit, key).await?;
+        let from_header = match (version, pq_hybrid::kid_of(item.ciphertext).as_deref().and_then(KeyRef::parse)) {
+            (0, Some(named)) => Some(named.version),
+            _ => None,
+        };
+        let key = KeyUse {
+            fetch: pb::Operation::Decrypt,
+            ..KeyUse::named(item.key, from_header.unwrap_or(version), item.permission, &NO_CONTEXT)
+        };
+        let (dek, warnings) = match self.key_use(claims, audit, key).await {
+            // The header is authenticated only once the ciphertext opens: a version it names that does not exist
+            // is any other bad ciphertext.
+            Err(status) if from_header.is_some() && status.code() == tonic::Code::NotFound => {
+                return Err(CryptoServiceError::DecryptionFailed.into());
+            }
+            other => other?,
+        };
         let (KeyAlgorithm::Asymmetric(algorithm), Some((private, _))) = (dek.algorithm, dek.key_pair.as_ref()) else {
             // A symmetric key named with a ciphertext that is not keymesh's: just a bad ciphertext.
             return Err(CryptoServiceError::DecryptionFailed.into());
@@ -194,8 +209,10 @@ impl CryptoRpc {
         if !item.context.is_empty() {
             return Err(no_context_for_public_key(algorithm.name()).into());
         }
-        let plaintext =
-            algorithm.decrypt(private, item.aad, item.ciphertext).map_err(|_| CryptoServiceError::DecryptionFailed)?;
+        let kid = KeyRef { key_id: dek.key_id.clone(), version: dek.version }.to_kid();
+        let plaintext = algorithm
+            .decrypt(private, &kid, item.aad, item.ciphertext)
+            .map_err(|_| CryptoServiceError::DecryptionFailed)?;
         Ok(Opened { plaintext, key_id: dek.key_id.clone(), version: dek.version, algorithm: dek.algorithm, warnings })
     }
 }

@@ -4,7 +4,11 @@
 
 use std::collections::HashMap;
 
-use keymesh_crypto::{CryptoError, KeyAlgorithm, asymmetric::AsymmetricEncryption, ciphertext::Binding};
+use keymesh_crypto::{
+    CryptoError, KeyAlgorithm,
+    asymmetric::AsymmetricEncryption,
+    ciphertext::{Binding, KeyRef},
+};
 use keymesh_mesh::auth::AccessClaims;
 use keymesh_proto::algorithm::ToProto;
 use keymesh_proto::v1 as pb;
@@ -193,7 +197,8 @@ fn encrypt_to_public_key(
         return Err(no_context_for_public_key(algorithm.name()));
     }
     let (_, public) = dek.key_pair.as_ref().ok_or_else(|| CryptoServiceError::Internal("no key pair".into()))?;
-    algorithm.encrypt(public, item.aad, item.plaintext).map_err(|e| match e {
+    let kid = KeyRef { key_id: dek.key_id.clone(), version: dek.version }.to_kid();
+    algorithm.encrypt(public, &kid, item.aad, item.plaintext).map_err(|e| match e {
         CryptoError::TooLarge { size, limit, .. } => CryptoServiceError::InvalidArgument {
             field: "plaintext",
             reason: format!(

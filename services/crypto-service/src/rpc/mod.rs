@@ -3,6 +3,7 @@
 mod data_key;
 mod decrypt;
 mod encrypt;
+mod kem;
 mod mac;
 mod re_encrypt;
 mod sign;
@@ -55,8 +56,8 @@ impl CryptoRpc {
         Self { gate, deks, audit, unary_limit, policy, limits }
     }
 
-    /// The quotas on plaintext leaving the mesh (Decrypt, data keys) for one use of `key_id`; other
-    /// operations are not counted.
+    /// The quotas on plaintext leaving the mesh (Decrypt, data keys, KEM shared secrets) for one use of
+    /// `key_id`; other operations are not counted.
     async fn admit_plaintext(
         &self,
         claims: &AccessClaims,
@@ -64,9 +65,10 @@ impl CryptoRpc {
         permission: pb::Operation,
     ) -> Result<(), Status> {
         match permission {
-            pb::Operation::Decrypt | pb::Operation::GenerateDataKey => {
-                Ok(self.limits.admit_plaintext(&claims.sub, key_id).await?)
-            }
+            pb::Operation::Decrypt
+            | pb::Operation::GenerateDataKey
+            | pb::Operation::Decapsulate
+            | pb::Operation::Encapsulate => Ok(self.limits.admit_plaintext(&claims.sub, key_id).await?),
             _ => Ok(()),
         }
     }
@@ -343,6 +345,20 @@ impl CryptoService for CryptoRpc {
         request: Request<pb::VerifyMacRequest>,
     ) -> Result<Response<pb::VerifyMacResponse>, Status> {
         self.handle_verify_mac(request).await
+    }
+
+    async fn decapsulate(
+        &self,
+        request: Request<pb::DecapsulateRequest>,
+    ) -> Result<Response<pb::DecapsulateResponse>, Status> {
+        self.handle_decapsulate(request).await
+    }
+
+    async fn encapsulate(
+        &self,
+        request: Request<pb::EncapsulateRequest>,
+    ) -> Result<Response<pb::EncapsulateResponse>, Status> {
+        self.handle_encapsulate(request).await
     }
 
     async fn hash(&self, request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {

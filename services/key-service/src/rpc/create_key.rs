@@ -180,8 +180,10 @@ mod tests {
         assert_eq!(pick(P::Kem, A::Unspecified).unwrap().to_proto(), A::MlKem768);
         assert_eq!(pick(P::Sign, A::MlDsa65).unwrap().to_proto(), A::MlDsa65);
         assert_eq!(pick(P::Kem, A::MlKem1024).unwrap().to_proto(), A::MlKem1024);
-        // The document's hybrid mode is not offered yet: its key is refused by name, not half made.
-        assert!(matches!(pick(P::Kem, A::MlKem768Aes256Gcm), Err(KeyError::Unimplemented(_))));
+        // The document's hybrid mode encrypts: an ENCRYPT key, refused for KEM with the algorithms KEM has.
+        assert_eq!(pick(P::Encrypt, A::MlKem768Aes256Gcm).unwrap().to_proto(), A::MlKem768Aes256Gcm);
+        let err = pick(P::Kem, A::MlKem768Aes256Gcm).unwrap_err().to_string();
+        assert!(err.contains("ALGORITHM_ML_KEM_768,"), "{err}");
         assert!(matches!(choose_algorithm(P::Sign, 999), Err(KeyError::InvalidArgument { .. })));
     }
 
