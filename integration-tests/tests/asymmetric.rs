@@ -382,10 +382,36 @@ async fn python_encrypts_to_exported_public_keys_and_keymesh_decrypts() {
     ]);
     assert_eq!(unhex(&opened), b"for the key's owner");
 
-    // Streams and data keys need a symmetric key.
-    let request = pb::GenerateDataKeyRequest { key: name.into(), ..Default::default() };
-    let refused =
-        admin.crypto_service().generate_data_key(admin.authorized(request).await.unwrap()).await.err().unwrap();
+    // A data key under a public-key key comes encrypted to the public key: the key's owner opens it outside.
+    let request = pb::GenerateDataKeyRequest { key: "byok-hpke".into(), aad: b"v=1".to_vec(), ..Default::default() };
+    let data_key =
+        admin.crypto_service().generate_data_key(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
+    let opened = asym(&[
+        "decrypt",
+        "--private-key-hex",
+        pkcs8,
+        "--algorithm",
+        "hpke-x25519-sha256-aes256gcm",
+        "--ciphertext-hex",
+        &hex(&data_key.ciphertext),
+        "--aad-hex",
+        &hex(b"v=1"),
+    ]);
+    assert_eq!(unhex(&opened), data_key.plaintext);
+    assert_eq!(data_key.plaintext.len(), 32);
+    // Streams need a symmetric key.
+    let request = pb::EncryptStreamRequest {
+        message: Some(pb::encrypt_stream_request::Message::Init(pb::EncryptStreamInit {
+            key: name.into(),
+            ..Default::default()
+        })),
+    };
+    let refused = admin
+        .crypto_service()
+        .encrypt_stream(admin.authorized(tokio_stream::iter([request])).await.unwrap())
+        .await
+        .err()
+        .unwrap();
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert!(refused.message().contains("needs a symmetric ENCRYPT key"), "{refused:?}");
 }
@@ -445,7 +471,7 @@ async fn mac_keys_and_purpose_misuse() {
     let refused = public_key(&admin, "docs", 0).await.err().unwrap();
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert!(
-        refused.message().contains("GET_PUBLIC_KEY needs a SIGN key or an HPKE/RSA-OAEP ENCRYPT key"),
+        refused.message().contains("GET_PUBLIC_KEY needs a SIGN or KEM key, or an HPKE/RSA-OAEP ENCRYPT key"),
         "{refused:?}"
     );
     let refused = create_key(&admin, "bad", pb::KeyPurpose::Sign, pb::Algorithm::Aes256Gcm, pb::KeyOrigin::Generated)

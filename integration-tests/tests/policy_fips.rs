@@ -180,6 +180,8 @@ async fn fips_enabled_refuses_every_non_approved_algorithm_and_serves_every_appr
         (pb::Algorithm::Xchacha20Poly1305, "XChaCha20-Poly1305"),
         (pb::Algorithm::Aes256GcmSiv, "AES-256-GCM-SIV"),
         (pb::Algorithm::HpkeX25519Sha256Aes256Gcm, "HPKE-X25519-SHA256-AES-256-GCM"),
+        // X-Wing's X25519 half is not approved, so neither is X-Wing.
+        (pb::Algorithm::HpkeXwingSha256Aes256Gcm, "HPKE-XWING-SHA256-AES-256-GCM"),
     ] {
         let refused =
             refusal(create_key(&admin, key_request(&format!("no-{name}"), pb::KeyPurpose::Encrypt, algorithm)).await);
@@ -213,6 +215,8 @@ async fn fips_enabled_refuses_every_non_approved_algorithm_and_serves_every_appr
         pb::Algorithm::RsaOaep2048Sha256,
         pb::Algorithm::RsaOaep3072Sha256,
         pb::Algorithm::RsaOaep4096Sha256,
+        // The document's hybrid is ML-KEM (FIPS 203), HKDF and AES-GCM.
+        pb::Algorithm::MlKem768Aes256Gcm,
     ] {
         let name = format!("ok-{}", algorithm.as_str_name().to_ascii_lowercase());
         let created = create_key(&admin, key_request(&name, pb::KeyPurpose::Encrypt, algorithm)).await.unwrap();
@@ -229,6 +233,10 @@ async fn fips_enabled_refuses_every_non_approved_algorithm_and_serves_every_appr
         pb::Algorithm::RsaPss2048Sha256,
         pb::Algorithm::RsaPss3072Sha256,
         pb::Algorithm::RsaPss4096Sha256,
+        // FIPS 204.
+        pb::Algorithm::MlDsa44,
+        pb::Algorithm::MlDsa65,
+        pb::Algorithm::MlDsa87,
     ] {
         let name = format!("ok-{}", algorithm.as_str_name().to_ascii_lowercase());
         create_key(&admin, key_request(&name, pb::KeyPurpose::Sign, algorithm)).await.unwrap();
@@ -260,12 +268,12 @@ async fn fips_enabled_refuses_every_non_approved_algorithm_and_serves_every_appr
     let events = loop {
         let records =
             admin.audit_query(pb::QueryRequest { operation: "Sign".into(), ..Default::default() }).await.unwrap();
-        if records.len() >= 6 || Instant::now() > deadline {
+        if records.len() >= 9 || Instant::now() > deadline {
             break records;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(events.len(), 6);
+    assert_eq!(events.len(), 9, "six classical signatures and three ML-DSA ones");
     assert!(events.iter().all(|r| r.event.as_ref().unwrap().fips_mode == pb::FipsMode::Enabled as i32));
 
     // A key made before FIPS mode was switched on is refused at use. (crypto-service alone restarts in
@@ -297,6 +305,11 @@ async fn fips_preferred_allows_non_approved_algorithms_with_a_warning() {
     let approved =
         create_key(&admin, key_request("gcm", pb::KeyPurpose::Encrypt, pb::Algorithm::Aes256Gcm)).await.unwrap();
     assert!(approved.warnings.is_empty());
+    let xwing = key_request("xwing", pb::KeyPurpose::Encrypt, pb::Algorithm::HpkeXwingSha256Aes256Gcm);
+    let created = create_key(&admin, xwing).await.unwrap();
+    assert_eq!(created.warnings, ["HPKE-XWING-SHA256-AES-256-GCM is not FIPS-approved (FIPS mode is preferred)"]);
+    let kem = create_key(&admin, key_request("kem", pb::KeyPurpose::Kem, pb::Algorithm::MlKem1024)).await.unwrap();
+    assert!(kem.warnings.is_empty(), "FIPS 203");
     let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
     assert_eq!(health(&mesh, ServiceName::CryptoService, "keymesh.fips.preferred").await.unwrap(), serving);
 }

@@ -504,4 +504,122 @@ async fn the_documents_hybrid_mode_round_trips_with_an_implementation_written_fr
     assert_eq!(decrypt(&admin, "hybrid-2", theirs, b"").await.unwrap_err().message(), "decryption failed");
     let own = encrypt(&admin, "hybrid-2", plaintext, b"").await;
     assert_eq!(decrypt(&admin, "hybrid-2", own, b"").await.unwrap(), plaintext);
+
+    // Envelope encryption, post-quantum end to end: a data key under the hybrid key comes in the document's
+    // format, and the key's owner opens it outside.
+    let request = pb::GenerateDataKeyRequest { key: "hybrid".into(), ..Default::default() };
+    let data_key =
+        admin.crypto_service().generate_data_key(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
+    let outside = pq(&["hybrid-decrypt", "--seed-hex", seed, "--ciphertext-hex", &hex(&data_key.ciphertext)]);
+    assert_eq!(outside, hex(&data_key.plaintext), "the data key opens outside");
+    assert_eq!(decrypt(&admin, "hybrid", data_key.ciphertext, b"").await.unwrap(), data_key.plaintext);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_wing_hpke_encrypts_opens_and_carries_data_keys() {
+    let mesh = Mesh::start(&[], &[]).await;
+    let admin = mesh.admin_client();
+    let algorithm = pb::Algorithm::HpkeXwingSha256Aes256Gcm;
+    create(&admin, "xwing", pb::KeyPurpose::Encrypt, algorithm, pb::KeyOrigin::Generated).await;
+    let public = public_key(&admin, "xwing").await;
+    assert_eq!(public.algorithm, algorithm as i32);
+    // SubjectPublicKeyInfo under the draft's identifier, around pk_M || pk_X.
+    let oid = unhex("060b2b0601040183e62d81c87a");
+    assert!(public.public_key_der.windows(oid.len()).any(|w| w == oid), "1.3.6.1.4.1.62253.25722");
+    assert_eq!(
+        public.public_key_der.len(),
+        4 + 2 + oid.len() + 4 + 1 + 1216,
+        "SEQUENCE {{ SEQUENCE {{ OID }}, BIT STRING }}"
+    );
+    assert!(public.public_key_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+
+    let plaintext = b"a key for the year 2040";
+    let sealed = encrypt(&admin, "xwing", plaintext, b"tenant=a").await;
+    assert_eq!(sealed.len(), 1120 + plaintext.len() + 16, "enc || ciphertext || tag");
+    assert_eq!(decrypt(&admin, "xwing", sealed.clone(), b"tenant=a").await.unwrap(), plaintext);
+    assert_eq!(decrypt(&admin, "xwing", sealed.clone(), b"tenant=b").await.unwrap_err().message(), "decryption failed");
+    for byte in (0..sealed.len()).step_by(sealed.len() / 25).chain([1119, sealed.len() - 1]) {
+        let mut tampered = sealed.clone();
+        tampered[byte] ^= 0x40;
+        let refused = decrypt(&admin, "xwing", tampered, b"tenant=a").await.unwrap_err();
+        assert_eq!((refused.code(), refused.message()), (Code::InvalidArgument, "decryption failed"), "byte {byte}");
+    }
+
+    // A data key under it: sealed to the X-Wing public key, opened by Decrypt.
+    let request = pb::GenerateDataKeyRequest { key: "xwing".into(), aad: b"file=7".to_vec(), ..Default::default() };
+    let data_key =
+        admin.crypto_service().generate_data_key(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
+    assert_eq!(data_key.ciphertext.len(), 1120 + 32 + 16);
+    assert_eq!(decrypt(&admin, "xwing", data_key.ciphertext, b"file=7").await.unwrap(), data_key.plaintext);
+    // An encryption context has no place in an HPKE ciphertext: refused, naming the field.
+    let request = pb::GenerateDataKeyRequest {
+        key: "xwing".into(),
+        encryption_context: [("tenant".to_string(), "a".to_string())].into(),
+        ..Default::default()
+    };
+    let refused =
+        admin.crypto_service().generate_data_key(admin.authorized(request).await.unwrap()).await.err().unwrap();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("encryption_context") || refused.message().contains("aad"), "{refused:?}");
+}
+
+/// Runs the `keymesh` CLI with `stdin`: whether it succeeded, and its standard output.
+async fn cli(mesh: &Mesh, args: &[&str], stdin: &[u8]) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut command = mesh.cli();
+    command.args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    let output = child.wait_with_output().await.unwrap();
+    (output.status.success(), String::from_utf8(output.stdout).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_post_quantum_keys_signs_verifies_encapsulates_and_decapsulates() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mesh = Mesh::start(&[], &[]).await;
+    let (ok, out) =
+        cli(&mesh, &["keys", "create", "pq-kem", "--purpose", "kem", "--algorithm", "ml-kem-768"], b"").await;
+    assert!(ok, "{out}");
+    let key: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(key["algorithm"], "ALGORITHM_ML_KEM_768", "{out}");
+    let (ok, out) = cli(&mesh, &["keys", "public-key", "pq-kem"], b"").await;
+    assert!(ok && out.starts_with("-----BEGIN PUBLIC KEY-----"), "{out}");
+
+    // Encapsulate, then Decapsulate the ciphertext (as base64 on standard input): the same secret.
+    let (ok, out) = cli(&mesh, &["encapsulate", "--key", "pq-kem"], b"").await;
+    assert!(ok, "{out}");
+    let encapsulated: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ciphertext = encapsulated["ciphertext"].as_str().unwrap();
+    assert_eq!(b64.decode(ciphertext).unwrap().len(), 1088);
+    let (ok, out) = cli(&mesh, &["decapsulate", "--key", "pq-kem"], ciphertext.as_bytes()).await;
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), encapsulated["shared_secret"].as_str().unwrap());
+
+    // ML-DSA: sign standard input, verify it; a changed message does not verify (exit status 1).
+    let (ok, out) = cli(&mesh, &["keys", "create", "pq-sign", "--algorithm", "ML_DSA_65"], b"").await;
+    assert!(ok && out.contains("ALGORITHM_ML_DSA_65"), "{out}");
+    for flags in [&[][..], &["--deterministic"][..]] {
+        let (ok, signature) = cli(&mesh, &[&["sign", "--key", "pq-sign"][..], flags].concat(), b"release 9").await;
+        assert!(ok, "{signature}");
+        assert_eq!(b64.decode(signature.trim()).unwrap().len(), 3309);
+        let verify = ["verify", "--key", "pq-sign", "--signature", signature.trim()];
+        assert_eq!(cli(&mesh, &verify, b"release 9").await, (true, "valid\n".into()));
+        assert_eq!(cli(&mesh, &verify, b"release 8").await, (false, "invalid\n".into()));
+    }
+
+    // The document's hybrid mode through encrypt and decrypt.
+    let create = ["keys", "create", "pq-hybrid", "--algorithm", "ml-kem-768-aes-256-gcm"];
+    assert!(cli(&mesh, &create, b"").await.0);
+    let (ok, sealed) = cli(&mesh, &["encrypt", "--key", "pq-hybrid", "--base64"], b"hybrid via the CLI").await;
+    assert!(ok, "{sealed}");
+    let (ok, opened) = cli(&mesh, &["decrypt", "--key", "pq-hybrid"], sealed.as_bytes()).await;
+    assert_eq!((ok, opened.as_str()), (true, "hybrid via the CLI"));
+
+    // An unknown algorithm is refused by name, before any call.
+    let (ok, _) = cli(&mesh, &["keys", "create", "x", "--algorithm", "ml-kem-769"], b"").await;
+    assert!(!ok);
 }

@@ -18,7 +18,7 @@ use keymesh_client::{
 use keymesh_config::KeymeshConfig;
 use keymesh_mesh::rpc_telemetry::{Sampling, child_or_root_context};
 use keymesh_mesh::{ServiceName, config::MeshParams, pki::TlsMaterial, run::ServiceConfig, run::dev_client_tls};
-use keymesh_proto::v1 as pb;
+use keymesh_proto::v1::{self as pb, sign_request, verify_request};
 use opentelemetry::{
     propagation::Extractor,
     trace::{FutureExt, TraceContextExt},
@@ -80,6 +80,47 @@ enum Command {
         key: String,
         #[command(flatten)]
         files: FileArgs,
+    },
+    /// Sign standard input (the message) with a SIGN key; prints the signature in base64.
+    Sign {
+        /// Key name or id.
+        #[arg(long)]
+        key: String,
+        /// The input is ML-DSA's 64-byte external mu (FIPS 204), not the message.
+        #[arg(long)]
+        mu: bool,
+        /// ML-DSA's deterministic variant (default: hedged); Ed25519 always is.
+        #[arg(long)]
+        deterministic: bool,
+    },
+    /// Verify a signature over standard input (the message, or --mu); prints valid or invalid and exits 1
+    /// unless valid.
+    Verify {
+        /// Key name or id.
+        #[arg(long)]
+        key: String,
+        /// The signature, base64.
+        #[arg(long)]
+        signature: String,
+        /// The input is ML-DSA's 64-byte external mu.
+        #[arg(long)]
+        mu: bool,
+        /// The version that signed (default: the primary).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+    /// Encapsulate to a KEM key (ML-KEM) in the service: prints {"ciphertext", "shared_secret"} in base64.
+    Encapsulate {
+        /// Key name or id.
+        #[arg(long)]
+        key: String,
+    },
+    /// Decapsulate an ML-KEM ciphertext (standard input, binary or base64) with a KEM key: prints the shared
+    /// secret in base64.
+    Decapsulate {
+        /// Key name or id.
+        #[arg(long)]
+        key: String,
     },
     /// Manage keys.
     Keys {
@@ -152,9 +193,21 @@ struct FileArgs {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Create an AES-256-GCM encryption key.
+    /// Create a key: AES-256-GCM for encryption unless --purpose or --algorithm say otherwise.
     Create {
         /// Key name, unique in the tenant.
+        name: String,
+        /// encrypt, sign, mac or kem (default: the algorithm's own, or encrypt).
+        #[arg(long, value_parser = ["encrypt", "sign", "mac", "kem"])]
+        purpose: Option<String>,
+        /// The algorithm, as the API names it without ALGORITHM_, in any case, dashes or underscores
+        /// (e.g. ml-kem-768, ml-dsa-65, ml-kem-768-aes-256-gcm, hpke-xwing-sha256-aes-256-gcm, ecdsa-p256-sha256).
+        #[arg(long)]
+        algorithm: Option<String>,
+    },
+    /// Print a key's public key (SubjectPublicKeyInfo PEM), for the asymmetric and post-quantum keys.
+    PublicKey {
+        /// Key name or id.
         name: String,
     },
     /// Show a key.
@@ -522,8 +575,80 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 zeroize::Zeroizing::new(client.crypto_service().decrypt(request).await?.into_inner().plaintext);
             write_stdout(&plaintext)
         }
-        Command::Keys { command: KeysCommand::Create { name } } => {
+        Command::Keys { command: KeysCommand::Create { name, purpose: None, algorithm: None } } => {
             print_json(key_json(&client.create_key(&name).await?))
+        }
+        Command::Keys { command: KeysCommand::Create { name, purpose, algorithm } } => {
+            let purpose = match purpose.as_deref() {
+                Some(purpose) => {
+                    pb::KeyPurpose::from_str_name(&format!("KEY_PURPOSE_{}", purpose.to_ascii_uppercase()))
+                        .ok_or_else(|| ClientError::Setup(format!("unknown purpose {purpose:?}")))?
+                }
+                None => pb::KeyPurpose::Unspecified,
+            };
+            let algorithm = match algorithm.as_deref() {
+                Some(name) => algorithm_named(name)?,
+                None => pb::Algorithm::Unspecified,
+            };
+            let request = pb::CreateKeyRequest {
+                name,
+                purpose: purpose as i32,
+                algorithm: algorithm as i32,
+                ..Default::default()
+            };
+            let response = client.key_service().create_key(client.authorized(request).await?).await?.into_inner();
+            let key = response.key.ok_or_else(|| ClientError::Setup("CreateKey returned no key".into()))?;
+            print_json(key_json(&key))
+        }
+        Command::Keys { command: KeysCommand::PublicKey { name } } => {
+            let request = pb::GetPublicKeyRequest { key: name, version: 0 };
+            let public = client.key_service().get_public_key(client.authorized(request).await?).await?.into_inner();
+            write_stdout(public.public_key_pem.as_bytes())
+        }
+        Command::Sign { key, mu, deterministic } => {
+            let input = read_stdin()?;
+            let input = if mu { sign_request::Input::Mu(input) } else { sign_request::Input::Message(input) };
+            let randomness = if deterministic {
+                pb::SignatureRandomness::Deterministic
+            } else {
+                pb::SignatureRandomness::Unspecified
+            };
+            let request = pb::SignRequest { key, input: Some(input), randomness: randomness as i32 };
+            let signed = client.crypto_service().sign(client.authorized(request).await?).await?.into_inner();
+            write_stdout(format!("{}\n", B64.encode(signed.signature)).as_bytes())
+        }
+        Command::Verify { key, signature, mu, version } => {
+            let signature =
+                B64.decode(signature.trim()).map_err(|_| ClientError::Setup("--signature is not base64".into()))?;
+            let input = read_stdin()?;
+            let input = if mu { verify_request::Input::Mu(input) } else { verify_request::Input::Message(input) };
+            let request = pb::VerifyRequest { key, key_version: version, input: Some(input), signature };
+            let verified = client.crypto_service().verify(client.authorized(request).await?).await?.into_inner();
+            write_stdout(if verified.valid { b"valid\n" } else { b"invalid\n" })?;
+            if verified.valid { Ok(()) } else { Err(ClientError::Setup("the signature does not verify".into())) }
+        }
+        Command::Encapsulate { key } => {
+            let request = pb::EncapsulateRequest { key };
+            let out = client.crypto_service().encapsulate(client.authorized(request).await?).await?.into_inner();
+            let shared_secret = zeroize::Zeroizing::new(B64.encode(&out.shared_secret));
+            print_json(serde_json::json!({
+                "ciphertext": B64.encode(&out.ciphertext),
+                "shared_secret": shared_secret.as_str(),
+                "key_id": out.key_id,
+                "key_version": out.key_version,
+            }))
+        }
+        Command::Decapsulate { key } => {
+            let input = read_stdin()?;
+            // An ML-KEM ciphertext is 768 bytes or more: text this short and all base64 is base64.
+            let ciphertext = match B64.decode(input.trim_ascii()) {
+                Ok(decoded) if !input.is_empty() => decoded,
+                _ => input,
+            };
+            let request = pb::DecapsulateRequest { key, key_version: 0, ciphertext };
+            let out = client.crypto_service().decapsulate(client.authorized(request).await?).await?.into_inner();
+            let shared_secret = zeroize::Zeroizing::new(B64.encode(&out.shared_secret));
+            write_stdout(format!("{}\n", shared_secret.as_str()).as_bytes())
         }
         Command::Keys { command: KeysCommand::Get { name } } => print_json(key_json(&client.get_key(&name).await?)),
         Command::Keys { command: KeysCommand::Rewrap } => rewrap(&client).await,
@@ -554,4 +679,13 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             write_stdout(format!("{}\n", token.as_str()).as_bytes())
         }
     }
+}
+
+/// An algorithm as the CLI takes it: the API's name without `ALGORITHM_`, in any case, with dashes or
+/// underscores (`ml-kem-768`, `ML_DSA_65`).
+fn algorithm_named(name: &str) -> Result<pb::Algorithm, ClientError> {
+    let wire = format!("ALGORITHM_{}", name.to_ascii_uppercase().replace('-', "_"));
+    pb::Algorithm::from_str_name(&wire).filter(|a| *a != pb::Algorithm::Unspecified).ok_or_else(|| {
+        ClientError::Setup(format!("unknown algorithm {name:?} (e.g. aes-256-gcm, ml-kem-768, ml-dsa-65, ed25519)"))
+    })
 }

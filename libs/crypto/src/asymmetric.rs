@@ -6,6 +6,8 @@
 //!   caller's AAD.
 //! - RSA-OAEP with SHA-256 and MGF1-SHA-256 (2048/3072/4096-bit). The OAEP label carries the caller's AAD
 //!   (empty AAD, no label), so AAD binds here too.
+//! - HPKE with X-Wing (ML-KEM-768 and X25519) as its KEM, HKDF-SHA256 and AES-256-GCM: the plaintext stays
+//!   secret while either ML-KEM or X25519 holds. Wire form `enc (1,120 bytes) || ciphertext`.
 //! - The source document's hybrid mode AES-256-GCM+ML-KEM-768 ([`crate::pq_hybrid`]): its own header names the
 //!   key version (`kid`), checked on decryption; the caller's AAD is AES-GCM's.
 //!
@@ -39,6 +41,8 @@ pub enum AsymmetricEncryption {
     RsaOaep4096Sha256,
     /// The document's hybrid mode: ML-KEM-768, HKDF-SHA256, AES-256-GCM, with its JSON header.
     MlKem768Aes256Gcm,
+    /// HPKE base mode, X-Wing, HKDF-SHA256, AES-256-GCM.
+    HpkeXWingSha256Aes256Gcm,
 }
 
 /// SHA-256's output length, twice, plus two: OAEP's overhead.
@@ -48,12 +52,13 @@ pub const HPKE_MAX_PLAINTEXT: usize = 64 * 1024 * 1024;
 
 impl AsymmetricEncryption {
     /// Every algorithm.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::HpkeX25519Sha256Aes256Gcm,
         Self::RsaOaep2048Sha256,
         Self::RsaOaep3072Sha256,
         Self::RsaOaep4096Sha256,
         Self::MlKem768Aes256Gcm,
+        Self::HpkeXWingSha256Aes256Gcm,
     ];
 
     /// Name, as used in wrap contexts and messages.
@@ -64,6 +69,7 @@ impl AsymmetricEncryption {
             Self::RsaOaep3072Sha256 => "RSA-OAEP-3072-SHA256",
             Self::RsaOaep4096Sha256 => "RSA-OAEP-4096-SHA256",
             Self::MlKem768Aes256Gcm => pq_hybrid::MODE,
+            Self::HpkeXWingSha256Aes256Gcm => hpke::XWING_NAME,
         }
     }
 
@@ -75,6 +81,7 @@ impl AsymmetricEncryption {
             Self::RsaOaep3072Sha256 => KeyType::Rsa(3072),
             Self::RsaOaep4096Sha256 => KeyType::Rsa(4096),
             Self::MlKem768Aes256Gcm => KeyType::MlKem(MlKem::MlKem768),
+            Self::HpkeXWingSha256Aes256Gcm => KeyType::XWing,
         }
     }
 
@@ -108,6 +115,9 @@ impl AsymmetricEncryption {
         if let Some(ml_kem) = key.ml_kem() {
             return pq_hybrid::seal(ml_kem, kid, aad, plaintext);
         }
+        if let Some(xwing) = key.xwing() {
+            return hpke::seal_xwing(xwing, b"", aad, plaintext);
+        }
         let mut encrypter = Encrypter::new(key.pkey()?)?;
         encrypter.set_rsa_padding(Padding::PKCS1_OAEP)?;
         encrypter.set_rsa_oaep_md(MessageDigest::sha256())?;
@@ -136,6 +146,9 @@ impl AsymmetricEncryption {
         }
         if let Some(ml_kem) = key.ml_kem() {
             return pq_hybrid::open(ml_kem, kid, aad, ciphertext);
+        }
+        if let Some(xwing) = key.xwing() {
+            return hpke::open_xwing(xwing, b"", aad, ciphertext);
         }
         rsa_oaep_decrypt(key.pkey()?, aad, ciphertext)
     }
@@ -174,6 +187,7 @@ mod tests {
             AsymmetricEncryption::HpkeX25519Sha256Aes256Gcm,
             AsymmetricEncryption::RsaOaep2048Sha256,
             AsymmetricEncryption::MlKem768Aes256Gcm,
+            AsymmetricEncryption::HpkeXWingSha256Aes256Gcm,
         ] {
             let key = PrivateKey::generate(alg.key_type()).unwrap();
             let public = key.public_key().unwrap();

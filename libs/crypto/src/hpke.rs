@@ -1,6 +1,8 @@
-//! HPKE (RFC 9180) in base mode, single shot, for one suite: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
-//! AES-256-GCM (KEM 0x0020, KDF 0x0001, AEAD 0x0002). A sender anywhere encrypts to a key's exported public
-//! key; keymesh decrypts.
+//! HPKE (RFC 9180) in base mode, single shot, for two suites: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
+//! AES-256-GCM (KEM 0x0020, KDF 0x0001, AEAD 0x0002); and the same KDF and AEAD with X-Wing as the KEM
+//! (0x647A, [`crate::xwing`]), the post-quantum/classical hybrid. A sender anywhere encrypts to a key's exported
+//! public key; keymesh decrypts. The key schedule is one function of the suite id, so the RFC's vectors that
+//! check it for X25519 check it for X-Wing too.
 //!
 //! Written here, on OpenSSL's X25519, HMAC and AES-GCM, rather than taken from a crate: the maintained Rust
 //! HPKE crates either bring a second generation of the RustCrypto AEAD stack (`hpke` 0.13) or are
@@ -21,6 +23,7 @@ use crate::{
     CryptoError,
     keypair::{KeyType, PrivateKey, PublicKey},
     primitives::{self, Hash},
+    xwing::{self, XWingPrivateKey, XWingPublicKey},
 };
 
 /// Length of the encapsulated key (an X25519 public key).
@@ -92,18 +95,23 @@ struct Schedule {
     base_nonce: Zeroizing<Vec<u8>>,
     #[cfg_attr(not(test), allow(dead_code))]
     exporter_secret: Zeroizing<Vec<u8>>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    suite: &'static [u8],
 }
 
 impl Schedule {
-    fn new(shared_secret: &[u8], info: &[u8]) -> Result<Self, CryptoError> {
-        let psk_id_hash = labeled_extract(HPKE_SUITE, b"", b"psk_id_hash", b"")?;
-        let info_hash = labeled_extract(HPKE_SUITE, b"", b"info_hash", info)?;
+    /// The key schedule of `suite` ("HPKE" ‖ KEM ‖ KDF ‖ AEAD ids): the same for every KEM, which only
+    /// supplies the shared secret.
+    fn new(suite: &'static [u8], shared_secret: &[u8], info: &[u8]) -> Result<Self, CryptoError> {
+        let psk_id_hash = labeled_extract(suite, b"", b"psk_id_hash", b"")?;
+        let info_hash = labeled_extract(suite, b"", b"info_hash", info)?;
         let context = [&[MODE_BASE][..], &psk_id_hash, &info_hash].concat();
-        let secret = labeled_extract(HPKE_SUITE, shared_secret, b"secret", b"")?;
+        let secret = labeled_extract(suite, shared_secret, b"secret", b"")?;
         Ok(Self {
-            key: labeled_expand(HPKE_SUITE, &secret, b"key", &context, NK)?,
-            base_nonce: labeled_expand(HPKE_SUITE, &secret, b"base_nonce", &context, NN)?,
-            exporter_secret: labeled_expand(HPKE_SUITE, &secret, b"exp", &context, NH)?,
+            key: labeled_expand(suite, &secret, b"key", &context, NK)?,
+            base_nonce: labeled_expand(suite, &secret, b"base_nonce", &context, NN)?,
+            exporter_secret: labeled_expand(suite, &secret, b"exp", &context, NH)?,
+            suite,
         })
     }
 
@@ -134,7 +142,7 @@ impl Schedule {
 
     #[cfg(test)]
     fn export(&self, context: &[u8], len: usize) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        labeled_expand(HPKE_SUITE, &self.exporter_secret, b"sec", context, len)
+        labeled_expand(self.suite, &self.exporter_secret, b"sec", context, len)
     }
 }
 
@@ -157,7 +165,7 @@ fn seal_with(
         algorithm: NAME,
         reason: "the public key is a low-order point".into(),
     })?;
-    let schedule = Schedule::new(&shared_secret(&dh, &enc, &pk_recipient)?, info)?;
+    let schedule = Schedule::new(HPKE_SUITE, &shared_secret(&dh, &enc, &pk_recipient)?, info)?;
     let mut out = enc;
     out.extend_from_slice(&schedule.seal(0, aad, plaintext)?);
     Ok((out, schedule))
@@ -173,7 +181,7 @@ fn setup_receiver(recipient: &PrivateKey, info: &[u8], enc: &[u8]) -> Result<Sch
     check_kind(recipient.kind())?;
     let pk_recipient = recipient.pkey()?.raw_public_key()?;
     let dh = dh(recipient.pkey()?, enc)?;
-    Schedule::new(&shared_secret(&dh, enc, &pk_recipient)?, info)
+    Schedule::new(HPKE_SUITE, &shared_secret(&dh, enc, &pk_recipient)?, info)
 }
 
 /// Opens `enc || ciphertext` (RFC 9180 `OpenBase`, single shot). Every failure is `DecryptionFailed`.
@@ -183,6 +191,42 @@ pub fn open(recipient: &PrivateKey, info: &[u8], aad: &[u8], sealed: &[u8]) -> R
     }
     let (enc, ciphertext) = sealed.split_at(ENC_LEN);
     setup_receiver(recipient, info, enc)?.open(0, aad, ciphertext)
+}
+
+/// HPKE with X-Wing as its KEM (KEM id 0x647A), HKDF-SHA256 and AES-256-GCM.
+const XWING_SUITE: &[u8] = b"HPKE\x64\x7a\x00\x01\x00\x02";
+/// Name of the X-Wing suite, as used in wrap contexts and messages.
+pub const XWING_NAME: &str = "HPKE-XWING-SHA256-AES-256-GCM";
+
+/// `enc || ciphertext` of `plaintext` for an X-Wing `recipient`: RFC 9180 `SealBase` with X-Wing as the KEM,
+/// so the plaintext stays secret while either ML-KEM-768 or X25519 holds. `enc` is X-Wing's 1,120-byte
+/// ciphertext.
+pub fn seal_xwing(
+    recipient: &XWingPublicKey,
+    info: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let (enc, shared_secret) = recipient.encapsulate()?;
+    let schedule = Schedule::new(XWING_SUITE, &shared_secret, info)?;
+    let mut out = enc;
+    out.extend_from_slice(&schedule.seal(0, aad, plaintext)?);
+    Ok(out)
+}
+
+/// Opens what [`seal_xwing`] made. Every failure is `DecryptionFailed`.
+pub fn open_xwing(
+    recipient: &XWingPrivateKey,
+    info: &[u8],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    if sealed.len() < xwing::CIPHERTEXT_LEN + TAG_LEN {
+        return Err(CryptoError::DecryptionFailed);
+    }
+    let (enc, ciphertext) = sealed.split_at(xwing::CIPHERTEXT_LEN);
+    let shared_secret = recipient.decapsulate(enc)?;
+    Schedule::new(XWING_SUITE, &shared_secret, info)?.open(0, aad, ciphertext)
 }
 
 #[cfg(test)]
@@ -307,5 +351,22 @@ mod tests {
         assert_eq!(open(&key, b"", b"aad", &low_order), Err(CryptoError::DecryptionFailed));
         let other = PrivateKey::generate(KeyType::X25519).unwrap();
         assert_eq!(open(&other, b"", b"aad", &sealed), Err(CryptoError::DecryptionFailed));
+    }
+
+    #[test]
+    fn xwing_round_trips_binds_aad_and_refuses_every_flipped_bit() {
+        let key = XWingPrivateKey::generate().unwrap();
+        let sealed = seal_xwing(&key.public_key(), b"", b"tenant=a", b"a data key").unwrap();
+        assert_eq!(sealed.len(), xwing::CIPHERTEXT_LEN + 10 + TAG_LEN);
+        assert_eq!(&open_xwing(&key, b"", b"tenant=a", &sealed).unwrap()[..], b"a data key");
+        assert_eq!(open_xwing(&key, b"", b"tenant=b", &sealed), Err(CryptoError::DecryptionFailed));
+        for byte in (0..sealed.len()).step_by(7).chain([sealed.len() - 1]) {
+            let mut tampered = sealed.clone();
+            tampered[byte] ^= 0x08;
+            assert!(open_xwing(&key, b"", b"tenant=a", &tampered).is_err(), "byte {byte}");
+        }
+        let other = XWingPrivateKey::generate().unwrap();
+        assert!(open_xwing(&other, b"", b"tenant=a", &sealed).is_err());
+        assert!(open_xwing(&key, b"", b"", b"short").is_err());
     }
 }

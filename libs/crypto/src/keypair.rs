@@ -20,6 +20,7 @@ use openssl::{
 use crate::{
     CryptoError, SecretKey,
     pq::{MlDsa, MlDsaPrivateKey, MlDsaPublicKey, MlKem, MlKemPrivateKey, MlKemPublicKey},
+    xwing::{XWingPrivateKey, XWingPublicKey},
 };
 
 /// The kind of an asymmetric key.
@@ -39,6 +40,8 @@ pub enum KeyType {
     MlDsa(MlDsa),
     /// ML-KEM (FIPS 203).
     MlKem(MlKem),
+    /// X-Wing: ML-KEM-768 and X25519 together (draft-connolly-cfrg-xwing-kem).
+    XWing,
 }
 
 impl KeyType {
@@ -52,6 +55,7 @@ impl KeyType {
             Self::Rsa(bits) => format!("RSA-{bits}"),
             Self::MlDsa(params) => params.name().into(),
             Self::MlKem(params) => params.name().into(),
+            Self::XWing => crate::xwing::NAME.into(),
         }
     }
 
@@ -64,6 +68,8 @@ impl KeyType {
             Self::Rsa(bits) => bits,
             Self::MlDsa(params) => params.bits(),
             Self::MlKem(params) => params.bits(),
+            // ML-KEM-768's category: X25519's 128 bits are the weaker half against a classical attacker.
+            Self::XWing => 192,
         }
     }
 
@@ -145,6 +151,7 @@ enum PrivateMaterial {
     OpenSsl(PKey<Private>),
     MlDsa(MlDsaPrivateKey),
     MlKem(MlKemPrivateKey),
+    XWing(XWingPrivateKey),
 }
 
 impl fmt::Debug for PrivateKey {
@@ -170,6 +177,7 @@ impl PrivateKey {
             KeyType::MlKem(params) => {
                 return Ok(Self { key: PrivateMaterial::MlKem(MlKemPrivateKey::generate(params)?), kind });
             }
+            KeyType::XWing => return Ok(Self { key: PrivateMaterial::XWing(XWingPrivateKey::generate()?), kind }),
         };
         Ok(Self { key: PrivateMaterial::OpenSsl(key), kind })
     }
@@ -184,6 +192,9 @@ impl PrivateKey {
             KeyType::MlKem(params) => {
                 return Ok(Self { key: PrivateMaterial::MlKem(MlKemPrivateKey::from_pkcs8(params, der)?), kind });
             }
+            KeyType::XWing => {
+                return Ok(Self { key: PrivateMaterial::XWing(XWingPrivateKey::from_pkcs8(der)?), kind });
+            }
             _ => {}
         }
         let key = PKey::private_key_from_pkcs8(der).map_err(|_| CryptoError::InvalidKey {
@@ -194,7 +205,7 @@ impl PrivateKey {
         let consistent = match kind {
             KeyType::EcP256 | KeyType::EcP384 => key.ec_key()?.check_key().is_ok(),
             KeyType::Rsa(_) => key.rsa()?.check_key().unwrap_or(false),
-            KeyType::Ed25519 | KeyType::X25519 | KeyType::MlDsa(_) | KeyType::MlKem(_) => true,
+            KeyType::Ed25519 | KeyType::X25519 | KeyType::MlDsa(_) | KeyType::MlKem(_) | KeyType::XWing => true,
         };
         if !consistent {
             return Err(CryptoError::InvalidKey { algorithm, reason: "the private key is inconsistent".into() });
@@ -215,6 +226,7 @@ impl PrivateKey {
             PrivateMaterial::OpenSsl(key) => Ok(SecretKey::from_bytes(key.private_key_to_pkcs8()?)),
             PrivateMaterial::MlDsa(key) => key.to_pkcs8(),
             PrivateMaterial::MlKem(key) => key.to_pkcs8(),
+            PrivateMaterial::XWing(key) => key.to_pkcs8(),
         }
     }
 
@@ -231,6 +243,7 @@ impl PrivateKey {
             }
             PrivateMaterial::MlDsa(key) => PublicMaterial::MlDsa(key.public_key()),
             PrivateMaterial::MlKem(key) => PublicMaterial::MlKem(key.public_key()),
+            PrivateMaterial::XWing(key) => PublicMaterial::XWing(key.public_key()),
         };
         Ok(PublicKey { key, kind: self.kind })
     }
@@ -258,6 +271,14 @@ impl PrivateKey {
             _ => None,
         }
     }
+
+    /// The X-Wing key, when it is one.
+    pub fn xwing(&self) -> Option<&XWingPrivateKey> {
+        match &self.key {
+            PrivateMaterial::XWing(key) => Some(key),
+            _ => None,
+        }
+    }
 }
 
 /// A public key of a known kind.
@@ -272,6 +293,7 @@ enum PublicMaterial {
     OpenSsl(PKey<Public>),
     MlDsa(MlDsaPublicKey),
     MlKem(MlKemPublicKey),
+    XWing(XWingPublicKey),
 }
 
 impl fmt::Debug for PublicKey {
@@ -290,6 +312,7 @@ impl PublicKey {
             KeyType::MlKem(params) => {
                 return Ok(Self { key: PublicMaterial::MlKem(MlKemPublicKey::from_der(params, der)?), kind });
             }
+            KeyType::XWing => return Ok(Self { key: PublicMaterial::XWing(XWingPublicKey::from_der(der)?), kind }),
             _ => {}
         }
         let key = PKey::public_key_from_der(der).map_err(|_| CryptoError::InvalidKey {
@@ -305,6 +328,7 @@ impl PublicKey {
         let key = match kind {
             KeyType::MlDsa(params) => PublicMaterial::MlDsa(MlDsaPublicKey::from_raw(params, raw)?),
             KeyType::MlKem(params) => PublicMaterial::MlKem(MlKemPublicKey::from_raw(params, raw)?),
+            KeyType::XWing => PublicMaterial::XWing(XWingPublicKey::from_raw(raw)?),
             _ => PublicMaterial::OpenSsl(
                 PKey::public_key_from_raw_bytes(raw, kind.raw_id()?)
                     .map_err(|_| CryptoError::InvalidKey { algorithm, reason: "not a 32-byte public key".into() })?,
@@ -321,6 +345,7 @@ impl PublicKey {
             PublicMaterial::OpenSsl(_) => None,
             PublicMaterial::MlDsa(key) => Some(key.raw().to_vec()),
             PublicMaterial::MlKem(key) => Some(key.raw().to_vec()),
+            PublicMaterial::XWing(key) => Some(key.raw()),
         })
     }
 
@@ -330,6 +355,7 @@ impl PublicKey {
             PublicMaterial::OpenSsl(key) => Ok(key.public_key_to_der()?),
             PublicMaterial::MlDsa(key) => key.to_der(),
             PublicMaterial::MlKem(key) => key.to_der(),
+            PublicMaterial::XWing(key) => key.to_der(),
         }
     }
 
@@ -379,6 +405,14 @@ impl PublicKey {
             _ => None,
         }
     }
+
+    /// The X-Wing key, when it is one.
+    pub fn xwing(&self) -> Option<&XWingPublicKey> {
+        match &self.key {
+            PublicMaterial::XWing(key) => Some(key),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -395,6 +429,7 @@ mod tests {
             KeyType::Rsa(2048),
             KeyType::MlDsa(MlDsa::MlDsa65),
             KeyType::MlKem(MlKem::MlKem768),
+            KeyType::XWing,
         ] {
             let key = PrivateKey::generate(kind).unwrap();
             let der = key.to_pkcs8().unwrap();

@@ -21,6 +21,7 @@ pub mod random;
 pub mod secret;
 pub mod signature;
 pub mod stream;
+pub mod xwing;
 
 pub use aead::SymmetricAlgorithm;
 pub use algorithm::KeyAlgorithm;

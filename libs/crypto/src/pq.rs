@@ -741,7 +741,7 @@ fn context_zero(seed: &[u8]) -> Vec<u8> {
     out
 }
 
-fn encode_pkcs8(oid: ObjectIdentifier, private_key: &[u8]) -> Result<SecretKey, CryptoError> {
+pub(crate) fn encode_pkcs8(oid: ObjectIdentifier, private_key: &[u8]) -> Result<SecretKey, CryptoError> {
     let info = PrivateKeyInfo::new(AlgorithmIdentifierRef { oid, parameters: None }, private_key);
     Ok(SecretKey::from_bytes(info.to_der().map_err(der_failed)?))
 }
@@ -753,7 +753,12 @@ enum PrivateForm {
     Both(Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>),
 }
 
-fn decode_pkcs8(oid: ObjectIdentifier, algorithm: &'static str, der: &[u8]) -> Result<PrivateForm, CryptoError> {
+/// The privateKey contents of PKCS#8 under `oid` (no parameters).
+fn pkcs8_private_key<'a>(
+    oid: ObjectIdentifier,
+    algorithm: &'static str,
+    der: &'a [u8],
+) -> Result<&'a [u8], CryptoError> {
     let invalid = |reason: &str| CryptoError::InvalidKey { algorithm, reason: reason.into() };
     let info = PrivateKeyInfo::from_der(der).map_err(|_| invalid("not a PKCS#8 DER private key (OneAsymmetricKey)"))?;
     if info.algorithm.oid != oid {
@@ -765,8 +770,23 @@ fn decode_pkcs8(oid: ObjectIdentifier, algorithm: &'static str, der: &[u8]) -> R
     if info.algorithm.parameters.is_some() {
         return Err(invalid("the algorithm identifier must have no parameters"));
     }
+    Ok(info.private_key)
+}
+
+/// The privateKey contents of PKCS#8 under `oid`, copied into a zeroizing buffer (X-Wing's seed).
+pub(crate) fn decode_pkcs8_raw(
+    oid: ObjectIdentifier,
+    algorithm: &'static str,
+    der: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    Ok(Zeroizing::new(pkcs8_private_key(oid, algorithm, der)?.to_vec()))
+}
+
+fn decode_pkcs8(oid: ObjectIdentifier, algorithm: &'static str, der: &[u8]) -> Result<PrivateForm, CryptoError> {
+    let invalid = |reason: &str| CryptoError::InvalidKey { algorithm, reason: reason.into() };
+    let private_key = pkcs8_private_key(oid, algorithm, der)?;
     let not_a_form = || invalid("the private key is none of the seed, expandedKey or both forms");
-    let mut reader = SliceReader::new(info.private_key).map_err(|_| not_a_form())?;
+    let mut reader = SliceReader::new(private_key).map_err(|_| not_a_form())?;
     let header = reader.peek_header().map_err(|_| not_a_form())?;
     let form = match header.tag {
         Tag::ContextSpecific { constructed: false, number } if number == TagNumber::N0 => {
@@ -795,7 +815,7 @@ fn decode_pkcs8(oid: ObjectIdentifier, algorithm: &'static str, der: &[u8]) -> R
     Ok(form)
 }
 
-fn encode_spki(oid: ObjectIdentifier, raw: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub(crate) fn encode_spki(oid: ObjectIdentifier, raw: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let spki = SubjectPublicKeyInfoRef {
         algorithm: AlgorithmIdentifierRef { oid, parameters: None },
         subject_public_key: BitStringRef::from_bytes(raw).map_err(der_failed)?,
@@ -803,7 +823,7 @@ fn encode_spki(oid: ObjectIdentifier, raw: &[u8]) -> Result<Vec<u8>, CryptoError
     spki.to_der().map_err(der_failed)
 }
 
-fn decode_spki(oid: ObjectIdentifier, algorithm: &'static str, der: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub(crate) fn decode_spki(oid: ObjectIdentifier, algorithm: &'static str, der: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let spki = SubjectPublicKeyInfoRef::from_der(der).map_err(|_| CryptoError::InvalidKey {
         algorithm,
         reason: "not a SubjectPublicKeyInfo DER public key".into(),

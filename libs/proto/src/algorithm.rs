@@ -53,6 +53,7 @@ impl ToProto for AsymmetricEncryption {
             Self::RsaOaep3072Sha256 => Algorithm::RsaOaep3072Sha256,
             Self::RsaOaep4096Sha256 => Algorithm::RsaOaep4096Sha256,
             Self::MlKem768Aes256Gcm => Algorithm::MlKem768Aes256Gcm,
+            Self::HpkeXWingSha256Aes256Gcm => Algorithm::HpkeXwingSha256Aes256Gcm,
         }
     }
 }
