@@ -29,7 +29,8 @@ chaos: test-deps
 
 ## bench: benchmarks (release build): GetDataKey latency per cache tier; the hot path (Encrypt/Decrypt at 1 KiB
 ## and 64 KiB, batches, streams, overload, RSS per service) beside OpenBao Transit and raw AES-GCM in one run;
-## signatures, rate-limit isolation, and the cost of the audit spool and of telemetry
+## signatures (and ML-DSA-65, ML-KEM-768 beside liboqs), rate-limit isolation, and the cost of the audit spool and of
+## telemetry
 bench: test-deps
 	cargo build --release --workspace --bins
 	url="$$(deploy/dev/ensure-postgres.sh)" && KEYMESH_TEST_POSTGRES_URL="$$url" cargo bench -p key-service --bench get_data_key

@@ -1,6 +1,7 @@
 //! Beside the hot path (`hot_path.rs`: Encrypt, Decrypt, batches and streams against OpenBao), what else the
 //! data plane costs through the real services over mTLS: Sign/Verify per signature algorithm beside `openssl
-//! speed` for the same key type, run in the same process on one core; rate-limit isolation: one application's
+//! speed` for the same key type, and ML-DSA-65 Sign/Verify and ML-KEM-768 Decapsulate beside the raw liboqs
+//! operation, measured in this process on one core; rate-limit isolation: one application's
 //! Encrypt throughput alone, then while another application floods crypto-service far over its limit; the audit
 //! spool's cost: Encrypt with every event fsynced to the spool before the answer, against auditing off; and
 //! telemetry's cost: Encrypt 1 KiB through meshes that differ only in telemetry (off; Prometheus metrics; metrics
@@ -77,6 +78,10 @@ async fn main() {
     client.create_key("bench").await.unwrap();
 
     signatures(&client).await;
+    // `cargo bench --bench data_plane -- signatures` runs the signature and post-quantum section alone.
+    if only.iter().any(|a| a == "signatures") {
+        return;
+    }
     audit_cost(&mut mesh, &client).await;
     isolation(&mut mesh, &client).await;
     drop(mesh);
@@ -395,15 +400,55 @@ fn openssl_speed() -> std::collections::HashMap<String, (f64, f64)> {
     rates
 }
 
-/// Sign and Verify of a 32-byte message per algorithm, through the services, against OpenSSL's own speed.
+/// Calls per second of `operation` on this thread for two seconds (after a warm-up of a tenth of that).
+fn raw_rate(mut operation: impl FnMut()) -> f64 {
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_millis(200) {
+        operation();
+    }
+    let (started, mut calls) = (Instant::now(), 0u64);
+    while started.elapsed() < Duration::from_secs(2) {
+        operation();
+        calls += 1;
+    }
+    calls as f64 / started.elapsed().as_secs_f64()
+}
+
+/// liboqs's own ML-DSA-65 sign/s and verify/s and ML-KEM-768 decapsulations/s on one core (the `oqs` crate
+/// straight, no keymesh code), and RustCrypto `ml-dsa`'s verify/s, which keymesh verifies with.
+fn liboqs_speed() -> std::collections::HashMap<String, (f64, f64)> {
+    oqs::init();
+    let sig = oqs::sig::Sig::new(oqs::sig::Algorithm::MlDsa65).unwrap();
+    let (pk, sk) = sig.keypair().unwrap();
+    let message = [7u8; 32];
+    let signature = sig.sign(&message, &sk).unwrap();
+    let sign = raw_rate(|| drop(sig.sign(&message, &sk).unwrap()));
+    let verify = raw_rate(|| sig.verify(&message, &signature, &pk).unwrap());
+    let kem = oqs::kem::Kem::new(oqs::kem::Algorithm::MlKem768).unwrap();
+    let (ek, dk) = kem.keypair().unwrap();
+    let (ciphertext, _) = kem.encapsulate(&ek).unwrap();
+    let decapsulate = raw_rate(|| drop(kem.decapsulate(&dk, &ciphertext).unwrap()));
+    let ours = keymesh_crypto::pq::MlDsaPrivateKey::generate(keymesh_crypto::pq::MlDsa::MlDsa65).unwrap();
+    let input = keymesh_crypto::pq::MlDsaInput::Message { message: &message, context: b"" };
+    let our_signature = ours.sign(input, keymesh_crypto::pq::MlDsaRandomness::Hedged).unwrap();
+    let public = ours.public_key();
+    let rust_verify = raw_rate(|| assert!(public.verify(input, &our_signature).unwrap()));
+    [
+        ("ml-dsa-65".to_owned(), (sign, verify)),
+        ("ml-kem-768".to_owned(), (decapsulate, f64::NAN)),
+        ("ml-dsa-65 rustcrypto".to_owned(), (f64::NAN, rust_verify)),
+    ]
+    .into()
+}
+
+/// Sign and Verify of a 32-byte message per algorithm, through the services, against OpenSSL's own speed (and
+/// liboqs's for ML-DSA); ML-KEM-768 Decapsulate against liboqs's.
 async fn signatures(client: &Arc<KeymeshClient>) {
     use pb::{sign_request, verify_request};
-    let baseline = openssl_speed();
+    let mut baseline = openssl_speed();
+    baseline.extend(liboqs_speed());
     println!();
-    println!(
-        "{:<28} {:>12} {:>10} {:>10} {:>16} {:>10}",
-        "operation", "ops/s", "p50", "p99", "openssl speed/s", "ratio"
-    );
+    println!("{:<28} {:>12} {:>10} {:>10} {:>16} {:>10}", "operation", "ops/s", "p50", "p99", "raw speed/s", "ratio");
     for (algorithm, speed_name) in [
         (pb::Algorithm::Ed25519, "ed25519"),
         (pb::Algorithm::EcdsaP256Sha256, "ecdsap256"),
@@ -411,6 +456,7 @@ async fn signatures(client: &Arc<KeymeshClient>) {
         (pb::Algorithm::RsaPss2048Sha256, "rsa2048"),
         (pb::Algorithm::RsaPss3072Sha256, "rsa3072"),
         (pb::Algorithm::RsaPss4096Sha256, "rsa4096"),
+        (pb::Algorithm::MlDsa65, "ml-dsa-65"),
     ] {
         let name = algorithm.as_str_name().trim_start_matches("ALGORITHM_").to_owned();
         let request = pb::CreateKeyRequest {
@@ -475,4 +521,44 @@ async fn signatures(client: &Arc<KeymeshClient>) {
             );
         }
     }
+    let rust_verify = baseline.get("ml-dsa-65 rustcrypto").map_or(f64::NAN, |(_, verify)| *verify);
+    println!("{:<28} {:>12} {:>10} {:>10} {:>16.0}", "(RustCrypto ml-dsa verify)", "", "", "", rust_verify);
+    decapsulations(client, baseline.get("ml-kem-768").map_or(f64::NAN, |(decapsulate, _)| *decapsulate)).await;
+    println!("raw speed: `openssl speed` for the classical algorithms, liboqs (the oqs crate) for ML-DSA and ML-KEM");
+}
+
+/// ML-KEM-768 Decapsulate through the services beside liboqs's own decapsulations per second.
+async fn decapsulations(client: &Arc<KeymeshClient>, raw: f64) {
+    let request = pb::CreateKeyRequest {
+        name: "bench-ml-kem-768".into(),
+        purpose: pb::KeyPurpose::Kem as i32,
+        algorithm: pb::Algorithm::MlKem768 as i32,
+        ..Default::default()
+    };
+    client.key_service().create_key(client.authorized(request).await.unwrap()).await.unwrap();
+    let request = pb::EncapsulateRequest { key: "bench-ml-kem-768".into() };
+    let encapsulated =
+        client.crypto_service().encapsulate(client.authorized(request).await.unwrap()).await.unwrap().into_inner();
+    let result = {
+        let client = client.clone();
+        let ciphertext = encapsulated.ciphertext.clone();
+        load(move || {
+            let (client, ciphertext) = (client.clone(), ciphertext.clone());
+            async move {
+                let request = pb::DecapsulateRequest { key: "bench-ml-kem-768".into(), key_version: 0, ciphertext };
+                let response = client.crypto_service().decapsulate(client.authorized(request).await.unwrap()).await;
+                assert_eq!(response.unwrap().into_inner().shared_secret.len(), 32);
+            }
+        })
+        .await
+    };
+    println!(
+        "{:<28} {:>12.0} {:>10} {:>10} {:>16.0} {:>9.3}x",
+        "Decapsulate ML_KEM_768",
+        result.calls_per_second,
+        millis(result.p50),
+        millis(result.p99),
+        raw,
+        result.calls_per_second / raw
+    );
 }

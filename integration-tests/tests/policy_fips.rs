@@ -255,6 +255,14 @@ async fn fips_enabled_refuses_every_non_approved_algorithm_and_serves_every_appr
         let verified = admin.crypto_service().verify(admin.authorized(request).await.unwrap()).await.unwrap();
         assert!(verified.into_inner().valid, "{name}");
     }
+    // ML-KEM (FIPS 203): a KEM key encapsulates and decapsulates.
+    create_key(&admin, key_request("ok-kem", pb::KeyPurpose::Kem, pb::Algorithm::MlKem768)).await.unwrap();
+    let request = pb::EncapsulateRequest { key: "ok-kem".into() };
+    let sent = admin.crypto_service().encapsulate(admin.authorized(request).await.unwrap()).await.unwrap();
+    let sent = sent.into_inner();
+    let request = pb::DecapsulateRequest { key: "ok-kem".into(), key_version: 0, ciphertext: sent.ciphertext };
+    let received = admin.crypto_service().decapsulate(admin.authorized(request).await.unwrap()).await.unwrap();
+    assert_eq!(received.into_inner().shared_secret, sent.shared_secret);
     for algorithm in [pb::Algorithm::HmacSha256, pb::Algorithm::HmacSha512] {
         let name = format!("ok-{}", algorithm.as_str_name().to_ascii_lowercase());
         create_key(&admin, key_request(&name, pb::KeyPurpose::Mac, algorithm)).await.unwrap();

@@ -304,6 +304,17 @@ async fn ml_kem_shared_secrets_agree_with_two_outside_implementations_both_ways(
         let refused = sign(&admin, &name, input, pb::SignatureRandomness::Unspecified).await.unwrap_err();
         assert_eq!(refused.code(), Code::FailedPrecondition, "{alg}: {refused:?}");
     }
+    // After a rotation Encapsulate uses the new primary version; an older ciphertext opens with its version.
+    let before = encapsulate(&admin, "kem-ML-KEM-512").await.unwrap();
+    let request = pb::RotateKeyRequest { key: "kem-ML-KEM-512".into() };
+    admin.key_service().rotate_key(admin.authorized(request).await.unwrap()).await.unwrap();
+    let after = encapsulate(&admin, "kem-ML-KEM-512").await.unwrap();
+    assert_eq!((before.key_version, after.key_version), (1, 2));
+    let request =
+        pb::DecapsulateRequest { key: "kem-ML-KEM-512".into(), key_version: 1, ciphertext: before.ciphertext };
+    let old = admin.crypto_service().decapsulate(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
+    assert_eq!((old.shared_secret, old.key_version), (before.shared_secret, 1));
+
     // And a key of another purpose does not decapsulate.
     create(&admin, "sign-for-kem", pb::KeyPurpose::Sign, pb::Algorithm::MlDsa44, pb::KeyOrigin::Generated).await;
     let refused = decapsulate(&admin, "sign-for-kem", vec![0; 768]).await.unwrap_err();
@@ -324,7 +335,7 @@ async fn ml_kem_shared_secrets_agree_with_two_outside_implementations_both_ways(
     let exhausted = decapsulate(&admin, "kem-ML-KEM-768", encapsulated.ciphertext).await.unwrap_err();
     assert_eq!(exhausted.code(), Code::ResourceExhausted, "{exhausted:?}");
     assert!(exhausted.message().contains("per day"), "{exhausted:?}");
-    assert_eq!(encapsulate(&admin, "kem-ML-KEM-768").await.unwrap_err().code(), Code::ResourceExhausted);
+    assert_eq!(encapsulate(&admin, "kem-ML-KEM-768").await.err().unwrap().code(), Code::ResourceExhausted);
 
     // Both are audited under their own names, the refusals too.
     for operation in ["Decapsulate", "Encapsulate"] {
@@ -504,6 +515,19 @@ async fn the_documents_hybrid_mode_round_trips_with_an_implementation_written_fr
     assert_eq!(decrypt(&admin, "hybrid-2", theirs, b"").await.unwrap_err().message(), "decryption failed");
     let own = encrypt(&admin, "hybrid-2", plaintext, b"").await;
     assert_eq!(decrypt(&admin, "hybrid-2", own, b"").await.unwrap(), plaintext);
+
+    // After a rotation, a version-1 ciphertext opens with no version named: the header's kid says which.
+    let request = pb::RotateKeyRequest { key: "hybrid-2".into() };
+    admin.key_service().rotate_key(admin.authorized(request).await.unwrap()).await.unwrap();
+    let old = encrypt(&admin, "hybrid-2", plaintext, b"").await;
+    let request = pb::RotateKeyRequest { key: "hybrid-2".into() };
+    admin.key_service().rotate_key(admin.authorized(request).await.unwrap()).await.unwrap();
+    let new = encrypt(&admin, "hybrid-2", plaintext, b"").await;
+    assert_eq!(decrypt(&admin, "hybrid-2", old.clone(), b"").await.unwrap(), plaintext, "version 2 by its kid");
+    assert_eq!(decrypt(&admin, "hybrid-2", new, b"").await.unwrap(), plaintext, "version 3");
+    let named = pb::DecryptRequest { key: "hybrid-2".into(), ciphertext: old, key_version: 3, ..Default::default() };
+    let refused = admin.crypto_service().decrypt(admin.authorized(named).await.unwrap()).await.err().unwrap();
+    assert_eq!(refused.message(), "decryption failed", "a version named that is not the header's");
 
     // Envelope encryption, post-quantum end to end: a data key under the hybrid key comes in the document's
     // format, and the key's owner opens it outside.

@@ -13,6 +13,8 @@ const SECRET_MESSAGES: &[&str] = &[
     ".keymesh.v1.DecryptItemResult",
     ".keymesh.v1.DecryptResponse",
     ".keymesh.v1.GenerateDataKeyResponse",
+    ".keymesh.v1.DecapsulateResponse",
+    ".keymesh.v1.EncapsulateResponse",
     ".keymesh.v1.GetDataKeyResponse",
     ".keymesh.v1.EncryptStreamRequest",
     ".keymesh.v1.DecryptStreamResponse",

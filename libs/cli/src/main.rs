@@ -630,13 +630,17 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Encapsulate { key } => {
             let request = pb::EncapsulateRequest { key };
             let out = client.crypto_service().encapsulate(client.authorized(request).await?).await?.into_inner();
-            let shared_secret = zeroize::Zeroizing::new(B64.encode(&out.shared_secret));
-            print_json(serde_json::json!({
-                "ciphertext": B64.encode(&out.ciphertext),
-                "shared_secret": shared_secret.as_str(),
-                "key_id": out.key_id,
-                "key_version": out.key_version,
-            }))
+            let secret = zeroize::Zeroizing::new(out.shared_secret);
+            // Written by hand rather than through serde_json, so every copy of the secret is wiped; base64 and
+            // a key id need no escaping.
+            let text = zeroize::Zeroizing::new(format!(
+                "{{\n  \"ciphertext\": \"{}\",\n  \"shared_secret\": \"{}\",\n  \"key_id\": \"{}\",\n  \"key_version\": {}\n}}\n",
+                B64.encode(&out.ciphertext),
+                zeroize::Zeroizing::new(B64.encode(&*secret)).as_str(),
+                out.key_id,
+                out.key_version
+            ));
+            write_stdout(text.as_bytes())
         }
         Command::Decapsulate { key } => {
             let input = read_stdin()?;
@@ -647,8 +651,10 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             };
             let request = pb::DecapsulateRequest { key, key_version: 0, ciphertext };
             let out = client.crypto_service().decapsulate(client.authorized(request).await?).await?.into_inner();
-            let shared_secret = zeroize::Zeroizing::new(B64.encode(&out.shared_secret));
-            write_stdout(format!("{}\n", shared_secret.as_str()).as_bytes())
+            let secret = zeroize::Zeroizing::new(out.shared_secret);
+            let mut line = zeroize::Zeroizing::new(B64.encode(&*secret));
+            line.push('\n');
+            write_stdout(line.as_bytes())
         }
         Command::Keys { command: KeysCommand::Get { name } } => print_json(key_json(&client.get_key(&name).await?)),
         Command::Keys { command: KeysCommand::Rewrap } => rewrap(&client).await,

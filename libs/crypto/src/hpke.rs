@@ -69,7 +69,11 @@ fn labeled_expand(
     Ok(out)
 }
 
-fn dh(private: &PKeyRef<openssl::pkey::Private>, public_raw: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+/// X25519 with a raw peer key; an all-zero result (a low-order peer) is `DecryptionFailed`. Shared with X-Wing.
+pub(crate) fn dh(
+    private: &PKeyRef<openssl::pkey::Private>,
+    public_raw: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let peer = PKey::public_key_from_raw_bytes(public_raw, Id::X25519).map_err(|_| CryptoError::DecryptionFailed)?;
     let mut deriver = Deriver::new(private)?;
     deriver.set_peer(&peer)?;

@@ -4,9 +4,9 @@
 //! encapsulation and decapsulation. ML-DSA signs hedged on liboqs too. Three parts of FIPS 204 liboqs 0.13
 //! (the newest the crate binds) does not expose come from RustCrypto's `ml-dsa`: key generation from the
 //! 32-byte seed ξ, the deterministic variant, and signing over an external μ. So does every ML-DSA
-//! verification. liboqs 0.13's verifier accepts 127 of Wycheproof's 631 ML-DSA verify vectors that must
-//! fail: signatures whose `z` is outside the bound, which FIPS 204 refuses. It also refuses 3 valid ones
-//! (zero public keys). `ml-dsa` gets all 631 right. Both implementations are held to Project Wycheproof's
+//! verification: of Wycheproof's 631 ML-DSA verification vectors, liboqs 0.13's verifier accepts 127 that must
+//! fail (signatures whose `z` is outside the bound, which FIPS 204 refuses) and refuses 3 valid ones (zero
+//! public keys). `ml-dsa` gets all 631 right. Both implementations are held to Project Wycheproof's
 //! vectors (`tests/wycheproof_pq.rs`).
 //!
 //! A private key rests as PKCS#8 in the seed form the IETF LAMPS profiles (RFC 9881, RFC 9935) define —
@@ -244,12 +244,7 @@ impl MlKemPrivateKey {
             PrivateForm::Expanded(dk) => Self::from_expanded(params, &dk),
             PrivateForm::Both(seed, dk) => {
                 let key = Self::from_seed(params, &seed)?;
-                if !openssl::memcmp::eq(&key.decapsulation_key, &dk) || dk.len() != key.decapsulation_key.len() {
-                    return Err(CryptoError::InvalidKey {
-                        algorithm: params.name(),
-                        reason: "the expanded key is not the one its seed generates".into(),
-                    });
-                }
+                same_expanded(params.name(), &key.decapsulation_key, &dk)?;
                 Ok(key)
             }
         }
@@ -493,19 +488,23 @@ impl MlDsaPrivateKey {
 
     /// ML-DSA.KeyGen_internal(ξ) from the 32-byte seed.
     pub fn from_seed(params: MlDsa, seed: &[u8]) -> Result<Self, CryptoError> {
-        let seed: [u8; ML_DSA_SEED_LEN] = seed.try_into().map_err(|_| CryptoError::InvalidKey {
-            algorithm: params.name(),
-            reason: format!("a seed is {ML_DSA_SEED_LEN} bytes (xi), got {}", seed.len()),
-        })?;
-        let seed = Zeroizing::new(seed);
-        let xi = ml_dsa::Seed::from(*seed);
+        if seed.len() != ML_DSA_SEED_LEN {
+            return Err(CryptoError::InvalidKey {
+                algorithm: params.name(),
+                reason: format!("a seed is {ML_DSA_SEED_LEN} bytes (xi), got {}", seed.len()),
+            });
+        }
+        let mut copy = Zeroizing::new([0u8; ML_DSA_SEED_LEN]);
+        copy.copy_from_slice(seed);
+        let seed = copy;
+        let xi = Zeroizing::new(ml_dsa::Seed::from(*seed));
         // The expanded key is the form liboqs signs with. `to_expanded` is deprecated only as a storage form.
         #[allow(deprecated)]
         let (expanded, public_key, signing_key) = match params {
             MlDsa::MlDsa44 => {
                 let key = Box::new(SigningKey::<MlDsa44>::from_seed(&xi));
                 (
-                    key.expanded_key().to_expanded().to_vec(),
+                    Zeroizing::new(key.expanded_key().to_expanded()).to_vec(),
                     key.expanded_key().verifying_key().encode().to_vec(),
                     DsaSigningKey::MlDsa44(key),
                 )
@@ -513,7 +512,7 @@ impl MlDsaPrivateKey {
             MlDsa::MlDsa65 => {
                 let key = Box::new(SigningKey::<MlDsa65>::from_seed(&xi));
                 (
-                    key.expanded_key().to_expanded().to_vec(),
+                    Zeroizing::new(key.expanded_key().to_expanded()).to_vec(),
                     key.expanded_key().verifying_key().encode().to_vec(),
                     DsaSigningKey::MlDsa65(key),
                 )
@@ -521,7 +520,7 @@ impl MlDsaPrivateKey {
             MlDsa::MlDsa87 => {
                 let key = Box::new(SigningKey::<MlDsa87>::from_seed(&xi));
                 (
-                    key.expanded_key().to_expanded().to_vec(),
+                    Zeroizing::new(key.expanded_key().to_expanded()).to_vec(),
                     key.expanded_key().verifying_key().encode().to_vec(),
                     DsaSigningKey::MlDsa87(key),
                 )
@@ -602,12 +601,7 @@ impl MlDsaPrivateKey {
             PrivateForm::Seed(seed) => Self::from_seed(params, &seed),
             PrivateForm::Both(seed, expanded) => {
                 let key = Self::from_seed(params, &seed)?;
-                if expanded.len() != key.expanded.len() || !openssl::memcmp::eq(&key.expanded, &expanded) {
-                    return Err(CryptoError::InvalidKey {
-                        algorithm: params.name(),
-                        reason: "the expanded key is not the one its seed generates".into(),
-                    });
-                }
+                same_expanded(params.name(), &key.expanded, &expanded)?;
                 Ok(key)
             }
             PrivateForm::Expanded(_) => Err(CryptoError::InvalidKey {
@@ -721,11 +715,26 @@ impl MlDsaPublicKey {
 
     /// ML-DSA.Verify; `false` for any malformed or wrong signature.
     pub fn verify(&self, input: MlDsaInput<'_>, signature: &[u8]) -> Result<bool, CryptoError> {
+        if let MlDsaInput::Mu(mu) = input {
+            check_mu(mu)?;
+        }
         if signature.len() != self.params.signature_len() {
             return Ok(false);
         }
         self.verifying_key.verify(input, signature)
     }
+}
+
+/// The "both" form's check: the expanded key is the one the seed generates (lengths first: OpenSSL's
+/// constant-time comparison asserts equal lengths).
+fn same_expanded(algorithm: &'static str, generated: &[u8], given: &[u8]) -> Result<(), CryptoError> {
+    if generated.len() != given.len() || !openssl::memcmp::eq(generated, given) {
+        return Err(CryptoError::InvalidKey {
+            algorithm,
+            reason: "the expanded key is not the one its seed generates".into(),
+        });
+    }
+    Ok(())
 }
 
 fn der_failed(_: der::Error) -> CryptoError {
@@ -882,6 +891,46 @@ mod tests {
         let other = MlKemPrivateKey::generate(MlKem::MlKem512).unwrap().to_pkcs8().unwrap();
         let err = MlKemPrivateKey::from_pkcs8(params, other.expose_secret()).unwrap_err().to_string();
         assert!(err.contains("2.16.840.1.101.3.4.4.1"), "{err}");
+    }
+
+    #[test]
+    fn the_both_form_must_agree_and_the_expanded_form_alone_is_checked() {
+        let params = MlKem::MlKem768;
+        let key = MlKemPrivateKey::generate(params).unwrap();
+        let seed = key.seed.as_ref().unwrap().to_vec();
+        let both = |expanded: &[u8]| {
+            let seed = OctetStringRef::new(&seed).unwrap().to_der().unwrap();
+            let expanded = OctetStringRef::new(expanded).unwrap().to_der().unwrap();
+            let body = [seed, expanded].concat();
+            let mut inner = vec![0x30, 0x82, (body.len() >> 8) as u8, body.len() as u8];
+            inner.extend_from_slice(&body);
+            encode_pkcs8(params.oid(), &inner).unwrap()
+        };
+        let agreeing = both(&key.decapsulation_key);
+        assert!(MlKemPrivateKey::from_pkcs8(params, agreeing.expose_secret()).is_ok());
+        let mut other = key.decapsulation_key.to_vec();
+        other[0] ^= 1;
+        let err = MlKemPrivateKey::from_pkcs8(params, both(&other).expose_secret()).unwrap_err();
+        assert!(err.to_string().contains("not the one its seed generates"), "{err}");
+        // An expanded key of another length is refused, not compared.
+        let short = both(&key.decapsulation_key[1..]);
+        assert!(MlKemPrivateKey::from_pkcs8(params, short.expose_secret()).is_err());
+        // The expanded form alone: its embedded hash is checked.
+        let expanded = encode_pkcs8(params.oid(), &OctetStringRef::new(&other).unwrap().to_der().unwrap()).unwrap();
+        assert!(MlKemPrivateKey::from_pkcs8(params, expanded.expose_secret()).is_ok(), "dk_pke is not checked");
+        let mut bad_hash = key.decapsulation_key.to_vec();
+        bad_hash[384 * 3 + 1184] ^= 1;
+        let expanded = encode_pkcs8(params.oid(), &OctetStringRef::new(&bad_hash).unwrap().to_der().unwrap()).unwrap();
+        assert!(MlKemPrivateKey::from_pkcs8(params, expanded.expose_secret()).is_err());
+        // An ML-DSA seed with an expanded key of the wrong length.
+        let dsa = MlDsaPrivateKey::generate(MlDsa::MlDsa44).unwrap();
+        let seed = OctetStringRef::new(&dsa.seed[..]).unwrap().to_der().unwrap();
+        let expanded = OctetStringRef::new(&dsa.expanded[2..]).unwrap().to_der().unwrap();
+        let body = [seed, expanded].concat();
+        let mut inner = vec![0x30, 0x82, (body.len() >> 8) as u8, body.len() as u8];
+        inner.extend_from_slice(&body);
+        let der = encode_pkcs8(MlDsa::MlDsa44.oid(), &inner).unwrap();
+        assert!(MlDsaPrivateKey::from_pkcs8(MlDsa::MlDsa44, der.expose_secret()).is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The source document's hybrid mode, "AES-256-GCM+ML-KEM-768", exactly as its header layout describes it, so
-//! a ciphertext any implementation of the document writes opens here and the other way round:
+//! The source document's hybrid mode, "AES-256-GCM+ML-KEM-768", in its header layout, with the key commitment
+//! the document puts in its ciphertexts (a sixth header field, "kc"). keymesh's ciphertexts open in any
+//! implementation of the document (one that reads the five fields of the hybrid layout ignores "kc"), and an
+//! implementation's ciphertexts that carry "kc" open here:
 //!
 //! ```text
 //! header length (2 bytes, big-endian) ‖ header (JSON) ‖ KEM ciphertext (1,088 bytes) ‖ AES-GCM ciphertext ‖ tag
@@ -10,9 +12,9 @@
 //! HKDF-SHA256(shared secret, salt none, info "cryptoserve-hybrid-v1") and seals with a fresh 12-byte nonce.
 //! The caller's AAD, if any, is AES-GCM's associated data (none in the document, so empty AAD is its format).
 //!
-//! What keymesh adds, as the document does for every other ciphertext: the key commitment "kc",
-//! HMAC-SHA256(AES key, "key-commitment-v1"), checked in constant time before AES-GCM runs. A reader of the
-//! document's five header fields that ignores the sixth still opens keymesh's ciphertexts; keymesh requires it.
+//! The key commitment "kc" is HMAC-SHA256(AES key, "key-commitment-v1"), as the document defines it for its
+//! ciphertext format, checked in constant time before AES-GCM runs. keymesh requires it: a ciphertext without
+//! it could not be told from one whose commitment was stripped.
 //! Parsing is strict (exact fields, sizes, base64) and every failure is the same opaque `DecryptionFailed`.
 //!
 //! "Hybrid" here means a post-quantum KEM under a classical AEAD, as the document defines it; a hybrid of two

@@ -16,14 +16,13 @@ use std::fmt;
 
 use der::asn1::ObjectIdentifier;
 use openssl::{
-    derive::Deriver,
     hash::{Hasher, MessageDigest},
     pkey::{Id, PKey, Private},
 };
 use zeroize::Zeroizing;
 
 use crate::{
-    CryptoError, SecretKey,
+    CryptoError, SecretKey, hpke,
     pq::{self, MlKem, MlKemPrivateKey, MlKemPublicKey},
 };
 
@@ -69,14 +68,6 @@ impl fmt::Debug for XWingPublicKey {
     }
 }
 
-fn x25519(private: &PKey<Private>, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let peer = PKey::public_key_from_raw_bytes(peer, Id::X25519).map_err(|_| CryptoError::DecryptionFailed)?;
-    let mut deriver = Deriver::new(private)?;
-    deriver.set_peer(&peer)?;
-    // OpenSSL refuses an all-zero result (a low-order point): only a forged ciphertext or key has one.
-    Ok(Zeroizing::new(deriver.derive_to_vec().map_err(|_| CryptoError::DecryptionFailed)?))
-}
-
 fn combiner(ss_m: &[u8], ss_x: &[u8], ct_x: &[u8], pk_x: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let mut hasher = Hasher::new(MessageDigest::sha3_256())?;
     for part in [ss_m, ss_x, ct_x, pk_x, LABEL] {
@@ -93,11 +84,15 @@ impl XWingPrivateKey {
 
     /// The key the 32-byte seed expands into.
     pub fn from_seed(seed: &[u8]) -> Result<Self, CryptoError> {
-        let seed: [u8; SEED_LEN] = seed.try_into().map_err(|_| CryptoError::InvalidKey {
-            algorithm: NAME,
-            reason: format!("a private key is a {SEED_LEN}-byte seed, got {} bytes", seed.len()),
-        })?;
-        let seed = Zeroizing::new(seed);
+        if seed.len() != SEED_LEN {
+            return Err(CryptoError::InvalidKey {
+                algorithm: NAME,
+                reason: format!("a private key is a {SEED_LEN}-byte seed, got {} bytes", seed.len()),
+            });
+        }
+        let mut copy = Zeroizing::new([0u8; SEED_LEN]);
+        copy.copy_from_slice(seed);
+        let seed = copy;
         let mut expanded = Zeroizing::new([0u8; 96]);
         let mut shake = Hasher::new(MessageDigest::shake_256())?;
         shake.update(&seed[..])?;
@@ -121,7 +116,7 @@ impl XWingPrivateKey {
         }
         let (ct_m, ct_x) = ciphertext.split_at(1088);
         let ss_m = self.ml_kem.decapsulate(ct_m).map_err(|_| CryptoError::DecryptionFailed)?;
-        let ss_x = x25519(&self.x25519, ct_x)?;
+        let ss_x = hpke::dh(&self.x25519, ct_x)?;
         combiner(&ss_m, &ss_x, ct_x, &self.public.x25519)
     }
 
@@ -170,7 +165,7 @@ impl XWingPublicKey {
         let (ct_m, ss_m) = self.ml_kem.encapsulate()?;
         let ephemeral = PKey::generate_x25519()?;
         let ct_x = ephemeral.raw_public_key()?;
-        let ss_x = x25519(&ephemeral, &self.x25519).map_err(|_| CryptoError::InvalidKey {
+        let ss_x = hpke::dh(&ephemeral, &self.x25519).map_err(|_| CryptoError::InvalidKey {
             algorithm: NAME,
             reason: "the X25519 public key is a low-order point".into(),
         })?;

@@ -4,7 +4,7 @@
 //! Two controls, both answered with RESOURCE_EXHAUSTED and a `google.rpc.RetryInfo` saying when to retry:
 //! - **rate limits** on every authenticated call, per application and per tenant, with per-application and
 //!   per-tenant overrides;
-//! - **quotas** on the calls that hand out plaintext (Decrypt, DecryptStream, data keys), per
+//! - **quotas** on the calls that hand out plaintext (Decrypt, DecryptStream, data keys, KEM shared secrets), per
 //!   application and per key, in two windows at once: per second (a burst cap) and per day (a volume cap).
 //!   A client that may legitimately decrypt a few thousand records a day then cannot decrypt the whole table
 //!   in an afternoon, whatever its permissions say. A day's figure N is a rate of N per day with a burst of

@@ -23,6 +23,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keym
 static_assertions::assert_not_impl_any!(v1::EncryptRequest: std::fmt::Debug);
 static_assertions::assert_not_impl_any!(v1::EncryptItem: std::fmt::Debug);
 static_assertions::assert_not_impl_any!(v1::DecryptResponse: std::fmt::Debug);
+static_assertions::assert_not_impl_any!(v1::DecapsulateResponse: std::fmt::Debug);
+static_assertions::assert_not_impl_any!(v1::EncapsulateResponse: std::fmt::Debug);
 static_assertions::assert_not_impl_any!(v1::DecryptItemResult: std::fmt::Debug);
 static_assertions::assert_not_impl_any!(v1::GetDataKeyResponse: std::fmt::Debug);
 static_assertions::assert_not_impl_any!(v1::GenerateDataKeyResponse: std::fmt::Debug);

@@ -1,9 +1,9 @@
 //! GenerateDataKey and GenerateDataKeyWithoutPlaintext: a fresh random data key for client-side (envelope)
-//! encryption, returned sealed under the named key as an ordinary keymesh ciphertext, so Decrypt opens it
-//! later with the same AAD and encryption context. Under a key for encryption to a public key (HPKE, X-Wing
-//! HPKE, the document's ML-KEM hybrid, RSA-OAEP) the data key comes encrypted to the public key, exactly as a
-//! sender anywhere would make it: with X-Wing or the ML-KEM hybrid, envelope encryption is post-quantum end to
-//! end. The caller needs the GENERATE_DATA_KEY permission; the
+//! encryption, returned sealed under the named key, so Decrypt opens it later with the same AAD (and, under a
+//! symmetric key, encryption context). Under a symmetric key the seal is a keymesh ciphertext; under a key
+//! for encryption to a public key (HPKE, X-Wing HPKE, the document's ML-KEM hybrid, RSA-OAEP) it is the data
+//! key encrypted to the public key, as a sender anywhere would make it: with X-Wing or the ML-KEM hybrid,
+//! envelope encryption is post-quantum end to end. The caller needs the GENERATE_DATA_KEY permission; the
 //! data key counts as one encryption under the key's usage limits.
 
 use std::collections::HashMap;

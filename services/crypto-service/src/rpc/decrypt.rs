@@ -196,7 +196,8 @@ impl CryptoRpc {
         };
         let (dek, warnings) = match self.key_use(claims, audit, key).await {
             // The header is authenticated only once the ciphertext opens: a version it names that does not exist
-            // is any other bad ciphertext.
+            // is any other bad ciphertext. (key-service answers an unknown key and an unknown version alike, so
+            // a misspelt key name with a hybrid ciphertext and no key_version is "decryption failed" too.)
             Err(status) if from_header.is_some() && status.code() == tonic::Code::NotFound => {
                 return Err(CryptoServiceError::DecryptionFailed.into());
             }

@@ -1,6 +1,7 @@
 //! Encrypt: seals a plaintext (or each item of a batch) under the key's ACTIVE version in the v3 ciphertext
-//! format, with key commitment and the caller's AAD and encryption context bound; or, with an HPKE or
-//! RSA-OAEP key, encrypts to its public key exactly as a sender holding the exported public key would.
+//! format, with key commitment and the caller's AAD and encryption context bound; or, with a key for
+//! encryption to a public key (HPKE, X-Wing HPKE, the document's ML-KEM hybrid, RSA-OAEP), encrypts to its
+//! public key exactly as a sender holding the exported public key would.
 
 use std::collections::HashMap;
 
@@ -27,8 +28,8 @@ pub(super) struct Sealing<'a> {
     pub plaintext: &'a [u8],
     pub aad: &'a [u8],
     pub context: &'a HashMap<String, String>,
-    /// Whether an HPKE or RSA-OAEP key may serve (Encrypt only: streams, data keys and ReEncrypt need a
-    /// keymesh ciphertext).
+    /// Whether a key for encryption to a public key (HPKE, X-Wing HPKE, the ML-KEM hybrid, RSA-OAEP) may serve:
+    /// Encrypt and data keys; streams and ReEncrypt need a keymesh ciphertext.
     pub to_public_key: bool,
 }
 

@@ -5,7 +5,7 @@
 
 use keymesh_crypto::{
     CryptoError, KeyAlgorithm,
-    pq::{MlKemPrivateKey, MlKemPublicKey},
+    pq::{MlKem, MlKemPrivateKey, MlKemPublicKey},
 };
 use keymesh_mesh::auth::AccessClaims;
 use keymesh_proto::algorithm::ToProto;
@@ -32,10 +32,14 @@ impl CryptoRpc {
         audit: &mut Audited,
         request: &pb::DecapsulateRequest,
     ) -> Result<pb::DecapsulateResponse, Status> {
-        if request.ciphertext.is_empty() {
+        // Refused before the key is used, so a malformed request spends none of the caller's quota.
+        if !MlKem::ALL.iter().any(|params| params.ciphertext_len() == request.ciphertext.len()) {
             return Err(CryptoServiceError::InvalidArgument {
                 field: "ciphertext",
-                reason: "set the ML-KEM ciphertext made with the key's public key".into(),
+                reason: format!(
+                    "an ML-KEM ciphertext is 768, 1088 or 1568 bytes (ML-KEM-512, -768, -1024), got {}",
+                    request.ciphertext.len()
+                ),
             }
             .into());
         }
@@ -78,6 +82,7 @@ impl CryptoRpc {
             public.encapsulate().map_err(|e| CryptoServiceError::Internal(e.to_string()))?;
         Ok(pb::EncapsulateResponse {
             ciphertext,
+            // The response owns its copy (prost messages are plain Vecs, as Decrypt's plaintext is).
             shared_secret: shared_secret.to_vec(),
             key_id: dek.key_id.clone(),
             key_version: dek.version,
@@ -94,6 +99,9 @@ fn kem_key(dek: &CachedDek) -> Result<(&MlKemPrivateKey, &MlKemPublicKey), Crypt
             (Some(private), Some(public)) => Ok((private, public)),
             _ => Err(CryptoServiceError::Internal("a KEM key's material is not an ML-KEM key".into())),
         },
+        (KeyAlgorithm::Kem(_), None) => {
+            Err(CryptoServiceError::Internal("a KEM key's cache entry has no key pair".into()))
+        }
         (other, _) => Err(CryptoServiceError::FailedPrecondition(format!(
             "key {:?} uses {}; Decapsulate and Encapsulate need a KEM key",
             dek.key_name,
