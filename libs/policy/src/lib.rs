@@ -465,7 +465,11 @@ impl PolicyEngine {
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
-    use keymesh_crypto::{SymmetricAlgorithm, signature::SignatureAlgorithm};
+    use keymesh_crypto::{
+        SymmetricAlgorithm,
+        pq::{MlDsa, MlKem},
+        signature::SignatureAlgorithm,
+    };
 
     use super::*;
 
@@ -493,6 +497,33 @@ mod tests {
             version: 3,
             time: Utc.with_ymd_and_hms(2026, 11, 23, hour, 30, 0).unwrap(),
         }
+    }
+
+    #[test]
+    fn rules_and_algorithm_policies_see_the_post_quantum_algorithms_and_operations() {
+        // A rule that keeps decapsulation to ML-KEM-1024 keys, and allowed algorithms naming ML-DSA.
+        let policy = pb::KeyPolicy {
+            rules: vec![rule(
+                "strong-kem",
+                r#"key.purpose == "KEM" && algorithm == "ML_KEM_1024""#,
+                &[pb::Operation::Decapsulate],
+            )],
+            allowed_algorithms: vec![pb::Algorithm::MlDsa65 as i32],
+            ..Default::default()
+        };
+        let compiled = CompiledPolicy::compile("key", &policy).unwrap();
+        let labels = HashMap::new();
+        let mut warnings = vec![];
+        let kem = |params| Attributes {
+            algorithm: KeyAlgorithm::Kem(params),
+            ..attributes(&labels, 10, pb::Operation::Decapsulate)
+        };
+        assert!(compiled.check_rules(&kem(MlKem::MlKem1024), &mut warnings).is_ok());
+        let denied = compiled.check_rules(&kem(MlKem::MlKem768), &mut warnings).unwrap_err();
+        assert_eq!(denied.to_string(), "denied by key policy rule \"strong-kem\"");
+        let ml_dsa = |params| KeyAlgorithm::Signature(SignatureAlgorithm::MlDsa(params));
+        assert!(compiled.check_algorithm(ml_dsa(MlDsa::MlDsa65), &mut warnings).is_ok());
+        assert!(compiled.check_algorithm(ml_dsa(MlDsa::MlDsa44), &mut warnings).is_err());
     }
 
     #[test]
