@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--ciphertext-hex")
     parser.add_argument("--plaintext-hex")
     parser.add_argument("--kid")
+    parser.add_argument("--context-hex", default="")
     parser.add_argument("--deterministic", action="store_true")
     args = parser.parse_args()
     alg = args.algorithm
@@ -136,12 +137,13 @@ def main() -> None:
     elif args.command == "mldsa-verify":
         spki, signature = bytes.fromhex(args.spki_hex), bytes.fromhex(args.signature_hex)
         pk = raw_from_spki(spki, alg)
+        context = bytes.fromhex(args.context_hex)
         if args.impl == "dilithium":
-            valid = DILITHIUM[alg].verify(pk, bytes.fromhex(args.message_hex), signature)
+            valid = DILITHIUM[alg].verify(pk, bytes.fromhex(args.message_hex), signature, ctx=context)
         else:
             key = serialization.load_der_public_key(spki)
             try:
-                key.verify(signature, bytes.fromhex(args.message_hex))
+                key.verify(signature, bytes.fromhex(args.message_hex), context or None)
                 valid = True
             except InvalidSignature:
                 valid = False

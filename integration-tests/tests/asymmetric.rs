@@ -99,8 +99,13 @@ async fn verify(
     input: verify_request::Input,
     signature: &[u8],
 ) -> Result<bool, tonic::Status> {
-    let request =
-        pb::VerifyRequest { key: key.into(), key_version: version, input: Some(input), signature: signature.to_vec() };
+    let request = pb::VerifyRequest {
+        key: key.into(),
+        key_version: version,
+        input: Some(input),
+        signature: signature.to_vec(),
+        ..Default::default()
+    };
     Ok(admin.crypto_service().verify(admin.authorized(request).await.unwrap()).await?.into_inner().valid)
 }
 

@@ -55,7 +55,8 @@ async fn sign(
     input: sign_request::Input,
     randomness: pb::SignatureRandomness,
 ) -> Result<Vec<u8>, tonic::Status> {
-    let request = pb::SignRequest { key: key.into(), input: Some(input), randomness: randomness as i32 };
+    let request =
+        pb::SignRequest { key: key.into(), input: Some(input), randomness: randomness as i32, ..Default::default() };
     Ok(admin.crypto_service().sign(admin.authorized(request).await.unwrap()).await?.into_inner().signature)
 }
 
@@ -65,8 +66,13 @@ async fn verify(
     input: verify_request::Input,
     signature: &[u8],
 ) -> Result<bool, tonic::Status> {
-    let request =
-        pb::VerifyRequest { key: key.into(), key_version: 0, input: Some(input), signature: signature.to_vec() };
+    let request = pb::VerifyRequest {
+        key: key.into(),
+        key_version: 0,
+        input: Some(input),
+        signature: signature.to_vec(),
+        ..Default::default()
+    };
     Ok(admin.crypto_service().verify(admin.authorized(request).await.unwrap()).await?.into_inner().valid)
 }
 
@@ -142,6 +148,54 @@ async fn ml_dsa_signatures_cross_check_with_two_outside_implementations_both_way
             assert!(!verify(&admin, &name, input, &tampered).await.unwrap(), "{alg}: bit flipped at byte {byte}");
         }
 
+        // A context string (FIPS 204's ctx) binds: both outside implementations verify in it, and only in it.
+        let context = b"release-channel=stable".to_vec();
+        let request = pb::SignRequest {
+            key: name.clone(),
+            input: Some(message_input()),
+            context: context.clone(),
+            ..Default::default()
+        };
+        let in_context =
+            admin.crypto_service().sign(admin.authorized(request).await.unwrap()).await.unwrap().into_inner().signature;
+        for implementation in ["dilithium", "cryptography"] {
+            let verdict = |context: &[u8]| {
+                pq(&[
+                    "mldsa-verify",
+                    "--algorithm",
+                    alg,
+                    "--impl",
+                    implementation,
+                    "--spki-hex",
+                    &hex(&spki),
+                    "--message-hex",
+                    &hex(message),
+                    "--signature-hex",
+                    &hex(&in_context),
+                    "--context-hex",
+                    &hex(context),
+                ])
+            };
+            assert_eq!(verdict(&context), "valid", "{alg}: {implementation} in the context");
+            assert_eq!(verdict(b""), "invalid", "{alg}: {implementation} without it");
+        }
+        let verify_in = |context: Vec<u8>| {
+            let request = pb::VerifyRequest {
+                key: name.clone(),
+                input: Some(verify_request::Input::Message(message.to_vec())),
+                signature: in_context.clone(),
+                context,
+                ..Default::default()
+            };
+            let admin = &admin;
+            async move { admin.crypto_service().verify(admin.authorized(request).await.unwrap()).await }
+        };
+        assert!(verify_in(context.clone()).await.unwrap().into_inner().valid);
+        assert!(!verify_in(Vec::new()).await.unwrap().into_inner().valid);
+        let long = verify_in(vec![0; 256]).await.err().unwrap();
+        assert_eq!(long.code(), Code::InvalidArgument, "{long:?}");
+        assert!(long.message().contains("context"), "{long:?}");
+
         // Misuse names its field.
         let digest =
             sign(&admin, &name, sign_request::Input::Digest(vec![0; 32]), pb::SignatureRandomness::Unspecified)
@@ -210,6 +264,15 @@ async fn ml_dsa_signatures_cross_check_with_two_outside_implementations_both_way
         .unwrap_err();
     assert_eq!(mu.code(), Code::InvalidArgument, "{mu:?}");
     assert!(mu.message().contains("mu is for ML-DSA keys"), "{mu:?}");
+    let request = pb::SignRequest {
+        key: "sign-p256".into(),
+        input: Some(sign_request::Input::Message(message.to_vec())),
+        context: b"ctx".to_vec(),
+        ..Default::default()
+    };
+    let refused = admin.crypto_service().sign(admin.authorized(request).await.unwrap()).await.err().unwrap();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("context string is for ML-DSA keys"), "{refused:?}");
     // Ed25519 is always deterministic, so it may be asked for.
     create(&admin, "sign-ed", pb::KeyPurpose::Sign, pb::Algorithm::Ed25519, pb::KeyOrigin::Generated).await;
     let input = || sign_request::Input::Message(message.to_vec());

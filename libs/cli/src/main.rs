@@ -613,7 +613,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             } else {
                 pb::SignatureRandomness::Unspecified
             };
-            let request = pb::SignRequest { key, input: Some(input), randomness: randomness as i32 };
+            let request =
+                pb::SignRequest { key, input: Some(input), randomness: randomness as i32, ..Default::default() };
             let signed = client.crypto_service().sign(client.authorized(request).await?).await?.into_inner();
             write_stdout(format!("{}\n", B64.encode(signed.signature)).as_bytes())
         }
@@ -622,7 +623,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 B64.decode(signature.trim()).map_err(|_| ClientError::Setup("--signature is not base64".into()))?;
             let input = read_stdin()?;
             let input = if mu { verify_request::Input::Mu(input) } else { verify_request::Input::Message(input) };
-            let request = pb::VerifyRequest { key, key_version: version, input: Some(input), signature };
+            let request =
+                pb::VerifyRequest { key, key_version: version, input: Some(input), signature, ..Default::default() };
             let verified = client.crypto_service().verify(client.authorized(request).await?).await?.into_inner();
             write_stdout(if verified.valid { b"valid\n" } else { b"invalid\n" })?;
             if verified.valid { Ok(()) } else { Err(ClientError::Setup("the signature does not verify".into())) }

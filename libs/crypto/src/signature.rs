@@ -123,15 +123,17 @@ impl SignatureAlgorithm {
 
     /// Signs with `key`, which must be of the algorithm's kind, with the algorithm's default randomness.
     pub fn sign(self, key: &PrivateKey, input: SignInput<'_>) -> Result<Vec<u8>, CryptoError> {
-        self.sign_with(key, input, Randomness::AlgorithmDefault)
+        self.sign_with(key, input, Randomness::AlgorithmDefault, b"")
     }
 
-    /// Signs with `key` and the randomness asked for; a choice the algorithm does not offer is refused.
+    /// Signs with `key`, the randomness asked for and, for ML-DSA, a context string (FIPS 204's `ctx`, at most
+    /// 255 bytes; empty for none). A choice the algorithm does not offer is refused.
     pub fn sign_with(
         self,
         key: &PrivateKey,
         input: SignInput<'_>,
         randomness: Randomness,
+        context: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
         self.check_key(key.kind())?;
         if let Some(ml_dsa) = key.ml_dsa() {
@@ -139,8 +141,9 @@ impl SignatureAlgorithm {
                 Randomness::AlgorithmDefault | Randomness::Hedged => MlDsaRandomness::Hedged,
                 Randomness::Deterministic => MlDsaRandomness::Deterministic,
             };
-            return ml_dsa.sign(self.ml_dsa_input(input)?, randomness);
+            return ml_dsa.sign(self.ml_dsa_input(input, context)?, randomness);
         }
+        self.no_context(context)?;
         if !self.offers(randomness) {
             return Err(CryptoError::InvalidInput(format!(
                 "{} offers no choice of randomness: hedged and deterministic signing are for ML-DSA (Ed25519 is \
@@ -180,17 +183,20 @@ impl SignatureAlgorithm {
         }
     }
 
-    /// Verifies with a private key's public half (what crypto-service holds).
+    /// Verifies with a private key's public half (what crypto-service holds), in `context` for ML-DSA (empty
+    /// for none).
     pub fn verify_with_private(
         self,
         key: &PrivateKey,
         input: SignInput<'_>,
+        context: &[u8],
         signature: &[u8],
     ) -> Result<bool, CryptoError> {
         self.check_key(key.kind())?;
         if let Some(ml_dsa) = key.ml_dsa() {
-            return ml_dsa.verify(self.ml_dsa_input(input)?, signature);
+            return ml_dsa.verify(self.ml_dsa_input(input, context)?, signature);
         }
+        self.no_context(context)?;
         self.verify_pkey(key.pkey()?, input, signature)
     }
 
@@ -199,9 +205,20 @@ impl SignatureAlgorithm {
     pub fn verify(self, key: &PublicKey, input: SignInput<'_>, signature: &[u8]) -> Result<bool, CryptoError> {
         self.check_key(key.kind())?;
         if let Some(ml_dsa) = key.ml_dsa() {
-            return ml_dsa.verify(self.ml_dsa_input(input)?, signature);
+            return ml_dsa.verify(self.ml_dsa_input(input, b"")?, signature);
         }
         self.verify_pkey(key.pkey()?, input, signature)
+    }
+
+    /// A context string is ML-DSA's alone.
+    fn no_context(self, context: &[u8]) -> Result<(), CryptoError> {
+        if context.is_empty() {
+            return Ok(());
+        }
+        Err(CryptoError::InvalidInput(format!(
+            "a context string is for ML-DSA keys; {} signs without one",
+            self.name()
+        )))
     }
 
     /// Whether the algorithm signs with `randomness`: its default always; ML-DSA hedged or deterministic;
@@ -213,10 +230,13 @@ impl SignatureAlgorithm {
         )
     }
 
-    /// ML-DSA signs a message (with an empty context) or an external μ; never a digest.
-    fn ml_dsa_input(self, input: SignInput<'_>) -> Result<MlDsaInput<'_>, CryptoError> {
+    /// ML-DSA signs a message in a context or an external μ (which already holds its context); never a digest.
+    fn ml_dsa_input<'a>(self, input: SignInput<'a>, context: &'a [u8]) -> Result<MlDsaInput<'a>, CryptoError> {
         match input {
-            SignInput::Message(message) => Ok(MlDsaInput::Message { message, context: b"" }),
+            SignInput::Message(message) => Ok(MlDsaInput::Message { message, context }),
+            SignInput::Mu(_) if !context.is_empty() => Err(CryptoError::InvalidInput(
+                "an external mu already holds its context (FIPS 204's M'); send no context with it".into(),
+            )),
             SignInput::Mu(mu) => Ok(MlDsaInput::Mu(mu)),
             SignInput::Digest(_) => Err(CryptoError::InvalidInput(format!(
                 "{} signs messages or an external mu, not digests: send the message, or its 64-byte mu",
@@ -330,7 +350,7 @@ mod tests {
             let message = b"the quick brown fox";
             let signature = alg.sign(&key, SignInput::Message(message)).unwrap();
             assert!(alg.verify(&public, SignInput::Message(message), &signature).unwrap(), "{alg:?}");
-            assert!(alg.verify_with_private(&key, SignInput::Message(message), &signature).unwrap());
+            assert!(alg.verify_with_private(&key, SignInput::Message(message), b"", &signature).unwrap());
             assert!(!alg.verify(&public, SignInput::Message(b"the quick brown fix"), &signature).unwrap());
             let mut flipped = signature.clone();
             flipped[5] ^= 1;

@@ -6,6 +6,7 @@
 use keymesh_crypto::{
     CryptoError, KeyAlgorithm,
     keypair::PrivateKey,
+    pq::ML_DSA_MAX_CONTEXT_LEN,
     signature::{Randomness, SignInput, SignatureAlgorithm},
 };
 use keymesh_mesh::auth::AccessClaims;
@@ -64,7 +65,9 @@ impl CryptoRpc {
             }
             .into());
         }
-        let signature = algorithm.sign_with(private, input, randomness).map_err(|e| refused(e, input))?;
+        check_context(algorithm, &request.context)?;
+        let signature =
+            algorithm.sign_with(private, input, randomness, &request.context).map_err(|e| refused(e, input))?;
         Ok(pb::SignResponse {
             signature,
             key_id: dek.key_id.clone(),
@@ -98,7 +101,10 @@ impl CryptoRpc {
         let key = KeyUse::named(&request.key, request.key_version, pb::Operation::Verify, &NO_CONTEXT);
         let (dek, warnings) = self.key_use(claims, audit, key).await?;
         let (algorithm, private) = signing_key(&dek)?;
-        let valid = algorithm.verify_with_private(private, input, &request.signature).map_err(|e| refused(e, input))?;
+        check_context(algorithm, &request.context)?;
+        let valid = algorithm
+            .verify_with_private(private, input, &request.context, &request.signature)
+            .map_err(|e| refused(e, input))?;
         Ok(pb::VerifyResponse { valid, key_id: dek.key_id.clone(), key_version: dek.version, warnings })
     }
 
@@ -133,6 +139,19 @@ fn signing_key(dek: &CachedDek) -> Result<(SignatureAlgorithm, &PrivateKey), Cry
             other.name()
         ))),
     }
+}
+
+/// A context string is ML-DSA's, at most 255 bytes (FIPS 204), and never with a mu.
+fn check_context(algorithm: SignatureAlgorithm, context: &[u8]) -> Result<(), CryptoServiceError> {
+    let reason = match algorithm {
+        _ if context.is_empty() => return Ok(()),
+        SignatureAlgorithm::MlDsa(_) if context.len() <= ML_DSA_MAX_CONTEXT_LEN => return Ok(()),
+        SignatureAlgorithm::MlDsa(_) => {
+            format!("an ML-DSA context is at most {ML_DSA_MAX_CONTEXT_LEN} bytes, got {}", context.len())
+        }
+        other => format!("a context string is for ML-DSA keys; {} signs without one", other.name()),
+    };
+    Err(CryptoServiceError::InvalidArgument { field: "context", reason })
 }
 
 /// A request the algorithm cannot serve as asked (a digest for Ed25519 or ML-DSA, a mu for another algorithm,
