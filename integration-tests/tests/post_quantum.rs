@@ -367,12 +367,17 @@ async fn ml_kem_shared_secrets_agree_with_two_outside_implementations_both_ways(
         let refused = sign(&admin, &name, input, pb::SignatureRandomness::Unspecified).await.unwrap_err();
         assert_eq!(refused.code(), Code::FailedPrecondition, "{alg}: {refused:?}");
     }
-    // After a rotation Encapsulate uses the new primary version; an older ciphertext opens with its version.
+    // After a rotation Encapsulate uses the new primary version (once crypto-service has heard of the rotation
+    // on key-service's change stream, as for every key); an older ciphertext opens with its version.
     let before = encapsulate(&admin, "kem-ML-KEM-512").await.unwrap();
     let request = pb::RotateKeyRequest { key: "kem-ML-KEM-512".into() };
     admin.key_service().rotate_key(admin.authorized(request).await.unwrap()).await.unwrap();
-    let after = encapsulate(&admin, "kem-ML-KEM-512").await.unwrap();
-    assert_eq!((before.key_version, after.key_version), (1, 2));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while encapsulate(&admin, "kem-ML-KEM-512").await.unwrap().key_version != 2 {
+        assert!(std::time::Instant::now() < deadline, "Encapsulate still uses version 1 after the rotation");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(before.key_version, 1);
     let request =
         pb::DecapsulateRequest { key: "kem-ML-KEM-512".into(), key_version: 1, ciphertext: before.ciphertext };
     let old = admin.crypto_service().decapsulate(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
