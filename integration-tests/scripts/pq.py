@@ -37,7 +37,7 @@ CRYPTOGRAPHY_DSA = {
     "ML-DSA-87": mldsa.MLDSA87PrivateKey,
 }
 # `cryptography` offers ML-KEM-768 and ML-KEM-1024 only.
-CRYPTOGRAPHY_KEM = {"ML-KEM-768", "ML-KEM-1024"}
+CRYPTOGRAPHY_KEM = {"ML-KEM-768": mlkem.MLKEM768PrivateKey, "ML-KEM-1024": mlkem.MLKEM1024PrivateKey}
 PUBLIC_KEY_LEN = {
     "ML-DSA-44": 1312, "ML-DSA-65": 1952, "ML-DSA-87": 2592,
     "ML-KEM-512": 800, "ML-KEM-768": 1184, "ML-KEM-1024": 1568,
@@ -156,8 +156,7 @@ def main() -> None:
         # LAMPS profile defines it (ML-KEM-512, which `cryptography` lacks): [0] IMPLICIT OCTET STRING.
         seed = os.urandom(64)
         if alg in CRYPTOGRAPHY_KEM:
-            key = {"ML-KEM-768": mlkem.MLKEM768PrivateKey, "ML-KEM-1024": mlkem.MLKEM1024PrivateKey}[alg]
-            pkcs8 = key.from_seed_bytes(seed).private_bytes(serialization.Encoding.DER,
+            pkcs8 = CRYPTOGRAPHY_KEM[alg].from_seed_bytes(seed).private_bytes(serialization.Encoding.DER,
                                                             serialization.PrivateFormat.PKCS8,
                                                             serialization.NoEncryption())
         else:
@@ -173,8 +172,7 @@ def main() -> None:
             _, dk = KYBER[alg].key_derive(seed)
             print(KYBER[alg].decaps(dk, ciphertext).hex())
         else:
-            key = {"ML-KEM-768": mlkem.MLKEM768PrivateKey, "ML-KEM-1024": mlkem.MLKEM1024PrivateKey}[alg]
-            print(key.from_seed_bytes(seed).decapsulate(ciphertext).hex())
+            print(CRYPTOGRAPHY_KEM[alg].from_seed_bytes(seed).decapsulate(ciphertext).hex())
     elif args.command == "hybrid-encrypt":
         ek = raw_from_spki(bytes.fromhex(args.spki_hex), "ML-KEM-768")
         print(hybrid_encrypt(ek, args.kid, bytes.fromhex(args.plaintext_hex)).hex())

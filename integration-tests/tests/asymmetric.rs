@@ -374,35 +374,27 @@ async fn python_encrypts_to_exported_public_keys_and_keymesh_decrypts() {
         ..Default::default()
     };
     let sealed = admin.crypto_service().encrypt(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
-    let opened = asym(&[
-        "decrypt",
-        "--private-key-hex",
-        pkcs8,
-        "--algorithm",
-        "hpke-x25519-sha256-aes256gcm",
-        "--ciphertext-hex",
-        &hex(&sealed.ciphertext),
-        "--aad-hex",
-        &hex(b"v=1"),
-    ]);
-    assert_eq!(unhex(&opened), b"for the key's owner");
+    // What the key's owner opens outside with the private key (AAD "v=1").
+    let owner_opens = |ciphertext: &[u8]| {
+        unhex(&asym(&[
+            "decrypt",
+            "--private-key-hex",
+            pkcs8,
+            "--algorithm",
+            "hpke-x25519-sha256-aes256gcm",
+            "--ciphertext-hex",
+            &hex(ciphertext),
+            "--aad-hex",
+            &hex(b"v=1"),
+        ]))
+    };
+    assert_eq!(owner_opens(&sealed.ciphertext), b"for the key's owner");
 
     // A data key under a public-key key comes encrypted to the public key: the key's owner opens it outside.
     let request = pb::GenerateDataKeyRequest { key: "byok-hpke".into(), aad: b"v=1".to_vec(), ..Default::default() };
     let data_key =
         admin.crypto_service().generate_data_key(admin.authorized(request).await.unwrap()).await.unwrap().into_inner();
-    let opened = asym(&[
-        "decrypt",
-        "--private-key-hex",
-        pkcs8,
-        "--algorithm",
-        "hpke-x25519-sha256-aes256gcm",
-        "--ciphertext-hex",
-        &hex(&data_key.ciphertext),
-        "--aad-hex",
-        &hex(b"v=1"),
-    ]);
-    assert_eq!(unhex(&opened), data_key.plaintext);
+    assert_eq!(owner_opens(&data_key.ciphertext), data_key.plaintext);
     assert_eq!(data_key.plaintext.len(), 32);
     // Streams need a symmetric key.
     let request = pb::EncryptStreamRequest {

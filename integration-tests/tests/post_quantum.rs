@@ -76,8 +76,13 @@ async fn verify(
     Ok(admin.crypto_service().verify(admin.authorized(request).await.unwrap()).await?.into_inner().valid)
 }
 
-/// Both outside implementations' verdicts on `signature` over `message`.
+/// Both outside implementations' verdicts on `signature` over `message` (in no context).
 fn outside_verdicts(alg: &str, spki: &[u8], message: &[u8], signature: &[u8]) -> [String; 2] {
+    outside_verdicts_in(alg, spki, message, b"", signature)
+}
+
+/// Both outside implementations' verdicts on `signature` over `message` in `context`.
+fn outside_verdicts_in(alg: &str, spki: &[u8], message: &[u8], context: &[u8], signature: &[u8]) -> [String; 2] {
     ["dilithium", "cryptography"].map(|implementation| {
         pq(&[
             "mldsa-verify",
@@ -91,6 +96,8 @@ fn outside_verdicts(alg: &str, spki: &[u8], message: &[u8], signature: &[u8]) ->
             &hex(message),
             "--signature-hex",
             &hex(signature),
+            "--context-hex",
+            &hex(context),
         ])
     })
 }
@@ -158,27 +165,8 @@ async fn ml_dsa_signatures_cross_check_with_two_outside_implementations_both_way
         };
         let in_context =
             admin.crypto_service().sign(admin.authorized(request).await.unwrap()).await.unwrap().into_inner().signature;
-        for implementation in ["dilithium", "cryptography"] {
-            let verdict = |context: &[u8]| {
-                pq(&[
-                    "mldsa-verify",
-                    "--algorithm",
-                    alg,
-                    "--impl",
-                    implementation,
-                    "--spki-hex",
-                    &hex(&spki),
-                    "--message-hex",
-                    &hex(message),
-                    "--signature-hex",
-                    &hex(&in_context),
-                    "--context-hex",
-                    &hex(context),
-                ])
-            };
-            assert_eq!(verdict(&context), "valid", "{alg}: {implementation} in the context");
-            assert_eq!(verdict(b""), "invalid", "{alg}: {implementation} without it");
-        }
+        assert_eq!(outside_verdicts_in(alg, &spki, message, &context, &in_context), valid, "{alg}: in the context");
+        assert_eq!(outside_verdicts(alg, &spki, message, &in_context), invalid, "{alg}: without it");
         let verify_in = |context: Vec<u8>| {
             let request = pb::VerifyRequest {
                 key: name.clone(),
@@ -652,7 +640,7 @@ async fn x_wing_hpke_encrypts_opens_and_carries_data_keys() {
     let refused =
         admin.crypto_service().generate_data_key(admin.authorized(request).await.unwrap()).await.err().unwrap();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-    assert!(refused.message().contains("encryption_context") || refused.message().contains("aad"), "{refused:?}");
+    assert!(refused.message().starts_with("encryption_context: "), "{refused:?}");
 }
 
 /// Runs the `keymesh` CLI with `stdin`: whether it succeeded, and its standard output.

@@ -151,13 +151,13 @@ impl SignatureAlgorithm {
                 self.name()
             )));
         }
-        if let SignInput::Mu(_) = input {
-            return Err(self.no_mu());
-        }
         let pkey = key.pkey()?;
         let Some(hash) = self.hash() else {
-            let SignInput::Message(message) = input else { return Err(self.no_digests()) };
-            return Ok(Signer::new_without_digest(pkey)?.sign_oneshot_to_vec(message)?);
+            return match input {
+                SignInput::Message(message) => Ok(Signer::new_without_digest(pkey)?.sign_oneshot_to_vec(message)?),
+                SignInput::Digest(_) => Err(self.no_digests()),
+                SignInput::Mu(_) => Err(self.no_mu()),
+            };
         };
         match input {
             SignInput::Mu(_) => Err(self.no_mu()),
@@ -258,13 +258,15 @@ impl SignatureAlgorithm {
         input: SignInput<'_>,
         signature: &[u8],
     ) -> Result<bool, CryptoError> {
-        if let SignInput::Mu(_) = input {
-            return Err(self.no_mu());
-        }
         let Some(hash) = self.hash() else {
-            let SignInput::Message(message) = input else { return Err(self.no_digests()) };
-            // OpenSSL reports a malformed signature as an error, a wrong one as false: both are "invalid".
-            return Ok(Verifier::new_without_digest(pkey)?.verify_oneshot(signature, message).unwrap_or(false));
+            return match input {
+                // OpenSSL reports a malformed signature as an error, a wrong one as false: both are "invalid".
+                SignInput::Message(message) => {
+                    Ok(Verifier::new_without_digest(pkey)?.verify_oneshot(signature, message).unwrap_or(false))
+                }
+                SignInput::Digest(_) => Err(self.no_digests()),
+                SignInput::Mu(_) => Err(self.no_mu()),
+            };
         };
         match input {
             SignInput::Mu(_) => Err(self.no_mu()),

@@ -129,12 +129,12 @@ impl From<Purpose> for KeyPurpose {
 }
 
 /// The purpose a request names: UNSPECIFIED means ENCRYPT, as the API documents.
-pub fn purpose_from_proto(purpose: KeyPurpose) -> Option<Purpose> {
+pub fn purpose_from_proto(purpose: KeyPurpose) -> Purpose {
     match purpose {
-        KeyPurpose::Encrypt | KeyPurpose::Unspecified => Some(Purpose::Encrypt),
-        KeyPurpose::Sign => Some(Purpose::Sign),
-        KeyPurpose::Mac => Some(Purpose::Mac),
-        KeyPurpose::Kem => Some(Purpose::Kem),
+        KeyPurpose::Encrypt | KeyPurpose::Unspecified => Purpose::Encrypt,
+        KeyPurpose::Sign => Purpose::Sign,
+        KeyPurpose::Mac => Purpose::Mac,
+        KeyPurpose::Kem => Purpose::Kem,
     }
 }
 
@@ -149,14 +149,14 @@ mod tests {
             assert_eq!(KeyAlgorithm::from_proto(alg.to_proto()), Some(alg));
             assert_eq!(KeyAlgorithm::from_i32(alg.to_proto() as i32), Some(alg));
             assert!(wire.insert(alg.to_proto()), "two algorithms share {:?}", alg.to_proto());
-            assert_eq!(purpose_from_proto(alg.purpose().into()), Some(alg.purpose()));
+            assert_eq!(purpose_from_proto(alg.purpose().into()), alg.purpose());
         }
         for alg in SymmetricAlgorithm::ALL {
             assert_eq!(SymmetricAlgorithm::from_proto(alg.to_proto()), Some(alg));
         }
         assert_eq!(KeyAlgorithm::from_proto(Algorithm::Unspecified), None);
         assert_eq!(KeyAlgorithm::from_i32(-1), None);
-        assert_eq!(purpose_from_proto(KeyPurpose::Unspecified), Some(Purpose::Encrypt));
-        assert_eq!(purpose_from_proto(KeyPurpose::Kem), Some(Purpose::Kem));
+        assert_eq!(purpose_from_proto(KeyPurpose::Unspecified), Purpose::Encrypt);
+        assert_eq!(purpose_from_proto(KeyPurpose::Kem), Purpose::Kem);
     }
 }

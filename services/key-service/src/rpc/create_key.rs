@@ -56,10 +56,7 @@ pub(super) fn choose_algorithm(purpose: pb::KeyPurpose, requested: i32) -> Resul
         names.join(", ")
     };
     if requested == pb::Algorithm::Unspecified {
-        return purpose_from_proto(purpose).map(KeyAlgorithm::default_for).ok_or_else(|| KeyError::InvalidArgument {
-            field: "purpose",
-            reason: format!("unknown purpose {}", purpose.as_str_name()),
-        });
+        return Ok(KeyAlgorithm::default_for(purpose_from_proto(purpose)));
     }
     let Some(algorithm) = KeyAlgorithm::from_proto(requested) else {
         return Err(KeyError::Unimplemented(format!("CreateKey with algorithm {}", requested.as_str_name())));
