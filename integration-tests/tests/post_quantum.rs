@@ -662,10 +662,11 @@ async fn the_cli_creates_post_quantum_keys_signs_verifies_encapsulates_and_decap
     let b64 = base64::engine::general_purpose::STANDARD;
     let mesh = Mesh::start(&[], &[]).await;
     let (ok, out) =
-        cli(&mesh, &["keys", "create", "pq-kem", "--purpose", "kem", "--algorithm", "ml-kem-768"], b"").await;
+        cli(&mesh, &["-o", "json", "keys", "create", "pq-kem", "--purpose", "kem", "--algorithm", "ml-kem-768"], b"")
+            .await;
     assert!(ok, "{out}");
-    let key: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(key["algorithm"], "ALGORITHM_ML_KEM_768", "{out}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["key"]["algorithm"], "ALGORITHM_ML_KEM_768", "{out}");
     let (ok, out) = cli(&mesh, &["keys", "public-key", "pq-kem"], b"").await;
     assert!(ok && out.starts_with("-----BEGIN PUBLIC KEY-----"), "{out}");
 

@@ -38,13 +38,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(out.join("keymesh_descriptor.bin"), fds.encode_to_vec())?;
 
+    // Type names (`prost::Name`): the CLI finds each message's descriptor by them to print the protobuf JSON.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .skip_debug(SECRET_MESSAGES.iter().copied())
         // Audit batches carry their events as encoded bytes, wire-identical to the .proto (see audit_frames.rs).
         .extern_path(".keymesh.v1.AppendRequest", "crate::audit_frames::AppendRequest")
-        .compile_fds(fds)?;
+        .compile_fds_with_config(fds, config)?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

@@ -178,6 +178,17 @@ impl KeymeshClient {
         self.crypto.clone()
     }
 
+    /// The generated TokenService client, for methods without a helper here (send `authorized` requests; IssueToken,
+    /// RevokeToken and GetJwks need none).
+    pub fn token_service(&self) -> TokenServiceClient<Channel> {
+        self.tokens.clone()
+    }
+
+    /// The generated AuditService client (send `authorized` requests).
+    pub fn audit_service(&self) -> keymesh_proto::v1::audit_service_client::AuditServiceClient<Channel> {
+        keymesh_proto::v1::audit_service_client::AuditServiceClient::new(self.audit_channel.clone())
+    }
+
     /// Creates an AES-256-GCM encryption key.
     pub async fn create_key(&self, name: &str) -> Result<pb::Key, ClientError> {
         let request = self
@@ -215,8 +226,7 @@ impl KeymeshClient {
     /// The caller's tenant's audit records, newest last.
     pub async fn audit_query(&self, query: pb::QueryRequest) -> Result<Vec<pb::AuditRecord>, ClientError> {
         let request = self.authorized(query).await?;
-        let mut client = keymesh_proto::v1::audit_service_client::AuditServiceClient::new(self.audit_channel.clone());
-        let mut stream = client.query(request).await?.into_inner();
+        let mut stream = self.audit_service().query(request).await?.into_inner();
         let mut records = Vec::new();
         while let Some(item) = stream.message().await? {
             records.extend(item.record);
