@@ -3,14 +3,15 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/keymesh/target
 BUF := $(HOME)/.cache/keymesh/node/node_modules/.bin/buf
 
-.PHONY: run test chaos bench fuzz build deps test-deps lint fmt buf-lint clean-data clean
+.PHONY: run test chaos bench fuzz build deps test-deps lint fmt buf-lint buf-breaking clients clean-data clean
 
 ## run: build and start the whole mesh on its embedded defaults (Ctrl-C stops it)
 run: deps build
 	@deploy/dev/run-mesh.sh
 
-## test: every test (unit, integration over mTLS with real Postgres and Redis), formatting, clippy, buf lint
-test: test-deps
+## test: every test (unit, integration over mTLS with real Postgres and Redis, the Python, Go and TypeScript clients
+## generated from proto/), formatting, clippy, buf lint and buf breaking
+test: test-deps clients
 	cargo build --workspace --bins --tests
 	url="$$(deploy/dev/ensure-postgres.sh)" && KEYMESH_TEST_POSTGRES_URL="$$url" cargo test --workspace
 	deploy/dev/smoke-run.sh
@@ -51,13 +52,18 @@ fuzz:
 build:
 	cargo build --workspace --bins
 
+## clients: generate the Python, Go and TypeScript clients from proto/ and build and unit-test each (libs/python,
+## libs/go, libs/typescript); integration-tests/tests/clients.rs then drives each against the real mesh
+clients: test-deps
+	deploy/dev/generate-clients.sh
+
 deps:
 	@deploy/dev/install-deps.sh build
 
 test-deps:
 	@deploy/dev/install-deps.sh test
 
-lint: buf-lint
+lint: buf-lint buf-breaking
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	@command -v cargo-machete >/dev/null || cargo install cargo-machete --locked
@@ -69,6 +75,11 @@ $(BUF):
 
 buf-lint: $(BUF)
 	$(BUF) lint proto
+
+## buf-breaking: the API against the last released one (proto/api-baseline.binpb, a buf image of keymesh.v1 as
+## released); a change that would break a generated client fails here
+buf-breaking: $(BUF)
+	$(BUF) breaking proto --against proto/api-baseline.binpb
 
 fmt:
 	cargo fmt --all

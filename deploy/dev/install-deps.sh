@@ -19,6 +19,14 @@ if [ "${1:-build}" = test ]; then
   # The telemetry tests lint every service's /metrics with Prometheus's own promtool.
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 fi
+# The Go client builds offline against Debian's packaged Go sources (libs/go/goenv.sh); golang-github-golang-
+# protobuf-1-5-dev by name, as apt would otherwise pick the 1.3 alternative, which protoc-gen-go 1.28's code rejects.
+if [ "${1:-build}" = test ]; then
+  for pkg in golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-genproto-dev \
+    golang-github-golang-protobuf-1-5-dev golang-google-protobuf-dev; do
+    have_pkg "$pkg" || need+=("$pkg")
+  done
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
@@ -54,6 +62,13 @@ fi
 if [ "${1:-build}" = test ] && ! python3 -c "import kyber_py.ml_kem, dilithium_py.ml_dsa" 2>/dev/null; then
   echo "installing: kyber-py dilithium-py"
   pip_install kyber-py dilithium-py
+fi
+
+# The Python client (libs/python): grpcio-tools generates it (its protoc and gRPC plugin, pinned so the generated
+# code and the protobuf runtime agree); googleapis-common-protos decodes google.rpc.RetryInfo.
+if [ "${1:-build}" = test ] && ! python3 -c "import importlib.metadata as m, google.rpc.error_details_pb2, cryptography; assert m.version('grpcio-tools') == '1.85.4'" 2>/dev/null; then
+  echo "installing: grpcio-tools googleapis-common-protos (the Python client)"
+  pip_install 'grpcio>=1.85.4,<2' 'grpcio-tools==1.85.4' 'protobuf>=7.35.1,<8' 'googleapis-common-protos==1.76.0' 'cryptography>=42'
 fi
 
 # The import test wraps key material outside keymesh with Python's `cryptography` package.
