@@ -53,6 +53,7 @@ const RPC_COMMANDS: &[(&str, &str)] = &[
     ("TokenService.IssueToken", "tokens issue"),
     ("TokenService.RevokeToken", "tokens revoke"),
     ("TokenService.GetJwks", "tokens jwks"),
+    ("TokenService.RegisterApplication", "register"),
     ("AuditService.Query", "audit query"),
     ("AuditService.Export", "audit export"),
     ("AuditService.VerifyChain", "audit verify"),
@@ -79,6 +80,8 @@ fn every_public_rpc_has_a_command() {
 
 struct Cli<'a> {
     mesh: &'a Mesh,
+    /// `KEYMESH_HOME`: where `login` and `register` keep their files.
+    home: std::path::PathBuf,
     /// The commands run so far ("keys create", "encrypt --in"…).
     ran: std::sync::Mutex<BTreeSet<String>>,
 }
@@ -86,6 +89,7 @@ struct Cli<'a> {
 impl Cli<'_> {
     async fn raw(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut command = self.mesh.cli();
+        command.env("KEYMESH_HOME", &self.home);
         command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
         let mut input = child.stdin.take().unwrap();
@@ -149,8 +153,8 @@ fn b64(value: &Value) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_runs_against_the_real_mesh_and_prints_json() {
     let mesh = Mesh::start(&[], &[]).await;
-    let cli = Cli { mesh: &mesh, ran: Default::default() };
     let dir = tempfile::tempdir().unwrap();
+    let cli = Cli { mesh: &mesh, home: dir.path().join("home/.keymesh"), ran: Default::default() };
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
 
     // Keys.
@@ -309,6 +313,28 @@ async fn every_command_runs_against_the_real_mesh_and_prints_json() {
     assert_eq!(disabled["application"]["disabled"], true);
     assert!(cli.text(&["token"], b"").await.trim().split('.').count() == 3, "a JWT");
 
+    // Login (the secret on standard input) and auto-registration.
+    let developer = cli
+        .json(
+            &["applications", "create", "cli-dev", "--role", "developer", "--permission", "cli-*=encrypt,decrypt"],
+            b"",
+        )
+        .await;
+    let dev_id = developer["application"]["client_id"].as_str().unwrap();
+    let dev_secret = developer["client_secret"].as_str().unwrap();
+    let logged_in = cli.text(&["login", "--client-id", dev_id], dev_secret.as_bytes()).await;
+    assert!(logged_in.starts_with(&format!("logged in as {dev_id}")), "{logged_in}");
+    let session = std::fs::read_to_string(cli.home.join("credentials.json")).unwrap();
+    assert!(!session.contains(dev_secret), "the session keeps no secret");
+    let registered = cli.json(&["register", "cli-svc", "--environment", "staging", "--key", "cli-*"], b"").await;
+    assert_eq!(registered["created"], true);
+    assert_eq!(registered["application_name"], "cli-svc.staging");
+    let again = cli.json(&["register", "cli-svc", "--environment", "staging", "--key", "cli-*"], b"").await;
+    assert_eq!(
+        (again["created"].clone(), again["client_id"].clone()),
+        (Value::Bool(false), registered["client_id"].clone())
+    );
+
     // The audit trail.
     let records = cli.json(&["audit", "query", "--operation", "Encrypt", "--limit", "5"], b"").await;
     let records = records.as_array().unwrap();
@@ -365,7 +391,7 @@ async fn help_lists_every_command_and_bash_completion_parses() {
             leaf[0]
         );
     }
-    for extra in ["token", "health", "kms", "completions"] {
+    for extra in ["token", "login", "health", "kms", "completions"] {
         assert!(top.lines().any(|l| l.trim_start().starts_with(&format!("{extra} "))), "{extra} missing:\n{top}");
     }
     let script = std::process::Command::new(bin_dir().join("keymesh")).args(["completions", "bash"]).output().unwrap();

@@ -20,6 +20,7 @@ use keymesh_client::{
     envelope::Associated,
     streaming::{StreamOptions, Via},
 };
+use keymesh_proto::v1 as pb;
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -230,6 +231,69 @@ async fn the_python_client_creates_keys_encrypts_and_interoperates_with_the_rust
             "{algorithm} checked: {local}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_logs_in_and_registers_sharing_keymesh_home_with_the_rust_sdk() {
+    use std::os::unix::fs::PermissionsExt;
+    let mesh = Mesh::start(&[], &[]).await;
+    let admin = mesh.admin_client();
+    admin.create_key("py-registered").await.unwrap();
+    let token = admin.access_token().await.unwrap();
+    let (dev_id, dev_secret) = integration_tests::create_application(
+        &mesh,
+        &token,
+        "",
+        "py-dev",
+        &[pb::Role::Developer],
+        &[("py-*", &[pb::Operation::Encrypt, pb::Operation::Decrypt])],
+    )
+    .await
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let home_dir = root.path().join(".keymesh");
+    let mut env = driver_env(&mesh, "python");
+    env.insert("KEYMESH_CLIENT_ID".into(), dev_id.clone());
+    env.insert("KEYMESH_CLIENT_SECRET".into(), dev_secret.clone());
+    env.insert("KEYMESH_HOME".into(), home_dir.to_str().unwrap().to_owned());
+    env.insert("KEYMESH_TEST_KEY".into(), "py-registered".into());
+    let login = run("python", &env, &["login"]).unwrap_or_else(|e| panic!("python login: {e}"));
+    assert_eq!(login["client_id"], dev_id.as_str());
+    let session = std::fs::read_to_string(home_dir.join("credentials.json")).unwrap();
+    assert!(!session.contains(&dev_secret), "the session keeps no secret");
+
+    let first = run("python", &env, &["register", "orders", "development", "py-*"]).unwrap();
+    assert_eq!((first["created"].clone(), first["roundtrip"].clone()), (Value::Bool(true), Value::Bool(true)));
+    let again = run("python", &env, &["register", "orders", "development", "py-*"]).unwrap();
+    assert_eq!(
+        (again["created"].clone(), again["client_id"].clone()),
+        (Value::Bool(false), first["client_id"].clone())
+    );
+    let staging = run("python", &env, &["register", "orders", "staging", "py-*"]).unwrap();
+    assert_ne!(staging["client_id"], first["client_id"], "another environment, another application");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let file = PathBuf::from(first["credentials_file"].as_str().unwrap());
+    assert_eq!((mode(&file), mode(file.parent().unwrap()), mode(&home_dir)), (0o600, 0o700, 0o700));
+
+    // The Rust SDK on the same ~/.keymesh: it finds what Python registered, and Python finds what it registers.
+    let home = keymesh_client::home::KeymeshHome::at(&home_dir);
+    let tls = mesh.app_tls("sdk");
+    let request = |environment: &str| pb::RegisterApplicationRequest {
+        name: "orders".into(),
+        environment: environment.into(),
+        keys: vec!["py-*".into()],
+        ..Default::default()
+    };
+    let (_, found) = home.register(&mesh.endpoints, &tls, request("development")).await.unwrap();
+    assert_eq!((found.client_id.as_str(), found.created), (first["client_id"].as_str().unwrap(), false));
+    let (client, made) = home.register(&mesh.endpoints, &tls, request("production")).await.unwrap();
+    assert!(made.created);
+    client.encrypt("py-registered", b"from rust".to_vec(), vec![]).await.unwrap();
+    let python = run("python", &env, &["register", "orders", "production", "py-*"]).unwrap();
+    assert_eq!(
+        (python["created"].clone(), python["client_id"].as_str()),
+        (Value::Bool(false), Some(made.client_id.as_str()))
+    );
 }
 
 /// Opens a stream or envelope file with the Rust SDK.

@@ -20,6 +20,7 @@ const SECRET_MESSAGES: &[&str] = &[
     ".keymesh.v1.DecryptStreamResponse",
     ".keymesh.v1.CreateApplicationResponse",
     ".keymesh.v1.RotateClientSecretResponse",
+    ".keymesh.v1.RegisterApplicationResponse",
     ".keymesh.v1.IssueTokenRequest",
     ".keymesh.v1.IssueTokenResponse",
     ".keymesh.v1.RevokeTokenRequest",

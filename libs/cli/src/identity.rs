@@ -6,11 +6,14 @@
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
-use keymesh_client::{ClientError, Credentials, KeymeshClient};
+use keymesh_client::{
+    ClientError, Credentials, KeymeshClient,
+    home::{KeymeshHome, Login},
+};
 use keymesh_proto::v1 as pb;
 use zeroize::Zeroizing;
 
-use crate::{Outcome, enum_named, read_stdin, render, render::Output, write_stdout};
+use crate::{Cli, Outcome, enum_named, read_stdin, render, render::Output, write_stdout};
 
 const APPLICATION_COLUMNS: &[&str] = &["name", "client_id", "tenant_id", "roles", "disabled", "create_time"];
 
@@ -161,6 +164,52 @@ pub async fn applications(client: &KeymeshClient, output: Output, command: Appli
             Ok(render::print(output, &response, None)?)
         }
     }
+}
+
+/// `keymesh login`.
+pub async fn login(cli: &Cli, client_id: Option<String>, subject_token_file: Option<PathBuf>) -> Outcome {
+    let (_, endpoints, tls) = crate::connection(cli)?;
+    let method = match (client_id, subject_token_file) {
+        (_, Some(path)) => Login::TokenExchange(path),
+        (Some(client_id), None) => {
+            let secret = Zeroizing::new(String::from_utf8_lossy(&Zeroizing::new(read_stdin()?)).trim().to_owned());
+            if secret.is_empty() {
+                return Err(ClientError::Setup("give the client secret on standard input".into()).into());
+            }
+            Login::ClientCredentials(Credentials { client_id, client_secret: secret, subject_token_file: None })
+        }
+        (None, None) => Login::ClientCredentials(Credentials::from_file(&crate::credentials_path(cli)?)?),
+    };
+    let home = KeymeshHome::default_location()?;
+    let client_id = home.login(&endpoints, &tls, method).await?;
+    Ok(write_stdout(format!("logged in as {client_id}; session in {}\n", home.session_file().display()).as_bytes())?)
+}
+
+/// `keymesh register`.
+pub async fn register(cli: &Cli, output: Output, request: pb::RegisterApplicationRequest) -> Outcome {
+    let (_, endpoints, tls) = crate::connection(cli)?;
+    let home = KeymeshHome::default_location()?;
+    let (_, registered) = home.register(&endpoints, &tls, request).await?;
+    let text = match output {
+        Output::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "client_id": registered.client_id,
+                "application_name": registered.application_name,
+                "created": registered.created,
+                "credentials_file": registered.credentials_file,
+            }))
+            .unwrap_or_default()
+        ),
+        Output::Table => format!(
+            "{} {} ({}); credentials in {}\n",
+            if registered.created { "registered" } else { "found" },
+            registered.application_name,
+            registered.client_id,
+            registered.credentials_file.display()
+        ),
+    };
+    Ok(write_stdout(text.as_bytes())?)
 }
 
 /// `PATTERN=OP,OP` as a permission.

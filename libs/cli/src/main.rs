@@ -93,6 +93,33 @@ enum Command {
     },
     /// Print an access token (for grpcurl and friends); `tokens issue` shows the whole answer.
     Token,
+    /// Log in once for `register` and the SDKs' auto-registration: exchanges client credentials (--credentials, or
+    /// --client-id with the secret on standard input) or a platform token (--subject-token-file) and stores the
+    /// session, never the secret, in ~/.keymesh/credentials.json (0600, in a 0700 directory).
+    Login {
+        /// The application's client id; its secret is read from standard input.
+        #[arg(long, conflicts_with = "subject_token_file")]
+        client_id: Option<String>,
+        /// Log in with this platform token (an OIDC ID token, a Kubernetes service-account token) by token
+        /// exchange; the session keeps the path and exchanges it afresh each time.
+        #[arg(long, value_name = "PATH")]
+        subject_token_file: Option<PathBuf>,
+    },
+    /// Register an application for the logged-in identity (the SDKs' auto-registration): creates it, or finds it
+    /// again, and stores its credentials in ~/.keymesh/apps/<client_id>.json (0600).
+    Register {
+        /// The application's name (1 to 48 of [a-z0-9-], starting with a letter).
+        name: String,
+        /// The environment: development, staging, production…
+        #[arg(long, default_value = "development")]
+        environment: String,
+        /// The team that owns it.
+        #[arg(long, default_value = "")]
+        team: String,
+        /// A key name pattern it may use, repeatable (default: `default`); it gets at most what you hold on them.
+        #[arg(long = "key")]
+        keys: Vec<String>,
+    },
     /// The tenant's audit trail: query (the default), export, verify, checkpoints.
     Audit(audit::AuditArgs),
     /// The KEK backends of the configuration (run where key-service runs, with its configuration).
@@ -217,6 +244,21 @@ async fn run(cli: Cli) -> Outcome {
         Command::Kms { command: operate::KmsCommand::Check } => return operate::kms_check(&cli).await,
         _ => {}
     }
+    match &cli.command {
+        Command::Login { client_id, subject_token_file } => {
+            return identity::login(&cli, client_id.clone(), subject_token_file.clone()).await;
+        }
+        Command::Register { name, environment, team, keys } => {
+            let request = keymesh_proto::v1::RegisterApplicationRequest {
+                name: name.clone(),
+                team: team.clone(),
+                environment: environment.clone(),
+                keys: keys.clone(),
+            };
+            return identity::register(&cli, output, request).await;
+        }
+        _ => {}
+    }
     let client = setup(&cli)?;
     let credentials = credentials_path(&cli)?;
     match cli.command {
@@ -230,12 +272,16 @@ async fn run(cli: Cli) -> Outcome {
             Ok(write_stdout(format!("{}\n", token.as_str()).as_bytes())?)
         }
         Command::Audit(args) => audit::run(&client, output, args).await,
-        Command::Health { .. } | Command::Kms { .. } | Command::Completions { .. } => Ok(()),
+        Command::Health { .. }
+        | Command::Kms { .. }
+        | Command::Completions { .. }
+        | Command::Login { .. }
+        | Command::Register { .. } => Ok(()),
     }
 }
 
 /// The endpoints and client TLS material from the configuration and flags.
-fn connection(cli: &Cli) -> Result<(MeshParams, Endpoints, TlsMaterial), ClientError> {
+pub(crate) fn connection(cli: &Cli) -> Result<(MeshParams, Endpoints, TlsMaterial), ClientError> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let file = KeymeshConfig::load(cli.config.as_deref(), &env).map_err(|e| ClientError::Setup(e.to_string()))?;
     let params = MeshParams::from_raw(ServiceName::CryptoService, file.transport())

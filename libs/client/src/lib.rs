@@ -1,8 +1,12 @@
 //! The keymesh SDK: connects to the mesh over mTLS, exchanges client credentials for an access token (and
-//! renews it before it expires), and calls the services with it. [`envelope`] encrypts locally with data
-//! keys; [`streaming`] moves readers, writers and files of any size through the stream format.
+//! renews it before it expires, one renewal in flight however many tasks call), and calls the services with it.
+//! [`envelope`] encrypts locally with data keys; [`streaming`] moves readers, writers and files of any size
+//! through the stream format; [`local`] hashes and MACs without calling the mesh; [`home`] is the developer's
+//! `~/.keymesh`: `keymesh login`'s session and auto-registered applications.
 
 pub mod envelope;
+pub mod home;
+pub mod local;
 pub mod streaming;
 
 use std::{

@@ -51,6 +51,9 @@ pub struct LimitsConfig {
     /// certificate identity (default 100; 0: off): they hash secrets and add revocations every verifier
     /// downloads, so they are the cheapest way to load the mesh.
     pub token_requests_per_second: Option<u32>,
+    /// RegisterApplication calls per minute from one registering identity (default 10; 0: off): each creates an
+    /// application or a secret, so a leaked developer session cannot mint them in bulk.
+    pub registrations_per_minute: Option<u32>,
     /// Quotas on Decrypt and data keys.
     #[serde(default)]
     pub quotas: QuotaConfig,
@@ -74,11 +77,19 @@ pub enum LimitKind {
     ApplicationQuota,
     /// `quotas.key_per_*`.
     KeyQuota,
+    /// `registrations_per_minute`.
+    Registrations,
 }
 
 impl LimitKind {
-    const ALL: [LimitKind; 5] =
-        [Self::ApplicationRate, Self::TenantRate, Self::TokenRequests, Self::ApplicationQuota, Self::KeyQuota];
+    const ALL: [LimitKind; 6] = [
+        Self::ApplicationRate,
+        Self::TenantRate,
+        Self::TokenRequests,
+        Self::ApplicationQuota,
+        Self::KeyQuota,
+        Self::Registrations,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -87,6 +98,7 @@ impl LimitKind {
             Self::TokenRequests => "token_requests",
             Self::ApplicationQuota => "application_quota",
             Self::KeyQuota => "key_quota",
+            Self::Registrations => "registrations",
         }
     }
 
@@ -97,6 +109,7 @@ impl LimitKind {
             Self::TenantRate => format!("tenant {id}"),
             Self::TokenRequests => format!("client certificate {id}"),
             Self::KeyQuota => format!("key {id}"),
+            Self::Registrations => format!("registering identity {id}"),
         }
     }
 }
@@ -272,6 +285,7 @@ pub struct Limiter {
     key_quota_second: Scoped,
     key_quota_day: Scoped,
     token_requests: Scoped,
+    registrations: Scoped,
     /// The cells in Redis, when configured.
     shared: Option<shared::SharedCells>,
     /// `keymesh.limits.refusals` by `limit`: which kind of limit refused, never who was refused (an
@@ -319,6 +333,14 @@ impl Limiter {
             key_quota_second: key_quota("key_quota_second", q.key_per_second, second),
             key_quota_day: key_quota("key_quota_day", q.key_per_day, DAY),
             token_requests: rate(LimitKind::TokenRequests, config.token_requests_per_second, 100, &BTreeMap::new()),
+            registrations: Scoped::uniform(Window::new(
+                LimitKind::Registrations,
+                LimitKind::Registrations.label(),
+                config.registrations_per_minute.unwrap_or(10),
+                Duration::from_secs(60),
+                None,
+                format!("{} registrations per minute", config.registrations_per_minute.unwrap_or(10)),
+            )),
             shared: shared::SharedCells::from_config(&config.shared, service)?,
             refusals,
         })
@@ -337,6 +359,11 @@ impl Limiter {
     /// Admits one IssueToken or RevokeToken from the client certificate identity `peer`.
     pub async fn admit_token_request(&self, peer: &str) -> Result<(), Exceeded> {
         self.admit(&[(&self.token_requests, peer)]).await
+    }
+
+    /// Admits one RegisterApplication of the registering identity `registrant`.
+    pub async fn admit_registration(&self, registrant: &str) -> Result<(), Exceeded> {
+        self.admit(&[(&self.registrations, registrant)]).await
     }
 
     /// Admits one decrypt or data key of `application` with the key `key_id`, in both windows of both
@@ -398,6 +425,7 @@ impl Limiter {
             &self.key_quota_second,
             &self.key_quota_day,
             &self.token_requests,
+            &self.registrations,
         ] {
             scoped.forget_idle();
         }

@@ -38,7 +38,8 @@ pub struct SharedLimitsConfig {
     /// checked against the per-process limits instead.
     pub timeout_ms: Option<u64>,
     /// Kinds of limit kept per process even with Redis (e.g. `["application_rate"]` to keep a very high
-    /// rate off Redis): `application_rate`, `tenant_rate`, `token_requests`, `application_quota`, `key_quota`.
+    /// rate off Redis): `application_rate`, `tenant_rate`, `token_requests`, `application_quota`, `key_quota`,
+    /// `registrations`.
     #[serde(default)]
     pub per_process: Vec<LimitKind>,
 }

@@ -31,8 +31,9 @@ pub const DEFAULT_METRICS_ADDRS: [(ServiceName, &str); 4] = [
     (ServiceName::AuditService, "127.0.0.1:9404"),
 ];
 
-/// Environment variables with the prefix that are not config fields.
-const RESERVED_ENV: &[&str] = &["KEYMESH_CONFIG", "KEYMESH_MASTER_KEY", "KEYMESH_LOG"];
+/// Environment variables with the prefix that are not config fields (`KEYMESH_HOME`: the SDKs' and the CLI's
+/// `~/.keymesh`).
+const RESERVED_ENV: &[&str] = &["KEYMESH_CONFIG", "KEYMESH_MASTER_KEY", "KEYMESH_LOG", "KEYMESH_HOME"];
 
 /// Default loopback endpoints of the embedded mesh.
 pub const DEFAULT_ENDPOINTS: [(ServiceName, &str); 4] = [

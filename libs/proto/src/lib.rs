@@ -32,6 +32,7 @@ static_assertions::assert_not_impl_any!(v1::IssueTokenRequest: std::fmt::Debug);
 static_assertions::assert_not_impl_any!(v1::IssueTokenResponse: std::fmt::Debug);
 static_assertions::assert_not_impl_any!(v1::CreateApplicationResponse: std::fmt::Debug);
 static_assertions::assert_not_impl_any!(v1::RotateClientSecretResponse: std::fmt::Debug);
+static_assertions::assert_not_impl_any!(v1::RegisterApplicationResponse: std::fmt::Debug);
 static_assertions::assert_not_impl_any!(v1::RevokeTokenRequest: std::fmt::Debug);
 static_assertions::assert_not_impl_any!(v1::EncryptStreamRequest: std::fmt::Debug);
 static_assertions::assert_not_impl_any!(v1::DecryptStreamResponse: std::fmt::Debug);

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Optional, Sequence, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import grpc
 
@@ -19,6 +19,9 @@ from . import pb, stream
 from ._retry import RetryPolicy, retry_hint
 from .credentials import Credentials, TokenCache
 from .errors import KeymeshError
+
+if TYPE_CHECKING:
+    from .home import Registered
 
 __all__ = ["CHUNK_SIZE", "Client", "DataKey", "Endpoints", "ResponseStream"]
 
@@ -246,6 +249,9 @@ class Client:
       that read a seekable input also retry a call that failed before any output.
     - The client is thread-safe; close it (or use ``with``) to close its channels.
     """
+
+    #: For a client from :func:`keymesh.register`: which application it is (a :class:`keymesh.Registered`).
+    registered: Optional["Registered"] = None
 
     def __init__(
         self,

@@ -8,11 +8,18 @@ Usage (from any directory):
     python3 libs/python/tests/e2e.py stream-encrypt KEY IN OUT    through EncryptStream
     python3 libs/python/tests/e2e.py stream-decrypt IN OUT        through DecryptStream
     python3 libs/python/tests/e2e.py local-check                  keymesh.local against Hash and GenerateMac
+    python3 libs/python/tests/e2e.py login                        keymesh.login into $KEYMESH_HOME
+    python3 libs/python/tests/e2e.py register NAME ENVIRONMENT [KEY_PATTERN...]
+                                                                  keymesh.register from that session
 
 Environment: KEYMESH_{KEY,CRYPTO,TOKEN,AUDIT}_SERVICE (host:port), KEYMESH_CA_CERT, KEYMESH_CLIENT_CERT,
 KEYMESH_CLIENT_KEY (PEM paths), KEYMESH_CLIENT_ID, KEYMESH_CLIENT_SECRET; for `basic` also KEYMESH_TEST_KEY,
 KEYMESH_TEST_RUST_CIPHERTEXT_B64 and KEYMESH_TEST_RUST_AAD_B64; for the others, optionally
 KEYMESH_TEST_AAD_B64 (standard base64) and KEYMESH_TEST_CONTEXT_JSON (a JSON object of strings).
+`login` and `register` use the keymesh directory KEYMESH_HOME (else ~/.keymesh); `login` logs in with
+KEYMESH_CLIENT_ID and KEYMESH_CLIENT_SECRET (or KEYMESH_SUBJECT_TOKEN_FILE); `register` takes the team from
+KEYMESH_TEST_TEAM (optional) and, when KEYMESH_TEST_KEY is set, proves the application's client works with an
+Encrypt and a Decrypt under that key ("roundtrip": true).
 
 Each subcommand prints one JSON object as its last stdout line and exits 0; on failure it prints one line on
 stderr and exits 1 (a failed open or decrypt leaves no OUT file).
@@ -184,6 +191,37 @@ def local_check(args: list[str]) -> dict[str, Any]:
     return {"ok": True, "hashes": hashes_ok, "macs": macs_ok}
 
 
+def login(args: list[str]) -> dict[str, Any]:
+    if args:
+        raise DriverError("login takes no arguments")
+    token_file = os.environ.get("KEYMESH_SUBJECT_TOKEN_FILE")
+    if token_file:
+        client_id = keymesh.login(subject_token_file=token_file)
+    else:
+        client_id = keymesh.login(client_id=env("KEYMESH_CLIENT_ID"), client_secret=env("KEYMESH_CLIENT_SECRET"))
+    return {"ok": True, "client_id": client_id}
+
+
+def register(args: list[str]) -> dict[str, Any]:
+    if len(args) < 2:
+        raise DriverError("usage: register NAME ENVIRONMENT [KEY_PATTERN...]")
+    name, environment, keys = args[0], args[1], args[2:]
+    with keymesh.register(name, team=os.environ.get("KEYMESH_TEST_TEAM", ""), environment=environment, keys=keys) as c:
+        registered = c.registered
+        if registered is None:
+            raise DriverError("keymesh.register returned a client without its registration")
+        result: dict[str, Any] = {"ok": True, **registered.to_dict()}
+        key_name = os.environ.get("KEYMESH_TEST_KEY")
+        if key_name:
+            plaintext = secrets.token_bytes(64 + secrets.randbelow(512))
+            aad = f"python-e2e-register/{secrets.token_hex(4)}".encode()
+            ciphertext = c.encrypt(key_name, plaintext, aad=aad)
+            if c.decrypt(ciphertext, aad=aad) != plaintext:
+                raise DriverError("Decrypt did not return the plaintext")
+            result["roundtrip"] = True
+    return result
+
+
 COMMANDS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
     "basic": basic,
     "envelope-seal": file_command("envelope-seal", True),
@@ -191,6 +229,8 @@ COMMANDS: dict[str, Callable[[list[str]], dict[str, Any]]] = {
     "stream-encrypt": file_command("stream-encrypt", True),
     "stream-decrypt": file_command("stream-decrypt", False),
     "local-check": local_check,
+    "login": login,
+    "register": register,
 }
 
 

@@ -16,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_signing_key_wraps::Migration),
             Box::new(m20261124_000005_identity::Migration),
             Box::new(m20261124_000006_audit_checkpoints::Migration),
+            Box::new(m20261207_000007_registrations::Migration),
         ]
     }
 }
@@ -443,6 +444,57 @@ mod m20261124_000006_audit_checkpoints {
                 manager.drop_table(Table::drop().table(table).to_owned()).await?;
             }
             Ok(())
+        }
+    }
+}
+
+/// The SDK's auto-registration: which identity registered an application, under which name and environment.
+mod m20261207_000007_registrations {
+    use sea_orm_migration::{prelude::*, schema::*};
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261207_000007_registrations"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .create_table(
+                    Table::create()
+                        .table("application_registrations")
+                        .if_not_exists()
+                        .col(string("client_id").primary_key())
+                        .col(string("tenant_id"))
+                        .col(string("registrant"))
+                        .col(string("name"))
+                        .col(string("environment"))
+                        .col(string("team"))
+                        .col(big_integer("created_at"))
+                        .to_owned(),
+                )
+                .await?;
+            manager
+                .create_index(
+                    Index::create()
+                        .if_not_exists()
+                        .name("ux_application_registrations_tenant_name_environment")
+                        .table("application_registrations")
+                        .col("tenant_id")
+                        .col("name")
+                        .col("environment")
+                        .unique()
+                        .to_owned(),
+                )
+                .await
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager.drop_table(Table::drop().table("application_registrations").to_owned()).await
         }
     }
 }

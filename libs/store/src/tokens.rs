@@ -8,7 +8,7 @@ use sea_orm::{
 
 use crate::{
     StoreError,
-    entity::{application, refresh_token, revocation, signing_key, tenant},
+    entity::{application, refresh_token, registration, revocation, signing_key, tenant},
 };
 
 /// What presenting a refresh token came to.
@@ -111,6 +111,54 @@ impl TokenRepository {
                 .insert(&self.db)
                 .await
                 .map_err(|e| StoreError::from_insert("application", e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The registration of `name` in `environment` in a tenant, with its application.
+    pub async fn registration(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        environment: &str,
+    ) -> Result<Option<(registration::Model, application::Model)>, StoreError> {
+        crate::bounded(async {
+            let Some(found) = registration::Entity::find()
+                .filter(registration::Column::TenantId.eq(tenant_id))
+                .filter(registration::Column::Name.eq(name))
+                .filter(registration::Column::Environment.eq(environment))
+                .one(&self.db)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let app = application::Entity::find_by_id(found.client_id.clone()).one(&self.db).await?;
+            Ok(app.map(|app| (found, app)))
+        })
+        .await
+    }
+
+    /// Stores a registered application and its registration together; a name and environment (or an application
+    /// name) already taken in the tenant is [`StoreError::AlreadyExists`], and then neither row is stored.
+    pub async fn create_registered_application(
+        &self,
+        application: application::Model,
+        registration: registration::Model,
+    ) -> Result<(), StoreError> {
+        crate::bounded(async {
+            let txn = self.db.begin().await?;
+            application
+                .into_active_model()
+                .insert(&txn)
+                .await
+                .map_err(|e| StoreError::from_insert("application", e))?;
+            registration
+                .into_active_model()
+                .insert(&txn)
+                .await
+                .map_err(|e| StoreError::from_insert("registration", e))?;
+            txn.commit().await?;
             Ok(())
         })
         .await

@@ -42,6 +42,12 @@ pub enum TokenError {
         /// The tenant that owns it.
         owner: String,
     },
+    /// What the caller would create exists already and is not the caller's to take.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A rate limit refused the call.
+    #[error(transparent)]
+    Limited(#[from] keymesh_limits::Exceeded),
     /// A concurrent change won; the caller may retry.
     #[error("{0}")]
     Aborted(String),
@@ -87,6 +93,8 @@ impl From<TokenError> for Status {
             TokenError::NotFound(_) | TokenError::ForeignApplication { .. } => Status::not_found(e.to_string()),
             TokenError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             TokenError::Aborted(_) => Status::aborted(e.to_string()),
+            TokenError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+            TokenError::Limited(exceeded) => exceeded.clone().into(),
             TokenError::Store(keymesh_store::StoreError::AlreadyExists { .. }) => Status::already_exists(e.to_string()),
             TokenError::Kms(keymesh_kms::KmsError::Unavailable { backend, .. }) => {
                 tracing::error!(error = %e, "KMS backend unavailable");

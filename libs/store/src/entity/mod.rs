@@ -8,6 +8,7 @@ pub mod audit_record;
 pub mod key;
 pub mod key_version;
 pub mod refresh_token;
+pub mod registration;
 pub mod revocation;
 pub mod rewrap_job;
 pub mod signing_key;

@@ -245,6 +245,16 @@ impl TokenService for TokenRpc {
         .await
     }
 
+    async fn register_application(
+        &self,
+        request: Request<pb::RegisterApplicationRequest>,
+    ) -> Result<Response<pb::RegisterApplicationResponse>, Status> {
+        self.admin_call(request, "RegisterApplication", async |claims, request, audit| {
+            self.register_application(claims, request, audit).await
+        })
+        .await
+    }
+
     async fn issue_token(
         &self,
         request: Request<pb::IssueTokenRequest>,
