@@ -234,6 +234,12 @@ async fn every_command_runs_against_the_real_mesh_and_prints_json() {
     cli.text(&["encrypt", "--key", "cli-enc", "--in", &path("plain"), "--out", &path("sealed")], b"").await;
     cli.text(&["decrypt", "--in", &path("sealed"), "--out", &path("opened")], b"").await;
     assert_eq!(std::fs::read(path("opened")).unwrap(), vec![7u8; 100_000]);
+    // A unary ciphertext in a file: decrypted by one call, written private and whole.
+    std::fs::write(path("unary"), &ciphertext).unwrap();
+    cli.text(&["decrypt", "--aad", "order-1", "--in", &path("unary"), "--out", &path("unary.out")], b"").await;
+    assert_eq!(std::fs::read(path("unary.out")).unwrap(), b"card 4111");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(path("unary.out")).unwrap().permissions().mode() & 0o777, 0o600);
 
     // Lifecycle.
     let rotated = cli.json(&["keys", "rotate", "cli-enc"], b"").await;
@@ -353,7 +359,7 @@ async fn every_command_runs_against_the_real_mesh_and_prints_json() {
     assert!(checkpoints["checkpoints"].is_array(), "{checkpoints}");
 
     // Operator checks.
-    assert!(cli.text(&["health"], b"").await.lines().all(|l| l.ends_with("SERVING")));
+    assert!(cli.text(&["health"], b"").await.lines().all(|l| l.split_whitespace().last() == Some("SERVING")));
     assert!(cli.text(&["kms", "check"], b"").await.starts_with("ok "));
 
     // A refused call: one line, the gRPC code first, exit status 4.

@@ -102,13 +102,27 @@ async fn registering_twice_gives_one_application_per_environment_with_private_cr
     let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&first.credentials_file).unwrap()).unwrap();
     let old_secret = stored["client_secret"].as_str().unwrap().to_owned();
     std::fs::remove_file(&first.credentials_file).unwrap();
+    // (Asked for narrower keys this time: the permissions are recomputed at every registration.)
     let (fresh, found) =
-        register_call(&mesh, &home, registration("orders", "development", &["orders-*"])).await.unwrap();
+        register_call(&mesh, &home, registration("orders", "development", &["orders-eu"])).await.unwrap();
     assert_eq!((found.client_id.as_str(), found.created), (first.client_id.as_str(), false));
     let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&found.credentials_file).unwrap()).unwrap();
     assert_ne!(stored["client_secret"].as_str().unwrap(), old_secret, "fresh credentials");
     fresh.access_token().await.unwrap();
     mesh.client_with(&first.client_id, &old_secret).access_token().await.expect("the old secret in its grace period");
+
+    // A registered application cannot register others: its token must not become a chain of lasting secrets.
+    let token = fresh.access_token().await.unwrap();
+    let chained = pb::token_service_client::TokenServiceClient::new(mesh.channel(ServiceName::TokenService))
+        .register_application(integration_tests::with_token(
+            registration("chained", "development", &["orders-*"]),
+            &token,
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(chained.code(), Code::PermissionDenied, "{chained:?}");
+    assert!(chained.message().contains("was itself registered"), "{chained:?}");
 
     // Another environment is another application.
     let (_, staging) = register_call(&mesh, &home, registration("orders", "staging", &["orders-*"])).await.unwrap();
@@ -126,6 +140,7 @@ async fn registering_twice_gives_one_application_per_environment_with_private_cr
     assert_eq!(registered.roles, [pb::Role::Developer as i32]);
     let ops: Vec<i32> = registered.permissions.iter().flat_map(|p| p.operations.clone()).collect();
     assert_eq!(ops, [pb::Operation::Encrypt as i32, pb::Operation::Decrypt as i32], "never more than alice holds");
+    assert_eq!(registered.permissions[0].key_pattern, "orders-eu", "as asked at the last registration");
 
     // Keys the registrant holds nothing on are refused; so is someone else's name, a viewer, and bad input.
     let refused = status_of(register_call(&mesh, &home, registration("pay", "development", &["payments"])).await);
@@ -140,6 +155,13 @@ async fn registering_twice_gives_one_application_per_environment_with_private_cr
     viewer_home.login(&mesh.endpoints, &tls, Login::ClientCredentials(viewer)).await.unwrap();
     let denied = status_of(register_call(&mesh, &viewer_home, registration("v", "development", &["orders-*"])).await);
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    // Admins and owners register too (the bootstrap application holds both, and every permission).
+    let admin_home = KeymeshHome::at(root.path().join("admin"));
+    let bootstrap =
+        keymesh_client::Credentials::from_file(&mesh.dir.path().join("bootstrap-credentials.json")).unwrap();
+    admin_home.login(&mesh.endpoints, &tls, Login::ClientCredentials(bootstrap)).await.unwrap();
+    let (_, by_admin) = register_call(&mesh, &admin_home, registration("ops", "production", &["*"])).await.unwrap();
+    assert!(by_admin.created);
     for (request, field) in [
         (registration("Orders!", "development", &[]), "name: "),
         (registration("orders", "a-very-long-environment", &[]), "environment: "),
@@ -250,6 +272,46 @@ async fn local_hashes_and_macs_equal_the_services() {
             let service = crypto.generate_mac(request).await.unwrap().into_inner().mac;
             assert_eq!(local::mac(name, &material, message).unwrap(), service, "{key_name}");
             assert!(local::verify_mac(name, &material, message, &service).unwrap());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_exchange_login_registers_as_the_person_it_names() {
+    let cluster = integration_tests::oidc_issuer::TestIssuer::start().await;
+    let mut mesh = Mesh::start(&[], &[]).await;
+    let admin = mesh.admin_client();
+    let token = admin.access_token().await.unwrap();
+    let perms: &[(&str, &[pb::Operation])] = &[("orders-*", &[pb::Operation::Encrypt, pb::Operation::Decrypt])];
+    let (developers, _) =
+        create_application(&mesh, &token, "", "developers", &[pb::Role::Developer], perms).await.unwrap();
+    let issuers = format!(
+        r#"[{{name = "cluster", issuer = "{}", audience = "keymesh", max_token_lifetime_seconds = 3600}}]"#,
+        cluster.url
+    );
+    let rules =
+        format!(r#"[{{issuer = "cluster", subject = "system:serviceaccount:devs:*", client_id = "{developers}"}}]"#);
+    mesh.restart(
+        ServiceName::TokenService,
+        &[("KEYMESH_TOKENS__EXCHANGE__ISSUERS", &issuers), ("KEYMESH_TOKENS__EXCHANGE__RULES", &rules)],
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let tls = mesh.app_tls("sdk");
+    // Two people exchanged for the same application are two registrants: the second cannot take the first's.
+    for person in ["alice", "bob"] {
+        let token_file = root.path().join(format!("{person}.token"));
+        std::fs::write(&token_file, cluster.service_account_token("devs", person, "keymesh", 600)).unwrap();
+        let home = KeymeshHome::at(root.path().join(person));
+        let who = home.login(&mesh.endpoints, &tls, Login::TokenExchange(token_file.clone())).await.unwrap();
+        assert_eq!(who, developers);
+        let session = std::fs::read_to_string(home.session_file()).unwrap();
+        assert!(session.contains("token_exchange") && session.contains(&format!("{person}.token")), "{session}");
+        assert!(!session.contains(&std::fs::read_to_string(&token_file).unwrap()), "the path, not the token");
+        let outcome = register_call(&mesh, &home, registration("svc", "development", &["orders-*"])).await;
+        match person {
+            "alice" => assert!(outcome.unwrap().1.created),
+            _ => assert_eq!(status_of(outcome).code(), Code::AlreadyExists),
         }
     }
 }

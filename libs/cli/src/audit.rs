@@ -41,9 +41,9 @@ pub struct Filter {
     /// Only records after this sequence number (to page on).
     #[arg(long, default_value_t = 0)]
     after: u64,
-    /// At most this many records.
-    #[arg(long, default_value_t = 50)]
-    limit: u32,
+    /// At most this many records (default: 50 for query, all for export).
+    #[arg(long)]
+    limit: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -78,7 +78,9 @@ pub async fn run(client: &KeymeshClient, output: Output, args: AuditArgs) -> Out
     let mut audit = client.audit_service();
     match args.command.unwrap_or(AuditCommand::Query(args.query)) {
         AuditCommand::Query(filter) => {
-            let records = client.audit_query(query(&filter)?).await?;
+            let mut q = query(&filter)?;
+            q.limit = filter.limit.unwrap_or(50);
+            let records = client.audit_query(q).await?;
             match output {
                 Output::Json => Ok(render::print_all(output, &records, RECORD_COLUMNS)?),
                 Output::Table => {
@@ -155,6 +157,6 @@ fn query(filter: &Filter) -> Result<pb::QueryRequest, ClientError> {
         resource: filter.resource.clone().unwrap_or_default(),
         outcome,
         after_sequence: filter.after,
-        limit: filter.limit,
+        limit: filter.limit.unwrap_or(0),
     })
 }

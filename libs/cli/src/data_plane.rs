@@ -394,6 +394,9 @@ pub async fn run(client: &KeymeshClient, output: Output, command: DataCommand) -
             verdict(output, &verified, verified.valid, "the MAC does not verify")
         }
         DataCommand::Hash { algorithm } => {
+            // The SDKs' local names (`blake2b`) as well as the API's (`blake2b-512`).
+            let algorithm =
+                if algorithm.eq_ignore_ascii_case("blake2b") { "blake2b-512".to_owned() } else { algorithm };
             let algorithm =
                 crate::enum_named("HASH_ALGORITHM_", &algorithm, pb::HashAlgorithm::from_str_name, "hash algorithm")?;
             let request = pb::HashRequest { algorithm: algorithm as i32, data: read_stdin()? };
@@ -453,7 +456,12 @@ pub async fn run(client: &KeymeshClient, output: Output, command: DataCommand) -
 }
 
 /// Prints a verification's answer (`valid`/`invalid`, or the JSON) and turns `invalid` into exit status 1.
-fn verdict<M: prost::Message + prost::Name>(output: Output, response: &M, valid: bool, no: &str) -> Outcome {
+fn verdict<M: prost::Message + prost::Name + std::fmt::Debug>(
+    output: Output,
+    response: &M,
+    valid: bool,
+    no: &str,
+) -> Outcome {
     match output {
         Output::Json => render::print(output, response, None)?,
         Output::Table => write_stdout(if valid { b"valid\n" } else { b"invalid\n" })?,
@@ -567,5 +575,11 @@ async fn decrypt_unary_file(
         })
         .await?;
     let plaintext = Zeroizing::new(client.crypto_service().decrypt(request).await?.into_inner().plaintext);
-    std::fs::write(output, &plaintext).map_err(|e| ClientError::Io(format!("{}: {e}", output.display())))
+    // As the stream helpers write: a private temporary file beside the target, moved into place when whole.
+    let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", output.display()));
+    let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut temporary = tempfile::Builder::new().prefix(".keymesh-partial-").tempfile_in(dir).map_err(io)?;
+    temporary.write_all(&plaintext).and_then(|()| temporary.as_file().sync_all()).map_err(io)?;
+    temporary.persist(output).map_err(|e| io(e.error))?;
+    Ok(())
 }

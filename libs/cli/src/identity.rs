@@ -178,7 +178,18 @@ pub async fn login(cli: &Cli, client_id: Option<String>, subject_token_file: Opt
             }
             Login::ClientCredentials(Credentials { client_id, client_secret: secret, subject_token_file: None })
         }
-        (None, None) => Login::ClientCredentials(Credentials::from_file(&crate::credentials_path(cli)?)?),
+        // Never the bootstrap credentials by default: a 30-day owner session in ~/.keymesh is not a default.
+        (None, None) => match &cli.credentials {
+            Some(path) => Login::ClientCredentials(Credentials::from_file(path)?),
+            None => {
+                return Err(ClientError::Setup(
+                    "say how to log in: --client-id (the secret on standard input), --credentials FILE or \
+                     --subject-token-file FILE"
+                        .into(),
+                )
+                .into());
+            }
+        },
     };
     let home = KeymeshHome::default_location()?;
     let client_id = home.login(&endpoints, &tls, method).await?;

@@ -259,7 +259,15 @@ async fn run(cli: Cli) -> Outcome {
         }
         _ => {}
     }
-    let client = setup(&cli)?;
+    // Token calls need no access token: they must work where there are no credentials to read (a pod, a laptop
+    // with only a refresh token).
+    let client = match &cli.command {
+        Command::Tokens { .. } => {
+            let (_, endpoints, tls) = connection(&cli)?;
+            KeymeshClient::new(&endpoints, &tls, Credentials::none())?
+        }
+        _ => setup(&cli)?,
+    };
     let credentials = credentials_path(&cli)?;
     match cli.command {
         Command::Data(command) => data_plane::run(&client, output, command).await,
@@ -344,13 +352,14 @@ fn enum_named<E>(prefix: &str, name: &str, from: impl Fn(&str) -> Option<E>, wha
 fn parse_duration(text: &str) -> Result<prost_types::Duration, String> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: i64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 12h or 30d"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(format!("{text:?} is not a duration like 90s, 15m, 12h or 30d")),
     };
+    let seconds = n.checked_mul(unit).ok_or_else(|| format!("{text:?} is too long"))?;
     Ok(prost_types::Duration { seconds, nanos: 0 })
 }
 
@@ -384,6 +393,7 @@ mod tests {
         assert_eq!(parse_duration("30d").map(|d| d.seconds), Ok(2_592_000));
         assert_eq!(parse_duration("90s").map(|d| d.seconds), Ok(90));
         assert!(parse_duration("1w").unwrap_err().contains("like 90s"));
+        assert!(parse_duration("999999999999999999d").unwrap_err().contains("too long"));
         assert_eq!(parse_time("2026-12-01T00:00:00Z").map(|t| t.seconds), Ok(1_796_083_200));
         assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
     }

@@ -37,14 +37,17 @@ fn descriptor<M: prost::Name>() -> Result<MessageDescriptor, ClientError> {
         .ok_or_else(|| ClientError::Setup(format!("{} is not in the API descriptors", M::full_name())))
 }
 
-/// `message` as a reflected message of its .proto type.
-pub fn dynamic<M: prost::Message + prost::Name>(message: &M) -> Result<DynamicMessage, ClientError> {
+/// `message` as a reflected message of its .proto type. Only messages with a `Debug` impl: those that carry secrets
+/// have none (libs/proto's SECRET_MESSAGES), so the compiler keeps them out of the generic printers.
+pub fn dynamic<M: prost::Message + prost::Name + std::fmt::Debug>(message: &M) -> Result<DynamicMessage, ClientError> {
     DynamicMessage::decode(descriptor::<M>()?, message.encode_to_vec().as_slice())
         .map_err(|e| ClientError::Setup(format!("{}: {e}", M::full_name())))
 }
 
 /// The protobuf JSON mapping of `message` (proto field names, every field even at its default, enums by name).
-pub fn to_json<M: prost::Message + prost::Name>(message: &M) -> Result<serde_json::Value, ClientError> {
+pub fn to_json<M: prost::Message + prost::Name + std::fmt::Debug>(
+    message: &M,
+) -> Result<serde_json::Value, ClientError> {
     let options = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false);
     dynamic(message)?
         .serialize_with_options(serde_json::value::Serializer, &options)
@@ -63,7 +66,7 @@ pub fn from_json<M: prost::Message + prost::Name + Default>(what: &str, text: &s
 
 /// Prints `message` as `output` asks. A table lists the first repeated message field named in `list` (if
 /// any) one row per entry with `columns`, then the other fields.
-pub fn print<M: prost::Message + prost::Name>(
+pub fn print<M: prost::Message + prost::Name + std::fmt::Debug>(
     output: Output,
     message: &M,
     list: Option<(&str, &[&str])>,
@@ -76,7 +79,7 @@ pub fn print<M: prost::Message + prost::Name>(
 }
 
 /// Prints several messages of one type (pages of a list, a stream's messages): a JSON array, or one table.
-pub fn print_all<M: prost::Message + prost::Name>(
+pub fn print_all<M: prost::Message + prost::Name + std::fmt::Debug>(
     output: Output,
     messages: &[M],
     columns: &[&str],

@@ -10,9 +10,9 @@
 //! The Python client reads and writes the same files.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, DirBuilder, File, OpenOptions},
     io::Write,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -85,6 +85,17 @@ pub struct Registered {
     pub credentials_file: PathBuf,
 }
 
+/// One user of the session file at a time in this process. The file lock is taken on a blocking thread: tasks of
+/// one process waiting in `flock` on the runtime's own threads could occupy them all while the holder, needing one
+/// to finish its call, waits.
+static SESSION_IN_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The session lock: this process's turn, and the file lock other processes honour.
+struct SessionLock {
+    _in_process: tokio::sync::MutexGuard<'static, ()>,
+    _file: File,
+}
+
 /// The keymesh directory.
 pub struct KeymeshHome {
     dir: PathBuf,
@@ -116,11 +127,11 @@ impl KeymeshHome {
         self.dir.join("apps").join(format!("{client_id}.json"))
     }
 
-    /// Creates `dir` (and parents) owner-only, and narrows an existing one to 0700.
+    /// Creates `dir` (and parents) owner-only from the start, and narrows an existing one to 0700.
     fn private_dir(dir: &Path) -> Result<(), ClientError> {
-        fs::create_dir_all(dir).map_err(|e| ClientError::Io(format!("{}: {e}", dir.display())))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| ClientError::Io(format!("{}: {e}", dir.display())))
+        let io = |e: std::io::Error| ClientError::Io(format!("{}: {e}", dir.display()));
+        DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)
     }
 
     /// Writes `bytes` to `path` as a new 0600 file moved over the old one.
@@ -134,29 +145,31 @@ impl KeymeshHome {
         let (mut file, temporary) = temporary.into_parts();
         file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)?;
         temporary.persist(path).map_err(|e| io(e.error))?;
-        Ok(())
+        // The rename itself survives a crash once the directory is on disk.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     }
 
-    /// The lock every reader-and-writer of the session file holds.
-    fn lock_session(&self) -> Result<File, ClientError> {
+    /// The lock every reader-and-writer of the session file holds (the Python client takes the same `flock`).
+    async fn lock_session(&self) -> Result<SessionLock, ClientError> {
+        let in_process = SESSION_IN_PROCESS.lock().await;
         Self::private_dir(&self.dir)?;
         let path = self.dir.join(".credentials.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?;
-        lock.lock().map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?;
-        Ok(lock)
+        let file = tokio::task::spawn_blocking(move || {
+            let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)?;
+            file.lock()?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .map_err(|e| ClientError::Io(format!("locking the session: {e}")))?
+        .map_err(|e| ClientError::Io(format!("locking the session in {}: {e}", self.dir.display())))?;
+        Ok(SessionLock { _in_process: in_process, _file: file })
     }
 
     /// Logs in: authenticates once and stores the session (never the client secret). Returns the client id the
     /// session acts as.
     pub async fn login(&self, endpoints: &Endpoints, tls: &TlsMaterial, method: Login) -> Result<String, ClientError> {
-        let client = KeymeshClient::new(endpoints, tls, Credentials::token_exchange(""))?;
-        let _lock = self.lock_session()?;
+        let client = KeymeshClient::new(endpoints, tls, Credentials::none())?;
+        let _lock = self.lock_session().await?;
         let session = match method {
             Login::ClientCredentials(credentials) => {
                 let response = client
@@ -170,6 +183,11 @@ impl KeymeshHome {
                     .await?
                     .into_inner();
                 let _access = Zeroizing::new(response.access_token);
+                if response.refresh_token.is_empty() {
+                    return Err(ClientError::Setup(
+                        "token-service issued no refresh token: no session can be kept for this login".into(),
+                    ));
+                }
                 SessionFile {
                     kind: "refresh_token".into(),
                     client_id: credentials.client_id.clone(),
@@ -197,14 +215,15 @@ impl KeymeshHome {
     /// An access token of the login session: a refresh (rotating and storing the refresh token, under the lock)
     /// or a fresh exchange.
     pub async fn session_token(&self, client: &KeymeshClient) -> Result<Zeroizing<String>, ClientError> {
-        let _lock = self.lock_session()?;
+        let _lock = self.lock_session().await?;
         let path = self.session_file();
         let text = Zeroizing::new(
             fs::read(&path)
                 .map_err(|e| ClientError::Setup(format!("{}: {e} (log in first: `keymesh login`)", path.display())))?,
         );
-        let mut session: SessionFile =
-            serde_json::from_slice(&text).map_err(|e| ClientError::Setup(format!("{}: {e}", path.display())))?;
+        // The parser's message is left out: it could quote the file, which holds a token.
+        let mut session: SessionFile = serde_json::from_slice(&text)
+            .map_err(|_| ClientError::Setup(format!("{}: not a keymesh session; log in again", path.display())))?;
         match (session.kind.as_str(), &session.subject_token_file) {
             ("token_exchange", Some(file)) => Ok(exchange(client, file).await?.0),
             ("refresh_token", _) => {
@@ -235,20 +254,21 @@ impl KeymeshHome {
         }
     }
 
-    /// The stored credentials of the application registered as `name` in `environment`, if any.
-    fn stored_app(&self, name: &str, environment: &str) -> Result<Option<AppFile>, ClientError> {
-        let dir = self.dir.join("apps");
-        let Ok(entries) = fs::read_dir(&dir) else { return Ok(None) };
-        for entry in entries.flatten() {
-            let text = Zeroizing::new(fs::read(entry.path()).unwrap_or_default());
-            if let Ok(app) = serde_json::from_slice::<AppFile>(&text)
-                && app.name == name
-                && app.environment == environment
-            {
-                return Ok(Some(app));
-            }
-        }
-        Ok(None)
+    /// The stored credentials of the application registered as `name` in `environment`, and their file, if any:
+    /// the first in name order, temporary files (dot files) left out, as the Python client reads them.
+    fn stored_app(&self, name: &str, environment: &str) -> Option<(AppFile, PathBuf)> {
+        let mut paths: Vec<PathBuf> = fs::read_dir(self.dir.join("apps"))
+            .ok()?
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .collect();
+        paths.sort();
+        paths.into_iter().find_map(|path| {
+            let text = Zeroizing::new(fs::read(&path).ok()?);
+            let app = serde_json::from_slice::<AppFile>(&text).ok()?;
+            (app.name == name && app.environment == environment).then_some((app, path))
+        })
     }
 
     /// The SDK's auto-registration: a client for the application `name` in `environment`, registered for the
@@ -261,7 +281,7 @@ impl KeymeshHome {
         tls: &TlsMaterial,
         request: pb::RegisterApplicationRequest,
     ) -> Result<(KeymeshClient, Registered), ClientError> {
-        if let Some(app) = self.stored_app(&request.name, &request.environment)? {
+        if let Some((app, file)) = self.stored_app(&request.name, &request.environment) {
             let credentials = Credentials {
                 client_id: app.client_id.clone(),
                 client_secret: app.client_secret.clone(),
@@ -274,7 +294,7 @@ impl KeymeshHome {
                         client_id: app.client_id.clone(),
                         application_name: format!("{}.{}", app.name, app.environment),
                         created: false,
-                        credentials_file: self.app_file(&app.client_id),
+                        credentials_file: file,
                     };
                     return Ok((client, registered));
                 }
@@ -283,7 +303,7 @@ impl KeymeshHome {
                 Err(e) => return Err(e),
             }
         }
-        let anonymous = KeymeshClient::new(endpoints, tls, Credentials::token_exchange(""))?;
+        let anonymous = KeymeshClient::new(endpoints, tls, Credentials::none())?;
         let token = self.session_token(&anonymous).await?;
         let mut call = Request::new(request);
         let value = format!("Bearer {}", token.as_str())
@@ -292,7 +312,14 @@ impl KeymeshHome {
         call.metadata_mut().insert("authorization", value);
         let response = anonymous.token_service().register_application(call).await?.into_inner();
         let secret = Zeroizing::new(response.client_secret);
-        let application = response.application.unwrap_or_default();
+        let application = response
+            .application
+            .ok_or_else(|| ClientError::Setup("RegisterApplication returned no application".into()))?;
+        let valid_id = !application.client_id.is_empty()
+            && application.client_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid_id {
+            return Err(ClientError::Setup("RegisterApplication returned a malformed client id".into()));
+        }
         let (name, _) = application.name.rsplit_once('.').unwrap_or((&application.name, ""));
         let file = AppFile {
             client_id: application.client_id.clone(),
@@ -369,8 +396,36 @@ mod tests {
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind: {leftovers:?}");
         // An existing directory anyone can read is narrowed.
         fs::set_permissions(home.dir(), fs::Permissions::from_mode(0o755)).unwrap();
-        home.lock_session().unwrap();
+        KeymeshHome::private_dir(home.dir()).unwrap();
         assert_eq!(mode(home.dir()), 0o700);
+    }
+
+    #[test]
+    fn many_tasks_of_one_process_take_the_session_lock_in_turn_on_a_single_thread() {
+        // Four tasks on a current-thread runtime: a blocking flock on the runtime's thread would hang here.
+        let root = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..4)
+                .map(|_| {
+                    let (home, held) = (KeymeshHome::at(root.path()), held.clone());
+                    tokio::spawn(async move {
+                        let _lock = home.lock_session().await.unwrap();
+                        assert_eq!(held.fetch_add(1, std::sync::atomic::Ordering::SeqCst), 0, "one holder at a time");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    })
+                })
+                .collect();
+            tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                for task in tasks {
+                    task.await.unwrap();
+                }
+            })
+            .await
+            .expect("the lock is taken in turn, not deadlocked");
+        });
     }
 
     #[test]

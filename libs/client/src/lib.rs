@@ -75,6 +75,12 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// No credentials: for a client that only makes calls needing no access token (IssueToken, RevokeToken,
+    /// GetJwks), or sends its own.
+    pub fn none() -> Self {
+        Self { client_id: String::new(), client_secret: Zeroizing::default(), subject_token_file: None }
+    }
+
     /// Token exchange with the platform token in `path`.
     pub fn token_exchange(path: impl Into<PathBuf>) -> Self {
         Self { client_id: String::new(), client_secret: Zeroizing::default(), subject_token_file: Some(path.into()) }

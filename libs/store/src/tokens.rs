@@ -139,6 +139,38 @@ impl TokenRepository {
         .await
     }
 
+    /// The registration of the application `client_id`, if it was registered.
+    pub async fn registration_of(&self, client_id: &str) -> Result<Option<registration::Model>, StoreError> {
+        crate::bounded(async { Ok(registration::Entity::find_by_id(client_id.to_owned()).one(&self.db).await?) }).await
+    }
+
+    /// A registered application registered again: a new secret (the old one valid until `previous_expires_at`)
+    /// and the permissions as bounded now, in one statement, if the secret is still `previous_hash` (false:
+    /// another rotation won).
+    pub async fn reissue_registered(
+        &self,
+        client_id: &str,
+        new_hash: String,
+        previous_hash: &str,
+        previous_expires_at: i64,
+        permissions: String,
+    ) -> Result<bool, StoreError> {
+        crate::bounded(async {
+            let updated = application::Entity::update_many()
+                .col_expr(application::Column::SecretHash, Expr::value(new_hash))
+                .col_expr(application::Column::PreviousSecretHash, Expr::value(previous_hash.to_owned()))
+                .col_expr(application::Column::PreviousSecretExpiresAt, Expr::value(previous_expires_at))
+                .col_expr(application::Column::Permissions, Expr::value(permissions))
+                .filter(application::Column::ClientId.eq(client_id))
+                .filter(application::Column::SecretHash.eq(previous_hash))
+                .exec(&self.db)
+                .await?
+                .rows_affected;
+            Ok(updated == 1)
+        })
+        .await
+    }
+
     /// Stores a registered application and its registration together; a name and environment (or an application
     /// name) already taken in the tenant is [`StoreError::AlreadyExists`], and then neither row is stored.
     pub async fn create_registered_application(

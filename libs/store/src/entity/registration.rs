@@ -10,12 +10,18 @@ pub struct Model {
     /// The registered application.
     #[sea_orm(primary_key, auto_increment = false)]
     pub client_id: String,
+    /// The tenant both live in.
     pub tenant_id: String,
-    /// The identity that registered it: its client id, and the external subject of an exchanged token.
+    /// The identity that registered it, as JSON `[client_id, external issuer, external subject]` (the external
+    /// parts empty unless its token came from a token exchange): unambiguous whatever the parts contain.
     pub registrant: String,
+    /// The name registered (the application is called `<name>.<environment>`).
     pub name: String,
+    /// The environment registered for.
     pub environment: String,
+    /// The team given at registration.
     pub team: String,
+    /// Unix milliseconds.
     pub created_at: i64,
 }
 

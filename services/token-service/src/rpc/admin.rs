@@ -7,7 +7,7 @@ use keymesh_mesh::auth::{AccessClaims, Role};
 use keymesh_proto::identifiers;
 use keymesh_proto::v1 as pb;
 use keymesh_store::{
-    entity::{application, registration, tenant},
+    entity::{application, tenant},
     now_millis,
 };
 
@@ -23,25 +23,9 @@ const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 500;
 /// Longest grace period of a rotated secret.
 const MAX_GRACE_SECONDS: i64 = 30 * 86_400;
-/// At most this many key patterns in one registration.
-const MAX_REGISTERED_KEYS: usize = 32;
-/// What a registered application may do with the keys it names: the data plane, never key management.
-const REGISTERED_OPERATIONS: &[pb::Operation] = &[
-    pb::Operation::Encrypt,
-    pb::Operation::Decrypt,
-    pb::Operation::Reencrypt,
-    pb::Operation::GenerateDataKey,
-    pb::Operation::Sign,
-    pb::Operation::Verify,
-    pb::Operation::GenerateMac,
-    pb::Operation::VerifyMac,
-    pb::Operation::GetPublicKey,
-    pb::Operation::Decapsulate,
-    pb::Operation::Encapsulate,
-];
 
 impl TokenRpc {
-    async fn hash_secret(&self, secret: &zeroize::Zeroizing<String>) -> Result<String, TokenError> {
+    pub(super) async fn hash_secret(&self, secret: &zeroize::Zeroizing<String>) -> Result<String, TokenError> {
         let (secret, fips) = (secret.clone(), self.fips);
         tokio::task::spawn_blocking(move || secrets::hash_secret(&secret, fips))
             .await
@@ -315,179 +299,5 @@ impl TokenRpc {
             tracing::info!(client_id = %app.client_id, "disabled an application");
         }
         Ok(pb::DisableApplicationResponse { application: Some(applications::to_proto(&app)?) })
-    }
-
-    /// RegisterApplication: the SDK's auto-registration (see the .proto). The application's permissions are bounded
-    /// by the caller's own: a developer session never mints an application that can do more than it can.
-    pub(super) async fn register_application(
-        &self,
-        claims: &AccessClaims,
-        request: pb::RegisterApplicationRequest,
-        audit: &mut AuditScope,
-    ) -> Result<pb::RegisterApplicationResponse, TokenError> {
-        let lowercase = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
-        applications::validate_name("name", &request.name, lowercase, "1 to 48 of [a-z0-9-] starting with a letter")?;
-        if request.name.len() > 48 || !request.name.starts_with(|c: char| c.is_ascii_lowercase()) {
-            return Err(TokenError::InvalidArgument {
-                field: "name",
-                reason: format!("{:?} must be 1 to 48 of [a-z0-9-] starting with a letter", request.name),
-            });
-        }
-        applications::validate_name("environment", &request.environment, lowercase, "1 to 15 of [a-z0-9-]")?;
-        if request.environment.len() > 15 {
-            return Err(TokenError::InvalidArgument {
-                field: "environment",
-                reason: format!("{:?} must be 1 to 15 of [a-z0-9-]", request.environment),
-            });
-        }
-        if !request.team.is_empty() {
-            applications::validate_name("team", &request.team, lowercase, "0 to 64 of [a-z0-9-]")?;
-        }
-        let patterns = if request.keys.is_empty() { vec!["default".to_owned()] } else { request.keys };
-        if patterns.len() > MAX_REGISTERED_KEYS {
-            return Err(TokenError::InvalidArgument {
-                field: "keys",
-                reason: format!("at most {MAX_REGISTERED_KEYS} key patterns; use `*` to cover more keys"),
-            });
-        }
-        if !claims.has_any_role(&[Role::Developer, Role::Admin, Role::Owner]) {
-            return Err(TokenError::PermissionDenied(format!(
-                "RegisterApplication needs ROLE_DEVELOPER, ROLE_ADMIN or ROLE_OWNER; application {} has {:?}",
-                claims.sub, claims.roles
-            )));
-        }
-        let registrant = match &claims.ext {
-            Some(ext) => format!("{} as {}:{}", claims.sub, ext.iss, ext.sub),
-            None => claims.sub.clone(),
-        };
-        self.limits.admit_registration(&registrant).await?;
-        let requested: Vec<pb::KeyPermission> = patterns
-            .iter()
-            .map(|p| pb::KeyPermission {
-                key_pattern: p.clone(),
-                operations: REGISTERED_OPERATIONS.iter().map(|op| *op as i32).collect(),
-            })
-            .collect();
-        // Validates the patterns as CreateApplication would (length, printable), naming the field `keys`.
-        let requested = permissions_from_proto(&requested).map_err(|e| match e {
-            TokenError::InvalidArgument { reason, .. } => TokenError::InvalidArgument { field: "keys", reason },
-            other => other,
-        })?;
-        let permissions = requested
-            .into_iter()
-            .map(|wanted| {
-                let ops: Vec<String> = wanted
-                    .ops
-                    .iter()
-                    .filter(|op| {
-                        // A permission of the caller covers the pattern when its own pattern matches the requested
-                        // one read as a literal name: its fixed parts are then fixed parts of every name the
-                        // requested pattern matches.
-                        claims.perms.iter().any(|held| {
-                            keymesh_mesh::auth::glob_match(&held.key, &wanted.key)
-                                && held.ops.iter().any(|o| o == "*" || o == *op)
-                        })
-                    })
-                    .cloned()
-                    .collect();
-                if ops.is_empty() {
-                    return Err(TokenError::PermissionDenied(format!(
-                        "RegisterApplication: application {} holds no data-plane permission on keys {:?}; an \
-                         application gets at most what its registrant holds",
-                        claims.sub, wanted.key
-                    )));
-                }
-                Ok(keymesh_mesh::auth::KeyPermissionClaim { key: wanted.key, ops })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let app_name = format!("{}.{}", request.name, request.environment);
-        if let Some((found, app)) = self.repo.registration(&claims.tenant, &request.name, &request.environment).await? {
-            audit.resource(&app.client_id, 0, 0);
-            if found.registrant != registrant {
-                return Err(TokenError::AlreadyExists(format!(
-                    "{app_name} is registered by another identity; ask it (or an admin) for credentials"
-                )));
-            }
-            if app.disabled {
-                return Err(TokenError::FailedPrecondition(format!(
-                    "application {} ({app_name}) is disabled; it gets no new credentials",
-                    app.client_id
-                )));
-            }
-            // Fresh credentials, as the first registration gave: the previous secret keeps working for the
-            // configured grace period, so the application's other running instances are not cut off.
-            let secret = secrets::generate_secret()?;
-            let previous_expires_at = now_millis() + self.signer.params.secret_grace.as_millis() as i64;
-            let rotated = self
-                .repo
-                .rotate_secret(
-                    &app.client_id,
-                    self.hash_secret(&secret).await?,
-                    &app.secret_hash,
-                    previous_expires_at,
-                    None,
-                )
-                .await?;
-            if !rotated {
-                return Err(TokenError::Aborted(format!(
-                    "the secret of {} was rotated concurrently; register again",
-                    app.client_id
-                )));
-            }
-            audit.detail("registered again: fresh credentials, the previous secret valid for the grace period");
-            tracing::info!(client_id = %app.client_id, name = %app_name, "re-registered an application");
-            return Ok(pb::RegisterApplicationResponse {
-                application: Some(applications::to_proto(&app)?),
-                client_secret: secret.to_string(),
-                created: false,
-                environment: found.environment,
-                team: found.team,
-            });
-        }
-        let secret = secrets::generate_secret()?;
-        let serialize = |v: Result<String, serde_json::Error>| v.map_err(|e| TokenError::Internal(e.to_string()));
-        let now = now_millis();
-        let row = application::Model {
-            client_id: format!("app_{}", uuid::Uuid::new_v4().simple()),
-            tenant_id: claims.tenant.clone(),
-            name: app_name.clone(),
-            roles: serialize(serde_json::to_string(&[Role::Developer]))?,
-            permissions: serialize(serde_json::to_string(&permissions))?,
-            secret_hash: self.hash_secret(&secret).await?,
-            previous_secret_hash: None,
-            previous_secret_expires_at: None,
-            disabled: false,
-            created_at: now,
-        };
-        let registration = registration::Model {
-            client_id: row.client_id.clone(),
-            tenant_id: row.tenant_id.clone(),
-            registrant,
-            name: request.name,
-            environment: request.environment,
-            team: request.team,
-            created_at: now,
-        };
-        audit.resource(&row.client_id, 0, 0);
-        match self.repo.create_registered_application(row.clone(), registration.clone()).await {
-            Ok(()) => {}
-            // A registration racing this one won, or CreateApplication took the name: registering again finds it
-            // (or says whose it is).
-            Err(keymesh_store::StoreError::AlreadyExists { .. }) => {
-                return Err(TokenError::Aborted(format!(
-                    "{app_name} was registered concurrently, or an application of that name exists; register again"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        audit.detail("registered: a new application");
-        tracing::info!(client_id = %row.client_id, name = %app_name, "registered an application");
-        Ok(pb::RegisterApplicationResponse {
-            application: Some(applications::to_proto(&row)?),
-            client_secret: secret.to_string(),
-            created: true,
-            environment: registration.environment,
-            team: registration.team,
-        })
     }
 }

@@ -4,6 +4,7 @@
 
 mod admin;
 mod grants;
+mod registration;
 
 use std::sync::Arc;
 
