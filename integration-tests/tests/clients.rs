@@ -289,6 +289,9 @@ async fn the_python_client_logs_in_and_registers_sharing_keymesh_home_with_the_r
     let (client, made) = home.register(&mesh.endpoints, &tls, request("production")).await.unwrap();
     assert!(made.created);
     client.encrypt("py-registered", b"from rust".to_vec(), vec![]).await.unwrap();
+    // Python on the session the Rust SDK just refreshed (and rewrote): a new environment needs it.
+    let qa = run("python", &env, &["register", "orders", "qa", "py-*"]).unwrap_or_else(|e| panic!("python qa: {e}"));
+    assert_eq!(qa["created"], true);
     let python = run("python", &env, &["register", "orders", "production", "py-*"]).unwrap();
     assert_eq!(
         (python["created"].clone(), python["client_id"].as_str()),

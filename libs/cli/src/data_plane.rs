@@ -18,7 +18,11 @@ use keymesh_client::{
 use keymesh_proto::v1::{self as pb, sign_request, verify_request};
 use zeroize::Zeroizing;
 
-use crate::{Failure, Outcome, read_stdin, render, render::Output, write_stdout};
+use crate::{
+    Failure, Outcome, read_stdin, render,
+    render::{Field, Output},
+    write_stdout,
+};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -261,13 +265,13 @@ pub async fn run(client: &KeymeshClient, output: Output, command: DataCommand) -
             let response = crypto.decrypt(request).await?.into_inner();
             let plaintext = Zeroizing::new(response.plaintext);
             if output == Output::Json {
-                let text = Zeroizing::new(format!(
-                    "{{\n  \"plaintext\": \"{}\",\n  \"key_id\": \"{}\",\n  \"key_version\": {}\n}}\n",
-                    Zeroizing::new(B64.encode(&*plaintext)).as_str(),
-                    response.key_id,
-                    response.key_version
-                ));
-                return Ok(write_stdout(text.as_bytes())?);
+                let encoded = Zeroizing::new(B64.encode(&*plaintext));
+                let fields = [
+                    ("plaintext", Field::Text(&encoded)),
+                    ("key_id", Field::Text(&response.key_id)),
+                    ("key_version", Field::Number(response.key_version.into())),
+                ];
+                return Ok(render::print_secret(output, &fields, "")?);
             }
             Ok(write_stdout(&plaintext)?)
         }
@@ -311,23 +315,14 @@ pub async fn run(client: &KeymeshClient, output: Output, command: DataCommand) -
             let response = crypto.generate_data_key(client.authorized(request).await?).await?.into_inner();
             let plaintext = Zeroizing::new(response.plaintext);
             let plaintext = Zeroizing::new(B64.encode(&*plaintext));
-            let text = Zeroizing::new(match output {
-                Output::Json => format!(
-                    "{{\n  \"plaintext\": \"{}\",\n  \"ciphertext\": \"{}\",\n  \"key_id\": \"{}\",\n  \"key_version\": {}\n}}\n",
-                    plaintext.as_str(),
-                    B64.encode(&response.ciphertext),
-                    response.key_id,
-                    response.key_version
-                ),
-                Output::Table => format!(
-                    "plaintext: {}\nciphertext: {}\nkey_id: {}\nkey_version: {}\n",
-                    plaintext.as_str(),
-                    B64.encode(&response.ciphertext),
-                    response.key_id,
-                    response.key_version
-                ),
-            });
-            Ok(write_stdout(text.as_bytes())?)
+            let ciphertext = B64.encode(&response.ciphertext);
+            let fields = [
+                ("plaintext", Field::Text(&plaintext)),
+                ("ciphertext", Field::Text(&ciphertext)),
+                ("key_id", Field::Text(&response.key_id)),
+                ("key_version", Field::Number(response.key_version.into())),
+            ];
+            Ok(render::print_secret(output, &fields, "")?)
         }
         DataCommand::Sign { key, mu, digest, deterministic, context } => {
             let input = read_stdin()?;
@@ -421,14 +416,16 @@ pub async fn run(client: &KeymeshClient, output: Output, command: DataCommand) -
             let secret = Zeroizing::new(out.shared_secret);
             // Written by hand rather than through serde_json, so every copy of the secret is wiped; base64 and
             // a key id need no escaping. The table form is the same JSON: it has always been this command's output.
-            let text = Zeroizing::new(format!(
-                "{{\n  \"ciphertext\": \"{}\",\n  \"shared_secret\": \"{}\",\n  \"key_id\": \"{}\",\n  \"key_version\": {}\n}}\n",
-                B64.encode(&out.ciphertext),
-                Zeroizing::new(B64.encode(&*secret)).as_str(),
-                out.key_id,
-                out.key_version
-            ));
-            Ok(write_stdout(text.as_bytes())?)
+            let encoded = Zeroizing::new(B64.encode(&*secret));
+            let ciphertext = B64.encode(&out.ciphertext);
+            let fields = [
+                ("ciphertext", Field::Text(&ciphertext)),
+                ("shared_secret", Field::Text(&encoded)),
+                ("key_id", Field::Text(&out.key_id)),
+                ("key_version", Field::Number(out.key_version.into())),
+            ];
+            // JSON whatever --output says: it has always been this command's output.
+            Ok(render::print_secret(Output::Json, &fields, "")?)
         }
         DataCommand::Decapsulate { key, version } => {
             let input = read_stdin()?;
@@ -441,16 +438,18 @@ pub async fn run(client: &KeymeshClient, output: Output, command: DataCommand) -
             let out = crypto.decapsulate(client.authorized(request).await?).await?.into_inner();
             let secret = Zeroizing::new(out.shared_secret);
             let encoded = Zeroizing::new(B64.encode(&*secret));
-            let text = Zeroizing::new(match output {
-                Output::Json => format!(
-                    "{{\n  \"shared_secret\": \"{}\",\n  \"key_id\": \"{}\",\n  \"key_version\": {}\n}}\n",
-                    encoded.as_str(),
-                    out.key_id,
-                    out.key_version
-                ),
-                Output::Table => format!("{}\n", encoded.as_str()),
-            });
-            Ok(write_stdout(text.as_bytes())?)
+            if output == Output::Table {
+                // The secret alone, for pipes.
+                let mut line = Zeroizing::new(encoded.to_string());
+                line.push('\n');
+                return Ok(write_stdout(line.as_bytes())?);
+            }
+            let fields = [
+                ("shared_secret", Field::Text(&encoded)),
+                ("key_id", Field::Text(&out.key_id)),
+                ("key_version", Field::Number(out.key_version.into())),
+            ];
+            Ok(render::print_secret(output, &fields, "")?)
         }
     }
 }

@@ -13,7 +13,11 @@ use keymesh_client::{
 use keymesh_proto::v1 as pb;
 use zeroize::Zeroizing;
 
-use crate::{Cli, Outcome, enum_named, read_stdin, render, render::Output, write_stdout};
+use crate::{
+    Cli, Outcome, enum_named, read_stdin, render,
+    render::{Field, Output},
+    write_stdout,
+};
 
 const APPLICATION_COLUMNS: &[&str] = &["name", "client_id", "tenant_id", "roles", "disabled", "create_time"];
 
@@ -107,21 +111,14 @@ pub async fn applications(client: &KeymeshClient, output: Output, command: Appli
             let response = tokens.create_application(client.authorized(request).await?).await?.into_inner();
             let secret = Zeroizing::new(response.client_secret);
             let application = response.application.unwrap_or_default();
-            let text = Zeroizing::new(match output {
-                Output::Json => format!(
-                    "{{\n  \"application\": {},\n  \"client_secret\": \"{}\"\n}}\n",
-                    serde_json::to_string_pretty(&render::to_json(&application)?)
-                        .unwrap_or_default()
-                        .replace('\n', "\n  "),
-                    secret.as_str()
-                ),
-                Output::Table => format!(
-                    "{}client_secret: {}  (shown once: store it now)\n",
-                    render::table(&render::dynamic(&application)?, None),
-                    secret.as_str()
-                ),
-            });
-            Ok(write_stdout(text.as_bytes())?)
+            let application_json = serde_json::to_string_pretty(&render::to_json(&application)?).unwrap_or_default();
+            let fields = [("application", Field::Json(&application_json)), ("client_secret", Field::Text(&secret))];
+            let table = render::table(&render::dynamic(&application)?, None);
+            // The table shows the application, then the secret; a note says it is shown once.
+            if output == Output::Table {
+                write_stdout(table.as_bytes())?;
+            }
+            Ok(render::print_secret(output, &fields, "(the client secret is shown once: store it now)\n")?)
         }
         ApplicationsCommand::List { tenant } => {
             let mut all = pb::ListApplicationsResponse::default();
@@ -145,18 +142,9 @@ pub async fn applications(client: &KeymeshClient, output: Output, command: Appli
             let response = tokens.rotate_client_secret(client.authorized(request).await?).await?.into_inner();
             let secret = Zeroizing::new(response.client_secret);
             let until = response.previous_secret_expire_time.map(|t| t.to_string()).unwrap_or_default();
-            let text = Zeroizing::new(match output {
-                Output::Json => format!(
-                    "{{\n  \"client_secret\": \"{}\",\n  \"previous_secret_expire_time\": {}\n}}\n",
-                    secret.as_str(),
-                    if until.is_empty() { "null".to_owned() } else { format!("\"{until}\"") }
-                ),
-                Output::Table => format!(
-                    "client_secret: {}  (shown once: store it now)\nprevious_secret_expire_time: {until}\n",
-                    secret.as_str()
-                ),
-            });
-            Ok(write_stdout(text.as_bytes())?)
+            let fields =
+                [("client_secret", Field::Text(&secret)), ("previous_secret_expire_time", Field::Text(&until))];
+            Ok(render::print_secret(output, &fields, "(the client secret is shown once: store it now)\n")?)
         }
         ApplicationsCommand::Disable { client_id } => {
             let request = pb::DisableApplicationRequest { client_id };
@@ -269,23 +257,14 @@ pub async fn tokens(client: &KeymeshClient, credentials: &Path, output: Output, 
             let access = Zeroizing::new(response.access_token);
             let refresh_token = Zeroizing::new(response.refresh_token);
             let expire = response.expire_time.map(|t| t.to_string()).unwrap_or_default();
-            let text = Zeroizing::new(match output {
-                Output::Json => format!(
-                    "{{\n  \"access_token\": \"{}\",\n  \"token_type\": \"{}\",\n  \"expires_in_seconds\": {},\n  \
-                     \"refresh_token\": \"{}\",\n  \"expire_time\": \"{expire}\"\n}}\n",
-                    access.as_str(),
-                    response.token_type,
-                    response.expires_in_seconds,
-                    refresh_token.as_str()
-                ),
-                Output::Table => format!(
-                    "access_token: {}\ntoken_type: {}\nexpire_time: {expire}\nrefresh_token: {}\n",
-                    access.as_str(),
-                    response.token_type,
-                    refresh_token.as_str()
-                ),
-            });
-            Ok(write_stdout(text.as_bytes())?)
+            let fields = [
+                ("access_token", Field::Text(&access)),
+                ("token_type", Field::Text(&response.token_type)),
+                ("expires_in_seconds", Field::Number(response.expires_in_seconds.into())),
+                ("refresh_token", Field::Text(&refresh_token)),
+                ("expire_time", Field::Text(&expire)),
+            ];
+            Ok(render::print_secret(output, &fields, "")?)
         }
         TokensCommand::Revoke => {
             let token = Zeroizing::new(String::from_utf8_lossy(&Zeroizing::new(read_stdin()?)).trim().to_owned());

@@ -97,6 +97,60 @@ pub fn print_all<M: prost::Message + prost::Name + std::fmt::Debug>(
     crate::write_stdout(text.as_bytes())
 }
 
+/// One field of a response that carries a secret.
+pub enum Field<'a> {
+    /// A string: base64, an id, a JWT, an RFC 3339 time (escaped for JSON should it ever need it).
+    Text(&'a str),
+    /// A number.
+    Number(u64),
+    /// JSON already (a nested message from [`to_json`]); the table form leaves it out.
+    Json(&'a str),
+}
+
+/// A response that carries a secret (a plaintext, a data key, a shared secret, a client secret, tokens), printed
+/// from one zeroizing buffer: such messages have no `Debug` and never pass through the reflection printer, whose
+/// copies would outlive the call. JSON keeps the protobuf mapping's field names; the table is `name: value`
+/// lines, with `table_only` lines after them.
+pub fn print_secret(output: Output, fields: &[(&str, Field<'_>)], table_only: &str) -> Result<(), ClientError> {
+    crate::write_stdout(secret_text(output, fields, table_only).as_bytes())
+}
+
+/// What [`print_secret`] prints.
+fn secret_text(output: Output, fields: &[(&str, Field<'_>)], table_only: &str) -> zeroize::Zeroizing<String> {
+    let mut text = zeroize::Zeroizing::new(String::new());
+    match output {
+        Output::Json => {
+            text.push_str("{\n");
+            for (i, (name, value)) in fields.iter().enumerate() {
+                let comma = if i + 1 < fields.len() { "," } else { "" };
+                let value = match value {
+                    Field::Text(s) if s.chars().all(|c| c != '"' && c != '\\' && !c.is_control()) => format!("\"{s}\""),
+                    Field::Text(s) => serde_json::to_string(s).unwrap_or_default(),
+                    Field::Number(n) => n.to_string(),
+                    Field::Json(json) => json.replace('\n', "\n  "),
+                };
+                let _ = writeln!(text, "  \"{name}\": {}{comma}", zeroize::Zeroizing::new(value).as_str());
+            }
+            text.push_str("}\n");
+        }
+        Output::Table => {
+            for (name, value) in fields {
+                match value {
+                    Field::Text(s) => {
+                        let _ = writeln!(text, "{name}: {s}");
+                    }
+                    Field::Number(n) => {
+                        let _ = writeln!(text, "{name}: {n}");
+                    }
+                    Field::Json(_) => {}
+                }
+            }
+            text.push_str(table_only);
+        }
+    }
+    text
+}
+
 /// The human form of a message.
 pub fn table(message: &DynamicMessage, list: Option<(&str, &[&str])>) -> String {
     let mut out = String::new();
@@ -302,6 +356,24 @@ mod tests {
         assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["user-pii", "ENABLED", "2023-11-14T22:13:20Z"]);
         assert_eq!(lines.len(), 4, "{text}");
         assert_eq!(lines[3], "next_page_token: next");
+    }
+
+    #[test]
+    fn secret_fields_print_as_json_or_lines() {
+        let nested = serde_json::to_string_pretty(&serde_json::json!({"name": "app"})).unwrap();
+        let fields = [
+            ("plaintext", Field::Text("c2VjcmV0")),
+            ("key_version", Field::Number(2)),
+            ("odd", Field::Text("a\"b\n")),
+            ("application", Field::Json(&nested)),
+        ];
+        let json: serde_json::Value = serde_json::from_str(&secret_text(Output::Json, &fields, "")).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"plaintext": "c2VjcmV0", "key_version": 2, "odd": "a\"b\n", "application": {"name": "app"}})
+        );
+        let table = secret_text(Output::Table, &fields[..2], "(shown once)\n");
+        assert_eq!(table.as_str(), "plaintext: c2VjcmV0\nkey_version: 2\n(shown once)\n");
     }
 
     #[test]

@@ -96,6 +96,14 @@ def _decryption_failed() -> KeymeshError:
     return KeymeshError(grpc.StatusCode.INVALID_ARGUMENT, "decryption failed", local=True)
 
 
+def _file_to_file(run: Callable[[IO[bytes], IO[bytes]], int], input: PathLike, output: PathLike) -> int:
+    """Runs a stream helper from the file ``input`` into ``output``, which appears only if ``run`` returns."""
+    with open(input, "rb") as reader, _AtomicOutput(output) as out:
+        total = run(reader, out.file)
+        out.commit()
+    return total
+
+
 class _AtomicOutput:
     """A temporary file (``.keymesh-partial-*``, mode 0600) beside ``path``, moved into place only by
     :meth:`commit`; removed on any failure."""
@@ -636,17 +644,11 @@ class Client:
 
     def seal_file(self, key: str, input: PathLike, output: PathLike, **kwargs: Any) -> int:
         """:meth:`seal_stream` from file to file; ``output`` appears only when complete."""
-        with open(input, "rb") as reader, _AtomicOutput(output) as out:
-            total = self.seal_stream(key, reader, out.file, **kwargs)
-            out.commit()
-        return total
+        return _file_to_file(lambda r, w: self.seal_stream(key, r, w, **kwargs), input, output)
 
     def open_file(self, input: PathLike, output: PathLike, **kwargs: Any) -> int:
         """:meth:`open_stream` from file to file; ``output`` appears only when the whole stream verified."""
-        with open(input, "rb") as reader, _AtomicOutput(output) as out:
-            total = self.open_stream(reader, out.file, **kwargs)
-            out.commit()
-        return total
+        return _file_to_file(lambda r, w: self.open_stream(r, w, **kwargs), input, output)
 
     # ---------------------------------------------------------------------------------------------------------
     # Streams through crypto-service (EncryptStream / DecryptStream)
@@ -686,17 +688,11 @@ class Client:
 
     def encrypt_file(self, key: str, input: PathLike, output: PathLike, **kwargs: Any) -> int:
         """:meth:`encrypt_stream` from file to file; ``output`` appears only when complete."""
-        with open(input, "rb") as reader, _AtomicOutput(output) as out:
-            total = self.encrypt_stream(key, reader, out.file, **kwargs)
-            out.commit()
-        return total
+        return _file_to_file(lambda r, w: self.encrypt_stream(key, r, w, **kwargs), input, output)
 
     def decrypt_file(self, input: PathLike, output: PathLike, **kwargs: Any) -> int:
         """:meth:`decrypt_stream` from file to file; ``output`` appears only when the whole stream verified."""
-        with open(input, "rb") as reader, _AtomicOutput(output) as out:
-            total = self.decrypt_stream(reader, out.file, **kwargs)
-            out.commit()
-        return total
+        return _file_to_file(lambda r, w: self.decrypt_stream(r, w, **kwargs), input, output)
 
     def _run_stream(
         self,
