@@ -171,6 +171,24 @@ async fn registering_twice_gives_one_application_per_environment_with_private_cr
         assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
         assert!(bad.message().starts_with(field), "{field} {bad:?}");
     }
+
+    // Disabling the registrant disables what it registered: the registered applications' secrets stop working.
+    let staging_secret = {
+        let stored: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&staging.credentials_file).unwrap()).unwrap();
+        stored["client_secret"].as_str().unwrap().to_owned()
+    };
+    mesh.client_with(&staging.client_id, &staging_secret).access_token().await.expect("works before");
+    let admin_token = admin.access_token().await.unwrap();
+    pb::token_service_client::TokenServiceClient::new(mesh.channel(ServiceName::TokenService))
+        .disable_application(integration_tests::with_token(
+            pb::DisableApplicationRequest { client_id: who.clone() },
+            &admin_token,
+        ))
+        .await
+        .unwrap();
+    let after = status_of(mesh.client_with(&staging.client_id, &staging_secret).access_token().await);
+    assert_eq!(after.code(), Code::Unauthenticated, "the registered application went with its registrant: {after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

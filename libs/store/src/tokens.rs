@@ -139,6 +139,18 @@ impl TokenRepository {
         .await
     }
 
+    /// Every registration in a tenant.
+    pub async fn registrations_in(&self, tenant_id: &str) -> Result<Vec<registration::Model>, StoreError> {
+        crate::bounded(async {
+            Ok(registration::Entity::find()
+                .filter(registration::Column::TenantId.eq(tenant_id))
+                .order_by_asc(registration::Column::ClientId)
+                .all(&self.db)
+                .await?)
+        })
+        .await
+    }
+
     /// The registration of the application `client_id`, if it was registered.
     pub async fn registration_of(&self, client_id: &str) -> Result<Option<registration::Model>, StoreError> {
         crate::bounded(async { Ok(registration::Entity::find_by_id(client_id.to_owned()).one(&self.db).await?) }).await

@@ -298,6 +298,20 @@ impl TokenRpc {
             audit.detail("disabled; its access and refresh tokens are revoked");
             tracing::info!(client_id = %app.client_id, "disabled an application");
         }
+        // What it registered goes with it (also when asked again after a failure part-way): an application
+        // registered from a session must not outlive the identity behind it.
+        for registered in self.repo.registrations_in(&app.tenant_id).await? {
+            if !super::registration::registered_by(&registered.registrant, &app.client_id) {
+                continue;
+            }
+            let Some(child) = self.repo.application(&registered.client_id).await?.filter(|c| !c.disabled) else {
+                continue;
+            };
+            let until = now_millis() + ACCESS_TOKEN_REVOCATION_LIFETIME_MS;
+            let revocation = revocations::revocation(pb::RevocationScope::Application, &child.client_id, until, until);
+            self.repo.disable_application(&child.client_id, revocation).await?;
+            tracing::info!(client_id = %child.client_id, registrant = %app.client_id, "disabled with its registrant");
+        }
         Ok(pb::DisableApplicationResponse { application: Some(applications::to_proto(&app)?) })
     }
 }

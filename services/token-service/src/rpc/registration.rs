@@ -66,6 +66,11 @@ pub(crate) fn granted_operations(held: &[KeyPermissionClaim], pattern: &str, wan
         .collect()
 }
 
+/// Whether `registrant` (as [`registrant_of`] wrote it) is the application `client_id`, under any external subject.
+pub(super) fn registered_by(registrant: &str, client_id: &str) -> bool {
+    serde_json::from_str::<Vec<String>>(registrant).is_ok_and(|parts| parts.first().is_some_and(|c| c == client_id))
+}
+
 /// Who registers: the application, and the external subject its token was exchanged for, as a JSON array (no
 /// separator a part could contain, so two identities never read alike).
 fn registrant_of(claims: &AccessClaims) -> String {
@@ -307,5 +312,8 @@ mod tests {
             registrant_of(&claims("https://idp:8443", "alice")),
             registrant_of(&claims("https://idp", "8443:alice"))
         );
+        assert!(registered_by(&registrant_of(&claims("https://idp", "alice")), "app_1"));
+        assert!(!registered_by(&registrant_of(&claims("https://idp", "alice")), "app_10"));
+        assert!(!registered_by("not json", "app_1"));
     }
 }
