@@ -52,8 +52,8 @@ fuzz:
 build:
 	cargo build --workspace --bins
 
-## clients: generate the Python, Go and TypeScript clients from proto/ and build and unit-test each (libs/python,
-## libs/go, libs/typescript); integration-tests/tests/clients.rs then drives each against the real mesh
+## clients: generate the Python, Go and TypeScript clients from proto/ and build and unit-test each (libs/python-client,
+## libs/go-client, libs/typescript-client); integration-tests/tests/clients.rs then drives each against the real mesh
 clients: test-deps
 	deploy/dev/generate-clients.sh
 

@@ -12,21 +12,21 @@ buf="$HOME/.cache/keymesh/node/node_modules/.bin/buf"
 step() { printf '== %s\n' "$*"; }
 
 step "Python: generate (grpcio-tools) and unit-test"
-libs/python/generate.sh
-python3 -m unittest discover -s libs/python/tests -p 'test_*.py'
+libs/python-client/generate.sh
+python3 -m unittest discover -s libs/python-client/tests -p 'test_*.py'
 
 step "Go and TypeScript: buf generate (local plugins)"
 # buf needs protoc-gen-es from the TypeScript client's locked packages; npm ci writes node_modules/.package-lock.json
 # last, so one missing or older than package-lock.json means a stale install.
-ts=libs/typescript
+ts=libs/typescript-client
 if [ ! -f "$ts/node_modules/.package-lock.json" ] || [ "$ts/package-lock.json" -nt "$ts/node_modules/.package-lock.json" ]; then
   npm ci --prefix "$ts" --no-audit --no-fund --prefer-offline --loglevel=error
 fi
 PATH="$PWD/$ts/node_modules/.bin:$PATH" "$buf" generate proto --template proto/buf.gen.yaml
 
 step "Go: vet, build the driver, unit-test"
-libs/go/build.sh "${KEYMESH_GO_BIN:-$HOME/.cache/keymesh/go/bin}"
-libs/go/test.sh
+libs/go-client/build.sh "${KEYMESH_GO_BIN:-$HOME/.cache/keymesh/go/bin}"
+libs/go-client/test.sh
 
 step "TypeScript: compile and unit-test"
 "$ts/build.sh" test

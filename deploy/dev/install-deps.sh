@@ -19,7 +19,7 @@ if [ "${1:-build}" = test ]; then
   # The telemetry tests lint every service's /metrics with Prometheus's own promtool.
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 fi
-# The Go client builds offline against Debian's packaged Go sources (libs/go/goenv.sh); golang-github-golang-
+# The Go client builds offline against Debian's packaged Go sources (libs/go-client/goenv.sh); golang-github-golang-
 # protobuf-1-5-dev by name, as apt would otherwise pick the 1.3 alternative, which protoc-gen-go 1.28's code rejects.
 if [ "${1:-build}" = test ]; then
   for pkg in golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-genproto-dev \
@@ -64,7 +64,7 @@ if [ "${1:-build}" = test ] && ! python3 -c "import kyber_py.ml_kem, dilithium_p
   pip_install kyber-py dilithium-py
 fi
 
-# The Python client (libs/python): grpcio-tools generates it (its protoc and gRPC plugin, pinned so the generated
+# The Python client (libs/python-client): grpcio-tools generates it (its protoc and gRPC plugin, pinned so the generated
 # code and the protobuf runtime agree); googleapis-common-protos decodes google.rpc.RetryInfo.
 if [ "${1:-build}" = test ] && ! python3 -c "import importlib.metadata as m, google.rpc.error_details_pb2, cryptography; assert m.version('grpcio-tools') == '1.85.4'" 2>/dev/null; then
   echo "installing: grpcio-tools googleapis-common-protos (the Python client)"

@@ -371,6 +371,22 @@ async fn every_command_runs_against_the_real_mesh_and_prints_json() {
     let bad = cli.raw(&["hash", "--algorithm", "md5"], b"abc").await;
     assert_eq!(bad.status.code(), Some(3), "{}", String::from_utf8_lossy(&bad.stderr));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown hash algorithm \"md5\""));
+    // A usage error: clap's exit status 2.
+    assert_eq!(cli.raw(&["keys", "frobnicate"], b"").await.status.code(), Some(2));
+    // A service that does not answer: exit status 5 (retry later); `health` says NOT SERVING with exit status 1.
+    let port = integration_tests::free_port();
+    let dead = |args: &[&str]| {
+        let mut command = mesh.cli();
+        command.env("KEYMESH_HOME", &cli.home).env("KEYMESH_ENDPOINTS__KEY_SERVICE", format!("127.0.0.1:{port}"));
+        command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+    };
+    let unreachable = dead(&["keys", "get", "cli-enc"]).output().await.unwrap();
+    assert_eq!(unreachable.status.code(), Some(5), "{}", String::from_utf8_lossy(&unreachable.stderr));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).starts_with("keymesh: UNAVAILABLE: "));
+    let health = dead(&["health"]).output().await.unwrap();
+    assert_eq!(health.status.code(), Some(1), "{}", String::from_utf8_lossy(&health.stdout));
+    assert!(String::from_utf8_lossy(&health.stdout).contains("UNREACHABLE"));
 
     let ran = cli.ran.lock().unwrap().clone();
     let missing: Vec<&str> = RPC_COMMANDS.iter().map(|(_, c)| *c).filter(|c| !ran.contains(*c)).collect();

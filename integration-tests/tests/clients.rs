@@ -1,4 +1,4 @@
-//! The clients generated from proto/ (libs/python, libs/go, libs/typescript; `deploy/dev/generate-clients.sh`,
+//! The clients generated from proto/ (libs/python-client, libs/go-client, libs/typescript-client; `deploy/dev/generate-clients.sh`,
 //! which `make test` runs first) against the four real binaries over mTLS, each through its own wrapper: a token
 //! from client credentials, CreateKey, Encrypt/Decrypt, a ciphertext of the Rust SDK decrypted and one of the client
 //! decrypted by the Rust SDK, refused calls with their gRPC codes. The Python client's envelopes and streams open
@@ -53,8 +53,8 @@ fn driver(language: &str) -> Command {
     let (program, args, built): (PathBuf, Vec<PathBuf>, PathBuf) = match language {
         "python" => (
             "python3".into(),
-            vec![repo().join("libs/python/tests/e2e.py")],
-            repo().join("libs/python/keymesh/v1/crypto_service_pb2_grpc.py"),
+            vec![repo().join("libs/python-client/tests/e2e.py")],
+            repo().join("libs/python-client/keymesh/v1/crypto_service_pb2_grpc.py"),
         ),
         "go" => {
             let bin = std::env::var_os("KEYMESH_GO_BIN")
@@ -65,8 +65,8 @@ fn driver(language: &str) -> Command {
         }
         "typescript" => (
             "node".into(),
-            vec![repo().join("libs/typescript/dist/e2e.js")],
-            repo().join("libs/typescript/dist/e2e.js"),
+            vec![repo().join("libs/typescript-client/dist/e2e.js")],
+            repo().join("libs/typescript-client/dist/e2e.js"),
         ),
         _ => unreachable!(),
     };

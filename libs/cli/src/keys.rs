@@ -6,7 +6,7 @@ use clap::Subcommand;
 use keymesh_client::{ClientError, KeymeshClient};
 use keymesh_proto::v1 as pb;
 
-use crate::{Outcome, enum_named, render, render::Output, write_stdout};
+use crate::{Failure, Outcome, enum_named, render, render::Output, write_stdout};
 
 /// The columns of a key list.
 const KEY_COLUMNS: &[&str] = &["name", "key_id", "purpose", "algorithm", "state", "primary_version", "create_time"];
@@ -318,7 +318,7 @@ pub async fn run(client: &KeymeshClient, output: Output, command: KeysCommand) -
             let response = keys.import_key_version(client.authorized(request).await?).await?.into_inner();
             Ok(render::print(output, &response, None)?)
         }
-        KeysCommand::Rewrap => Ok(rewrap(client, output).await?),
+        KeysCommand::Rewrap => rewrap(client, output).await,
     }
 }
 
@@ -328,7 +328,7 @@ fn wrapping_algorithm_named(name: &str) -> Result<pb::WrappingAlgorithm, ClientE
 
 /// `keymesh keys rewrap`: follows RewrapKeys, one line per progress report on standard error; the last report
 /// on standard output (as JSON with `--output json`).
-async fn rewrap(client: &KeymeshClient, output: Output) -> Result<(), ClientError> {
+async fn rewrap(client: &KeymeshClient, output: Output) -> Outcome {
     let request = client.authorized(pb::RewrapKeysRequest {}).await?;
     let mut stream = client.key_service().rewrap_keys(request).await?.into_inner();
     let mut last = None;
@@ -346,15 +346,17 @@ async fn rewrap(client: &KeymeshClient, output: Output) -> Result<(), ClientErro
         last = Some(progress);
     }
     match last {
-        Some(p) if p.done && p.versions_failed == 0 => match output {
+        Some(p) if p.done && p.versions_failed == 0 => Ok(match output {
             Output::Json => render::print(output, &p, None),
             Output::Table => write_stdout(format!("re-wrapped to {}\n", p.target).as_bytes()),
-        },
-        Some(p) if p.done => Err(ClientError::Setup(format!(
+        }?),
+        // The run worked and some versions are left as they were: an answer, not a failure of the call.
+        Some(p) if p.done => Err(Failure::Negative(format!(
             "{} version(s) could not be re-wrapped; last error: {}",
             p.versions_failed, p.last_error
         ))),
-        _ => Err(ClientError::Setup("the re-wrap stream ended early; run the command again to resume".into())),
+        // An interrupted run resumes: like an unreachable service, worth running again.
+        _ => Err(tonic::Status::unavailable("the re-wrap stream ended early; run the command again to resume").into()),
     }
 }
 

@@ -31,7 +31,8 @@ use render::Output;
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
-  1  a negative answer: a signature or MAC that does not verify, a broken audit chain, a service not SERVING
+  1  a negative answer: a signature or MAC that does not verify, a broken audit chain, a service not SERVING,
+     a KMS backend failing `kms check`, versions `keys rewrap` could not re-wrap
   2  the command line is wrong (usage)
   3  a local problem: configuration, certificates, credentials, files, an argument the CLI cannot use
   4  the service refused the call; the message starts with the gRPC code (e.g. NOT_FOUND, PERMISSION_DENIED)

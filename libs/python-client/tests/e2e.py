@@ -2,14 +2,14 @@
 """End-to-end driver of the Python client against a live mesh (the lead's integration test runs it).
 
 Usage (from any directory):
-    python3 libs/python/tests/e2e.py basic
-    python3 libs/python/tests/e2e.py envelope-seal KEY IN OUT     seal IN here (one GenerateDataKey)
-    python3 libs/python/tests/e2e.py envelope-open IN OUT         open an envelope or EncryptStream output here
-    python3 libs/python/tests/e2e.py stream-encrypt KEY IN OUT    through EncryptStream
-    python3 libs/python/tests/e2e.py stream-decrypt IN OUT        through DecryptStream
-    python3 libs/python/tests/e2e.py local-check                  keymesh.local against Hash and GenerateMac
-    python3 libs/python/tests/e2e.py login                        keymesh.login into $KEYMESH_HOME
-    python3 libs/python/tests/e2e.py register NAME ENVIRONMENT [KEY_PATTERN...]
+    python3 libs/python-client/tests/e2e.py basic
+    python3 libs/python-client/tests/e2e.py envelope-seal KEY IN OUT     seal IN here (one GenerateDataKey)
+    python3 libs/python-client/tests/e2e.py envelope-open IN OUT         open an envelope or EncryptStream output here
+    python3 libs/python-client/tests/e2e.py stream-encrypt KEY IN OUT    through EncryptStream
+    python3 libs/python-client/tests/e2e.py stream-decrypt IN OUT        through DecryptStream
+    python3 libs/python-client/tests/e2e.py local-check                  keymesh.local against Hash and GenerateMac
+    python3 libs/python-client/tests/e2e.py login                        keymesh.login into $KEYMESH_HOME
+    python3 libs/python-client/tests/e2e.py register NAME ENVIRONMENT [KEY_PATTERN...]
                                                                   keymesh.register from that session
 
 Environment: KEYMESH_{KEY,CRYPTO,TOKEN,AUDIT}_SERVICE (host:port), KEYMESH_CA_CERT, KEYMESH_CLIENT_CERT,

@@ -1,4 +1,4 @@
-"""Shared test helpers: puts libs/python on sys.path, makes a throwaway CA with server and client certificates
+"""Shared test helpers: puts libs/python-client on sys.path, makes a throwaway CA with server and client certificates
 (``cryptography``), and runs fake keymesh services on 127.0.0.1 over mutual TLS."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Every keymesh.v1 message and enum in one namespace: ``pb.EncryptRequest(...)``, ``pb.KEY_PURPOSE_ENCRYPT``.
 
 The generated modules themselves (with their ``.pyi`` type stubs) are ``keymesh.v1.<file>_pb2``; this module
-only gathers their names. Generate them first: ``libs/python/generate.sh``.
+only gathers their names. Generate them first: ``libs/python-client/generate.sh``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ try:
     )
 except ImportError as e:  # pragma: no cover - a set-up error, reported clearly
     raise ImportError(
-        f"keymesh's generated gRPC modules are missing or broken ({e}); run libs/python/generate.sh "
+        f"keymesh's generated gRPC modules are missing or broken ({e}); run libs/python-client/generate.sh "
         "(python3 -m grpc_tools.protoc ... from the repository's proto/)"
     ) from e
 

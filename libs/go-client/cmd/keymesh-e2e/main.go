@@ -21,8 +21,8 @@ import (
 	"strings"
 	"time"
 
-	keymeshv1 "github.com/keymesh/keymesh/libs/go/gen/keymesh/v1"
-	"github.com/keymesh/keymesh/libs/go/keymesh"
+	keymeshv1 "github.com/keymesh/keymesh/libs/go-client/gen/keymesh/v1"
+	"github.com/keymesh/keymesh/libs/go-client/keymesh"
 	"google.golang.org/grpc/codes"
 )
 

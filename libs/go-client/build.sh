@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Vets the Go client (the generated code, package keymesh and the e2e driver) and builds the driver
-# keymesh-e2e into $1 (default $HOME/.cache/keymesh/go/bin). Needs the generated code in libs/go/gen.
+# keymesh-e2e into $1 (default $HOME/.cache/keymesh/go/bin). Needs the generated code in libs/go-client/gen.
 set -euo pipefail
 out="${1:-$HOME/.cache/keymesh/go/bin}"
 mkdir -p "$out"

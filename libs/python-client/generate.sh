@@ -5,6 +5,6 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 cd "$root"
-rm -f libs/python/keymesh/v1/*_pb2.py libs/python/keymesh/v1/*_pb2.pyi libs/python/keymesh/v1/*_pb2_grpc.py
-python3 -m grpc_tools.protoc -I proto --python_out=libs/python --pyi_out=libs/python --grpc_python_out=libs/python \
+rm -f libs/python-client/keymesh/v1/*_pb2.py libs/python-client/keymesh/v1/*_pb2.pyi libs/python-client/keymesh/v1/*_pb2_grpc.py
+python3 -m grpc_tools.protoc -I proto --python_out=libs/python-client --pyi_out=libs/python-client --grpc_python_out=libs/python-client \
   proto/keymesh/v1/*.proto

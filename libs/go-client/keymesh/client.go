@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	keymeshv1 "github.com/keymesh/keymesh/libs/go/gen/keymesh/v1"
+	keymeshv1 "github.com/keymesh/keymesh/libs/go-client/gen/keymesh/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	keymeshv1 "github.com/keymesh/keymesh/libs/go/gen/keymesh/v1"
+	keymeshv1 "github.com/keymesh/keymesh/libs/go-client/gen/keymesh/v1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"

@@ -10,7 +10,7 @@ b'secret'
 >>> app = keymesh.register("billing", environment="staging", keys=["billing-*"])  # a Client of that application
 
 ``keymesh.local`` (hashes and HMACs) and ``keymesh.stream`` (the stream/envelope format) need no generated
-code; everything else needs ``libs/python/generate.sh`` to have run.
+code; everything else needs ``libs/python-client/generate.sh`` to have run.
 """
 
 from __future__ import annotations
