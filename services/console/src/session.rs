@@ -88,14 +88,10 @@ pub struct Sessions {
 #[error("cannot start a session: {0}")]
 pub struct SessionError(#[from] keymesh_crypto::CryptoError);
 
+/// The key a session is kept under (infallible: a fallback value here would make ids collide).
 fn id_hash(id: &str) -> [u8; 32] {
-    let digest = keymesh_crypto::primitives::digest(keymesh_crypto::primitives::DigestAlgorithm::Sha256, id.as_bytes())
-        .unwrap_or_default();
-    let mut hash = [0u8; 32];
-    if digest.len() == 32 {
-        hash.copy_from_slice(&digest);
-    }
-    hash
+    use sha2::Digest;
+    sha2::Sha256::digest(id.as_bytes()).into()
 }
 
 impl Sessions {

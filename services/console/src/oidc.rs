@@ -1,0 +1,178 @@
+//! The browser half of an OpenID Connect sign-in (authorization code flow with PKCE, RFC 7636 S256): the values a
+//! sign-in starts with, the authorization URL that carries them, and the one-time record that ties the callback
+//! to the browser that started it. `state` stops a forged callback (CSRF on the redirect), `nonce` binds the ID
+//! token to this sign-in (replay), and the PKCE verifier means a stolen authorization code is useless without it.
+//! Each pending sign-in is used once and expires after [`PENDING_LIFETIME`].
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use zeroize::Zeroizing;
+
+/// How long a browser has to come back from the identity provider.
+pub const PENDING_LIFETIME: Duration = Duration::from_secs(10 * 60);
+
+fn random_token() -> Result<String, keymesh_crypto::CryptoError> {
+    Ok(URL_SAFE_NO_PAD.encode(&*keymesh_crypto::random::random_bytes(32)?))
+}
+
+/// The S256 code challenge of a verifier: BASE64URL(SHA-256(verifier)).
+pub fn code_challenge(verifier: &str) -> String {
+    use sha2::Digest;
+    URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+}
+
+/// What one sign-in starts with. No Debug output of the verifier.
+#[derive(Clone)]
+pub struct Pending {
+    /// Sent to the provider and checked on the callback.
+    pub state: String,
+    /// Sent to the provider; the ID token must carry it.
+    pub nonce: String,
+    /// Kept here; sent only with the code, to the token endpoint.
+    pub verifier: Zeroizing<String>,
+    /// Where to go after sign-in (a path of the console, checked by [`local_path`]).
+    pub return_to: String,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("return_to", &self.return_to).finish_non_exhaustive()
+    }
+}
+
+/// `path` when it is a path of this console (`/keys?x=1`), else `/`: a sign-in never redirects off-site
+/// (`//evil.example`, `https://…`, `/\evil`).
+pub fn local_path(path: &str) -> String {
+    let local = path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.starts_with("/\\")
+        && !path.chars().any(|c| c.is_control() || c == '\\');
+    if local { path.to_owned() } else { "/".to_owned() }
+}
+
+/// Where the provider's endpoints and this console's client are.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// The provider's authorization endpoint (from discovery).
+    pub authorization_endpoint: url::Url,
+    /// The console's client id at the provider.
+    pub client_id: String,
+    /// The console's callback URL, as registered at the provider.
+    pub redirect_uri: String,
+    /// Scopes asked for; `openid` always comes first.
+    pub scopes: Vec<String>,
+}
+
+impl Client {
+    /// The URL the browser is sent to.
+    pub fn authorization_url(&self, pending: &Pending) -> url::Url {
+        let mut url = self.authorization_endpoint.clone();
+        let mut scopes = vec!["openid".to_owned()];
+        scopes.extend(self.scopes.iter().filter(|s| *s != "openid").cloned());
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.client_id)
+            .append_pair("redirect_uri", &self.redirect_uri)
+            .append_pair("scope", &scopes.join(" "))
+            .append_pair("state", &pending.state)
+            .append_pair("nonce", &pending.nonce)
+            .append_pair("code_challenge", &code_challenge(&pending.verifier))
+            .append_pair("code_challenge_method", "S256");
+        url
+    }
+}
+
+/// The sign-ins under way in this console process.
+#[derive(Default)]
+pub struct PendingSignIns {
+    by_state: Mutex<HashMap<String, Pending>>,
+}
+
+impl PendingSignIns {
+    /// Starts a sign-in that returns to `return_to`.
+    pub fn start(&self, return_to: &str, now: Instant) -> Result<Pending, keymesh_crypto::CryptoError> {
+        let pending = Pending {
+            state: random_token()?,
+            nonce: random_token()?,
+            verifier: Zeroizing::new(random_token()?),
+            return_to: local_path(return_to),
+            started: now,
+        };
+        let mut map = self.by_state.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, p| now.saturating_duration_since(p.started) < PENDING_LIFETIME);
+        map.insert(pending.state.clone(), pending.clone());
+        Ok(pending)
+    }
+
+    /// The sign-in a callback's `state` names, once: a second callback with the same state, an unknown state or an
+    /// expired one gets nothing.
+    pub fn finish(&self, state: &str, now: Instant) -> Option<Pending> {
+        let pending = self.by_state.lock().unwrap_or_else(|p| p.into_inner()).remove(state)?;
+        (now.saturating_duration_since(pending.started) < PENDING_LIFETIME).then_some(pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_challenge_is_rfc_7636_s256() {
+        // RFC 7636, Appendix B.
+        assert_eq!(
+            code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn the_authorization_url_carries_state_nonce_and_the_s256_challenge() {
+        let pending_sign_ins = PendingSignIns::default();
+        let pending = pending_sign_ins.start("/keys", Instant::now()).unwrap();
+        assert!((43..=128).contains(&pending.verifier.len()), "RFC 7636 verifier length");
+        let client = Client {
+            authorization_endpoint: url::Url::parse("https://idp.example/authorize?tenant=x").unwrap(),
+            client_id: "console".into(),
+            redirect_uri: "https://console.example/auth/callback".into(),
+            scopes: vec!["email".into(), "openid".into()],
+        };
+        let url = client.authorization_url(&pending);
+        let pairs: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(pairs["tenant"], "x", "the endpoint's own query stays");
+        assert_eq!(pairs["response_type"], "code");
+        assert_eq!(pairs["scope"], "openid email");
+        assert_eq!(pairs["state"], pending.state);
+        assert_eq!(pairs["nonce"], pending.nonce);
+        assert_eq!(pairs["code_challenge"], code_challenge(&pending.verifier));
+        assert_eq!(pairs["code_challenge_method"], "S256");
+        assert!(!url.as_str().contains(pending.verifier.as_str()), "the verifier never leaves the console");
+        assert!(!format!("{pending:?}").contains(pending.verifier.as_str()));
+    }
+
+    #[test]
+    fn a_callback_is_accepted_once_and_only_in_time() {
+        let pending_sign_ins = PendingSignIns::default();
+        let t0 = Instant::now();
+        let pending = pending_sign_ins.start("/", t0).unwrap();
+        assert!(pending_sign_ins.finish("forged", t0).is_none());
+        let finished = pending_sign_ins.finish(&pending.state, t0 + Duration::from_secs(5)).unwrap();
+        assert_eq!(finished.nonce, pending.nonce);
+        assert!(pending_sign_ins.finish(&pending.state, t0).is_none(), "used once");
+        let late = pending_sign_ins.start("/", t0).unwrap();
+        assert!(pending_sign_ins.finish(&late.state, t0 + PENDING_LIFETIME).is_none(), "expired");
+    }
+
+    #[test]
+    fn sign_ins_only_return_to_the_console() {
+        assert_eq!(local_path("/keys?purpose=kem"), "/keys?purpose=kem");
+        for off_site in ["//evil.example/x", "https://evil.example", "/\\evil.example", "keys", "", "/a\r\nb"] {
+            assert_eq!(local_path(off_site), "/", "{off_site:?}");
+        }
+    }
+}
