@@ -2,7 +2,8 @@
 //! sign-in starts with, the authorization URL that carries them, and the one-time record that ties the callback
 //! to the browser that started it. `state` stops a forged callback (CSRF on the redirect), `nonce` binds the ID
 //! token to this sign-in (replay), and the PKCE verifier means a stolen authorization code is useless without it.
-//! Each pending sign-in is used once and expires after [`PENDING_LIFETIME`].
+//! Each pending sign-in is used once and expires after [`PENDING_LIFETIME`]. The code is redeemed with the
+//! verifier ([`token_request_form`]) and the ID token must carry the sign-in's nonce ([`nonce_matches`]).
 
 use std::{
     collections::HashMap,
@@ -88,6 +89,35 @@ impl Client {
     }
 }
 
+/// The form the console posts to the provider's token endpoint to redeem `code`: the PKCE verifier proves it is
+/// the browser's own sign-in. The client secret (confidential clients) goes in the Authorization header, not here.
+pub fn token_request_form(client: &Client, code: &str, pending: &Pending) -> Zeroizing<String> {
+    Zeroizing::new(
+        url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "authorization_code")
+            .append_pair("code", code)
+            .append_pair("redirect_uri", &client.redirect_uri)
+            .append_pair("client_id", &client.client_id)
+            .append_pair("code_verifier", &pending.verifier)
+            .finish(),
+    )
+}
+
+/// Whether the ID token the provider returned was minted for this sign-in: its `nonce` claim is the one the
+/// sign-in sent (compared in constant time). Read without verifying the signature: token-service verifies the same
+/// token (issuer, audience, signature, lifetime) when the console exchanges it, and refuses it otherwise; the nonce
+/// is the one thing only the console knows.
+pub fn nonce_matches(id_token: &str, pending: &Pending) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(payload) = id_token.split('.').nth(1) else { return false };
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(payload) else { return false };
+    let Ok(claims) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return false };
+    match claims.get("nonce").and_then(serde_json::Value::as_str) {
+        Some(nonce) => bool::from(nonce.as_bytes().ct_eq(pending.nonce.as_bytes())),
+        None => false,
+    }
+}
+
 /// The sign-ins under way in this console process.
 #[derive(Default)]
 pub struct PendingSignIns {
@@ -166,6 +196,28 @@ mod tests {
         assert!(pending_sign_ins.finish(&pending.state, t0).is_none(), "used once");
         let late = pending_sign_ins.start("/", t0).unwrap();
         assert!(pending_sign_ins.finish(&late.state, t0 + PENDING_LIFETIME).is_none(), "expired");
+    }
+
+    #[test]
+    fn the_code_is_redeemed_with_the_verifier_and_the_id_token_must_carry_the_nonce() {
+        let pending = PendingSignIns::default().start("/", Instant::now()).unwrap();
+        let client = Client {
+            authorization_endpoint: url::Url::parse("https://idp.example/authorize").unwrap(),
+            client_id: "console".into(),
+            redirect_uri: "https://console.example/auth/callback".into(),
+            scopes: vec![],
+        };
+        let form = token_request_form(&client, "code&1", &pending);
+        let pairs: HashMap<String, String> = url::form_urlencoded::parse(form.as_bytes()).into_owned().collect();
+        assert_eq!(pairs["grant_type"], "authorization_code");
+        assert_eq!(pairs["code"], "code&1", "encoded, so a code cannot add fields");
+        assert_eq!(pairs["code_verifier"], *pending.verifier);
+        assert_eq!(code_challenge(&pairs["code_verifier"]), code_challenge(&pending.verifier));
+        let token = |claims: serde_json::Value| format!("h.{}.s", URL_SAFE_NO_PAD.encode(claims.to_string()));
+        assert!(nonce_matches(&token(serde_json::json!({"nonce": pending.nonce, "sub": "alice"})), &pending));
+        assert!(!nonce_matches(&token(serde_json::json!({"nonce": "replayed", "sub": "alice"})), &pending));
+        assert!(!nonce_matches(&token(serde_json::json!({"sub": "alice"})), &pending), "a nonce is required");
+        assert!(!nonce_matches("not-a-jwt", &pending));
     }
 
     #[test]
