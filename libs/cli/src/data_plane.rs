@@ -313,8 +313,7 @@ pub async fn run(client: &KeymeshClient, output: Output, command: DataCommand) -
                 encryption_context: associated.encryption_context,
             };
             let response = crypto.generate_data_key(client.authorized(request).await?).await?.into_inner();
-            let plaintext = Zeroizing::new(response.plaintext);
-            let plaintext = Zeroizing::new(B64.encode(&*plaintext));
+            let plaintext = Zeroizing::new(B64.encode(&*Zeroizing::new(response.plaintext)));
             let ciphertext = B64.encode(&response.ciphertext);
             let fields = [
                 ("plaintext", Field::Text(&plaintext)),
@@ -414,8 +413,6 @@ pub async fn run(client: &KeymeshClient, output: Output, command: DataCommand) -
             let request = pb::EncapsulateRequest { key };
             let out = crypto.encapsulate(client.authorized(request).await?).await?.into_inner();
             let secret = Zeroizing::new(out.shared_secret);
-            // Written by hand rather than through serde_json, so every copy of the secret is wiped; base64 and
-            // a key id need no escaping. The table form is the same JSON: it has always been this command's output.
             let encoded = Zeroizing::new(B64.encode(&*secret));
             let ciphertext = B64.encode(&out.ciphertext);
             let fields = [

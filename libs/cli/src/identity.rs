@@ -235,15 +235,7 @@ pub async fn tokens(client: &KeymeshClient, credentials: &Path, output: Output, 
                     ..Default::default()
                 }
             } else if let Some(path) = subject_token_file {
-                let token = Zeroizing::new(
-                    std::fs::read_to_string(&path).map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?,
-                );
-                pb::IssueTokenRequest {
-                    grant_type: pb::GrantType::TokenExchange as i32,
-                    subject_token: token.trim().to_owned(),
-                    subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
-                    ..Default::default()
-                }
+                keymesh_client::token_exchange_request(&path).await?
             } else {
                 let credentials = Credentials::from_file(credentials)?;
                 pb::IssueTokenRequest {

@@ -243,9 +243,6 @@ async fn run(cli: Cli) -> Outcome {
     match &cli.command {
         Command::Health { wait } => return operate::health(&cli, *wait).await,
         Command::Kms { command: operate::KmsCommand::Check } => return operate::kms_check(&cli).await,
-        _ => {}
-    }
-    match &cli.command {
         Command::Login { client_id, subject_token_file } => {
             return identity::login(&cli, client_id.clone(), subject_token_file.clone()).await;
         }
@@ -260,22 +257,28 @@ async fn run(cli: Cli) -> Outcome {
         }
         _ => {}
     }
-    // Token calls need no access token: they must work where there are no credentials to read (a pod, a laptop
-    // with only a refresh token).
+    // The configuration and certificate are read once, for the client and the credentials' path alike.
+    let (params, endpoints, tls) = connection(&cli)?;
+    let credentials_path = cli.credentials.clone().unwrap_or_else(|| bootstrap_credentials_path(&params.data_dir));
     let client = match &cli.command {
-        Command::Tokens { .. } => {
-            let (_, endpoints, tls) = connection(&cli)?;
-            KeymeshClient::new(&endpoints, &tls, Credentials::none())?
+        // Token calls need no access token: they must work where there are no credentials to read (a pod, a
+        // laptop with only a refresh token).
+        Command::Tokens { .. } => KeymeshClient::new(&endpoints, &tls, Credentials::none())?,
+        _ => {
+            let credentials = Credentials::from_file(&credentials_path).map_err(|e| {
+                ClientError::Setup(format!(
+                    "{e} (is the mesh running? `make run` writes the bootstrap credentials there)"
+                ))
+            })?;
+            KeymeshClient::new(&endpoints, &tls, credentials)?
         }
-        _ => setup(&cli)?,
     };
-    let credentials = credentials_path(&cli)?;
     match cli.command {
         Command::Data(command) => data_plane::run(&client, output, command).await,
         Command::Keys { command } => keys::run(&client, output, command).await,
         Command::Tenants { command } => identity::tenants(&client, output, command).await,
         Command::Applications { command } => identity::applications(&client, output, command).await,
-        Command::Tokens { command } => identity::tokens(&client, &credentials, output, command).await,
+        Command::Tokens { command } => identity::tokens(&client, &credentials_path, output, command).await,
         Command::Token => {
             let token = client.access_token().await?;
             Ok(write_stdout(format!("{}\n", token.as_str()).as_bytes())?)
@@ -302,22 +305,6 @@ pub(crate) fn connection(cli: &Cli) -> Result<(MeshParams, Endpoints, TlsMateria
     }
     .map_err(ClientError::Setup)?;
     Ok((params, endpoints, tls))
-}
-
-fn credentials_path(cli: &Cli) -> Result<PathBuf, ClientError> {
-    match &cli.credentials {
-        Some(path) => Ok(path.clone()),
-        None => Ok(bootstrap_credentials_path(&connection(cli)?.0.data_dir)),
-    }
-}
-
-fn setup(cli: &Cli) -> Result<KeymeshClient, ClientError> {
-    let (params, endpoints, tls) = connection(cli)?;
-    let credentials_path = cli.credentials.clone().unwrap_or_else(|| bootstrap_credentials_path(&params.data_dir));
-    let credentials = Credentials::from_file(&credentials_path).map_err(|e| {
-        ClientError::Setup(format!("{e} (is the mesh running? `make run` writes the bootstrap credentials there)"))
-    })?;
-    KeymeshClient::new(&endpoints, &tls, credentials)
 }
 
 fn read_stdin() -> Result<Vec<u8>, ClientError> {

@@ -18,7 +18,6 @@ use std::{
 
 use keymesh_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
-use tonic::Request;
 use zeroize::Zeroizing;
 
 use crate::{ClientError, Credentials, Endpoints, KeymeshClient, TlsMaterial};
@@ -196,7 +195,7 @@ impl KeymeshHome {
                 }
             }
             Login::TokenExchange(path) => {
-                let (access, _) = exchange(&client, &path).await?;
+                let access = exchange(&client, &path).await?;
                 let client_id = subject_of(&access)?;
                 let path = fs::canonicalize(&path).map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))?;
                 SessionFile {
@@ -225,7 +224,7 @@ impl KeymeshHome {
         let mut session: SessionFile = serde_json::from_slice(&text)
             .map_err(|_| ClientError::Setup(format!("{}: not a keymesh session; log in again", path.display())))?;
         match (session.kind.as_str(), &session.subject_token_file) {
-            ("token_exchange", Some(file)) => Ok(exchange(client, file).await?.0),
+            ("token_exchange", Some(file)) => exchange(client, file).await,
             ("refresh_token", _) => {
                 let response = client
                     .token_service()
@@ -305,11 +304,7 @@ impl KeymeshHome {
         }
         let anonymous = KeymeshClient::new(endpoints, tls, Credentials::none())?;
         let token = self.session_token(&anonymous).await?;
-        let mut call = Request::new(request);
-        let value = format!("Bearer {}", token.as_str())
-            .parse()
-            .map_err(|_| ClientError::Setup("access token is not valid metadata".into()))?;
-        call.metadata_mut().insert("authorization", value);
+        let call = crate::bearer(&token, request)?;
         let response = anonymous.token_service().register_application(call).await?.into_inner();
         let secret = Zeroizing::new(response.client_secret);
         let application = response
@@ -344,21 +339,10 @@ impl KeymeshHome {
     }
 }
 
-/// A token exchange of the platform token in `path`: the access token and its lifetime.
-async fn exchange(client: &KeymeshClient, path: &Path) -> Result<(Zeroizing<String>, u32), ClientError> {
-    let subject =
-        Zeroizing::new(fs::read_to_string(path).map_err(|e| ClientError::Setup(format!("{}: {e}", path.display())))?);
-    let response = client
-        .token_service()
-        .issue_token(pb::IssueTokenRequest {
-            grant_type: pb::GrantType::TokenExchange as i32,
-            subject_token: subject.trim().to_owned(),
-            subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    Ok((Zeroizing::new(response.access_token), response.expires_in_seconds))
+/// The access token a token exchange of the platform token in `path` gives.
+async fn exchange(client: &KeymeshClient, path: &Path) -> Result<Zeroizing<String>, ClientError> {
+    let request = crate::token_exchange_request(path).await?;
+    Ok(Zeroizing::new(client.token_service().issue_token(request).await?.into_inner().access_token))
 }
 
 /// The `sub` of an access token (the application it acts as), read without verifying: only to name the session.

@@ -135,16 +135,7 @@ impl KeymeshClient {
         }
         let request = match &self.credentials.subject_token_file {
             // Read at every renewal: the platform rotates the file's token.
-            Some(path) => pb::IssueTokenRequest {
-                grant_type: pb::GrantType::TokenExchange as i32,
-                subject_token: tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|e| ClientError::Setup(format!("{}: {e}", path.display())))?
-                    .trim()
-                    .to_owned(),
-                subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
-                ..Default::default()
-            },
+            Some(path) => token_exchange_request(path).await?,
             None => pb::IssueTokenRequest {
                 grant_type: pb::GrantType::ClientCredentials as i32,
                 client_id: self.credentials.client_id.clone(),
@@ -165,17 +156,7 @@ impl KeymeshClient {
     /// the SDK's `TraceContextPropagator`), so keymesh's spans join the application's trace. An application
     /// without OpenTelemetry sends nothing extra.
     pub async fn authorized<T>(&self, message: T) -> Result<Request<T>, ClientError> {
-        let token = self.access_token().await?;
-        let mut request = Request::new(message);
-        let value = format!("Bearer {}", token.as_str())
-            .parse()
-            .map_err(|_| ClientError::Setup("access token is not valid metadata".into()))?;
-        request.metadata_mut().insert("authorization", value);
-        let context = opentelemetry::Context::current();
-        opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
-        });
-        Ok(request)
+        bearer(&self.access_token().await?, message)
     }
 
     /// The generated KeyService client, for methods without a helper here (send `authorized` requests).
@@ -243,6 +224,34 @@ impl KeymeshClient {
         }
         Ok(records)
     }
+}
+
+/// `message` with `token` as its bearer token, and the caller's trace context (see [`KeymeshClient::authorized`]).
+pub fn bearer<T>(token: &str, message: T) -> Result<Request<T>, ClientError> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| ClientError::Setup("access token is not valid metadata".into()))?;
+    request.metadata_mut().insert("authorization", value);
+    let context = opentelemetry::Context::current();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
+    });
+    Ok(request)
+}
+
+/// An IssueToken request exchanging the platform token in the file `path` (RFC 8693, a JWT), read now: the
+/// platform rotates the file's token, so every exchange reads it afresh.
+pub async fn token_exchange_request(path: &Path) -> Result<pb::IssueTokenRequest, ClientError> {
+    let subject = Zeroizing::new(
+        tokio::fs::read_to_string(path).await.map_err(|e| ClientError::Setup(format!("{}: {e}", path.display())))?,
+    );
+    Ok(pb::IssueTokenRequest {
+        grant_type: pb::GrantType::TokenExchange as i32,
+        subject_token: subject.trim().to_owned(),
+        subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+        ..Default::default()
+    })
 }
 
 /// The default path of the bootstrap credentials in a data directory.

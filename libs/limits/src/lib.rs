@@ -333,14 +333,17 @@ impl Limiter {
             key_quota_second: key_quota("key_quota_second", q.key_per_second, second),
             key_quota_day: key_quota("key_quota_day", q.key_per_day, DAY),
             token_requests: rate(LimitKind::TokenRequests, config.token_requests_per_second, 100, &BTreeMap::new()),
-            registrations: Scoped::uniform(Window::new(
-                LimitKind::Registrations,
-                LimitKind::Registrations.label(),
-                config.registrations_per_minute.unwrap_or(10),
-                Duration::from_secs(60),
-                None,
-                format!("{} registrations per minute", config.registrations_per_minute.unwrap_or(10)),
-            )),
+            registrations: {
+                let per_minute = config.registrations_per_minute.unwrap_or(10);
+                Scoped::uniform(Window::new(
+                    LimitKind::Registrations,
+                    LimitKind::Registrations.label(),
+                    per_minute,
+                    Duration::from_secs(60),
+                    None,
+                    format!("{per_minute} registrations per minute"),
+                ))
+            },
             shared: shared::SharedCells::from_config(&config.shared, service)?,
             refusals,
         })

@@ -63,6 +63,15 @@ impl TokenRpc {
         Ok(app)
     }
 
+    /// Disables an application and revokes its tokens, "as of" the revocation's own expiry: every token of the
+    /// application matches, including one issued in a race with this call (its check of `disabled` read the row
+    /// before the commit).
+    async fn disable_for_good(&self, client_id: &str) -> Result<(), TokenError> {
+        let until = now_millis() + ACCESS_TOKEN_REVOCATION_LIFETIME_MS;
+        let revocation = revocations::revocation(pb::RevocationScope::Application, client_id, until, until);
+        Ok(self.repo.disable_application(client_id, revocation).await?)
+    }
+
     pub(super) async fn create_tenant(
         &self,
         claims: &AccessClaims,
@@ -288,12 +297,7 @@ impl TokenRpc {
             ));
         }
         if !app.disabled {
-            // Revoked "as of" the revocation's own expiry: every token of the application matches, including
-            // one issued in a race with this call (its check of `disabled` read the row before the commit).
-            let now = now_millis();
-            let until = now + ACCESS_TOKEN_REVOCATION_LIFETIME_MS;
-            let revocation = revocations::revocation(pb::RevocationScope::Application, &app.client_id, until, until);
-            self.repo.disable_application(&app.client_id, revocation).await?;
+            self.disable_for_good(&app.client_id).await?;
             app.disabled = true;
             audit.detail("disabled; its access and refresh tokens are revoked");
             tracing::info!(client_id = %app.client_id, "disabled an application");
@@ -307,9 +311,7 @@ impl TokenRpc {
             let Some(child) = self.repo.application(&registered.client_id).await?.filter(|c| !c.disabled) else {
                 continue;
             };
-            let until = now_millis() + ACCESS_TOKEN_REVOCATION_LIFETIME_MS;
-            let revocation = revocations::revocation(pb::RevocationScope::Application, &child.client_id, until, until);
-            self.repo.disable_application(&child.client_id, revocation).await?;
+            self.disable_for_good(&child.client_id).await?;
             tracing::info!(client_id = %child.client_id, registrant = %app.client_id, "disabled with its registrant");
         }
         Ok(pb::DisableApplicationResponse { application: Some(applications::to_proto(&app)?) })
