@@ -12,7 +12,6 @@ use std::{
 };
 
 use axum::http::{HeaderMap, header};
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use zeroize::Zeroizing;
 
 use crate::csrf;
@@ -53,6 +52,14 @@ pub struct Lifetimes {
     pub absolute: Duration,
 }
 
+impl Lifetimes {
+    /// Whether a session is within both lifetimes at `now`.
+    fn alive(&self, entry: &Entry, now: Instant) -> bool {
+        now.saturating_duration_since(entry.last_seen) < self.idle
+            && now.saturating_duration_since(entry.started) < self.absolute
+    }
+}
+
 impl Default for Lifetimes {
     fn default() -> Self {
         Self { idle: Duration::from_secs(30 * 60), absolute: Duration::from_secs(8 * 3600) }
@@ -66,13 +73,19 @@ struct Entry {
     last_seen: Instant,
 }
 
-/// What a request's session gives a handler.
-#[derive(Clone, Debug)]
+/// What a request's session gives a handler. No Debug output of the CSRF token.
+#[derive(Clone)]
 pub struct Current {
     /// Who.
     pub user: std::sync::Arc<SignedIn>,
     /// The CSRF token the session's forms carry.
     pub csrf: String,
+}
+
+impl std::fmt::Debug for Current {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Current").field("user", &self.user).finish_non_exhaustive()
+    }
 }
 
 /// The sessions of one console process.
@@ -112,7 +125,7 @@ impl Sessions {
         previous: Option<&str>,
         now: Instant,
     ) -> Result<Zeroizing<String>, SessionError> {
-        let id = Zeroizing::new(URL_SAFE_NO_PAD.encode(&*keymesh_crypto::random::random_bytes(32)?));
+        let id = Zeroizing::new(csrf::new_token()?);
         let entry = Entry { user: std::sync::Arc::new(user), csrf: csrf::new_token()?, started: now, last_seen: now };
         let mut entries = self.entries();
         if let Some(previous) = previous {
@@ -128,9 +141,7 @@ impl Sessions {
         let mut entries = self.entries();
         let key = id_hash(id);
         let entry = entries.get_mut(&key)?;
-        let alive = now.saturating_duration_since(entry.last_seen) < self.lifetimes.idle
-            && now.saturating_duration_since(entry.started) < self.lifetimes.absolute;
-        if !alive {
+        if !self.lifetimes.alive(entry, now) {
             entries.remove(&key);
             return None;
         }
@@ -147,10 +158,7 @@ impl Sessions {
     pub fn sweep(&self, now: Instant) -> usize {
         let mut entries = self.entries();
         let before = entries.len();
-        entries.retain(|_, e| {
-            now.saturating_duration_since(e.last_seen) < self.lifetimes.idle
-                && now.saturating_duration_since(e.started) < self.lifetimes.absolute
-        });
+        entries.retain(|_, e| self.lifetimes.alive(e, now));
         before - entries.len()
     }
 
@@ -226,12 +234,13 @@ mod tests {
         let sessions = Sessions::new(Lifetimes::default(), false);
         let now = Instant::now();
         let planted = sessions.start(alice(), None, now).unwrap();
+        let planted_csrf = sessions.current(&planted, now).unwrap().csrf;
         let fresh = sessions.start(alice(), Some(&planted), now).unwrap();
         assert_ne!(planted, fresh);
         assert!(sessions.current(&planted, now).is_none(), "the old id ends (no fixation)");
         let current = sessions.current(&fresh, now).unwrap();
-        assert_eq!(current.csrf.len(), 43, "each session has its own CSRF token");
-        assert_ne!(sessions.current(&fresh, now).unwrap().csrf, "");
+        assert_eq!(current.csrf.len(), 43);
+        assert_ne!(current.csrf, planted_csrf, "each session has its own CSRF token");
     }
 
     #[test]
@@ -256,5 +265,7 @@ mod tests {
         assert_eq!(sessions.sweep(t0 + 2 * MINUTE), 1);
         let shown = format!("{:?}", sessions.current(&live, t0 + 2 * MINUTE).unwrap());
         assert!(shown.contains("alice@example.com") && !shown.contains("secret"), "{shown}");
+        let csrf = sessions.current(&live, t0 + 2 * MINUTE).unwrap().csrf;
+        assert!(!shown.contains(&csrf), "no CSRF token in Debug: {shown}");
     }
 }
