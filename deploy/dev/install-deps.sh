@@ -18,6 +18,9 @@ if [ "${1:-build}" = test ]; then
   command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
   # The telemetry tests lint every service's /metrics with Prometheus's own promtool.
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  # The admin console's browser test (integration-tests/browser/console_browser.py) drives headless Chromium.
+  have_pkg chromium || need+=(chromium)
+  have_pkg chromium-driver || need+=(chromium-driver)
 fi
 # The Go client builds offline against Debian's packaged Go sources (libs/go-client/goenv.sh); golang-github-golang-
 # protobuf-1-5-dev by name, as apt would otherwise pick the 1.3 alternative, which protoc-gen-go 1.28's code rejects.
@@ -75,6 +78,16 @@ fi
 if [ "${1:-build}" = test ] && ! python3 -c "import cryptography" 2>/dev/null; then
   echo "installing: python cryptography"
   pip_install cryptography
+fi
+
+# The admin console's browser test (integration-tests/browser/console_browser.py): Selenium drives Chromium, requests
+# sends the raw refusal checks, and axe-core (npm, in ~/.cache/keymesh/node beside buf) checks each page's accessibility.
+if [ "${1:-build}" = test ]; then
+  python3 -c "import selenium, requests" 2>/dev/null || { echo "installing: selenium requests"; pip_install selenium requests; }
+  [ -f "$HOME/.cache/keymesh/node/node_modules/axe-core/axe.min.js" ] || {
+    echo "installing: axe-core (into $HOME/.cache/keymesh/node)"
+    npm install --silent --prefix "$HOME/.cache/keymesh/node" axe-core
+  }
 fi
 
 # The chart checks (deploy/dev/check-chart.sh) validate the rendered manifests offline with kubernetes-validate

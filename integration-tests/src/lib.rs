@@ -34,7 +34,7 @@ pub fn bin_dir() -> PathBuf {
             exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
         }
     };
-    for name in ["key-service", "crypto-service", "token-service", "audit-service", "keymesh"] {
+    for name in ["key-service", "crypto-service", "token-service", "audit-service", "keymesh", "keymesh-console"] {
         assert!(
             dir.join(name).exists(),
             "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`, which `make test` does)",
@@ -224,6 +224,17 @@ impl Mesh {
         command.env_clear().envs(&self.env).kill_on_drop(true).stderr(Stdio::inherit());
         if let Ok(path) = std::env::var("PATH") {
             command.env("PATH", path);
+        }
+        command
+    }
+
+    /// A command that runs the admin console with the mesh's environment (its endpoints and data directory) plus
+    /// `extra` (the `[console]` settings).
+    pub fn console(&self, extra: &[(&str, &str)]) -> Command {
+        let mut command = self.program("keymesh-console");
+        command.stdout(Stdio::null());
+        for (k, v) in extra {
+            command.env(k, v);
         }
         command
     }

@@ -1,6 +1,12 @@
 //! A test OIDC issuer: the two documents a Kubernetes API server (or any OIDC provider) publishes for token
 //! verification, `/.well-known/openid-configuration` and the JWKS it names, served over HTTP from real RSA
 //! keys, and tokens signed with them as a cluster signs projected service-account tokens.
+//!
+//! It is also an identity provider a browser signs in at (the authorization code flow the console uses):
+//! `/authorize` sends the browser straight back with a one-time code for the person chosen beforehand (by
+//! [`TestIssuer::sign_in_as`] or `POST /test/sign-in-as {"sub": …}`), and `/token` redeems the code only with
+//! the PKCE verifier whose S256 challenge `/authorize` was given, the registered client's secret and the same
+//! redirect URI, answering with an ID token that carries the sign-in's nonce. Refusals are counted.
 
 use std::{
     net::SocketAddr,
@@ -32,6 +38,27 @@ struct Shared {
     url: String,
     keys: Mutex<Vec<Key>>,
     jwks_fetches: AtomicUsize,
+    client: Mutex<Option<RegisteredClient>>,
+    next_person: Mutex<String>,
+    codes: Mutex<std::collections::HashMap<String, CodeGrant>>,
+    refused_redemptions: AtomicUsize,
+    redeemed: AtomicUsize,
+}
+
+/// The one client the provider knows (a console).
+#[derive(Clone)]
+struct RegisteredClient {
+    id: String,
+    secret: String,
+    redirect_uri: String,
+}
+
+/// What a code stands for until it is redeemed.
+struct CodeGrant {
+    sub: String,
+    nonce: String,
+    challenge: String,
+    redirect_uri: String,
 }
 
 /// The running issuer.
@@ -51,10 +78,18 @@ impl TestIssuer {
             url: url.clone(),
             keys: Mutex::new(vec![new_key(1)]),
             jwks_fetches: AtomicUsize::new(0),
+            client: Mutex::new(None),
+            next_person: Mutex::new("alice".into()),
+            codes: Mutex::new(Default::default()),
+            refused_redemptions: AtomicUsize::new(0),
+            redeemed: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/openid/v1/jwks", get(jwks))
+            .route("/authorize", get(authorize))
+            .route("/token", axum::routing::post(token))
+            .route("/test/sign-in-as", axum::routing::post(sign_in_as_request))
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -64,11 +99,7 @@ impl TestIssuer {
 
     /// Signs `claims` (RS256) with the newest key.
     pub fn sign(&self, claims: &Value) -> String {
-        let keys = self.shared.keys.lock().unwrap();
-        let key = keys.last().unwrap();
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_rsa_der(&key.private_der)).unwrap()
+        sign_claims(&self.shared, claims)
     }
 
     /// A projected service-account token as a cluster mints it: `sub`
@@ -94,6 +125,22 @@ impl TestIssuer {
         keys.push(new_key(next));
     }
 
+    /// Registers the client browsers sign in to (its id, secret and callback URL).
+    pub fn register_client(&self, id: &str, secret: &str, redirect_uri: &str) {
+        *self.shared.client.lock().unwrap() =
+            Some(RegisteredClient { id: id.into(), secret: secret.into(), redirect_uri: redirect_uri.into() });
+    }
+
+    /// The person the next `/authorize` signs in.
+    pub fn sign_in_as(&self, sub: &str) {
+        *self.shared.next_person.lock().unwrap() = sub.into();
+    }
+
+    /// Codes redeemed, and redemptions refused (a wrong verifier, client, secret or redirect URI; a reused code).
+    pub fn redemptions(&self) -> (usize, usize) {
+        (self.shared.redeemed.load(Ordering::Relaxed), self.shared.refused_redemptions.load(Ordering::Relaxed))
+    }
+
     /// How often the JWKS was fetched.
     pub fn jwks_fetches(&self) -> usize {
         self.shared.jwks_fetches.load(Ordering::Relaxed)
@@ -110,7 +157,10 @@ async fn discovery(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(json!({
         "issuer": shared.url,
         "jwks_uri": format!("{}/openid/v1/jwks", shared.url),
-        "response_types_supported": ["id_token"],
+        "authorization_endpoint": format!("{}/authorize", shared.url),
+        "token_endpoint": format!("{}/token", shared.url),
+        "code_challenge_methods_supported": ["S256"],
+        "response_types_supported": ["code", "id_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
     }))
@@ -124,4 +174,108 @@ async fn jwks(State(shared): State<Arc<Shared>>) -> Json<Value> {
         .map(|k| json!({"kty": "RSA", "alg": "RS256", "use": "sig", "kid": k.kid, "n": k.n, "e": k.e}))
         .collect();
     Json(json!({ "keys": keys }))
+}
+
+fn sign_claims(shared: &Shared, claims: &Value) -> String {
+    let keys = shared.keys.lock().unwrap();
+    let key = keys.last().unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_rsa_der(&key.private_der)).unwrap()
+}
+
+fn bad_request(text: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (axum::http::StatusCode::BAD_REQUEST, text.to_owned()).into_response()
+}
+
+async fn authorize(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(client) = shared.client.lock().unwrap().clone() else { return bad_request("no client registered") };
+    let get = |k: &str| query.get(k).cloned().unwrap_or_default();
+    if get("response_type") != "code" || get("client_id") != client.id || get("redirect_uri") != client.redirect_uri {
+        return bad_request("unknown client, redirect_uri or response_type");
+    }
+    if get("code_challenge_method") != "S256" || get("code_challenge").len() != 43 {
+        return bad_request("PKCE with S256 is required");
+    }
+    if !get("scope").split(' ').any(|s| s == "openid") || get("state").is_empty() || get("nonce").is_empty() {
+        return bad_request("scope openid, state and nonce are required");
+    }
+    let code = uuid::Uuid::new_v4().simple().to_string();
+    let grant = CodeGrant {
+        sub: shared.next_person.lock().unwrap().clone(),
+        nonce: get("nonce"),
+        challenge: get("code_challenge"),
+        redirect_uri: get("redirect_uri"),
+    };
+    shared.codes.lock().unwrap().insert(code.clone(), grant);
+    let state: String = url_encode(&get("state"));
+    axum::response::Redirect::to(&format!("{}?code={code}&state={state}", client.redirect_uri)).into_response()
+}
+
+fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn token(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    axum::Form(form): axum::Form<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let refuse = |why: &str| {
+        shared.refused_redemptions.fetch_add(1, Ordering::Relaxed);
+        (axum::http::StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant", "error_description": why})))
+            .into_response()
+    };
+    let Some(client) = shared.client.lock().unwrap().clone() else { return refuse("no client registered") };
+    let get = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", client.id, client.secret))
+    );
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(basic.as_str()) {
+        return refuse("client authentication failed");
+    }
+    if get("grant_type") != "authorization_code" || get("client_id") != client.id {
+        return refuse("wrong grant_type or client_id");
+    }
+    // One use: the code is gone whatever follows.
+    let Some(grant) = shared.codes.lock().unwrap().remove(&get("code")) else { return refuse("unknown or used code") };
+    if get("redirect_uri") != grant.redirect_uri {
+        return refuse("redirect_uri differs from the authorization request's");
+    }
+    let challenge = URL_SAFE_NO_PAD.encode(openssl::sha::sha256(get("code_verifier").as_bytes()));
+    if get("code_verifier").len() < 43 || challenge != grant.challenge {
+        return refuse("PKCE verification failed");
+    }
+    shared.redeemed.fetch_add(1, Ordering::Relaxed);
+    let now = keymesh_mesh::auth::unix_now();
+    let claims = json!({
+        "iss": shared.url, "sub": grant.sub, "aud": client.id, "iat": now, "nbf": now, "exp": now + 600,
+        "nonce": grant.nonce, "email": format!("{}@example.com", grant.sub), "email_verified": true,
+    });
+    let id_token = sign_claims(&shared, &claims);
+    Json(json!({"access_token": uuid::Uuid::new_v4().to_string(), "token_type": "Bearer", "expires_in": 600, "id_token": id_token}))
+        .into_response()
+}
+
+async fn sign_in_as_request(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> axum::http::StatusCode {
+    match body.get("sub").and_then(Value::as_str) {
+        Some(sub) if !sub.is_empty() => {
+            *shared.next_person.lock().unwrap() = sub.to_owned();
+            axum::http::StatusCode::NO_CONTENT
+        }
+        _ => axum::http::StatusCode::BAD_REQUEST,
+    }
 }

@@ -108,6 +108,11 @@ impl AuditScope {
         self.event.identity = bounded(identity);
     }
 
+    /// For a caller whose token a token exchange issued: whom the exchange vouched for (`<issuer>:<subject>`).
+    pub fn on_behalf_of(&mut self, issuer: &str, subject: &str) {
+        self.event.on_behalf_of = bounded(&format!("{issuer}:{subject}"));
+    }
+
     /// What the call operated on.
     pub fn resource(&mut self, key_id: &str, version: u32, algorithm: i32) {
         self.event.resource = bounded(key_id);

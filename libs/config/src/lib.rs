@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 /// Sections owned by one service each, read (strictly) by that service alone: `[dek_cache]` and
 /// `[crypto_service]` by crypto-service, `[key_service]` by key-service.
-const SERVICE_SECTIONS: &[&str] = &["dek_cache", "crypto_service", "key_service"];
+const SERVICE_SECTIONS: &[&str] = &["dek_cache", "crypto_service", "key_service", "console"];
 
 /// Sections owned by the library crates, read here.
 const LIBRARY_SECTIONS: &[&str] = &["tokens", "database", "kms", "policy", "limits", "audit"];

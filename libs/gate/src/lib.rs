@@ -81,6 +81,9 @@ impl Gate {
     pub fn scope(&self, operation: &str, claims: &AccessClaims) -> AuditScope {
         let mut audit = AuditScope::start(self.service, operation);
         audit.caller(&claims.tenant, &claims.sub);
+        if let Some(person) = &claims.ext {
+            audit.on_behalf_of(&person.iss, &person.sub);
+        }
         audit
     }
 

@@ -28,6 +28,7 @@ pub fn json_line(row: &audit_record::Model) -> String {
         "tenant_id": event.tenant_id,
         "service": event.service,
         "identity": event.identity,
+        "on_behalf_of": event.on_behalf_of,
         "operation": event.operation,
         "resource": event.resource,
         "key_version": event.key_version,

@@ -114,8 +114,15 @@ fn validate(batch: &pb::AppendRequest, sender: &str) -> Result<Vec<ReceivedEvent
         if event.event_id.is_empty() || event.event_id.len() > 64 {
             return Err(Status::invalid_argument("event_id must be 1 to 64 characters"));
         }
-        let fields =
-            [&event.tenant_id, &event.identity, &event.operation, &event.resource, &event.reason, &event.trace_id];
+        let fields = [
+            &event.tenant_id,
+            &event.identity,
+            &event.operation,
+            &event.resource,
+            &event.reason,
+            &event.trace_id,
+            &event.on_behalf_of,
+        ];
         if fields.iter().any(|f| f.len() > 1024) {
             return Err(Status::invalid_argument(format!(
                 "event {}: string fields are limited to 1024 bytes",

@@ -1,7 +1,7 @@
 //! The response headers of every console response. The source document's dashboard allowed `'unsafe-inline'`
 //! scripts and styles; the console allows neither, so an injected `<script>` or `style` attribute does not run:
 //! its pages load their scripts and styles from its own origin only. Framing is refused (clickjacking), MIME
-//! sniffing is off, no referrer leaves (URLs name keys and tenants), and nothing is cached (pages show secrets
+//! sniffing is off, no referrer leaves for another site (URLs name keys and tenants), and nothing is cached (pages show secrets
 //! once). HSTS is sent whenever the console is served over TLS.
 
 use axum::{
@@ -32,7 +32,9 @@ pub async fn secure_headers(State(tls): State<OverTls>, request: Request, next: 
     set(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
     set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(header::X_FRAME_OPTIONS, "DENY");
-    set(header::REFERRER_POLICY, "no-referrer");
+    // `same-origin`, not `no-referrer`: no other site ever sees a console URL, and the browser keeps sending this
+    // console's own `Origin` on its form posts (under `no-referrer` it sends `Origin: null`), which the guard checks.
+    set(header::REFERRER_POLICY, "same-origin");
     set(header::CACHE_CONTROL, "no-store");
     set(HeaderName::from_static("cross-origin-opener-policy"), "same-origin");
     if tls.0 {
@@ -82,7 +84,7 @@ mod tests {
             assert!(csp.contains(directive), "{directive}");
         }
         assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
-        assert_eq!(headers[header::REFERRER_POLICY], "no-referrer");
+        assert_eq!(headers[header::REFERRER_POLICY], "same-origin");
         assert_eq!(headers[header::CACHE_CONTROL], "no-store");
         assert_eq!(headers[header::STRICT_TRANSPORT_SECURITY], STRICT_TRANSPORT_SECURITY);
         let plain = headers_of(false, "/").await;

@@ -29,8 +29,21 @@ pub struct SignedIn {
     pub tenant: String,
     /// The roles the access token carries (`viewer`, `developer`, `admin`, `owner`, `auditor`).
     pub roles: Vec<String>,
+    /// The application the keymesh token was issued for (the exchange rule's, or the development login's).
+    pub application: String,
     /// The keymesh access token calls are made with.
     pub access_token: Zeroizing<String>,
+    /// The refresh token of a development login (revoked at sign-out with the access token).
+    pub refresh_token: Option<Zeroizing<String>>,
+    /// When the access token expires: the session cannot act after it.
+    pub expires_at: std::time::SystemTime,
+}
+
+impl SignedIn {
+    /// Whether the access token has expired at `now`.
+    pub fn expired(&self, now: std::time::SystemTime) -> bool {
+        now >= self.expires_at
+    }
 }
 
 impl std::fmt::Debug for SignedIn {
@@ -39,6 +52,7 @@ impl std::fmt::Debug for SignedIn {
             .field("subject", &self.subject)
             .field("tenant", &self.tenant)
             .field("roles", &self.roles)
+            .field("application", &self.application)
             .finish_non_exhaustive()
     }
 }
@@ -204,7 +218,10 @@ mod tests {
             subject: "alice@example.com".into(),
             tenant: "t_1".into(),
             roles: vec!["admin".into()],
+            application: "app_console_admins".into(),
             access_token: Zeroizing::new("eyJ.secret.token".into()),
+            refresh_token: Some(Zeroizing::new("rt.secret.refresh".into())),
+            expires_at: std::time::SystemTime::now() + Duration::from_secs(3600),
         }
     }
 

@@ -1,0 +1,207 @@
+//! The admin console (`services/console`) against the real mesh: a person signs in at a local OIDC provider that
+//! checks PKCE, and headless Chromium (Selenium, `integration-tests/browser/console_browser.py`) drives every page:
+//! applications, keys (create, rotate, deletion scheduled behind a typed confirmation and cancelled), the policy
+//! editor (a bad CEL rule shows the compiler's message; ENFORCE needs the warning acknowledged), the audit trail
+//! with its chain verified, sign-out; then the refusals (a viewer's forged POST, a POST without the CSRF token,
+//! another tenant's key, a stolen cookie after sign-out). Every page is screenshotted and checked for CSP
+//! violations, console errors and serious or critical axe-core findings. Here, around the browser: the mesh's
+//! audit trail names the person behind every change, sign-out revoked the token, and the development login is
+//! refused anywhere but loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use integration_tests::{Mesh, bin_dir, create_application, free_port, oidc_issuer::TestIssuer, second_tenant};
+use keymesh_mesh::ServiceName;
+use keymesh_proto::v1 as pb;
+use tokio::process::{Child, Command};
+
+const CONSOLE_CLIENT: &str = "keymesh-console";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Starts a console and waits until it answers `/healthz`; panics with its exit status if it stops.
+async fn start_console(mesh: &Mesh, port: u16, extra: &[(&str, &str)]) -> Child {
+    let listen = format!("127.0.0.1:{port}");
+    let mut settings = vec![("KEYMESH_CONSOLE__LISTEN", listen.as_str())];
+    settings.extend_from_slice(extra);
+    let mut child = mesh.console(&settings).spawn().expect("start keymesh-console");
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("keymesh-console exited during start-up: {status}");
+        }
+        if client.get(format!("http://{listen}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("keymesh-console did not answer on {listen} within 10 s");
+}
+
+async fn audit_events(mesh: &Mesh, operation: &str) -> Vec<pb::AuditEvent> {
+    let admin = mesh.admin_client();
+    let query = pb::QueryRequest { operation: operation.into(), limit: 1000, ..Default::default() };
+    admin.audit_query(query).await.unwrap().into_iter().filter_map(|r| r.event).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_manages_keys_and_applications_in_a_real_browser() {
+    let idp = TestIssuer::start().await;
+    let mut mesh = Mesh::start(&[], &[]).await;
+    let token = mesh.admin_client().access_token().await.unwrap();
+    let (admins, _) =
+        create_application(&mesh, &token, "", "console-admins", &[pb::Role::Admin, pb::Role::Auditor], &[])
+            .await
+            .unwrap();
+    let (viewers, _) =
+        create_application(&mesh, &token, "", "console-viewers", &[pb::Role::Viewer], &[]).await.unwrap();
+    // A key of another tenant, whose id the browser then tries.
+    let (second, second_secret) = second_tenant(&mesh).await;
+    let other_key = mesh.client_with(&second, &second_secret).create_key("other-tenant-key").await.unwrap().key_id;
+    // token-service trusts the provider for ID tokens minted for the console, and maps two people.
+    let issuers = format!(
+        r#"[{{name = "corp", issuer = "{}", audience = "{CONSOLE_CLIENT}", max_token_lifetime_seconds = 3600}}]"#,
+        idp.url
+    );
+    let rules = format!(
+        r#"[{{issuer = "corp", subject = "alice", client_id = "{admins}"}}, {{issuer = "corp", subject = "victor", client_id = "{viewers}"}}]"#
+    );
+    mesh.restart(
+        ServiceName::TokenService,
+        &[("KEYMESH_TOKENS__EXCHANGE__ISSUERS", &issuers), ("KEYMESH_TOKENS__EXCHANGE__RULES", &rules)],
+    )
+    .await;
+
+    let port = free_port();
+    let console_url = format!("http://127.0.0.1:{port}");
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_dir.path().join("oidc-client-secret");
+    std::fs::write(&secret_file, "console-client-secret-0123456789\n").unwrap();
+    idp.register_client(CONSOLE_CLIENT, "console-client-secret-0123456789", &format!("{console_url}/oidc/callback"));
+    let _console = start_console(
+        &mesh,
+        port,
+        &[
+            ("KEYMESH_CONSOLE__OIDC__ISSUER", &idp.url),
+            ("KEYMESH_CONSOLE__OIDC__CLIENT_ID", CONSOLE_CLIENT),
+            ("KEYMESH_CONSOLE__OIDC__CLIENT_SECRET_FILE", secret_file.to_str().unwrap()),
+            ("KEYMESH_CONSOLE__OIDC__DISPLAY_NAME", "Corp SSO"),
+        ],
+    )
+    .await;
+
+    let screenshots = bin_dir().join("console-screenshots");
+    let _ = std::fs::remove_dir_all(&screenshots);
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let output = Command::new("python3")
+        .arg(repo().join("integration-tests/browser/console_browser.py"))
+        .env("CONSOLE_URL", &console_url)
+        .env("ISSUER_URL", &idp.url)
+        .env("OTHER_TENANT_KEY_ID", &other_key)
+        .env("SCREENSHOT_DIR", &screenshots)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .expect("python3 runs (make test-deps installs selenium and chromium)");
+    let report = format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("{report}\nscreenshots: {}", screenshots.display());
+    assert!(output.status.success(), "the browser checks failed:\n{report}");
+    let pngs = std::fs::read_dir(&screenshots)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png"))
+        .count();
+    assert!(pngs >= 10, "{pngs} screenshots in {}", screenshots.display());
+
+    // Two sign-ins (alice, victor), each code redeemed with its PKCE verifier, none refused.
+    let (redeemed, refused) = idp.redemptions();
+    assert!(redeemed >= 2 && refused == 0, "codes redeemed {redeemed}, refused {refused}");
+
+    // Every change reached the audit trail under the console-admins application, on behalf of alice.
+    for operation in
+        ["CreateApplication", "CreateKey", "RotateKey", "ScheduleKeyDeletion", "CancelKeyDeletion", "UpdateKeyPolicy"]
+    {
+        let events = audit_events(&mesh, operation).await;
+        assert!(
+            events.iter().any(|e| e.identity == admins
+                && e.on_behalf_of == "corp:alice"
+                && e.outcome == pb::Outcome::Success as i32),
+            "{operation}: no successful event on behalf of alice: {events:?}"
+        );
+    }
+    // The viewer's forged rotation was refused by the console before it reached the mesh: the only RotateKey
+    // events are alice's.
+    let rotations = audit_events(&mesh, "RotateKey").await;
+    assert!(rotations.iter().all(|e| e.on_behalf_of == "corp:alice"), "{rotations:?}");
+    // Sign-out revoked alice's keymesh token at token-service.
+    let revocations = audit_events(&mesh, "RevokeToken").await;
+    assert!(
+        revocations.iter().any(|e| e.identity == admins && e.outcome == pb::Outcome::Success as i32),
+        "no revocation of alice's token at sign-out: {revocations:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_login_works_on_loopback_only() {
+    let mesh = Mesh::start(&[], &[]).await;
+    // Beyond loopback the console refuses to start with the development login on, naming the setting.
+    let output = mesh
+        .console(&[
+            ("KEYMESH_CONSOLE__LISTEN", &format!("0.0.0.0:{}", free_port())),
+            ("KEYMESH_CONSOLE__PUBLIC_URL", "https://console.example.com"),
+            ("KEYMESH_CONSOLE__DEV_LOGIN", "true"),
+        ])
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("console.dev_login") && stderr.contains("loopback"), "{stderr}");
+
+    // On loopback: the bootstrap admin's client id and secret sign in; a wrong secret does not.
+    let port = free_port();
+    let _console = start_console(&mesh, port, &[("KEYMESH_CONSOLE__DEV_LOGIN", "true")]).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let credentials: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(mesh.dir.path().join("bootstrap-credentials.json")).unwrap())
+            .unwrap();
+    let (id, secret) = (credentials["client_id"].as_str().unwrap(), credentials["client_secret"].as_str().unwrap());
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let login = |password: &str, origin: &str| {
+        http.post(format!("{base}/login/dev"))
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("username={id}&password={password}"))
+            .send()
+    };
+    let wrong = login("not-the-secret", &base).await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    let cross_site = login(secret, "https://evil.example").await.unwrap();
+    assert_eq!(cross_site.status(), 403, "a sign-in posted from another site");
+    let signed_in = login(secret, &base).await.unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with("keymesh-console=") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains(secret));
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let keys = http.get(format!("{base}/keys")).header("cookie", &session).send().await.unwrap();
+    assert_eq!(keys.status(), 200);
+    let csp = keys.headers().get("content-security-policy").unwrap().to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    let page = keys.text().await.unwrap();
+    assert!(page.contains(id) && page.contains("id=\"keys\""), "{page}");
+    // Without a session a page sends the browser to sign in.
+    let anonymous = http.get(format!("{base}/keys")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 303);
+    let location = anonymous.headers()["location"].to_str().unwrap();
+    assert!(location.starts_with("/login?return_to=%2Fkeys"), "{location}");
+}

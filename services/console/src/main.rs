@@ -1,0 +1,135 @@
+//! keymesh-console: the admin web console's binary. It reads the shared configuration file (the mesh's endpoints
+//! and data directory) and its `[console]` section, connects to the mesh with its client certificate (no
+//! credentials: every call carries the signed-in person's token), and serves HTTP until SIGTERM or Ctrl-C.
+//! Exit codes: 64 for a configuration mistake (the field is named), 1 for a failed start.
+
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use keymesh_client::{Credentials, KeymeshClient, TlsMaterial};
+use keymesh_config::KeymeshConfig;
+use keymesh_console::{
+    app::{self, Console},
+    config::{ConsoleConfig, RawConsole},
+    session::Sessions,
+    signin::Provider,
+};
+use keymesh_mesh::{ServiceName, config::MeshParams, run::ServiceConfig};
+
+const EXIT_CONFIG: u8 = 64;
+
+enum Failure {
+    Config(String),
+    Start(String),
+}
+
+fn main() -> ExitCode {
+    keymesh_mesh::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keymesh-console: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(line)) => {
+            eprintln!("keymesh-console: {line}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Start(line)) => {
+            eprintln!("keymesh-console: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_path(env: &BTreeMap<String, String>) -> Result<Option<PathBuf>, Failure> {
+    let mut args = std::env::args().skip(1);
+    match (args.next().as_deref(), args.next()) {
+        (None, _) => Ok(env.get("KEYMESH_CONFIG").map(PathBuf::from)),
+        (Some("--config" | "-c"), Some(path)) if args.next().is_none() => Ok(Some(PathBuf::from(path))),
+        _ => Err(Failure::Config("usage: keymesh-console [--config FILE] (or KEYMESH_CONFIG)".into())),
+    }
+}
+
+async fn run() -> Result<(), Failure> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let file = KeymeshConfig::load(config_path(&env)?.as_deref(), &env).map_err(|e| Failure::Config(e.to_string()))?;
+    // The shared transport settings: the mesh's endpoints, the data directory, the log level.
+    let params = MeshParams::from_raw(ServiceName::CryptoService, file.transport())
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    let raw: RawConsole = file.service_section("console").map_err(|e| Failure::Config(e.to_string()))?;
+    let mut config = ConsoleConfig::from_raw(raw).map_err(|e| Failure::Config(e.to_string()))?;
+    init_logging(&params);
+    let tls = match &config.tls_files {
+        Some((cert, key, ca)) => TlsMaterial::from_files(ca, cert, key).map_err(|e| Failure::Start(e.to_string()))?,
+        None => {
+            keymesh_mesh::run::dev_client_tls(&params.data_dir, "console").map_err(|e| Failure::Start(e.to_string()))?
+        }
+    };
+    let mesh =
+        KeymeshClient::new(&params.endpoints, &tls, Credentials::none()).map_err(|e| Failure::Start(e.to_string()))?;
+    let provider = match config.oidc.take() {
+        Some(settings) => Some(
+            Provider::new(settings, config.redirect_uri())
+                .map_err(|e| Failure::Config(format!("console.oidc: {e}")))?,
+        ),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Failure::Start(format!("console.listen {}: {e}", config.listen)))?;
+    let console = Arc::new(Console {
+        sessions: Sessions::new(config.sessions, !config.over_tls()),
+        pending: Default::default(),
+        mesh,
+        provider,
+        data_dir: params.data_dir.clone(),
+        config,
+    });
+    tracing::info!(
+        url = %console.config.public_url,
+        oidc = console.provider.is_some(),
+        dev_login = console.config.dev_login,
+        "keymesh console listening"
+    );
+    let sweeper = console.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            sweeper.sessions.sweep(std::time::Instant::now());
+        }
+    });
+    axum::serve(listener, app::router(console))
+        .with_graceful_shutdown(shutdown())
+        .await
+        .map_err(|e| Failure::Start(e.to_string()))
+}
+
+fn init_logging(params: &MeshParams) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&params.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if params.json_logs {
+        builder.json().init();
+    } else {
+        builder.with_ansi(false).init();
+    }
+}
+
+async fn shutdown() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

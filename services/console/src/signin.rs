@@ -1,0 +1,457 @@
+//! Signing in and out. The console never decides who someone is or what they may do: an OIDC sign-in ends with
+//! the provider's ID token exchanged at token-service (RFC 8693), which verifies it (signature, issuer, audience,
+//! lifetime) and maps the person to an application of a tenant by its configured rules; the development login
+//! is the client-credentials grant of an application (the bootstrap admin's, from the data directory). Either way
+//! the session holds the keymesh token token-service issued, and every page calls the mesh with it; sign-out
+//! revokes it there.
+
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use axum::{
+    Form,
+    extract::{Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Redirect, Response},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use keymesh_proto::v1 as pb;
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+use zeroize::Zeroizing;
+
+use crate::{
+    app::{Shared, Who},
+    config::{OidcSettings, secure_or_loopback},
+    error::PageError,
+    oidc::{self, Pending},
+    session::SignedIn,
+    views,
+};
+
+/// The provider's endpoints, found by discovery on first use (the provider need not be up when the console
+/// starts), and the HTTP client that reaches them.
+pub struct Provider {
+    settings: OidcSettings,
+    redirect_uri: String,
+    http: reqwest::Client,
+    endpoints: OnceCell<Endpoints>,
+}
+
+struct Endpoints {
+    client: oidc::Client,
+    token_endpoint: url::Url,
+}
+
+/// What a sign-in failed with, as shown to the person (never a token or a secret).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SignInError(String);
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+}
+
+impl Provider {
+    /// The provider of `settings`; `redirect_uri` is the console's callback.
+    pub fn new(settings: OidcSettings, redirect_uri: String) -> Result<Self, SignInError> {
+        let mut builder =
+            reqwest::Client::builder().timeout(Duration::from_secs(10)).redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &settings.ca_file {
+            let pem = std::fs::read(path).map_err(|e| SignInError(format!("{}: {e}", path.display())))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SignInError(e.to_string()))? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| SignInError(e.to_string()))?;
+        Ok(Self { settings, redirect_uri, http, endpoints: OnceCell::new() })
+    }
+
+    /// The sign-in button's label.
+    pub fn display_name(&self) -> &str {
+        &self.settings.display_name
+    }
+
+    async fn endpoints(&self) -> Result<&Endpoints, SignInError> {
+        self.endpoints.get_or_try_init(|| self.discover()).await
+    }
+
+    async fn discover(&self) -> Result<Endpoints, SignInError> {
+        let issuer = self.settings.issuer.as_str().trim_end_matches('/');
+        let url = format!("{issuer}/.well-known/openid-configuration");
+        let unreachable = |e: reqwest::Error| SignInError(format!("the identity provider is unreachable: {e}"));
+        let response = self.http.get(&url).send().await.map_err(unreachable)?;
+        if !response.status().is_success() {
+            return Err(SignInError(format!("{url} answered {}", response.status())));
+        }
+        let body = response.bytes().await.map_err(unreachable)?;
+        let found: Discovery = serde_json::from_slice(&body)
+            .map_err(|e| SignInError(format!("{url} is not a discovery document: {e}")))?;
+        // OIDC Discovery §4.3: the document must be the configured issuer's own.
+        if found.issuer.trim_end_matches('/') != issuer {
+            return Err(SignInError(format!("{url} names the issuer {:?}, not {issuer:?}", found.issuer)));
+        }
+        let endpoint = |name: &str, text: &str| -> Result<url::Url, SignInError> {
+            let parsed = url::Url::parse(text).map_err(|e| SignInError(format!("{name} {text:?}: {e}")))?;
+            if secure_or_loopback(&parsed) {
+                Ok(parsed)
+            } else {
+                Err(SignInError(format!("{name} {text:?} must be https://")))
+            }
+        };
+        Ok(Endpoints {
+            client: oidc::Client {
+                authorization_endpoint: endpoint("authorization_endpoint", &found.authorization_endpoint)?,
+                client_id: self.settings.client_id.clone(),
+                redirect_uri: self.redirect_uri.clone(),
+                scopes: self.settings.scopes.clone(),
+            },
+            token_endpoint: endpoint("token_endpoint", &found.token_endpoint)?,
+        })
+    }
+
+    /// Redeems the authorization `code` (with the sign-in's PKCE verifier) for the provider's ID token.
+    async fn redeem(&self, code: &str, pending: &Pending) -> Result<Zeroizing<String>, SignInError> {
+        let endpoints = self.endpoints().await?;
+        let form = oidc::token_request_form(&endpoints.client, code, pending);
+        let mut request = self
+            .http
+            .post(endpoints.token_endpoint.clone())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .body(form.as_str().to_owned());
+        if let Some(secret) = &self.settings.client_secret {
+            // client_secret_basic (RFC 6749 §2.3.1): both parts form-encoded before base64.
+            let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = Zeroizing::new(format!("{}:{}", encode(&self.settings.client_id), encode(secret)));
+            let value =
+                Zeroizing::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())));
+            request = request.header(header::AUTHORIZATION, value.as_str());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| SignInError(format!("the identity provider's token endpoint is unreachable: {e}")))?;
+        let status = response.status();
+        let body = Zeroizing::new(response.bytes().await.map_err(|e| SignInError(e.to_string()))?.to_vec());
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if !status.is_success() {
+            // RFC 6749 §5.2: `error` and `error_description` say why; nothing else of the body is shown.
+            let error = json.get("error").and_then(|v| v.as_str()).unwrap_or("unknown error");
+            let description = json.get("error_description").and_then(|v| v.as_str()).unwrap_or("");
+            return Err(SignInError(format!(
+                "the identity provider refused the code ({status}): {error} {description}"
+            )));
+        }
+        json.get("id_token")
+            .and_then(|v| v.as_str())
+            .map(|t| Zeroizing::new(t.to_owned()))
+            .ok_or_else(|| SignInError("the identity provider returned no id_token (is `openid` allowed?)".into()))
+    }
+}
+
+/// The claims of a keymesh access token the console needs: who, which tenant, which roles, until when. Read
+/// without verifying: the token came straight from token-service over mTLS, and every service it is sent to
+/// verifies it.
+#[derive(Deserialize)]
+struct AccessView {
+    sub: String,
+    tenant: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    exp: u64,
+    #[serde(default)]
+    ext: Option<ExternalView>,
+}
+
+#[derive(Deserialize)]
+struct ExternalView {
+    iss: String,
+    sub: String,
+}
+
+fn jwt_payload<T: serde::de::DeserializeOwned>(token: &str) -> Option<T> {
+    let payload = token.split('.').nth(1)?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+}
+
+/// The session of an IssueToken answer; `person` is who signed in, for the page header.
+fn signed_in(issued: pb::IssueTokenResponse, person: Option<String>) -> Result<SignedIn, PageError> {
+    let view: AccessView = jwt_payload(&issued.access_token)
+        .ok_or_else(|| PageError::Internal("token-service returned an access token the console cannot read".into()))?;
+    let subject = match (&view.ext, person) {
+        (Some(ext), Some(person)) => format!("{person} ({}:{})", ext.iss, ext.sub),
+        (Some(ext), None) => format!("{}:{}", ext.iss, ext.sub),
+        (None, _) => view.sub.clone(),
+    };
+    Ok(SignedIn {
+        subject,
+        tenant: view.tenant,
+        roles: view.roles,
+        application: view.sub,
+        access_token: Zeroizing::new(issued.access_token),
+        refresh_token: Some(Zeroizing::new(issued.refresh_token)).filter(|t| !t.is_empty()),
+        expires_at: UNIX_EPOCH + Duration::from_secs(view.exp),
+    })
+}
+
+/// Starts the session of `user`, replacing the one the browser came with, and sends the browser to `return_to`.
+fn start_session(
+    console: &Shared,
+    headers: &HeaderMap,
+    user: SignedIn,
+    return_to: &str,
+) -> Result<Response, PageError> {
+    let previous = console.sessions.id_from(headers);
+    tracing::info!(person = %user.subject, tenant = %user.tenant, "signed in to the console");
+    let id = console
+        .sessions
+        .start(user, previous.as_deref(), Instant::now())
+        .map_err(|e| PageError::Internal(e.to_string()))?;
+    let mut response = Redirect::to(&oidc::local_path(return_to)).into_response();
+    let cookie = console.sessions.cookie(&id);
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie.parse().map_err(|_| PageError::Internal("the session cookie is not a header value".into()))?,
+    );
+    Ok(response)
+}
+
+/// `GET /login`'s query.
+#[derive(Deserialize, Default)]
+pub struct LoginQuery {
+    #[serde(default)]
+    return_to: Option<String>,
+    #[serde(default)]
+    expired: Option<String>,
+    #[serde(default)]
+    signed_out: Option<String>,
+}
+
+/// `GET /login`: the sign-in page.
+pub async fn login_page(State(console): State<Shared>, Query(query): Query<LoginQuery>) -> Response {
+    let return_to = oidc::local_path(query.return_to.as_deref().unwrap_or("/"));
+    let notice = if query.signed_out.is_some() {
+        Some("You have signed out.")
+    } else if query.expired.is_some() {
+        Some("Your session has ended; sign in again.")
+    } else {
+        None
+    };
+    views::login(views::LoginPage {
+        layout: views::Layout::anonymous(),
+        provider: console.provider.as_ref().map(|p| p.display_name().to_owned()),
+        dev_login: console.config.dev_login,
+        return_to,
+        notice: notice.map(str::to_owned),
+        error: None,
+    })
+    .into_response()
+}
+
+fn login_error(console: &Shared, status: StatusCode, message: String) -> Response {
+    tracing::warn!(reason = %message, "console sign-in failed");
+    (
+        status,
+        views::login(views::LoginPage {
+            layout: views::Layout::anonymous(),
+            provider: console.provider.as_ref().map(|p| p.display_name().to_owned()),
+            dev_login: console.config.dev_login,
+            return_to: "/".into(),
+            notice: None,
+            error: Some(message),
+        }),
+    )
+        .into_response()
+}
+
+/// `GET /login/oidc`: starts an OIDC sign-in and sends the browser to the provider.
+pub async fn start_oidc(State(console): State<Shared>, Query(query): Query<LoginQuery>) -> Response {
+    let Some(provider) = &console.provider else {
+        return login_error(&console, StatusCode::NOT_FOUND, "No identity provider is configured.".into());
+    };
+    let endpoints = match provider.endpoints().await {
+        Ok(e) => e,
+        Err(e) => return login_error(&console, StatusCode::BAD_GATEWAY, e.to_string()),
+    };
+    let pending = match console.pending.start(query.return_to.as_deref().unwrap_or("/"), Instant::now()) {
+        Ok(p) => p,
+        Err(e) => return PageError::Internal(e.to_string()).into_response(),
+    };
+    Redirect::to(endpoints.client.authorization_url(&pending).as_str()).into_response()
+}
+
+/// `GET /oidc/callback`'s query.
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// `GET /oidc/callback`: the provider sends the browser back with a code (or an error).
+pub async fn oidc_callback(
+    State(console): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<CallbackQuery>,
+) -> Response {
+    let Some(provider) = &console.provider else {
+        return login_error(&console, StatusCode::NOT_FOUND, "No identity provider is configured.".into());
+    };
+    // The state is consumed first, whatever follows: a callback is good once.
+    let pending = query.state.as_deref().and_then(|state| console.pending.finish(state, Instant::now()));
+    let Some(pending) = pending else {
+        return login_error(
+            &console,
+            StatusCode::BAD_REQUEST,
+            "This sign-in is unknown or expired; start again.".into(),
+        );
+    };
+    if let Some(error) = query.error {
+        let description = query.error_description.unwrap_or_default();
+        return login_error(
+            &console,
+            StatusCode::UNAUTHORIZED,
+            format!("The identity provider said: {error} {description}"),
+        );
+    }
+    let Some(code) = query.code else {
+        return login_error(&console, StatusCode::BAD_REQUEST, "The identity provider sent no code.".into());
+    };
+    let id_token = match provider.redeem(&code, &pending).await {
+        Ok(t) => t,
+        Err(e) => return login_error(&console, StatusCode::BAD_GATEWAY, e.to_string()),
+    };
+    if !oidc::nonce_matches(&id_token, &pending) {
+        return login_error(&console, StatusCode::UNAUTHORIZED, "The ID token was not minted for this sign-in.".into());
+    }
+    let person = jwt_payload::<serde_json::Value>(&id_token).and_then(|claims| {
+        ["email", "preferred_username", "name"]
+            .iter()
+            .find_map(|c| claims.get(*c).and_then(|v| v.as_str()).map(str::to_owned))
+    });
+    let request = pb::IssueTokenRequest {
+        grant_type: pb::GrantType::TokenExchange as i32,
+        subject_token: id_token.as_str().to_owned(),
+        subject_token_type: "urn:ietf:params:oauth:token-type:id_token".into(),
+        ..Default::default()
+    };
+    let issued = match console.mesh.token_service().issue_token(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            return login_error(
+                &console,
+                StatusCode::FORBIDDEN,
+                format!("keymesh did not accept this identity: {}", status.message()),
+            );
+        }
+    };
+    match signed_in(issued, person).and_then(|user| start_session(&console, &headers, user, &pending.return_to)) {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The development login's form.
+#[derive(Deserialize)]
+pub struct DevLoginForm {
+    username: String,
+    password: Zeroizing<String>,
+    #[serde(default)]
+    return_to: Option<String>,
+}
+
+/// `POST /login/dev`: the development login (loopback only; see the configuration): an application's client id
+/// and secret, checked by token-service's client-credentials grant.
+pub async fn dev_login(State(console): State<Shared>, headers: HeaderMap, Form(form): Form<DevLoginForm>) -> Response {
+    if !console.config.dev_login {
+        return login_error(&console, StatusCode::NOT_FOUND, "The development login is off.".into());
+    }
+    let request = pb::IssueTokenRequest {
+        grant_type: pb::GrantType::ClientCredentials as i32,
+        client_id: form.username.trim().to_owned(),
+        client_secret: form.password.as_str().to_owned(),
+        ..Default::default()
+    };
+    let issued = match console.mesh.token_service().issue_token(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status)
+            if status.code() == tonic::Code::Unauthenticated || status.code() == tonic::Code::InvalidArgument =>
+        {
+            return login_error(&console, StatusCode::UNAUTHORIZED, "Wrong username or password.".into());
+        }
+        Err(status) => return PageError::Mesh(status).into_response(),
+    };
+    let return_to = form.return_to.unwrap_or_else(|| "/".into());
+    match signed_in(issued, None).and_then(|user| start_session(&console, &headers, user, &return_to)) {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /logout`: ends the session here and revokes its keymesh tokens at token-service, so neither the
+/// cookie nor a token copied out of memory works afterwards.
+pub async fn logout(State(console): State<Shared>, axum::Extension(who): axum::Extension<Who>) -> Response {
+    if let Some(user) = console.sessions.end(&who.id) {
+        let mut tokens = vec![user.access_token.clone()];
+        tokens.extend(user.refresh_token.clone());
+        for token in tokens {
+            let request = pb::RevokeTokenRequest { token: token.as_str().to_owned() };
+            if let Err(status) = console.mesh.token_service().revoke_token(request).await {
+                // The session is gone either way; the token dies at its expiry at the latest.
+                tracing::warn!(code = ?status.code(), "revoking a signed-out person's token failed");
+            }
+        }
+        tracing::info!(person = %user.subject, "signed out of the console");
+    }
+    let mut response = Redirect::to("/login?signed_out=1").into_response();
+    if let Ok(value) = console.sessions.removal_cookie().parse() {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// Seconds since the Unix epoch, for expiry checks in tests.
+#[cfg(test)]
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_with(claims: serde_json::Value) -> String {
+        format!("eyJhbGciOiJFZERTQSJ9.{}.c2ln", URL_SAFE_NO_PAD.encode(claims.to_string()))
+    }
+
+    #[test]
+    fn a_session_takes_tenant_roles_and_expiry_from_the_issued_token() {
+        let exp = now_seconds() + 600;
+        let token = token_with(serde_json::json!({
+            "sub": "app_1", "tenant": "t_1", "roles": ["admin", "auditor"], "exp": exp,
+            "ext": {"iss": "corp", "sub": "alice-123"}
+        }));
+        let issued = pb::IssueTokenResponse { access_token: token, ..Default::default() };
+        let user = signed_in(issued, Some("alice@example.com".into())).unwrap();
+        assert_eq!(user.subject, "alice@example.com (corp:alice-123)");
+        assert_eq!((user.tenant.as_str(), user.application.as_str()), ("t_1", "app_1"));
+        assert_eq!(user.roles, ["admin", "auditor"]);
+        assert!(user.refresh_token.is_none());
+        assert!(!user.expired(std::time::SystemTime::now()));
+        assert!(user.expired(UNIX_EPOCH + Duration::from_secs(exp)));
+    }
+
+    #[test]
+    fn an_unreadable_token_is_an_internal_error_not_a_session() {
+        let issued = pb::IssueTokenResponse { access_token: "not-a-jwt".into(), ..Default::default() };
+        assert!(matches!(signed_in(issued, None), Err(PageError::Internal(_))));
+    }
+}
