@@ -7,6 +7,11 @@
 //! [`TestIssuer::sign_in_as`] or `POST /test/sign-in-as {"sub": …}`), and `/token` redeems the code only with
 //! the PKCE verifier whose S256 challenge `/authorize` was given, the registered client's secret and the same
 //! redirect URI, answering with an ID token that carries the sign-in's nonce. Refusals are counted.
+//!
+//! And it plays GitHub for a GitHub OAuth app: `/login/oauth/authorize` and `/login/oauth/access_token` (the same
+//! PKCE and secret checks, answering with an opaque access token), and GitHub's token check
+//! `POST /applications/{client_id}/token` (HTTP Basic as the app), which knows a token only for the app it was
+//! issued to.
 
 use std::{
     net::SocketAddr,
@@ -43,6 +48,9 @@ struct Shared {
     codes: Mutex<std::collections::HashMap<String, CodeGrant>>,
     refused_redemptions: AtomicUsize,
     redeemed: AtomicUsize,
+    github_client: Mutex<Option<RegisteredClient>>,
+    /// GitHub access tokens issued: token → (the app's client id, the user's login).
+    github_tokens: Mutex<std::collections::HashMap<String, (String, String)>>,
 }
 
 /// The one client the provider knows (a console).
@@ -83,6 +91,8 @@ impl TestIssuer {
             codes: Mutex::new(Default::default()),
             refused_redemptions: AtomicUsize::new(0),
             redeemed: AtomicUsize::new(0),
+            github_client: Mutex::new(None),
+            github_tokens: Mutex::new(Default::default()),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -90,6 +100,9 @@ impl TestIssuer {
             .route("/authorize", get(authorize))
             .route("/token", axum::routing::post(token))
             .route("/test/sign-in-as", axum::routing::post(sign_in_as_request))
+            .route("/login/oauth/authorize", get(github_authorize))
+            .route("/login/oauth/access_token", axum::routing::post(github_access_token))
+            .route("/applications/{client_id}/token", axum::routing::post(github_check_token))
             .with_state(shared.clone());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -129,6 +142,20 @@ impl TestIssuer {
     pub fn register_client(&self, id: &str, secret: &str, redirect_uri: &str) {
         *self.shared.client.lock().unwrap() =
             Some(RegisteredClient { id: id.into(), secret: secret.into(), redirect_uri: redirect_uri.into() });
+    }
+
+    /// Registers the GitHub OAuth app browsers sign in to.
+    pub fn register_github_app(&self, id: &str, secret: &str, redirect_uri: &str) {
+        *self.shared.github_client.lock().unwrap() =
+            Some(RegisteredClient { id: id.into(), secret: secret.into(), redirect_uri: redirect_uri.into() });
+    }
+
+    /// A GitHub access token for `login`, issued to the OAuth app `client_id` (as any app the user authorized
+    /// could hold one).
+    pub fn github_token_for(&self, client_id: &str, login: &str) -> String {
+        let token = format!("gho_{}", uuid::Uuid::new_v4().simple());
+        self.shared.github_tokens.lock().unwrap().insert(token.clone(), (client_id.into(), login.into()));
+        token
     }
 
     /// The person the next `/authorize` signs in.
@@ -278,4 +305,88 @@ async fn sign_in_as_request(State(shared): State<Arc<Shared>>, Json(body): Json<
         }
         _ => axum::http::StatusCode::BAD_REQUEST,
     }
+}
+
+/// The numeric id the fake GitHub gives `login` (stable: rules name people by it).
+pub fn github_id(login: &str) -> u64 {
+    login.bytes().fold(7_000_000, |id, b| id * 31 % 1_000_000_007 + u64::from(b))
+}
+
+async fn github_authorize(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(client) = shared.github_client.lock().unwrap().clone() else { return bad_request("no app registered") };
+    let get = |k: &str| query.get(k).cloned().unwrap_or_default();
+    if get("client_id") != client.id || get("redirect_uri") != client.redirect_uri {
+        return bad_request("unknown client_id or redirect_uri");
+    }
+    if get("code_challenge_method") != "S256" || get("code_challenge").len() != 43 || get("state").is_empty() {
+        return bad_request("PKCE with S256 and a state are required");
+    }
+    let code = uuid::Uuid::new_v4().simple().to_string();
+    let grant = CodeGrant {
+        sub: shared.next_person.lock().unwrap().clone(),
+        nonce: String::new(),
+        challenge: get("code_challenge"),
+        redirect_uri: get("redirect_uri"),
+    };
+    shared.codes.lock().unwrap().insert(code.clone(), grant);
+    let state = url_encode(&get("state"));
+    axum::response::Redirect::to(&format!("{}?code={code}&state={state}", client.redirect_uri)).into_response()
+}
+
+async fn github_access_token(
+    State(shared): State<Arc<Shared>>,
+    axum::Form(form): axum::Form<std::collections::HashMap<String, String>>,
+) -> Json<Value> {
+    // GitHub answers errors with 200 and an `error` field.
+    let refuse = |why: &str| {
+        shared.refused_redemptions.fetch_add(1, Ordering::Relaxed);
+        Json(json!({"error": "bad_verification_code", "error_description": why}))
+    };
+    let Some(client) = shared.github_client.lock().unwrap().clone() else { return refuse("no app registered") };
+    let get = |k: &str| form.get(k).cloned().unwrap_or_default();
+    if get("client_id") != client.id || get("client_secret") != client.secret {
+        return refuse("client authentication failed");
+    }
+    let Some(grant) = shared.codes.lock().unwrap().remove(&get("code")) else { return refuse("unknown or used code") };
+    let challenge = URL_SAFE_NO_PAD.encode(openssl::sha::sha256(get("code_verifier").as_bytes()));
+    if get("redirect_uri") != grant.redirect_uri || challenge != grant.challenge {
+        return refuse("redirect_uri or PKCE verification failed");
+    }
+    shared.redeemed.fetch_add(1, Ordering::Relaxed);
+    let token = format!("gho_{}", uuid::Uuid::new_v4().simple());
+    shared.github_tokens.lock().unwrap().insert(token.clone(), (client.id.clone(), grant.sub));
+    Json(json!({"access_token": token, "token_type": "bearer", "scope": ""}))
+}
+
+async fn github_check_token(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(client_id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let not_found = || (axum::http::StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))).into_response();
+    let Some(client) = shared.github_client.lock().unwrap().clone() else { return not_found() };
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", client.id, client.secret))
+    );
+    if client_id != client.id || headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(basic.as_str()) {
+        return (axum::http::StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"}))).into_response();
+    }
+    let token = body.get("access_token").and_then(Value::as_str).unwrap_or_default();
+    let Some((app, login)) = shared.github_tokens.lock().unwrap().get(token).cloned() else { return not_found() };
+    if app != client_id {
+        return not_found();
+    }
+    Json(json!({
+        "id": 1, "token": token, "expires_at": null, "scopes": [],
+        "app": {"client_id": app, "name": "keymesh console", "url": "https://keymesh.example"},
+        "user": {"login": login, "id": github_id(&login), "email": null},
+    }))
+    .into_response()
 }

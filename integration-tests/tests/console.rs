@@ -25,10 +25,19 @@ fn repo() -> PathBuf {
 
 /// Starts a console and waits until it answers `/healthz`; panics with its exit status if it stops.
 async fn start_console(mesh: &Mesh, port: u16, extra: &[(&str, &str)]) -> Child {
+    start_console_logging(mesh, port, extra, None).await
+}
+
+/// [`start_console`], its log (standard error) written to `log`.
+async fn start_console_logging(mesh: &Mesh, port: u16, extra: &[(&str, &str)], log: Option<&std::path::Path>) -> Child {
     let listen = format!("127.0.0.1:{port}");
     let mut settings = vec![("KEYMESH_CONSOLE__LISTEN", listen.as_str())];
     settings.extend_from_slice(extra);
-    let mut child = mesh.console(&settings).spawn().expect("start keymesh-console");
+    let mut command = mesh.console(&settings);
+    if let Some(path) = log {
+        command.stderr(std::fs::File::create(path).unwrap());
+    }
+    let mut child = command.spawn().expect("start keymesh-console");
     let client = reqwest::Client::new();
     for _ in 0..200 {
         if let Ok(Some(status)) = child.try_wait() {
@@ -82,7 +91,8 @@ async fn a_person_manages_keys_and_applications_in_a_real_browser() {
     let secret_file = secret_dir.path().join("oidc-client-secret");
     std::fs::write(&secret_file, "console-client-secret-0123456789\n").unwrap();
     idp.register_client(CONSOLE_CLIENT, "console-client-secret-0123456789", &format!("{console_url}/oidc/callback"));
-    let _console = start_console(
+    let log = secret_dir.path().join("console.log");
+    let _console = start_console_logging(
         &mesh,
         port,
         &[
@@ -91,6 +101,7 @@ async fn a_person_manages_keys_and_applications_in_a_real_browser() {
             ("KEYMESH_CONSOLE__OIDC__CLIENT_SECRET_FILE", secret_file.to_str().unwrap()),
             ("KEYMESH_CONSOLE__OIDC__DISPLAY_NAME", "Corp SSO"),
         ],
+        Some(&log),
     )
     .await;
 
@@ -116,6 +127,13 @@ async fn a_person_manages_keys_and_applications_in_a_real_browser() {
         .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png"))
         .count();
     assert!(pngs >= 10, "{pngs} screenshots in {}", screenshots.display());
+
+    // The console logged the sign-ins and sign-out, and no token (a JWT starts `eyJ`), code or secret.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("signed in to the console") && logged.contains("signed out of the console"), "{logged}");
+    for secret in ["eyJ", "console-client-secret", "code=", "csrf"] {
+        assert!(!logged.contains(secret), "the console's log holds {secret:?}:\n{logged}");
+    }
 
     // Two sign-ins (alice, victor), each code redeemed with its PKCE verifier, none refused.
     let (redeemed, refused) = idp.redemptions();
@@ -204,4 +222,95 @@ async fn the_development_login_works_on_loopback_only() {
     assert_eq!(anonymous.status(), 303);
     let location = anonymous.headers()["location"].to_str().unwrap();
     assert!(location.starts_with("/login?return_to=%2Fkeys"), "{location}");
+}
+
+/// Follows one redirect by hand (the console's cookie is set on the last hop, so each hop is looked at).
+async fn hop(http: &reqwest::Client, url: &str) -> reqwest::Response {
+    let response = http.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 303, "{url}: {:?}", response.text().await);
+    response
+}
+
+fn location(response: &reqwest::Response, base: &str) -> String {
+    let target = response.headers()["location"].to_str().unwrap();
+    if target.starts_with('/') { format!("{base}{target}") } else { target.to_owned() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_sign_in_is_exchanged_only_for_a_token_of_the_consoles_own_app() {
+    use integration_tests::oidc_issuer::github_id;
+    let github = TestIssuer::start().await;
+    let mut mesh = Mesh::start(&[], &[]).await;
+    let token = mesh.admin_client().access_token().await.unwrap();
+    let (admins, _) = create_application(&mesh, &token, "", "github-admins", &[pb::Role::Admin], &[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("github-app-secret");
+    let app_secret = "github-app-secret-0123456789abcdef";
+    std::fs::write(&secret_file, app_secret).unwrap();
+    let issuers = format!(
+        r#"[{{name = "github", kind = "github", issuer = "https://github.com", audience = "Iv1.console", api_url = "{}", client_secret_file = "{}"}}]"#,
+        github.url,
+        secret_file.display()
+    );
+    let rules = format!(r#"[{{issuer = "github", subject = "{}", client_id = "{admins}"}}]"#, github_id("octocat"));
+    mesh.restart(
+        ServiceName::TokenService,
+        &[("KEYMESH_TOKENS__EXCHANGE__ISSUERS", &issuers), ("KEYMESH_TOKENS__EXCHANGE__RULES", &rules)],
+    )
+    .await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    github.register_github_app("Iv1.console", app_secret, &format!("{base}/github/callback"));
+    let _console = start_console(
+        &mesh,
+        port,
+        &[
+            ("KEYMESH_CONSOLE__GITHUB__CLIENT_ID", "Iv1.console"),
+            ("KEYMESH_CONSOLE__GITHUB__CLIENT_SECRET_FILE", secret_file.to_str().unwrap()),
+            ("KEYMESH_CONSOLE__GITHUB__WEB_URL", &github.url),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let sign_in = |login: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        github.sign_in_as(login);
+        async move {
+            let start = hop(&http, &format!("{base}/login/github?return_to=/keys")).await;
+            let authorize = location(&start, &base);
+            assert!(authorize.contains("code_challenge_method=S256") && authorize.contains("state="), "{authorize}");
+            let back = hop(&http, &authorize).await;
+            http.get(location(&back, &base)).send().await.unwrap()
+        }
+    };
+
+    // The person a rule maps signs in, lands where they were going, and the page names their GitHub id.
+    let signed_in = sign_in("octocat").await;
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(signed_in.headers()["location"], "/keys");
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let page = http.get(format!("{base}/keys")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!("github:{}", github_id("octocat"))), "{page}");
+    assert_eq!(github.redemptions(), (1, 0), "one code redeemed with its PKCE verifier and the app's secret");
+
+    // Someone no rule maps is turned away with token-service's reason.
+    let refused = sign_in("mallory").await;
+    assert_eq!(refused.status(), 403);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("no rule maps subject"), "{text}");
+
+    // A token GitHub issued to another app for the same person is refused: that app cannot sign in as them.
+    let foreign = github.github_token_for("Iv1.other-app", "octocat");
+    let request = pb::IssueTokenRequest {
+        grant_type: pb::GrantType::TokenExchange as i32,
+        subject_token: foreign,
+        subject_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
+        ..Default::default()
+    };
+    let status = pb::token_service_client::TokenServiceClient::new(mesh.channel(ServiceName::TokenService))
+        .issue_token(request)
+        .await
+        .err()
+        .expect("a foreign app's token is refused");
+    assert!(status.message().contains("none of the configured OAuth apps"), "{status:?}");
 }

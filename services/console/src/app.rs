@@ -41,6 +41,8 @@ pub struct Console {
     pub mesh: KeymeshClient,
     /// The OIDC provider, when configured.
     pub provider: Option<signin::Provider>,
+    /// GitHub, when configured.
+    pub github: Option<signin::GithubProvider>,
     /// The data directory (the development login's credentials file).
     pub data_dir: PathBuf,
 }
@@ -95,6 +97,8 @@ pub fn router(console: Shared) -> Router {
         .route("/login", get(signin::login_page))
         .route("/login/oidc", get(signin::start_oidc))
         .route("/oidc/callback", get(signin::oidc_callback))
+        .route("/login/github", get(signin::start_github))
+        .route("/github/callback", get(signin::github_callback))
         .route("/login/dev", post(signin::dev_login))
         .route("/logout", post(signin::logout))
         .route("/", get(pages::overview::show))
@@ -121,8 +125,17 @@ pub fn router(console: Shared) -> Router {
 
 /// Paths anyone may reach: signing in, the static files, the health check.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/favicon.ico" | "/login" | "/login/oidc" | "/oidc/callback" | "/login/dev")
-        || path.starts_with("/static/")
+    const PUBLIC: &[&str] = &[
+        "/healthz",
+        "/favicon.ico",
+        "/login",
+        "/login/oidc",
+        "/oidc/callback",
+        "/login/github",
+        "/github/callback",
+        "/login/dev",
+    ];
+    PUBLIC.contains(&path) || path.starts_with("/static/")
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {

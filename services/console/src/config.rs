@@ -39,6 +39,25 @@ pub struct RawConsole {
     pub tls_ca: Option<PathBuf>,
     /// The OpenID Connect provider people sign in with.
     pub oidc: Option<RawOidc>,
+    /// GitHub's OAuth 2.0 sign-in (an OAuth app), beside or instead of OIDC.
+    pub github: Option<RawGithub>,
+}
+
+/// `[console.github]`: a GitHub OAuth app. token-service needs the same app (`kind = "github"` issuer with
+/// `audience` = this client id) to exchange its tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGithub {
+    /// The OAuth app's client id.
+    pub client_id: String,
+    /// A file holding its client secret (GitHub requires it to redeem a code).
+    pub client_secret_file: PathBuf,
+    /// GitHub's web address (default `https://github.com`; GitHub Enterprise Server: `https://HOST`).
+    pub web_url: Option<String>,
+    /// Scopes asked for (default none: the public profile is all the sign-in needs).
+    pub scopes: Option<Vec<String>>,
+    /// PEM bundle trusted for GitHub Enterprise Server beside the system roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[console.oidc]`.
@@ -89,6 +108,31 @@ pub struct ConsoleConfig {
     pub tls_files: Option<(PathBuf, PathBuf, PathBuf)>,
     /// The OIDC provider.
     pub oidc: Option<OidcSettings>,
+    /// The GitHub OAuth app.
+    pub github: Option<GithubSettings>,
+}
+
+/// The validated `[console.github]`. No Debug output of the secret.
+pub struct GithubSettings {
+    /// Client id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: Zeroizing<String>,
+    /// `https://github.com` or a GitHub Enterprise Server.
+    pub web_url: url::Url,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Extra trust.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for GithubSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubSettings")
+            .field("client_id", &self.client_id)
+            .field("web_url", &self.web_url.as_str())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The validated `[console.oidc]`. No Debug output of the secret.
@@ -183,10 +227,14 @@ impl ConsoleConfig {
             _ => return Err(invalid("tls_cert", "tls_cert, tls_key and tls_ca go together")),
         };
         let oidc = raw.oidc.map(OidcSettings::from_raw).transpose()?;
-        if oidc.is_none() && !dev_login {
-            return Err(invalid("oidc", "no way to sign in: configure [console.oidc] (or dev_login on loopback)"));
+        let github = raw.github.map(GithubSettings::from_raw).transpose()?;
+        if oidc.is_none() && github.is_none() && !dev_login {
+            return Err(invalid(
+                "oidc",
+                "no way to sign in: configure [console.oidc] or [console.github] (or dev_login on loopback)",
+            ));
         }
-        Ok(Self { listen, public_url, dev_login, sessions, tls_files, oidc })
+        Ok(Self { listen, public_url, dev_login, sessions, tls_files, oidc, github })
     }
 
     /// Whether browsers reach the console over TLS.
@@ -197,6 +245,11 @@ impl ConsoleConfig {
     /// The OIDC callback URL registered at the provider.
     pub fn redirect_uri(&self) -> String {
         format!("{}/oidc/callback", self.public_url.as_str().trim_end_matches('/'))
+    }
+
+    /// The callback URL registered in the GitHub OAuth app.
+    pub fn github_redirect_uri(&self) -> String {
+        format!("{}/github/callback", self.public_url.as_str().trim_end_matches('/'))
     }
 
     /// The origin POSTs must come from (`scheme://host:port`).
@@ -215,7 +268,8 @@ impl OidcSettings {
         if raw.client_id.is_empty() {
             return Err(invalid("oidc.client_id", "must not be empty"));
         }
-        let client_secret = raw.client_secret_file.as_deref().map(read_secret).transpose()?;
+        let client_secret =
+            raw.client_secret_file.as_deref().map(|p| read_secret("oidc.client_secret_file", p)).transpose()?;
         let display_name = raw.display_name.unwrap_or_else(|| issuer.host_str().unwrap_or("OpenID Connect").to_owned());
         Ok(Self {
             issuer,
@@ -228,14 +282,32 @@ impl OidcSettings {
     }
 }
 
-fn read_secret(path: &Path) -> Result<Zeroizing<String>, ConsoleConfigError> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| invalid("oidc.client_secret_file", format!("{}: {e}", path.display())))?,
-    );
+impl GithubSettings {
+    fn from_raw(raw: RawGithub) -> Result<Self, ConsoleConfigError> {
+        if raw.client_id.is_empty() {
+            return Err(invalid("github.client_id", "must not be empty"));
+        }
+        let web = raw.web_url.as_deref().unwrap_or("https://github.com").trim_end_matches('/');
+        let web_url = url::Url::parse(web).map_err(|e| invalid("github.web_url", e.to_string()))?;
+        if !secure_or_loopback(&web_url) {
+            return Err(invalid("github.web_url", "must be https:// (http:// only on a loopback host)"));
+        }
+        Ok(Self {
+            client_id: raw.client_id,
+            client_secret: read_secret("github.client_secret_file", &raw.client_secret_file)?,
+            web_url,
+            scopes: raw.scopes.unwrap_or_default(),
+            ca_file: raw.ca_file,
+        })
+    }
+}
+
+fn read_secret(field: &'static str, path: &Path) -> Result<Zeroizing<String>, ConsoleConfigError> {
+    let text =
+        Zeroizing::new(std::fs::read_to_string(path).map_err(|e| invalid(field, format!("{}: {e}", path.display())))?);
     let secret = Zeroizing::new(text.trim().to_owned());
     if secret.is_empty() {
-        return Err(invalid("oidc.client_secret_file", format!("{} is empty", path.display())));
+        return Err(invalid(field, format!("{} is empty", path.display())));
     }
     Ok(secret)
 }

@@ -11,7 +11,7 @@ use keymesh_console::{
     app::{self, Console},
     config::{ConsoleConfig, RawConsole},
     session::Sessions,
-    signin::Provider,
+    signin::{GithubProvider, Provider},
 };
 use keymesh_mesh::{ServiceName, config::MeshParams, run::ServiceConfig};
 
@@ -70,10 +70,20 @@ async fn run() -> Result<(), Failure> {
     };
     let mesh =
         KeymeshClient::new(&params.endpoints, &tls, Credentials::none()).map_err(|e| Failure::Start(e.to_string()))?;
+    if tls.files.is_some() {
+        tokio::spawn(follow_renewals(tls));
+    }
     let provider = match config.oidc.take() {
         Some(settings) => Some(
             Provider::new(settings, config.redirect_uri())
                 .map_err(|e| Failure::Config(format!("console.oidc: {e}")))?,
+        ),
+        None => None,
+    };
+    let github = match config.github.take() {
+        Some(settings) => Some(
+            GithubProvider::new(settings, config.github_redirect_uri())
+                .map_err(|e| Failure::Config(format!("console.github: {e}")))?,
         ),
         None => None,
     };
@@ -85,12 +95,14 @@ async fn run() -> Result<(), Failure> {
         pending: Default::default(),
         mesh,
         provider,
+        github,
         data_dir: params.data_dir.clone(),
         config,
     });
     tracing::info!(
         url = %console.config.public_url,
         oidc = console.provider.is_some(),
+        github = console.github.is_some(),
         dev_login = console.config.dev_login,
         "keymesh console listening"
     );
@@ -103,9 +115,36 @@ async fn run() -> Result<(), Failure> {
         }
     });
     axum::serve(listener, app::router(console))
-        .with_graceful_shutdown(shutdown())
+        .with_graceful_shutdown(keymesh_mesh::server::shutdown_signal())
         .await
         .map_err(|e| Failure::Start(e.to_string()))
+}
+
+/// Takes renewed certificate files (cert-manager rewrites them before expiry) into the mesh channels, so the
+/// console never calls the mesh with an expired certificate and needs no restart.
+async fn follow_renewals(mut current: TlsMaterial) {
+    let Some(files) = current.files.clone() else { return };
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let renewed = match TlsMaterial::reread(&files) {
+            Ok(renewed) => renewed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the certificate files; the certificate in use stays");
+                continue;
+            }
+        };
+        if renewed.cert_pem == current.cert_pem && renewed.ca_pem == current.ca_pem {
+            continue;
+        }
+        match current.renew_channels(&renewed) {
+            Ok(()) => {
+                tracing::info!(serial = %renewed.serial().unwrap_or_default(), "took the renewed client certificate");
+                current.cert_pem = renewed.cert_pem;
+                current.ca_pem = renewed.ca_pem;
+            }
+            Err(error) => tracing::warn!(%error, "refused the renewed certificate files; the certificate in use stays"),
+        }
+    }
 }
 
 fn init_logging(params: &MeshParams) {
@@ -116,20 +155,5 @@ fn init_logging(params: &MeshParams) {
         builder.json().init();
     } else {
         builder.with_ansi(false).init();
-    }
-}
-
-async fn shutdown() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }

@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     app::{Shared, Who},
-    config::{OidcSettings, secure_or_loopback},
+    config::{GithubSettings, OidcSettings, secure_or_loopback},
     error::PageError,
     oidc::{self, Pending},
     session::SignedIn,
@@ -57,15 +57,7 @@ struct Discovery {
 impl Provider {
     /// The provider of `settings`; `redirect_uri` is the console's callback.
     pub fn new(settings: OidcSettings, redirect_uri: String) -> Result<Self, SignInError> {
-        let mut builder =
-            reqwest::Client::builder().timeout(Duration::from_secs(10)).redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = &settings.ca_file {
-            let pem = std::fs::read(path).map_err(|e| SignInError(format!("{}: {e}", path.display())))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SignInError(e.to_string()))? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder.build().map_err(|e| SignInError(e.to_string()))?;
+        let http = http_client(settings.ca_file.as_deref())?;
         Ok(Self { settings, redirect_uri, http, endpoints: OnceCell::new() })
     }
 
@@ -149,6 +141,86 @@ impl Provider {
             .and_then(|v| v.as_str())
             .map(|t| Zeroizing::new(t.to_owned()))
             .ok_or_else(|| SignInError("the identity provider returned no id_token (is `openid` allowed?)".into()))
+    }
+}
+
+/// The HTTP client that reaches an identity provider: short timeouts, no redirects followed, and `ca_file`
+/// trusted beside the system roots.
+fn http_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, SignInError> {
+    let mut builder =
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).redirect(reqwest::redirect::Policy::none());
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| SignInError(format!("{}: {e}", path.display())))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SignInError(e.to_string()))? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| SignInError(e.to_string()))
+}
+
+/// GitHub's OAuth 2.0 sign-in (an OAuth app; GitHub has no OpenID Connect for people). The code is redeemed
+/// with the PKCE verifier and the app's secret; the access token GitHub returns is exchanged at token-service,
+/// which asks GitHub whether it is a token of this very app, and then dropped: the console keeps only the
+/// keymesh token.
+pub struct GithubProvider {
+    settings: GithubSettings,
+    redirect_uri: String,
+    http: reqwest::Client,
+}
+
+impl GithubProvider {
+    /// The provider of `settings`; `redirect_uri` is the console's GitHub callback.
+    pub fn new(settings: GithubSettings, redirect_uri: String) -> Result<Self, SignInError> {
+        let http = http_client(settings.ca_file.as_deref())?;
+        Ok(Self { settings, redirect_uri, http })
+    }
+
+    /// The URL the browser is sent to.
+    fn authorization_url(&self, pending: &Pending) -> Result<url::Url, SignInError> {
+        let mut url = self.settings.web_url.join("login/oauth/authorize").map_err(|e| SignInError(e.to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("client_id", &self.settings.client_id)
+            .append_pair("redirect_uri", &self.redirect_uri)
+            .append_pair("scope", &self.settings.scopes.join(" "))
+            .append_pair("state", &pending.state)
+            .append_pair("code_challenge", &oidc::code_challenge(&pending.verifier))
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("allow_signup", "false");
+        Ok(url)
+    }
+
+    /// Redeems `code` for GitHub's access token.
+    async fn redeem(&self, code: &str, pending: &Pending) -> Result<Zeroizing<String>, SignInError> {
+        let url = self.settings.web_url.join("login/oauth/access_token").map_err(|e| SignInError(e.to_string()))?;
+        let form = Zeroizing::new(
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("client_id", &self.settings.client_id)
+                .append_pair("client_secret", &self.settings.client_secret)
+                .append_pair("code", code)
+                .append_pair("redirect_uri", &self.redirect_uri)
+                .append_pair("code_verifier", &pending.verifier)
+                .finish(),
+        );
+        let response = self
+            .http
+            .post(url)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .body(form.as_str().to_owned())
+            .send()
+            .await
+            .map_err(|e| SignInError(format!("GitHub is unreachable: {e}")))?;
+        let body = Zeroizing::new(response.bytes().await.map_err(|e| SignInError(e.to_string()))?.to_vec());
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        // GitHub answers a refused code with 200 and an `error` field.
+        if let Some(error) = json.get("error").and_then(|v| v.as_str()) {
+            let description = json.get("error_description").and_then(|v| v.as_str()).unwrap_or("");
+            return Err(SignInError(format!("GitHub refused the code: {error} {description}")));
+        }
+        json.get("access_token")
+            .and_then(|v| v.as_str())
+            .map(|t| Zeroizing::new(t.to_owned()))
+            .ok_or_else(|| SignInError("GitHub returned no access token".into()))
     }
 }
 
@@ -243,6 +315,7 @@ pub async fn login_page(State(console): State<Shared>, Query(query): Query<Login
     views::login(views::LoginPage {
         layout: views::Layout::anonymous(),
         provider: console.provider.as_ref().map(|p| p.display_name().to_owned()),
+        github: console.github.is_some(),
         dev_login: console.config.dev_login,
         return_to,
         notice: notice.map(str::to_owned),
@@ -258,6 +331,7 @@ fn login_error(console: &Shared, status: StatusCode, message: String) -> Respons
         views::login(views::LoginPage {
             layout: views::Layout::anonymous(),
             provider: console.provider.as_ref().map(|p| p.display_name().to_owned()),
+            github: console.github.is_some(),
             dev_login: console.config.dev_login,
             return_to: "/".into(),
             notice: None,
@@ -337,26 +411,88 @@ pub async fn oidc_callback(
             .iter()
             .find_map(|c| claims.get(*c).and_then(|v| v.as_str()).map(str::to_owned))
     });
+    exchange_and_start(&console, &headers, &id_token, ID_TOKEN_TYPE, person, &pending.return_to).await
+}
+
+const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Exchanges the provider's token at token-service (which verifies it and maps the person to an application)
+/// and signs the person in with the keymesh token it issues.
+async fn exchange_and_start(
+    console: &Shared,
+    headers: &HeaderMap,
+    subject_token: &str,
+    subject_token_type: &str,
+    person: Option<String>,
+    return_to: &str,
+) -> Response {
     let request = pb::IssueTokenRequest {
         grant_type: pb::GrantType::TokenExchange as i32,
-        subject_token: id_token.as_str().to_owned(),
-        subject_token_type: "urn:ietf:params:oauth:token-type:id_token".into(),
+        subject_token: subject_token.to_owned(),
+        subject_token_type: subject_token_type.into(),
         ..Default::default()
     };
     let issued = match console.mesh.token_service().issue_token(request).await {
         Ok(r) => r.into_inner(),
         Err(status) => {
             return login_error(
-                &console,
+                console,
                 StatusCode::FORBIDDEN,
                 format!("keymesh did not accept this identity: {}", status.message()),
             );
         }
     };
-    match signed_in(issued, person).and_then(|user| start_session(&console, &headers, user, &pending.return_to)) {
+    match signed_in(issued, person).and_then(|user| start_session(console, headers, user, return_to)) {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
+}
+
+/// `GET /login/github`: starts a GitHub sign-in.
+pub async fn start_github(State(console): State<Shared>, Query(query): Query<LoginQuery>) -> Response {
+    let Some(github) = &console.github else {
+        return login_error(&console, StatusCode::NOT_FOUND, "GitHub sign-in is not configured.".into());
+    };
+    let pending = match console.pending.start(query.return_to.as_deref().unwrap_or("/"), Instant::now()) {
+        Ok(p) => p,
+        Err(e) => return PageError::Internal(e.to_string()).into_response(),
+    };
+    match github.authorization_url(&pending) {
+        Ok(url) => Redirect::to(url.as_str()).into_response(),
+        Err(e) => login_error(&console, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /github/callback`: GitHub sends the browser back with a code.
+pub async fn github_callback(
+    State(console): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<CallbackQuery>,
+) -> Response {
+    let Some(github) = &console.github else {
+        return login_error(&console, StatusCode::NOT_FOUND, "GitHub sign-in is not configured.".into());
+    };
+    let pending = query.state.as_deref().and_then(|state| console.pending.finish(state, Instant::now()));
+    let Some(pending) = pending else {
+        return login_error(
+            &console,
+            StatusCode::BAD_REQUEST,
+            "This sign-in is unknown or expired; start again.".into(),
+        );
+    };
+    if let Some(error) = query.error {
+        let description = query.error_description.unwrap_or_default();
+        return login_error(&console, StatusCode::UNAUTHORIZED, format!("GitHub said: {error} {description}"));
+    }
+    let Some(code) = query.code else {
+        return login_error(&console, StatusCode::BAD_REQUEST, "GitHub sent no code.".into());
+    };
+    let token = match github.redeem(&code, &pending).await {
+        Ok(t) => t,
+        Err(e) => return login_error(&console, StatusCode::BAD_GATEWAY, e.to_string()),
+    };
+    exchange_and_start(&console, &headers, &token, ACCESS_TOKEN_TYPE, None, &pending.return_to).await
 }
 
 /// The development login's form.

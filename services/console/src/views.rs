@@ -76,6 +76,8 @@ pub struct LoginPage {
     pub layout: Layout,
     /// The OIDC provider's name, if one is configured.
     pub provider: Option<String>,
+    /// Whether GitHub sign-in is configured.
+    pub github: bool,
     /// Whether the development login form is shown.
     pub dev_login: bool,
     /// Where to go after sign-in.

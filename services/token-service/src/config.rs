@@ -101,27 +101,51 @@ pub struct RawExchange {
     pub rules: Vec<RawExchangeRule>,
 }
 
-/// `[[tokens.exchange.issuers]]`: a Kubernetes cluster's service-account issuer or an OIDC provider.
+/// What an issuer's subject tokens are, and so how they are verified.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeIssuerKind {
+    /// JWTs (a Kubernetes service-account token, an OIDC ID token), verified with the issuer's JWKS.
+    #[default]
+    Oidc,
+    /// GitHub OAuth access tokens (opaque), checked with GitHub's API as tokens of the OAuth app `audience`
+    /// names: a token GitHub issued to any other app is refused, so that app cannot sign in as its users here.
+    Github,
+}
+
+/// `[[tokens.exchange.issuers]]`: a Kubernetes cluster's service-account issuer, an OIDC provider, or GitHub.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawExchangeIssuer {
     /// Name rules refer to, e.g. `prod-cluster`.
     pub name: String,
-    /// The `iss` its tokens carry, e.g. `https://kubernetes.default.svc.cluster.local`.
+    /// `oidc` (default) or `github`.
+    #[serde(default)]
+    pub kind: ExchangeIssuerKind,
+    /// `github`: the REST API (default `https://api.github.com`; GitHub Enterprise Server:
+    /// `https://HOST/api/v3`).
+    pub api_url: Option<String>,
+    /// `github`: a file holding the client secret of the OAuth app whose client id is `audience` (GitHub's
+    /// token check is authenticated as that app).
+    pub client_secret_file: Option<PathBuf>,
+    /// The `iss` its tokens carry, e.g. `https://kubernetes.default.svc.cluster.local` (`github`: its web
+    /// address, e.g. `https://github.com`, for the record).
     pub issuer: String,
     /// The `aud` a token must carry to be exchanged here (e.g. `keymesh`): a token minted for another
-    /// audience is refused.
+    /// audience is refused. `github`: the OAuth app's client id.
     pub audience: String,
     /// Where the signing keys are; default: `jwks_uri` from `<issuer>/.well-known/openid-configuration`.
     pub jwks_url: Option<String>,
     /// PEM bundle to trust for the JWKS (e.g. the cluster CA), beside the system roots.
     pub ca_file: Option<PathBuf>,
     /// Longest lifetime (`exp - iat`) of a token accepted, in seconds (default 86400): long-lived tokens
-    /// (legacy service-account secrets) are refused.
+    /// (legacy service-account secrets) are refused. `github`: how long an access token issued by exchange
+    /// may live when GitHub's token does not expire.
     pub max_token_lifetime_seconds: Option<u64>,
 }
 
-/// `[[tokens.exchange.rules]]`: subjects of one issuer that become one application.
+/// `[[tokens.exchange.rules]]`: subjects of one issuer that become one application. A GitHub user's subject is
+/// their numeric id (a login can be renamed and taken by someone else); `login` and `email` are claims.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawExchangeRule {

@@ -7,6 +7,11 @@
 //! algorithm only, the configured `iss` and `aud`, `exp`/`nbf` with the clock skew, and a lifetime no longer
 //! than the configured maximum, which refuses long-lived legacy service-account secrets. No long-lived
 //! reviewer credential is involved: the issuer's public keys are all keymesh needs.
+//!
+//! GitHub issues no ID tokens: its OAuth access tokens are opaque. An issuer of kind `github` checks one with
+//! GitHub's own check (`POST /applications/{client_id}/token`, authenticated as the OAuth app), which answers
+//! only for tokens issued to that app and names the user. `GET /user` would accept a token of any app the user
+//! ever authorized, so any such app could replay its users' tokens here; the check is the audience test.
 
 use std::{
     collections::HashMap,
@@ -18,7 +23,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use keymesh_mesh::auth::{ExternalSubject, glob_match, unix_now};
 use tokio::sync::{Mutex, RwLock};
 
-use crate::config::{RawExchange, RawExchangeRule};
+use zeroize::Zeroizing;
+
+use crate::config::{ExchangeIssuerKind, RawExchange, RawExchangeRule};
+
+/// The subject token type of a GitHub OAuth access token (RFC 8693 §3).
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// Why a subject token was refused; the caller sees it (nothing here is secret).
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +83,8 @@ struct Issuer {
     name: String,
     issuer: String,
     audience: String,
+    /// For a `github` issuer: the API and the OAuth app's secret.
+    github: Option<GithubApp>,
     jwks_url: Option<String>,
     max_lifetime: u64,
     http: reqwest::Client,
@@ -89,6 +101,12 @@ pub struct Mapped {
     pub subject: ExternalSubject,
     /// The subject token's expiry: the access token does not outlive it.
     pub expires_at: u64,
+}
+
+/// Where a `github` issuer checks tokens, and the secret it authenticates with. No Debug output of the secret.
+struct GithubApp {
+    api_url: String,
+    client_secret: Zeroizing<String>,
 }
 
 /// The configured issuers and rules.
@@ -146,10 +164,42 @@ impl Exchanger {
             }
             let http =
                 http.build().map_err(|e| ExchangeConfigError { field: field("ca_file"), reason: e.to_string() })?;
+            let github = match c.kind {
+                ExchangeIssuerKind::Oidc => {
+                    if c.api_url.is_some() || c.client_secret_file.is_some() {
+                        return Err(ExchangeConfigError {
+                            field: field("kind"),
+                            reason: "api_url and client_secret_file are for kind = \"github\"".into(),
+                        });
+                    }
+                    None
+                }
+                ExchangeIssuerKind::Github => {
+                    let api_url = c.api_url.clone().unwrap_or_else(|| "https://api.github.com".into());
+                    check_url(field("api_url"), &api_url)?;
+                    let path = c.client_secret_file.as_ref().ok_or_else(|| ExchangeConfigError {
+                        field: field("client_secret_file"),
+                        reason: "GitHub checks tokens only for the OAuth app that asks: give its client secret".into(),
+                    })?;
+                    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| ExchangeConfigError {
+                        field: field("client_secret_file"),
+                        reason: format!("{}: {e}", path.display()),
+                    })?);
+                    let client_secret = Zeroizing::new(text.trim().to_owned());
+                    if client_secret.is_empty() {
+                        return Err(ExchangeConfigError {
+                            field: field("client_secret_file"),
+                            reason: format!("{} is empty", path.display()),
+                        });
+                    }
+                    Some(GithubApp { api_url: api_url.trim_end_matches('/').to_owned(), client_secret })
+                }
+            };
             issuers.push(Issuer {
                 name: c.name.clone(),
                 issuer: c.issuer.clone(),
                 audience: c.audience.clone(),
+                github,
                 jwks_url: c.jwks_url.clone(),
                 max_lifetime: c.max_token_lifetime_seconds.unwrap_or(86_400),
                 http,
@@ -174,10 +224,14 @@ impl Exchanger {
         Ok(Self { issuers, rules: raw.rules.clone(), leeway: leeway.as_secs() })
     }
 
-    /// Verifies `token` and maps it to an application.
-    pub async fn exchange(&self, token: &str) -> Result<Mapped, ExchangeError> {
+    /// Verifies `token` (of `token_type`: a JWT, or a GitHub access token with [`ACCESS_TOKEN_TYPE`]) and maps it
+    /// to an application.
+    pub async fn exchange(&self, token: &str, token_type: &str) -> Result<Mapped, ExchangeError> {
         if self.issuers.is_empty() {
             return Err(ExchangeError::NotConfigured);
+        }
+        if token_type == ACCESS_TOKEN_TYPE {
+            return self.exchange_github(token).await;
         }
         let refused = |why: &str| ExchangeError::Refused(why.to_owned());
         let header = jsonwebtoken::decode_header(token).map_err(|_| refused("not a JWT"))?;
@@ -237,6 +291,17 @@ impl Exchanger {
         }
         let sub =
             claims.get("sub").and_then(serde_json::Value::as_str).ok_or_else(|| refused("sub is not a string"))?;
+        self.map(issuer, sub, &claims, exp)
+    }
+
+    /// The application the first matching rule names for `sub` of `issuer`.
+    fn map(
+        &self,
+        issuer: &Issuer,
+        sub: &str,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        expires_at: u64,
+    ) -> Result<Mapped, ExchangeError> {
         let rule = self
             .rules
             .iter()
@@ -249,8 +314,43 @@ impl Exchanger {
         Ok(Mapped {
             client_id: rule.client_id.clone(),
             subject: ExternalSubject { iss: issuer.name.clone(), sub: sub.to_owned() },
-            expires_at: exp,
+            expires_at,
         })
+    }
+
+    /// A GitHub access token: the first `github` issuer whose OAuth app GitHub says the token belongs to.
+    async fn exchange_github(&self, token: &str) -> Result<Mapped, ExchangeError> {
+        if token.is_empty() || token.len() > 255 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ExchangeError::Refused("not a GitHub access token".into()));
+        }
+        for issuer in &self.issuers {
+            let Some(app) = &issuer.github else { continue };
+            let Some(user) = issuer.check_github_token(app, token).await? else { continue };
+            let id = user.get("id").and_then(serde_json::Value::as_u64);
+            let login = user.get("login").and_then(serde_json::Value::as_str);
+            let (Some(id), Some(login)) = (id, login) else {
+                return Err(ExchangeError::Unavailable {
+                    issuer: issuer.name.clone(),
+                    reason: "GitHub's token check named no user id and login".into(),
+                });
+            };
+            let mut claims = serde_json::Map::new();
+            claims.insert("login".into(), login.into());
+            claims.insert("id".into(), id.into());
+            if let Some(email) = user.get("email").filter(|e| e.is_string()) {
+                claims.insert("email".into(), email.clone());
+            }
+            let now = unix_now();
+            let expires_at = user
+                .get("expires_at")
+                .and_then(serde_json::Value::as_u64)
+                .map_or(now + issuer.max_lifetime, |exp| exp.min(now + issuer.max_lifetime));
+            if expires_at <= now {
+                return Err(ExchangeError::Refused("expired".into()));
+            }
+            return self.map(issuer, &id.to_string(), &claims, expires_at);
+        }
+        Err(ExchangeError::Refused("GitHub knows this token for none of the configured OAuth apps".into()))
     }
 }
 
@@ -330,8 +430,52 @@ impl Issuer {
             .collect())
     }
 
+    /// GitHub's check of `token` as one of `app`'s (its user, with `expires_at` as Unix seconds when GitHub
+    /// gives one); `None` when GitHub does not know the token for this app.
+    async fn check_github_token(
+        &self,
+        app: &GithubApp,
+        token: &str,
+    ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ExchangeError> {
+        let unavailable = |reason: String| ExchangeError::Unavailable { issuer: self.name.clone(), reason };
+        let url = format!("{}/applications/{}/token", app.api_url, self.audience);
+        let body = Zeroizing::new(serde_json::json!({ "access_token": token }).to_string());
+        let response = self
+            .http
+            .post(&url)
+            .basic_auth(&self.audience, Some(app.client_secret.as_str()))
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .header("user-agent", "keymesh-token-service")
+            .header("content-type", "application/json")
+            .body(body.as_str().to_owned())
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("{url}: {e}")))?;
+        // 404: not a token of this app (or revoked); 422: not a token at all.
+        if matches!(response.status().as_u16(), 404 | 422) {
+            return Ok(None);
+        }
+        let answer: serde_json::Value = Self::read_json(&url, response).await.map_err(unavailable)?;
+        let of_this_app = answer.pointer("/app/client_id").and_then(serde_json::Value::as_str) == Some(&self.audience);
+        if !of_this_app {
+            return Ok(None);
+        }
+        let mut user = answer.get("user").and_then(serde_json::Value::as_object).cloned().unwrap_or_default();
+        if let Some(expires) = answer.get("expires_at").and_then(serde_json::Value::as_str) {
+            let at = chrono::DateTime::parse_from_rfc3339(expires)
+                .map_err(|e| unavailable(format!("{url}: expires_at {expires:?}: {e}")))?;
+            user.insert("expires_at".into(), (at.timestamp().max(0) as u64).into());
+        }
+        Ok(Some(user))
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
         let response = self.http.get(url).send().await.map_err(|e| format!("{url}: {e}"))?;
+        Self::read_json(url, response).await
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned>(url: &str, response: reqwest::Response) -> Result<T, String> {
         if !response.status().is_success() {
             return Err(format!("{url}: HTTP {}", response.status()));
         }
@@ -362,6 +506,9 @@ mod tests {
     fn issuer(url: &str) -> RawExchangeIssuer {
         RawExchangeIssuer {
             name: "k8s".into(),
+            kind: ExchangeIssuerKind::Oidc,
+            api_url: None,
+            client_secret_file: None,
             issuer: url.into(),
             audience: "keymesh".into(),
             jwks_url: None,

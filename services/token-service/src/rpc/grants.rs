@@ -218,8 +218,12 @@ impl TokenRpc {
 }
 
 /// Subject token types accepted (RFC 8693); empty means a JWT.
-const SUBJECT_TOKEN_TYPES: &[&str] =
-    &["", "urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"];
+const SUBJECT_TOKEN_TYPES: &[&str] = &[
+    "",
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:id_token",
+    crate::exchange::ACCESS_TOKEN_TYPE,
+];
 
 impl TokenRpc {
     /// A platform's token for the application a rule maps it to; no refresh token (the platform renews the
@@ -233,7 +237,10 @@ impl TokenRpc {
         if !SUBJECT_TOKEN_TYPES.contains(&subject_token_type) {
             return Err(TokenError::InvalidArgument {
                 field: "subject_token_type",
-                reason: format!("{subject_token_type:?}: use {} or {}", SUBJECT_TOKEN_TYPES[1], SUBJECT_TOKEN_TYPES[2]),
+                reason: format!(
+                    "{subject_token_type:?}: use {} or {} (a JWT), or {} (a GitHub access token)",
+                    SUBJECT_TOKEN_TYPES[1], SUBJECT_TOKEN_TYPES[2], SUBJECT_TOKEN_TYPES[3]
+                ),
             });
         }
         if subject_token.is_empty() {
@@ -242,7 +249,7 @@ impl TokenRpc {
                 reason: "give the service-account or ID token to exchange".into(),
             });
         }
-        let mapped = self.exchanger.exchange(subject_token).await?;
+        let mapped = self.exchanger.exchange(subject_token, subject_token_type).await?;
         audit.caller("", &mapped.client_id);
         let app = self.repo.application(&mapped.client_id).await?.ok_or_else(|| {
             TokenError::FailedPrecondition(format!(
