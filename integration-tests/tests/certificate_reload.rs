@@ -4,7 +4,8 @@
 //! fails; each new connection presents the newest certificate (checked by its serial) and the expiry gauge
 //! follows it; and files for another identity, a key that does not match, or a certificate from a CA outside
 //! the bundle are each refused, logged, and the certificate in use keeps serving. Then the client half: the
-//! replica's calls to key-service present each renewed certificate and trust the renewed CA bundle.
+//! replica's calls to key-service present each renewed certificate and trust the renewed CA bundle; and the
+//! admin console's calls to the mesh present its renewed client certificate.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -427,4 +428,72 @@ async fn calls_to_other_services_present_the_renewed_certificate_and_trust_the_r
     wait_for_log(&log, from, &["took the renewed certificate"]).await;
     recorder.wait_for(&serial_of(&rotated), "the certificate from the new CA", call).await;
     replica.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_presents_its_renewed_client_certificate() {
+    keymesh_mesh::install_crypto_provider();
+    let mesh = Mesh::start(&[], &[]).await;
+    let (ca_pem, ca_key) = mesh_ca(&mesh);
+    let (stand_in, stand_in_key) = issue(&ca_pem, &ca_key, &ServiceName::KeyService.spiffe_id(), 30);
+    let recorder = HandshakeRecorder::start(&stand_in, &stand_in_key, &ca_pem).await;
+    let identity = keymesh_mesh::identity::app_spiffe_id("console");
+    let (first, first_key) = issue(&ca_pem, &ca_key, &identity, 30);
+    let files = IdentityFiles::new(&ca_pem, &first, &first_key);
+    let port = free_port();
+    let mut command = mesh.console(&[
+        ("KEYMESH_CONSOLE__LISTEN", &format!("127.0.0.1:{port}")),
+        ("KEYMESH_CONSOLE__DEV_LOGIN", "true"),
+        ("KEYMESH_CONSOLE__TLS_CERT", files.path().join("tls.crt").to_str().unwrap()),
+        ("KEYMESH_CONSOLE__TLS_KEY", files.path().join("tls.key").to_str().unwrap()),
+        ("KEYMESH_CONSOLE__TLS_CA", files.path().join("ca.pem").to_str().unwrap()),
+        ("KEYMESH_ENDPOINTS__KEY_SERVICE", recorder.address.as_str()),
+        ("KEYMESH_LOG", "info"),
+    ]);
+    let mut console = command.stderr(Stdio::piped()).spawn().unwrap();
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut lines = BufReader::new(console.stderr.take().unwrap()).lines();
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    // Signed in with the development login (token-service is the real one); each page of keys asks "key-service"
+    // over a new connection (the stand-in hangs up after the handshake), so each shows what the console presents.
+    let base = format!("http://127.0.0.1:{port}");
+    let credentials: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(mesh.dir.path().join("bootstrap-credentials.json")).unwrap())
+            .unwrap();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut signed_in = None;
+    for _ in 0..100 {
+        let form = [("username", &credentials["client_id"]), ("password", &credentials["client_secret"])]
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+            .join("&");
+        let attempt = http
+            .post(format!("{base}/login/dev"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await;
+        if let Ok(response) = attempt {
+            signed_in = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let signed_in = signed_in.expect("the console answers");
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let call = || async {
+        let _ = http.get(format!("{base}/keys")).header("cookie", &cookie).send().await;
+    };
+    recorder.wait_for(&serial_of(&first), "the console's first certificate", call).await;
+    let from = log.lock().unwrap().len();
+    let (renewed, renewed_key) = issue(&ca_pem, &ca_key, &identity, 60);
+    files.renew(&renewed, &renewed_key);
+    wait_for_log(&log, from, &["took the renewed client certificate"]).await;
+    recorder.wait_for(&serial_of(&renewed), "the console's renewed certificate", call).await;
+    console.kill().await.unwrap();
 }

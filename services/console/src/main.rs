@@ -125,7 +125,8 @@ async fn run() -> Result<(), Failure> {
 async fn follow_renewals(mut current: TlsMaterial) {
     let Some(files) = current.files.clone() else { return };
     loop {
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        // As often as the services look (reading three small files is cheap).
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let renewed = match TlsMaterial::reread(&files) {
             Ok(renewed) => renewed,
             Err(error) => {
