@@ -4,7 +4,8 @@
 //! `KEYMESH_*` variables (variables filled from Secrets get a placeholder), through the services' own loader.
 //! A field the services do not know, a keyring that does not hold together, a file path the chart writes into
 //! the configuration but does not mount, or a master key given without a local backend (or missing with one)
-//! fails here instead of in a pod that exits with code 64.
+//! fails here instead of in a pod that exits with code 64. The console's Deployment is read the same way, through
+//! the console's own loader: served over TLS, OIDC configured, no development login, its files mounted.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -73,7 +74,7 @@ fn every_ci_values_file_renders_a_configuration_the_services_accept() {
     // The limits' Redis connection is opened (lazily) on a runtime, as in the services.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _runtime = runtime.enter();
-    let mut checked = 0;
+    let (mut checked, mut consoles) = (0, 0);
     for values in &files {
         let label = values.file_name().unwrap().to_string_lossy().into_owned();
         let docs = render(values);
@@ -88,25 +89,14 @@ fn every_ci_values_file_renders_a_configuration_the_services_accept() {
 
         for deployment in docs.iter().filter(|d| d["kind"] == "Deployment") {
             let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+            let (mut env, mounts) = env_and_mounts(container);
+            if container["name"] == "console" {
+                check_console(&label, env, &mounts, &config_file, scratch.path());
+                consoles += 1;
+                continue;
+            }
             let service = service_named(container["name"].as_str().unwrap());
             let what = format!("{label}, {}", service.as_str());
-            let mut env = BTreeMap::new();
-            for var in container["env"].as_array().unwrap() {
-                let name = var["name"].as_str().unwrap().to_owned();
-                let value = match var.get("value") {
-                    Some(v) => v.as_str().unwrap().to_owned(),
-                    // A Secret's value, shaped as the services check it.
-                    None if name.ends_with("REDIS_URL") => "redis://from-a-secret:6379".to_owned(),
-                    None => "from-a-secret".to_owned(),
-                };
-                env.insert(name, value);
-            }
-            let mounts: Vec<String> = container["volumeMounts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["mountPath"].as_str().unwrap().to_owned())
-                .collect();
             let config_path = env.get("KEYMESH_CONFIG").unwrap_or_else(|| panic!("{what}: no KEYMESH_CONFIG"));
             assert!(mounted(&mounts, Path::new(config_path)), "{what}: {config_path} is not mounted");
             for file in ["KEYMESH_TLS__CA_CERT", "KEYMESH_TLS__CERT", "KEYMESH_TLS__KEY"] {
@@ -155,6 +145,62 @@ fn every_ci_values_file_renders_a_configuration_the_services_accept() {
             checked += 1;
         }
     }
-    println!("{checked} service configurations from {} values files accepted", files.len());
+    println!("{checked} service and {consoles} console configurations from {} values files accepted", files.len());
     assert!(checked >= 3 * files.len());
+    assert!(consoles >= 1, "no ci values file enables the console");
+}
+
+/// A container's variables (a Secret's value gets a placeholder shaped as the services check it) and mount paths.
+fn env_and_mounts(container: &Value) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut env = BTreeMap::new();
+    for var in container["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap().to_owned();
+        let value = match var.get("value") {
+            Some(v) => v.as_str().unwrap().to_owned(),
+            None if name.ends_with("REDIS_URL") => "redis://from-a-secret:6379".to_owned(),
+            None => "from-a-secret".to_owned(),
+        };
+        env.insert(name, value);
+    }
+    let mounts = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap().to_owned())
+        .collect();
+    (env, mounts)
+}
+
+/// The console's container, read by the console's own loader: every file it names is mounted, and what it
+/// starts with is served over TLS, signs in with OIDC, has no development login and listens beyond loopback.
+fn check_console(
+    label: &str,
+    mut env: BTreeMap<String, String>,
+    mounts: &[String],
+    config_file: &Path,
+    scratch: &Path,
+) {
+    let what = format!("{label}, console");
+    for name in ["KEYMESH_CONFIG", "KEYMESH_CONSOLE__TLS_CA", "KEYMESH_CONSOLE__TLS_CERT", "KEYMESH_CONSOLE__TLS_KEY"]
+        .into_iter()
+        .chain(
+            env.contains_key("KEYMESH_CONSOLE__OIDC__CLIENT_SECRET_FILE")
+                .then_some("KEYMESH_CONSOLE__OIDC__CLIENT_SECRET_FILE"),
+        )
+        .chain(env.contains_key("KEYMESH_CONSOLE__OIDC__CA_FILE").then_some("KEYMESH_CONSOLE__OIDC__CA_FILE"))
+    {
+        let path = env.get(name).unwrap_or_else(|| panic!("{what}: no {name}"));
+        assert!(mounted(mounts, Path::new(path)), "{what}: {name} {path} is not mounted");
+    }
+    env.insert("KEYMESH_CONFIG".into(), config_file.display().to_string());
+    // The files the console reads at start, as placeholders here.
+    let secret = scratch.join("oidc-client-secret");
+    std::fs::write(&secret, "from-a-secret").unwrap();
+    env.insert("KEYMESH_CONSOLE__OIDC__CLIENT_SECRET_FILE".into(), secret.display().to_string());
+    let (_, console) = keymesh_console::config::load(Some(config_file), &env).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(console.over_tls(), "{what}: served as {}", console.public_url);
+    assert!(!console.dev_login, "{what}: the development login is on");
+    assert!(console.oidc.is_some() || console.github.is_some(), "{what}: no way to sign in");
+    assert!(console.tls_files.is_some(), "{what}: no client certificate of its own");
+    assert!(!console.listen.ip().is_loopback(), "{what}: listens on {} only", console.listen);
 }

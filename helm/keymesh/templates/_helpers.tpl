@@ -350,6 +350,89 @@ the data directory. */ -}}
 {{- end -}}
 
 {{/*
+The services' configuration file (KEYMESH_CONFIG) as every service reads it: [kms] from kms.*, and any other section
+from config.*. The services' pods carry its checksum, so a change rolls them.
+*/}}
+{{- define "keymesh.configToml" -}}
+{{- $root := . -}}
+{{- $kms := fromYaml (include "keymesh.kmsConfig" .) -}}
+{{- include "keymesh.tomlTable" (dict "path" "kms" "table" $kms) -}}
+{{- range $section := keys (.Values.config | default dict) | sortAlpha -}}
+{{- if eq $section "kms" -}}
+{{- fail "config.kms: set the keyring under kms, not config.kms" -}}
+{{- end -}}
+{{- if eq $section "console" -}}
+{{- fail "config.console: set the admin console under console, not config.console" -}}
+{{- end -}}
+{{- $table := index $root.Values.config $section -}}
+{{- if not (kindIs "map" $table) -}}
+{{- fail (printf "config.%s must be a map (a TOML section of the services' configuration)" $section) -}}
+{{- end -}}
+{{- include "keymesh.tomlTable" (dict "path" (toJson $section) "table" $table) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+[console] of the same file, when the console is enabled: its settings (console.*). What depends on the pod's layout
+(the listen address, the certificate, client-secret and CA files) is in the console Deployment's KEYMESH_CONSOLE__*
+variables instead, as the services' file paths are in theirs. The services ignore [console] (keymesh-config knows
+it as the console's own section), and their checksum leaves it out: a console setting rolls the console only.
+There is deliberately no dev_login: the development login is for loopback only.
+*/}}
+{{- define "keymesh.consoleToml" -}}
+{{- $c := .Values.console | default dict -}}
+{{- if $c.enabled -}}
+{{- $oidc := $c.oidc | default dict -}}
+{{- $o := dict "issuer" $oidc.issuer "client_id" (toString $oidc.clientId) -}}
+{{- with $oidc.scopes }}{{- $_ := set $o "scopes" . -}}{{- end -}}
+{{- with $oidc.displayName }}{{- $_ := set $o "display_name" (toString .) -}}{{- end -}}
+{{- $t := dict "public_url" (trimSuffix "/" $c.publicUrl) "oidc" $o -}}
+{{- $_ := set $t "session_idle_minutes" (int ($c.sessionIdleMinutes | default 30)) -}}
+{{- $_ := set $t "session_absolute_hours" (int ($c.sessionAbsoluteHours | default 8)) -}}
+{{- include "keymesh.tomlTable" (dict "path" "console" "table" $t) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Name of the console's Deployment, Service, Ingress, NetworkPolicy, ServiceAccount and Certificate.
+*/}}
+{{- define "keymesh.consoleName" -}}
+{{- printf "%s-console" (include "keymesh.prefix" .) -}}
+{{- end -}}
+
+{{/*
+The console's settings that need the whole picture (values.schema.json checks the rest). Renders nothing.
+*/}}
+{{- define "keymesh.validateConsole" -}}
+{{- $c := .Values.console | default dict -}}
+{{- if $c.enabled -}}
+{{- $oidc := $c.oidc | default dict -}}
+{{- if not (hasPrefix "https://" (toString $c.publicUrl)) -}}
+{{- fail "console.publicUrl must be the https:// URL browsers reach the console at (the console refuses http:// beyond loopback)" -}}
+{{- end -}}
+{{- if not (hasPrefix "https://" (toString $oidc.issuer)) -}}
+{{- fail "console.oidc.issuer must be the provider's https:// issuer URL" -}}
+{{- end -}}
+{{- if not $oidc.clientId -}}
+{{- fail "console.oidc.clientId is required: the console's client id at the provider" -}}
+{{- end -}}
+{{- if not $oidc.existingSecret -}}
+{{- fail "console.oidc.existingSecret is required: the Secret holding the console's OIDC client secret" -}}
+{{- end -}}
+{{- if gt (int ($c.replicas | default 1)) 1 -}}
+{{- fail "console.replicas must be 1: sessions and sign-ins in progress live in the pod's memory" -}}
+{{- end -}}
+{{- if eq (int $c.port) (int .Values.adminPort) -}}
+{{- fail (printf "console.port and adminPort are both %d" (int .Values.adminPort)) -}}
+{{- end -}}
+{{- $publicHost := (urlParse $c.publicUrl).host | regexFind "^[^:]+" -}}
+{{- if and (dig "ingress" "enabled" false $c) $c.ingress.host (ne $c.ingress.host $publicHost) -}}
+{{- fail (printf "console.ingress.host %q is not the host of console.publicUrl (%q): browsers would reach the console at another origin than it accepts forms and cookies for" $c.ingress.host $publicHost) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 "true" when `svc` counts its rate limits and quotas in Redis: crypto-service, key-service and token-service apply
 limits, audit-service none.
 */}}

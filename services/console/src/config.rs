@@ -8,10 +8,27 @@ use std::{
     time::Duration,
 };
 
+use keymesh_config::KeymeshConfig;
+use keymesh_mesh::{ServiceName, config::MeshParams, run::ServiceConfig};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::bind;
+
+/// What the console reads at start, as the binary reads it (the chart's check reads it the same way): the
+/// configuration file (or none) overlaid by `KEYMESH_*` variables; the shared transport settings (the mesh's
+/// endpoints, the data directory, the log level) and `[console]`, each mistake naming its field.
+pub fn load(
+    file: Option<&Path>,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<(MeshParams, ConsoleConfig), String> {
+    let config = KeymeshConfig::load(file, env).map_err(|e| e.to_string())?;
+    // The console is a client: the transport settings are read as a client's (the CLI's) are.
+    let params = MeshParams::from_raw(ServiceName::CryptoService, config.transport()).map_err(|e| e.to_string())?;
+    let raw: RawConsole = config.service_section("console").map_err(|e| e.to_string())?;
+    let console = ConsoleConfig::from_raw(raw).map_err(|e| e.to_string())?;
+    Ok((params, console))
+}
 
 /// `[console]` as written.
 #[derive(Debug, Default, Deserialize)]

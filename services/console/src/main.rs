@@ -6,14 +6,13 @@
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use keymesh_client::{Credentials, KeymeshClient, TlsMaterial};
-use keymesh_config::KeymeshConfig;
 use keymesh_console::{
     app::{self, Console},
-    config::{ConsoleConfig, RawConsole},
+    config::load,
     session::Sessions,
     signin::{GithubProvider, Provider},
 };
-use keymesh_mesh::{ServiceName, config::MeshParams, run::ServiceConfig};
+use keymesh_mesh::config::MeshParams;
 
 const EXIT_CONFIG: u8 = 64;
 
@@ -55,12 +54,7 @@ fn config_path(env: &BTreeMap<String, String>) -> Result<Option<PathBuf>, Failur
 
 async fn run() -> Result<(), Failure> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let file = KeymeshConfig::load(config_path(&env)?.as_deref(), &env).map_err(|e| Failure::Config(e.to_string()))?;
-    // The shared transport settings: the mesh's endpoints, the data directory, the log level.
-    let params = MeshParams::from_raw(ServiceName::CryptoService, file.transport())
-        .map_err(|e| Failure::Config(e.to_string()))?;
-    let raw: RawConsole = file.service_section("console").map_err(|e| Failure::Config(e.to_string()))?;
-    let mut config = ConsoleConfig::from_raw(raw).map_err(|e| Failure::Config(e.to_string()))?;
+    let (params, mut config) = load(config_path(&env)?.as_deref(), &env).map_err(Failure::Config)?;
     init_logging(&params);
     let tls = match &config.tls_files {
         Some((cert, key, ca)) => TlsMaterial::from_files(ca, cert, key).map_err(|e| Failure::Start(e.to_string()))?,
