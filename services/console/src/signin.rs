@@ -312,33 +312,51 @@ pub async fn login_page(State(console): State<Shared>, Query(query): Query<Login
     } else {
         None
     };
+    login_view(&console, return_to, notice.map(str::to_owned), None)
+}
+
+/// The sign-in page with the ways to sign in this console offers.
+fn login_view(console: &Shared, return_to: String, notice: Option<String>, error: Option<String>) -> Response {
     views::login(views::LoginPage {
         layout: views::Layout::anonymous(),
         provider: console.provider.as_ref().map(|p| p.display_name().to_owned()),
         github: console.github.is_some(),
         dev_login: console.config.dev_login,
         return_to,
-        notice: notice.map(str::to_owned),
-        error: None,
+        notice,
+        error,
     })
-    .into_response()
 }
 
 fn login_error(console: &Shared, status: StatusCode, message: String) -> Response {
     tracing::warn!(reason = %message, "console sign-in failed");
-    (
-        status,
-        views::login(views::LoginPage {
-            layout: views::Layout::anonymous(),
-            provider: console.provider.as_ref().map(|p| p.display_name().to_owned()),
-            github: console.github.is_some(),
-            dev_login: console.config.dev_login,
-            return_to: "/".into(),
-            notice: None,
-            error: Some(message),
-        }),
-    )
-        .into_response()
+    (status, login_view(console, "/".into(), None, Some(message))).into_response()
+}
+
+/// Starts a sign-in (its state, nonce and PKCE verifier) that returns to the query's `return_to`.
+fn start_pending(console: &Shared, query: &LoginQuery) -> Result<Pending, Box<Response>> {
+    console
+        .pending
+        .start(query.return_to.as_deref().unwrap_or("/"), Instant::now())
+        .map_err(|e| Box::new(PageError::Internal(e.to_string()).into_response()))
+}
+
+/// The sign-in a provider's callback finishes, and its code; else the sign-in page saying why. The state is
+/// consumed first, whatever follows: a callback is good once.
+fn finish_pending(console: &Shared, query: CallbackQuery, provider: &str) -> Result<(Pending, String), Box<Response>> {
+    let refuse = |status, message| Box::new(login_error(console, status, message));
+    let pending = query.state.as_deref().and_then(|state| console.pending.finish(state, Instant::now()));
+    let Some(pending) = pending else {
+        return Err(refuse(StatusCode::BAD_REQUEST, "This sign-in is unknown or expired; start again.".into()));
+    };
+    if let Some(error) = query.error {
+        let description = query.error_description.unwrap_or_default();
+        return Err(refuse(StatusCode::UNAUTHORIZED, format!("{provider} said: {error} {description}")));
+    }
+    match query.code {
+        Some(code) => Ok((pending, code)),
+        None => Err(refuse(StatusCode::BAD_REQUEST, format!("{provider} sent no code."))),
+    }
 }
 
 /// `GET /login/oidc`: starts an OIDC sign-in and sends the browser to the provider.
@@ -350,11 +368,10 @@ pub async fn start_oidc(State(console): State<Shared>, Query(query): Query<Login
         Ok(e) => e,
         Err(e) => return login_error(&console, StatusCode::BAD_GATEWAY, e.to_string()),
     };
-    let pending = match console.pending.start(query.return_to.as_deref().unwrap_or("/"), Instant::now()) {
-        Ok(p) => p,
-        Err(e) => return PageError::Internal(e.to_string()).into_response(),
-    };
-    Redirect::to(endpoints.client.authorization_url(&pending).as_str()).into_response()
+    match start_pending(&console, &query) {
+        Ok(pending) => Redirect::to(endpoints.client.authorization_url(&pending).as_str()).into_response(),
+        Err(response) => *response,
+    }
 }
 
 /// `GET /oidc/callback`'s query.
@@ -379,25 +396,9 @@ pub async fn oidc_callback(
     let Some(provider) = &console.provider else {
         return login_error(&console, StatusCode::NOT_FOUND, "No identity provider is configured.".into());
     };
-    // The state is consumed first, whatever follows: a callback is good once.
-    let pending = query.state.as_deref().and_then(|state| console.pending.finish(state, Instant::now()));
-    let Some(pending) = pending else {
-        return login_error(
-            &console,
-            StatusCode::BAD_REQUEST,
-            "This sign-in is unknown or expired; start again.".into(),
-        );
-    };
-    if let Some(error) = query.error {
-        let description = query.error_description.unwrap_or_default();
-        return login_error(
-            &console,
-            StatusCode::UNAUTHORIZED,
-            format!("The identity provider said: {error} {description}"),
-        );
-    }
-    let Some(code) = query.code else {
-        return login_error(&console, StatusCode::BAD_REQUEST, "The identity provider sent no code.".into());
+    let (pending, code) = match finish_pending(&console, query, "The identity provider") {
+        Ok(finished) => finished,
+        Err(response) => return *response,
     };
     let id_token = match provider.redeem(&code, &pending).await {
         Ok(t) => t,
@@ -454,9 +455,9 @@ pub async fn start_github(State(console): State<Shared>, Query(query): Query<Log
     let Some(github) = &console.github else {
         return login_error(&console, StatusCode::NOT_FOUND, "GitHub sign-in is not configured.".into());
     };
-    let pending = match console.pending.start(query.return_to.as_deref().unwrap_or("/"), Instant::now()) {
+    let pending = match start_pending(&console, &query) {
         Ok(p) => p,
-        Err(e) => return PageError::Internal(e.to_string()).into_response(),
+        Err(response) => return *response,
     };
     match github.authorization_url(&pending) {
         Ok(url) => Redirect::to(url.as_str()).into_response(),
@@ -473,20 +474,9 @@ pub async fn github_callback(
     let Some(github) = &console.github else {
         return login_error(&console, StatusCode::NOT_FOUND, "GitHub sign-in is not configured.".into());
     };
-    let pending = query.state.as_deref().and_then(|state| console.pending.finish(state, Instant::now()));
-    let Some(pending) = pending else {
-        return login_error(
-            &console,
-            StatusCode::BAD_REQUEST,
-            "This sign-in is unknown or expired; start again.".into(),
-        );
-    };
-    if let Some(error) = query.error {
-        let description = query.error_description.unwrap_or_default();
-        return login_error(&console, StatusCode::UNAUTHORIZED, format!("GitHub said: {error} {description}"));
-    }
-    let Some(code) = query.code else {
-        return login_error(&console, StatusCode::BAD_REQUEST, "GitHub sent no code.".into());
+    let (pending, code) = match finish_pending(&console, query, "GitHub") {
+        Ok(finished) => finished,
+        Err(response) => return *response,
     };
     let token = match github.redeem(&code, &pending).await {
         Ok(t) => t,

@@ -6,14 +6,13 @@ use askama::Template;
 use axum::{
     Extension, Form,
     extract::{Path, State},
-    http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
 use keymesh_proto::v1 as pb;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{call, short, timestamp, wire_name};
+use super::{call, form_refusal, short, timestamp, wire_name};
 use crate::{
     app::{Shared, Who},
     error::PageError,
@@ -176,13 +175,11 @@ pub async fn create(
             };
             Ok(render(&page))
         }
-        Err(error) => match error.status_and_message() {
-            Some((status, message)) if status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::CONFLICT => {
-                let page = NewApplicationPage { layout: Layout::of(&who, None), error: Some(message), form };
-                Ok((status, render(&page)).into_response())
-            }
-            _ => Err(error),
-        },
+        Err(error) => {
+            let (status, message) = form_refusal(error)?;
+            let page = NewApplicationPage { layout: Layout::of(&who, None), error: Some(message), form };
+            Ok((status, render(&page)).into_response())
+        }
     }
 }
 

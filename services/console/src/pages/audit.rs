@@ -14,7 +14,7 @@ use axum::{
 use keymesh_proto::v1 as pb;
 use serde::Deserialize;
 
-use super::{call, short, timestamp, wire_name};
+use super::{call, require_audit_reader, short, timestamp, wire_name};
 use crate::{
     app::{Shared, Who},
     error::PageError,
@@ -143,9 +143,7 @@ pub async fn show(
     Extension(who): Extension<Who>,
     Query(filter): Query<AuditFilter>,
 ) -> Result<Response, PageError> {
-    if !who.has_role(&["auditor", "admin", "owner"]) {
-        return Err(PageError::Forbidden("The audit trail needs the auditor, admin or owner role.".into()));
-    }
+    require_audit_reader(&who)?;
     let all = records(&console, &who, filter.query(10_000)?).await?;
     let matched = all.len();
     let rows = all
@@ -222,9 +220,7 @@ pub async fn export(
     Extension(who): Extension<Who>,
     Query(filter): Query<AuditFilter>,
 ) -> Result<Response, PageError> {
-    if !who.has_role(&["auditor", "admin", "owner"]) {
-        return Err(PageError::Forbidden("Exporting the audit trail needs the auditor, admin or owner role.".into()));
-    }
+    require_audit_reader(&who)?;
     let query = filter.query(0)?;
     let request = pb::ExportRequest {
         start_time: query.start_time,

@@ -12,7 +12,7 @@ use axum::{
 use keymesh_proto::v1 as pb;
 use serde::Deserialize;
 
-use super::{Done, call, form_name, segment, short, timestamp, wire_name};
+use super::{Done, call, form_name, form_refusal, segment, short, timestamp, wire_name};
 use crate::{
     app::{Shared, Who},
     error::PageError,
@@ -191,16 +191,6 @@ pub async fn new_form(Extension(who): Extension<Who>) -> Result<Response, PageEr
     who.require_manage("Creating a key")?;
     let form = NewKey { purpose: "encrypt".into(), ..Default::default() };
     Ok(render(&NewKeyPage { layout: Layout::of(&who, None), error: None, form, algorithms: ALGORITHMS }))
-}
-
-/// A mesh refusal of a form's content, shown on the form again; anything else fails the page.
-fn form_refusal(error: PageError) -> Result<(StatusCode, String), PageError> {
-    match error.status_and_message() {
-        Some((status, message)) if status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::CONFLICT => {
-            Ok((status, message))
-        }
-        _ => Err(error),
-    }
 }
 
 /// `POST /keys`.

@@ -20,6 +20,27 @@ pub fn call<T>(who: &Who, message: T) -> Result<Request<T>, PageError> {
     Ok(bearer(who.token(), message)?)
 }
 
+/// A mesh refusal of a form's content (a bad field, a name taken): its status and message, to show on the form
+/// again; anything else fails the page.
+pub fn form_refusal(error: PageError) -> Result<(axum::http::StatusCode, String), PageError> {
+    use axum::http::StatusCode;
+    match error.status_and_message() {
+        Some((status, message)) if status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::CONFLICT => {
+            Ok((status, message))
+        }
+        _ => Err(error),
+    }
+}
+
+/// Refuses unless the person may read the audit trail (audit-service's rule for Query and Export).
+pub fn require_audit_reader(who: &Who) -> Result<(), PageError> {
+    if who.has_role(&["auditor", "admin", "owner"]) {
+        Ok(())
+    } else {
+        Err(PageError::Forbidden("The audit trail needs the auditor, admin or owner role.".into()))
+    }
+}
+
 /// A protobuf time as `2026-12-07T10:00:00Z`; empty for none.
 pub fn timestamp(t: Option<&prost_types::Timestamp>) -> String {
     t.and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok())

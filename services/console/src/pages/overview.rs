@@ -67,7 +67,7 @@ pub async fn show(
     Query(done): Query<super::Done>,
 ) -> Result<Response, PageError> {
     let all_keys = keys::all_keys(&console, &who, 0, 0).await?;
-    let usage = if who.has_role(&["auditor", "admin", "owner"]) {
+    let usage = if super::require_audit_reader(&who).is_ok() {
         let since =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
                 - DAYS * 86_400;

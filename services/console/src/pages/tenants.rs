@@ -5,13 +5,12 @@ use askama::Template;
 use axum::{
     Extension, Form,
     extract::State,
-    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use keymesh_proto::v1 as pb;
 use serde::Deserialize;
 
-use super::{call, timestamp};
+use super::{call, form_refusal, timestamp};
 use crate::{
     app::{Shared, Who},
     error::PageError,
@@ -58,14 +57,9 @@ pub async fn create(
             Ok(render(&TenantsPage { layout: Layout::of(&who, Some("Tenant created.".into())), error: None, created }))
         }
         Err(status) => {
-            let error = PageError::Mesh(status);
-            match error.status_and_message() {
-                Some((code, message)) if code == StatusCode::UNPROCESSABLE_ENTITY || code == StatusCode::CONFLICT => {
-                    let page = TenantsPage { layout: Layout::of(&who, None), error: Some(message), created: None };
-                    Ok((code, render(&page)).into_response())
-                }
-                _ => Err(error),
-            }
+            let (code, message) = form_refusal(PageError::Mesh(status))?;
+            let page = TenantsPage { layout: Layout::of(&who, None), error: Some(message), created: None };
+            Ok((code, render(&page)).into_response())
         }
     }
 }
