@@ -294,7 +294,23 @@ class Run:
         self.fill("form#policy textarea[name=rules]", INVALID_RULE)
         self.submit("form#policy", "policy-invalid", expect_status=422)
         self.expect(self.text("#form-error"), "#form-error is empty for a rule that does not compile")
+        # A new key's policy is enforced (UNSPECIFIED means ENFORCE): leaving ENFORCE needs acknowledging too.
+        enforcement = Select(self.one("form#policy select[name=enforcement]")).first_selected_option
+        self.expect(enforcement.get_attribute("value") == "enforce", "a new key's policy is not shown as enforced")
         self.fill("form#policy textarea[name=rules]", VALID_RULE)
+        self.select("form#policy select[name=enforcement]", "warn")
+        self.submit("form#policy", "policy-loosen-warning", expect_status=409)
+        self.one("#enforce-warning")
+        box = self.one("input#confirm-enforce[name=confirm_enforce]")
+        if not box.is_selected():
+            box.click()
+        self.submit("form#policy", "policy-saved-warn")
+        self.wait(self.path_is(f"/keys/{KEY}"), "the key's page after saving the policy under WARN")
+        self.click_to(self.one("a#edit-policy"), "policy-warn")
+        enforcement = Select(self.one("form#policy select[name=enforcement]")).first_selected_option
+        self.expect(enforcement.get_attribute("value") == "warn", "the saved enforcement is not WARN")
+        kept = self.one("form#policy textarea[name=rules]").get_attribute("value").strip()
+        self.expect(kept == VALID_RULE, f"the saved rule is '{kept}'")
         self.select("form#policy select[name=enforcement]", "enforce")
         self.submit("form#policy", "policy-enforce-warning", expect_status=409)
         self.one("#enforce-warning")

@@ -277,24 +277,57 @@ async fn a_github_sign_in_is_exchanged_only_for_a_token_of_the_consoles_own_app(
         github.sign_in_as(login);
         async move {
             let start = hop(&http, &format!("{base}/login/github?return_to=/keys")).await;
+            // The browser binding of the sign-in: only the browser that started it may finish it.
+            let binding = start.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+            assert!(binding.starts_with("keymesh-signin="), "{binding}");
             let authorize = location(&start, &base);
             assert!(authorize.contains("code_challenge_method=S256") && authorize.contains("state="), "{authorize}");
             let back = hop(&http, &authorize).await;
-            http.get(location(&back, &base)).send().await.unwrap()
+            (binding, location(&back, &base))
+        }
+    };
+    let finish = |binding: Option<String>, callback: String| {
+        let http = http.clone();
+        async move {
+            let request = http.get(callback);
+            let request = match binding {
+                Some(cookie) => request.header("cookie", cookie),
+                None => request,
+            };
+            request.send().await.unwrap()
         }
     };
 
+    // Login CSRF: the callback of someone's sign-in, opened in another browser (the victim's), is refused, and
+    // the code is never redeemed.
+    let (_, attackers_callback) = sign_in("octocat").await;
+    let forced = finish(None, attackers_callback).await;
+    assert_eq!(forced.status(), 400);
+    assert!(
+        forced.headers().get_all("set-cookie").iter().all(|c| !c.to_str().unwrap().starts_with("keymesh-console="))
+    );
+    assert!(forced.text().await.unwrap().contains("started in another browser"));
+    assert_eq!(github.redemptions(), (0, 0));
+
     // The person a rule maps signs in, lands where they were going, and the page names their GitHub id.
-    let signed_in = sign_in("octocat").await;
+    let (binding, callback) = sign_in("octocat").await;
+    let signed_in = finish(Some(binding), callback).await;
     assert_eq!(signed_in.status(), 303);
     assert_eq!(signed_in.headers()["location"], "/keys");
-    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let cookie = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("keymesh-console="))
+        .expect("a session cookie");
     let page = http.get(format!("{base}/keys")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
     assert!(page.contains(&format!("github:{}", github_id("octocat"))), "{page}");
     assert_eq!(github.redemptions(), (1, 0), "one code redeemed with its PKCE verifier and the app's secret");
 
     // Someone no rule maps is turned away with token-service's reason.
-    let refused = sign_in("mallory").await;
+    let (binding, callback) = sign_in("mallory").await;
+    let refused = finish(Some(binding), callback).await;
     assert_eq!(refused.status(), 403);
     let text = refused.text().await.unwrap();
     assert!(text.contains("no rule maps subject"), "{text}");

@@ -50,13 +50,20 @@ pub struct Console {
 /// The shared state as handlers receive it.
 pub type Shared = Arc<Console>;
 
-/// The signed-in person of a request, as the guard found them.
-#[derive(Clone, Debug)]
+/// The signed-in person of a request, as the guard found them. No Debug output of the session id (a working
+/// cookie value).
+#[derive(Clone)]
 pub struct Who {
     /// The session.
     pub session: Current,
     /// Its id (for sign-out).
     pub id: String,
+}
+
+impl std::fmt::Debug for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Who").field("session", &self.session).finish_non_exhaustive()
+    }
 }
 
 impl Who {
@@ -187,9 +194,16 @@ async fn guard(State(console): State<Shared>, request: Request, next: Next) -> R
     } else {
         request
     };
+    let id = who.id.clone();
     let mut request = request;
     request.extensions_mut().insert(who);
-    next.run(request).await
+    let response = next.run(request).await;
+    if response.extensions().get::<crate::error::SignInAgain>().is_some() {
+        // The mesh no longer accepts the session's token (revoked elsewhere, the application disabled): the
+        // session is over here too.
+        console.sessions.end(&id);
+    }
+    response
 }
 
 /// The request with its form read, if the form carries the session's CSRF token; else the 403.

@@ -182,13 +182,18 @@ impl std::fmt::Debug for OidcSettings {
 pub fn secure_or_loopback(url: &url::Url) -> bool {
     match url.scheme() {
         "https" => true,
-        "http" => match url.host() {
-            Some(url::Host::Domain(d)) => d == "localhost",
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        },
+        "http" => loopback_host(url),
         _ => false,
+    }
+}
+
+/// Whether `url` names this machine (`localhost`, 127.0.0.0/8, `::1`).
+fn loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -227,6 +232,11 @@ impl ConsoleConfig {
         };
         if !secure_or_loopback(&public_url) {
             return Err(invalid("public_url", "must be https:// (http:// only on a loopback host)"));
+        }
+        if dev_login && !loopback_host(&public_url) {
+            // Listening on loopback is not enough: a proxy, a tunnel or a port-forward in front of it would put
+            // the development login on the network under this public URL.
+            return Err(invalid("dev_login", format!("is for loopback only; public_url is {public_url}")));
         }
         if public_url.scheme() == "http" && !listen.ip().is_loopback() {
             // Cookies without Secure would cross the network in the clear.
@@ -356,6 +366,20 @@ mod tests {
         };
         let err = ConsoleConfig::from_raw(raw).err().unwrap().to_string();
         assert!(err.starts_with("console.dev_login:"), "{err}");
+        // Nor behind a proxy or tunnel that gives a loopback listener a public URL.
+        let raw = RawConsole {
+            public_url: Some("https://console.example".into()),
+            dev_login: Some(true),
+            ..Default::default()
+        };
+        let err = ConsoleConfig::from_raw(raw).err().unwrap().to_string();
+        assert!(err.starts_with("console.dev_login:"), "{err}");
+        let ok = RawConsole {
+            public_url: Some("http://localhost:7480".into()),
+            dev_login: Some(true),
+            ..Default::default()
+        };
+        assert!(ConsoleConfig::from_raw(ok).is_ok());
     }
 
     #[test]

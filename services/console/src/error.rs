@@ -10,6 +10,10 @@ use axum::{
 
 use crate::views;
 
+/// Marks a response whose session the mesh no longer accepts, for the guard to end it.
+#[derive(Clone, Copy, Debug)]
+pub struct SignInAgain;
+
 /// A page's failure.
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
@@ -74,7 +78,11 @@ impl IntoResponse for PageError {
         }
         match self.status_and_message() {
             Some((status, message)) => (status, views::error_page(status, &message)).into_response(),
-            None => Redirect::to("/login?expired=1").into_response(),
+            None => {
+                let mut response = Redirect::to("/login?expired=1").into_response();
+                response.extensions_mut().insert(SignInAgain);
+                response
+            }
         }
     }
 }

@@ -1,9 +1,14 @@
 //! The browser half of an OpenID Connect sign-in (authorization code flow with PKCE, RFC 7636 S256): the values a
 //! sign-in starts with, the authorization URL that carries them, and the one-time record that ties the callback
-//! to the browser that started it. `state` stops a forged callback (CSRF on the redirect), `nonce` binds the ID
-//! token to this sign-in (replay), and the PKCE verifier means a stolen authorization code is useless without it.
-//! Each pending sign-in is used once and expires after [`PENDING_LIFETIME`]. The code is redeemed with the
-//! verifier ([`token_request_form`]) and the ID token must carry the sign-in's nonce ([`nonce_matches`]).
+//! to the browser that started it. `state` stops a forged callback, `nonce` binds the ID token to this sign-in
+//! (replay), and the PKCE verifier means a stolen authorization code is useless without it. None of the three ties
+//! the callback to a *browser*, though: an attacker could start a sign-in, sign in at the provider as themselves,
+//! and send the victim the callback URL, signing the victim in to the attacker's account (login CSRF). So each
+//! sign-in also sets a random binding in a short-lived cookie of the browser that starts it, and the callback is
+//! refused unless that browser brings it back (kept as its SHA-256, compared in constant time). Each pending
+//! sign-in is used once, by the provider that started it, and expires after [`PENDING_LIFETIME`]; at most
+//! [`MAX_PENDING`] wait at once. The code is redeemed with the verifier ([`token_request_form`]) and the ID token
+//! must carry the sign-in's nonce ([`nonce_matches`]).
 
 use std::{
     collections::HashMap,
@@ -16,6 +21,34 @@ use zeroize::Zeroizing;
 
 /// How long a browser has to come back from the identity provider.
 pub const PENDING_LIFETIME: Duration = Duration::from_secs(10 * 60);
+/// Sign-ins waiting for their callback, at most: a flood of unauthenticated starts cannot grow the console's
+/// memory without bound.
+pub const MAX_PENDING: usize = 10_000;
+
+/// Who a sign-in was started with: a callback of the other provider is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The OpenID Connect provider.
+    Oidc,
+    /// GitHub.
+    Github,
+}
+
+/// Why a sign-in could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The system's random source failed.
+    #[error("{0}")]
+    Random(#[from] keymesh_crypto::CryptoError),
+    /// Too many sign-ins are waiting.
+    #[error("too many sign-ins are under way; try again in a minute")]
+    Busy,
+}
+
+fn binding_hash(binding: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(binding.as_bytes()).into()
+}
 
 /// The S256 code challenge of a verifier: BASE64URL(SHA-256(verifier)).
 pub fn code_challenge(verifier: &str) -> String {
@@ -34,6 +67,10 @@ pub struct Pending {
     pub verifier: Zeroizing<String>,
     /// Where to go after sign-in (a path of the console, checked by [`local_path`]).
     pub return_to: String,
+    /// The provider it was started with.
+    pub via: Via,
+    /// SHA-256 of the browser binding the callback must bring back.
+    binding: [u8; 32],
     started: Instant,
 }
 
@@ -118,26 +155,38 @@ pub struct PendingSignIns {
 }
 
 impl PendingSignIns {
-    /// Starts a sign-in that returns to `return_to`.
-    pub fn start(&self, return_to: &str, now: Instant) -> Result<Pending, keymesh_crypto::CryptoError> {
+    /// Starts a sign-in with `via` that returns to `return_to`. Returns it and the binding for the browser's
+    /// cookie.
+    pub fn start(&self, via: Via, return_to: &str, now: Instant) -> Result<(Pending, Zeroizing<String>), StartError> {
+        let binding = Zeroizing::new(crate::csrf::new_token()?);
         let pending = Pending {
             state: crate::csrf::new_token()?,
             nonce: crate::csrf::new_token()?,
             verifier: Zeroizing::new(crate::csrf::new_token()?),
             return_to: local_path(return_to),
+            via,
+            binding: binding_hash(&binding),
             started: now,
         };
         let mut map = self.by_state.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, p| now.saturating_duration_since(p.started) < PENDING_LIFETIME);
+        if map.len() >= MAX_PENDING {
+            map.retain(|_, p| now.saturating_duration_since(p.started) < PENDING_LIFETIME);
+            if map.len() >= MAX_PENDING {
+                return Err(StartError::Busy);
+            }
+        }
         map.insert(pending.state.clone(), pending.clone());
-        Ok(pending)
+        Ok((pending, binding))
     }
 
-    /// The sign-in a callback's `state` names, once: a second callback with the same state, an unknown state or an
-    /// expired one gets nothing.
-    pub fn finish(&self, state: &str, now: Instant) -> Option<Pending> {
+    /// The sign-in a callback's `state` names, once, if it was started with `via`, in time, by the browser that
+    /// brings back its `binding`. The state is used up whatever the outcome: a callback is good once.
+    pub fn finish(&self, state: &str, via: Via, binding: Option<&str>, now: Instant) -> Option<Pending> {
+        use subtle::ConstantTimeEq;
         let pending = self.by_state.lock().unwrap_or_else(|p| p.into_inner()).remove(state)?;
-        (now.saturating_duration_since(pending.started) < PENDING_LIFETIME).then_some(pending)
+        let same_browser = binding.is_some_and(|b| bool::from(binding_hash(b).ct_eq(&pending.binding)));
+        let in_time = now.saturating_duration_since(pending.started) < PENDING_LIFETIME;
+        (same_browser && in_time && pending.via == via).then_some(pending)
     }
 }
 
@@ -157,7 +206,7 @@ mod tests {
     #[test]
     fn the_authorization_url_carries_state_nonce_and_the_s256_challenge() {
         let pending_sign_ins = PendingSignIns::default();
-        let pending = pending_sign_ins.start("/keys", Instant::now()).unwrap();
+        let (pending, _) = pending_sign_ins.start(Via::Oidc, "/keys", Instant::now()).unwrap();
         assert!((43..=128).contains(&pending.verifier.len()), "RFC 7636 verifier length");
         let client = Client {
             authorization_endpoint: url::Url::parse("https://idp.example/authorize?tenant=x").unwrap(),
@@ -179,21 +228,42 @@ mod tests {
     }
 
     #[test]
-    fn a_callback_is_accepted_once_and_only_in_time() {
+    fn a_callback_is_accepted_once_in_time_by_the_browser_and_provider_that_started_it() {
         let pending_sign_ins = PendingSignIns::default();
         let t0 = Instant::now();
-        let pending = pending_sign_ins.start("/", t0).unwrap();
-        assert!(pending_sign_ins.finish("forged", t0).is_none());
-        let finished = pending_sign_ins.finish(&pending.state, t0 + Duration::from_secs(5)).unwrap();
-        assert_eq!(finished.nonce, pending.nonce);
-        assert!(pending_sign_ins.finish(&pending.state, t0).is_none(), "used once");
-        let late = pending_sign_ins.start("/", t0).unwrap();
-        assert!(pending_sign_ins.finish(&late.state, t0 + PENDING_LIFETIME).is_none(), "expired");
+        let (pending, binding) = pending_sign_ins.start(Via::Oidc, "/", t0).unwrap();
+        assert!(pending_sign_ins.finish("forged", Via::Oidc, Some(&binding), t0).is_none());
+        let finished = pending_sign_ins.finish(&pending.state, Via::Oidc, Some(&binding), t0 + Duration::from_secs(5));
+        assert_eq!(finished.unwrap().nonce, pending.nonce);
+        assert!(pending_sign_ins.finish(&pending.state, Via::Oidc, Some(&binding), t0).is_none(), "used once");
+        let (late, binding) = pending_sign_ins.start(Via::Oidc, "/", t0).unwrap();
+        assert!(pending_sign_ins.finish(&late.state, Via::Oidc, Some(&binding), t0 + PENDING_LIFETIME).is_none());
+        // Login CSRF: the attacker's callback URL opened in another browser (no binding, or its own) is refused.
+        let (attackers, _) = pending_sign_ins.start(Via::Oidc, "/", t0).unwrap();
+        assert!(pending_sign_ins.finish(&attackers.state, Via::Oidc, None, t0).is_none());
+        let (attackers, _) = pending_sign_ins.start(Via::Oidc, "/", t0).unwrap();
+        let (_, victims_own) = pending_sign_ins.start(Via::Oidc, "/", t0).unwrap();
+        assert!(pending_sign_ins.finish(&attackers.state, Via::Oidc, Some(&victims_own), t0).is_none());
+        // A sign-in started with GitHub does not finish at the OIDC callback.
+        let (github, binding) = pending_sign_ins.start(Via::Github, "/", t0).unwrap();
+        assert!(pending_sign_ins.finish(&github.state, Via::Oidc, Some(&binding), t0).is_none());
+    }
+
+    #[test]
+    fn a_flood_of_sign_ins_is_bounded() {
+        let pending_sign_ins = PendingSignIns::default();
+        let t0 = Instant::now();
+        for _ in 0..MAX_PENDING {
+            pending_sign_ins.start(Via::Oidc, "/", t0).unwrap();
+        }
+        assert!(matches!(pending_sign_ins.start(Via::Oidc, "/", t0), Err(StartError::Busy)));
+        // Once they have expired, sign-ins start again.
+        assert!(pending_sign_ins.start(Via::Oidc, "/", t0 + PENDING_LIFETIME).is_ok());
     }
 
     #[test]
     fn the_code_is_redeemed_with_the_verifier_and_the_id_token_must_carry_the_nonce() {
-        let pending = PendingSignIns::default().start("/", Instant::now()).unwrap();
+        let (pending, _) = PendingSignIns::default().start(Via::Oidc, "/", Instant::now()).unwrap();
         let client = Client {
             authorization_endpoint: url::Url::parse("https://idp.example/authorize").unwrap(),
             client_id: "console".into(),

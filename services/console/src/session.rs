@@ -20,6 +20,10 @@ use crate::csrf;
 pub const COOKIE_TLS: &str = "__Host-keymesh-console";
 /// The cookie's name on loopback without TLS (the development login), where `__Host-` cannot be used.
 pub const COOKIE_PLAIN: &str = "keymesh-console";
+/// The cookie that ties a sign-in's callback to the browser that started it, over TLS.
+pub const SIGNIN_COOKIE_TLS: &str = "__Host-keymesh-signin";
+/// The same on loopback without TLS.
+pub const SIGNIN_COOKIE_PLAIN: &str = "keymesh-signin";
 
 /// The person signed in, as the mesh knows them. No Debug output of the token.
 pub struct SignedIn {
@@ -180,31 +184,59 @@ impl Sessions {
         if self.plain_http { COOKIE_PLAIN } else { COOKIE_TLS }
     }
 
+    fn signin_cookie_name(&self) -> &'static str {
+        if self.plain_http { SIGNIN_COOKIE_PLAIN } else { SIGNIN_COOKIE_TLS }
+    }
+
+    /// A `Set-Cookie` value: `name=value` for this host and `/`, HttpOnly, SameSite=Lax, Secure over TLS.
+    fn set_cookie(&self, name: &str, value: &str, max_age: Option<u64>) -> String {
+        let secure = if self.plain_http { "" } else { "; Secure" };
+        let max_age = max_age.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
+        format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax{max_age}{secure}")
+    }
+
     /// The `Set-Cookie` value that gives the browser the session `id` (a session cookie: gone with the browser).
     pub fn cookie(&self, id: &str) -> String {
-        let secure = if self.plain_http { "" } else { "; Secure" };
-        format!("{}={id}; Path=/; HttpOnly; SameSite=Lax{secure}", self.cookie_name())
+        self.set_cookie(self.cookie_name(), id, None)
     }
 
     /// The `Set-Cookie` value that removes it.
     pub fn removal_cookie(&self) -> String {
-        let secure = if self.plain_http { "" } else { "; Secure" };
-        format!("{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}", self.cookie_name())
+        self.set_cookie(self.cookie_name(), "", Some(0))
+    }
+
+    /// The `Set-Cookie` value of a sign-in's browser binding (see [`crate::oidc`]), for as long as a sign-in waits.
+    pub fn signin_cookie(&self, binding: &str) -> String {
+        self.set_cookie(self.signin_cookie_name(), binding, Some(crate::oidc::PENDING_LIFETIME.as_secs()))
+    }
+
+    /// The `Set-Cookie` value that removes the binding once the sign-in is over.
+    pub fn signin_removal_cookie(&self) -> String {
+        self.set_cookie(self.signin_cookie_name(), "", Some(0))
     }
 
     /// The session id a request's `Cookie` headers carry, if any.
     pub fn id_from(&self, headers: &HeaderMap) -> Option<String> {
-        let name = self.cookie_name();
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_owned())
-            .filter(|v| !v.is_empty())
+        cookie_value(headers, self.cookie_name())
     }
+
+    /// The sign-in binding a request's `Cookie` headers carry, if any.
+    pub fn signin_binding_from(&self, headers: &HeaderMap) -> Option<String> {
+        cookie_value(headers, self.signin_cookie_name())
+    }
+}
+
+/// The value of cookie `name` in a request's `Cookie` headers (none when empty).
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]

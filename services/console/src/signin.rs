@@ -23,7 +23,7 @@ use crate::{
     app::{Shared, Who},
     config::{GithubSettings, OidcSettings, secure_or_loopback},
     error::PageError,
-    oidc::{self, Pending},
+    oidc::{self, Pending, StartError, Via},
     session::SignedIn,
     views,
 };
@@ -78,7 +78,7 @@ impl Provider {
         if !response.status().is_success() {
             return Err(SignInError(format!("{url} answered {}", response.status())));
         }
-        let body = response.bytes().await.map_err(unreachable)?;
+        let body = read_capped(response).await?;
         let found: Discovery = serde_json::from_slice(&body)
             .map_err(|e| SignInError(format!("{url} is not a discovery document: {e}")))?;
         // OIDC Discovery §4.3: the document must be the configured issuer's own.
@@ -127,7 +127,7 @@ impl Provider {
             .await
             .map_err(|e| SignInError(format!("the identity provider's token endpoint is unreachable: {e}")))?;
         let status = response.status();
-        let body = Zeroizing::new(response.bytes().await.map_err(|e| SignInError(e.to_string()))?.to_vec());
+        let body = read_capped(response).await?;
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         if !status.is_success() {
             // RFC 6749 §5.2: `error` and `error_description` say why; nothing else of the body is shown.
@@ -156,6 +156,22 @@ fn http_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, Sig
         }
     }
     builder.build().map_err(|e| SignInError(e.to_string()))
+}
+
+/// Largest answer read from a provider (a discovery document, a token response).
+const MAX_PROVIDER_ANSWER: usize = 256 * 1024;
+
+/// A provider's answer, read chunk by chunk and refused past [`MAX_PROVIDER_ANSWER`]: a misbehaving provider
+/// cannot make the console buffer an unbounded body.
+async fn read_capped(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, SignInError> {
+    let mut body = Zeroizing::new(Vec::new());
+    while let Some(chunk) = response.chunk().await.map_err(|e| SignInError(format!("reading the answer: {e}")))? {
+        if body.len() + chunk.len() > MAX_PROVIDER_ANSWER {
+            return Err(SignInError(format!("the provider's answer is over {MAX_PROVIDER_ANSWER} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// GitHub's OAuth 2.0 sign-in (an OAuth app; GitHub has no OpenID Connect for people). The code is redeemed
@@ -210,7 +226,7 @@ impl GithubProvider {
             .send()
             .await
             .map_err(|e| SignInError(format!("GitHub is unreachable: {e}")))?;
-        let body = Zeroizing::new(response.bytes().await.map_err(|e| SignInError(e.to_string()))?.to_vec());
+        let body = read_capped(response).await?;
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         // GitHub answers a refused code with 200 and an `error` field.
         if let Some(error) = json.get("error").and_then(|v| v.as_str()) {
@@ -277,7 +293,7 @@ fn start_session(
     return_to: &str,
 ) -> Result<Response, PageError> {
     let previous = console.sessions.id_from(headers);
-    tracing::info!(person = %user.subject, tenant = %user.tenant, "signed in to the console");
+    tracing::info!(person = ?user.subject, tenant = ?user.tenant, "signed in to the console");
     let id = console
         .sessions
         .start(user, previous.as_deref(), Instant::now())
@@ -329,34 +345,78 @@ fn login_view(console: &Shared, return_to: String, notice: Option<String>, error
 }
 
 fn login_error(console: &Shared, status: StatusCode, message: String) -> Response {
-    tracing::warn!(reason = %message, "console sign-in failed");
+    tracing::warn!(reason = ?message, "console sign-in failed");
     (status, login_view(console, "/".into(), None, Some(message))).into_response()
 }
 
-/// Starts a sign-in (its state, nonce and PKCE verifier) that returns to the query's `return_to`.
-fn start_pending(console: &Shared, query: &LoginQuery) -> Result<Pending, Box<Response>> {
-    console
-        .pending
-        .start(query.return_to.as_deref().unwrap_or("/"), Instant::now())
-        .map_err(|e| Box::new(PageError::Internal(e.to_string()).into_response()))
+/// Starts a sign-in `via` a provider (its state, nonce, PKCE verifier and browser binding) that returns to the
+/// query's `return_to`, and the `Set-Cookie` value of the binding.
+fn start_pending(console: &Shared, query: &LoginQuery, via: Via) -> Result<(Pending, String), Box<Response>> {
+    match console.pending.start(via, query.return_to.as_deref().unwrap_or("/"), Instant::now()) {
+        Ok((pending, binding)) => Ok((pending, console.sessions.signin_cookie(&binding))),
+        Err(StartError::Busy) => {
+            Err(Box::new(login_error(console, StatusCode::SERVICE_UNAVAILABLE, StartError::Busy.to_string())))
+        }
+        Err(e) => Err(Box::new(PageError::Internal(e.to_string()).into_response())),
+    }
 }
 
-/// The sign-in a provider's callback finishes, and its code; else the sign-in page saying why. The state is
-/// consumed first, whatever follows: a callback is good once.
-fn finish_pending(console: &Shared, query: CallbackQuery, provider: &str) -> Result<(Pending, String), Box<Response>> {
+/// A redirect to `url` that also sets `cookie`.
+fn redirect_with_cookie(url: &str, cookie: &str) -> Response {
+    let mut response = Redirect::to(url).into_response();
+    if let Ok(value) = cookie.parse() {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// An OAuth error code as a provider sends it (RFC 6749 §4.1.2.1: a short token), or a generic word: the query
+/// string is anyone's to write, so nothing else of it reaches the page.
+fn error_code(code: &str) -> &str {
+    let plain = !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    if plain { code } else { "an error" }
+}
+
+/// The sign-in a provider's callback finishes, and its code; else the sign-in page saying why. It must come back
+/// to the browser that started it (its binding cookie), for the provider that started it; the state is used up
+/// whatever follows: a callback is good once.
+fn finish_pending(
+    console: &Shared,
+    headers: &HeaderMap,
+    query: CallbackQuery,
+    via: Via,
+) -> Result<(Pending, String), Box<Response>> {
+    let provider = match via {
+        Via::Oidc => "The identity provider",
+        Via::Github => "GitHub",
+    };
     let refuse = |status, message| Box::new(login_error(console, status, message));
-    let pending = query.state.as_deref().and_then(|state| console.pending.finish(state, Instant::now()));
+    let binding = console.sessions.signin_binding_from(headers);
+    let pending =
+        query.state.as_deref().and_then(|state| console.pending.finish(state, via, binding.as_deref(), Instant::now()));
     let Some(pending) = pending else {
-        return Err(refuse(StatusCode::BAD_REQUEST, "This sign-in is unknown or expired; start again.".into()));
+        let message = "This sign-in is unknown, expired, or was started in another browser; start again.";
+        return Err(refuse(StatusCode::BAD_REQUEST, message.into()));
     };
     if let Some(error) = query.error {
-        let description = query.error_description.unwrap_or_default();
-        return Err(refuse(StatusCode::UNAUTHORIZED, format!("{provider} said: {error} {description}")));
+        tracing::warn!(?error, description = ?query.error_description, "the provider refused a sign-in");
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            format!("{provider} refused the sign-in ({}).", error_code(&error)),
+        ));
     }
     match query.code {
         Some(code) => Ok((pending, code)),
         None => Err(refuse(StatusCode::BAD_REQUEST, format!("{provider} sent no code."))),
     }
+}
+
+/// A callback's response, with the sign-in's binding cookie removed (the sign-in is over either way).
+fn ending_sign_in(console: &Shared, mut response: Response) -> Response {
+    if let Ok(value) = console.sessions.signin_removal_cookie().parse() {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
 }
 
 /// `GET /login/oidc`: starts an OIDC sign-in and sends the browser to the provider.
@@ -368,8 +428,8 @@ pub async fn start_oidc(State(console): State<Shared>, Query(query): Query<Login
         Ok(e) => e,
         Err(e) => return login_error(&console, StatusCode::BAD_GATEWAY, e.to_string()),
     };
-    match start_pending(&console, &query) {
-        Ok(pending) => Redirect::to(endpoints.client.authorization_url(&pending).as_str()).into_response(),
+    match start_pending(&console, &query, Via::Oidc) {
+        Ok((pending, cookie)) => redirect_with_cookie(endpoints.client.authorization_url(&pending).as_str(), &cookie),
         Err(response) => *response,
     }
 }
@@ -393,26 +453,31 @@ pub async fn oidc_callback(
     headers: HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Response {
+    let response = finish_oidc(&console, &headers, query).await;
+    ending_sign_in(&console, response)
+}
+
+async fn finish_oidc(console: &Shared, headers: &HeaderMap, query: CallbackQuery) -> Response {
     let Some(provider) = &console.provider else {
-        return login_error(&console, StatusCode::NOT_FOUND, "No identity provider is configured.".into());
+        return login_error(console, StatusCode::NOT_FOUND, "No identity provider is configured.".into());
     };
-    let (pending, code) = match finish_pending(&console, query, "The identity provider") {
+    let (pending, code) = match finish_pending(console, headers, query, Via::Oidc) {
         Ok(finished) => finished,
         Err(response) => return *response,
     };
     let id_token = match provider.redeem(&code, &pending).await {
         Ok(t) => t,
-        Err(e) => return login_error(&console, StatusCode::BAD_GATEWAY, e.to_string()),
+        Err(e) => return login_error(console, StatusCode::BAD_GATEWAY, e.to_string()),
     };
     if !oidc::nonce_matches(&id_token, &pending) {
-        return login_error(&console, StatusCode::UNAUTHORIZED, "The ID token was not minted for this sign-in.".into());
+        return login_error(console, StatusCode::UNAUTHORIZED, "The ID token was not minted for this sign-in.".into());
     }
     let person = jwt_payload::<serde_json::Value>(&id_token).and_then(|claims| {
         ["email", "preferred_username", "name"]
             .iter()
             .find_map(|c| claims.get(*c).and_then(|v| v.as_str()).map(str::to_owned))
     });
-    exchange_and_start(&console, &headers, &id_token, ID_TOKEN_TYPE, person, &pending.return_to).await
+    exchange_and_start(console, headers, &id_token, ID_TOKEN_TYPE, person, &pending.return_to).await
 }
 
 const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
@@ -436,12 +501,16 @@ async fn exchange_and_start(
     };
     let issued = match console.mesh.token_service().issue_token(request).await {
         Ok(r) => r.into_inner(),
+        // A refusal's reason is written for the person (expired, no rule maps this subject); any other failure's
+        // details are the operators', in the log.
+        Err(status) if matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+            let message = format!("keymesh did not accept this identity: {}", status.message());
+            return login_error(console, StatusCode::FORBIDDEN, message);
+        }
         Err(status) => {
-            return login_error(
-                console,
-                StatusCode::FORBIDDEN,
-                format!("keymesh did not accept this identity: {}", status.message()),
-            );
+            tracing::warn!(code = ?status.code(), reason = ?status.message(), "a token exchange failed");
+            let message = "keymesh could not sign you in; try again, or ask an administrator.".to_owned();
+            return login_error(console, StatusCode::BAD_GATEWAY, message);
         }
     };
     match signed_in(issued, person).and_then(|user| start_session(console, headers, user, return_to)) {
@@ -455,12 +524,12 @@ pub async fn start_github(State(console): State<Shared>, Query(query): Query<Log
     let Some(github) = &console.github else {
         return login_error(&console, StatusCode::NOT_FOUND, "GitHub sign-in is not configured.".into());
     };
-    let pending = match start_pending(&console, &query) {
-        Ok(p) => p,
+    let (pending, cookie) = match start_pending(&console, &query, Via::Github) {
+        Ok(started) => started,
         Err(response) => return *response,
     };
     match github.authorization_url(&pending) {
-        Ok(url) => Redirect::to(url.as_str()).into_response(),
+        Ok(url) => redirect_with_cookie(url.as_str(), &cookie),
         Err(e) => login_error(&console, StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -471,18 +540,23 @@ pub async fn github_callback(
     headers: HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Response {
+    let response = finish_github(&console, &headers, query).await;
+    ending_sign_in(&console, response)
+}
+
+async fn finish_github(console: &Shared, headers: &HeaderMap, query: CallbackQuery) -> Response {
     let Some(github) = &console.github else {
-        return login_error(&console, StatusCode::NOT_FOUND, "GitHub sign-in is not configured.".into());
+        return login_error(console, StatusCode::NOT_FOUND, "GitHub sign-in is not configured.".into());
     };
-    let (pending, code) = match finish_pending(&console, query, "GitHub") {
+    let (pending, code) = match finish_pending(console, headers, query, Via::Github) {
         Ok(finished) => finished,
         Err(response) => return *response,
     };
     let token = match github.redeem(&code, &pending).await {
         Ok(t) => t,
-        Err(e) => return login_error(&console, StatusCode::BAD_GATEWAY, e.to_string()),
+        Err(e) => return login_error(console, StatusCode::BAD_GATEWAY, e.to_string()),
     };
-    exchange_and_start(&console, &headers, &token, ACCESS_TOKEN_TYPE, None, &pending.return_to).await
+    exchange_and_start(console, headers, &token, ACCESS_TOKEN_TYPE, None, &pending.return_to).await
 }
 
 /// The development login's form.
@@ -535,7 +609,7 @@ pub async fn logout(State(console): State<Shared>, axum::Extension(who): axum::E
                 tracing::warn!(code = ?status.code(), "revoking a signed-out person's token failed");
             }
         }
-        tracing::info!(person = %user.subject, "signed out of the console");
+        tracing::info!(person = ?user.subject, "signed out of the console");
     }
     let mut response = Redirect::to("/login?signed_out=1").into_response();
     if let Ok(value) = console.sessions.removal_cookie().parse() {

@@ -175,6 +175,12 @@ impl Exchanger {
                     None
                 }
                 ExchangeIssuerKind::Github => {
+                    if c.jwks_url.is_some() {
+                        return Err(ExchangeConfigError {
+                            field: field("jwks_url"),
+                            reason: "GitHub's tokens are checked with its API, not a JWKS".into(),
+                        });
+                    }
                     let api_url = c.api_url.clone().unwrap_or_else(|| "https://api.github.com".into());
                     check_url(field("api_url"), &api_url)?;
                     let path = c.client_secret_file.as_ref().ok_or_else(|| ExchangeConfigError {
@@ -246,7 +252,7 @@ impl Exchanger {
         let issuer = self
             .issuers
             .iter()
-            .find(|i| i.issuer == iss)
+            .find(|i| i.github.is_none() && i.issuer == iss)
             .ok_or_else(|| ExchangeError::Refused(format!("issuer {iss:?} is not trusted for token exchange")))?;
         let kid = header.kid.ok_or_else(|| refused("no kid in the header"))?;
         let key = issuer.key(&kid).await?;
@@ -438,7 +444,8 @@ impl Issuer {
         token: &str,
     ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ExchangeError> {
         let unavailable = |reason: String| ExchangeError::Unavailable { issuer: self.name.clone(), reason };
-        let url = format!("{}/applications/{}/token", app.api_url, self.audience);
+        let client_id: String = url::form_urlencoded::byte_serialize(self.audience.as_bytes()).collect();
+        let url = format!("{}/applications/{client_id}/token", app.api_url);
         let body = Zeroizing::new(serde_json::json!({ "access_token": token }).to_string());
         let response = self
             .http

@@ -205,7 +205,8 @@ pub async fn rotate_secret(
     }
     let request = pb::RotateClientSecretRequest {
         client_id: client_id.clone(),
-        grace_period: Some(prost_types::Duration { seconds: i64::from(hours) * 3600, nanos: 0 }),
+        // 0: the old secret stops now (token-service takes no grace period with that).
+        grace_period: (hours > 0).then(|| prost_types::Duration { seconds: i64::from(hours) * 3600, nanos: 0 }),
         expire_previous_now: hours == 0,
     };
     let rotated = console.mesh.token_service().rotate_client_secret(call(&who, request)?).await?.into_inner();

@@ -11,6 +11,7 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
+use futures_util::StreamExt;
 use keymesh_proto::v1 as pb;
 use serde::Deserialize;
 
@@ -232,11 +233,9 @@ pub async fn export(
         after_sequence: 0,
         limit: 0,
     };
-    let mut stream = console.mesh.audit_service().export(call(&who, request)?).await?.into_inner();
-    let mut body = Vec::new();
-    while let Some(chunk) = stream.message().await? {
-        body.extend_from_slice(&chunk.json_lines);
-    }
+    // Streamed through as audit-service sends it: a year of records never sits in the console's memory.
+    let stream = console.mesh.audit_service().export(call(&who, request)?).await?.into_inner();
+    let body = Body::from_stream(stream.map(|chunk| chunk.map(|c| c.json_lines)));
     let tenant: String =
         who.session.user.tenant.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')).collect();
     let name = format!("keymesh-audit-{tenant}.jsonl");
@@ -245,7 +244,7 @@ pub async fn export(
             (header::CONTENT_TYPE, "application/x-ndjson".to_owned()),
             (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
         ],
-        Body::from(body),
+        body,
     )
         .into_response())
 }

@@ -298,10 +298,27 @@ pub async fn show(
         pending_deletion: key.state() == pb::KeyState::PendingDeletion,
         disabled: key.state() == pb::KeyState::Disabled,
         enforcement: enforcement_form_value(policy.enforcement()).to_owned(),
-        rules: policy.rules.iter().map(|r| r.expression.clone()).collect(),
+        rules: policy.rules.iter().map(describe_rule).collect(),
         key: KeyRow::of(&key),
         versions,
     }))
+}
+
+/// A rule as the key's page shows it: its name, the operations it applies to, its expression.
+fn describe_rule(rule: &pb::PolicyRule) -> String {
+    let operations = if rule.operations.is_empty() {
+        "every operation".to_owned()
+    } else {
+        rule.operations
+            .iter()
+            .map(|op| {
+                pb::Operation::try_from(*op)
+                    .map_or_else(|_| op.to_string(), |o| form_name(o.as_str_name(), "OPERATION_"))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("{} ({operations}): {}", rule.name, rule.expression)
 }
 
 fn back_to(key: &pb::Key, done: &str) -> Response {
@@ -397,7 +414,24 @@ struct PolicyPage {
     rules: String,
     enforcement: String,
     error: Option<String>,
-    warn_enforce: bool,
+    /// Set when the enforcement is about to change to or from ENFORCE and the person must acknowledge it.
+    warning: Option<EnforcementChange>,
+}
+
+/// A change of enforcement that needs acknowledging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnforcementChange {
+    /// To ENFORCE: calls the rules do not allow are refused at once.
+    Tightening,
+    /// From ENFORCE: the policy stops being enforced.
+    Loosening,
+}
+
+impl EnforcementChange {
+    /// For the template.
+    fn is_tightening(self) -> bool {
+        self == Self::Tightening
+    }
 }
 
 /// The policy form.
@@ -411,21 +445,60 @@ pub struct PolicyForm {
     confirm_enforce: Option<String>,
 }
 
-fn enforcement_form_value(e: pb::PolicyEnforcement) -> &'static str {
+/// The enforcement as key-service applies it: UNSPECIFIED is enforced (the proto's definition).
+fn effective(e: pb::PolicyEnforcement) -> pb::PolicyEnforcement {
     match e {
+        pb::PolicyEnforcement::Unspecified => pb::PolicyEnforcement::Enforce,
+        other => other,
+    }
+}
+
+fn enforcement_form_value(e: pb::PolicyEnforcement) -> &'static str {
+    match effective(e) {
         pb::PolicyEnforcement::Warn => "warn",
-        pb::PolicyEnforcement::Enforce => "enforce",
-        pb::PolicyEnforcement::None | pb::PolicyEnforcement::Unspecified => "disabled",
+        pb::PolicyEnforcement::None => "disabled",
+        pb::PolicyEnforcement::Enforce | pb::PolicyEnforcement::Unspecified => "enforce",
     }
 }
 
 fn enforcement_of(value: &str) -> Result<pb::PolicyEnforcement, PageError> {
     match value {
-        "disabled" | "" => Ok(pb::PolicyEnforcement::None),
+        "disabled" => Ok(pb::PolicyEnforcement::None),
         "warn" => Ok(pb::PolicyEnforcement::Warn),
         "enforce" => Ok(pb::PolicyEnforcement::Enforce),
         other => Err(PageError::Invalid(format!("enforcement: unknown value {other:?}"))),
     }
+}
+
+/// The change from `current` to `next` that needs acknowledging, if any.
+fn enforcement_change(current: pb::PolicyEnforcement, next: pb::PolicyEnforcement) -> Option<EnforcementChange> {
+    let (was, will) = (effective(current) == pb::PolicyEnforcement::Enforce, next == pb::PolicyEnforcement::Enforce);
+    match (was, will) {
+        (false, true) => Some(EnforcementChange::Tightening),
+        (true, false) => Some(EnforcementChange::Loosening),
+        _ => None,
+    }
+}
+
+/// The rules of the editor's text, one CEL expression a line. A line that is an existing rule's expression keeps
+/// that rule (its name and the operations it applies to); a new line becomes a rule for every operation.
+fn edited_rules(text: &str, existing: &[pb::PolicyRule]) -> Vec<pb::PolicyRule> {
+    let mut rules: Vec<pb::PolicyRule> = Vec::new();
+    for expression in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let kept = existing.iter().find(|r| r.expression == expression && !rules.iter().any(|k| k.name == r.name));
+        let rule = match kept {
+            Some(rule) => rule.clone(),
+            None => {
+                let name = (1..)
+                    .map(|n| format!("rule-{n}"))
+                    .find(|n| !existing.iter().chain(&rules).any(|r| &r.name == n))
+                    .unwrap_or_default();
+                pb::PolicyRule { name, expression: expression.to_owned(), operations: Vec::new() }
+            }
+        };
+        rules.push(rule);
+    }
+    rules
 }
 
 /// `GET /keys/{key}/policy`.
@@ -443,12 +516,12 @@ pub async fn policy_form(
         rules: policy.rules.iter().map(|r| r.expression.as_str()).collect::<Vec<_>>().join("\n"),
         enforcement: enforcement_form_value(policy.enforcement()).into(),
         error: None,
-        warn_enforce: false,
+        warning: None,
     }))
 }
 
 /// `POST /keys/{key}/policy`: the rules (one CEL expression per line) and the enforcement replace the key's;
-/// its other policy settings stay. Switching to ENFORCE needs the warning acknowledged.
+/// its other policy settings stay. Switching to or from ENFORCE needs the warning acknowledged.
 pub async fn update_policy(
     State(console): State<Shared>,
     Extension(who): Extension<Who>,
@@ -458,39 +531,27 @@ pub async fn update_policy(
     who.require_manage("Editing a key's policy")?;
     let current = get_key(&console, &who, &key).await?;
     let mut policy = current.policy.clone().unwrap_or_default();
-    let page = |status: StatusCode, error: Option<String>, warn_enforce: bool| {
+    let page = |status: StatusCode, error: Option<String>, warning: Option<EnforcementChange>| {
         let page = PolicyPage {
             layout: Layout::of(&who, None),
             key: current.name.clone(),
             rules: form.rules.clone(),
             enforcement: form.enforcement.clone(),
             error,
-            warn_enforce,
+            warning,
         };
         (status, render(&page)).into_response()
     };
     let enforcement = match enforcement_of(&form.enforcement) {
         Ok(e) => e,
-        Err(e) => return Ok(page(StatusCode::UNPROCESSABLE_ENTITY, Some(e.to_string()), false)),
+        Err(e) => return Ok(page(StatusCode::UNPROCESSABLE_ENTITY, Some(e.to_string()), None)),
     };
-    if enforcement == pb::PolicyEnforcement::Enforce
-        && policy.enforcement() != pb::PolicyEnforcement::Enforce
+    if let Some(change) = enforcement_change(policy.enforcement(), enforcement)
         && form.confirm_enforce.is_none()
     {
-        return Ok(page(StatusCode::CONFLICT, None, true));
+        return Ok(page(StatusCode::CONFLICT, None, Some(change)));
     }
-    policy.rules = form
-        .rules
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .enumerate()
-        .map(|(i, expression)| pb::PolicyRule {
-            name: format!("rule-{}", i + 1),
-            expression: expression.to_owned(),
-            operations: Vec::new(),
-        })
-        .collect();
+    policy.rules = edited_rules(&form.rules, &policy.rules);
     policy.set_enforcement(enforcement);
     let request = pb::UpdateKeyPolicyRequest {
         key: current.key_id.clone(),
@@ -502,7 +563,41 @@ pub async fn update_policy(
         Ok(answer) => Ok(back_to(&answer.into_inner().key.unwrap_or_else(|| current.clone()), "policy")),
         Err(status) => {
             let (code, message) = form_refusal(PageError::Mesh(status))?;
-            Ok(page(code, Some(message), false))
+            Ok(page(code, Some(message), None))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, expression: &str, operations: &[pb::Operation]) -> pb::PolicyRule {
+        pb::PolicyRule {
+            name: name.into(),
+            expression: expression.into(),
+            operations: operations.iter().map(|o| *o as i32).collect(),
+        }
+    }
+
+    #[test]
+    fn unchanged_rules_keep_their_names_and_operations() {
+        let existing = [rule("decrypt-office-hours", "request.time.getHours() < 18", &[pb::Operation::Decrypt])];
+        let edited = edited_rules("request.time.getHours() < 18\n\n  key.version > 0  \n", &existing);
+        assert_eq!(edited[0], existing[0], "kept whole, operations included");
+        assert_eq!(edited[1], rule("rule-1", "key.version > 0", &[]), "a new line applies to every operation");
+        assert!(edited_rules("", &existing).is_empty());
+    }
+
+    #[test]
+    fn changes_to_and_from_enforce_need_acknowledging_and_unspecified_is_enforced() {
+        use pb::PolicyEnforcement::*;
+        assert_eq!(enforcement_change(Unspecified, Warn), Some(EnforcementChange::Loosening));
+        assert_eq!(enforcement_change(Enforce, None), Some(EnforcementChange::Loosening));
+        assert_eq!(enforcement_change(Warn, Enforce), Some(EnforcementChange::Tightening));
+        assert_eq!(enforcement_change(Unspecified, Enforce), Option::None);
+        assert_eq!(enforcement_change(Warn, None), Option::None);
+        assert_eq!(enforcement_form_value(Unspecified), "enforce");
+        assert!(enforcement_of("").is_err(), "no default that turns enforcement off");
     }
 }
