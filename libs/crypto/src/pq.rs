@@ -1,7 +1,10 @@
 //! Post-quantum key pairs: ML-KEM (FIPS 203) for key encapsulation and ML-DSA (FIPS 204) for signatures.
 //!
-//! ML-KEM runs on liboqs through the `oqs` crate: key generation from the 64-byte seed `d || z`,
-//! encapsulation and decapsulation. ML-DSA signs hedged on liboqs too. Three parts of FIPS 204 liboqs 0.13
+//! ML-KEM runs on liboqs through the `oqs` crate: key generation from the 64-byte seed `d || z` and
+//! decapsulation. Encapsulation is RustCrypto's `ml-kem`, which takes the 32 random bytes `m` of FIPS 203
+//! Algorithm 20 from the caller (liboqs 0.13 draws them itself and exposes no derandomized call): keymesh draws
+//! `m` from the OS CSPRNG, and the known-answer vectors fix it, so encapsulation runs against Wycheproof's
+//! vectors like the rest; decapsulation with liboqs checks every ciphertext it makes (tests). ML-DSA signs hedged on liboqs too. Three parts of FIPS 204 liboqs 0.13
 //! (the newest the crate binds) does not expose come from RustCrypto's `ml-dsa`: key generation from the
 //! 32-byte seed ξ, the deterministic variant, and signing over an external μ. So does every ML-DSA
 //! verification: of Wycheproof's 631 ML-DSA verification vectors, liboqs 0.13's verifier accepts 127 that must
@@ -310,11 +313,31 @@ impl MlKemPublicKey {
 
     /// ML-KEM.Encaps: a fresh ciphertext and the shared secret it carries.
     pub fn encapsulate(&self) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), CryptoError> {
-        let kem = self.params.oqs()?;
-        let public = kem.public_key_from_bytes(&self.encapsulation_key).ok_or(CryptoError::Library)?;
-        let (ciphertext, shared) = kem.encapsulate(public).map_err(library)?;
-        Ok((ciphertext.into_vec(), Zeroizing::new(shared.into_vec())))
+        let m = crate::random::random_bytes(32)?;
+        let m: &[u8; 32] = m.as_slice().try_into().map_err(|_| CryptoError::Library)?;
+        self.encapsulate_with(m)
     }
+
+    /// ML-KEM.Encaps_internal (FIPS 203 Algorithm 17) with the given randomness `m`: for known-answer tests and
+    /// for constructions that derive `m` (X-Wing's vectors). `m` must be uniformly random and secret; anything
+    /// else gives the shared secret away. [`MlKemPublicKey::encapsulate`] draws it.
+    pub fn encapsulate_with(&self, m: &[u8; 32]) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), CryptoError> {
+        match self.params {
+            MlKem::MlKem512 => encapsulate_as::<ml_kem::MlKem512>(&self.encapsulation_key, m),
+            MlKem::MlKem768 => encapsulate_as::<ml_kem::MlKem768>(&self.encapsulation_key, m),
+            MlKem::MlKem1024 => encapsulate_as::<ml_kem::MlKem1024>(&self.encapsulation_key, m),
+        }
+    }
+}
+
+/// Encapsulation to `ek` (already checked: its length and every coefficient reduced) with `ml-kem`.
+fn encapsulate_as<K: ml_kem::KemCore>(ek: &[u8], m: &[u8; 32]) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), CryptoError> {
+    use ml_kem::{EncapsulateDeterministic, EncodedSizeUser};
+    let encoded = ml_kem::Encoded::<K::EncapsulationKey>::try_from(ek).map_err(|_| CryptoError::Library)?;
+    let key = K::EncapsulationKey::from_bytes(&encoded);
+    let (ciphertext, shared) =
+        key.encapsulate_deterministic(&ml_kem::B32::from(*m)).map_err(|_| CryptoError::Library)?;
+    Ok((ciphertext.to_vec(), Zeroizing::new(shared.to_vec())))
 }
 
 /// An ML-DSA parameter set.

@@ -2,12 +2,12 @@
 //! secret stays secret as long as either of them holds. keymesh uses it as the KEM of HPKE ([`crate::hpke`]),
 //! for encryption to a public key that is post-quantum and classical at once.
 //!
-//! Built from the parts keymesh already has: ML-KEM-768 from liboqs (key generation from the seed `d ‖ z`,
-//! encapsulation, decapsulation), X25519, SHAKE256 and SHA3-256 from OpenSSL. The private key is the 32-byte
-//! seed; `SHAKE256(seed, 96)` expands into ML-KEM's `d ‖ z` and the X25519 private key. The shared secret is
-//! `SHA3-256(ss_M ‖ ss_X ‖ ct_X ‖ pk_X ‖ "\.//^\")`. Checked against the draft's test vectors
-//! (`vectors/xwing.json`, from the draft's repository) for key generation and decapsulation; liboqs exposes no
-//! derandomized ML-KEM encapsulation, so encapsulation is checked by round trips.
+//! Built from the parts keymesh already has: ML-KEM-768 ([`crate::pq`]: key generation from the seed `d ‖ z` and
+//! decapsulation on liboqs, encapsulation with the caller's randomness on `ml-kem`), X25519, SHAKE256 and SHA3-256
+//! from OpenSSL. The private key is the 32-byte seed; `SHAKE256(seed, 96)` expands into ML-KEM's `d ‖ z` and the
+//! X25519 private key. The shared secret is `SHA3-256(ss_M ‖ ss_X ‖ ct_X ‖ pk_X ‖ "\.//^\")`. Checked against
+//! the draft's test vectors (`vectors/xwing.json`, from the draft's repository) for key generation,
+//! encapsulation (from their `eseed`: ML-KEM's `m`, then the ephemeral X25519 key) and decapsulation.
 //!
 //! A private key rests as PKCS#8 under the draft's object identifier (1.3.6.1.4.1.62253.25722), its
 //! privateKey the seed; the public key leaves as `pk_M ‖ pk_X` (1,216 bytes) in SubjectPublicKeyInfo.
@@ -32,6 +32,8 @@ pub const SEED_LEN: usize = 32;
 pub const PUBLIC_KEY_LEN: usize = 1184 + 32;
 /// Length of a ciphertext: ML-KEM-768's and X25519's.
 pub const CIPHERTEXT_LEN: usize = 1088 + 32;
+/// Length of the encapsulation randomness: ML-KEM's `m` and the ephemeral X25519 private key.
+pub const ESEED_LEN: usize = 64;
 /// Name, as used in messages.
 pub const NAME: &str = "X-Wing";
 const LABEL: &[u8] = b"\\.//^\\";
@@ -162,8 +164,18 @@ impl XWingPublicKey {
 
     /// A fresh 1,120-byte ciphertext and the shared secret it carries.
     pub fn encapsulate(&self) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), CryptoError> {
-        let (ct_m, ss_m) = self.ml_kem.encapsulate()?;
-        let ephemeral = PKey::generate_x25519()?;
+        let eseed = crate::random::random_bytes(ESEED_LEN)?;
+        let eseed: &[u8; ESEED_LEN] = eseed.as_slice().try_into().map_err(|_| CryptoError::Library)?;
+        self.encapsulate_with(eseed)
+    }
+
+    /// The draft's `EncapsulateDerand`: `eseed` is ML-KEM's 32 bytes of randomness, then the ephemeral X25519
+    /// private key. For known-answer tests: `eseed` must be uniformly random and secret.
+    pub fn encapsulate_with(&self, eseed: &[u8; ESEED_LEN]) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), CryptoError> {
+        let (m, x25519) = eseed.split_at(32);
+        let m: &[u8; 32] = m.try_into().map_err(|_| CryptoError::Library)?;
+        let (ct_m, ss_m) = self.ml_kem.encapsulate_with(m)?;
+        let ephemeral = PKey::private_key_from_raw_bytes(x25519, Id::X25519)?;
         let ct_x = ephemeral.raw_public_key()?;
         let ss_x = hpke::dh(&ephemeral, &self.x25519).map_err(|_| CryptoError::InvalidKey {
             algorithm: NAME,
@@ -182,6 +194,7 @@ mod tests {
 
     #[derive(serde::Deserialize)]
     struct Vector {
+        eseed: String,
         sk: String,
         pk: String,
         ct: String,
@@ -193,12 +206,16 @@ mod tests {
     }
 
     #[test]
-    fn the_drafts_vectors_generate_and_decapsulate() {
+    fn the_drafts_vectors_generate_encapsulate_and_decapsulate() {
         let vectors: Vec<Vector> = serde_json::from_str(include_str!("../vectors/xwing.json")).unwrap();
         assert_eq!(vectors.len(), 3);
         for v in &vectors {
             let key = XWingPrivateKey::from_seed(&hex(&v.sk)).unwrap();
             assert_eq!(key.public_key().raw(), hex(&v.pk), "key generation");
+            let eseed: [u8; ESEED_LEN] = hex(&v.eseed).try_into().unwrap();
+            let (ct, ss) = key.public_key().encapsulate_with(&eseed).unwrap();
+            assert_eq!(ct, hex(&v.ct), "encapsulation: ciphertext");
+            assert_eq!(&ss[..], &hex(&v.ss)[..], "encapsulation: shared secret");
             assert_eq!(&key.decapsulate(&hex(&v.ct)).unwrap()[..], &hex(&v.ss)[..], "decapsulation");
         }
     }

