@@ -347,3 +347,111 @@ async fn a_github_sign_in_is_exchanged_only_for_a_token_of_the_consoles_own_app(
         .expect("a foreign app's token is refused");
     assert!(status.message().contains("none of the configured OAuth apps"), "{status:?}");
 }
+
+/// The value of the first hidden `csrf` input of a page.
+fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + "name=\"csrf\" value=\"".len();
+    page[at..].split('"').next().unwrap().to_owned()
+}
+
+/// The text of the element with `id` (its first text node).
+fn text_of(page: &str, id: &str) -> String {
+    let at = page.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in {page}"));
+    page[at..].split('>').nth(1).unwrap().split('<').next().unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_rotated_in_the_console_keeps_the_old_one_for_its_grace_or_ends_it_now() {
+    let mesh = Mesh::start(&[], &[]).await;
+    let port = free_port();
+    let _console = start_console(&mesh, port, &[("KEYMESH_CONSOLE__DEV_LOGIN", "true")]).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let credentials: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(mesh.dir.path().join("bootstrap-credentials.json")).unwrap())
+            .unwrap();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let form = |pairs: &[(&str, &str)]| {
+        pairs.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect::<Vec<_>>().join("&")
+    };
+    let post = |path: &str, cookie: Option<&str>, body: String| {
+        let request =
+            http.post(format!("{base}{path}")).header("content-type", "application/x-www-form-urlencoded").body(body);
+        match cookie {
+            Some(c) => request.header("cookie", c.to_owned()),
+            None => request,
+        }
+        .send()
+    };
+    let id = credentials["client_id"].as_str().unwrap();
+    let secret = credentials["client_secret"].as_str().unwrap();
+    let signed_in = post("/login/dev", None, form(&[("username", id), ("password", secret)])).await.unwrap();
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let page =
+        http.get(format!("{base}/applications")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let csrf = csrf_of(&page);
+    let created = post(
+        "/applications",
+        Some(&cookie),
+        form(&[
+            ("csrf", &csrf),
+            ("name", "rotated-in-console"),
+            ("role", "viewer"),
+            ("key_pattern", ""),
+            ("operations", ""),
+        ]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 200);
+    let page = created.text().await.unwrap();
+    let (client_id, first) = (text_of(&page, "new-client-id"), text_of(&page, "new-secret"));
+    let issues = |secret: String| {
+        let client_id = client_id.clone();
+        let tokens = pb::token_service_client::TokenServiceClient::new(mesh.channel(ServiceName::TokenService));
+        async move {
+            let request = pb::IssueTokenRequest {
+                grant_type: pb::GrantType::ClientCredentials as i32,
+                client_id,
+                client_secret: secret,
+                ..Default::default()
+            };
+            tokens.clone().issue_token(request).await.is_ok()
+        }
+    };
+    assert!(issues(first.clone()).await);
+
+    // With a grace period the old secret keeps working beside the new one.
+    let rotated = post(
+        &format!("/applications/{client_id}/rotate-secret"),
+        Some(&cookie),
+        form(&[("csrf", &csrf), ("grace_hours", "24")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rotated.status(), 200);
+    let second = text_of(&rotated.text().await.unwrap(), "new-secret");
+    assert!(issues(first.clone()).await && issues(second.clone()).await);
+
+    // With none, the previous secret stops at once (a leaked secret is revoked from the console).
+    let rotated = post(
+        &format!("/applications/{client_id}/rotate-secret"),
+        Some(&cookie),
+        form(&[("csrf", &csrf), ("grace_hours", "0")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rotated.status(), 200, "{:?}", rotated.text().await);
+    let third = text_of(&rotated.text().await.unwrap(), "new-secret");
+    assert!(issues(third).await);
+    assert!(!issues(second).await, "the previous secret still works after a rotation without grace");
+}
+
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
