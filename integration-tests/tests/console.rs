@@ -361,7 +361,7 @@ fn text_of(page: &str, id: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_secret_rotated_in_the_console_keeps_the_old_one_for_its_grace_or_ends_it_now() {
+async fn applications_and_keys_change_state_from_the_console_as_asked() {
     let mesh = Mesh::start(&[], &[]).await;
     let port = free_port();
     let _console = start_console(&mesh, port, &[("KEYMESH_CONSOLE__DEV_LOGIN", "true")]).await;
@@ -442,8 +442,36 @@ async fn a_secret_rotated_in_the_console_keeps_the_old_one_for_its_grace_or_ends
     .unwrap();
     assert_eq!(rotated.status(), 200, "{:?}", rotated.text().await);
     let third = text_of(&rotated.text().await.unwrap(), "new-secret");
-    assert!(issues(third).await);
+    assert!(issues(third.clone()).await);
     assert!(!issues(second).await, "the previous secret still works after a rotation without grace");
+
+    // Disabling takes the application's name typed out; then its secret no longer works.
+    let disable = |confirm: &'static str| {
+        post(
+            &format!("/applications/{client_id}/disable"),
+            Some(&cookie),
+            form(&[("csrf", &csrf), ("name", "rotated-in-console"), ("confirm", confirm)]),
+        )
+    };
+    assert_eq!(disable("rotated").await.unwrap().status(), 422, "a partial name");
+    assert!(issues(third.clone()).await, "nothing changed");
+    assert_eq!(disable("rotated-in-console").await.unwrap().status(), 303);
+    assert!(!issues(third).await, "a disabled application's secret still works");
+
+    // A key disabled and enabled again from its page.
+    let created = post("/keys", Some(&cookie), form(&[("csrf", &csrf), ("name", "toggled"), ("purpose", "encrypt")]))
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 303);
+    let state = || async {
+        let page = http.get(format!("{base}/keys/toggled")).header("cookie", &cookie).send().await.unwrap();
+        text_of(&page.text().await.unwrap(), "key-state")
+    };
+    assert_eq!(state().await, "ENABLED");
+    assert_eq!(post("/keys/toggled/disable", Some(&cookie), form(&[("csrf", &csrf)])).await.unwrap().status(), 303);
+    assert_eq!(state().await, "DISABLED");
+    assert_eq!(post("/keys/toggled/enable", Some(&cookie), form(&[("csrf", &csrf)])).await.unwrap().status(), 303);
+    assert_eq!(state().await, "ENABLED");
 }
 
 fn urlencode(value: &str) -> String {
