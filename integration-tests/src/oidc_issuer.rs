@@ -244,7 +244,8 @@ async fn authorize(
     axum::response::Redirect::to(&format!("{}?code={code}&state={state}", client.redirect_uri)).into_response()
 }
 
-fn url_encode(value: &str) -> String {
+/// `value` percent-encoded for a URL query or a form (RFC 3986 unreserved characters as they are).
+pub fn url_encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {

@@ -51,6 +51,14 @@ async fn start_console_logging(mesh: &Mesh, port: u16, extra: &[(&str, &str)], l
     panic!("keymesh-console did not answer on {listen} within 10 s");
 }
 
+/// The bootstrap admin's client id and secret (the development login's username and password).
+fn bootstrap_credentials(mesh: &Mesh) -> (String, String) {
+    let file = std::fs::read_to_string(mesh.dir.path().join("bootstrap-credentials.json")).unwrap();
+    let credentials: serde_json::Value = serde_json::from_str(&file).unwrap();
+    let field = |name: &str| credentials[name].as_str().unwrap().to_owned();
+    (field("client_id"), field("client_secret"))
+}
+
 async fn audit_events(mesh: &Mesh, operation: &str) -> Vec<pb::AuditEvent> {
     let admin = mesh.admin_client();
     let query = pb::QueryRequest { operation: operation.into(), limit: 1000, ..Default::default() };
@@ -185,10 +193,8 @@ async fn the_development_login_works_on_loopback_only() {
     let port = free_port();
     let _console = start_console(&mesh, port, &[("KEYMESH_CONSOLE__DEV_LOGIN", "true")]).await;
     let base = format!("http://127.0.0.1:{port}");
-    let credentials: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(mesh.dir.path().join("bootstrap-credentials.json")).unwrap())
-            .unwrap();
-    let (id, secret) = (credentials["client_id"].as_str().unwrap(), credentials["client_secret"].as_str().unwrap());
+    let (id, secret) = bootstrap_credentials(&mesh);
+    let (id, secret) = (id.as_str(), secret.as_str());
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let login = |password: &str, origin: &str| {
         http.post(format!("{base}/login/dev"))
@@ -366,12 +372,14 @@ async fn applications_and_keys_change_state_from_the_console_as_asked() {
     let port = free_port();
     let _console = start_console(&mesh, port, &[("KEYMESH_CONSOLE__DEV_LOGIN", "true")]).await;
     let base = format!("http://127.0.0.1:{port}");
-    let credentials: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(mesh.dir.path().join("bootstrap-credentials.json")).unwrap())
-            .unwrap();
+    let (id, secret) = bootstrap_credentials(&mesh);
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let form = |pairs: &[(&str, &str)]| {
-        pairs.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect::<Vec<_>>().join("&")
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", integration_tests::oidc_issuer::url_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&")
     };
     let post = |path: &str, cookie: Option<&str>, body: String| {
         let request =
@@ -382,9 +390,7 @@ async fn applications_and_keys_change_state_from_the_console_as_asked() {
         }
         .send()
     };
-    let id = credentials["client_id"].as_str().unwrap();
-    let secret = credentials["client_secret"].as_str().unwrap();
-    let signed_in = post("/login/dev", None, form(&[("username", id), ("password", secret)])).await.unwrap();
+    let signed_in = post("/login/dev", None, form(&[("username", &id), ("password", &secret)])).await.unwrap();
     let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
     let page =
         http.get(format!("{base}/applications")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
@@ -472,14 +478,4 @@ async fn applications_and_keys_change_state_from_the_console_as_asked() {
     assert_eq!(state().await, "DISABLED");
     assert_eq!(post("/keys/toggled/enable", Some(&cookie), form(&[("csrf", &csrf)])).await.unwrap().status(), 303);
     assert_eq!(state().await, "ENABLED");
-}
-
-fn urlencode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
