@@ -479,3 +479,94 @@ async fn applications_and_keys_change_state_from_the_console_as_asked() {
     assert_eq!(post("/keys/toggled/enable", Some(&cookie), form(&[("csrf", &csrf)])).await.unwrap().status(), 303);
     assert_eq!(state().await, "ENABLED");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_developer_registers_an_application_of_their_own_and_a_viewer_cannot() {
+    let mesh = Mesh::start(&[], &[]).await;
+    let token = mesh.admin_client().access_token().await.unwrap();
+    let perms: &[(&str, &[pb::Operation])] = &[("orders-*", &[pb::Operation::Encrypt, pb::Operation::Decrypt])];
+    let developer = create_application(&mesh, &token, "", "dev-person", &[pb::Role::Developer], perms).await.unwrap();
+    let viewer = create_application(&mesh, &token, "", "view-person", &[pb::Role::Viewer], &[]).await.unwrap();
+    let port = free_port();
+    let _console = start_console(&mesh, port, &[("KEYMESH_CONSOLE__DEV_LOGIN", "true")]).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let form = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", integration_tests::oidc_issuer::url_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let post = |path: &str, cookie: Option<String>, body: String| {
+        let request =
+            http.post(format!("{base}{path}")).header("content-type", "application/x-www-form-urlencoded").body(body);
+        match cookie {
+            Some(c) => request.header("cookie", c),
+            None => request,
+        }
+        .send()
+    };
+    let sign_in = |(id, secret): (String, String)| {
+        let signed_in = post("/login/dev", None, form(&[("username", &id), ("password", &secret)]));
+        async move {
+            let response = signed_in.await.unwrap();
+            assert_eq!(response.status(), 303);
+            response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned()
+        }
+    };
+
+    // The developer's applications page lists nothing of the tenant's, and offers registration.
+    let cookie = sign_in(developer).await;
+    let page = http.get(format!("{base}/applications")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("id=\"cannot-list\"") && page.contains("id=\"register-application\""), "{page}");
+    assert!(!page.contains("data-application="), "a developer sees no other application");
+    let form_page = http.get(format!("{base}/applications/register")).header("cookie", &cookie).send().await.unwrap();
+    let csrf = csrf_of(&form_page.text().await.unwrap());
+    let register = |keys: &str| {
+        post(
+            "/applications/register",
+            Some(cookie.clone()),
+            form(&[("csrf", &csrf), ("name", "billing"), ("environment", "staging"), ("keys", keys)]),
+        )
+    };
+    // Key rights the developer does not hold are refused with token-service's reason, on the form.
+    let refused = register("payroll-*").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let registered = register("orders-*").await.unwrap();
+    assert_eq!(registered.status(), 200);
+    let page = registered.text().await.unwrap();
+    assert!(page.contains("billing.staging registered"), "{page}");
+    let (client_id, secret) = (text_of(&page, "new-client-id"), text_of(&page, "new-secret"));
+    let issued = pb::token_service_client::TokenServiceClient::new(mesh.channel(ServiceName::TokenService))
+        .issue_token(pb::IssueTokenRequest {
+            grant_type: pb::GrantType::ClientCredentials as i32,
+            client_id: client_id.clone(),
+            client_secret: secret.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert!(issued.is_ok(), "the registered application's credentials work");
+    // Again: the same application, fresh credentials.
+    let again = register("orders-*").await.unwrap().text().await.unwrap();
+    assert!(again.contains("was registered already"), "{again}");
+    assert_eq!(text_of(&again, "new-client-id"), client_id);
+    assert_ne!(text_of(&again, "new-secret"), secret);
+
+    // A viewer may not register (checked by the console before the mesh, and by the mesh).
+    let cookie = sign_in(viewer).await;
+    let page =
+        http.get(format!("{base}/applications")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    assert!(!page.contains("id=\"register-application\""), "{page}");
+    let csrf = csrf_of(&page);
+    let forged = post(
+        "/applications/register",
+        Some(cookie),
+        form(&[("csrf", &csrf), ("name", "sneaky"), ("environment", "staging"), ("keys", "orders-*")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(forged.status(), 403);
+}

@@ -120,6 +120,7 @@ pub fn router(console: Shared) -> Router {
         .route("/keys/{key}/policy", get(pages::keys::policy_form).post(pages::keys::update_policy))
         .route("/applications", get(pages::applications::list).post(pages::applications::create))
         .route("/applications/new", get(pages::applications::new_form))
+        .route("/applications/register", get(pages::applications::register_form).post(pages::applications::register))
         .route("/applications/{client_id}/rotate-secret", post(pages::applications::rotate_secret))
         .route("/applications/{client_id}/disable", post(pages::applications::disable))
         .route("/audit", get(pages::audit::show))

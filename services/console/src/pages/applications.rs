@@ -40,7 +40,16 @@ pub struct ApplicationRow {
 struct ApplicationsPage {
     layout: Layout,
     rows: Vec<ApplicationRow>,
+    /// Whether the person may read the tenant's applications (a developer may not: they register their own).
+    can_list: bool,
+    /// Whether the person may register applications of their own.
+    can_register: bool,
 }
+
+/// Roles token-service lets list the tenant's applications.
+const LISTERS: &[&str] = &["viewer", "admin", "owner", "auditor"];
+/// Roles token-service lets register applications (a developer's own, with at most the developer's key rights).
+const REGISTRARS: &[&str] = &["developer", "admin", "owner"];
 
 fn operation_names(ops: &[i32]) -> String {
     ops.iter()
@@ -56,7 +65,8 @@ fn operation_names(ops: &[i32]) -> String {
 pub async fn list(State(console): State<Shared>, Extension(who): Extension<Who>) -> Result<Response, PageError> {
     let mut rows = Vec::new();
     let mut page_token = String::new();
-    for _ in 0..50 {
+    let can_list = who.has_role(LISTERS);
+    for _ in 0..if can_list { 50 } else { 0 } {
         let request = pb::ListApplicationsRequest { page_size: 100, page_token, tenant_id: String::new() };
         let page = console.mesh.token_service().list_applications(call(&who, request)?).await?.into_inner();
         rows.extend(
@@ -78,7 +88,12 @@ pub async fn list(State(console): State<Shared>, Extension(who): Extension<Who>)
         }
         page_token = page.next_page_token;
     }
-    Ok(render(&ApplicationsPage { layout: Layout::of(&who, None), rows }))
+    Ok(render(&ApplicationsPage {
+        layout: Layout::of(&who, None),
+        rows,
+        can_list,
+        can_register: who.has_role(REGISTRARS),
+    }))
 }
 
 #[derive(Template)]
@@ -107,6 +122,82 @@ pub async fn new_form(Extension(who): Extension<Who>) -> Result<Response, PageEr
     who.require_manage("Creating an application")?;
     let form = NewApplication { role: "developer".into(), ..Default::default() };
     Ok(render(&NewApplicationPage { layout: Layout::of(&who, None), error: None, form }))
+}
+
+#[derive(Template)]
+#[template(path = "application_register.html")]
+struct RegisterPage {
+    layout: Layout,
+    error: Option<String>,
+    form: Registration,
+}
+
+/// The registration form: an application of the person's own, `<name>.<environment>`.
+#[derive(Deserialize, Default)]
+pub struct Registration {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    environment: String,
+    #[serde(default)]
+    team: String,
+    #[serde(default)]
+    keys: String,
+}
+
+fn require_registrar(who: &Who) -> Result<(), PageError> {
+    if who.has_role(REGISTRARS) {
+        Ok(())
+    } else {
+        Err(PageError::Forbidden("Registering an application needs the developer, admin or owner role.".into()))
+    }
+}
+
+/// `GET /applications/register`.
+pub async fn register_form(Extension(who): Extension<Who>) -> Result<Response, PageError> {
+    require_registrar(&who)?;
+    let form = Registration { environment: "development".into(), ..Default::default() };
+    Ok(render(&RegisterPage { layout: Layout::of(&who, None), error: None, form }))
+}
+
+/// `POST /applications/register`: registers (or finds again) the person's own application, with fresh
+/// credentials shown once. token-service bounds its key rights by the person's own.
+pub async fn register(
+    State(console): State<Shared>,
+    Extension(who): Extension<Who>,
+    Form(form): Form<Registration>,
+) -> Result<Response, PageError> {
+    require_registrar(&who)?;
+    let request = pb::RegisterApplicationRequest {
+        name: form.name.trim().to_owned(),
+        team: form.team.trim().to_owned(),
+        environment: form.environment.trim().to_owned(),
+        keys: form.keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect(),
+    };
+    match console.mesh.token_service().register_application(call(&who, request)?).await {
+        Ok(answer) => {
+            let registered = answer.into_inner();
+            let app = registered.application.unwrap_or_default();
+            let notice = if registered.created {
+                format!("Application {} registered.", app.name)
+            } else {
+                format!("Application {} was registered already: here are fresh credentials.", app.name)
+            };
+            let page = SecretPage {
+                layout: Layout::of(&who, Some(notice)),
+                title: format!("Application {}", app.name),
+                client_id: app.client_id,
+                secret: Zeroizing::new(registered.client_secret),
+                previous_expires: String::new(),
+            };
+            Ok(render(&page))
+        }
+        Err(status) => {
+            let (code, message) = form_refusal(PageError::Mesh(status))?;
+            let page = RegisterPage { layout: Layout::of(&who, None), error: Some(message), form };
+            Ok((code, render(&page)).into_response())
+        }
+    }
 }
 
 #[derive(Template)]
