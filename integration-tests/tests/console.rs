@@ -366,48 +366,76 @@ fn text_of(page: &str, id: &str) -> String {
     page[at..].split('>').nth(1).unwrap().split('<').next().unwrap().trim().to_owned()
 }
 
+/// The console over plain HTTP, as a browser without JavaScript would use it: forms posted with the session's cookie,
+/// redirects not followed (each hop is looked at).
+struct ConsoleHttp {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl ConsoleHttp {
+    fn new(port: u16) -> Self {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Self { http, base: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// `GET path` with the session cookie.
+    async fn get(&self, path: &str, cookie: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.base)).header("cookie", cookie).send().await.unwrap()
+    }
+
+    /// `POST path` of a form with `pairs`, with the session cookie if any.
+    async fn post(&self, path: &str, cookie: Option<&str>, pairs: &[(&str, &str)]) -> reqwest::Response {
+        let body = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", integration_tests::oidc_issuer::url_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        match cookie {
+            Some(c) => request.header("cookie", c),
+            None => request,
+        }
+        .send()
+        .await
+        .unwrap()
+    }
+
+    /// Signs in with the development login; the session cookie (`name=value`).
+    async fn dev_login(&self, id: &str, secret: &str) -> String {
+        let response = self.post("/login/dev", None, &[("username", id), ("password", secret)]).await;
+        assert_eq!(response.status(), 303);
+        response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applications_and_keys_change_state_from_the_console_as_asked() {
     let mesh = Mesh::start(&[], &[]).await;
     let port = free_port();
     let _console = start_console(&mesh, port, &[("KEYMESH_CONSOLE__DEV_LOGIN", "true")]).await;
-    let base = format!("http://127.0.0.1:{port}");
+    let web = ConsoleHttp::new(port);
     let (id, secret) = bootstrap_credentials(&mesh);
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let form = |pairs: &[(&str, &str)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={}", integration_tests::oidc_issuer::url_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&")
-    };
-    let post = |path: &str, cookie: Option<&str>, body: String| {
-        let request =
-            http.post(format!("{base}{path}")).header("content-type", "application/x-www-form-urlencoded").body(body);
-        match cookie {
-            Some(c) => request.header("cookie", c.to_owned()),
-            None => request,
-        }
-        .send()
-    };
-    let signed_in = post("/login/dev", None, form(&[("username", &id), ("password", &secret)])).await.unwrap();
-    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-    let page =
-        http.get(format!("{base}/applications")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let cookie = web.dev_login(&id, &secret).await;
+    let page = web.get("/applications", &cookie).await.text().await.unwrap();
     let csrf = csrf_of(&page);
-    let created = post(
-        "/applications",
-        Some(&cookie),
-        form(&[
-            ("csrf", &csrf),
-            ("name", "rotated-in-console"),
-            ("role", "viewer"),
-            ("key_pattern", ""),
-            ("operations", ""),
-        ]),
-    )
-    .await
-    .unwrap();
+    let created = web
+        .post(
+            "/applications",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("name", "rotated-in-console"),
+                ("role", "viewer"),
+                ("key_pattern", ""),
+                ("operations", ""),
+            ],
+        )
+        .await;
     assert_eq!(created.status(), 200);
     let page = created.text().await.unwrap();
     let (client_id, first) = (text_of(&page, "new-client-id"), text_of(&page, "new-secret"));
@@ -427,56 +455,50 @@ async fn applications_and_keys_change_state_from_the_console_as_asked() {
     assert!(issues(first.clone()).await);
 
     // With a grace period the old secret keeps working beside the new one.
-    let rotated = post(
-        &format!("/applications/{client_id}/rotate-secret"),
-        Some(&cookie),
-        form(&[("csrf", &csrf), ("grace_hours", "24")]),
-    )
-    .await
-    .unwrap();
+    let rotated = web
+        .post(
+            &format!("/applications/{client_id}/rotate-secret"),
+            Some(&cookie),
+            &[("csrf", &csrf), ("grace_hours", "24")],
+        )
+        .await;
     assert_eq!(rotated.status(), 200);
     let second = text_of(&rotated.text().await.unwrap(), "new-secret");
     assert!(issues(first.clone()).await && issues(second.clone()).await);
 
     // With none, the previous secret stops at once (a leaked secret is revoked from the console).
-    let rotated = post(
-        &format!("/applications/{client_id}/rotate-secret"),
-        Some(&cookie),
-        form(&[("csrf", &csrf), ("grace_hours", "0")]),
-    )
-    .await
-    .unwrap();
-    assert_eq!(rotated.status(), 200, "{:?}", rotated.text().await);
+    let rotated = web
+        .post(
+            &format!("/applications/{client_id}/rotate-secret"),
+            Some(&cookie),
+            &[("csrf", &csrf), ("grace_hours", "0")],
+        )
+        .await;
+    assert_eq!(rotated.status(), 200, "{:?}", rotated.text().await.unwrap());
     let third = text_of(&rotated.text().await.unwrap(), "new-secret");
     assert!(issues(third.clone()).await);
     assert!(!issues(second).await, "the previous secret still works after a rotation without grace");
 
     // Disabling takes the application's name typed out; then its secret no longer works.
-    let disable = |confirm: &'static str| {
-        post(
-            &format!("/applications/{client_id}/disable"),
-            Some(&cookie),
-            form(&[("csrf", &csrf), ("name", "rotated-in-console"), ("confirm", confirm)]),
-        )
-    };
-    assert_eq!(disable("rotated").await.unwrap().status(), 422, "a partial name");
+    let disable_path = format!("/applications/{client_id}/disable");
+    let named = |confirm| [("csrf", csrf.as_str()), ("name", "rotated-in-console"), ("confirm", confirm)];
+    assert_eq!(web.post(&disable_path, Some(&cookie), &named("rotated")).await.status(), 422, "a partial name");
     assert!(issues(third.clone()).await, "nothing changed");
-    assert_eq!(disable("rotated-in-console").await.unwrap().status(), 303);
+    assert_eq!(web.post(&disable_path, Some(&cookie), &named("rotated-in-console")).await.status(), 303);
     assert!(!issues(third).await, "a disabled application's secret still works");
 
     // A key disabled and enabled again from its page.
-    let created = post("/keys", Some(&cookie), form(&[("csrf", &csrf), ("name", "toggled"), ("purpose", "encrypt")]))
-        .await
-        .unwrap();
+    let created =
+        web.post("/keys", Some(&cookie), &[("csrf", &csrf), ("name", "toggled"), ("purpose", "encrypt")]).await;
     assert_eq!(created.status(), 303);
     let state = || async {
-        let page = http.get(format!("{base}/keys/toggled")).header("cookie", &cookie).send().await.unwrap();
+        let page = web.get("/keys/toggled", &cookie).await;
         text_of(&page.text().await.unwrap(), "key-state")
     };
     assert_eq!(state().await, "ENABLED");
-    assert_eq!(post("/keys/toggled/disable", Some(&cookie), form(&[("csrf", &csrf)])).await.unwrap().status(), 303);
+    assert_eq!(web.post("/keys/toggled/disable", Some(&cookie), &[("csrf", &csrf)]).await.status(), 303);
     assert_eq!(state().await, "DISABLED");
-    assert_eq!(post("/keys/toggled/enable", Some(&cookie), form(&[("csrf", &csrf)])).await.unwrap().status(), 303);
+    assert_eq!(web.post("/keys/toggled/enable", Some(&cookie), &[("csrf", &csrf)]).await.status(), 303);
     assert_eq!(state().await, "ENABLED");
 }
 
@@ -489,53 +511,21 @@ async fn a_developer_registers_an_application_of_their_own_and_a_viewer_cannot()
     let viewer = create_application(&mesh, &token, "", "view-person", &[pb::Role::Viewer], &[]).await.unwrap();
     let port = free_port();
     let _console = start_console(&mesh, port, &[("KEYMESH_CONSOLE__DEV_LOGIN", "true")]).await;
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let form = |pairs: &[(&str, &str)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={}", integration_tests::oidc_issuer::url_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&")
-    };
-    let post = |path: &str, cookie: Option<String>, body: String| {
-        let request =
-            http.post(format!("{base}{path}")).header("content-type", "application/x-www-form-urlencoded").body(body);
-        match cookie {
-            Some(c) => request.header("cookie", c),
-            None => request,
-        }
-        .send()
-    };
-    let sign_in = |(id, secret): (String, String)| {
-        let signed_in = post("/login/dev", None, form(&[("username", &id), ("password", &secret)]));
-        async move {
-            let response = signed_in.await.unwrap();
-            assert_eq!(response.status(), 303);
-            response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned()
-        }
-    };
-
+    let web = ConsoleHttp::new(port);
     // The developer's applications page lists nothing of the tenant's, and offers registration.
-    let cookie = sign_in(developer).await;
-    let page = http.get(format!("{base}/applications")).header("cookie", &cookie).send().await.unwrap();
+    let cookie = web.dev_login(&developer.0, &developer.1).await;
+    let page = web.get("/applications", &cookie).await;
     assert_eq!(page.status(), 200);
     let page = page.text().await.unwrap();
     assert!(page.contains("id=\"cannot-list\"") && page.contains("id=\"register-application\""), "{page}");
     assert!(!page.contains("data-application="), "a developer sees no other application");
-    let form_page = http.get(format!("{base}/applications/register")).header("cookie", &cookie).send().await.unwrap();
+    let form_page = web.get("/applications/register", &cookie).await;
     let csrf = csrf_of(&form_page.text().await.unwrap());
-    let register = |keys: &str| {
-        post(
-            "/applications/register",
-            Some(cookie.clone()),
-            form(&[("csrf", &csrf), ("name", "billing"), ("environment", "staging"), ("keys", keys)]),
-        )
-    };
+    let fields = |keys| [("csrf", csrf.as_str()), ("name", "billing"), ("environment", "staging"), ("keys", keys)];
     // Key rights the developer does not hold are refused with token-service's reason, on the form.
-    let refused = register("payroll-*").await.unwrap();
+    let refused = web.post("/applications/register", Some(&cookie), &fields("payroll-*")).await;
     assert_eq!(refused.status(), 403);
-    let registered = register("orders-*").await.unwrap();
+    let registered = web.post("/applications/register", Some(&cookie), &fields("orders-*")).await;
     assert_eq!(registered.status(), 200);
     let page = registered.text().await.unwrap();
     assert!(page.contains("billing.staging registered"), "{page}");
@@ -550,23 +540,22 @@ async fn a_developer_registers_an_application_of_their_own_and_a_viewer_cannot()
         .await;
     assert!(issued.is_ok(), "the registered application's credentials work");
     // Again: the same application, fresh credentials.
-    let again = register("orders-*").await.unwrap().text().await.unwrap();
+    let again = web.post("/applications/register", Some(&cookie), &fields("orders-*")).await.text().await.unwrap();
     assert!(again.contains("was registered already"), "{again}");
     assert_eq!(text_of(&again, "new-client-id"), client_id);
     assert_ne!(text_of(&again, "new-secret"), secret);
 
     // A viewer may not register (checked by the console before the mesh, and by the mesh).
-    let cookie = sign_in(viewer).await;
-    let page =
-        http.get(format!("{base}/applications")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let cookie = web.dev_login(&viewer.0, &viewer.1).await;
+    let page = web.get("/applications", &cookie).await.text().await.unwrap();
     assert!(!page.contains("id=\"register-application\""), "{page}");
     let csrf = csrf_of(&page);
-    let forged = post(
-        "/applications/register",
-        Some(cookie),
-        form(&[("csrf", &csrf), ("name", "sneaky"), ("environment", "staging"), ("keys", "orders-*")]),
-    )
-    .await
-    .unwrap();
+    let forged = web
+        .post(
+            "/applications/register",
+            Some(&cookie),
+            &[("csrf", &csrf), ("name", "sneaky"), ("environment", "staging"), ("keys", "orders-*")],
+        )
+        .await;
     assert_eq!(forged.status(), 403);
 }
