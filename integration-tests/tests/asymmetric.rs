@@ -263,7 +263,16 @@ async fn signatures_cross_check_with_openssl_and_python_both_ways() {
     let before = sign(&admin, name, sign_request::Input::Message(message.to_vec())).await.unwrap();
     let request = pb::RotateKeyRequest { key: name.into() };
     admin.key_service().rotate_key(admin.authorized(request).await.unwrap()).await.unwrap();
-    let after = sign(&admin, name, sign_request::Input::Message(message.to_vec())).await.unwrap();
+    // crypto-service hears of the rotation over WatchKeyChanges a few milliseconds after it returns (README, Key
+    // service); a signature in that window may still come from version 1.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after = loop {
+        let signed = sign(&admin, name, sign_request::Input::Message(message.to_vec())).await.unwrap();
+        if signed.key_version == 2 || std::time::Instant::now() > deadline {
+            break signed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!((before.key_version, after.key_version), (1, 2));
     let input = || verify_request::Input::Message(message.to_vec());
     assert!(verify(&admin, name, 1, input(), &before.signature).await.unwrap());
@@ -446,7 +455,12 @@ async fn mac_keys_and_purpose_misuse() {
     admin.key_service().rotate_key(admin.authorized(request).await.unwrap()).await.unwrap();
     assert!(verify_mac(&admin, "webhooks", 1, b"m", old.mac.clone()).await);
     assert!(!verify_mac(&admin, "webhooks", 0, b"m", old.mac).await);
-    assert_eq!(mac(&admin, "webhooks", b"m").await.unwrap().key_version, 2);
+    // Once crypto-service has heard of the rotation (a few milliseconds), new MACs use version 2.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mac(&admin, "webhooks", b"m").await.unwrap().key_version != 2 {
+        assert!(std::time::Instant::now() < deadline, "GenerateMac still uses version 1 after the rotation");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // Every misuse is refused, saying which purpose the operation needs.
     create_key(&admin, "docs", pb::KeyPurpose::Encrypt, pb::Algorithm::Unspecified, pb::KeyOrigin::Generated)

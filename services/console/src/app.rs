@@ -4,7 +4,7 @@
 //! console's own `Origin`; what a person may do is then checked by the handler against the roles their keymesh
 //! token carries, and again by the mesh itself.
 
-use std::{path::PathBuf, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     Router,
@@ -43,8 +43,6 @@ pub struct Console {
     pub provider: Option<signin::Provider>,
     /// GitHub, when configured.
     pub github: Option<signin::GithubProvider>,
-    /// The data directory (the development login's credentials file).
-    pub data_dir: PathBuf,
 }
 
 /// The shared state as handlers receive it.

@@ -1,6 +1,8 @@
-//! Where the development login may run. It signs people in with a username and password from the data
-//! directory, which is fine on a developer's machine and nowhere else: the console refuses to start with it
-//! enabled unless every address it listens on is loopback, and says so in plain words.
+//! Where the development login may run. It signs people in with an application's client id and secret (the
+//! bootstrap admin's, from the data directory), which is fine on a developer's machine and nowhere else: the
+//! console refuses to start with it enabled unless the address it listens on is loopback (and, in
+//! [`crate::config`], its public URL too), and says so in plain words. Whether cookies go without `Secure` follows
+//! the public URL's scheme, which may be `http://` on a loopback host only.
 
 use std::net::SocketAddr;
 
@@ -18,11 +20,6 @@ pub fn check_dev_login(listen: SocketAddr) -> Result<(), DevLoginNotLoopback> {
     if listen.ip().is_loopback() { Ok(()) } else { Err(DevLoginNotLoopback(listen)) }
 }
 
-/// Whether cookies may go without `Secure`: only for the development login on loopback, where there is no TLS.
-pub fn plain_http_allowed(listen: SocketAddr, dev_login: bool) -> bool {
-    dev_login && listen.ip().is_loopback()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,8 +33,5 @@ mod tests {
             let err = check_dev_login(refused.parse().unwrap()).unwrap_err();
             assert!(err.to_string().contains("only for loopback"), "{err}");
         }
-        assert!(plain_http_allowed("127.0.0.1:7480".parse().unwrap(), true));
-        assert!(!plain_http_allowed("127.0.0.1:7480".parse().unwrap(), false), "OIDC sign-in always wants Secure");
-        assert!(!plain_http_allowed("0.0.0.0:7480".parse().unwrap(), true));
     }
 }

@@ -90,7 +90,6 @@ async fn run() -> Result<(), Failure> {
         mesh,
         provider,
         github,
-        data_dir: params.data_dir.clone(),
         config,
     });
     tracing::info!(

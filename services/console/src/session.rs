@@ -18,7 +18,7 @@ use crate::csrf;
 
 /// The cookie's name over TLS: `__Host-` makes the browser refuse it unless Secure, from this host, for `/`.
 pub const COOKIE_TLS: &str = "__Host-keymesh-console";
-/// The cookie's name on loopback without TLS (the development login), where `__Host-` cannot be used.
+/// The cookie's name on loopback without TLS (development), where `__Host-` cannot be used.
 pub const COOKIE_PLAIN: &str = "keymesh-console";
 /// The cookie that ties a sign-in's callback to the browser that started it, over TLS.
 pub const SIGNIN_COOKIE_TLS: &str = "__Host-keymesh-signin";
@@ -109,7 +109,7 @@ impl std::fmt::Debug for Current {
 /// The sessions of one console process.
 pub struct Sessions {
     lifetimes: Lifetimes,
-    /// Cookies without `Secure` (the development login on loopback only).
+    /// Cookies without `Secure`: the console is reached over plain HTTP on a loopback host (`public_url`).
     plain_http: bool,
     by_id_hash: Mutex<HashMap<[u8; 32], Entry>>,
 }
@@ -126,7 +126,7 @@ fn id_hash(id: &str) -> [u8; 32] {
 }
 
 impl Sessions {
-    /// A store with these lifetimes; `plain_http` only for the development login on loopback.
+    /// A store with these lifetimes; `plain_http` only when browsers reach the console over http:// on loopback.
     pub fn new(lifetimes: Lifetimes, plain_http: bool) -> Self {
         Self { lifetimes, plain_http, by_id_hash: Mutex::new(HashMap::new()) }
     }
