@@ -500,6 +500,19 @@ async fn applications_and_keys_change_state_from_the_console_as_asked() {
     assert_eq!(state().await, "DISABLED");
     assert_eq!(web.post("/keys/toggled/enable", Some(&cookie), &[("csrf", &csrf)]).await.status(), 303);
     assert_eq!(state().await, "ENABLED");
+
+    // The owner (the bootstrap admin is one) creates a tenant below their own; an admin who is not may not.
+    let created = web.post("/tenants", Some(&cookie), &[("csrf", &csrf), ("name", "subsidiary")]).await;
+    assert_eq!(created.status(), 200);
+    let page = created.text().await.unwrap();
+    assert!(page.contains("id=\"created-tenant\"") && page.contains("subsidiary"), "{page}");
+    let token = mesh.admin_client().access_token().await.unwrap();
+    let admin = create_application(&mesh, &token, "", "admin-only", &[pb::Role::Admin], &[]).await.unwrap();
+    let cookie = web.dev_login(&admin.0, &admin.1).await;
+    let csrf = csrf_of(&web.get("/keys", &cookie).await.text().await.unwrap());
+    assert_eq!(web.get("/tenants", &cookie).await.status(), 403);
+    let refused = web.post("/tenants", Some(&cookie), &[("csrf", &csrf), ("name", "not-mine")]).await;
+    assert_eq!(refused.status(), 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
