@@ -9,7 +9,9 @@
 #      vendored in deploy/dev/crds (strict too: an unknown field fails);
 #   4. pss_restricted.py: every Pod template against the "restricted" Pod Security Standard;
 #   5. every values file in deploy/dev/chart-refusals/ is refused by helm lint --strict (unless it says
-#      "# lint: may-pass") and by helm template, with the message its "# expect:" line names.
+#      "# lint: may-pass") and by helm template, with the message its "# expect:" line names;
+#   6. the console's NOTES (helm install --dry-run=client, offline): its URL, and the warning when token-service
+#      has no exchange issuer for the console's OIDC provider (and none when it has one).
 # One line per check; exits non-zero if any check fails.
 # Usage: deploy/dev/check-chart.sh [CHART_DIR]   (default: helm/keymesh of this repository)
 set -euo pipefail
@@ -169,5 +171,24 @@ for values in "${refusals[@]}"; do
 done
 [ "$bad" = 0 ] && echo "chart: ${#refusals[@]} values files that cannot install are refused by lint and template, each naming its reason"
 [ "$bad" = 0 ] || failed=1
+
+notes() {  # the NOTES of an offline dry-run install with these values files
+  local files=() f
+  for f in "$@"; do files+=(-f "$f"); done
+  "$helm" install keymesh "$chart" -n keymesh --dry-run=client "${files[@]}" 2>&1 | sed -n '/^NOTES:/,$p'
+}
+console_values="$chart/ci/console-values.yaml"
+without_issuer="$work/console-without-issuer.yaml"
+printf 'config:\n  tokens:\n    exchange:\n      issuers: []\n      rules: []\n' > "$without_issuer"
+with="$(notes "$console_values")"
+without="$(notes "$console_values" "$without_issuer")"
+if grep -qF "Admin console: https://keymesh.example.com/" <<<"$with" && ! grep -q "WARNING: config.tokens.exchange has no such issuer" <<<"$with" \
+  && grep -q "WARNING: config.tokens.exchange has no such issuer" <<<"$without"; then
+  echo "chart: the console's NOTES name its URL, and warn when token-service has no exchange issuer for its provider"
+else
+  echo "$with" "$without" | indent
+  echo "chart: the console's NOTES lack its URL or the exchange warning, or warn with the issuer configured"
+  failed=1
+fi
 
 exit "$failed"
