@@ -387,7 +387,7 @@ async fn github_check_token(
     Json(json!({
         "id": 1, "token": token, "expires_at": null, "scopes": [],
         "app": {"client_id": app, "name": "keymesh console", "url": "https://keymesh.example"},
-        "user": {"login": login, "id": github_id(&login), "email": null},
+        "user": {"login": login, "id": github_id(&login), "email": format!("{login}@users.example")},
     }))
     .into_response()
 }

@@ -258,7 +258,11 @@ async fn a_github_sign_in_is_exchanged_only_for_a_token_of_the_consoles_own_app(
         github.url,
         secret_file.display()
     );
-    let rules = format!(r#"[{{issuer = "github", subject = "{}", client_id = "{admins}"}}]"#, github_id("octocat"));
+    // People by their numeric id, or by the claims GitHub's check names (login, a public email).
+    let rules = format!(
+        r#"[{{issuer = "github", subject = "{}", client_id = "{admins}"}}, {{issuer = "github", subject = "*", claims = {{login = "hubber", email = "hubber@users.example"}}, client_id = "{admins}"}}]"#,
+        github_id("octocat")
+    );
     mesh.restart(
         ServiceName::TokenService,
         &[("KEYMESH_TOKENS__EXCHANGE__ISSUERS", &issuers), ("KEYMESH_TOKENS__EXCHANGE__RULES", &rules)],
@@ -337,6 +341,11 @@ async fn a_github_sign_in_is_exchanged_only_for_a_token_of_the_consoles_own_app(
     assert_eq!(refused.status(), 403);
     let text = refused.text().await.unwrap();
     assert!(text.contains("no rule maps subject"), "{text}");
+
+    // A rule on claims: the login and public email GitHub names.
+    let (binding, callback) = sign_in("hubber").await;
+    let by_claims = finish(Some(binding), callback).await;
+    assert_eq!(by_claims.status(), 303, "{:?}", by_claims.text().await);
 
     // A token GitHub issued to another app for the same person is refused: that app cannot sign in as them.
     let foreign = github.github_token_for("Iv1.other-app", "octocat");
