@@ -189,6 +189,27 @@ class Run:
     def path_is(self, path):
         return lambda d: urlsplit(d.current_url).path == path
 
+    def expect_policy_form(self, rules, enforcement, what):
+        """The policy form shows `rules` (unless None) and has `enforcement` selected."""
+        selected = Select(self.one("form#policy select[name=enforcement]")).first_selected_option.get_attribute("value")
+        self.expect(selected == enforcement, f"{what}: enforcement is '{selected}', not '{enforcement}'")
+        if rules is not None:
+            kept = self.one("form#policy textarea[name=rules]").get_attribute("value").strip()
+            self.expect(kept == rules, f"{what}: the rules are '{kept}', not '{rules}'")
+
+    def acknowledge_and_save(self, warning_page, saved_page, on_warning=None):
+        """Submits the policy form, which must come back 409 with the enforcement warning; ticks its box and submits
+        again, which must land on the key's page."""
+        self.submit("form#policy", warning_page, expect_status=409)
+        self.one("#enforce-warning")
+        if on_warning:
+            on_warning()
+        box = self.one("input#confirm-enforce[name=confirm_enforce]")
+        if not box.is_selected():
+            box.click()
+        self.submit("form#policy", saved_page)
+        self.wait(self.path_is(f"/keys/{KEY}"), f"the key's page after {saved_page}")
+
     def key_state(self):
         return re.sub(r"[ -]", "_", self.text("#key-state").upper())
 
@@ -295,34 +316,15 @@ class Run:
         self.submit("form#policy", "policy-invalid", expect_status=422)
         self.expect(self.text("#form-error"), "#form-error is empty for a rule that does not compile")
         # A new key's policy is enforced (UNSPECIFIED means ENFORCE): leaving ENFORCE needs acknowledging too.
-        enforcement = Select(self.one("form#policy select[name=enforcement]")).first_selected_option
-        self.expect(enforcement.get_attribute("value") == "enforce", "a new key's policy is not shown as enforced")
+        self.expect_policy_form(None, "enforce", "a new key's policy")
         self.fill("form#policy textarea[name=rules]", VALID_RULE)
         self.select("form#policy select[name=enforcement]", "warn")
-        self.submit("form#policy", "policy-loosen-warning", expect_status=409)
-        self.one("#enforce-warning")
-        box = self.one("input#confirm-enforce[name=confirm_enforce]")
-        if not box.is_selected():
-            box.click()
-        self.submit("form#policy", "policy-saved-warn")
-        self.wait(self.path_is(f"/keys/{KEY}"), "the key's page after saving the policy under WARN")
+        self.acknowledge_and_save("policy-loosen-warning", "policy-saved-warn")
         self.click_to(self.one("a#edit-policy"), "policy-warn")
-        enforcement = Select(self.one("form#policy select[name=enforcement]")).first_selected_option
-        self.expect(enforcement.get_attribute("value") == "warn", "the saved enforcement is not WARN")
-        kept = self.one("form#policy textarea[name=rules]").get_attribute("value").strip()
-        self.expect(kept == VALID_RULE, f"the saved rule is '{kept}'")
+        self.expect_policy_form(VALID_RULE, "warn", "the saved policy")
         self.select("form#policy select[name=enforcement]", "enforce")
-        self.submit("form#policy", "policy-enforce-warning", expect_status=409)
-        self.one("#enforce-warning")
-        kept = self.one("form#policy textarea[name=rules]").get_attribute("value").strip()
-        self.expect(kept == VALID_RULE, f"the re-shown policy form holds '{kept}', not the rule submitted")
-        enforcement = Select(self.one("form#policy select[name=enforcement]")).first_selected_option
-        self.expect(enforcement.get_attribute("value") == "enforce", "the re-shown policy form lost enforce")
-        box = self.one("input#confirm-enforce[name=confirm_enforce]")
-        if not box.is_selected():
-            box.click()
-        self.submit("form#policy", "policy-saved")
-        self.wait(self.path_is(f"/keys/{KEY}"), "the key's page after saving the policy")
+        self.acknowledge_and_save("policy-enforce-warning", "policy-saved",
+                                  lambda: self.expect_policy_form(VALID_RULE, "enforce", "the re-shown policy form"))
         self.expect(self.text("#notice"), "#notice is empty after saving the policy")
 
         self.check = "6 audit"

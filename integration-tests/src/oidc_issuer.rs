@@ -220,7 +220,6 @@ async fn authorize(
     State(shared): State<Arc<Shared>>,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     let Some(client) = shared.client.lock().unwrap().clone() else { return bad_request("no client registered") };
     let get = |k: &str| query.get(k).cloned().unwrap_or_default();
     if get("response_type") != "code" || get("client_id") != client.id || get("redirect_uri") != client.redirect_uri {
@@ -232,16 +231,39 @@ async fn authorize(
     if !get("scope").split(' ').any(|s| s == "openid") || get("state").is_empty() || get("nonce").is_empty() {
         return bad_request("scope openid, state and nonce are required");
     }
+    redirect_with_code(&shared, &client, get("code_challenge"), get("nonce"), &get("state"))
+}
+
+/// Gives the person chosen a one-time code and sends the browser back to the client with it and `state`.
+fn redirect_with_code(
+    shared: &Shared,
+    client: &RegisteredClient,
+    challenge: String,
+    nonce: String,
+    state: &str,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let code = uuid::Uuid::new_v4().simple().to_string();
-    let grant = CodeGrant {
-        sub: shared.next_person.lock().unwrap().clone(),
-        nonce: get("nonce"),
-        challenge: get("code_challenge"),
-        redirect_uri: get("redirect_uri"),
-    };
+    let sub = shared.next_person.lock().unwrap().clone();
+    let grant = CodeGrant { sub, nonce, challenge, redirect_uri: client.redirect_uri.clone() };
     shared.codes.lock().unwrap().insert(code.clone(), grant);
-    let state: String = url_encode(&get("state"));
-    axum::response::Redirect::to(&format!("{}?code={code}&state={state}", client.redirect_uri)).into_response()
+    let location = format!("{}?code={code}&state={}", client.redirect_uri, url_encode(state));
+    axum::response::Redirect::to(&location).into_response()
+}
+
+/// The grant `code` stood for, used up whatever follows, if redeemed with the same redirect URI and the PKCE
+/// verifier of its S256 challenge.
+fn redeem_code(shared: &Shared, code: &str, redirect_uri: &str, verifier: &str) -> Result<CodeGrant, &'static str> {
+    let grant = shared.codes.lock().unwrap().remove(code).ok_or("unknown or used code")?;
+    if redirect_uri != grant.redirect_uri {
+        return Err("redirect_uri differs from the authorization request's");
+    }
+    let challenge = URL_SAFE_NO_PAD.encode(openssl::sha::sha256(verifier.as_bytes()));
+    if verifier.len() < 43 || challenge != grant.challenge {
+        return Err("PKCE verification failed");
+    }
+    shared.redeemed.fetch_add(1, Ordering::Relaxed);
+    Ok(grant)
 }
 
 /// `value` percent-encoded for a URL query or a form (RFC 3986 unreserved characters as they are).
@@ -278,16 +300,10 @@ async fn token(
     if get("grant_type") != "authorization_code" || get("client_id") != client.id {
         return refuse("wrong grant_type or client_id");
     }
-    // One use: the code is gone whatever follows.
-    let Some(grant) = shared.codes.lock().unwrap().remove(&get("code")) else { return refuse("unknown or used code") };
-    if get("redirect_uri") != grant.redirect_uri {
-        return refuse("redirect_uri differs from the authorization request's");
-    }
-    let challenge = URL_SAFE_NO_PAD.encode(openssl::sha::sha256(get("code_verifier").as_bytes()));
-    if get("code_verifier").len() < 43 || challenge != grant.challenge {
-        return refuse("PKCE verification failed");
-    }
-    shared.redeemed.fetch_add(1, Ordering::Relaxed);
+    let grant = match redeem_code(&shared, &get("code"), &get("redirect_uri"), &get("code_verifier")) {
+        Ok(grant) => grant,
+        Err(why) => return refuse(why),
+    };
     let now = keymesh_mesh::auth::unix_now();
     let claims = json!({
         "iss": shared.url, "sub": grant.sub, "aud": client.id, "iat": now, "nbf": now, "exp": now + 600,
@@ -317,7 +333,6 @@ async fn github_authorize(
     State(shared): State<Arc<Shared>>,
     axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     let Some(client) = shared.github_client.lock().unwrap().clone() else { return bad_request("no app registered") };
     let get = |k: &str| query.get(k).cloned().unwrap_or_default();
     if get("client_id") != client.id || get("redirect_uri") != client.redirect_uri {
@@ -326,16 +341,7 @@ async fn github_authorize(
     if get("code_challenge_method") != "S256" || get("code_challenge").len() != 43 || get("state").is_empty() {
         return bad_request("PKCE with S256 and a state are required");
     }
-    let code = uuid::Uuid::new_v4().simple().to_string();
-    let grant = CodeGrant {
-        sub: shared.next_person.lock().unwrap().clone(),
-        nonce: String::new(),
-        challenge: get("code_challenge"),
-        redirect_uri: get("redirect_uri"),
-    };
-    shared.codes.lock().unwrap().insert(code.clone(), grant);
-    let state = url_encode(&get("state"));
-    axum::response::Redirect::to(&format!("{}?code={code}&state={state}", client.redirect_uri)).into_response()
+    redirect_with_code(&shared, &client, get("code_challenge"), String::new(), &get("state"))
 }
 
 async fn github_access_token(
@@ -352,12 +358,10 @@ async fn github_access_token(
     if get("client_id") != client.id || get("client_secret") != client.secret {
         return refuse("client authentication failed");
     }
-    let Some(grant) = shared.codes.lock().unwrap().remove(&get("code")) else { return refuse("unknown or used code") };
-    let challenge = URL_SAFE_NO_PAD.encode(openssl::sha::sha256(get("code_verifier").as_bytes()));
-    if get("redirect_uri") != grant.redirect_uri || challenge != grant.challenge {
-        return refuse("redirect_uri or PKCE verification failed");
-    }
-    shared.redeemed.fetch_add(1, Ordering::Relaxed);
+    let grant = match redeem_code(&shared, &get("code"), &get("redirect_uri"), &get("code_verifier")) {
+        Ok(grant) => grant,
+        Err(why) => return refuse(why),
+    };
     let token = format!("gho_{}", uuid::Uuid::new_v4().simple());
     shared.github_tokens.lock().unwrap().insert(token.clone(), (client.id.clone(), grant.sub));
     Json(json!({"access_token": token, "token_type": "bearer", "scope": ""}))
