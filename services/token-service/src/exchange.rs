@@ -329,6 +329,11 @@ impl Exchanger {
         if token.is_empty() || token.len() > 255 || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ExchangeError::Refused("not a GitHub access token".into()));
         }
+        if self.issuers.iter().all(|i| i.github.is_none()) {
+            return Err(ExchangeError::Refused(format!(
+                "{ACCESS_TOKEN_TYPE} is exchanged only at an issuer of kind = \"github\", and none is configured"
+            )));
+        }
         for issuer in &self.issuers {
             let Some(app) = &issuer.github else { continue };
             let Some(user) = issuer.check_github_token(app, token).await? else { continue };
@@ -524,6 +529,21 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_access_token_without_a_github_issuer_is_refused_saying_so() {
+        let exchanger = Exchanger::from_config(
+            &RawExchange { issuers: vec![issuer("https://k8s.example")], rules: vec![] },
+            Duration::ZERO,
+        )
+        .unwrap();
+        for (token, reason) in [("gho_0123456789", "kind = \"github\""), ("two words", "not a GitHub access token")] {
+            match exchanger.exchange(token, ACCESS_TOKEN_TYPE).await {
+                Err(ExchangeError::Refused(why)) => assert!(why.contains(reason), "{why}"),
+                other => panic!("{token:?}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn configuration_is_checked() {
         let ok = RawExchange { issuers: vec![issuer("https://k8s.example")], rules: vec![] };
@@ -543,6 +563,33 @@ mod tests {
         let bad = RawExchange { issuers: vec![issuer("https://k8s.example")], rules: vec![rule] };
         let err = Exchanger::from_config(&bad, Duration::ZERO).err().unwrap();
         assert!(err.to_string().contains("rules[0].issuer"), "{err}");
+        // A GitHub issuer needs its app's secret, and takes no JWKS; an OIDC one takes no GitHub settings.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let github = |edit: &dyn Fn(&mut RawExchangeIssuer)| {
+            let mut raw = RawExchangeIssuer {
+                name: "github".into(),
+                kind: ExchangeIssuerKind::Github,
+                client_secret_file: Some(secret.clone()),
+                ..issuer("https://github.com")
+            };
+            edit(&mut raw);
+            Exchanger::from_config(&RawExchange { issuers: vec![raw], rules: vec![] }, Duration::ZERO)
+        };
+        assert!(github(&|_| {}).is_ok());
+        for (edit, field) in [
+            (
+                &(|r: &mut RawExchangeIssuer| r.client_secret_file = None) as &dyn Fn(&mut RawExchangeIssuer),
+                "client_secret_file",
+            ),
+            (&|r: &mut RawExchangeIssuer| r.jwks_url = Some("https://github.com/jwks".into()), "jwks_url"),
+            (&|r: &mut RawExchangeIssuer| r.api_url = Some("http://api.github.example".into()), "api_url"),
+            (&|r: &mut RawExchangeIssuer| r.kind = ExchangeIssuerKind::Oidc, "kind"),
+        ] {
+            let err = github(edit).err().unwrap().to_string();
+            assert!(err.contains(&format!("issuers[0].{field}")), "{err}");
+        }
         assert!(claim_equals(Some(&serde_json::json!(true)), "true"));
         assert!(!claim_equals(Some(&serde_json::json!("yes")), "true"));
         assert!(!claim_equals(None, "true"));
