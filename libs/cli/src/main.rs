@@ -20,7 +20,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use keymesh_client::{ClientError, Credentials, Endpoints, KeymeshClient, bootstrap_credentials_path};
 use keymesh_config::KeymeshConfig;
 use keymesh_mesh::rpc_telemetry::{Sampling, child_or_root_context};
-use keymesh_mesh::{ServiceName, config::MeshParams, pki::TlsMaterial, run::ServiceConfig, run::dev_client_tls};
+use keymesh_mesh::{config::ClientParams, pki::TlsMaterial, run::ServiceConfig, run::dev_client_tls};
 use opentelemetry::{
     propagation::Extractor,
     trace::{FutureExt, TraceContextExt},
@@ -293,11 +293,10 @@ async fn run(cli: Cli) -> Outcome {
 }
 
 /// The endpoints and client TLS material from the configuration and flags.
-pub(crate) fn connection(cli: &Cli) -> Result<(MeshParams, Endpoints, TlsMaterial), ClientError> {
+pub(crate) fn connection(cli: &Cli) -> Result<(ClientParams, Endpoints, TlsMaterial), ClientError> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let file = KeymeshConfig::load(cli.config.as_deref(), &env).map_err(|e| ClientError::Setup(e.to_string()))?;
-    let params = MeshParams::from_raw(ServiceName::CryptoService, file.transport())
-        .map_err(|e| ClientError::Setup(e.to_string()))?;
+    let params = ClientParams::from_raw(file.transport()).map_err(|e| ClientError::Setup(e.to_string()))?;
     let endpoints = params.endpoints.clone();
     let tls = match (&cli.tls_cert, &cli.tls_key, &cli.tls_ca) {
         (Some(cert), Some(key), Some(ca)) => TlsMaterial::from_files(ca, cert, key).map_err(|e| e.to_string()),

@@ -433,9 +433,24 @@ pub struct TlsFiles {
 /// The default data directory when none is configured.
 pub const DEFAULT_DATA_DIR: &str = ".keymesh";
 
-impl MeshParams {
-    /// Validates the shared part of `raw` for `service`.
-    pub fn from_raw(service: ServiceName, raw: &RawTransport) -> Result<Self, ConfigError> {
+/// What a client of the mesh (the CLI, the admin console) reads from the shared settings: where the services are,
+/// the data directory, and how to log. Unlike [`MeshParams`] it needs no address to listen on, so endpoints that
+/// are host names (a Kubernetes Service) are fine.
+#[derive(Debug, Clone)]
+pub struct ClientParams {
+    /// Where state lives (the development PKI, the bootstrap credentials).
+    pub data_dir: PathBuf,
+    /// Where the services are.
+    pub endpoints: Endpoints,
+    /// Logs as JSON lines.
+    pub json_logs: bool,
+    /// The `EnvFilter` directive.
+    pub log_level: String,
+}
+
+impl ClientParams {
+    /// Validates the part of `raw` a client reads.
+    pub fn from_raw(raw: &RawTransport) -> Result<Self, ConfigError> {
         let default_of = |s: ServiceName| {
             DEFAULT_ENDPOINTS.iter().find(|(n, _)| *n == s).map(|(_, e)| (*e).to_owned()).unwrap_or_default()
         };
@@ -464,12 +479,6 @@ impl MeshParams {
                 ServiceName::AuditService,
             )?,
         };
-        let listen = raw.listen_addr.clone().unwrap_or_else(|| endpoints.of(service).to_owned());
-        let listen_field = if raw.listen_addr.is_some() { "listen_addr" } else { service.endpoint_field() };
-        let listen_addr: SocketAddr = listen.parse().map_err(|_| ConfigError::Invalid {
-            field: listen_field,
-            reason: format!("{listen:?} is not an IP:port to listen on (e.g. 0.0.0.0:7401)"),
-        })?;
         let data_dir = raw.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         if data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid { field: "data_dir", reason: "must not be empty".into() });
@@ -484,6 +493,25 @@ impl MeshParams {
                 });
             }
         };
+        Ok(Self {
+            data_dir,
+            endpoints,
+            json_logs,
+            log_level: raw.telemetry.log_level.clone().unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+impl MeshParams {
+    /// Validates the shared part of `raw` for `service`.
+    pub fn from_raw(service: ServiceName, raw: &RawTransport) -> Result<Self, ConfigError> {
+        let ClientParams { data_dir, endpoints, json_logs, log_level } = ClientParams::from_raw(raw)?;
+        let listen = raw.listen_addr.clone().unwrap_or_else(|| endpoints.of(service).to_owned());
+        let listen_field = if raw.listen_addr.is_some() { "listen_addr" } else { service.endpoint_field() };
+        let listen_addr: SocketAddr = listen.parse().map_err(|_| ConfigError::Invalid {
+            field: listen_field,
+            reason: format!("{listen:?} is not an IP:port to listen on (e.g. 0.0.0.0:7401)"),
+        })?;
         if let Some(otlp) = &raw.telemetry.otlp_endpoint
             && !(otlp.starts_with("http://") || otlp.starts_with("https://"))
         {
@@ -514,7 +542,7 @@ impl MeshParams {
             otlp_endpoint: raw.telemetry.otlp_endpoint.clone(),
             metrics_addr,
             json_logs,
-            log_level: raw.telemetry.log_level.clone().unwrap_or_else(|| "info".into()),
+            log_level,
             server,
         })
     }
@@ -567,6 +595,23 @@ mod tests {
 
     fn transport(source: &ConfigSource) -> RawTransport {
         source.top_level(RawTransport::KEYS).unwrap()
+    }
+
+    #[test]
+    fn a_client_needs_no_address_to_listen_on() {
+        // Endpoints as a cluster names them: a client reads them as they are; a service could not listen there.
+        let source = ConfigSource::load(
+            None,
+            &env(&[
+                ("KEYMESH_ENDPOINTS__CRYPTO_SERVICE", "keymesh-crypto-service:7402"),
+                ("KEYMESH_ENDPOINTS__KEY_SERVICE", "keymesh-key-service:7401"),
+            ]),
+        )
+        .unwrap();
+        let client = ClientParams::from_raw(&transport(&source)).unwrap();
+        assert_eq!(client.endpoints.crypto_service, "keymesh-crypto-service:7402");
+        let err = MeshParams::from_raw(ServiceName::CryptoService, &transport(&source)).unwrap_err().to_string();
+        assert!(err.contains("endpoints.crypto_service"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
 };
 
 use keymesh_config::KeymeshConfig;
-use keymesh_mesh::{ServiceName, config::MeshParams, run::ServiceConfig};
+use keymesh_mesh::{config::ClientParams, run::ServiceConfig};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -21,10 +21,10 @@ use crate::bind;
 pub fn load(
     file: Option<&Path>,
     env: &std::collections::BTreeMap<String, String>,
-) -> Result<(MeshParams, ConsoleConfig), String> {
+) -> Result<(ClientParams, ConsoleConfig), String> {
     let config = KeymeshConfig::load(file, env).map_err(|e| e.to_string())?;
-    // The console is a client: the transport settings are read as a client's (the CLI's) are.
-    let params = MeshParams::from_raw(ServiceName::CryptoService, config.transport()).map_err(|e| e.to_string())?;
+    // The console is a client of the mesh: it needs the endpoints, not an address of the services' to listen on.
+    let params = ClientParams::from_raw(config.transport()).map_err(|e| e.to_string())?;
     let raw: RawConsole = config.service_section("console").map_err(|e| e.to_string())?;
     let console = ConsoleConfig::from_raw(raw).map_err(|e| e.to_string())?;
     Ok((params, console))

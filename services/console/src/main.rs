@@ -12,7 +12,7 @@ use keymesh_console::{
     session::Sessions,
     signin::{GithubProvider, Provider},
 };
-use keymesh_mesh::config::MeshParams;
+use keymesh_mesh::config::ClientParams;
 
 const EXIT_CONFIG: u8 = 64;
 
@@ -141,7 +141,7 @@ async fn follow_renewals(mut current: TlsMaterial) {
     }
 }
 
-fn init_logging(params: &MeshParams) {
+fn init_logging(params: &ClientParams) {
     let filter = tracing_subscriber::EnvFilter::try_new(&params.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
