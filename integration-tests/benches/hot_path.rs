@@ -4,7 +4,9 @@
 //! generator at the same number of calls in flight; beside them AES-256-GCM sealing the same sizes in-process on
 //! one core. For each: operations per second, p50 and p99 (an HDR histogram of every call), the servers' CPU
 //! time per operation (user + system, read from /proc of their processes before and after the measured window),
-//! and their peak RSS during it. Then keymesh's streams (MB/s each way, peak RSS), an overload run (1,024 calls
+//! and their peak RSS during it. Beside keymesh, the same calls to its transport floor (keymesh's server stack
+//! with only AES-GCM behind it) and to tonic's server alone with the same mTLS: what any service on this stack
+//! pays per call before it does anything. Then keymesh's streams (MB/s each way, peak RSS), an overload run (1,024 calls
 //! in flight against the load shedding: what is admitted, its p99, what is shed, memory), and each service's
 //! RSS idle and under load.
 //!
@@ -184,6 +186,35 @@ impl Transit {
     }
 }
 
+/// `KEYMESH_BENCH_SERVICES_<NAME>=value` sets `<NAME>` for the services and the transport floor alone, not the
+/// load generator (for experiments, such as `TOKIO_WORKER_THREADS`).
+fn forwarded_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter_map(|(k, v)| k.strip_prefix("KEYMESH_BENCH_SERVICES_").map(|name| (name.to_owned(), v)))
+        .collect()
+}
+
+/// The transport floor (see `floor`; `bare`: tonic alone) in a child process, and callers of it like keymesh's.
+async fn start_floor(mesh: &Mesh, admin: &KeymeshClient, bare: bool) -> (tokio::process::Child, Processes, Keymesh) {
+    let address = format!("127.0.0.1:{}", integration_tests::free_port());
+    let server = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .arg(if bare { "bare" } else { "floor" })
+        .arg(mesh.dir.path())
+        .arg(&address)
+        .envs(forwarded_env())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let process = Processes { pids: vec![server.id().unwrap()] };
+    let floor = Keymesh::to(mesh, admin, &address, connections()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(status) = floor.encrypt(vec![3u8; 1024]).await {
+        assert!(Instant::now() < deadline, "the transport floor did not serve: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (server, process, floor)
+}
+
 /// One row of the table.
 struct Row {
     operation: String,
@@ -197,9 +228,9 @@ struct Row {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [mode, data_dir, address] = args.as_slice()
-        && mode == "floor"
+        && (mode == "floor" || mode == "bare")
     {
-        return floor::serve(std::path::Path::new(data_dir), address.parse().unwrap()).await;
+        return floor::serve(std::path::Path::new(data_dir), address.parse().unwrap(), mode == "bare").await;
     }
     keymesh_mesh::install_crypto_provider();
     let duration = run_for();
@@ -211,7 +242,10 @@ async fn main() {
     // every call without refusing.
     let limits =
         [("KEYMESH_LIMITS__APPLICATION_PER_SECOND", "1000000"), ("KEYMESH_LIMITS__TENANT_PER_SECOND", "1000000")];
-    let mut mesh = Mesh::start(&limits, &[]).await;
+    let forwarded = forwarded_env();
+    let env: Vec<(&str, &str)> =
+        limits.iter().copied().chain(forwarded.iter().map(|(k, v)| (k.as_str(), v.as_str()))).collect();
+    let mut mesh = Mesh::start(&env, &[]).await;
     let admin = mesh.admin_client();
     admin.create_key("bench").await.unwrap();
     let processes = Processes::of_mesh(&mesh);
@@ -222,14 +256,29 @@ async fn main() {
     let idle = processes.rss();
     let idle_anon = processes.rss_anon();
 
-    // `cargo bench --bench hot_path -- encrypt` runs keymesh's Encrypt 1 KiB alone (for a profiler beside it).
+    // `cargo bench --bench hot_path -- encrypt` runs keymesh's Encrypt 1 KiB alone (for a profiler beside it);
+    // `-- encrypt floor` the transport floor's, `-- encrypt bare` tonic's alone.
     if std::env::args().skip(1).any(|a| a == "encrypt") {
-        let keymesh = keymesh.clone();
-        load(&processes, IN_FLIGHT, duration, move || {
+        let floor = std::env::args().skip(1).find(|a| a == "floor" || a == "bare");
+        let (_floor_server, processes, keymesh) = if let Some(floor) = floor {
+            let (server, process, floor) = start_floor(&mesh, &admin, floor == "bare").await;
+            (Some(server), process, floor)
+        } else {
+            (None, processes.clone(), keymesh.clone())
+        };
+        let m = load(&processes, IN_FLIGHT, duration, move || {
             let keymesh = keymesh.clone();
             async move { keymesh.encrypt(vec![3u8; 1024]).await.map_or_else(shed_or_panic, |_| Outcome::Done) }
         })
         .await;
+        println!(
+            "Encrypt 1 KiB: {:.0}/s, p50 {}, p99 {}, {:.1} µs CPU per call, peak RSS {:.0} MiB",
+            m.calls_per_second,
+            millis(m.p50),
+            millis(m.p99),
+            m.cpu_per_call,
+            m.peak_rss
+        );
         return;
     }
     if std::env::args().skip(1).any(|a| a == "stream") {
@@ -274,21 +323,7 @@ async fn main() {
         measured,
     });
     // The transport floor (see `floor`), measured like keymesh, with the same callers and requests.
-    let floor_address = format!("127.0.0.1:{}", integration_tests::free_port());
-    let mut floor_server = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .arg("floor")
-        .arg(mesh.dir.path())
-        .arg(&floor_address)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let floor_process = Processes { pids: vec![floor_server.id().unwrap()] };
-    let floor = Keymesh::to(&mesh, &admin, &floor_address, connections()).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(status) = floor.encrypt(vec![3u8; 1024]).await {
-        assert!(Instant::now() < deadline, "the transport floor did not serve: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (mut floor_server, floor_process, floor) = start_floor(&mesh, &admin, false).await;
     for size in [1024usize, 64 << 10] {
         let sample = floor.encrypt(vec![3u8; size]).await.unwrap();
         let (encrypt, decrypt) = unary(&floor, size, sample);
@@ -299,6 +334,15 @@ async fn main() {
         rows.push(Row { operation: format!("Decrypt {label}"), system: "floor", unit_per_call: 1.0, measured });
     }
     floor_server.kill().await.unwrap();
+    // tonic's server alone with the same mTLS (see `floor::serve`): what keymesh's server stack adds to it.
+    let (mut bare_server, bare_process, bare) = start_floor(&mesh, &admin, true).await;
+    let sample = bare.encrypt(vec![3u8; 1024]).await.unwrap();
+    let (encrypt, decrypt) = unary(&bare, 1024, sample);
+    let measured = load(&bare_process, IN_FLIGHT, duration, encrypt).await;
+    rows.push(Row { operation: "Encrypt 1 KiB".into(), system: "tonic", unit_per_call: 1.0, measured });
+    let measured = load(&bare_process, IN_FLIGHT, duration, decrypt).await;
+    rows.push(Row { operation: "Decrypt 1 KiB".into(), system: "tonic", unit_per_call: 1.0, measured });
+    bare_server.kill().await.unwrap();
     let loaded: Vec<f64> = {
         let one_kib: Vec<&Row> =
             rows.iter().filter(|r| r.system == "keymesh" && r.operation.ends_with(" 1 KiB")).collect();
@@ -516,7 +560,7 @@ fn print_table(rows: &[Row], raw_1k: f64, raw_64k: f64, duration: Duration) {
         let bao = of("OpenBao");
         let size = if operation.contains("64 KiB") { 64 << 10 } else { 1024 };
         let raw = if size == 1024 { raw_1k } else { raw_64k };
-        for row in [of("keymesh"), bao, of("floor")].into_iter().flatten() {
+        for row in [of("keymesh"), bao, of("floor"), of("tonic")].into_iter().flatten() {
             let m = &row.measured;
             let ops = m.calls_per_second * row.unit_per_call;
             let versus =
@@ -714,7 +758,10 @@ mod floor {
 
     /// Serves the floor on `address` as crypto-service's identity from the mesh's development PKI in `data_dir`,
     /// with the services' default server settings, until killed.
-    pub async fn serve(data_dir: &Path, address: SocketAddr) {
+    /// Serves Encrypt and Decrypt through keymesh's server stack, or (`bare`) through tonic's server alone with
+    /// the same mTLS and HTTP/2 windows: no load shedding, connection bounds, idle timeout, request ids, spans,
+    /// health or reflection. The difference between the two is what keymesh's stack adds to tonic's.
+    pub async fn serve(data_dir: &Path, address: SocketAddr, bare: bool) {
         keymesh_mesh::install_crypto_provider();
         let service = ServiceName::CryptoService;
         let identity = DevIdentity { name: service.as_str().into(), spiffe_id: service.spiffe_id(), server: true };
@@ -724,9 +771,12 @@ mod floor {
         let key_ref = KeyRef { key_id: "k_floor".into(), version: 1 };
         let prepared = PreparedKey::new(&key, "bench", &key_ref, algorithm).expect("prepared key");
         let floor = Floor { key, prepared, context: BTreeMap::new() };
-        let routes = Routes::new(
-            CryptoServiceServer::new(floor).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20),
-        );
+        let service =
+            CryptoServiceServer::new(floor).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        if bare {
+            return serve_bare(&tls, address, service).await;
+        }
+        let routes = Routes::new(service);
         // The services' own defaults: the floor sheds and bounds connections as they do.
         let settings = ServerSettings::defaults().expect("default server settings");
         let listener = keymesh_mesh::server::bind(address).await.expect("bind");
@@ -740,5 +790,31 @@ mod floor {
         )
         .await
         .expect("serve");
+    }
+
+    async fn serve_bare(
+        tls: &keymesh_mesh::pki::TlsMaterial,
+        address: SocketAddr,
+        service: CryptoServiceServer<Floor>,
+    ) {
+        use futures_util::StreamExt;
+        let config = keymesh_mtls::server_config(tls).expect("TLS configuration");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind(address).await.expect("bind");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |tcp| {
+            let acceptor = acceptor.clone();
+            async move {
+                let tcp = tcp.ok()?;
+                tcp.set_nodelay(true).ok()?;
+                acceptor.accept(tcp).await.ok().map(Ok::<_, std::io::Error>)
+            }
+        });
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(keymesh_mtls::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(keymesh_mtls::HTTP2_CONNECTION_WINDOW)
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await
+            .expect("serve");
     }
 }

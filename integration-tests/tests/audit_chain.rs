@@ -1,7 +1,7 @@
 //! VerifyChain against audit-service on real Postgres: a chain written by the running mesh verifies, and
 //! each way of tampering with the stored rows (editing an event, deleting a record, swapping two records,
 //! editing a filter column) is reported at the record where it happened; putting the rows back makes the
-//! chain whole again.
+//! chain whole again. Re-sent batches are stored once, on Postgres and on SQLite.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -311,4 +311,78 @@ async fn a_pruned_chain_verifies_from_its_signed_anchor() {
     let (at, why) = broken_at(&mesh, &token).await;
     assert_eq!(at, anchor as u64, "{why}");
     assert!(why.contains("signature"), "{why}");
+}
+
+/// A batch re-sent (its acknowledgement lost) is stored once: audit-service inserts a batch as all new and,
+/// when the unique event id refuses that, rolls back and stores only the events it does not hold, on Postgres
+/// (where the refused statement aborts the transaction) as on SQLite. The chain stays one unbroken chain.
+async fn resent_batches_are_stored_once(mesh: &Mesh) {
+    use keymesh_mesh::pki::{DevIdentity, ensure_dev_identity};
+    let admin = mesh.admin_client();
+    let token = admin.access_token().await.unwrap().to_string();
+    // Appending is for mesh services: the test speaks as crypto-service, with its certificate.
+    let crypto = ensure_dev_identity(
+        mesh.dir.path(),
+        &DevIdentity {
+            name: ServiceName::CryptoService.as_str().into(),
+            spiffe_id: ServiceName::CryptoService.spiffe_id(),
+            server: true,
+        },
+    )
+    .unwrap();
+    let channel = keymesh_mesh::client::mtls_channel(
+        mesh.endpoint(ServiceName::AuditService),
+        &crypto,
+        ServiceName::AuditService,
+    )
+    .unwrap();
+    let event = |id: &str| pb::AuditEvent {
+        event_id: format!("resent-{id}"),
+        service: ServiceName::CryptoService.as_str().into(),
+        tenant_id: "default".into(),
+        operation: "Encrypt".into(),
+        ..Default::default()
+    };
+    let batches = [
+        vec![event("a"), event("b")],
+        // Re-sent with one more event behind it.
+        vec![event("a"), event("b"), event("c")],
+        // The same id twice in one batch.
+        vec![event("d"), event("d")],
+        // Nothing new.
+        vec![event("c")],
+    ];
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = AuditServiceClient::new(channel)
+        .append(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answers = Vec::new();
+    for (n, events) in batches.into_iter().enumerate() {
+        let events = events.iter().map(|e| prost::Message::encode_to_vec(e).into()).collect();
+        tx.send(pb::AppendRequest { batch_id: n as u64, events }).await.unwrap();
+        let reply = replies.message().await.unwrap().unwrap();
+        answers.push((reply.batch_id, reply.accepted, reply.duplicates));
+    }
+    assert_eq!(answers, [(0, 2, 0), (1, 1, 2), (2, 1, 1), (3, 0, 1)]);
+    let verdict = verify(mesh, &token, 0, 0).await.unwrap();
+    assert!(verdict.valid, "{}", verdict.message);
+}
+
+#[tokio::test]
+async fn resent_batches_are_stored_once_on_postgres() {
+    let url = fresh_postgres_database().await;
+    let mesh = Mesh::start(&[], &[(ServiceName::AuditService, "KEYMESH_DATABASE__URL", &url)]).await;
+    resent_batches_are_stored_once(&mesh).await;
+    let db = Database::connect(url.as_str()).await.unwrap();
+    let stored =
+        integration_tests::count(&db, "SELECT count(*) FROM audit_records WHERE event_id LIKE 'resent-%'").await;
+    assert_eq!(stored, 4);
+}
+
+#[tokio::test]
+async fn resent_batches_are_stored_once_on_sqlite() {
+    let mesh = Mesh::start(&[], &[]).await;
+    resent_batches_are_stored_once(&mesh).await;
 }

@@ -4,7 +4,13 @@
 //! Events are framed (`length | CRC-32C | protobuf`) and appended to numbered segment files by one writer
 //! thread. The thread takes every request waiting when it wakes and commits them with a single
 //! `fdatasync` (group commit): under load one flush covers many calls, so the cost per call falls as
-//! concurrency rises. The shipper reads the segments from disk behind the writer and records, in a small
+//! concurrency rises.
+//!
+//! A segment is written ahead with zeros (a mebibyte at a time, in the same write as the group that reaches
+//! the end of the zeroed room), and groups are written over those zeros. A flush that extends a file must
+//! also commit the file system's journal (the new length is metadata); one that overwrites written blocks
+//! flushes only the data: on ext4 here half the time and half the CPU per group. The zeros end the frames: a
+//! frame's length is never zero. The shipper reads the segments from disk behind the writer and records, in a small
 //! cursor file, how far audit-service has acknowledged; segments wholly behind the cursor are deleted.
 //!
 //! The spool is bounded: when the bytes not yet acknowledged reach the limit the writer waits for the
@@ -27,13 +33,15 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 use keymesh_proto::v1 as pb;
 use prost::{Message, bytes::Bytes};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-const CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// Slice-by-16 (a 16 KiB table): every frame is checksummed where it is written and again where it is shipped, and
+/// the bytewise default took 1 % of the four services' CPU in a profile under load.
+static CASTAGNOLI: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 /// Length and checksum before each event.
 const FRAME_HEADER: usize = 8;
 /// Larger frames are corruption: events are a few hundred bytes, bounded by the scope that fills them.
@@ -44,6 +52,8 @@ const GROUP_MAX: usize = 4096;
 const GROUP_MAX_BYTES: u64 = 1 << 20;
 /// Calls that may wait for the writer thread before `append` itself waits.
 const QUEUE_CAPACITY: usize = 8192;
+/// Bytes of zeros written ahead of the groups (see the module documentation), at most.
+const ZERO_AHEAD: u64 = 1 << 20;
 /// Bytes the shipper reads from a segment at a time.
 const READ_CHUNK: u64 = 1 << 20;
 const CURSOR_FILE: &str = "cursor";
@@ -83,6 +93,10 @@ pub enum SpoolError {
     /// The writer has stopped (shutdown, or an earlier disk failure it could not undo).
     #[error("the audit spool is closed")]
     Closed,
+    /// An event with no fields set encodes to nothing, and a frame of length zero marks the end of a segment's
+    /// frames: such an event is refused rather than hide the events after it.
+    #[error("an audit event with no fields set cannot be spooled")]
+    Empty,
 }
 
 fn io_error(path: &Path, error: std::io::Error) -> SpoolError {
@@ -218,6 +232,9 @@ struct WriteRequest {
 impl SpoolWriter {
     /// Returns once the event is on disk (fsynced), or why it is not.
     pub async fn append(&self, event: &pb::AuditEvent) -> Result<(), SpoolError> {
+        if event.encoded_len() == 0 {
+            return Err(SpoolError::Empty);
+        }
         let (done, committed) = oneshot::channel();
         self.requests.send(WriteRequest { frame: frame(event), done }).await.map_err(|_| SpoolError::Closed)?;
         committed.await.map_err(|_| SpoolError::Closed)?
@@ -249,14 +266,14 @@ fn framed(len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 }
 
 /// The whole frames at the start of `bytes`: each event's payload and the offset just after it. Stops at
-/// the first incomplete or damaged frame.
+/// the first incomplete or damaged frame, and at a length of zero (the zeros written ahead).
 fn frames(bytes: &[u8]) -> impl Iterator<Item = (&[u8], usize)> {
     let mut at = 0usize;
     std::iter::from_fn(move || {
         let header = bytes.get(at..at + FRAME_HEADER)?;
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len > MAX_FRAME {
+        if len == 0 || len > MAX_FRAME {
             return None;
         }
         let payload = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len)?;
@@ -333,6 +350,7 @@ pub fn open(options: &SpoolOptions) -> Result<(SpoolWriter, SpoolReader), SpoolE
         file,
         segment: current,
         len: 0,
+        zeroed_to: 0,
         segment_bytes: (options.max_bytes / 8).clamp(64 * 1024, 64 * 1024 * 1024),
         full_wait: options.full_wait,
         _lock: lock,
@@ -354,18 +372,21 @@ struct RecoveredSegment {
     written_at: SystemTime,
 }
 
-/// A segment's whole frames; a torn or damaged tail (a crash mid-write) is cut off.
+/// A segment's whole frames; a torn or damaged tail (a crash mid-write) is cut off, as are the zeros written
+/// ahead (a recovered segment is only read: the writer starts a new one).
 fn recover_segment(path: &Path) -> Result<RecoveredSegment, SpoolError> {
     let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
     let frame_ends: Vec<u64> = frames(&bytes).map(|(_, end)| end as u64).collect();
     let whole = frame_ends.last().map_or(0, |end| *end as usize);
     let written_at = fs::metadata(path).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
     if whole < bytes.len() {
-        tracing::warn!(
-            segment = %path.display(),
-            cut = bytes.len() - whole,
-            "audit spool segment ends in an incomplete frame (a crash while writing); cutting it off"
-        );
+        if bytes[whole..].iter().any(|b| *b != 0) {
+            tracing::warn!(
+                segment = %path.display(),
+                cut = bytes.len() - whole,
+                "audit spool segment ends in an incomplete frame (a crash while writing); cutting it off"
+            );
+        }
         let file = OpenOptions::new().write(true).open(path).map_err(|e| io_error(path, e))?;
         file.set_len(whole as u64).and_then(|()| file.sync_all()).map_err(|e| io_error(path, e))?;
     }
@@ -402,7 +423,14 @@ fn write_cursor(dir: &Path, at: Position) -> std::io::Result<()> {
 
 fn create_segment(dir: &Path, segment: u64) -> Result<File, SpoolError> {
     let path = segment_path(dir, segment);
-    let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(|e| io_error(&path, e))?;
+    // Not in append mode: groups are written at their offset, over the zeros written ahead.
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io_error(&path, e))?;
     // The new name must survive a power cut with the events written into it.
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, e))?;
     Ok(file)
@@ -431,7 +459,10 @@ struct Writer {
     shared: Arc<Shared>,
     file: File,
     segment: u64,
+    /// Where the committed frames end.
     len: u64,
+    /// Where the zeros written ahead end: the file's length.
+    zeroed_to: u64,
     segment_bytes: u64,
     full_wait: Duration,
     /// Held (and locked) as long as the writer runs.
@@ -480,13 +511,20 @@ impl Writer {
         if self.len >= self.segment_bytes {
             self.rotate()?;
         }
-        let mut buffer = Vec::with_capacity(bytes as usize);
+        // Past the zeroed room, the group carries the next stretch of zeros with it (one extending flush for
+        // many groups); inside it, the group only overwrites zeros.
+        let end = self.len + bytes;
+        let zeroed_to = if end > self.zeroed_to { end + ZERO_AHEAD.min(self.segment_bytes) } else { self.zeroed_to };
+        let mut buffer = Vec::with_capacity((zeroed_to.max(end) - self.len) as usize);
         for request in group {
             buffer.extend_from_slice(&request.frame);
         }
+        if zeroed_to > self.zeroed_to {
+            buffer.resize((zeroed_to - self.len) as usize, 0);
+        }
         let path = self.shared.segment_path(self.segment);
         let started = Instant::now();
-        let written = self.file.write_all(&buffer).and_then(|()| self.file.sync_data());
+        let written = self.file.write_all_at(&buffer, self.len).and_then(|()| self.file.sync_data());
         FSYNC_DURATION.record(started.elapsed().as_secs_f64(), &[]);
         if let Err(e) = written {
             // Undo a partial write so later frames follow whole ones; if even that fails, stop taking events
@@ -495,9 +533,11 @@ impl Writer {
                 tracing::error!(segment = %path.display(), error = %e, "audit spool cannot be repaired; closing it");
                 return Err(SpoolError::Closed);
             }
+            self.zeroed_to = self.len;
             return Err(io_error(&path, e));
         }
-        self.len += bytes;
+        self.len = end;
+        self.zeroed_to = zeroed_to;
         {
             let mut state = self.shared.lock();
             state.segments.insert(self.segment, self.len);
@@ -516,6 +556,7 @@ impl Writer {
         self.file = create_segment(&self.shared.dir, next)?;
         self.segment = next;
         self.len = 0;
+        self.zeroed_to = 0;
         self.shared.lock().segments.insert(next, 0);
         Ok(())
     }
@@ -803,11 +844,45 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let segment = segment_path(dir.path(), 1);
+        // A crash in the middle of a group leaves part of a frame over the zeros written ahead.
+        let whole = frames(&fs::read(&segment).unwrap()).last().unwrap().1 as u64;
         let mut torn = frame(&event(3));
         torn.truncate(torn.len() - 2);
-        OpenOptions::new().append(true).open(&segment).unwrap().write_all(&torn).unwrap();
+        OpenOptions::new().write(true).open(&segment).unwrap().write_all_at(&torn, whole).unwrap();
         let (_writer, mut reader) = open(&options(dir.path())).unwrap();
         assert_eq!(drain(&mut reader).await, ["e0", "e1", "e2"]);
+        assert_eq!(fs::metadata(&segment).unwrap().len(), whole, "the torn frame and the zeros are cut");
+    }
+
+    #[tokio::test]
+    async fn groups_are_written_over_zeros_written_ahead_which_a_restart_reads_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = segment_path(dir.path(), 1);
+        {
+            let (writer, _reader) = open(&options(dir.path())).unwrap();
+            writer.append(&event(0)).await.unwrap();
+            let first = fs::metadata(&segment).unwrap().len();
+            let one = frame(&event(0)).len() as u64;
+            assert!(first > one, "zeros are written ahead of the first group ({first} bytes)");
+            writer.append(&event(1)).await.unwrap();
+            assert_eq!(fs::metadata(&segment).unwrap().len(), first, "the second group is written over the zeros");
+            let bytes = fs::read(&segment).unwrap();
+            assert_eq!(frames(&bytes).count(), 2);
+            assert!(bytes[2 * one as usize..].iter().all(|b| *b == 0));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (writer, mut reader) = open(&options(dir.path())).unwrap();
+        writer.append(&event(2)).await.unwrap();
+        assert_eq!(drain(&mut reader).await, ["e0", "e1", "e2"]);
+    }
+
+    #[tokio::test]
+    async fn an_event_that_encodes_to_nothing_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, mut reader) = open(&options(dir.path())).unwrap();
+        assert!(matches!(writer.append(&pb::AuditEvent::default()).await, Err(SpoolError::Empty)));
+        writer.append(&event(1)).await.unwrap();
+        assert_eq!(drain(&mut reader).await, ["e1"]);
     }
 
     #[tokio::test]

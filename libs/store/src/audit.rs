@@ -6,6 +6,8 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
+use std::collections::HashSet;
+
 use sea_orm::sea_query::OnConflict;
 
 use crate::{
@@ -67,10 +69,27 @@ impl AuditRepository {
     /// head the previous one committed (SQLite has one writer anyway). `build` gets the head (sequence and
     /// hash; none for an empty chain) and which of the batch's event ids are stored already, and returns the
     /// records to insert.
+    ///
+    /// A batch is first inserted as all new: an event id already stored is rare (a batch re-sent because its
+    /// acknowledgement was lost), and looking every id up cost a fifth of the append. Should one be stored, the
+    /// unique index refuses the insert, the transaction is rolled back, and the batch is built again without
+    /// the ids found stored.
     pub async fn append_chain(
         &self,
         event_ids: &[String],
-        build: impl FnOnce(Option<(i64, String)>, Vec<String>) -> Vec<audit_record::Model>,
+        mut build: impl FnMut(Option<(i64, String)>, &HashSet<String>) -> Vec<audit_record::Model>,
+    ) -> Result<usize, StoreError> {
+        match self.append_built(None, &mut build).await {
+            Err(StoreError::AlreadyExists { .. }) => self.append_built(Some(event_ids), &mut build).await,
+            appended => appended,
+        }
+    }
+
+    /// One attempt of [`Self::append_chain`], looking up `event_ids` first when given.
+    async fn append_built(
+        &self,
+        event_ids: Option<&[String]>,
+        build: &mut impl FnMut(Option<(i64, String)>, &HashSet<String>) -> Vec<audit_record::Model>,
     ) -> Result<usize, StoreError> {
         let txn = self.locked().await?;
         let head = match audit_record::Entity::find().order_by_desc(audit_record::Column::Sequence).one(&txn).await? {
@@ -83,28 +102,33 @@ impl AuditRepository {
                 .await?
                 .map(|c| (c.sequence, c.hash)),
         };
-        let mut existing = Vec::new();
-        let mut ids = event_ids.iter();
-        for size in statement_sizes(event_ids.len()) {
-            let found = audit_record::Entity::find()
-                .select_only()
-                .column(audit_record::Column::EventId)
-                .filter(audit_record::Column::EventId.is_in(ids.by_ref().take(size).cloned()))
-                .into_tuple::<String>()
-                .all(&txn)
-                .await?;
-            existing.extend(found);
+        let mut existing = HashSet::new();
+        if let Some(event_ids) = event_ids {
+            let mut ids = event_ids.iter();
+            for size in statement_sizes(event_ids.len()) {
+                let found = audit_record::Entity::find()
+                    .select_only()
+                    .column(audit_record::Column::EventId)
+                    .filter(audit_record::Column::EventId.is_in(ids.by_ref().take(size).cloned()))
+                    .into_tuple::<String>()
+                    .all(&txn)
+                    .await?;
+                existing.extend(found);
+            }
         }
-        let records = build(head, existing);
+        let records = build(head, &existing);
         let stored = records.len();
         // Many rows per INSERT: one statement per record cost more than everything else audit-service does per
         // event.
         let mut rows = records.into_iter().map(IntoActiveModel::into_active_model);
         for size in statement_sizes(stored) {
-            audit_record::Entity::insert_many(rows.by_ref().take(size))
-                .exec_without_returning(&txn)
-                .await
-                .map_err(|e| StoreError::from_insert("audit event", e))?;
+            if let Err(e) =
+                audit_record::Entity::insert_many(rows.by_ref().take(size)).exec_without_returning(&txn).await
+            {
+                // Postgres refuses every statement of a transaction after an error: end it before any retry.
+                txn.rollback().await?;
+                return Err(StoreError::from_insert("audit event", e));
+            }
         }
         txn.commit().await?;
         Ok(stored)

@@ -76,33 +76,32 @@ impl ChainWriter {
             .repo
             .append_chain(&ids, |head, existing| {
                 let (mut sequence, mut previous) = head.unwrap_or((0, String::new()));
-                let mut seen: std::collections::HashSet<String> = existing.into_iter().collect();
-                let mut records = Vec::new();
-                for received in events {
-                    if !seen.insert(received.event.event_id.clone()) {
+                let mut seen = std::collections::HashSet::with_capacity(events.len());
+                let mut records = Vec::with_capacity(events.len());
+                for received in &events {
+                    let event = &received.event;
+                    if existing.contains(&event.event_id) || !seen.insert(event.event_id.as_str()) {
                         continue;
                     }
                     sequence += 1;
                     let bytes = received.stored_bytes();
-                    let event = received.event;
                     let hash = record_hash(&previous, sequence, &bytes);
                     let time = event.time.as_ref().and_then(timestamp_millis).unwrap_or(received_at);
                     records.push(audit_record::Model {
                         sequence,
-                        event_id: event.event_id,
-                        tenant_id: event.tenant_id,
+                        event_id: event.event_id.clone(),
+                        tenant_id: event.tenant_id.clone(),
                         time,
-                        service: event.service,
-                        identity: event.identity,
-                        operation: event.operation,
-                        resource: event.resource,
+                        service: event.service.clone(),
+                        identity: event.identity.clone(),
+                        operation: event.operation.clone(),
+                        resource: event.resource.clone(),
                         outcome: event.outcome,
                         event: bytes,
                         received_at,
-                        previous_hash: previous.clone(),
-                        hash: hash.clone(),
+                        previous_hash: std::mem::replace(&mut previous, hash.clone()),
+                        hash,
                     });
-                    previous = hash;
                 }
                 last_sequence = records.last().map(|record| record.sequence);
                 records
