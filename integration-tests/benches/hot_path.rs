@@ -336,12 +336,15 @@ async fn main() {
     floor_server.kill().await.unwrap();
     // tonic's server alone with the same mTLS (see `floor::serve`): what keymesh's server stack adds to it.
     let (mut bare_server, bare_process, bare) = start_floor(&mesh, &admin, true).await;
-    let sample = bare.encrypt(vec![3u8; 1024]).await.unwrap();
-    let (encrypt, decrypt) = unary(&bare, 1024, sample);
-    let measured = load(&bare_process, IN_FLIGHT, duration, encrypt).await;
-    rows.push(Row { operation: "Encrypt 1 KiB".into(), system: "tonic", unit_per_call: 1.0, measured });
-    let measured = load(&bare_process, IN_FLIGHT, duration, decrypt).await;
-    rows.push(Row { operation: "Decrypt 1 KiB".into(), system: "tonic", unit_per_call: 1.0, measured });
+    for size in [1024usize, 64 << 10] {
+        let sample = bare.encrypt(vec![3u8; size]).await.unwrap();
+        let (encrypt, decrypt) = unary(&bare, size, sample);
+        let label = format!("{} KiB", size / 1024);
+        let measured = load(&bare_process, IN_FLIGHT, duration, encrypt).await;
+        rows.push(Row { operation: format!("Encrypt {label}"), system: "tonic", unit_per_call: 1.0, measured });
+        let measured = load(&bare_process, IN_FLIGHT, duration, decrypt).await;
+        rows.push(Row { operation: format!("Decrypt {label}"), system: "tonic", unit_per_call: 1.0, measured });
+    }
     bare_server.kill().await.unwrap();
     let loaded: Vec<f64> = {
         let one_kib: Vec<&Row> =
