@@ -322,30 +322,25 @@ async fn main() {
         unit_per_call: BATCH as f64,
         measured,
     });
-    // The transport floor (see `floor`), measured like keymesh, with the same callers and requests.
-    let (mut floor_server, floor_process, floor) = start_floor(&mesh, &admin, false).await;
-    for size in [1024usize, 64 << 10] {
-        let sample = floor.encrypt(vec![3u8; size]).await.unwrap();
-        let (encrypt, decrypt) = unary(&floor, size, sample);
-        let label = format!("{} KiB", size / 1024);
-        let measured = load(&floor_process, IN_FLIGHT, duration, encrypt).await;
-        rows.push(Row { operation: format!("Encrypt {label}"), system: "floor", unit_per_call: 1.0, measured });
-        let measured = load(&floor_process, IN_FLIGHT, duration, decrypt).await;
-        rows.push(Row { operation: format!("Decrypt {label}"), system: "floor", unit_per_call: 1.0, measured });
+    // The transport floor (see `floor`), and tonic's server alone with the same mTLS (what keymesh's server stack
+    // adds to it), measured like keymesh, with the same callers and requests.
+    let mut floor_streams = Vec::new();
+    for (system, bare) in [("floor", false), ("tonic", true)] {
+        let (mut server, process, floor) = start_floor(&mesh, &admin, bare).await;
+        let measured = floor_stream(&floor, &process).await;
+        let name = if bare { "EncryptStream, tonic alone" } else { "EncryptStream, floor" };
+        floor_streams.push((name, measured.calls_per_second, measured));
+        for size in [1024usize, 64 << 10] {
+            let sample = floor.encrypt(vec![3u8; size]).await.unwrap();
+            let (encrypt, decrypt) = unary(&floor, size, sample);
+            let label = format!("{} KiB", size / 1024);
+            let measured = load(&process, IN_FLIGHT, duration, encrypt).await;
+            rows.push(Row { operation: format!("Encrypt {label}"), system, unit_per_call: 1.0, measured });
+            let measured = load(&process, IN_FLIGHT, duration, decrypt).await;
+            rows.push(Row { operation: format!("Decrypt {label}"), system, unit_per_call: 1.0, measured });
+        }
+        server.kill().await.unwrap();
     }
-    floor_server.kill().await.unwrap();
-    // tonic's server alone with the same mTLS (see `floor::serve`): what keymesh's server stack adds to it.
-    let (mut bare_server, bare_process, bare) = start_floor(&mesh, &admin, true).await;
-    for size in [1024usize, 64 << 10] {
-        let sample = bare.encrypt(vec![3u8; size]).await.unwrap();
-        let (encrypt, decrypt) = unary(&bare, size, sample);
-        let label = format!("{} KiB", size / 1024);
-        let measured = load(&bare_process, IN_FLIGHT, duration, encrypt).await;
-        rows.push(Row { operation: format!("Encrypt {label}"), system: "tonic", unit_per_call: 1.0, measured });
-        let measured = load(&bare_process, IN_FLIGHT, duration, decrypt).await;
-        rows.push(Row { operation: format!("Decrypt {label}"), system: "tonic", unit_per_call: 1.0, measured });
-    }
-    bare_server.kill().await.unwrap();
     let loaded: Vec<f64> = {
         let one_kib: Vec<&Row> =
             rows.iter().filter(|r| r.system == "keymesh" && r.operation.ends_with(" 1 KiB")).collect();
@@ -353,7 +348,8 @@ async fn main() {
     };
     // Memory the batches took goes back to the system (jemalloc purges after a second) before the streams.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let streams = streams(&admin, &processes).await;
+    let mut streams = streams(&admin, &processes).await;
+    streams.extend(floor_streams);
     // Overload: crypto-service restarted with load shedding set for latency on two cores (32 calls served at once,
     // 32 more queued for at most 5 ms; the rest refused at once with UNAVAILABLE and a retry hint). With 64 and 64
     // it admitted about 15 % more calls at twice the p99.
@@ -452,7 +448,10 @@ async fn main() {
          strings a request); ops/s and CPU are per item"
     );
     println!();
-    println!("streams (keymesh, one call each way, {} MiB, 1 MiB segments)", STREAM_LEN >> 20);
+    println!(
+        "streams (one call each way, {} MiB, 1 MiB segments; the floors seal each 1 MiB chunk on its own)",
+        STREAM_LEN >> 20
+    );
     println!("{:<28} {:>10} {:>13} {:>14}", "", "MB/s", "CPU µs/MiB", "peak RSS MiB");
     for (name, rate, measured) in &streams {
         println!("{name:<28} {rate:>10.0} {:>13.0} {:>14.1}", measured.cpu_per_call, measured.peak_rss);
@@ -500,21 +499,52 @@ async fn main() {
 
 /// EncryptStream of STREAM_LEN bytes in one call, and DecryptStream of the same length (a 64 MiB stream
 /// decrypted over and over): MB/s each way, with the servers' CPU per MiB and peak RSS.
+/// A stream's figures: MB/s in `calls_per_second`, the servers' CPU µs per MiB in `cpu_per_call`.
+fn stream_measured(
+    processes: &Processes,
+    started: Instant,
+    cpu_before: Duration,
+    bytes: u64,
+    peak: Vec<f64>,
+) -> Measured {
+    let elapsed = started.elapsed();
+    let mib = bytes as f64 / f64::from(1 << 20);
+    Measured {
+        calls_per_second: bytes as f64 / elapsed.as_secs_f64() / 1e6,
+        shed_per_second: 0.0,
+        p50: elapsed,
+        p99: elapsed,
+        cpu_per_call: processes.cpu().saturating_sub(cpu_before).as_secs_f64() * 1e6 / mib,
+        peak_rss: peak.iter().sum(),
+        peak_each: peak,
+    }
+}
+
+/// EncryptStream of `STREAM_LEN` through a floor, in 1 MiB chunks that it seals one by one.
+async fn floor_stream(floor: &Keymesh, process: &Processes) -> Measured {
+    use pb::encrypt_stream_request::Message;
+    let block = vec![7u8; 1 << 20];
+    let init = pb::EncryptStreamRequest { message: Some(Message::Init(pb::EncryptStreamInit::default())) };
+    let chunks =
+        (0..STREAM_LEN >> 20).map(move |_| pb::EncryptStreamRequest { message: Some(Message::Chunk(block.clone())) });
+    let (mut client, request) = floor.request(tokio_stream::iter(std::iter::once(init).chain(chunks)));
+    let (stop, watcher) = process.watch_rss();
+    let (started, cpu) = (Instant::now(), process.cpu());
+    let mut sealed = client.encrypt_stream(request).await.unwrap().into_inner();
+    let mut bytes = 0u64;
+    while let Some(response) = sealed.message().await.unwrap() {
+        bytes += response.chunk.len() as u64;
+    }
+    assert!(bytes > STREAM_LEN, "the floor sealed every chunk");
+    stop.store(true, Ordering::Relaxed);
+    stream_measured(process, started, cpu, STREAM_LEN, watcher.join().unwrap())
+}
+
 async fn streams(client: &KeymeshClient, processes: &Processes) -> Vec<(&'static str, f64, Measured)> {
     let options = StreamOptions { key: "bench".into(), associated: Associated::default(), ..Default::default() };
     let block: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
     let measure = |started: Instant, cpu_before: Duration, bytes: u64, peak: Vec<f64>| {
-        let elapsed = started.elapsed();
-        let mib = bytes as f64 / f64::from(1 << 20);
-        Measured {
-            calls_per_second: bytes as f64 / elapsed.as_secs_f64() / 1e6,
-            shed_per_second: 0.0,
-            p50: elapsed,
-            p99: elapsed,
-            cpu_per_call: processes.cpu().saturating_sub(cpu_before).as_secs_f64() * 1e6 / mib,
-            peak_rss: peak.iter().sum(),
-            peak_each: peak,
-        }
+        stream_measured(processes, started, cpu_before, bytes, peak)
     };
 
     let (stop, watcher) = processes.watch_rss();
@@ -621,18 +651,27 @@ mod floor {
     use keymesh_proto::v1::{
         self as pb,
         crypto_service_server::{CryptoService, CryptoServiceServer},
+        encrypt_stream_request,
     };
     use tonic::{Request, Response, Status, Streaming, service::Routes};
 
-    struct Floor {
+    /// Cheap to clone: a stream's responses are sealed after the handler has returned.
+    #[derive(Clone)]
+    struct Floor(std::sync::Arc<FloorKey>);
+
+    struct FloorKey {
         key: SecretKey,
         prepared: PreparedKey,
         context: BTreeMap<String, String>,
     }
 
-    impl Floor {
+    impl FloorKey {
         fn binding<'a>(&'a self, aad: &'a [u8]) -> Binding<'a> {
             Binding { aad, context: Some(&self.context) }
+        }
+
+        fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Status> {
+            self.prepared.seal(&self.key, self.binding(aad), plaintext).map_err(|e| Status::internal(e.to_string()))
         }
     }
 
@@ -646,10 +685,7 @@ mod floor {
     impl CryptoService for Floor {
         async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
             let request = request.into_inner();
-            let ciphertext = self
-                .prepared
-                .seal(&self.key, self.binding(&request.aad), &request.plaintext)
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let ciphertext = self.0.seal(&request.aad, &request.plaintext)?;
             Ok(Response::new(pb::EncryptResponse {
                 ciphertext,
                 key_id: "k_floor".into(),
@@ -662,7 +698,7 @@ mod floor {
             let request = request.into_inner();
             let parsed = parse(&request.ciphertext).map_err(|e| Status::invalid_argument(e.to_string()))?;
             let plaintext = parsed
-                .open_prepared(&self.prepared, &self.key, self.binding(&request.aad))
+                .open_prepared(&self.0.prepared, &self.0.key, self.0.binding(&request.aad))
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             Ok(Response::new(pb::DecryptResponse {
                 plaintext: plaintext.to_vec(),
@@ -742,11 +778,22 @@ mod floor {
 
         type EncryptStreamStream = Stream<pb::EncryptStreamResponse>;
 
+        /// Each chunk sealed on its own with AES-GCM (one pass over the bytes, as keymesh's segments are): the
+        /// floor of a stream on this transport.
         async fn encrypt_stream(
             &self,
-            _: Request<Streaming<pb::EncryptStreamRequest>>,
+            request: Request<Streaming<pb::EncryptStreamRequest>>,
         ) -> Result<Response<Self::EncryptStreamStream>, Status> {
-            unimplemented()
+            use tokio_stream::StreamExt;
+            let floor = self.0.clone();
+            let sealed = request.into_inner().filter_map(move |message| match message {
+                Ok(pb::EncryptStreamRequest { message: Some(encrypt_stream_request::Message::Chunk(chunk)) }) => {
+                    Some(floor.seal(&[], &chunk).map(|chunk| pb::EncryptStreamResponse { chunk }))
+                }
+                Ok(_) => None,
+                Err(status) => Some(Err(status)),
+            });
+            Ok(Response::new(Box::pin(sealed)))
         }
 
         type DecryptStreamStream = Stream<pb::DecryptStreamResponse>;
@@ -760,10 +807,10 @@ mod floor {
     }
 
     /// Serves the floor on `address` as crypto-service's identity from the mesh's development PKI in `data_dir`,
-    /// with the services' default server settings, until killed.
-    /// Serves Encrypt and Decrypt through keymesh's server stack, or (`bare`) through tonic's server alone with
-    /// the same mTLS and HTTP/2 windows: no load shedding, connection bounds, idle timeout, request ids, spans,
-    /// health or reflection. The difference between the two is what keymesh's stack adds to tonic's.
+    /// with the services' default server settings, until killed: Encrypt, Decrypt and EncryptStream through
+    /// keymesh's server stack, or (`bare`) through tonic's server alone with the same mTLS and HTTP/2 windows (no
+    /// load shedding, connection bounds, idle timeout, request ids, spans, health or reflection). The difference
+    /// between the two is what keymesh's stack adds to tonic's.
     pub async fn serve(data_dir: &Path, address: SocketAddr, bare: bool) {
         keymesh_mesh::install_crypto_provider();
         let service = ServiceName::CryptoService;
@@ -773,7 +820,7 @@ mod floor {
         let key = SecretKey::generate(algorithm.key_len()).expect("key");
         let key_ref = KeyRef { key_id: "k_floor".into(), version: 1 };
         let prepared = PreparedKey::new(&key, "bench", &key_ref, algorithm).expect("prepared key");
-        let floor = Floor { key, prepared, context: BTreeMap::new() };
+        let floor = Floor(std::sync::Arc::new(FloorKey { key, prepared, context: BTreeMap::new() }));
         let service =
             CryptoServiceServer::new(floor).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
         if bare {

@@ -4,14 +4,14 @@
 //! Events are framed (`length | CRC-32C | protobuf`) and appended to numbered segment files by one writer
 //! thread. The thread takes every request waiting when it wakes and commits them with a single
 //! `fdatasync` (group commit): under load one flush covers many calls, so the cost per call falls as
-//! concurrency rises.
+//! concurrency rises. The shipper reads the segments from disk behind the writer and records, in a small
+//! cursor file, how far audit-service has acknowledged; segments wholly behind the cursor are deleted.
 //!
 //! A segment is written ahead with zeros (a mebibyte at a time, in the same write as the group that reaches
 //! the end of the zeroed room), and groups are written over those zeros. A flush that extends a file must
 //! also commit the file system's journal (the new length is metadata); one that overwrites written blocks
 //! flushes only the data: on ext4 here half the time and half the CPU per group. The zeros end the frames: a
-//! frame's length is never zero. The shipper reads the segments from disk behind the writer and records, in a small
-//! cursor file, how far audit-service has acknowledged; segments wholly behind the cursor are deleted.
+//! frame's length is never zero.
 //!
 //! The spool is bounded: when the bytes not yet acknowledged reach the limit the writer waits for the
 //! shipper to free space (back-pressure on every call) and, past a deadline, refuses the events, which in

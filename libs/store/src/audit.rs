@@ -71,9 +71,9 @@ impl AuditRepository {
     /// records to insert.
     ///
     /// A batch is first inserted as all new: an event id already stored is rare (a batch re-sent because its
-    /// acknowledgement was lost), and looking every id up cost a fifth of the append. Should one be stored, the
-    /// unique index refuses the insert, the transaction is rolled back, and the batch is built again without
-    /// the ids found stored.
+    /// acknowledgement was lost), and looking every id up first took 4–21 % of audit-service's CPU per event in
+    /// paired benchmark runs. Should one be stored, the unique index refuses the insert, the transaction is
+    /// rolled back, and the batch is built again without the ids found stored.
     pub async fn append_chain(
         &self,
         event_ids: &[String],
