@@ -6,9 +6,9 @@
 //! time per operation (user + system, read from /proc of their processes before and after the measured window),
 //! and their peak RSS during it. Beside keymesh, the same calls to its transport floor (keymesh's server stack
 //! with only AES-GCM behind it) and to tonic's server alone with the same mTLS: what any service on this stack
-//! pays per call before it does anything. Then keymesh's streams (MB/s each way, peak RSS), an overload run (1,024 calls
-//! in flight against the load shedding: what is admitted, its p99, what is shed, memory), and each service's
-//! RSS idle and under load.
+//! pays per call before it does anything. Then keymesh's streams (MB/s each way, peak RSS) and an EncryptStream
+//! through each floor, an overload run (1,024 calls in flight against the load shedding: what is admitted, its
+//! p99, what is shed, memory), and each service's RSS idle and under load.
 //!
 //! The load generator shares the two cores with the servers, so every figure is a floor. Run with `make bench`;
 //! `KEYMESH_BENCH_SECONDS` sets the length of each row (default 5).
@@ -497,8 +497,6 @@ async fn main() {
     }
 }
 
-/// EncryptStream of STREAM_LEN bytes in one call, and DecryptStream of the same length (a 64 MiB stream
-/// decrypted over and over): MB/s each way, with the servers' CPU per MiB and peak RSS.
 /// A stream's figures: MB/s in `calls_per_second`, the servers' CPU µs per MiB in `cpu_per_call`.
 fn stream_measured(
     processes: &Processes,
@@ -540,6 +538,8 @@ async fn floor_stream(floor: &Keymesh, process: &Processes) -> Measured {
     stream_measured(process, started, cpu, STREAM_LEN, watcher.join().unwrap())
 }
 
+/// EncryptStream of STREAM_LEN bytes in one call, and DecryptStream of the same length (a 64 MiB stream
+/// decrypted over and over): MB/s each way, with the servers' CPU per MiB and peak RSS.
 async fn streams(client: &KeymeshClient, processes: &Processes) -> Vec<(&'static str, f64, Measured)> {
     let options = StreamOptions { key: "bench".into(), associated: Associated::default(), ..Default::default() };
     let block: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
