@@ -514,12 +514,14 @@ impl Writer {
         // Past the zeroed room, the group carries the next stretch of zeros with it (one extending flush for
         // many groups); inside it, the group only overwrites zeros.
         let end = self.len + bytes;
-        let zeroed_to = if end > self.zeroed_to { end + ZERO_AHEAD.min(self.segment_bytes) } else { self.zeroed_to };
-        let mut buffer = Vec::with_capacity((zeroed_to.max(end) - self.len) as usize);
+        let extending = end > self.zeroed_to;
+        let zeroed_to = if extending { end + ZERO_AHEAD.min(self.segment_bytes) } else { self.zeroed_to };
+        // Room for the zeros only when they are written: inside the room a group needs its own bytes alone.
+        let mut buffer = Vec::with_capacity(if extending { zeroed_to - self.len } else { bytes } as usize);
         for request in group {
             buffer.extend_from_slice(&request.frame);
         }
-        if zeroed_to > self.zeroed_to {
+        if extending {
             buffer.resize((zeroed_to - self.len) as usize, 0);
         }
         let path = self.shared.segment_path(self.segment);
